@@ -1,0 +1,17 @@
+// CPU paths of the NF4 operations (the CPU twins that define "correct" for the CUDA kernels).
+#pragma once
+#include "kernels/ops.h"
+
+namespace qlora::kernels::cpu {
+
+NF4Tensor nf4_quantize_cpu(const at::Tensor& w, int64_t blocksize, bool double_quant);
+at::Tensor nf4_absmax_cpu(const NF4Tensor& w);
+at::Tensor nf4_dequantize_cpu(const NF4Tensor& w, at::ScalarType dtype);
+at::Tensor nf4_linear_cpu(const at::Tensor& x, const NF4Tensor& w);
+at::Tensor nf4_linear_grad_input_cpu(const at::Tensor& dy, const NF4Tensor& w);
+at::Tensor quantize_blockwise_8bit_cpu(const at::Tensor& x, const at::Tensor& map, int64_t blocksize,
+                                   at::Tensor& absmax_out);
+at::Tensor dequantize_blockwise_8bit_cpu(const at::Tensor& codes, const at::Tensor& map,
+                                     const at::Tensor& absmax, int64_t blocksize);
+
+}  // namespace qlora::kernels::cpu

@@ -1,0 +1,147 @@
+// Dispatch of the NF4 operations to the CPU or CUDA path, and the shared tables.
+#include "kernels/ops.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <mutex>
+
+#include "kernels/cpu/nf4_cpu.h"
+#include "kernels/nf4.h"
+
+namespace qlora::kernels {
+
+#ifdef QLORA_WITH_CUDA
+namespace cuda_ops {
+at::Tensor nf4_dequantize_cuda(const NF4Tensor& w, at::ScalarType dtype);
+}
+#endif
+
+int64_t NF4Tensor::numel() const {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  return n;
+}
+
+int64_t NF4Tensor::nblocks() const { return nf4::num_blocks(numel(), blocksize); }
+
+NF4Tensor NF4Tensor::to(at::Device device) const {
+  NF4Tensor o = *this;
+  o.packed = packed.to(device);
+  o.absmax = absmax.to(device);
+  if (nested_absmax.defined()) o.nested_absmax = nested_absmax.to(device);
+  return o;
+}
+
+int64_t NF4Tensor::nbytes() const {
+  int64_t b = packed.nbytes() + absmax.nbytes();
+  if (nested_absmax.defined()) b += nested_absmax.nbytes();
+  return b;
+}
+
+NF4Tensor nf4_quantize(const at::Tensor& w, int64_t blocksize, bool double_quant) {
+  if (w.is_cpu()) return cpu::nf4_quantize_cpu(w, blocksize, double_quant);
+  // Quantization happens once at load time; the CPU path is the reference.
+  return cpu::nf4_quantize_cpu(w.cpu(), blocksize, double_quant).to(w.device());
+}
+
+at::Tensor nf4_absmax(const NF4Tensor& w) {
+  if (w.device().is_cpu()) return cpu::nf4_absmax_cpu(w);
+  return cpu::nf4_absmax_cpu(w.to(at::kCPU)).to(w.device());
+}
+
+at::Tensor nf4_dequantize(const NF4Tensor& w, at::ScalarType dtype) {
+  if (w.device().is_cpu()) return cpu::nf4_dequantize_cpu(w, dtype);
+#ifdef QLORA_WITH_CUDA
+  if (w.device().is_cuda()) return cuda_ops::nf4_dequantize_cuda(w, dtype);
+#endif
+  TORCH_CHECK(false, "nf4_dequantize: unsupported device ", w.device());
+}
+
+at::Tensor nf4_linear(const at::Tensor& x, const NF4Tensor& w) {
+  if (x.is_cpu()) return cpu::nf4_linear_cpu(x, w);
+  TORCH_CHECK(x.size(-1) == w.shape[1], "nf4_linear: x has ", x.size(-1), " features, weight expects ", w.shape[1]);
+  // Large M: dequantize once into the compute dtype, then cuBLAS.
+  return at::matmul(x, nf4_dequantize(w, x.scalar_type()).t());
+}
+
+at::Tensor nf4_linear_grad_input(const at::Tensor& dy, const NF4Tensor& w) {
+  if (dy.is_cpu()) return cpu::nf4_linear_grad_input_cpu(dy, w);
+  TORCH_CHECK(dy.size(-1) == w.shape[0], "nf4_linear_grad_input: dy has ", dy.size(-1), " features, weight has ", w.shape[0], " rows");
+  return at::matmul(dy, nf4_dequantize(w, dy.scalar_type()));
+}
+
+at::Tensor nf4_code_table() {
+  return at::tensor(std::vector<float>(std::begin(nf4::kCodes), std::end(nf4::kCodes)), at::kFloat);
+}
+
+namespace {
+// bitsandbytes' create_dynamic_map(signed, max_exponent_bits=7, total_bits=8), computed with the
+// same float32 tensor operations (linspace, midpoint means, scalar multiply) so every entry is
+// bit-identical.
+at::Tensor make_dynamic_map(bool is_signed) {
+  const int max_exp = 7, total_bits = 8, non_sign = total_bits - 1;
+  const int additional = (1 << (non_sign - max_exp)) - 1;
+  std::vector<double> data;
+  auto add_means = [&](int64_t items, int i) {
+    at::Tensor b = at::linspace(0.1, 1.0, items, at::kFloat);
+    at::Tensor means = (b.slice(0, 0, items - 1) + b.slice(0, 1, items)) / 2.0;
+    const int e = -(max_exp - 1) + i;
+    // Python: 10 ** e is an int for e >= 0 and a float otherwise; both act as a float32 scalar.
+    const double scale = e >= 0 ? std::pow(10.0, e) : std::pow(10.0, static_cast<double>(e));
+    at::Tensor pos = (means * scale).contiguous();
+    at::Tensor neg = (means * (-scale)).contiguous();
+    for (int64_t k = 0; k < pos.numel(); ++k) data.push_back(pos.data_ptr<float>()[k]);
+    if (is_signed)
+      for (int64_t k = 0; k < neg.numel(); ++k) data.push_back(neg.data_ptr<float>()[k]);
+  };
+  int i = 0;
+  for (i = 0; i < max_exp; ++i) {
+    const int64_t items = is_signed ? (1 << (i + non_sign - max_exp)) + 1 : (1 << (i + non_sign - max_exp + 1)) + 1;
+    add_means(items, i);
+  }
+  if (additional > 0) add_means(additional + 1, i - 1);
+  data.push_back(0.0);
+  data.push_back(1.0);
+  while (data.size() < 256) data.push_back(0.0);
+  std::sort(data.begin(), data.end());
+  std::vector<float> f(data.begin(), data.end());
+  return at::tensor(f, at::kFloat);
+}
+}  // namespace
+
+at::Tensor dynamic_map(bool is_signed) {
+  static std::once_flag once_s, once_u;
+  static at::Tensor s, u;
+  if (is_signed) {
+    std::call_once(once_s, [] { s = make_dynamic_map(true); });
+    return s;
+  }
+  std::call_once(once_u, [] { u = make_dynamic_map(false); });
+  return u;
+}
+
+at::Tensor quantize_blockwise_8bit(const at::Tensor& x, const at::Tensor& map, int64_t blocksize,
+                                   at::Tensor& absmax_out) {
+  at::Tensor codes = cpu::quantize_blockwise_8bit_cpu(x.cpu(), map.cpu(), blocksize, absmax_out);
+  if (!x.is_cpu()) {
+    absmax_out = absmax_out.to(x.device());
+    codes = codes.to(x.device());
+  }
+  return codes;
+}
+
+at::Tensor dequantize_blockwise_8bit(const at::Tensor& codes, const at::Tensor& map,
+                                     const at::Tensor& absmax, int64_t blocksize) {
+  at::Tensor out = cpu::dequantize_blockwise_8bit_cpu(codes.cpu(), map.cpu(), absmax.cpu(), blocksize);
+  return codes.is_cpu() ? out : out.to(codes.device());
+}
+
+const char* cpu_isa_name() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return "avx512";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
+  return "scalar";
+}
+
+}  // namespace qlora::kernels

@@ -1,0 +1,64 @@
+// The NF4 operations, with an at::Tensor API. One header; each function picks the CPU or CUDA
+// path from the device of its inputs. Every CUDA path has a CPU twin that defines "correct".
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace qlora::kernels {
+
+// A frozen weight in NF4, byte-compatible with bitsandbytes' Params4bit + QuantState.
+struct NF4Tensor {
+  at::Tensor packed;         // uint8 [(numel+1)/2]: element 2j in the high nibble, 2j+1 low
+  at::Tensor absmax;         // float32 [nblocks]; uint8 [nblocks] with double quantization
+  at::Tensor nested_absmax;  // float32 [ceil(nblocks/256)] with double quantization, else undefined
+  float nested_offset = 0.f; // mean of the float absmax values (double quantization only)
+  int64_t blocksize = 64;    // elements per absmax block (bitsandbytes accepts 32..4096)
+  std::vector<int64_t> shape;           // logical shape, e.g. [out, in] for a linear weight
+  at::ScalarType dtype = at::kBFloat16; // dtype of the weight before quantization (quant_state)
+
+  bool double_quant() const { return nested_absmax.defined(); }
+  int64_t numel() const;
+  int64_t nblocks() const;
+  at::Device device() const { return packed.device(); }
+  NF4Tensor to(at::Device device) const;
+  // Bytes held by the packed codes and statistics.
+  int64_t nbytes() const;
+};
+
+// Quantizes a floating tensor (any shape, contiguous order) blockwise to NF4.
+// double_quant: quantize the absmax values again with the signed 8-bit dynamic map in
+// blocks of 256 after subtracting their mean (QLoRA's "double quantization").
+NF4Tensor nf4_quantize(const at::Tensor& w, int64_t blocksize = 64, bool double_quant = true);
+
+// float32 [nblocks]: the per-block scales, reconstructed from the double-quantized statistics
+// when present.
+at::Tensor nf4_absmax(const NF4Tensor& w);
+
+// Dequantizes to `dtype` (float32, bfloat16 or float16) with the logical shape.
+at::Tensor nf4_dequantize(const NF4Tensor& w, at::ScalarType dtype);
+
+// y = x W^T for x [..., in] and W [out, in] in NF4; y [..., out] in x's dtype, fp32 accumulation.
+at::Tensor nf4_linear(const at::Tensor& x, const NF4Tensor& w);
+
+// dx = dy W for dy [..., out]; dx [..., in] in dy's dtype, fp32 accumulation.
+at::Tensor nf4_linear_grad_input(const at::Tensor& dy, const NF4Tensor& w);
+
+// float32 [16]: the NF4 code table (bitsandbytes' quant_map).
+at::Tensor nf4_code_table();
+
+// float32 [256]: bitsandbytes' create_dynamic_map(signed) (8-bit dynamic quantization map).
+at::Tensor dynamic_map(bool is_signed = true);
+
+// 8-bit blockwise quantization with a 256-entry map (nearest entry, ties to the lower index):
+// returns codes uint8 [n] and writes float32 absmax [ceil(n/blocksize)].
+at::Tensor quantize_blockwise_8bit(const at::Tensor& x, const at::Tensor& map, int64_t blocksize,
+                                   at::Tensor& absmax_out);
+at::Tensor dequantize_blockwise_8bit(const at::Tensor& codes, const at::Tensor& map,
+                                     const at::Tensor& absmax, int64_t blocksize);
+
+// Name of the CPU instruction set the kernels chose at run time ("avx512", "avx2", "scalar").
+const char* cpu_isa_name();
+
+}  // namespace qlora::kernels

@@ -1,0 +1,77 @@
+// Subcommands of the qlora binary: one plain argument struct and one run function each.
+// main.cpp is the only TU that includes CLI11 (it is slow to compile); it declares every
+// option and fills these structs. A run function returns the exit code; user mistakes throw
+// qlora::UserError (exit 2).
+#pragma once
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace qlora::cli {
+
+struct TrainArgs {
+  std::string config;                 // CONFIG.yaml
+  std::vector<std::string> set;       // --set key=value overrides
+  bool resume = false;                // --resume given
+  std::string resume_path;            // --resume PATH (empty: newest complete checkpoint)
+  bool allow_config_change = false;   // --allow-config-change
+};
+int run_train(const TrainArgs& a);
+
+struct ExportArgs {
+  std::string checkpoint;             // checkpoint directory (or run directory)
+  std::string format = "peft";        // peft | merged | gguf-adapter
+  std::string out;                    // output directory
+  std::string base_model;             // override the base model recorded in the checkpoint
+  std::string merge_into = "dequant"; // dequant | original
+  std::string dtype = "bf16";         // bf16 | fp16 | fp32 (merged)
+  std::string max_shard_size = "5GB";
+  bool force = false;
+};
+int run_export(const ExportArgs& a);
+
+struct QuantizeArgs {
+  std::string model;                  // HF model directory
+  std::string out;                    // output directory (bnb-4bit checkpoint)
+  int blocksize = 64;
+  bool double_quant = true;
+  std::string compute_dtype = "bfloat16";
+  bool force = false;
+};
+int run_quantize(const QuantizeArgs& a);
+
+struct GenerateArgs {
+  std::string model;
+  std::string adapter;
+  std::string prompt;
+  bool chat = false;
+  int max_new_tokens = 128;
+  double temperature = 0.0;           // 0 = greedy
+  int top_k = 0;
+  double top_p = 1.0;
+  unsigned long long seed = 0;
+  std::string device = "auto";
+};
+int run_generate(const GenerateArgs& a);
+
+struct EvalArgs {
+  std::string model;
+  std::string adapter;
+  std::string data;
+  std::string type = "text";          // dataset type: text | alpaca | chat | prompt_completion
+  int sequence_len = 2048;
+  int batch_size = 1;
+  std::string device = "auto";
+};
+int run_eval(const EvalArgs& a);
+
+struct InspectArgs {
+  std::string model;
+  bool json = false;
+};
+int run_inspect(const InspectArgs& a);
+
+// For subcommands whose issue has not landed yet: says so plainly and fails (exit 3).
+int not_implemented(const char* name, const char* issue);
+
+}  // namespace qlora::cli

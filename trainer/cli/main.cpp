@@ -1,0 +1,161 @@
+// qlora: fine-tune LLMs with QLoRA. Entry point: declares every subcommand and option (the only
+// TU that includes CLI11), runs the chosen subcommand, and maps errors to exit codes:
+// 0 ok, 2 bad input (UserError or a usage error), 1 internal failure, 3 not implemented.
+#include <CLI/CLI.hpp>
+#include <c10/util/Exception.h>
+#include <torch/cuda.h>
+#include <torch/version.h>
+
+#include <cstdio>
+#include <functional>
+#include <iostream>
+
+#include "kernels/ops.h"
+#include "trainer/cli/commands.h"
+#include "trainer/common/error.h"
+
+namespace {
+
+void print_version() {
+  std::printf("qlora %s\n", QLORA_VERSION);
+  std::printf("LibTorch %s\n", TORCH_VERSION);
+  std::string archs = QLORA_CUDA_ARCHS;
+  std::printf("CUDA architectures: %s\n", archs.empty() ? "none (built without CUDA)" : archs.c_str());
+  std::printf("CPU kernels: %s\n", qlora::kernels::cpu_isa_name());
+  int n = 0;
+  try {
+    n = torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0;
+  } catch (const std::exception&) {
+    n = 0;
+  }
+  if (n > 0)
+    std::printf("GPU: %d visible\n", n);
+  else
+    std::printf("GPU: none visible\n");
+}
+
+// First line of a c10::Error, without the C++ stack trace.
+std::string first_line(const std::string& s) {
+  auto nl = s.find('\n');
+  return nl == std::string::npos ? s : s.substr(0, nl);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace qlora::cli;
+  CLI::App app{"qlora: fine-tune open LLMs with QLoRA (NF4 base weights, LoRA adapters)", "qlora"};
+  app.require_subcommand(0, 1);
+  bool version = false;
+  app.add_flag("--version", version, "Print versions, compiled CUDA architectures and GPU visibility");
+  std::function<int()> action;
+
+  // train
+  TrainArgs train;
+  auto* t = app.add_subcommand("train", "Fine-tune from a YAML config (QLoRA or LoRA)");
+  t->add_option("config", train.config, "Config file (YAML)")->required();
+  t->add_option("--set", train.set, "Override a config key: --set key=value (repeatable)");
+  t->add_option("--resume", train.resume_path,
+                "Resume from the newest complete checkpoint of the run, or from PATH")
+      ->expected(0, 1);
+  t->add_flag("--allow-config-change", train.allow_config_change,
+              "Resume even if the config differs from the checkpoint's");
+  t->callback([&] {
+    train.resume = t->count("--resume") > 0;
+    action = [&] { return run_train(train); };
+  });
+
+  // export
+  ExportArgs exp;
+  auto* e = app.add_subcommand("export", "Export a checkpoint: PEFT adapter, merged HF model, GGUF adapter");
+  e->add_option("checkpoint", exp.checkpoint, "Checkpoint directory (or a run directory: its latest)")->required();
+  e->add_option("--format", exp.format, "peft | merged | gguf-adapter")
+      ->check(CLI::IsMember({"peft", "merged", "gguf-adapter"}));
+  e->add_option("--out", exp.out, "Output directory")->required();
+  e->add_option("--base-model", exp.base_model, "Base model directory (default: the one the run used)");
+  e->add_option("--merge-into", exp.merge_into, "dequant (the NF4 weights trained against) | original")
+      ->check(CLI::IsMember({"dequant", "original"}));
+  e->add_option("--dtype", exp.dtype, "bf16 | fp16 | fp32 for merged weights")
+      ->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
+  e->add_option("--max-shard-size", exp.max_shard_size, "Largest safetensors shard, e.g. 2GB, 500MB");
+  e->add_flag("--force", exp.force, "Write into a non-empty output directory");
+  e->callback([&] { action = [&] { return run_export(exp); }; });
+
+  // quantize
+  QuantizeArgs q;
+  auto* qc = app.add_subcommand("quantize", "Write an HF bnb-4bit (NF4) checkpoint from an HF model");
+  qc->add_option("--model", q.model, "HF model directory (config.json + safetensors)")->required();
+  qc->add_option("--out", q.out, "Output directory")->required();
+  qc->add_option("--blocksize", q.blocksize, "NF4 block size (power of two, 32..4096)");
+  qc->add_option("--double-quant", q.double_quant, "Double-quantize the statistics (true|false)");
+  qc->add_option("--compute-dtype", q.compute_dtype, "bnb_4bit_compute_dtype written to config.json");
+  qc->add_flag("--force", q.force, "Write into a non-empty output directory");
+  qc->callback([&] { action = [&] { return run_quantize(q); }; });
+
+  // generate
+  GenerateArgs g;
+  auto* gc = app.add_subcommand("generate", "Generate text with a model (and optionally an adapter)");
+  gc->add_option("--model", g.model, "HF model directory")->required();
+  gc->add_option("--adapter", g.adapter, "Checkpoint or PEFT adapter directory");
+  auto* gp = gc->add_option("--prompt", g.prompt, "Prompt text");
+  auto* gch = gc->add_flag("--chat", g.chat, "Interactive chat using the model's chat template");
+  gp->excludes(gch);
+  gc->add_option("--max-new-tokens", g.max_new_tokens, "Tokens to generate");
+  gc->add_option("--temperature", g.temperature, "Sampling temperature (0 = greedy)");
+  gc->add_option("--top-k", g.top_k, "Top-k sampling (0 = off)");
+  gc->add_option("--top-p", g.top_p, "Top-p (nucleus) sampling");
+  gc->add_option("--seed", g.seed, "Sampling seed");
+  gc->add_option("--device", g.device, "auto | cpu | cuda");
+  gc->callback([&] { action = [&] { return run_generate(g); }; });
+
+  // eval
+  EvalArgs ev;
+  auto* ec = app.add_subcommand("eval", "Loss and perplexity of a model (and adapter) on a dataset");
+  ec->add_option("--model", ev.model, "HF model directory")->required();
+  ec->add_option("--adapter", ev.adapter, "Checkpoint or PEFT adapter directory");
+  ec->add_option("--data", ev.data, "Dataset file (JSONL or JSON)")->required();
+  ec->add_option("--type", ev.type, "Dataset type: text | alpaca | chat | prompt_completion");
+  ec->add_option("--sequence-len", ev.sequence_len, "Maximum tokens per sequence");
+  ec->add_option("--batch-size", ev.batch_size, "Sequences per batch");
+  ec->add_option("--device", ev.device, "auto | cpu | cuda");
+  ec->callback([&] { action = [&] { return run_eval(ev); }; });
+
+  // inspect
+  InspectArgs in;
+  auto* ic = app.add_subcommand("inspect", "Print a model's architecture, shapes, parameters and NF4 memory");
+  ic->add_option("model", in.model, "HF model directory")->required();
+  ic->add_flag("--json", in.json, "Print JSON");
+  ic->callback([&] { action = [&] { return run_inspect(in); }; });
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& err) {
+    return app.exit(err);
+  } catch (const CLI::CallForAllHelp& err) {
+    return app.exit(err);
+  } catch (const CLI::ParseError& err) {
+    app.exit(err);
+    return 2;
+  }
+
+  if (version) {
+    print_version();
+    return 0;
+  }
+  if (!action) {
+    std::cout << app.help();
+    return 2;
+  }
+  try {
+    return action();
+  } catch (const qlora::UserError& err) {
+    std::fprintf(stderr, "qlora: error: %s\n", err.what());
+    return 2;
+  } catch (const c10::Error& err) {
+    std::fprintf(stderr, "qlora: internal error: %s\n", first_line(err.what_without_backtrace()).c_str());
+    return 1;
+  } catch (const std::exception& err) {
+    std::fprintf(stderr, "qlora: internal error: %s\n", err.what());
+    return 1;
+  }
+}

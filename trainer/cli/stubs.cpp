@@ -1,0 +1,21 @@
+// Subcommands whose issues have not landed yet. Each says so plainly and exits 3; nothing
+// pretends. An issue that implements a subcommand deletes its stub here.
+#include <cstdio>
+
+#include "trainer/cli/commands.h"
+
+namespace qlora::cli {
+
+int not_implemented(const char* name, const char* issue) {
+  std::fprintf(stderr, "qlora %s: not implemented yet (tracked by issue %s)\n", name, issue);
+  return 3;
+}
+
+int run_train(const TrainArgs&) { return not_implemented("train", "P5"); }
+int run_export(const ExportArgs&) { return not_implemented("export", "P6"); }
+int run_quantize(const QuantizeArgs&) { return not_implemented("quantize", "P2"); }
+int run_generate(const GenerateArgs&) { return not_implemented("generate", "P6"); }
+int run_eval(const EvalArgs&) { return not_implemented("eval", "P6"); }
+int run_inspect(const InspectArgs&) { return not_implemented("inspect", "P3"); }
+
+}  // namespace qlora::cli

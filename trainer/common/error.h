@@ -1,0 +1,34 @@
+// The one user-facing error type.
+//
+// UserError is a mistake in what the user gave us (a config key, a data line, a file, an
+// argument). Its message is one line naming the file and the key or line and what was expected,
+// e.g. "configs/x.yaml: lora_r: expected a positive integer, got -3". The CLI prints it and exits
+// with code 2. Anything else that escapes is an internal failure (exit 1).
+#pragma once
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+namespace qlora {
+
+class UserError : public std::runtime_error {
+ public:
+  explicit UserError(const std::string& msg) : std::runtime_error(msg) {}
+};
+
+namespace detail {
+template <class... Args>
+std::string concat(Args&&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  return os.str();
+}
+}  // namespace detail
+
+// Throws UserError with the arguments streamed together.
+template <class... Args>
+[[noreturn]] void user_error(Args&&... args) {
+  throw UserError(detail::concat(std::forward<Args>(args)...));
+}
+
+}  // namespace qlora

@@ -1,0 +1,153 @@
+#include "trainer/common/fs.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <system_error>
+
+#include "trainer/common/error.h"
+
+namespace qlora::fs {
+
+std::string read_file(const stdfs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) user_error(path.string(), ": cannot open for reading: ", std::strerror(errno));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) user_error(path.string(), ": read error");
+  return ss.str();
+}
+
+void fsync_path(const stdfs::path& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::system_error(errno, std::generic_category(), "open " + path.string());
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  // Some file systems refuse fsync on directories (EINVAL); that is not a data-loss risk.
+  if (rc != 0 && err != EINVAL)
+    throw std::system_error(err, std::generic_category(), "fsync " + path.string());
+}
+
+stdfs::path temp_sibling(const stdfs::path& final_path) {
+  static std::atomic<uint64_t> counter{0};
+  stdfs::path dir = final_path.parent_path();
+  if (dir.empty()) dir = ".";
+  std::string name = "." + final_path.filename().string() + ".tmp-" + std::to_string(::getpid()) +
+                     "-" + std::to_string(counter++);
+  return dir / name;
+}
+
+void write_file_atomic(const stdfs::path& path, std::string_view bytes) {
+  stdfs::path tmp = temp_sibling(path);
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) user_error(path.string(), ": cannot write: ", std::strerror(errno));
+  size_t off = 0;
+  while (off < bytes.size()) {
+    ssize_t n = ::write(fd, bytes.data() + off, bytes.size() - off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      user_error(path.string(), ": write failed: ", std::strerror(err));
+    }
+    off += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    user_error(path.string(), ": write failed: ", std::strerror(err));
+  }
+  std::error_code ec;
+  stdfs::rename(tmp, path, ec);
+  if (ec) {
+    ::unlink(tmp.c_str());
+    user_error(path.string(), ": cannot rename into place: ", ec.message());
+  }
+  stdfs::path dir = path.parent_path();
+  fsync_path(dir.empty() ? stdfs::path(".") : dir);
+}
+
+StagedDir::StagedDir(stdfs::path final_dir, bool replace_existing)
+    : final_(std::move(final_dir)), replace_(replace_existing) {
+  stdfs::path parent = final_.parent_path();
+  if (!parent.empty()) {
+    std::error_code ec;
+    stdfs::create_directories(parent, ec);
+    if (ec) user_error(parent.string(), ": cannot create directory: ", ec.message());
+  }
+  tmp_ = temp_sibling(final_);
+  std::error_code ec;
+  stdfs::create_directory(tmp_, ec);
+  if (ec) user_error(tmp_.string(), ": cannot create directory: ", ec.message());
+}
+
+StagedDir::~StagedDir() {
+  if (!done_) {
+    std::error_code ec;
+    stdfs::remove_all(tmp_, ec);
+  }
+}
+
+void StagedDir::commit() {
+  for (const auto& e : stdfs::recursive_directory_iterator(tmp_)) {
+    if (e.is_regular_file()) fsync_path(e.path());
+  }
+  fsync_path(tmp_);
+  std::error_code ec;
+  if (stdfs::exists(final_)) {
+    if (!replace_) user_error(final_.string(), ": already exists");
+    // Move the old one aside first so a crash never leaves neither.
+    stdfs::path old = temp_sibling(final_);
+    stdfs::rename(final_, old, ec);
+    if (ec) user_error(final_.string(), ": cannot replace: ", ec.message());
+    stdfs::rename(tmp_, final_, ec);
+    if (ec) {
+      stdfs::rename(old, final_);
+      user_error(final_.string(), ": cannot rename into place: ", ec.message());
+    }
+    stdfs::remove_all(old, ec);
+  } else {
+    stdfs::rename(tmp_, final_, ec);
+    if (ec) user_error(final_.string(), ": cannot rename into place: ", ec.message());
+  }
+  stdfs::path parent = final_.parent_path();
+  fsync_path(parent.empty() ? stdfs::path(".") : parent);
+  done_ = true;
+}
+
+std::string format_bytes(uint64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024.0 && u < 4) {
+    v /= 1024.0;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
+  return buf;
+}
+
+uint64_t peak_rss_bytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) {
+      std::istringstream ss(line.substr(6));
+      uint64_t kb = 0;
+      ss >> kb;
+      return kb * 1024;
+    }
+  }
+  return 0;
+}
+
+}  // namespace qlora::fs
