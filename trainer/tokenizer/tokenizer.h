@@ -1,0 +1,50 @@
+// The tokenizer interface. Two implementations (issue P4): SentencePiece `tokenizer.model`
+// (libsentencepiece) and HF `tokenizer.json` byte-level BPE; both read tokenizer_config.json
+// for special tokens, add_bos_token/add_eos_token and the chat template.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace qlora::tok {
+
+// Special tokens and flags from tokenizer_config.json (and the model's own defaults).
+struct SpecialTokens {
+  std::optional<int32_t> bos_id, eos_id, pad_id, unk_id;
+  std::string bos_token, eos_token, pad_token, unk_token;
+  bool add_bos_token = false;  // encode(..., add_special_tokens=true) prepends BOS
+  bool add_eos_token = false;  // encode(..., add_special_tokens=true) appends EOS
+};
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+
+  // Token ids of `text`, equal to HF's tokenizer(text, add_special_tokens=...)["input_ids"].
+  virtual std::vector<int32_t> encode(std::string_view text, bool add_special_tokens) const = 0;
+  // Text of `ids`, equal to HF's decode(ids, skip_special_tokens=...).
+  virtual std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const = 0;
+
+  virtual int32_t vocab_size() const = 0;
+  virtual std::optional<int32_t> token_to_id(std::string_view token) const = 0;
+  virtual std::string id_to_token(int32_t id) const = 0;
+
+  const SpecialTokens& special() const { return special_; }
+  // The model's own Jinja chat template (chat_template.jinja wins over tokenizer_config.json),
+  // empty when it ships none.
+  const std::string& chat_template() const { return chat_template_; }
+
+ protected:
+  SpecialTokens special_;
+  std::string chat_template_;
+};
+
+// Loads the tokenizer of a model directory (tokenizer.json preferred, else tokenizer.model) or a
+// tokenizer file. UserError naming the path when nothing usable is there.
+std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path);
+
+}  // namespace qlora::tok
