@@ -1,0 +1,71 @@
+// The run configuration as plain structs. trainer/config parses YAML into these once, at the
+// edge (validation, "did you mean", --set overrides); nothing deeper reads YAML.
+// Key names are Axolotl's / HF's (base_model, lora_r, micro_batch_size, ...).
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "trainer/data/spec.h"
+
+namespace qlora::config {
+
+struct QuantizationConfig {
+  std::string quant_type = "nf4";       // only nf4
+  bool double_quant = true;             // bnb_4bit_use_double_quant
+  int64_t blocksize = 64;               // 32..4096, power of two
+  std::string compute_dtype = "auto";   // auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
+};
+
+struct LoraConfig {
+  std::string adapter = "qlora";        // qlora (NF4 base) | lora (16-bit base)
+  int64_t r = 8;                        // lora_r
+  double alpha = 16;                    // lora_alpha
+  double dropout = 0.05;                // lora_dropout
+  std::vector<std::string> target_modules;  // lora_target_modules, e.g. q_proj, v_proj
+  bool target_linear = false;           // lora_target_linear: every linear layer of the decoder
+  bool use_rslora = false;              // scaling alpha/sqrt(r) instead of alpha/r
+};
+
+struct OptimizerConfig {
+  std::string optimizer = "adamw";      // adamw | adamw_8bit (paged_ prefixes accepted: paging on)
+  double learning_rate = 2e-4;
+  double weight_decay = 0.0;
+  double adam_beta1 = 0.9;
+  double adam_beta2 = 0.999;
+  double adam_epsilon = 1e-8;
+  double max_grad_norm = 1.0;           // 0 disables clipping
+  std::string lr_scheduler = "cosine";  // cosine | linear | constant
+  int64_t warmup_steps = 0;             // or warmup_ratio (exactly one may be set)
+  std::optional<double> warmup_ratio;
+  bool paged = false;                   // page optimizer state between device and host
+  std::string device_budget = "auto";   // auto | bytes like "512MB": device memory for state
+};
+
+struct TrainConfig {
+  std::string config_path;              // the file this came from (for messages)
+  std::string base_model;               // HF model directory
+  std::string tokenizer;                // tokenizer directory (default: base_model)
+  QuantizationConfig quantization;
+  LoraConfig lora;
+  OptimizerConfig optim;
+  data::DataSpec data;                  // datasets, sequence_len, packing, val split, ...
+
+  int64_t micro_batch_size = 1;
+  int64_t gradient_accumulation_steps = 1;
+  std::optional<int64_t> num_epochs;    // exactly one of num_epochs / max_steps
+  std::optional<int64_t> max_steps;
+  bool gradient_checkpointing = false;
+  uint64_t seed = 42;
+  std::string device = "auto";          // auto | cpu | cuda
+  int64_t max_nonfinite_steps = 10;     // stop after this many skipped (NaN/Inf) steps in a row
+
+  std::string output_dir = "runs/out";
+  int64_t save_steps = 0;               // 0: only at the end
+  int64_t save_total_limit = 0;         // 0: keep all
+  int64_t eval_steps = 0;               // 0: only at the end
+  int64_t logging_steps = 1;
+};
+
+}  // namespace qlora::config

@@ -1,0 +1,43 @@
+// Plain descriptions of datasets, filled from the YAML config (trainer/config) and consumed by
+// trainer/data. Key names follow Axolotl where it has one.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace qlora::data {
+
+// One dataset file. `type` picks the format:
+//   text              {"text": "..."}                       (alias: completion)
+//   alpaca            {"instruction", "input", "output"}
+//   chat              {"messages": [{"role", "content"}]}   (alias: chat_template)
+//   prompt_completion {"prompt", "completion"}               (alias: input_output)
+struct DatasetSpec {
+  std::string path;                      // .jsonl (one object per line) or .json (array)
+  std::string type = "alpaca";
+  std::string field = "text";            // text: the field holding the text
+  std::string field_instruction = "instruction";
+  std::string field_input = "input";
+  std::string field_output = "output";
+  std::string field_messages = "messages";
+  std::string message_field_role = "role";
+  std::string message_field_content = "content";
+  std::string field_prompt = "prompt";
+  std::string field_completion = "completion";
+};
+
+// How samples become training sequences.
+struct DataSpec {
+  std::vector<DatasetSpec> datasets;       // training data
+  std::vector<DatasetSpec> test_datasets;  // validation by file (takes precedence over val_set_size)
+  double val_set_size = 0.0;               // fraction of the training samples held out, [0, 1)
+  int64_t sequence_len = 2048;             // tokens per sequence; longer samples are truncated
+  bool sample_packing = false;             // several samples per sequence, attention kept inside each
+  bool train_on_inputs = false;            // false: prompt tokens are masked out of the loss
+  bool skip_invalid = false;               // skip (and count) malformed lines instead of failing
+  std::string chat_template;               // "" = the tokenizer's own; else a built-in name
+                                           // (chatml, llama3, mistral, qwen2_5, gemma, ...)
+  uint64_t seed = 42;                      // shuffling and the validation split
+};
+
+}  // namespace qlora::data
