@@ -8,8 +8,8 @@
 //     PreTrainedTokenizerFast) runs tokenizer.json as written.
 //   - Added tokens: the config's added_tokens_decoder (tokenizer.json's own list when the config
 //     has none), then the named special tokens (bos/eos/unk/pad) not yet known.
-//   - The post-processor is tokenizer.json's, unless the config sets add_bos_token or
-//     add_eos_token (or there is none): then it is "[BOS] $A [EOS]" per those flags.
+//   - The post-processor is tokenizer.json's (the config's add_bos_token/add_eos_token are then
+//     ignored); without a tokenizer.json it is "[BOS] $A [EOS]" per those flags.
 //   - A directory with only tokenizer.model is a Llama-style SentencePiece tokenizer: Metaspace
 //     ("▁" prepended to the first piece, or to every piece between special tokens when `legacy`),
 //     the SentencePiece model (run by libsentencepiece), the Llama decoder.
@@ -356,8 +356,21 @@ TokenizerConfig read_config(const stdfs::path& dir) {
       *dst = t;
     }
   }
-  const stdfs::path jinja = dir / "chat_template.jinja";
-  if (stdfs::exists(jinja)) cfg.chat_template = read_text(jinja);
+  // Template files win over the config: chat_template.jinja is "default", and
+  // additional_chat_templates/<name>.jinja are named ones (then all are named templates).
+  std::map<std::string, std::string> files;
+  if (stdfs::exists(dir / "chat_template.jinja")) files["default"] = read_text(dir / "chat_template.jinja");
+  std::error_code ec;
+  if (stdfs::is_directory(dir / "additional_chat_templates", ec))
+    for (const auto& e : stdfs::directory_iterator(dir / "additional_chat_templates"))
+      if (e.path().extension() == ".jinja") files[e.path().stem().string()] = read_text(e.path());
+  if (files.size() == 1 && files.count("default")) {
+    cfg.chat_template = files["default"];
+    cfg.named_templates.clear();
+  } else if (!files.empty()) {
+    cfg.named_templates = files;
+    cfg.chat_template = files.count("default") ? files["default"] : "";
+  }
   return cfg;
 }
 
@@ -387,7 +400,7 @@ std::optional<AddedToken> resolve_special(const std::optional<std::optional<Adde
 // Adds the config's added tokens and special tokens to the tokenizer, fills SpecialTokens and the
 // chat template, and sets the post-processor.
 void finish_with_config(PipelineTokenizer& tk, const TokenizerConfig& cfg, const std::string& cls,
-                        std::unique_ptr<PostProcessor> file_post) {
+                        std::unique_ptr<PostProcessor> file_post, bool has_tokenizer_json) {
   for (const auto& t : cfg.added_tokens_decoder)
     if (!tk.added.by_content(t.content)) tk.added.add(t);
   const ClassDefaults d = defaults_of(cls);
@@ -417,12 +430,13 @@ void finish_with_config(PipelineTokenizer& tk, const TokenizerConfig& cfg, const
   fill(unk, sp.unk_token, sp.unk_id);
   fill(pad, sp.pad_token, sp.pad_id);
 
-  // transformers rebuilds the post-processor from add_bos_token/add_eos_token when the config
-  // sets either, or when there is none (TokenizersBackend.update_post_processor).
-  if (cfg.add_bos_token || cfg.add_eos_token || !file_post) {
+  // With a tokenizer.json, transformers drops the config's add_bos_token/add_eos_token and keeps
+  // the file's post-processor; without one (tokenizer.model, or a file without post-processor)
+  // it builds "[BOS] $A [EOS]" from those flags (TokenizersBackend.update_post_processor).
+  if (!file_post) {
     std::vector<int32_t> pre, suf;
-    if (cfg.add_bos_token.value_or(false) && sp.bos_id) pre.push_back(*sp.bos_id);
-    if (cfg.add_eos_token.value_or(false) && sp.eos_id) suf.push_back(*sp.eos_id);
+    if (!has_tokenizer_json && cfg.add_bos_token.value_or(false) && sp.bos_id) pre.push_back(*sp.bos_id);
+    if (!has_tokenizer_json && cfg.add_eos_token.value_or(false) && sp.eos_id) suf.push_back(*sp.eos_id);
     tk.post_processor = make_template_post_processor(std::move(pre), std::move(suf));
   } else {
     tk.post_processor = std::move(file_post);
@@ -551,7 +565,7 @@ std::unique_ptr<Tokenizer> load_tokenizer_json(const stdfs::path& file, const To
       tk->added.add(added_token_of(c, at[k], key, at[k]["id"].get<int32_t>()));
     }
   }
-  finish_with_config(*tk, cfg, cls, std::move(file_post));
+  finish_with_config(*tk, cfg, cls, std::move(file_post), /*has_tokenizer_json=*/true);
   return tk;
 }
 
@@ -571,7 +585,7 @@ std::unique_ptr<Tokenizer> load_sentencepiece(const stdfs::path& file, const Tok
   }
   tk->model = std::move(model);
   set_llama_stages(*tk, cfg);
-  finish_with_config(*tk, cfg, "LlamaTokenizer", nullptr);
+  finish_with_config(*tk, cfg, "LlamaTokenizer", nullptr, /*has_tokenizer_json=*/false);
   return tk;
 }
 

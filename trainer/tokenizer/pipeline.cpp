@@ -815,8 +815,7 @@ void AddedVocabulary::split(std::string_view s, bool normalized_set, std::vector
     }
     if (start_offset < start) out.push_back({uint32_t(start_offset), uint32_t(start), -1});
     out.push_back({uint32_t(start), uint32_t(stop), t.id});
-    start_offset = stop;
-    i = std::max(i, stop);
+    start_offset = stop;  // the matcher itself resumes at the match end, not after stripped spaces
   }
   if (start_offset < s.size()) out.push_back({uint32_t(start_offset), uint32_t(s.size()), -1});
 }
