@@ -13,7 +13,9 @@
 #if defined(__CUDACC__)
 #define QLORA_HD __host__ __device__ __forceinline__
 #else
-#define QLORA_HD inline
+// static: every translation unit keeps its own copy, so one compiled with -mavx512f (the ISA
+// kernels in kernels/cpu/) can never lend its version to code that runs on other CPUs.
+#define QLORA_HD static inline
 #endif
 
 // Exact float32 values of the NF4 code table, index 0..15.
@@ -35,6 +37,12 @@ namespace qlora::nf4 {
 inline constexpr int kNumCodes = 16;
 inline constexpr int kNestedBlocksize = 256;  // double-quantization block over absmax values
 inline constexpr int kDefaultBlocksize = 64;
+inline constexpr uint8_t kPadCode = 7;  // code of 0.0: pads an odd element count
+// Smallest absmax used for scaling. bitsandbytes' CPU path clamps to 1e-38 before taking the
+// reciprocal, so 1/absmax stays finite for tiny and all-zero blocks; we do the same (the CUDA
+// path would take 1/0 = inf and turn an all-zero block into NaN -> code 0 -> -0.0). The stored
+// absmax is the true max |x|, not the clamped one.
+inline constexpr float kMinAbsmax = 1e-38f;
 
 inline constexpr float kCodes[16] = {QLORA_NF4_CODES};
 inline constexpr float kMidpoints[15] = {QLORA_NF4_MIDPOINTS};
@@ -49,6 +57,23 @@ QLORA_HD uint8_t quantize_scaled(float x) {
 #endif
   for (int i = 0; i < 15; ++i) c += (x > m[i]) ? 1 : 0;
   return c;
+}
+
+// Multiplier that maps a block with max |x| = absmax into [-1, 1]: x * (1/absmax), the
+// reciprocal first, as bitsandbytes does (CUDA: rcp, CPU: 1.0 / absmax.clamp(min=1e-38)).
+// Host only (device code would get an approximate reciprocal under fast math).
+static inline float block_scale(float absmax) { return 1.0f / (absmax > kMinAbsmax ? absmax : kMinAbsmax); }
+
+// Absmax reconstructed from double-quantized statistics: two separately rounded float32
+// operations, float(float(map8[q] * nested) + offset), never contracted to one FMA.
+QLORA_HD float dq_absmax(float map8_q, float nested, float offset) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(__fmul_rn(map8_q, nested), offset);
+#else
+  // The host kernels are compiled with -ffp-contract=off (kernels/CMakeLists.txt).
+  const float prod = map8_q * nested;
+  return prod + offset;
+#endif
 }
 
 // Packed byte -> (high, low) codes.

@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include "kernels/cpu/nf4_cpu.h"
+#include "kernels/cpu/nf4_cpu_isa.h"
 #include "kernels/nf4.h"
 
 namespace qlora::kernels {
@@ -137,11 +138,6 @@ at::Tensor dequantize_blockwise_8bit(const at::Tensor& codes, const at::Tensor& 
   return codes.is_cpu() ? out : out.to(codes.device());
 }
 
-const char* cpu_isa_name() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return "avx512";
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
-  return "scalar";
-}
+const char* cpu_isa_name() { return cpu::nf4_isa().name; }
 
 }  // namespace qlora::kernels
