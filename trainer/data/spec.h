@@ -24,6 +24,7 @@ struct DatasetSpec {
   std::string message_field_content = "content";
   std::string field_prompt = "prompt";
   std::string field_completion = "completion";
+  // chat: a record's "tools" array, when present, is passed to the template as `tools`.
 };
 
 // How samples become training sequences.
@@ -35,6 +36,7 @@ struct DataSpec {
   bool sample_packing = false;             // several samples per sequence, attention kept inside each
   bool train_on_inputs = false;            // false: prompt tokens are masked out of the loss
   bool skip_invalid = false;               // skip (and count) malformed lines instead of failing
+  bool pad_to_sequence_len = false;        // pad every batch to sequence_len (fixed shapes)
   std::string chat_template;               // "" = the tokenizer's own; else a built-in name
                                            // (chatml, llama3, mistral, qwen2_5, gemma, ...)
   uint64_t seed = 42;                      // shuffling and the validation split

@@ -1,0 +1,226 @@
+#include "trainer/data/dataset.h"
+
+#include <cmath>
+#include <exception>
+#include <optional>
+
+#include "trainer/common/error.h"
+#include "trainer/data/formats.h"
+#include "trainer/data/records.h"
+#include "trainer/tokenizer/chat_template.h"
+
+namespace qlora::data {
+
+namespace {
+
+uint64_t splitmix64(uint64_t& state) {
+  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Uniform integer in [0, bound) without modulo bias (rejection).
+uint64_t uniform(uint64_t& state, uint64_t bound) {
+  uint64_t limit = UINT64_MAX - UINT64_MAX % bound;
+  uint64_t x;
+  do {
+    x = splitmix64(state);
+  } while (x >= limit);
+  return x % bound;
+}
+
+int64_t count_targets(const Sample& s) {
+  // The first token is never a target (nothing precedes it), see Batch in loader.h.
+  int64_t n = 0;
+  for (size_t i = 1; i < s.labels.size(); ++i) n += s.labels[i] != kIgnoreIndex;
+  return n;
+}
+
+struct FileResult {
+  std::vector<Sample> samples;
+  int64_t records = 0, skipped = 0, truncated = 0, dropped = 0;
+};
+
+FileResult load_file(const DatasetSpec& ds, const DataSpec& spec, const tok::Tokenizer& tk,
+                     const tok::ChatTemplate* chat) {
+  SampleBuilder builder(ds, spec, tk, chat);
+  FileResult res;
+  read_records(ds.path, spec.skip_invalid, &res.skipped, [&](std::vector<Record>& batch) {
+    const int64_t n = static_cast<int64_t>(batch.size());
+    std::vector<Sample> built(n);
+    std::vector<std::string> errors(n);
+    std::vector<std::exception_ptr> internal(n);
+#pragma omp parallel for schedule(dynamic, 8)
+    for (int64_t i = 0; i < n; ++i) {
+      try {
+        built[i] = builder.build(batch[i]);
+      } catch (const UserError& e) {
+        errors[i] = e.what();
+      } catch (...) {
+        internal[i] = std::current_exception();
+      }
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      if (internal[i]) std::rethrow_exception(internal[i]);
+      ++res.records;
+      if (!errors[i].empty()) {
+        if (!spec.skip_invalid) throw UserError(errors[i]);
+        ++res.skipped;
+        continue;
+      }
+      Sample& s = built[i];
+      if (static_cast<int64_t>(s.input_ids.size()) > spec.sequence_len) {
+        s.input_ids.resize(spec.sequence_len);
+        s.labels.resize(spec.sequence_len);
+        ++res.truncated;
+      }
+      if (count_targets(s) == 0) {
+        ++res.dropped;
+        continue;
+      }
+      res.samples.push_back(std::move(s));
+    }
+  });
+  if (res.records == 0 && res.skipped == 0) user_error(ds.path, ": the dataset is empty");
+  if (res.records == 0) user_error(ds.path, ": no valid record (", res.skipped, " skipped as invalid)");
+  if (res.samples.empty())
+    user_error(ds.path, ": no trainable tokens in its ", res.records - res.skipped,
+               " samples (every label is masked", spec.train_on_inputs ? "" : " with train_on_inputs: false",
+               ", or truncated away at sequence_len ", spec.sequence_len, ")");
+  return res;
+}
+
+// Greedy packing in the given order: a row takes samples while they fit in sequence_len.
+std::shared_ptr<PackedData> pack(std::vector<Sample>& samples, bool packing, int64_t sequence_len, int32_t pad_id) {
+  auto p = std::make_shared<PackedData>();
+  p->pad_id = pad_id;
+  p->sequence_len = sequence_len;
+  size_t total = 0;
+  for (const auto& s : samples) total += s.input_ids.size();
+  p->input_ids.reserve(total);
+  p->labels.reserve(total);
+  p->sample_begin.reserve(samples.size());
+  int64_t row_len = 0;
+  for (auto& s : samples) {
+    int64_t len = static_cast<int64_t>(s.input_ids.size());
+    if (p->row_begin.empty() || !packing || row_len + len > sequence_len) {
+      p->row_begin.push_back(static_cast<int64_t>(p->input_ids.size()));
+      row_len = 0;
+    }
+    p->sample_begin.push_back(static_cast<int64_t>(p->input_ids.size()));
+    p->input_ids.insert(p->input_ids.end(), s.input_ids.begin(), s.input_ids.end());
+    p->labels.insert(p->labels.end(), s.labels.begin(), s.labels.end());
+    row_len += len;
+    std::vector<int32_t>().swap(s.input_ids);
+    std::vector<int32_t>().swap(s.labels);
+  }
+  p->row_begin.push_back(static_cast<int64_t>(p->input_ids.size()));
+  // FNV-1a over everything a batch is made of, so a resumed run can tell it has the same data.
+  uint64_t h = 0xCBF29CE484222325ull;
+  auto mix = [&h](uint64_t v) {
+    for (int k = 0; k < 8; ++k) {
+      h ^= (v >> (8 * k)) & 0xFF;
+      h *= 0x100000001B3ull;
+    }
+  };
+  for (size_t i = 0; i < p->input_ids.size(); ++i) mix((static_cast<uint64_t>(static_cast<uint32_t>(p->input_ids[i])) << 32) | static_cast<uint32_t>(p->labels[i]));
+  for (int64_t b : p->row_begin) mix(static_cast<uint64_t>(b));
+  for (int64_t b : p->sample_begin) mix(static_cast<uint64_t>(b));
+  p->fingerprint = h;
+  return p;
+}
+
+}  // namespace
+
+std::vector<int64_t> permutation(int64_t n, uint64_t seed) {
+  std::vector<int64_t> idx(n);
+  for (int64_t i = 0; i < n; ++i) idx[i] = i;
+  uint64_t state = seed;
+  for (int64_t i = n - 1; i > 0; --i) std::swap(idx[i], idx[uniform(state, static_cast<uint64_t>(i) + 1)]);
+  return idx;
+}
+
+std::string DataStats::summary() const {
+  std::ostringstream os;
+  os << "data: " << records << " records";
+  if (skipped_invalid) os << ", " << skipped_invalid << " invalid skipped";
+  if (truncated) os << ", " << truncated << " truncated to sequence_len";
+  if (dropped_no_targets) os << ", " << dropped_no_targets << " without trained tokens dropped";
+  os << "; train " << train_samples << " samples in " << train_rows << " rows (" << train_tokens << " tokens, "
+     << train_target_tokens << " trained)";
+  if (val_samples) os << "; validation " << val_samples << " samples in " << val_rows << " rows";
+  return os.str();
+}
+
+Datasets build_datasets(const DataSpec& spec, const tok::Tokenizer& tokenizer,
+                        const std::function<void(const std::string&)>& log) {
+  if (spec.datasets.empty()) user_error("datasets: no training dataset given");
+  if (spec.sequence_len < 2) user_error("sequence_len: expected at least 2, got ", spec.sequence_len);
+  if (!(spec.val_set_size >= 0.0 && spec.val_set_size < 1.0))
+    user_error("val_set_size: expected a fraction in [0, 1), got ", spec.val_set_size);
+  for (const auto* list : {&spec.datasets, &spec.test_datasets})
+    for (const auto& ds : *list) canonical_type(ds.type, ds.path);
+
+  std::optional<tok::ChatTemplate> chat;
+  auto chat_for = [&](const DatasetSpec& ds) -> const tok::ChatTemplate* {
+    if (canonical_type(ds.type, ds.path) != "chat") return nullptr;
+    if (!chat) chat.emplace(tok::ChatTemplate::resolve(spec.chat_template, tokenizer));
+    return &*chat;
+  };
+
+  Datasets out;
+  DataStats& st = out.stats;
+  auto load_all = [&](const std::vector<DatasetSpec>& list) {
+    std::vector<Sample> all;
+    for (const auto& ds : list) {
+      FileResult r = load_file(ds, spec, tokenizer, chat_for(ds));
+      st.records += r.records;
+      st.skipped_invalid += r.skipped;
+      st.truncated += r.truncated;
+      st.dropped_no_targets += r.dropped;
+      if (log && r.skipped) log(ds.path + ": skipped " + std::to_string(r.skipped) + " invalid records");
+      if (log && r.truncated)
+        log(ds.path + ": truncated " + std::to_string(r.truncated) + " samples longer than sequence_len " +
+            std::to_string(spec.sequence_len));
+      if (log && r.dropped)
+        log(ds.path + ": dropped " + std::to_string(r.dropped) + " samples without trained tokens");
+      for (auto& s : r.samples) all.push_back(std::move(s));
+    }
+    return all;
+  };
+
+  std::vector<Sample> train = load_all(spec.datasets);
+  std::vector<Sample> val = load_all(spec.test_datasets);
+
+  // Deterministic shuffle, then the validation split by ratio (when no test_datasets).
+  std::vector<int64_t> order = permutation(static_cast<int64_t>(train.size()), spec.seed);
+  std::vector<Sample> shuffled;
+  shuffled.reserve(train.size());
+  for (int64_t i : order) shuffled.push_back(std::move(train[i]));
+  train = std::move(shuffled);
+  if (spec.test_datasets.empty() && spec.val_set_size > 0.0) {
+    auto n_val = static_cast<size_t>(std::ceil(spec.val_set_size * static_cast<double>(train.size())));
+    if (n_val >= train.size())
+      user_error("val_set_size: ", spec.val_set_size, " of ", train.size(), " samples leaves nothing to train on");
+    val.assign(std::make_move_iterator(train.begin()), std::make_move_iterator(train.begin() + n_val));
+    train.erase(train.begin(), train.begin() + n_val);
+  }
+
+  const tok::SpecialTokens& sp = tokenizer.special();
+  int32_t pad_id = sp.pad_id ? *sp.pad_id : sp.eos_id ? *sp.eos_id : 0;
+  st.train_samples = static_cast<int64_t>(train.size());
+  st.val_samples = static_cast<int64_t>(val.size());
+  for (const auto& s : train) {
+    st.train_tokens += static_cast<int64_t>(s.input_ids.size());
+    st.train_target_tokens += count_targets(s);
+  }
+  out.train = pack(train, spec.sample_packing, spec.sequence_len, pad_id);
+  out.val = pack(val, spec.sample_packing, spec.sequence_len, pad_id);
+  st.train_rows = out.train->num_rows();
+  st.val_rows = out.val->num_rows();
+  if (log) log(st.summary());
+  return out;
+}
+
+}  // namespace qlora::data

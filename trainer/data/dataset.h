@@ -1,0 +1,54 @@
+// Datasets for training: read the files, build samples (tokenize, mask), truncate, shuffle by
+// seed, split off validation, pack into rows of at most sequence_len tokens.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "trainer/data/spec.h"
+#include "trainer/tokenizer/tokenizer.h"
+
+namespace qlora::data {
+
+// Rows of samples laid end to end: one sample per row, or with sample_packing several whole
+// samples per row (never more than sequence_len tokens).
+struct PackedData {
+  std::vector<int32_t> input_ids, labels;  // every row, concatenated; labels -100 = not trained
+  std::vector<int64_t> row_begin;          // row r is [row_begin[r], row_begin[r + 1])
+  std::vector<int64_t> sample_begin;       // each sample's first token (global index), ascending
+  int32_t pad_id = 0;                      // the tokenizer's pad, else its EOS, else 0
+  int64_t sequence_len = 0;
+  uint64_t fingerprint = 0;                // hash of the rows (ids, labels, boundaries)
+  int64_t num_rows() const { return row_begin.empty() ? 0 : static_cast<int64_t>(row_begin.size()) - 1; }
+  int64_t num_samples() const { return static_cast<int64_t>(sample_begin.size()); }
+};
+
+struct DataStats {
+  int64_t records = 0;             // records read from the training files (and test_datasets)
+  int64_t skipped_invalid = 0;     // malformed records skipped (skip_invalid)
+  int64_t truncated = 0;           // samples longer than sequence_len, cut to it
+  int64_t dropped_no_targets = 0;  // samples left without a trained token, dropped
+  int64_t train_samples = 0, val_samples = 0;
+  int64_t train_rows = 0, val_rows = 0;
+  int64_t train_tokens = 0, train_target_tokens = 0;
+  std::string summary() const;     // one line for the log
+};
+
+struct Datasets {
+  std::shared_ptr<const PackedData> train;
+  std::shared_ptr<const PackedData> val;  // no rows when there is no validation data
+  DataStats stats;
+};
+
+// Builds train and validation data from `spec`. Bad input is a UserError naming the file and
+// line (or the spec key); truncations and skipped records are counted and reported to `log`.
+// Records are tokenized on the OpenMP threads; the result does not depend on their number.
+Datasets build_datasets(const DataSpec& spec, const tok::Tokenizer& tokenizer,
+                        const std::function<void(const std::string&)>& log = nullptr);
+
+// The permutation of [0, n) for `seed` (Fisher-Yates on splitmix64; the same on every platform).
+std::vector<int64_t> permutation(int64_t n, uint64_t seed);
+
+}  // namespace qlora::data

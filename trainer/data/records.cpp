@@ -1,0 +1,184 @@
+// JSON Lines / JSON array reading with "path:line: ..." errors.
+#include "trainer/data/records.h"
+
+#include <fstream>
+
+#include "trainer/common/error.h"
+#include "trainer/common/fs.h"
+#include "trainer/tokenizer/jinja.h"
+
+namespace qlora::data {
+
+namespace {
+
+using ojson = nlohmann::ordered_json;
+
+// nlohmann's message without its "[json.exception.parse_error.101] parse error at line 1, " prefix.
+std::string parse_message(const nlohmann::json::exception& e, bool keep_column) {
+  std::string m = e.what();
+  size_t p = m.find("] ");
+  if (p != std::string::npos) m = m.substr(p + 2);
+  if (m.rfind("parse error at line ", 0) == 0) {
+    size_t comma = m.find(", ");
+    if (comma != std::string::npos) m = m.substr(comma + 2);  // "column 8: syntax error ..."
+  }
+  if (!keep_column && m.rfind("column ", 0) == 0) {
+    size_t colon = m.find(": ");
+    if (colon != std::string::npos) m = m.substr(colon + 2);
+  }
+  if (m.rfind("parse error: ", 0) == 0) m = m.substr(13);
+  return "invalid JSON: " + m;
+}
+
+std::string invalid_utf8(std::string_view line, size_t at) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "invalid UTF-8 (byte 0x%02X at column %zu)", static_cast<unsigned char>(line[at]),
+                at + 1);
+  return buf;
+}
+
+size_t line_of(const std::string& text, size_t byte) {
+  return 1 + static_cast<size_t>(std::count(text.begin(), text.begin() + std::min(byte, text.size()), '\n'));
+}
+
+// Start offsets of the top-level elements of a JSON array text (a light scanner: strings and
+// nesting only); the full parse validates the text.
+std::vector<size_t> array_element_offsets(const std::string& text, size_t open) {
+  std::vector<size_t> starts;
+  int depth = 0;
+  bool in_str = false, esc = false, want_value = false;
+  for (size_t i = open; i < text.size(); ++i) {
+    char c = text[i];
+    if (in_str) {
+      if (esc)
+        esc = false;
+      else if (c == '\\')
+        esc = true;
+      else if (c == '"')
+        in_str = false;
+      continue;
+    }
+    if (c == ' ' || c == '\t' || c == '\n' || c == '\r') continue;
+    if (depth == 1 && want_value && c != ']') {
+      starts.push_back(i);
+      want_value = false;
+    }
+    if (c == '"') {
+      in_str = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth == 1) want_value = true;
+    } else if (c == ']' || c == '}') {
+      if (--depth == 0) break;
+    } else if (c == ',' && depth == 1) {
+      want_value = true;
+    }
+  }
+  return starts;
+}
+
+}  // namespace
+
+std::string json_type(const ojson& j) {
+  switch (j.type()) {
+    case ojson::value_t::null: return "null";
+    case ojson::value_t::object: return "object";
+    case ojson::value_t::array: return "array";
+    case ojson::value_t::string: return "string";
+    case ojson::value_t::boolean: return "boolean";
+    case ojson::value_t::number_integer:
+    case ojson::value_t::number_unsigned:
+    case ojson::value_t::number_float: return "number";
+    default: return "value";
+  }
+}
+
+void read_records(const std::filesystem::path& path, bool skip_invalid, int64_t* skipped,
+                  const std::function<void(std::vector<Record>&)>& fn, size_t chunk) {
+  const std::string name = path.string();
+  std::ifstream in(path, std::ios::binary);
+  if (!in) user_error(name, ": cannot open dataset file");
+  auto bad = [&](size_t line, const std::string& what) {
+    if (!skip_invalid) user_error(name, ":", line, ": ", what);
+    if (skipped) ++*skipped;
+  };
+
+  // Peek at the first non-blank character (after a UTF-8 BOM) to pick the format.
+  std::string ext = path.extension().string();
+  char first = 0;
+  {
+    std::string head(4096, '\0');
+    in.read(head.data(), static_cast<std::streamsize>(head.size()));
+    head.resize(static_cast<size_t>(in.gcount()));
+    size_t i = head.rfind("\xEF\xBB\xBF", 0) == 0 ? 3 : 0;
+    while (i < head.size() && std::isspace(static_cast<unsigned char>(head[i]))) ++i;
+    if (i < head.size()) first = head[i];
+    in.clear();
+    in.seekg(0);
+  }
+  if (first == 0) return;  // empty file: the caller reports an empty dataset
+
+  std::vector<Record> batch;
+  auto flush = [&] {
+    if (!batch.empty()) fn(batch);
+    batch.clear();
+  };
+
+  if (first == '[' && ext != ".jsonl") {
+    std::string text = fs::read_file(path);
+    size_t bom = text.rfind("\xEF\xBB\xBF", 0) == 0 ? 3 : 0;
+    if (size_t at = jinja::utf8::find_invalid(text); at != std::string::npos) {
+      size_t line_start = text.rfind('\n', at == 0 ? 0 : at - 1);
+      line_start = line_start == std::string::npos ? 0 : line_start + 1;
+      user_error(name, ":", line_of(text, at), ": ",
+                 invalid_utf8(std::string_view(text).substr(line_start), at - line_start));
+    }
+    ojson all;
+    try {
+      all = ojson::parse(text.begin() + bom, text.end());
+    } catch (const nlohmann::json::parse_error& e) {
+      user_error(name, ":", line_of(text, e.byte == 0 ? 0 : e.byte - 1 + bom), ": ", parse_message(e, false));
+    }
+    std::vector<size_t> starts = array_element_offsets(text, text.find('['));
+    for (size_t i = 0; i < all.size(); ++i) {
+      size_t line = i < starts.size() ? line_of(text, starts[i]) : 1;
+      if (!all[i].is_object()) {
+        bad(line, "expected a JSON object, got " + json_type(all[i]));
+        continue;
+      }
+      batch.push_back(Record{std::move(all[i]), name + ":" + std::to_string(line)});
+      if (batch.size() >= chunk) flush();
+    }
+    flush();
+    return;
+  }
+
+  std::string line;
+  size_t lineno = 0;
+  while (std::getline(in, line)) {
+    ++lineno;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (lineno == 1 && line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);
+    if (std::all_of(line.begin(), line.end(), [](char c) { return std::isspace(static_cast<unsigned char>(c)); }))
+      continue;
+    if (size_t at = jinja::utf8::find_invalid(line); at != std::string::npos) {
+      bad(lineno, invalid_utf8(line, at));
+      continue;
+    }
+    ojson j;
+    try {
+      j = ojson::parse(line);
+    } catch (const nlohmann::json::parse_error& e) {
+      bad(lineno, parse_message(e, true));
+      continue;
+    }
+    if (!j.is_object()) {
+      bad(lineno, "expected a JSON object, got " + json_type(j));
+      continue;
+    }
+    batch.push_back(Record{std::move(j), name + ":" + std::to_string(lineno)});
+    if (batch.size() >= chunk) flush();
+  }
+  flush();
+}
+
+}  // namespace qlora::data

@@ -1,0 +1,299 @@
+// Chat templates: resolution (own / built-in / inline), rendering, assistant spans.
+#include "trainer/tokenizer/chat_template.h"
+
+#include "trainer/common/error.h"
+
+namespace qlora::tok {
+
+namespace {
+
+// Built-in templates for models that ship none. Each renders plain role/content conversations
+// exactly as the named model family's published template does (tests/tokenizer compare them with
+// jinja2 rendering the published text); tools and other roles need the model's own template.
+struct Builtin {
+  const char* name;
+  const char* source;
+};
+
+const Builtin kBuiltins[] = {
+    {"chatml", R"JINJA(
+{%- for message in messages %}
+    {{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+)JINJA"},
+    // Llama 3 / 3.1 Instruct turns (without 3.1's date and tools preamble).
+    {"llama3", R"JINJA(
+{%- for message in messages %}
+    {%- if loop.first %}
+        {{- bos_token }}
+    {%- endif %}
+    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+{%- endif %}
+)JINJA"},
+    // Mistral 7B Instruct v0.3: the system message joins the last user message.
+    {"mistral", R"JINJA(
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content'] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{{- bos_token }}
+{%- for message in loop_messages %}
+    {%- if message['role'] != 'user' and message['role'] != 'assistant' %}
+        {{- raise_exception('Only user and assistant roles are supported, with the exception of an initial optional system message!') }}
+    {%- endif %}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}
+        {{- raise_exception('After the optional system message, conversation roles must alternate user/assistant/user/assistant/...') }}
+    {%- endif %}
+    {%- if message['role'] == 'user' %}
+        {%- if loop.last and system_message is defined %}
+            {{- '[INST] ' + system_message + '\n\n' + message['content'] + '[/INST]' }}
+        {%- else %}
+            {{- '[INST] ' + message['content'] + '[/INST]' }}
+        {%- endif %}
+    {%- else %}
+        {{- ' ' + message['content'] | trim + eos_token }}
+    {%- endif %}
+{%- endfor %}
+)JINJA"},
+    // Qwen2.5 Instruct: ChatML with a default system message.
+    {"qwen2_5", R"JINJA(
+{%- if messages[0]['role'] == 'system' %}
+    {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+{%- else %}
+    {{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message['role'] not in ['system', 'user', 'assistant'] %}
+        {{- raise_exception('The built-in qwen2_5 template supports system, user and assistant roles; use the model\'s own template for tools') }}
+    {%- endif %}
+    {%- if not (loop.first and message['role'] == 'system') %}
+        {{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+)JINJA"},
+    // Gemma / Gemma 2 instruct: no system role, the assistant is "model".
+    {"gemma", R"JINJA(
+{{- bos_token }}
+{%- if messages[0]['role'] == 'system' %}
+    {{- raise_exception('System role not supported') }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}
+        {{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}
+    {%- endif %}
+    {%- set role = 'model' if message['role'] == 'assistant' else message['role'] %}
+    {{- '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<start_of_turn>model\n' }}
+{%- endif %}
+)JINJA"},
+};
+
+std::string names_list() {
+  std::string s;
+  for (const auto& b : kBuiltins) s += (s.empty() ? "" : ", ") + std::string(b.name);
+  return s;
+}
+
+bool starts_with(const std::string& s, const std::string& prefix) {
+  return s.size() >= prefix.size() && s.compare(0, prefix.size(), prefix) == 0;
+}
+
+}  // namespace
+
+ChatTemplate::ChatTemplate(std::string_view source, std::string origin, const SpecialTokens& special)
+    : tmpl_(source, std::move(origin)) {
+  if (!special.bos_token.empty()) special_["bos_token"] = jinja::Value(special.bos_token);
+  if (!special.eos_token.empty()) special_["eos_token"] = jinja::Value(special.eos_token);
+  if (!special.unk_token.empty()) special_["unk_token"] = jinja::Value(special.unk_token);
+  if (!special.pad_token.empty()) special_["pad_token"] = jinja::Value(special.pad_token);
+}
+
+std::optional<std::string> ChatTemplate::builtin_source(std::string_view name) {
+  for (const auto& b : kBuiltins)
+    if (name == b.name) return std::string(b.source);
+  return std::nullopt;
+}
+
+std::vector<std::string> ChatTemplate::builtin_names() {
+  std::vector<std::string> v;
+  for (const auto& b : kBuiltins) v.emplace_back(b.name);
+  return v;
+}
+
+ChatTemplate ChatTemplate::resolve(const std::string& choice, const Tokenizer& tokenizer) {
+  if (choice.empty()) {
+    if (tokenizer.chat_template().empty())
+      user_error("chat_template: the tokenizer has no chat template; set chat_template to one of ", names_list(),
+                 " (or to Jinja text)");
+    return ChatTemplate(tokenizer.chat_template(), "the tokenizer's chat template", tokenizer.special());
+  }
+  if (auto src = builtin_source(choice)) return ChatTemplate(*src, "built-in chat template " + choice, tokenizer.special());
+  if (choice.find("{{") != std::string::npos || choice.find("{%") != std::string::npos)
+    return ChatTemplate(choice, "chat_template", tokenizer.special());
+  user_error("chat_template: unknown template \"", choice, "\" (expected one of ", names_list(),
+             ", Jinja text, or empty for the tokenizer's own)");
+}
+
+// As transformers does before rendering: keys whose value is None are dropped, and a reasoning
+// given under any of its names is also passed as "thinking" (first) and "reasoning_content".
+static jinja::Value normalize_messages(const jinja::Value& messages) {
+  if (!messages.is_list()) return messages;
+  jinja::ValueList out;
+  out.reserve(messages.list().size());
+  for (const auto& m : messages.list()) {
+    if (!m.is_dict()) {
+      out.push_back(m);
+      continue;
+    }
+    jinja::ValueDict d;
+    for (const auto& [k, v] : m.dict().items)
+      if (!v.is_none()) d.items.emplace_back(k, v);
+    const jinja::Value* reasoning = nullptr;
+    for (const char* key : {"reasoning_content", "thinking", "reasoning"})
+      if (!reasoning) reasoning = d.find(key);
+    if (reasoning) {
+      jinja::Value r = *reasoning;
+      // {"thinking": r, **message, "reasoning_content": r}: "thinking" comes first either way.
+      auto it = std::find_if(d.items.begin(), d.items.end(), [](const auto& kv) { return kv.first == "thinking"; });
+      jinja::Value thinking = it != d.items.end() ? it->second : r;
+      if (it != d.items.end()) d.items.erase(it);
+      d.items.insert(d.items.begin(), {"thinking", thinking});
+      d.set("reasoning_content", r);
+    }
+    out.emplace_back(std::move(d));
+  }
+  return jinja::Value(std::move(out));
+}
+
+ChatTemplate::Vars ChatTemplate::vars(const jinja::Value& messages, bool add_generation_prompt, const Vars& extra) const {
+  Vars v = special_;
+  // transformers always passes these two, None unless given.
+  v["tools"] = jinja::Value(nullptr);
+  v["documents"] = jinja::Value(nullptr);
+  for (const auto& [k, x] : extra) v[k] = x;
+  v["messages"] = normalize_messages(messages);
+  v["add_generation_prompt"] = jinja::Value(add_generation_prompt);
+  return v;
+}
+
+std::string ChatTemplate::render(const jinja::Value& messages, bool add_generation_prompt, const Vars& extra) const {
+  return tmpl_.render(vars(messages, add_generation_prompt, extra)).text;
+}
+
+// For templates whose prefixes render differently from the whole conversation (Mistral v0.3
+// moves the system message to the last user turn): render with this reply replaced by a marker,
+// once alone (messages[:i+1], to learn the end-of-turn text that follows a reply) and once in
+// the whole conversation (to learn where the reply starts); the reply's rendered length is the
+// difference in length between the real and the marked conversation.
+std::optional<ChatTemplate::Span> ChatTemplate::locate_by_sentinel(const jinja::ValueList& all, size_t i,
+                                                                   const std::string& text, size_t cursor,
+                                                                   const std::string& prompt,
+                                                                   const Vars& extra) const {
+  static const std::string kMarker = "QloraAssistantReplyMarker";
+  const jinja::Value* content = all[i].dict().find("content");
+  if (!content || !content->is_string()) return std::nullopt;
+  jinja::ValueDict marked = all[i].dict();
+  marked.set("content", jinja::Value(kMarker));
+  jinja::ValueList with_marker = all;
+  with_marker[i] = jinja::Value(std::move(marked));
+  try {
+    std::string turn = tmpl_.render(vars(jinja::Value(jinja::ValueList(with_marker.begin(), with_marker.begin() + i + 1)),
+                                         false, extra)).text;
+    std::string whole = tmpl_.render(vars(jinja::Value(with_marker), false, extra)).text;
+    size_t p = turn.rfind(kMarker), q = whole.find(kMarker, cursor);
+    if (p == std::string::npos || q == std::string::npos || whole.find(kMarker, q + 1) != std::string::npos)
+      return std::nullopt;
+    std::string tail = turn.substr(p + kMarker.size());
+    if (text.size() + kMarker.size() < whole.size()) return std::nullopt;
+    size_t reply_end = q + (text.size() + kMarker.size() - whole.size());
+    if (text.compare(0, q, whole, 0, q) != 0 || text.compare(reply_end, tail.size(), tail) != 0) return std::nullopt;
+    // What the turn writes before the reply after the generation prompt (Mistral's " ") is the
+    // model's too.
+    size_t begin = q;
+    if (!prompt.empty() && starts_with(turn, prompt) && p >= prompt.size()) {
+      size_t lead = p - prompt.size();
+      if (q >= cursor + lead && text.compare(q - lead, lead, turn, prompt.size(), lead) == 0) begin = q - lead;
+    }
+    return Span(begin, reply_end + tail.size());
+  } catch (const UserError&) {
+    return std::nullopt;
+  }
+}
+
+ChatTemplate::Rendered ChatTemplate::render_for_training(const jinja::Value& messages, const Vars& extra) const {
+  TORCH_CHECK(messages.is_list(), "render_for_training: messages must be a list");
+  jinja::Template::Output full = tmpl_.render(vars(messages, false, extra));
+  Rendered r;
+  r.text = std::move(full.text);
+  if (tmpl_.has_generation_blocks()) {
+    for (const auto& s : full.generation_spans)
+      if (s.second > s.first) r.assistant_spans.push_back(s);
+    return r;
+  }
+
+  const jinja::ValueList& all = messages.list();
+  size_t cursor = 0;  // spans are found in order, after the previous one
+  for (size_t i = 0; i < all.size(); ++i) {
+    const jinja::Value& m = all[i];
+    if (!m.is_dict()) continue;
+    const jinja::Value* role = m.dict().find("role");
+    if (!role || !role->is_string() || role->str() != "assistant") continue;
+
+    jinja::Value head(jinja::ValueList(all.begin(), all.begin() + i));
+    jinja::Value upto(jinja::ValueList(all.begin(), all.begin() + i + 1));
+    std::optional<Span> span;
+    // What this turn adds: its rendering after the generation prompt (or, for templates whose
+    // generation prompt is not a prefix of the turn, after the previous messages).
+    std::string part;
+    size_t part_at = std::string::npos;  // where `part` starts in `rendered_upto`
+    std::string rendered_upto, prompt;
+    try {
+      rendered_upto = tmpl_.render(vars(upto, false, extra)).text;
+      prompt = tmpl_.render(vars(head, true, extra)).text;
+      if (!starts_with(rendered_upto, prompt)) prompt = tmpl_.render(vars(head, false, extra)).text;
+      if (starts_with(rendered_upto, prompt)) {
+        part = rendered_upto.substr(prompt.size());
+        part_at = prompt.size();
+      }
+    } catch (const UserError&) {
+      // Templates that cannot render a prefix (e.g. messages[0] of an empty list): fall back below.
+    }
+    if (part_at != std::string::npos) {
+      if (part.empty()) continue;  // the template writes nothing for this turn
+      if (part_at >= cursor && starts_with(r.text, rendered_upto)) span = Span(part_at, rendered_upto.size());
+    }
+    if (!span) span = locate_by_sentinel(all, i, r.text, cursor, prompt, extra);
+    if (!span && !part.empty()) {
+      if (size_t p = r.text.find(part, cursor); p != std::string::npos) span = Span(p, p + part.size());
+    }
+    if (!span) {
+      // Last resort: the reply text itself.
+      const jinja::Value* content = m.dict().find("content");
+      if (content && content->is_string() && !content->str().empty()) {
+        if (size_t p = r.text.find(content->str(), cursor); p != std::string::npos)
+          span = Span(p, p + content->str().size());
+      }
+    }
+    if (!span)
+      user_error(tmpl_.origin(), ": cannot locate assistant message ", i,
+                 " in the rendered conversation, so its tokens cannot be marked for training");
+    r.assistant_spans.push_back(*span);
+    cursor = span->second;
+  }
+  return r;
+}
+
+}  // namespace qlora::tok
