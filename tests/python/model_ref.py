@@ -89,6 +89,9 @@ def expect_of(model):
         "layer_window": [c.sliding_window if c.model_type == "mistral" else getattr(l.self_attn, "sliding_window", None)
                          for l in model.model.layers],
         "inv_freq": model.model.rotary_emb.inv_freq.tolist(),
+        "num_parameters": model.num_parameters(),
+        "linear_parameters": sum(m.weight.numel() for m in model.model.layers.modules()
+                                 if isinstance(m, torch.nn.Linear)),
         "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id,
     }
 

@@ -283,6 +283,7 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
 
 ModelConfig read_model_config(const std::filesystem::path& dir_or_file) {
   std::filesystem::path p = dir_or_file;
+  if (!std::filesystem::exists(p)) user_error(p.string(), ": not a model directory (does not exist)");
   if (std::filesystem::is_directory(p)) p /= "config.json";
   if (!std::filesystem::exists(p)) user_error(p.string(), ": missing (a Hugging Face model directory has a config.json)");
   return parse_model_config(fs::read_file(p), p);
