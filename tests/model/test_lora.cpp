@@ -1,0 +1,304 @@
+// LoRA against PEFT (initialization, gradients of every A and B), activation checkpointing with
+// dropout, the chunked cross-entropy and the NF4 linear's autograd.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+
+#include "tests/model/fixtures.h"
+#include "trainer/common/error.h"
+#include "trainer/common/fs.h"
+#include "trainer/model/cross_entropy.h"
+#include "trainer/model/model.h"
+#include "trainer/model/nf4_linear.h"
+
+using namespace qlora;
+
+namespace {
+
+config::LoraConfig lora_cfg(int64_t r, double alpha, std::vector<std::string> targets, bool rslora = false,
+                            double dropout = 0.0) {
+  config::LoraConfig c;
+  c.r = r;
+  c.alpha = alpha;
+  c.dropout = dropout;
+  c.use_rslora = rslora;
+  if (targets.size() == 1 && targets[0] == "all-linear")
+    c.target_linear = true;
+  else
+    c.target_modules = targets;
+  return c;
+}
+
+model::Model load(const std::string& family, bool quantize, const config::LoraConfig& lc, uint64_t seed = 42) {
+  model::ModelLoadOptions o;
+  o.compute_dtype = at::kFloat;
+  o.quantize = quantize;
+  o.lora = lc;
+  o.seed = seed;
+  return model::load_model(test::model_fixtures() / family, o);
+}
+
+// Gives every lora_B non-zero values (PEFT's zero init would make A's gradient vanish).
+void randomize_b(model::Model& m, uint64_t seed) {
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(seed);
+  std::map<std::string, at::Tensor> v;
+  for (auto& p : m.lora_parameters())
+    if (p.name.find("lora_B") != std::string::npos) v[p.name] = 0.3 * at::randn(p.param.sizes(), g, at::kFloat);
+  m.load_lora_weights(v, "test", /*strict=*/false);
+}
+
+std::map<std::string, at::Tensor> lora_values(const model::Model& m) {
+  std::map<std::string, at::Tensor> v;
+  for (auto& p : m.lora_parameters()) v[p.name] = p.param.detach().clone();
+  return v;
+}
+
+// Forward + chunked loss + backward; returns the loss sum and leaves grads in the parameters.
+double step(model::Model& m, const test::Batch& b) {
+  for (auto& p : m.lora_parameters()) p.param.mutable_grad() = at::Tensor();
+  at::Tensor h = m.forward(b.input_ids, b.position_ids, b.segment_ids);
+  model::LossSum l = m.loss(h, b.labels);
+  l.sum.backward();
+  return l.sum.item<double>();
+}
+
+struct PeftCase {
+  std::string family;
+  bool quantize;
+  int64_t r;
+  double alpha;
+  std::vector<std::string> targets;
+  bool rslora;
+  bool checkpointing;
+  int64_t ce_chunk;
+};
+
+void check_against_peft(const PeftCase& pc) {
+  model::Model m = load(pc.family, pc.quantize, lora_cfg(pc.r, pc.alpha, pc.targets, pc.rslora));
+  m.training = true;
+  m.gradient_checkpointing = pc.checkpointing;
+  m.ce_chunk_tokens = pc.ce_chunk;
+  randomize_b(m, 11);
+  test::Batch b = test::make_batch(m.config.vocab_size, 12, 3);
+  const double loss = step(m, b);
+
+  stdfs::path w = test::temp_dir();
+  test::write_batch(b, w / "in.safetensors");
+  test::write_tensors(lora_values(m), w / "lora.safetensors");
+  std::string targets;
+  for (const auto& t : pc.targets) targets += (targets.empty() ? "" : ",") + t;
+  std::vector<std::string> args = {"grads", (test::model_fixtures() / pc.family).string(), (w / "in.safetensors").string(),
+                                   (w / "grads.safetensors").string(), "--lora", (w / "lora.safetensors").string(),
+                                   "--r", std::to_string(pc.r), "--alpha", std::to_string(pc.alpha), "--targets", targets};
+  if (pc.rslora) args.push_back("--rslora");
+  if (pc.quantize) {
+    test::write_tensors(m.dequantized_state_dict(at::kFloat), w / "weights.safetensors");
+    args.push_back("--weights");
+    args.push_back((w / "weights.safetensors").string());
+  }
+  test::ProcResult r = test::model_ref(args);
+  ASSERT_EQ(r.code, 0);
+  auto ref = test::read_tensors(w / "grads.safetensors");
+  EXPECT_NEAR(loss, ref["loss_sum"].item<double>(), 1e-4 * std::abs(loss));
+  auto params = m.lora_parameters();
+  ASSERT_EQ(params.size() + 1, ref.size());  // every A and B, plus loss_sum
+  for (auto& p : params) {
+    SCOPED_TRACE(p.name);
+    ASSERT_TRUE(ref.count(p.name));
+    ASSERT_TRUE(p.param.grad().defined());
+    EXPECT_GT(ref[p.name].abs().max().item<double>(), 0.0);
+    EXPECT_LE(test::rel_err(p.param.grad(), ref[p.name]), 1e-3);
+  }
+}
+
+}  // namespace
+
+TEST(Lora, NamesAreThoseOfPeft) {
+  model::Model m = load("qwen3", true, lora_cfg(4, 8, {"q_proj", "down_proj"}));
+  auto ps = m.lora_parameters();
+  ASSERT_EQ(ps.size(), 2u * 2 * 2);  // 2 modules x 2 layers x (A, B)
+  EXPECT_EQ(ps[0].name, "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
+  EXPECT_EQ(ps[1].name, "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight");
+  EXPECT_EQ(ps[2].name, "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight");
+  EXPECT_EQ(ps[0].param.sizes(), (std::vector<int64_t>{4, 64}));
+  EXPECT_EQ(ps[1].param.sizes(), (std::vector<int64_t>{96, 4}));
+  EXPECT_EQ(ps[3].param.sizes(), (std::vector<int64_t>{64, 4}));
+  for (auto& p : ps) EXPECT_TRUE(p.param.requires_grad());
+  EXPECT_EQ(m.lora_target_modules(), (std::vector<std::string>{"q_proj", "down_proj"}));
+}
+
+TEST(Lora, InitIsPeftsKaimingUniformAndZeroB) {
+  const auto cfg = lora_cfg(4, 8, {"all-linear"});
+  model::Model m = load("llama", true, cfg);
+  stdfs::path w = test::temp_dir();
+  ASSERT_EQ(test::model_ref({"init", (test::model_fixtures() / "llama").string(),
+                                              (w / "init.json").string(), "--r", "4", "--targets", "all-linear"})
+                .code,
+            0);
+  auto peft = nlohmann::json::parse(fs::read_file(w / "init.json"));
+  ASSERT_EQ(peft.size(), m.linears().size());
+  for (const model::Linear* l : m.linears()) {
+    SCOPED_TRACE(l->name);
+    ASSERT_TRUE(l->lora);
+    const auto& ref = peft[l->name];  // [max |A|, fan_in, max |B|]
+    ASSERT_EQ(ref[1].get<int64_t>(), l->in_features);
+    const double bound = 1.0 / std::sqrt(static_cast<double>(l->in_features));
+    const at::Tensor A = l->lora->A.detach();
+    const double ours = A.abs().max().item<double>();
+    // Both draw uniformly in ±1/sqrt(in): the largest |A| of >= 4*35 draws is near the bound.
+    EXPECT_LE(ours, bound * (1 + 1e-6));
+    EXPECT_GE(ours, 0.8 * bound);
+    EXPECT_LE(ref[0].get<double>(), bound * (1 + 1e-6));
+    EXPECT_GE(ref[0].get<double>(), 0.8 * bound);
+    EXPECT_NEAR(A.var().item<double>(), bound * bound / 3, 0.35 * bound * bound / 3);
+    EXPECT_EQ(ref[2].get<double>(), 0.0);
+    EXPECT_EQ(l->lora->B.detach().abs().max().item<double>(), 0.0);
+    EXPECT_DOUBLE_EQ(l->lora->scaling, 2.0);
+  }
+  // Seeded: the same seed gives the same adapters, another seed others.
+  model::Model same = load("llama", true, cfg, 42), other = load("llama", true, cfg, 43);
+  EXPECT_TRUE(at::equal(same.linears()[3]->lora->A, m.linears()[3]->lora->A));
+  EXPECT_FALSE(at::equal(other.linears()[3]->lora->A, m.linears()[3]->lora->A));
+}
+
+TEST(Lora, GradientsEqualPeftOnNF4Base) {
+  check_against_peft({"llama", /*quantize=*/true, 4, 8, {"all-linear"}, false, /*checkpointing=*/false, 7});
+}
+
+TEST(Lora, GradientsEqualPeftOn16BitBaseWithRsLora) {
+  check_against_peft({"qwen3", /*quantize=*/false, 3, 5, {"q_proj", "v_proj", "down_proj"}, /*rslora=*/true, false, 0});
+}
+
+TEST(Lora, GradientsEqualPeftWithCheckpointingAndSlidingWindow) {
+  check_against_peft({"mistral", /*quantize=*/true, 2, 4, {"k_proj", "o_proj", "gate_proj", "up_proj"}, false,
+                      /*checkpointing=*/true, 5});
+}
+
+TEST(Lora, GradientsEqualPeftOnQwen2) {
+  check_against_peft({"qwen2", /*quantize=*/true, 4, 16, {"all-linear"}, false, /*checkpointing=*/true, 0});
+}
+
+TEST(Lora, BadTargetsAndValuesAreUserErrors) {
+  auto msg = [](const config::LoraConfig& c) {
+    try {
+      load("qwen2", true, c);
+    } catch (const UserError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  std::string e = msg(lora_cfg(4, 8, {"q_proj", "qkv_proj"}));
+  EXPECT_NE(e.find("\"qkv_proj\" matches no linear layer"), std::string::npos) << e;
+  EXPECT_NE(e.find("q_proj, k_proj"), std::string::npos) << e;
+  EXPECT_NE(msg(lora_cfg(0, 8, {"q_proj"})).find("lora_r"), std::string::npos);
+  EXPECT_NE(msg(lora_cfg(4, 8, {"q_proj"}, false, 1.0)).find("lora_dropout"), std::string::npos);
+  EXPECT_NE(msg(lora_cfg(4, 8, {})).find("lora_target_modules"), std::string::npos);
+
+  model::Model m = load("qwen2", true, lora_cfg(4, 8, {"q_proj"}));
+  std::map<std::string, at::Tensor> v = {{"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", at::zeros({4, 7})}};
+  try {
+    m.load_lora_weights(v, "adapter.safetensors", false);
+    ADD_FAILURE() << "no error";
+  } catch (const UserError& err) {
+    EXPECT_NE(std::string(err.what()).find("adapter.safetensors: base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight: shape"),
+              std::string::npos) << err.what();
+  }
+  EXPECT_THROW(m.load_lora_weights({}, "adapter.safetensors", true), UserError);
+}
+
+TEST(Checkpointing, GradsEqualWithoutAndDropoutReplays) {
+  const auto cfg = lora_cfg(4, 8, {"all-linear"}, false, /*dropout=*/0.2);
+  test::Batch b = test::make_batch(61, 12, 5);
+  std::vector<std::map<std::string, at::Tensor>> grads;
+  std::vector<double> losses;
+  for (bool ckpt : {false, true}) {
+    model::Model m = load("llama", true, cfg, 42);
+    randomize_b(m, 3);
+    m.training = true;
+    m.gradient_checkpointing = ckpt;
+    losses.push_back(step(m, b));
+    std::map<std::string, at::Tensor> g;
+    for (auto& p : m.lora_parameters()) g[p.name] = p.param.grad().clone();
+    grads.push_back(g);
+  }
+  EXPECT_EQ(losses[0], losses[1]);
+  for (auto& [k, g] : grads[0]) EXPECT_LE(test::rel_err(grads[1][k], g), 1e-6) << k;
+
+  // Dropout really is active (so the replay was tested): without it the gradients differ.
+  model::Model m = load("llama", true, lora_cfg(4, 8, {"all-linear"}), 42);
+  randomize_b(m, 3);
+  m.training = true;
+  step(m, b);
+  double max_diff = 0;
+  for (auto& p : m.lora_parameters()) max_diff = std::max(max_diff, test::rel_err(p.param.grad(), grads[0][p.name]));
+  EXPECT_GT(max_diff, 1e-2);
+}
+
+TEST(Checkpointing, EvalModeHasNoDropoutAndNoGraph) {
+  model::Model m = load("llama", true, lora_cfg(4, 8, {"all-linear"}, false, 0.5));
+  randomize_b(m, 3);
+  test::Batch b = test::make_batch(61);
+  c10::NoGradGuard ng;
+  at::Tensor a = m.forward(b.input_ids), c = m.forward(b.input_ids);
+  EXPECT_TRUE(at::equal(a, c));
+  EXPECT_FALSE(a.requires_grad());
+}
+
+TEST(ChunkedCrossEntropy, EqualsFullCrossEntropy) {
+  at::manual_seed(0);
+  for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
+    SCOPED_TRACE(c10::toString(dt));
+    at::Tensor h0 = at::randn({37, 24}).to(dt);
+    at::Tensor w = at::randn({101, 24}).to(dt);
+    at::Tensor y = at::randint(101, {37}, at::kLong);
+    at::Tensor h1 = h0.clone().requires_grad_(true), h2 = h0.clone().requires_grad_(true);
+    at::Tensor a = model::chunked_cross_entropy_sum(h1, w, y, 5);
+    at::Tensor b = model::full_cross_entropy_sum(h2, w, y);
+    EXPECT_EQ(a.scalar_type(), at::kFloat);
+    EXPECT_NEAR(a.item<double>(), b.item<double>(), 1e-5 * std::abs(b.item<double>()));
+    (a * 0.7).backward();
+    (b * 0.7).backward();
+    EXPECT_LE(test::rel_err(h1.grad(), h2.grad()), dt == at::kFloat ? 1e-5 : 1e-2);
+  }
+}
+
+TEST(ChunkedCrossEntropy, LossIgnoresMaskedLabelsAndCounts) {
+  model::Model m = load("qwen3", true, lora_cfg(4, 8, {"q_proj"}));
+  test::Batch b = test::make_batch(m.config.vocab_size);
+  c10::NoGradGuard ng;
+  at::Tensor h = m.forward(b.input_ids, b.position_ids, b.segment_ids);
+  model::LossSum l = m.loss(h, b.labels);
+  // Shifted: positions 1..11 of each row are targets (22); labels[0][3], labels[1][cut] and
+  // labels[1][cut + 2] are -100 (labels[1][0] is never a target).
+  EXPECT_EQ(l.count.item<int64_t>(), 2 * 11 - 3);
+  at::Tensor lg = m.logits(h).slice(1, 0, -1).reshape({-1, m.config.vocab_size}).to(at::kFloat);
+  at::Tensor y = b.labels.slice(1, 1).reshape({-1});
+  at::Tensor ref = at::cross_entropy_loss(lg, y, {}, at::Reduction::Sum, -100);
+  EXPECT_NEAR(l.sum.item<double>(), ref.item<double>(), 1e-4 * ref.item<double>());
+  at::Tensor none = at::full_like(b.labels, -100);
+  model::LossSum z = m.loss(h, none);
+  EXPECT_EQ(z.count.item<int64_t>(), 0);
+  EXPECT_EQ(z.sum.item<double>(), 0.0);
+}
+
+TEST(NF4Linear, GradFlowsToInputOnlyAndEqualsDense) {
+  at::manual_seed(1);
+  at::Tensor w = at::randn({45, 37});
+  kernels::NF4Tensor q = kernels::nf4_quantize(w, 64, true);
+  at::Tensor dense = kernels::nf4_dequantize(q, at::kFloat);
+  at::Tensor x = at::randn({2, 3, 37}).requires_grad_(true);
+  at::Tensor x2 = x.detach().clone().requires_grad_(true);
+  at::Tensor y = model::nf4_linear_frozen(x, q);
+  at::Tensor y2 = at::linear(x2, dense);
+  EXPECT_LE(test::rel_err(y, y2), 1e-6);
+  at::Tensor gy = at::randn(y.sizes());
+  y.backward(gy);
+  y2.backward(gy);
+  EXPECT_LE(test::rel_err(x.grad(), x2.grad()), 1e-6);
+  EXPECT_FALSE(q.packed.requires_grad());
+  // No input requiring grad: no graph.
+  at::Tensor z = model::nf4_linear_frozen(at::randn({4, 37}), q);
+  EXPECT_FALSE(z.requires_grad());
+}

@@ -1,0 +1,162 @@
+// trainer/model/model_config against what transformers derives from the same config.json.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "tests/model/fixtures.h"
+#include "trainer/common/error.h"
+#include "trainer/common/fs.h"
+#include "trainer/model/model_config.h"
+#include "trainer/model/rope.h"
+
+using namespace qlora;
+using json = nlohmann::json;
+
+namespace {
+
+std::string error_of(const std::string& text) {
+  try {
+    model::parse_model_config(text, "x/config.json");
+  } catch (const UserError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+json llama_json() { return json::parse(fs::read_file(test::model_fixtures() / "llama" / "config.json")); }
+
+}  // namespace
+
+class ConfigFamily : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ConfigFamily, MatchesTransformers) {
+  const stdfs::path dir = test::model_fixtures() / GetParam();
+  model::ModelConfig c = model::read_model_config(dir);
+  json e = json::parse(fs::read_file(dir / "expect.json"));
+  EXPECT_EQ(c.model_type, e["model_type"].get<std::string>());
+  EXPECT_EQ(c.vocab_size, e["vocab_size"].get<int64_t>());
+  EXPECT_EQ(c.hidden_size, e["hidden_size"].get<int64_t>());
+  EXPECT_EQ(c.intermediate_size, e["intermediate_size"].get<int64_t>());
+  EXPECT_EQ(c.num_hidden_layers, e["num_hidden_layers"].get<int64_t>());
+  EXPECT_EQ(c.num_attention_heads, e["num_attention_heads"].get<int64_t>());
+  EXPECT_EQ(c.num_key_value_heads, e["num_key_value_heads"].get<int64_t>());
+  EXPECT_EQ(c.head_dim, e["head_dim"].get<int64_t>());
+  EXPECT_DOUBLE_EQ(c.rms_norm_eps, e["rms_norm_eps"].get<double>());
+  EXPECT_EQ(c.tie_word_embeddings, e["tie_word_embeddings"].get<bool>());
+  EXPECT_EQ(c.qkv_bias, e["qkv_bias"].get<bool>());
+  EXPECT_EQ(c.o_bias, e["o_bias"].get<bool>());
+  EXPECT_EQ(c.mlp_bias, e["mlp_bias"].get<bool>());
+  EXPECT_EQ(c.qk_norm, e["qk_norm"].get<bool>());
+  ASSERT_EQ(static_cast<int64_t>(e["layer_window"].size()), c.num_hidden_layers);
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    auto w = c.window_of(i);
+    if (e["layer_window"][i].is_null())
+      EXPECT_FALSE(w.has_value()) << "layer " << i;
+    else
+      EXPECT_EQ(w.value_or(-1), e["layer_window"][i].get<int64_t>()) << "layer " << i;
+  }
+  // RoPE frequencies (default / linear / llama3) against the model's own inv_freq buffer.
+  at::Tensor ours = model::rope_inv_freq(c);
+  at::Tensor ref = at::tensor(e["inv_freq"].get<std::vector<double>>(), at::kDouble);
+  EXPECT_LE(test::rel_err(ours, ref), 1e-6) << ours << ref;
+  if (e["bos_token_id"].is_null())
+    EXPECT_FALSE(c.bos_token_id);
+  else
+    EXPECT_EQ(c.bos_token_id.value_or(-1), e["bos_token_id"].get<int64_t>());
+  std::vector<int64_t> eos;
+  if (e["eos_token_id"].is_number()) eos.push_back(e["eos_token_id"].get<int64_t>());
+  if (e["eos_token_id"].is_array()) eos = e["eos_token_id"].get<std::vector<int64_t>>();
+  EXPECT_EQ(c.eos_token_ids, eos);
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, ConfigFamily, ::testing::ValuesIn(test::families()));
+
+TEST(ModelConfig, RecordsDtypeAndRope) {
+  model::ModelConfig m = model::read_model_config(test::model_fixtures() / "mistral");
+  EXPECT_EQ(m.torch_dtype, "bfloat16");
+  EXPECT_EQ(m.sliding_window.value_or(0), 5);
+  model::ModelConfig q = model::read_model_config(test::model_fixtures() / "qwen2");
+  EXPECT_EQ(q.torch_dtype, "float16");
+  EXPECT_EQ(q.rope.type, "linear");
+  EXPECT_DOUBLE_EQ(q.rope.factor, 2.0);
+  model::ModelConfig l = model::read_model_config(test::model_fixtures() / "llama");
+  EXPECT_EQ(l.rope.type, "llama3");
+  EXPECT_EQ(l.rope.original_max_position_embeddings, 16);
+}
+
+TEST(ModelConfig, OlderLayoutReadsTheSame) {
+  // transformers < 5: rope_theta at the top, rope_scaling {"type": ...}, torch_dtype.
+  json n = llama_json();
+  json old = n;
+  json rp = old["rope_parameters"];
+  old.erase("rope_parameters");
+  old.erase("dtype");
+  old["torch_dtype"] = "bfloat16";
+  old["rope_theta"] = rp["rope_theta"];
+  rp.erase("rope_theta");
+  rp.erase("rope_type");
+  rp["type"] = "llama3";
+  old["rope_scaling"] = rp;
+  model::ModelConfig a = model::parse_model_config(n.dump(), "new/config.json");
+  model::ModelConfig b = model::parse_model_config(old.dump(), "old/config.json");
+  EXPECT_EQ(b.rope.type, "llama3");
+  EXPECT_EQ(a.rope.theta, b.rope.theta);
+  EXPECT_EQ(a.rope.factor, b.rope.factor);
+  EXPECT_EQ(a.rope.low_freq_factor, b.rope.low_freq_factor);
+  EXPECT_EQ(a.rope.high_freq_factor, b.rope.high_freq_factor);
+  EXPECT_EQ(a.rope.original_max_position_embeddings, b.rope.original_max_position_embeddings);
+  EXPECT_EQ(b.torch_dtype, "bfloat16");
+  EXPECT_TRUE(at::equal(model::rope_inv_freq(a), model::rope_inv_freq(b)));
+  // rope_scaling: null means plain RoPE.
+  old["rope_scaling"] = nullptr;
+  EXPECT_EQ(model::parse_model_config(old.dump(), "old/config.json").rope.type, "default");
+}
+
+TEST(ModelConfig, UnsupportedArchitectureIsOneClearLine) {
+  json j = llama_json();
+  j["model_type"] = "gemma2";
+  j["architectures"] = {"Gemma2ForCausalLM"};
+  std::string e = error_of(j.dump());
+  EXPECT_NE(e.find("x/config.json"), std::string::npos) << e;
+  EXPECT_NE(e.find("gemma2"), std::string::npos) << e;
+  EXPECT_NE(e.find("Gemma2ForCausalLM"), std::string::npos) << e;
+  EXPECT_NE(e.find("not supported"), std::string::npos) << e;
+  EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+
+  j = llama_json();
+  j["architectures"] = {"LlamaForSequenceClassification"};
+  e = error_of(j.dump());
+  EXPECT_NE(e.find("LlamaForSequenceClassification"), std::string::npos) << e;
+}
+
+TEST(ModelConfig, BadValuesNameTheKey) {
+  json j = llama_json();
+  j["num_key_value_heads"] = 3;
+  EXPECT_NE(error_of(j.dump()).find("num_key_value_heads"), std::string::npos);
+  j = llama_json();
+  j.erase("hidden_size");
+  EXPECT_NE(error_of(j.dump()).find("hidden_size: missing"), std::string::npos);
+  j = llama_json();
+  j["rope_parameters"]["rope_type"] = "yarn";
+  EXPECT_NE(error_of(j.dump()).find("yarn"), std::string::npos);
+  j = llama_json();
+  j["hidden_act"] = "gelu";
+  EXPECT_NE(error_of(j.dump()).find("hidden_act"), std::string::npos);
+  j = llama_json();
+  j["quantization_config"] = {{"quant_method", "bitsandbytes"}, {"load_in_4bit", true}, {"bnb_4bit_quant_type", "fp4"}};
+  EXPECT_NE(error_of(j.dump()).find("fp4"), std::string::npos);
+  j["quantization_config"] = {{"quant_method", "gptq"}};
+  EXPECT_NE(error_of(j.dump()).find("gptq"), std::string::npos);
+  EXPECT_NE(error_of("{not json").find("not valid JSON"), std::string::npos);
+}
+
+TEST(ModelConfig, ReadsBnbQuantizationConfig) {
+  json j = llama_json();
+  j["quantization_config"] = {{"quant_method", "bitsandbytes"}, {"load_in_4bit", true},
+                              {"bnb_4bit_quant_type", "nf4"}, {"bnb_4bit_use_double_quant", true},
+                              {"bnb_4bit_compute_dtype", "bfloat16"}};
+  model::ModelConfig c = model::parse_model_config(j.dump(), "x/config.json");
+  ASSERT_TRUE(c.quantization);
+  EXPECT_TRUE(c.quantization->double_quant);
+  EXPECT_EQ(c.quantization->compute_dtype, "bfloat16");
+}

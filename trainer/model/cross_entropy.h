@@ -1,0 +1,28 @@
+// Causal-LM cross-entropy that never holds fp32 logits for all tokens at once.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+namespace qlora::model {
+
+// A summed loss and the number of target tokens it sums over, so the trainer can normalize by
+// the total target tokens of all micro-batches of an optimizer step (REFERENCE.md §8).
+struct LossSum {
+  at::Tensor sum;    // float32 scalar, differentiable
+  at::Tensor count;  // int64 scalar
+};
+
+// sum over rows i of  logsumexp(l_i) - l_i[targets_i],  l = hidden @ weight^T computed in
+// hidden's dtype then cast to float32 (as transformers does), `chunk_tokens` rows at a time.
+// hidden [N, H] (only rows that have a target), weight [V, H] frozen, targets int64 [N] in [0, V).
+// Backward recomputes each chunk's logits; memory beyond the inputs is one chunk of fp32 logits.
+at::Tensor chunked_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
+                                     int64_t chunk_tokens);
+
+// The plain version (all logits at once, autograd through at::cross_entropy): for tests and as
+// the baseline the benchmarks compare against.
+at::Tensor full_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets);
+
+// Default chunk for a vocabulary: ~32 Mi fp32 logits per chunk (128 MiB), in [16, 4096] tokens.
+int64_t default_ce_chunk_tokens(int64_t vocab_size);
+
+}  // namespace qlora::model

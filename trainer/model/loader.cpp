@@ -1,0 +1,169 @@
+// load_model: config.json + safetensors -> Model, streaming tensor by tensor out of the mmap.
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "trainer/common/error.h"
+#include "trainer/io/hf_checkpoint.h"
+#include "trainer/model/model.h"
+#include "trainer/model/rope.h"
+#include "trainer/quant/bnb_format.h"
+
+namespace qlora::model {
+
+namespace {
+
+// Drops the pages of a tensor's bytes from this process's mapping once they are consumed, so
+// streaming through a checkpoint does not grow the resident set by the whole file (the page
+// cache keeps them; a later read faults them back in). Only whole pages inside the span.
+void release_pages(std::span<const uint8_t> bytes) {
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  uintptr_t b = reinterpret_cast<uintptr_t>(bytes.data());
+  uintptr_t e = b + bytes.size();
+  b = (b + page - 1) / page * page;
+  e = e / page * page;
+  if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+}
+
+class Loader {
+ public:
+  Loader(const std::filesystem::path& dir, const ModelLoadOptions& opts)
+      : ck_(dir), opts_(opts) {}
+
+  Model load() {
+    Model m;
+    m.config = read_model_config(ck_.dir());
+    m.device = opts_.device;
+    m.compute_dtype = opts_.compute_dtype.value_or(opts_.device.is_cuda() ? at::kBFloat16 : at::kFloat);
+    dtype_ = m.compute_dtype;
+    if (opts_.lora) resolve_lora_targets(*opts_.lora, m.config);  // UserError for bad targets
+    const ModelConfig& c = m.config;
+    const int64_t H = c.hidden_size;
+    init_gen_ = at::make_generator<at::CPUGeneratorImpl>(opts_.seed);
+
+    m.embed_tokens = take16("model.embed_tokens.weight", {c.vocab_size, H});
+    m.layers.resize(c.num_hidden_layers);
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      DecoderLayer& L = m.layers[i];
+      const std::string p = "model.layers." + std::to_string(i) + ".";
+      L.input_layernorm = take16(p + "input_layernorm.weight", {H});
+      L.post_attention_layernorm = take16(p + "post_attention_layernorm.weight", {H});
+      if (c.qk_norm) {
+        L.q_norm = take16(p + "self_attn.q_norm.weight", {c.head_dim});
+        L.k_norm = take16(p + "self_attn.k_norm.weight", {c.head_dim});
+      }
+      for (const auto& mod : linear_module_names()) {
+        const bool bias = (mod == "o_proj") ? c.o_bias
+                          : (mod == "q_proj" || mod == "k_proj" || mod == "v_proj") ? c.qkv_bias
+                                                                                    : c.mlp_bias;
+        Linear* l = nullptr;
+        if (mod == "q_proj") l = &L.q_proj;
+        if (mod == "k_proj") l = &L.k_proj;
+        if (mod == "v_proj") l = &L.v_proj;
+        if (mod == "o_proj") l = &L.o_proj;
+        if (mod == "gate_proj") l = &L.gate_proj;
+        if (mod == "up_proj") l = &L.up_proj;
+        if (mod == "down_proj") l = &L.down_proj;
+        load_linear(*l, linear_module_path(i, mod), linear_shape(c, mod), bias);
+      }
+    }
+    m.norm = take16("model.norm.weight", {H});
+    if (c.tie_word_embeddings) {
+      m.lm_head = m.embed_tokens;
+    } else {
+      if (!ck_.contains("lm_head.weight"))
+        user_error(ck_.dir().string(), ": lm_head.weight: missing (config.json says tie_word_embeddings is false)");
+      m.lm_head = take16("lm_head.weight", {c.vocab_size, H});
+    }
+    m.inv_freq = rope_inv_freq(c).to(m.device);
+    if (m.device.is_cuda()) {
+      m.dropout_generator = at::detail::getCUDAHooks().getNewGenerator(m.device.index());
+      m.dropout_generator.set_current_seed(opts_.seed + 1);
+    } else {
+      m.dropout_generator = at::make_generator<at::CPUGeneratorImpl>(opts_.seed + 1);
+    }
+    return m;
+  }
+
+ private:
+  std::string where(const std::string& name) const {
+    return ck_.contains(name) ? ck_.file_of(name).path().string() + ": " + name : ck_.dir().string() + ": " + name;
+  }
+
+  // A zero-copy view of a floating checkpoint tensor with the expected shape.
+  at::Tensor view16(const std::string& name, const std::vector<int64_t>& shape) {
+    if (!ck_.contains(name)) user_error(ck_.dir().string(), ": ", name, ": missing from the checkpoint");
+    const io::TensorInfo& info = ck_.info(name);
+    if (info.dtype != "F32" && info.dtype != "BF16" && info.dtype != "F16")
+      user_error(where(name), ": expected F32, BF16 or F16 weights, got ", info.dtype);
+    if (info.shape != shape)
+      user_error(where(name), ": expected shape ", at::IntArrayRef(shape), ", got ", at::IntArrayRef(info.shape));
+    return ck_.tensor(name);
+  }
+
+  void release(const std::string& name) { release_pages(ck_.file_of(name).bytes(name)); }
+
+  // An owned copy in the compute dtype on the device.
+  at::Tensor take16(const std::string& name, const std::vector<int64_t>& shape) {
+    at::Tensor v = view16(name, shape);
+    at::Tensor out = v.to(opts_.device, dtype_, /*non_blocking=*/false, /*copy=*/true);
+    v = at::Tensor();
+    release(name);
+    return out;
+  }
+
+  void load_linear(Linear& l, const std::string& prefix, const std::vector<int64_t>& shape, bool bias) {
+    l.name = prefix;
+    l.out_features = shape[0];
+    l.in_features = shape[1];
+    const std::string wname = prefix + ".weight";
+    if (quant::is_bnb_4bit(ck_, prefix)) {
+      kernels::NF4Tensor q = quant::read_bnb_nf4(ck_, prefix);
+      if (q.shape != shape)
+        user_error(where(prefix + quant::kBnbNF4StateSuffix), ": shape ", at::IntArrayRef(q.shape), ", expected ",
+                   at::IntArrayRef(shape));
+      if (opts_.quantize)
+        l.nf4 = q.to(opts_.device);
+      else
+        l.weight = kernels::nf4_dequantize(q, dtype_).to(opts_.device);
+    } else {
+      at::Tensor v = view16(wname, shape);
+      if (opts_.quantize)
+        l.nf4 = kernels::nf4_quantize(v, opts_.blocksize, opts_.double_quant).to(opts_.device);
+      else
+        l.weight = v.to(opts_.device, dtype_, /*non_blocking=*/false, /*copy=*/true);
+      v = at::Tensor();
+      release(wname);
+    }
+    if (bias) l.bias = take16(prefix + ".bias", {shape[0]});
+    if (opts_.lora && lora_targets(*opts_.lora, prefix))
+      l.lora = make_lora_adapter(l.in_features, l.out_features, *opts_.lora, init_gen_, dtype_, opts_.device);
+  }
+
+  io::HfCheckpoint ck_;
+  ModelLoadOptions opts_;
+  at::ScalarType dtype_ = at::kFloat;
+  at::Generator init_gen_;
+};
+
+}  // namespace
+
+ModelLoadOptions ModelLoadOptions::from_train_config(const config::TrainConfig& cfg, at::Device device) {
+  ModelLoadOptions o;
+  o.device = device;
+  if (cfg.quantization.compute_dtype != "auto")
+    o.compute_dtype = parse_dtype_name(cfg.quantization.compute_dtype, cfg.config_path + ": compute_dtype");
+  o.quantize = cfg.lora.adapter != "lora";
+  o.blocksize = cfg.quantization.blocksize;
+  o.double_quant = cfg.quantization.double_quant;
+  o.lora = cfg.lora;
+  o.seed = cfg.seed;
+  return o;
+}
+
+Model load_model(const std::filesystem::path& dir, const ModelLoadOptions& opts) {
+  return Loader(dir, opts).load();
+}
+
+}  // namespace qlora::model

@@ -1,0 +1,103 @@
+#include "trainer/model/lora.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+
+#include "trainer/common/error.h"
+
+namespace qlora::model {
+
+at::Tensor dropout_with(const at::Tensor& x, double p, at::Generator* gen) {
+  if (p <= 0.0) return x;
+  std::optional<at::Generator> g;
+  if (gen) g = *gen;
+  at::Tensor mask = at::empty_like(x).bernoulli_(1.0 - p, g);
+  return x * mask * (1.0 / (1.0 - p));
+}
+
+at::Tensor LoraAdapter::forward(const at::Tensor& x, bool training, at::Generator* gen) const {
+  at::Tensor h = training ? dropout_with(x, dropout, gen) : x;
+  return at::linear(at::linear(h, A), B) * scaling;
+}
+
+std::string peft_key(const std::string& module_path, char which) {
+  return "base_model.model." + module_path + (which == 'A' ? ".lora_A.weight" : ".lora_B.weight");
+}
+
+double lora_scaling(const config::LoraConfig& cfg) {
+  return cfg.use_rslora ? cfg.alpha / std::sqrt(static_cast<double>(cfg.r)) : cfg.alpha / static_cast<double>(cfg.r);
+}
+
+void validate_lora_config(const config::LoraConfig& cfg) {
+  if (cfg.r <= 0) user_error("lora_r: expected a positive integer, got ", cfg.r);
+  if (!(cfg.alpha > 0)) user_error("lora_alpha: expected a positive number, got ", cfg.alpha);
+  if (!(cfg.dropout >= 0.0 && cfg.dropout < 1.0)) user_error("lora_dropout: expected a value in [0, 1), got ", cfg.dropout);
+  if (!cfg.target_linear && cfg.target_modules.empty())
+    user_error("lora_target_modules: empty (name the modules, e.g. [q_proj, v_proj], or set lora_target_linear: true)");
+}
+
+namespace {
+bool all_linear(const config::LoraConfig& cfg) {
+  if (cfg.target_linear) return true;
+  for (const auto& t : cfg.target_modules)
+    if (t == "all-linear" || t == "all_linear") return true;
+  return false;
+}
+
+bool matches(const std::string& path, const std::string& target) {
+  if (path == target) return true;
+  return path.size() > target.size() && path.compare(path.size() - target.size(), target.size(), target) == 0 &&
+         path[path.size() - target.size() - 1] == '.';
+}
+}  // namespace
+
+bool lora_targets(const config::LoraConfig& cfg, const std::string& module_path) {
+  if (all_linear(cfg)) return true;
+  for (const auto& t : cfg.target_modules)
+    if (matches(module_path, t)) return true;
+  return false;
+}
+
+std::vector<std::string> resolve_lora_targets(const config::LoraConfig& cfg, const ModelConfig& mc) {
+  validate_lora_config(cfg);
+  if (!all_linear(cfg)) {
+    for (const auto& t : cfg.target_modules) {
+      bool hit = false;
+      for (int64_t l = 0; l < mc.num_hidden_layers && !hit; ++l)
+        for (const auto& m : linear_module_names())
+          if (matches(linear_module_path(l, m), t)) hit = true;
+      if (!hit) {
+        std::string avail;
+        for (const auto& m : linear_module_names()) avail += (avail.empty() ? "" : ", ") + m;
+        user_error("lora_target_modules: \"", t, "\" matches no linear layer of this ", mc.model_type,
+                   " model (its linear layers: ", avail, ")");
+      }
+    }
+  }
+  std::vector<std::string> out;
+  for (const auto& m : linear_module_names()) {
+    bool any = false;
+    for (int64_t l = 0; l < mc.num_hidden_layers && !any; ++l) any = lora_targets(cfg, linear_module_path(l, m));
+    if (any) out.push_back(m);
+  }
+  return out;
+}
+
+LoraAdapter make_lora_adapter(int64_t in, int64_t out, const config::LoraConfig& cfg, at::Generator& init_gen,
+                              at::ScalarType dtype, at::Device device) {
+  LoraAdapter a;
+  a.scaling = lora_scaling(cfg);
+  a.dropout = cfg.dropout;
+  // torch.nn.init.kaiming_uniform_(A, a=sqrt(5)): gain = sqrt(2 / (1 + 5)), std = gain / sqrt(fan_in),
+  // bound = sqrt(3) * std = 1 / sqrt(in).
+  const double gain = std::sqrt(2.0 / (1.0 + 5.0));
+  const double bound = std::sqrt(3.0) * (gain / std::sqrt(static_cast<double>(in)));
+  at::Tensor A = at::empty({cfg.r, in}, at::kFloat);
+  A.uniform_(-bound, bound, init_gen);
+  a.A = A.to(device, dtype).requires_grad_(true);
+  a.B = at::zeros({out, cfg.r}, at::TensorOptions().dtype(dtype).device(device)).requires_grad_(true);
+  return a;
+}
+
+}  // namespace qlora::model

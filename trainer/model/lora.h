@@ -1,0 +1,63 @@
+// LoRA adapters as PEFT defines them (REFERENCE.md §5).
+//
+//   y = base(x) + B(A(dropout(x))) * scaling,  A [r, in], B [out, r]
+//   scaling = alpha / r, or alpha / sqrt(r) with rsLoRA
+//   init: A kaiming-uniform with a = sqrt(5) (uniform in ±1/sqrt(in)), B zeros
+//
+// Parameters are plain tensors (requires_grad) named with PEFT's state-dict keys,
+// e.g. "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", so adapter export and
+// checkpoints are a straight copy. They are held in the compute dtype (bf16 on GPU); the
+// optimizer keeps fp32 master copies and loads values back with Model::load_lora_weights.
+#pragma once
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
+
+#include <string>
+#include <vector>
+
+#include "trainer/config/config.h"
+#include "trainer/model/model_config.h"
+
+namespace qlora::model {
+
+struct LoraAdapter {
+  at::Tensor A;          // lora_A.weight [r, in], requires grad
+  at::Tensor B;          // lora_B.weight [out, r], requires grad
+  double scaling = 1.0;
+  double dropout = 0.0;  // probability; applied to the adapter's input only while training
+
+  // B(A(dropout(x))) * scaling for x [..., in]. `gen` draws the dropout mask (training only).
+  at::Tensor forward(const at::Tensor& x, bool training, at::Generator* gen) const;
+};
+
+// A trainable tensor and its PEFT state-dict key.
+struct NamedParameter {
+  std::string name;
+  at::Tensor param;
+};
+
+// "base_model.model.<module_path>.lora_A.weight" (which = 'A') or ".lora_B.weight" ('B').
+std::string peft_key(const std::string& module_path, char which);
+
+// alpha / r, or alpha / sqrt(r) with use_rslora.
+double lora_scaling(const config::LoraConfig& cfg);
+
+// UserError for r <= 0, alpha <= 0, dropout outside [0, 1), or no targets.
+void validate_lora_config(const config::LoraConfig& cfg);
+
+// Whether the LoRA config targets the module at `module_path` (PEFT's rule: the path equals a
+// target or ends with "." + target; lora_target_linear or "all-linear" takes every projection).
+bool lora_targets(const config::LoraConfig& cfg, const std::string& module_path);
+
+// The short module names (q_proj, ...) the config targets in this architecture. UserError when
+// a target names no linear layer of the model.
+std::vector<std::string> resolve_lora_targets(const config::LoraConfig& cfg, const ModelConfig& mc);
+
+// A fresh adapter for a [out, in] projection, initialized as PEFT does with `init_gen` (CPU).
+LoraAdapter make_lora_adapter(int64_t in_features, int64_t out_features, const config::LoraConfig& cfg,
+                              at::Generator& init_gen, at::ScalarType dtype, at::Device device);
+
+// PyTorch-style dropout with an explicit generator: x * mask / (1 - p), mask ~ Bernoulli(1 - p).
+at::Tensor dropout_with(const at::Tensor& x, double p, at::Generator* gen);
+
+}  // namespace qlora::model

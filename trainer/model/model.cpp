@@ -1,0 +1,246 @@
+// The decoder's forward pass, loss and parameter access (loading is in loader.cpp).
+#include "trainer/model/model.h"
+
+#include <c10/core/GradMode.h>
+
+#include <cmath>
+
+#include "trainer/common/error.h"
+#include "trainer/model/activation_checkpoint.h"
+#include "trainer/model/nf4_linear.h"
+#include "trainer/model/rope.h"
+
+namespace qlora::model {
+
+namespace {
+
+// transformers' RMSNorm: fp32 x * rsqrt(mean(x²) + eps), cast back, times weight.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  return w * (xf * at::rsqrt(var + eps)).to(x.scalar_type());
+}
+
+// Boolean attention mask [B or 1, 1, T, T] (true = attend), or undefined when plain causal
+// attention is exact (no segments, no window that bites).
+at::Tensor attention_mask(const at::Tensor& segment_ids, int64_t T, std::optional<int64_t> window, at::Device dev) {
+  const bool window_bites = window && *window < T;
+  if (!segment_ids.defined() && !window_bites) return {};
+  at::Tensor i = at::arange(T, at::TensorOptions().dtype(at::kLong).device(dev)).unsqueeze(1);
+  at::Tensor j = i.view({1, T});
+  at::Tensor m = j <= i;                                    // causal
+  if (window_bites) m = m.logical_and((i - j) < *window);   // kv > q - window
+  m = m.view({1, 1, T, T});
+  if (segment_ids.defined()) {
+    at::Tensor s = segment_ids.to(dev);
+    m = m.logical_and((s.unsqueeze(2) == s.unsqueeze(1)).unsqueeze(1));  // [B, 1, T, T]
+  }
+  return m;
+}
+
+struct BlockInputs {
+  at::Tensor cos, sin;              // [B, T, head_dim]
+  at::Tensor mask_full, mask_window;  // see attention_mask
+};
+
+at::Tensor self_attention(const Model& m, const DecoderLayer& L, int64_t layer, const at::Tensor& h,
+                          const BlockInputs& in, bool training, at::Generator* gen) {
+  const ModelConfig& c = m.config;
+  const int64_t B = h.size(0), T = h.size(1), D = c.head_dim;
+  at::Tensor q = L.q_proj.forward(h, training, gen).view({B, T, c.num_attention_heads, D});
+  at::Tensor k = L.k_proj.forward(h, training, gen).view({B, T, c.num_key_value_heads, D});
+  at::Tensor v = L.v_proj.forward(h, training, gen).view({B, T, c.num_key_value_heads, D});
+  if (c.qk_norm) {
+    q = rms_norm(q, L.q_norm, c.rms_norm_eps);
+    k = rms_norm(k, L.k_norm, c.rms_norm_eps);
+  }
+  q = apply_rope(q.transpose(1, 2), in.cos, in.sin);  // [B, heads, T, D]
+  k = apply_rope(k.transpose(1, 2), in.cos, in.sin);
+  v = v.transpose(1, 2);
+  const at::Tensor& mask = c.window_of(layer) ? in.mask_window : in.mask_full;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  const bool gqa = c.num_key_value_heads != c.num_attention_heads;
+  at::Tensor o = mask.defined()
+                     ? at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, scale, gqa)
+                     : at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, /*is_causal=*/true, scale, gqa);
+  o = o.transpose(1, 2).reshape({B, T, c.q_out()});
+  return L.o_proj.forward(o, training, gen);
+}
+
+at::Tensor decoder_layer(const Model& m, int64_t layer, const at::Tensor& x, const BlockInputs& in, bool training,
+                         at::Generator* gen) {
+  const DecoderLayer& L = m.layers[layer];
+  const double eps = m.config.rms_norm_eps;
+  at::Tensor h = x + self_attention(m, L, layer, rms_norm(x, L.input_layernorm, eps), in, training, gen);
+  at::Tensor n = rms_norm(h, L.post_attention_layernorm, eps);
+  at::Tensor act = at::silu(L.gate_proj.forward(n, training, gen)) * L.up_proj.forward(n, training, gen);
+  return h + L.down_proj.forward(act, training, gen);
+}
+
+}  // namespace
+
+at::Tensor Linear::forward(const at::Tensor& x, bool training, at::Generator* gen) const {
+  at::Tensor y = nf4 ? nf4_linear_frozen(x, *nf4) : at::linear(x, weight);
+  if (bias.defined()) y = y + bias;
+  if (lora) y = y + lora->forward(x, training, gen);
+  return y;
+}
+
+at::Tensor Linear::base_weight(at::ScalarType dtype) const {
+  if (nf4) return kernels::nf4_dequantize(*nf4, dtype);
+  return weight.to(dtype);
+}
+
+std::vector<Linear*> DecoderLayer::linears() {
+  return {&q_proj, &k_proj, &v_proj, &o_proj, &gate_proj, &up_proj, &down_proj};
+}
+std::vector<const Linear*> DecoderLayer::linears() const {
+  return {&q_proj, &k_proj, &v_proj, &o_proj, &gate_proj, &up_proj, &down_proj};
+}
+
+at::Tensor Model::forward(const at::Tensor& input_ids, const at::Tensor& position_ids, const at::Tensor& segment_ids) {
+  TORCH_CHECK(input_ids.dim() == 2, "Model::forward: input_ids must be [B, T]");
+  const int64_t B = input_ids.size(0), T = input_ids.size(1);
+  at::Tensor ids = input_ids.to(device, at::kLong);
+  at::Tensor pos = position_ids.defined()
+                       ? position_ids.to(device, at::kLong)
+                       : at::arange(T, at::TensorOptions().dtype(at::kLong).device(device)).unsqueeze(0).expand({B, T});
+  TORCH_CHECK(pos.sizes() == ids.sizes(), "Model::forward: position_ids must have the shape of input_ids");
+  TORCH_CHECK(!segment_ids.defined() || segment_ids.sizes() == ids.sizes(),
+              "Model::forward: segment_ids must have the shape of input_ids");
+
+  BlockInputs in;
+  std::tie(in.cos, in.sin) = rope_cos_sin(inv_freq, pos, compute_dtype);
+  in.mask_full = attention_mask(segment_ids, T, std::nullopt, device);
+  if (config.sliding_window) in.mask_window = attention_mask(segment_ids, T, config.sliding_window, device);
+
+  at::Tensor x = at::embedding(embed_tokens, ids);
+  at::Generator* gen = training ? &dropout_generator : nullptr;
+  for (int64_t i = 0; i < static_cast<int64_t>(layers.size()); ++i) {
+    BlockFn fn = [this, i, in, tr = training](const at::Tensor& xin, at::Generator* g) {
+      return decoder_layer(*this, i, xin, in, tr, g);
+    };
+    if (gradient_checkpointing && c10::GradMode::is_enabled()) {
+      std::vector<at::Tensor> params;
+      for (const Linear* l : layers[i].linears())
+        if (l->lora) {
+          params.push_back(l->lora->A);
+          params.push_back(l->lora->B);
+        }
+      x = checkpointed(fn, x, params, gen);
+    } else {
+      x = fn(x, gen);
+    }
+  }
+  return rms_norm(x, norm, config.rms_norm_eps);
+}
+
+at::Tensor Model::logits(const at::Tensor& hidden) const { return at::matmul(hidden, lm_head.t()); }
+
+LossSum Model::loss(const at::Tensor& hidden, const at::Tensor& labels) const {
+  TORCH_CHECK(hidden.dim() == 3 && labels.dim() == 2 && hidden.size(0) == labels.size(0) &&
+                  hidden.size(1) == labels.size(1),
+              "Model::loss: expected hidden [B, T, H] and labels [B, T]");
+  const int64_t H = hidden.size(2);
+  at::Tensor h = hidden.slice(1, 0, -1).reshape({-1, H});
+  at::Tensor y = labels.to(hidden.device(), at::kLong).slice(1, 1).reshape({-1});
+  at::Tensor idx = (y != -100).nonzero().squeeze(1);
+  LossSum out;
+  out.count = at::scalar_tensor(idx.numel(), at::TensorOptions().dtype(at::kLong));
+  if (idx.numel() == 0) {
+    out.sum = (hidden.sum() * 0).to(at::kFloat);  // keeps the graph: zero gradients
+    return out;
+  }
+  at::Tensor ys = y.index_select(0, idx);
+  TORCH_CHECK(ys.min().item<int64_t>() >= 0 && ys.max().item<int64_t>() < lm_head.size(0),
+              "Model::loss: a label is outside [0, vocab_size) and is not -100");
+  const int64_t chunk = ce_chunk_tokens > 0 ? ce_chunk_tokens : default_ce_chunk_tokens(lm_head.size(0));
+  out.sum = chunked_cross_entropy_sum(h.index_select(0, idx), lm_head, ys, chunk);
+  return out;
+}
+
+std::vector<const Linear*> Model::linears() const {
+  std::vector<const Linear*> out;
+  for (const auto& L : layers)
+    for (const Linear* l : L.linears()) out.push_back(l);
+  return out;
+}
+
+std::vector<NamedParameter> Model::lora_parameters() const {
+  std::vector<NamedParameter> out;
+  for (const Linear* l : linears()) {
+    if (!l->lora) continue;
+    out.push_back({peft_key(l->name, 'A'), l->lora->A});
+    out.push_back({peft_key(l->name, 'B'), l->lora->B});
+  }
+  return out;
+}
+
+void Model::load_lora_weights(const std::map<std::string, at::Tensor>& values, const std::string& source, bool strict) {
+  std::map<std::string, at::Tensor> mine;
+  for (auto& p : lora_parameters()) mine[p.name] = p.param;
+  for (const auto& [k, v] : values) {
+    auto it = mine.find(k);
+    if (it == mine.end()) user_error(source, ": ", k, ": not a LoRA tensor of this model (wrong target modules or rank?)");
+    if (v.sizes() != it->second.sizes())
+      user_error(source, ": ", k, ": shape ", v.sizes(), " does not match the model's ", it->second.sizes());
+  }
+  if (strict)
+    for (const auto& [k, p] : mine)
+      if (!values.count(k)) user_error(source, ": ", k, ": missing");
+  c10::NoGradGuard no_grad;
+  for (const auto& [k, v] : values) mine[k].copy_(v);
+}
+
+std::vector<std::string> Model::lora_target_modules() const {
+  std::vector<std::string> out;
+  for (const auto& m : linear_module_names()) {
+    for (const auto& L : layers) {
+      bool hit = false;
+      for (const Linear* l : L.linears())
+        if (l->lora && l->name.size() > m.size() && l->name.compare(l->name.size() - m.size(), m.size(), m) == 0)
+          hit = true;
+      if (hit) {
+        out.push_back(m);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+std::map<std::string, at::Tensor> Model::dequantized_state_dict(at::ScalarType dtype) const {
+  std::map<std::string, at::Tensor> sd;
+  sd["model.embed_tokens.weight"] = embed_tokens.to(dtype);
+  sd["model.norm.weight"] = norm.to(dtype);
+  if (!config.tie_word_embeddings) sd["lm_head.weight"] = lm_head.to(dtype);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const DecoderLayer& L = layers[i];
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    sd[p + "input_layernorm.weight"] = L.input_layernorm.to(dtype);
+    sd[p + "post_attention_layernorm.weight"] = L.post_attention_layernorm.to(dtype);
+    if (L.q_norm.defined()) sd[p + "self_attn.q_norm.weight"] = L.q_norm.to(dtype);
+    if (L.k_norm.defined()) sd[p + "self_attn.k_norm.weight"] = L.k_norm.to(dtype);
+    for (const Linear* l : L.linears()) {
+      sd[l->name + ".weight"] = l->base_weight(dtype);
+      if (l->bias.defined()) sd[l->name + ".bias"] = l->bias.to(dtype);
+    }
+  }
+  return sd;
+}
+
+int64_t Model::base_nbytes() const {
+  int64_t b = embed_tokens.nbytes() + norm.nbytes();
+  if (!config.tie_word_embeddings) b += lm_head.nbytes();
+  for (const auto& L : layers) {
+    b += L.input_layernorm.nbytes() + L.post_attention_layernorm.nbytes();
+    if (L.q_norm.defined()) b += L.q_norm.nbytes() + L.k_norm.nbytes();
+    for (const Linear* l : L.linears()) {
+      b += l->nf4 ? l->nf4->nbytes() : l->weight.nbytes();
+      if (l->bias.defined()) b += l->bias.nbytes();
+    }
+  }
+  return b;
+}
+
+}  // namespace qlora::model

@@ -1,0 +1,129 @@
+// The Llama-family decoder (llama, mistral, qwen2, qwen3) with NF4 or 16-bit frozen linears and
+// LoRA adapters, loaded from a Hugging Face model directory.
+//
+//   Model m = load_model(dir, opts);              // streams + quantizes tensor by tensor
+//   at::Tensor h = m.forward(ids, pos, seg);      // [B, T, hidden] after the final norm
+//   LossSum l = m.loss(h, labels);                // summed token loss + target count
+//   (l.sum / total_target_tokens).backward();     // grads land in m.lora_parameters()
+//   at::Tensor logits = m.logits(h);              // [B, T, vocab] for generate / eval
+//
+// Numerics follow transformers (REFERENCE.md §4): RMSNorm in fp32 then cast and times weight;
+// RoPE rotate_half with cos/sin from fp32; causal GQA attention (scaled_dot_product_attention),
+// SwiGLU MLP. Compute dtype: bf16 on GPU, configurable on CPU (fp32 by default). Embeddings,
+// norms and lm_head stay unquantized, held in the compute dtype.
+#pragma once
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
+
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kernels/ops.h"
+#include "trainer/config/config.h"
+#include "trainer/model/cross_entropy.h"
+#include "trainer/model/lora.h"
+#include "trainer/model/model_config.h"
+
+namespace qlora::model {
+
+// One projection: a frozen base weight (NF4 or 16-bit), an optional frozen bias and an optional
+// LoRA adapter. y = base(x) + bias + B(A(dropout(x))) * scaling.
+struct Linear {
+  std::string name;                       // HF module path, e.g. "model.layers.0.self_attn.q_proj"
+  int64_t in_features = 0, out_features = 0;
+  std::optional<kernels::NF4Tensor> nf4;  // quantized base weight [out, in] (QLoRA)
+  at::Tensor weight;                      // 16-bit base weight [out, in] (plain LoRA), when !nf4
+  at::Tensor bias;                        // [out] or undefined
+  std::optional<LoraAdapter> lora;
+
+  at::Tensor forward(const at::Tensor& x, bool training, at::Generator* gen) const;
+  // The base weight as the model uses it (dequantized for NF4), [out, in] in `dtype`.
+  at::Tensor base_weight(at::ScalarType dtype) const;
+};
+
+struct DecoderLayer {
+  at::Tensor input_layernorm;             // [hidden]
+  at::Tensor post_attention_layernorm;    // [hidden]
+  at::Tensor q_norm, k_norm;              // [head_dim] (qwen3), else undefined
+  Linear q_proj, k_proj, v_proj, o_proj;  // self_attn
+  Linear gate_proj, up_proj, down_proj;   // mlp
+
+  std::vector<Linear*> linears();
+  std::vector<const Linear*> linears() const;
+};
+
+struct ModelLoadOptions {
+  at::Device device = at::kCPU;
+  std::optional<at::ScalarType> compute_dtype;  // default: bf16 on CUDA, fp32 on CPU
+  bool quantize = true;       // NF4 base linears (QLoRA); false: 16-bit linears (plain LoRA)
+  int64_t blocksize = 64;     // NF4 blocksize when quantizing while loading
+  bool double_quant = true;   // double-quantize the NF4 absmax statistics
+  std::optional<config::LoraConfig> lora;  // adapters to create (none: base model only)
+  uint64_t seed = 42;         // LoRA init (A) and the dropout generator
+
+  // From the run config: quantize iff adapter == "qlora"; compute_dtype "auto" -> default.
+  static ModelLoadOptions from_train_config(const config::TrainConfig& cfg, at::Device device);
+};
+
+class Model {
+ public:
+  ModelConfig config;
+  at::Device device = at::kCPU;
+  at::ScalarType compute_dtype = at::kFloat;
+
+  at::Tensor embed_tokens;          // [vocab, hidden]
+  std::vector<DecoderLayer> layers;
+  at::Tensor norm;                  // [hidden]
+  at::Tensor lm_head;               // [vocab, hidden]; the same tensor as embed_tokens when tied
+  at::Tensor inv_freq;              // float32 [head_dim / 2]
+
+  // Switches the trainer sets.
+  bool training = false;                // LoRA dropout active
+  bool gradient_checkpointing = false;  // recompute each decoder block in backward
+  int64_t ce_chunk_tokens = 0;          // tokens per cross-entropy chunk; 0: default for the vocab
+  at::Generator dropout_generator;      // draws LoRA dropout masks (seeded at load)
+
+  // input_ids [B, T] (int64). position_ids [B, T]: default 0..T-1 per row. segment_ids [B, T]
+  // (any integer type): packed samples; a token attends only to earlier tokens with the same
+  // segment id (block-diagonal causal mask). Give packed samples positions restarting at 0.
+  // Returns the final-norm hidden states [B, T, hidden] in the compute dtype.
+  at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& position_ids = {},
+                     const at::Tensor& segment_ids = {});
+
+  // Logits [..., vocab] in the compute dtype for hidden [..., hidden].
+  at::Tensor logits(const at::Tensor& hidden) const;
+
+  // Causal-LM loss over hidden [B, T, H] and labels [B, T] aligned with input_ids (as in
+  // transformers: the shift happens here, position t predicts labels[t + 1]; -100 is ignored;
+  // with packing, label the first token of each sample -100). Chunked: see cross_entropy.h.
+  LossSum loss(const at::Tensor& hidden, const at::Tensor& labels) const;
+
+  // The trainable LoRA tensors with their PEFT state-dict keys, in module order (A then B).
+  std::vector<NamedParameter> lora_parameters() const;
+  // Copies values into the LoRA tensors (cast to their dtype/device). UserError naming `source`
+  // for a missing or unknown key or a shape mismatch; with strict=false, keys may be missing.
+  void load_lora_weights(const std::map<std::string, at::Tensor>& values, const std::string& source,
+                         bool strict = true);
+  // The short names of the targeted modules (q_proj, ...), for adapter_config.json.
+  std::vector<std::string> lora_target_modules() const;
+
+  // Every weight under its HF name as the model computes with it (NF4 linears dequantized), in
+  // `dtype`; lm_head.weight omitted when tied. For tests, merge and export.
+  std::map<std::string, at::Tensor> dequantized_state_dict(at::ScalarType dtype) const;
+
+  std::vector<const Linear*> linears() const;
+  // Bytes of the frozen base held on the device (NF4 codes + statistics, 16-bit tensors).
+  int64_t base_nbytes() const;
+};
+
+// Loads DIR (config.json + safetensors, sharded or not, or a bitsandbytes 4-bit checkpoint read
+// without re-quantizing). 16-bit checkpoints are quantized while streaming tensor by tensor out of
+// the mmap, releasing each tensor's pages after use: peak host memory is about the final model +
+// the largest single tensor. UserError naming the file and tensor for anything missing or of
+// the wrong shape or dtype.
+Model load_model(const std::filesystem::path& dir, const ModelLoadOptions& opts);
+
+}  // namespace qlora::model
