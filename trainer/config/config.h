@@ -65,6 +65,10 @@ struct TrainConfig {
   int64_t save_steps = 0;               // 0: only at the end
   int64_t save_total_limit = 0;         // 0: keep all
   int64_t eval_steps = 0;               // 0: only at the end
+  bool eval_on_start = false;           // also evaluate before the first step (HF's name)
+  bool eval_exact_match = false;        // eval also greedy-generates each sample's answer and
+                                        // reports exact-match accuracy
+  int64_t eval_max_new_tokens = 64;     // generation budget per sample for exact match
   int64_t logging_steps = 1;
 };
 

@@ -671,6 +671,9 @@ const Schema<TrainConfig>& top_schema() {
     v.push_back(int_field<T>("save_steps", [](T& c) -> int64_t& { return c.save_steps; }, 0, H));
     v.push_back(int_field<T>("save_total_limit", [](T& c) -> int64_t& { return c.save_total_limit; }, 0, H));
     v.push_back(int_field<T>("eval_steps", [](T& c) -> int64_t& { return c.eval_steps; }, 0, H));
+    v.push_back(bool_field<T>("eval_on_start", [](T& c) -> bool& { return c.eval_on_start; }, H));
+    v.push_back(bool_field<T>("eval_exact_match", [](T& c) -> bool& { return c.eval_exact_match; }, H));
+    v.push_back(int_field<T>("eval_max_new_tokens", [](T& c) -> int64_t& { return c.eval_max_new_tokens; }, 1, H));
     v.push_back(int_field<T>("logging_steps", [](T& c) -> int64_t& { return c.logging_steps; }, 1, H));
     return v;
   }();

@@ -1,0 +1,118 @@
+#include "trainer/io/peft.h"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include "trainer/common/error.h"
+#include "trainer/common/fs.h"
+#include "trainer/io/safetensors.h"
+
+namespace qlora::io {
+
+std::string peft_adapter_config_json(const PeftAdapterConfig& c) {
+  nlohmann::ordered_json j;
+  j["alpha_pattern"] = nlohmann::json::object();
+  j["auto_mapping"] = nullptr;
+  j["base_model_name_or_path"] = c.base_model_name_or_path;
+  j["bias"] = "none";
+  j["fan_in_fan_out"] = false;
+  j["inference_mode"] = true;
+  j["init_lora_weights"] = true;
+  j["layers_pattern"] = nullptr;
+  j["layers_to_transform"] = nullptr;
+  j["lora_alpha"] = c.lora_alpha;
+  j["lora_dropout"] = c.lora_dropout;
+  j["modules_to_save"] = nullptr;
+  j["peft_type"] = "LORA";
+  j["r"] = c.r;
+  j["rank_pattern"] = nlohmann::json::object();
+  j["revision"] = nullptr;
+  j["target_modules"] = c.target_modules;
+  j["task_type"] = "CAUSAL_LM";
+  j["use_dora"] = false;
+  j["use_rslora"] = c.use_rslora;
+  return j.dump(2) + "\n";
+}
+
+PeftAdapterConfig read_peft_adapter_config(const std::filesystem::path& dir) {
+  const auto path = dir / "adapter_config.json";
+  const std::string p = path.string();
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(fs::read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    user_error(p, ": not valid JSON: ", e.what());
+  }
+  if (!j.is_object()) user_error(p, ": expected a JSON object");
+  auto str = [&](const char* k, const std::string& def) -> std::string {
+    if (!j.contains(k) || j[k].is_null()) return def;
+    if (!j[k].is_string()) user_error(p, ": ", k, ": expected a string");
+    return j[k].get<std::string>();
+  };
+  auto num = [&](const char* k, double def) -> double {
+    if (!j.contains(k) || j[k].is_null()) return def;
+    if (!j[k].is_number()) user_error(p, ": ", k, ": expected a number");
+    return j[k].get<double>();
+  };
+  if (str("peft_type", "LORA") != "LORA") user_error(p, ": peft_type: only LORA adapters are supported, got ", str("peft_type", ""));
+  if (j.value("use_dora", false)) user_error(p, ": use_dora: DoRA adapters are not supported");
+  if (j.contains("modules_to_save") && !j["modules_to_save"].is_null() && !j["modules_to_save"].empty())
+    user_error(p, ": modules_to_save: adapters that also train full modules are not supported");
+  for (const char* k : {"rank_pattern", "alpha_pattern"})
+    if (j.contains(k) && j[k].is_object() && !j[k].empty()) user_error(p, ": ", k, ": per-module ranks are not supported");
+  if (j.value("fan_in_fan_out", false)) user_error(p, ": fan_in_fan_out: only false is supported");
+  PeftAdapterConfig c;
+  c.base_model_name_or_path = str("base_model_name_or_path", "");
+  const double r = num("r", 8);
+  if (r <= 0 || r != static_cast<int64_t>(r)) user_error(p, ": r: expected a positive integer");
+  c.r = static_cast<int64_t>(r);
+  c.lora_alpha = num("lora_alpha", 8);
+  c.lora_dropout = num("lora_dropout", 0);
+  c.use_rslora = j.value("use_rslora", false);
+  if (!j.contains("target_modules")) user_error(p, ": target_modules: missing");
+  const auto& t = j["target_modules"];
+  if (t.is_string()) {
+    if (t.get<std::string>() == "all-linear")
+      c.target_modules = {"all-linear"};
+    else
+      user_error(p, ": target_modules: a regular expression is not supported; list the module names");
+  } else if (t.is_array()) {
+    for (const auto& e : t) {
+      if (!e.is_string()) user_error(p, ": target_modules: expected a list of module names");
+      c.target_modules.push_back(e.get<std::string>());
+    }
+  } else {
+    user_error(p, ": target_modules: expected a list of module names");
+  }
+  return c;
+}
+
+config::LoraConfig to_lora_config(const PeftAdapterConfig& c) {
+  config::LoraConfig l;
+  l.r = c.r;
+  l.alpha = c.lora_alpha;
+  l.dropout = c.lora_dropout;
+  l.use_rslora = c.use_rslora;
+  if (c.target_modules.size() == 1 && c.target_modules[0] == "all-linear")
+    l.target_linear = true;
+  else
+    l.target_modules = c.target_modules;
+  return l;
+}
+
+void write_peft_adapter(const std::filesystem::path& dir, const PeftAdapterConfig& c,
+                        const std::map<std::string, at::Tensor>& tensors, at::ScalarType dtype) {
+  SafetensorsWriter w;
+  for (const auto& [k, v] : tensors) w.add(k, v.detach().to(at::kCPU).to(dtype));
+  w.write(dir / "adapter_model.safetensors");
+  fs::write_file_atomic(dir / "adapter_config.json", peft_adapter_config_json(c));
+}
+
+std::map<std::string, at::Tensor> read_peft_adapter_tensors(const std::filesystem::path& dir) {
+  SafetensorsFile f(dir / "adapter_model.safetensors");
+  std::map<std::string, at::Tensor> out;
+  for (const auto& t : f.tensors()) out[t.name] = f.tensor(t.name).clone();
+  return out;
+}
+
+}  // namespace qlora::io

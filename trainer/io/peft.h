@@ -1,0 +1,43 @@
+// PEFT LoRA adapter directories (REFERENCE.md §5): adapter_config.json + adapter_model.safetensors
+// with keys base_model.model.<module>.lora_A.weight [r, in] / .lora_B.weight [out, r].
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "trainer/config/config.h"
+
+namespace qlora::io {
+
+struct PeftAdapterConfig {
+  std::string base_model_name_or_path;
+  int64_t r = 8;
+  double lora_alpha = 16;
+  double lora_dropout = 0;
+  std::vector<std::string> target_modules;  // short names: q_proj, v_proj, ...
+  bool use_rslora = false;
+};
+
+// adapter_config.json text as PEFT writes it (peft_type LORA, task_type CAUSAL_LM, bias none,
+// fan_in_fan_out false, modules_to_save null, use_dora false, inference_mode true, ...).
+std::string peft_adapter_config_json(const PeftAdapterConfig& c);
+
+// Reads DIR/adapter_config.json; UserError naming the file and key for anything we cannot use
+// (peft_type other than LORA, use_dora, modules_to_save, rank_pattern/alpha_pattern entries).
+PeftAdapterConfig read_peft_adapter_config(const std::filesystem::path& dir);
+
+// The LoRA config a PEFT adapter corresponds to (for building the model that loads it).
+config::LoraConfig to_lora_config(const PeftAdapterConfig& c);
+
+// Writes adapter_config.json and adapter_model.safetensors (tensors cast to `dtype`) into `dir`
+// (which must exist; files are written atomically).
+void write_peft_adapter(const std::filesystem::path& dir, const PeftAdapterConfig& c,
+                        const std::map<std::string, at::Tensor>& tensors, at::ScalarType dtype);
+
+// Reads DIR/adapter_model.safetensors (owned copies, any float dtype kept).
+std::map<std::string, at::Tensor> read_peft_adapter_tensors(const std::filesystem::path& dir);
+
+}  // namespace qlora::io
