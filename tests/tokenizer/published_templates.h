@@ -303,3 +303,90 @@ inline const char* kChatMLGeneration = R"JINJA({%- for message in messages %}
 )JINJA";
 
 }  // namespace qlora::test::templates
+
+namespace qlora::test::templates::tagged {
+
+// The same text as the published templates above for plain role/content chats (no tools), with
+// {% generation %} around exactly what we claim the model learns to write in an assistant turn:
+// everything after the generation prompt (Mistral's " " too), the reply and the end-of-turn text
+// up to the next message. transformers' assistant-token
+// tracking on these is the judge of our masks for the untagged originals (tests/data).
+
+// kLlama31 with the default date and no tools.
+inline const char* kLlama31 = R"JINJA({{- bos_token }}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content']|trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+{{- "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n" }}
+{{- system_message + "<|eot_id|>" }}
+{%- for message in messages %}
+    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}
+    {%- if message['role'] == 'assistant' %}
+        {%- generation %}{{- message['content'] | trim + '<|eot_id|>' }}{%- endgeneration %}
+    {%- else %}
+        {{- message['content'] | trim + '<|eot_id|>' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+{%- endif %}
+)JINJA";
+
+// kQwen25 without tools.
+inline const char* kQwen25 = R"JINJA({%- if messages[0]['role'] == 'system' %}
+    {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+{%- else %}
+    {{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message.role == "assistant" %}
+        {{- '<|im_start|>assistant\n' }}
+        {%- generation %}{{- message.content + '<|im_end|>\n' }}{%- endgeneration %}
+    {%- elif message.role == "user" or not loop.first %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+)JINJA";
+
+// kMistralV3 without tools (the system message joins the last message when it is a user one).
+inline const char* kMistralV3 = R"JINJA({%- if messages[0]["role"] == "system" %}
+    {%- set system_message = messages[0]["content"] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{{- bos_token }}
+{%- for message in loop_messages %}
+    {%- if message["role"] == "user" %}
+        {%- if loop.last and system_message is defined %}
+            {{- "[INST] " + system_message + "\n\n" + message["content"] + "[/INST]" }}
+        {%- else %}
+            {{- "[INST] " + message["content"] + "[/INST]" }}
+        {%- endif %}
+    {%- else %}
+        {%- generation %}{{- " " + message["content"]|trim + eos_token }}{%- endgeneration %}
+    {%- endif %}
+{%- endfor %}
+)JINJA";
+
+// kChatML.
+inline const char* kChatML = R"JINJA({%- for message in messages %}
+    {{- '<|im_start|>' + message['role'] + '\n' }}
+    {%- if message['role'] == 'assistant' %}
+        {%- generation %}{{- message['content'] + '<|im_end|>\n' }}{%- endgeneration %}
+    {%- else %}
+        {{- message['content'] + '<|im_end|>\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+)JINJA";
+
+}  // namespace qlora::test::templates::tagged

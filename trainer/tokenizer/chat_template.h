@@ -55,7 +55,7 @@ class ChatTemplate {
  private:
   Vars vars(const jinja::Value& messages, bool add_generation_prompt, const Vars& extra) const;
   std::optional<Span> locate_by_sentinel(const jinja::ValueList& all, size_t i, const std::string& text,
-                                         size_t cursor, const std::string& prompt, const Vars& extra) const;
+                                         size_t cursor, const Vars& extra) const;
 
   jinja::Template tmpl_;
   Vars special_;
