@@ -134,12 +134,18 @@ std::vector<std::string> ChatTemplate::builtin_names() {
 }
 
 ChatTemplate ChatTemplate::resolve(const std::string& choice, const Tokenizer& tokenizer) {
+  const auto& named = tokenizer.named_chat_templates();
   if (choice.empty()) {
-    if (tokenizer.chat_template().empty())
-      user_error("chat_template: the tokenizer has no chat template; set chat_template to one of ", names_list(),
-                 " (or to Jinja text)");
+    if (tokenizer.chat_template().empty()) {
+      std::string own;
+      for (const auto& [name, src] : named) own += (own.empty() ? "" : ", ") + name;
+      user_error("chat_template: the tokenizer has no default chat template; set chat_template to one of ",
+                 own.empty() ? "" : own + " (the tokenizer's), ", names_list(), " (or to Jinja text)");
+    }
     return ChatTemplate(tokenizer.chat_template(), "the tokenizer's chat template", tokenizer.special());
   }
+  if (auto it = named.find(choice); it != named.end())
+    return ChatTemplate(it->second, "the tokenizer's chat template \"" + choice + "\"", tokenizer.special());
   if (auto src = builtin_source(choice)) return ChatTemplate(*src, "built-in chat template " + choice, tokenizer.special());
   if (choice.find("{{") != std::string::npos || choice.find("{%") != std::string::npos)
     return ChatTemplate(choice, "chat_template", tokenizer.special());

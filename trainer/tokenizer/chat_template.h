@@ -25,8 +25,9 @@ class ChatTemplate {
   // unk_token come from `special` (only those the tokenizer has, as HF's special_tokens_map).
   ChatTemplate(std::string_view source, std::string origin, const SpecialTokens& special);
 
-  // DataSpec::chat_template: "" = the tokenizer's own (UserError when it ships none), a built-in
-  // name (chatml, llama3, mistral, qwen2_5, gemma), or Jinja text (anything containing "{{" or "{%").
+  // DataSpec::chat_template: "" = the tokenizer's own (UserError when it ships none), the name of
+  // one of the tokenizer's named templates (e.g. "tool_use"), a built-in name (chatml, llama3,
+  // mistral, qwen2_5, gemma), or Jinja text (anything containing "{{" or "{%").
   static ChatTemplate resolve(const std::string& choice, const Tokenizer& tokenizer);
   static std::optional<std::string> builtin_source(std::string_view name);
   static std::vector<std::string> builtin_names();
