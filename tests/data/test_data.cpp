@@ -209,6 +209,21 @@ TEST(Formats, ChatTrainsOnlyAssistantTurnsWithTheirEndOfTurn) {
   EXPECT_EQ(s3.labels.back(), kIgnoreIndex);
 }
 
+TEST(Formats, ChatTemplateKwargsReachTheTemplate) {
+  FakeTokenizer tk;
+  DataSpec spec;
+  spec.chat_template_kwargs = {{"date_string", "03 Feb 2025"}, {"enable_thinking", "false"}, {"n", "3"}};
+  DatasetSpec ds;
+  ds.type = "chat";
+  tok::ChatTemplate chat("{{ date_string }}|{{ enable_thinking is false }}|{{ n + 1 }}|{{ tools | length }}|"
+                         "{% for m in messages %}{{ m.content }}{% endfor %}",
+                         "t", tk.special());
+  json rec = {{"messages", json::array({{{"role", "user"}, {"content", "u"}}, {{"role", "assistant"}, {"content", "a"}}})},
+              {"tools", json::array({{{"name", "f"}}})}};
+  Sample s = SampleBuilder(ds, spec, tk, &chat).build(record(rec));
+  EXPECT_EQ(tk.decode(s.input_ids, false), "03 Feb 2025|True|4|1|ua</s>");
+}
+
 TEST(Formats, BadRecordsNameTheFieldAndLine) {
   FakeTokenizer tk;
   DataSpec spec;

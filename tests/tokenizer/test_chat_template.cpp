@@ -53,6 +53,11 @@ std::vector<std::pair<std::string, json>> conversations() {
   c.emplace_back("not_alternating", json::array({msg("user", "a"), msg("user", "b")}));
   c.emplace_back("assistant_first", json::array({msg("assistant", "I start."), msg("user", "ok")}));
   c.emplace_back("empty", json::array());
+  c.emplace_back("thinking", json::array({msg("user", "Hi"), msg("assistant", "<think>\nhmm\n</think>\n\nHello!"),
+                                          msg("user", "And?"), msg("assistant", "<think>\nagain\n</think>\n\nMore.")}));
+  c.emplace_back("reasoning_fields",
+                 json::array({msg("user", "Q1"), json{{"role", "assistant"}, {"content", "A1"}, {"reasoning_content", "R1"}},
+                              msg("user", "Q2"), json{{"role", "assistant"}, {"content", "A2"}, {"thinking", "R2"}}}));
   c.emplace_back("null_key_dropped", json::array({json{{"role", "user"}, {"content", "hi"}, {"name", nullptr}},
                                                   msg("assistant", "yo")}));
   return c;
@@ -85,11 +90,18 @@ std::vector<Model> models() {
   return {{"llama3", kLlama3, "<|begin_of_text|>", "<|eot_id|>"},
           {"llama3_1", kLlama31, "<|begin_of_text|>", "<|eot_id|>"},
           {"qwen2_5", kQwen25, "", "<|im_end|>"},
+          {"qwen3", kQwen3, "", "<|im_end|>"},
           {"mistral_v3", kMistralV3, "<s>", "</s>"},
           {"chatml", kChatML, "<s>", "<|im_end|>"},
           {"gemma", kGemma, "<bos>", "<eos>"},
           {"smollm2", kSmolLM2, "<|im_start|>", "<|im_end|>"},
           {"chatml_generation", kChatMLGeneration, "", "<|im_end|>"}};
+}
+
+Model find_model(const std::string& name) {
+  for (const auto& m : models())
+    if (m.name == name) return m;
+  throw std::runtime_error("no model " + name);
 }
 
 json special_vars(const Model& m) {
@@ -196,8 +208,8 @@ class ChatTemplateRef : public ::testing::Test {
       }
     }
     // Llama 3.1's date and tools preamble, Qwen2.5's and Mistral's tool formats.
-    for (std::string name : {"llama3_1", "qwen2_5", "mistral_v3"}) {
-      Model m = *std::find_if(models().begin(), models().end(), [&](const Model& x) { return x.name == name; });
+    for (std::string name : {"llama3_1", "qwen2_5", "mistral_v3", "qwen3"}) {
+      Model m = find_model(name);
       for (bool agp : {false, true}) {
         Case c;
         c.name = name + "/tools" + (agp ? "/gen" : "");
@@ -211,11 +223,21 @@ class ChatTemplateRef : public ::testing::Test {
         cases_->push_back(c);
       }
     }
+    for (bool thinking : {false, true}) {
+      Case c;
+      c.name = std::string("qwen3/enable_thinking_") + (thinking ? "true" : "false");
+      c.tmpl = templates::kQwen3;
+      c.vars = json{{"eos_token", "<|im_end|>"}, {"enable_thinking", thinking}};
+      c.chat = true;
+      c.messages = json::array({msg("user", "Hi")});
+      c.add_generation_prompt = true;
+      cases_->push_back(c);
+    }
     for (const char* date : {"", "03 Feb 2025"}) {
       Case c;
       c.name = std::string("llama3_1/date_string") + (*date ? "/given" : "/default");
       c.tmpl = templates::kLlama31;
-      c.vars = special_vars(models()[1]);
+      c.vars = special_vars(find_model("llama3_1"));
       if (*date) c.vars["date_string"] = date;
       c.chat = true;
       c.messages = json::array({msg("system", "  Be nice.  "), msg("user", "Hi"), msg("assistant", "Hello")});
@@ -228,7 +250,7 @@ class ChatTemplateRef : public ::testing::Test {
     };
     for (const Pair& p : {Pair{"chatml", "chatml"}, Pair{"llama3", "llama3"}, Pair{"qwen2_5", "qwen2_5"},
                           Pair{"mistral", "mistral_v3"}, Pair{"gemma", "gemma"}}) {
-      Model m = *std::find_if(models().begin(), models().end(), [&](const Model& x) { return x.name == p.model; });
+      Model m = find_model(p.model);
       for (const auto& [cname, conv] : conversations()) {
         if (cname == "null_key_dropped") continue;
         for (bool agp : {false, true}) {
@@ -423,12 +445,13 @@ TEST(ChatTemplate, ResolvesOwnBuiltinOrInlineAndExplainsMissing) {
     std::optional<int32_t> token_to_id(std::string_view) const override { return std::nullopt; }
     std::string id_to_token(int32_t) const override { return ""; }
     void set(std::string t) { chat_template_ = std::move(t); }
+    void set_named(std::string n, std::string t) { named_chat_templates_[n] = std::move(t); }
   } tk;
   try {
     tok::ChatTemplate::resolve("", tk);
     FAIL();
   } catch (const UserError& e) {
-    EXPECT_NE(std::string(e.what()).find("the tokenizer has no chat template"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("the tokenizer has no default chat template"), std::string::npos);
     EXPECT_NE(std::string(e.what()).find("chatml"), std::string::npos);
   }
   try {
@@ -442,6 +465,9 @@ TEST(ChatTemplate, ResolvesOwnBuiltinOrInlineAndExplainsMissing) {
   EXPECT_EQ(tok::ChatTemplate::resolve("{{ messages[0].content }}!", tk).render(msgs, false), "hi!");
   tk.set("own:{{ messages | length }}");
   EXPECT_EQ(tok::ChatTemplate::resolve("", tk).render(msgs, false), "own:1");
+  // The tokenizer's named templates (tokenizer_config.json's list form) by name.
+  tk.set_named("tool_use", "tools:{{ tools is none }}");
+  EXPECT_EQ(tok::ChatTemplate::resolve("tool_use", tk).render(msgs, false), "tools:True");
   for (const auto& name : tok::ChatTemplate::builtin_names())
     EXPECT_NO_THROW(tok::ChatTemplate::resolve(name, tk)) << name;
 }
@@ -465,10 +491,18 @@ TEST(ChatTemplate, AssistantSpansCoverReplyAndEndOfTurn) {
   EXPECT_EQ(spans_text(templates::kQwen25), (std::vector<std::string>{"A1<|im_end|>\n", "A2 <|im_end|>\n"}));
   EXPECT_EQ(spans_text(templates::kLlama31), (std::vector<std::string>{"A1<|eot_id|>", "A2<|eot_id|>"}));
   // Mistral v0.3 moves the system message to the last user turn, so the conversation's prefixes
-  // render differently from the whole: the replies are located with a marker. The span starts at
-  // the reply; the space before it belongs to the reply's first token ("▁A1"), which overlaps the
-  // span and so is trained.
-  EXPECT_EQ(spans_text(templates::kMistralV3), (std::vector<std::string>{"A1</s>", "A2</s>"}));
+  // render differently from the whole: the replies are located with a marker, and the " " the
+  // turn writes after the generation prompt is the model's too.
+  EXPECT_EQ(spans_text(templates::kMistralV3), (std::vector<std::string>{" A1</s>", " A2</s>"}));
+  // Qwen3 drops the reasoning of turns before the last user query: each turn is found as the
+  // whole conversation renders it.
+  json think = json::array({msg("user", "U1"), msg("assistant", "<think>\nr1\n</think>\n\nA1"), msg("user", "U2"),
+                            msg("assistant", "<think>\nr2\n</think>\n\nA2")});
+  tok::ChatTemplate q3(templates::kQwen3, "t", sp);
+  auto r3 = q3.render_for_training(jinja::Value::from_json(think));
+  std::vector<std::string> got3;
+  for (auto [b, e] : r3.assistant_spans) got3.push_back(r3.text.substr(b, e - b));
+  EXPECT_EQ(got3, (std::vector<std::string>{"A1<|im_end|>\n", "<think>\nr2\n</think>\n\nA2<|im_end|>\n"}));
   // A generation-tagged template: exactly the tagged text.
   EXPECT_EQ(spans_text(templates::kChatMLGeneration), (std::vector<std::string>{"A1<|im_end|>", "A2 <|im_end|>"}));
 }

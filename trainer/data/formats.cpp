@@ -49,6 +49,10 @@ SampleBuilder::SampleBuilder(const DatasetSpec& dataset, const DataSpec& spec, c
       tk_(tokenizer),
       chat_(chat) {
   TORCH_CHECK(type_ != "chat" || chat_, "SampleBuilder: the chat format needs a chat template");
+  for (const auto& [key, text] : spec.chat_template_kwargs) {
+    ojson v = ojson::parse(text, nullptr, /*allow_exceptions=*/false);
+    template_vars_[key] = v.is_discarded() ? jinja::Value(text) : jinja::Value::from_json(v);
+  }
 }
 
 SampleBuilder::Text SampleBuilder::prepare_chat(const Record& r) const {
@@ -80,7 +84,7 @@ SampleBuilder::Text SampleBuilder::prepare_chat(const Record& r) const {
     last_is_assistant = role->get<std::string>() == "assistant";
     messages.emplace_back(std::move(d));
   }
-  tok::ChatTemplate::Vars extra;
+  tok::ChatTemplate::Vars extra = template_vars_;
   if (auto tools = r.value.find("tools"); tools != r.value.end() && tools->is_array())
     extra["tools"] = jinja::Value::from_json(*tools);
   tok::ChatTemplate::Rendered rendered;

@@ -53,6 +53,7 @@ class SampleBuilder {
 
   DatasetSpec ds_;
   std::string type_;
+  tok::ChatTemplate::Vars template_vars_;  // DataSpec::chat_template_kwargs
   bool train_on_inputs_;
   const tok::Tokenizer& tk_;
   const tok::ChatTemplate* chat_;

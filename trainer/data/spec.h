@@ -2,6 +2,7 @@
 // trainer/data. Key names follow Axolotl where it has one.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -38,7 +39,12 @@ struct DataSpec {
   bool skip_invalid = false;               // skip (and count) malformed lines instead of failing
   bool pad_to_sequence_len = false;        // pad every batch to sequence_len (fixed shapes)
   std::string chat_template;               // "" = the tokenizer's own; else a built-in name
-                                           // (chatml, llama3, mistral, qwen2_5, gemma, ...)
+                                           // (chatml, llama3, mistral, qwen2_5, gemma, ...),
+                                           // one of the tokenizer's named templates, or Jinja text
+  // Extra template variables, e.g. {date_string: "26 Jul 2024", enable_thinking: "false"}. Each
+  // value is read as JSON when it parses (false, 3, [..]) and as a plain string otherwise. Setting
+  // date_string keeps templates that print today's date (Llama 3.2) reproducible across days.
+  std::map<std::string, std::string> chat_template_kwargs;
   uint64_t seed = 42;                      // shuffling and the validation split
 };
 

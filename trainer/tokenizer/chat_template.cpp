@@ -134,12 +134,18 @@ std::vector<std::string> ChatTemplate::builtin_names() {
 }
 
 ChatTemplate ChatTemplate::resolve(const std::string& choice, const Tokenizer& tokenizer) {
+  const auto& named = tokenizer.named_chat_templates();
   if (choice.empty()) {
-    if (tokenizer.chat_template().empty())
-      user_error("chat_template: the tokenizer has no chat template; set chat_template to one of ", names_list(),
-                 " (or to Jinja text)");
+    if (tokenizer.chat_template().empty()) {
+      std::string own;
+      for (const auto& [name, src] : named) own += (own.empty() ? "" : ", ") + name;
+      user_error("chat_template: the tokenizer has no default chat template; set chat_template to one of ",
+                 own.empty() ? "" : own + " (the tokenizer's), ", names_list(), " (or to Jinja text)");
+    }
     return ChatTemplate(tokenizer.chat_template(), "the tokenizer's chat template", tokenizer.special());
   }
+  if (auto it = named.find(choice); it != named.end())
+    return ChatTemplate(it->second, "the tokenizer's chat template \"" + choice + "\"", tokenizer.special());
   if (auto src = builtin_source(choice)) return ChatTemplate(*src, "built-in chat template " + choice, tokenizer.special());
   if (choice.find("{{") != std::string::npos || choice.find("{%") != std::string::npos)
     return ChatTemplate(choice, "chat_template", tokenizer.special());
@@ -200,19 +206,23 @@ std::string ChatTemplate::render(const jinja::Value& messages, bool add_generati
 // difference in length between the real and the marked conversation.
 std::optional<ChatTemplate::Span> ChatTemplate::locate_by_sentinel(const jinja::ValueList& all, size_t i,
                                                                    const std::string& text, size_t cursor,
-                                                                   const std::string& prompt,
                                                                    const Vars& extra) const {
-  static const std::string kMarker = "QloraAssistantReplyMarker";
+  static const std::string kMarker = "QloraAssistantReplyMarker", kPrevMarker = "QloraPreviousMessageMarker";
+  auto with_content = [](const jinja::Value& m, const std::string& c) {
+    jinja::ValueDict d = m.dict();
+    d.set("content", jinja::Value(c));
+    return jinja::Value(std::move(d));
+  };
+  auto render = [&](const jinja::ValueList& msgs, size_t n, bool agp) {
+    return tmpl_.render(vars(jinja::Value(jinja::ValueList(msgs.begin(), msgs.begin() + n)), agp, extra)).text;
+  };
   const jinja::Value* content = all[i].dict().find("content");
   if (!content || !content->is_string()) return std::nullopt;
-  jinja::ValueDict marked = all[i].dict();
-  marked.set("content", jinja::Value(kMarker));
-  jinja::ValueList with_marker = all;
-  with_marker[i] = jinja::Value(std::move(marked));
+  jinja::ValueList marked = all;
+  marked[i] = with_content(all[i], kMarker);
   try {
-    std::string turn = tmpl_.render(vars(jinja::Value(jinja::ValueList(with_marker.begin(), with_marker.begin() + i + 1)),
-                                         false, extra)).text;
-    std::string whole = tmpl_.render(vars(jinja::Value(with_marker), false, extra)).text;
+    std::string turn = render(marked, i + 1, false);
+    std::string whole = render(marked, marked.size(), false);
     size_t p = turn.rfind(kMarker), q = whole.find(kMarker, cursor);
     if (p == std::string::npos || q == std::string::npos || whole.find(kMarker, q + 1) != std::string::npos)
       return std::nullopt;
@@ -220,12 +230,25 @@ std::optional<ChatTemplate::Span> ChatTemplate::locate_by_sentinel(const jinja::
     if (text.size() + kMarker.size() < whole.size()) return std::nullopt;
     size_t reply_end = q + (text.size() + kMarker.size() - whole.size());
     if (text.compare(0, q, whole, 0, q) != 0 || text.compare(reply_end, tail.size(), tail) != 0) return std::nullopt;
-    // What the turn writes before the reply after the generation prompt (Mistral's " ") is the
-    // model's too.
+    // The turn may write something of its own between the generation prompt and the reply
+    // (Mistral's " "): that is the model's output too. With the previous message also marked, the
+    // text between the two markers is that message's closing, the generation prompt, and this
+    // lead; rendering the head with the generation prompt gives the first two.
     size_t begin = q;
-    if (!prompt.empty() && starts_with(turn, prompt) && p >= prompt.size()) {
-      size_t lead = p - prompt.size();
-      if (q >= cursor + lead && text.compare(q - lead, lead, turn, prompt.size(), lead) == 0) begin = q - lead;
+    const jinja::Value* prev = i > 0 && all[i - 1].is_dict() ? all[i - 1].dict().find("content") : nullptr;
+    if (prev && prev->is_string()) {
+      jinja::ValueList both = marked;
+      both[i - 1] = with_content(all[i - 1], kPrevMarker);
+      std::string whole2 = render(both, both.size(), false), head2 = render(both, i, true);
+      size_t a = whole2.find(kPrevMarker), b = whole2.find(kMarker), h = head2.rfind(kPrevMarker);
+      if (a != std::string::npos && b != std::string::npos && h != std::string::npos && a < b) {
+        std::string between = whole2.substr(a + kPrevMarker.size(), b - a - kPrevMarker.size());
+        std::string closing = head2.substr(h + kPrevMarker.size());
+        if (starts_with(between, closing)) {
+          size_t lead = between.size() - closing.size();
+          if (q >= cursor + lead && text.compare(q - lead, lead, between, closing.size(), lead) == 0) begin = q - lead;
+        }
+      }
     }
     return Span(begin, reply_end + tail.size());
   } catch (const UserError&) {
@@ -259,10 +282,10 @@ ChatTemplate::Rendered ChatTemplate::render_for_training(const jinja::Value& mes
     // generation prompt is not a prefix of the turn, after the previous messages).
     std::string part;
     size_t part_at = std::string::npos;  // where `part` starts in `rendered_upto`
-    std::string rendered_upto, prompt;
+    std::string rendered_upto;
     try {
       rendered_upto = tmpl_.render(vars(upto, false, extra)).text;
-      prompt = tmpl_.render(vars(head, true, extra)).text;
+      std::string prompt = tmpl_.render(vars(head, true, extra)).text;
       if (!starts_with(rendered_upto, prompt)) prompt = tmpl_.render(vars(head, false, extra)).text;
       if (starts_with(rendered_upto, prompt)) {
         part = rendered_upto.substr(prompt.size());
@@ -275,7 +298,7 @@ ChatTemplate::Rendered ChatTemplate::render_for_training(const jinja::Value& mes
       if (part.empty()) continue;  // the template writes nothing for this turn
       if (part_at >= cursor && starts_with(r.text, rendered_upto)) span = Span(part_at, rendered_upto.size());
     }
-    if (!span) span = locate_by_sentinel(all, i, r.text, cursor, prompt, extra);
+    if (!span) span = locate_by_sentinel(all, i, r.text, cursor, extra);
     if (!span && !part.empty()) {
       if (size_t p = r.text.find(part, cursor); p != std::string::npos) span = Span(p, p + part.size());
     }

@@ -25,8 +25,9 @@ class ChatTemplate {
   // unk_token come from `special` (only those the tokenizer has, as HF's special_tokens_map).
   ChatTemplate(std::string_view source, std::string origin, const SpecialTokens& special);
 
-  // DataSpec::chat_template: "" = the tokenizer's own (UserError when it ships none), a built-in
-  // name (chatml, llama3, mistral, qwen2_5, gemma), or Jinja text (anything containing "{{" or "{%").
+  // DataSpec::chat_template: "" = the tokenizer's own (UserError when it ships none), the name of
+  // one of the tokenizer's named templates (e.g. "tool_use"), a built-in name (chatml, llama3,
+  // mistral, qwen2_5, gemma), or Jinja text (anything containing "{{" or "{%").
   static ChatTemplate resolve(const std::string& choice, const Tokenizer& tokenizer);
   static std::optional<std::string> builtin_source(std::string_view name);
   static std::vector<std::string> builtin_names();
@@ -55,7 +56,7 @@ class ChatTemplate {
  private:
   Vars vars(const jinja::Value& messages, bool add_generation_prompt, const Vars& extra) const;
   std::optional<Span> locate_by_sentinel(const jinja::ValueList& all, size_t i, const std::string& text,
-                                         size_t cursor, const std::string& prompt, const Vars& extra) const;
+                                         size_t cursor, const Vars& extra) const;
 
   jinja::Template tmpl_;
   Vars special_;
