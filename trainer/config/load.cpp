@@ -553,6 +553,30 @@ const Schema<TrainConfig>& top_schema() {
     v.push_back(bool_field<T>("skip_invalid", [](T& c) -> bool& { return c.data.skip_invalid; }, I));
     v.push_back(string_field<T>("chat_template", [](T& c) -> std::string& { return c.data.chat_template; }, I));
     {
+      // Extra template variables (e.g. date_string), name -> scalar (read as JSON when it parses).
+      Field<T> f = make<T>("chat_template_kwargs", I);
+      f.reset = [](T& c) { c.data.chat_template_kwargs.clear(); };
+      f.read = [](T& c, const YAML::Node& n, const In& in) {
+        c.data.chat_template_kwargs.clear();
+        if (n.IsNull()) return;
+        if (!n.IsMap()) in.expected("a map of variable names to values", n);
+        for (auto it = n.begin(); it != n.end(); ++it) {
+          const std::string k = it->first.Scalar();
+          if (!it->second.IsScalar())
+            In{in.path + "." + k, it->first.Mark(), in.ctx}.expected("a scalar value", it->second);
+          c.data.chat_template_kwargs[k] = it->second.Scalar();
+        }
+      };
+      f.write = [](const T& c) {
+        Val v;
+        v.kind = Val::Map;
+        for (const auto& [k, x] : c.data.chat_template_kwargs) v.map.emplace_back(k, str(x));
+        return v;
+      };
+      v.push_back(f);
+    }
+    v.push_back(bool_field<T>("pad_to_sequence_len", [](T& c) -> bool& { return c.data.pad_to_sequence_len; }, H));
+    {
       Field<T> f = make<T>("datasets", I);
       f.sub = Sub::DatasetList;
       f.reset = [](T& c) { c.data.datasets.clear(); };

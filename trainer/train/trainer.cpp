@@ -61,6 +61,21 @@ uint64_t memory_in_use_peak(const at::Device& dev) {
   return fs::peak_rss_bytes();
 }
 
+// QLORA_TEST_NONFINITE_STEPS="3,4": the gradients of those steps are made NaN (fault injection
+// for the tests of non-finite handling; unset in normal runs).
+bool nonfinite_test_step(int64_t step) {
+  static const std::vector<int64_t> steps = [] {
+    std::vector<int64_t> v;
+    if (const char* e = std::getenv("QLORA_TEST_NONFINITE_STEPS")) {
+      std::stringstream ss(e);
+      std::string item;
+      while (std::getline(ss, item, ',')) v.push_back(std::atoll(item.c_str()));
+    }
+    return v;
+  }();
+  return std::find(steps.begin(), steps.end(), step) != steps.end();
+}
+
 void warn(const std::string& s) { std::fprintf(stderr, "qlora: warning: %s\n", s.c_str()); }
 
 // Loss and perplexity over a validation set, and exact-match accuracy of generated answers.
@@ -258,7 +273,6 @@ int run_training(const config::TrainConfig& cfg, const TrainOptions& opt) {
   const std::string tok_path = cfg.tokenizer.empty() ? cfg.base_model : cfg.tokenizer;
   std::unique_ptr<tok::Tokenizer> tk = tok::load_tokenizer(tok_path);
   data::Datasets ds = data::build_datasets(cfg.data, *tk, [](const std::string& s) { std::printf("%s\n", s.c_str()); });
-  std::printf("data: %s\n", ds.stats.summary().c_str());
   const bool has_val = ds.val && ds.val->num_rows() > 0;
 
   // Model.
@@ -291,7 +305,7 @@ int run_training(const config::TrainConfig& cfg, const TrainOptions& opt) {
   std::printf("optimizer: %s\n", adamw.describe().c_str());
 
   // Schedule.
-  data::DataLoader loader(ds.train, cfg.micro_batch_size, cfg.seed, /*shuffle=*/true);
+  data::DataLoader loader(ds.train, cfg.micro_batch_size, cfg.seed, /*shuffle=*/true, cfg.data.pad_to_sequence_len);
   const int64_t accum = cfg.gradient_accumulation_steps;
   const int64_t steps_per_epoch = std::max<int64_t>(1, (loader.batches_per_epoch() + accum - 1) / accum);
   const int64_t total_steps = cfg.max_steps ? *cfg.max_steps : *cfg.num_epochs * steps_per_epoch;
@@ -381,6 +395,9 @@ int run_training(const config::TrainConfig& cfg, const TrainOptions& opt) {
     const double loss = targets > 0 ? loss_sum / targets : NAN;
     std::vector<at::Tensor> grads;
     for (auto& p : params) grads.push_back(p.param.grad().defined() ? p.param.grad().contiguous() : at::Tensor());
+    if (nonfinite_test_step(ts.global_step + 1))
+      for (auto& g : grads)
+        if (g.defined()) g.fill_(NAN);
     const double gnorm = optim::clip_grad_norm_(grads, cfg.optim.max_grad_norm);
     const double lr = sched.lr_at(ts.global_step);
     ts.global_step += 1;
@@ -422,7 +439,12 @@ int run_training(const config::TrainConfig& cfg, const TrainOptions& opt) {
     progress.update(sm);
 
     if (cfg.eval_steps > 0 && ts.global_step % cfg.eval_steps == 0 && ts.global_step < total_steps) run_eval(ts.global_step);
-    const bool stop = stop_requested();
+    // QLORA_STOP_AFTER_STEP=N acts like a stop signal after step N (deterministic, for tests).
+    static const int64_t stop_after = [] {
+      const char* e = std::getenv("QLORA_STOP_AFTER_STEP");
+      return e ? std::atoll(e) : int64_t{-1};
+    }();
+    const bool stop = stop_requested() || ts.global_step == stop_after;
     if ((cfg.save_steps > 0 && ts.global_step % cfg.save_steps == 0) || stop) {
       save_checkpoint(ckpt_dir, ts.global_step, cfg, m, adamw, loader, ts);
       last_saved = ts.global_step;
