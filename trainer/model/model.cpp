@@ -154,6 +154,10 @@ LossSum Model::loss(const at::Tensor& hidden, const at::Tensor& labels) const {
   at::Tensor ys = y.index_select(0, idx);
   TORCH_CHECK(ys.min().item<int64_t>() >= 0 && ys.max().item<int64_t>() < lm_head.size(0),
               "Model::loss: a label is outside [0, vocab_size) and is not -100");
+  if (ce_chunk_tokens < 0) {
+    out.sum = full_cross_entropy_sum(h.index_select(0, idx), lm_head, ys);
+    return out;
+  }
   const int64_t chunk = ce_chunk_tokens > 0 ? ce_chunk_tokens : default_ce_chunk_tokens(lm_head.size(0));
   out.sum = chunked_cross_entropy_sum(h.index_select(0, idx), lm_head, ys, chunk);
   return out;

@@ -83,7 +83,8 @@ class Model {
   // Switches the trainer sets.
   bool training = false;                // LoRA dropout active
   bool gradient_checkpointing = false;  // recompute each decoder block in backward
-  int64_t ce_chunk_tokens = 0;          // tokens per cross-entropy chunk; 0: default for the vocab
+  int64_t ce_chunk_tokens = 0;          // tokens per cross-entropy chunk; 0: default for the vocab;
+                                        // < 0: unchunked (all fp32 logits at once; for comparison)
   at::Generator dropout_generator;      // draws LoRA dropout masks (seeded at load)
 
   // input_ids [B, T] (int64). position_ids [B, T]: default 0..T-1 per row. segment_ids [B, T]
