@@ -59,7 +59,16 @@ at::Tensor self_attention(const Model& m, const DecoderLayer& L, int64_t layer, 
   v = v.transpose(1, 2);
   const at::Tensor& mask = c.window_of(layer) ? in.mask_window : in.mask_full;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-  const bool gqa = c.num_key_value_heads != c.num_attention_heads;
+  bool gqa = c.num_key_value_heads != c.num_attention_heads;
+  if (gqa && mask.defined() && q.is_cuda()) {
+    // With an explicit mask CUDA runs the memory-efficient kernel, which does not take
+    // enable_gqa (it would fall back to the T x T math path): repeat the kv heads instead
+    // (transformers' repeat_kv; the same numbers).
+    const int64_t groups = c.num_attention_heads / c.num_key_value_heads;
+    k = k.repeat_interleave(groups, 1);
+    v = v.repeat_interleave(groups, 1);
+    gqa = false;
+  }
   at::Tensor o = mask.defined()
                      ? at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, scale, gqa)
                      : at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, /*is_causal=*/true, scale, gqa);
@@ -133,6 +142,14 @@ at::Tensor Model::forward(const at::Tensor& input_ids, const at::Tensor& positio
     }
   }
   return rms_norm(x, norm, config.rms_norm_eps);
+}
+
+at::Tensor segments_from_positions(const at::Tensor& position_ids) {
+  TORCH_CHECK(position_ids.dim() == 2, "segments_from_positions: expected [B, T]");
+  at::Tensor pos = position_ids.to(at::kLong);
+  at::Tensor first = pos.slice(1, 0, 1) - 1;
+  at::Tensor diff = pos - at::cat({first, pos.slice(1, 0, -1)}, 1);
+  return (diff != 1).to(at::kLong).cumsum(1);
 }
 
 at::Tensor Model::logits(const at::Tensor& hidden) const { return at::matmul(hidden, lm_head.t()); }
