@@ -60,10 +60,11 @@ at::Tensor self_attention(const Model& m, const DecoderLayer& L, int64_t layer, 
   const at::Tensor& mask = c.window_of(layer) ? in.mask_window : in.mask_full;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   bool gqa = c.num_key_value_heads != c.num_attention_heads;
-  if (gqa && mask.defined() && q.is_cuda()) {
-    // With an explicit mask CUDA runs the memory-efficient kernel, which does not take
-    // enable_gqa (it would fall back to the T x T math path): repeat the kv heads instead
-    // (transformers' repeat_kv; the same numbers).
+  if (gqa && q.is_cuda() && (mask.defined() || q.scalar_type() == at::kFloat)) {
+    // Only CUDA's flash kernel (fp16/bf16, no mask) broadcasts kv heads; with a mask or in fp32
+    // the memory-efficient kernel is chosen, and it rejects enable_gqa, so SDPA would silently
+    // fall back to the T x T math path. Repeat the kv heads instead (transformers' repeat_kv;
+    // the same numbers).
     const int64_t groups = c.num_attention_heads / c.num_key_value_heads;
     k = k.repeat_interleave(groups, 1);
     v = v.repeat_interleave(groups, 1);
