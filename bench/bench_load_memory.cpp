@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
   at::zeros({1});  // torch initialized before the baseline
   const uint64_t baseline = status_kb("VmRSS:");
   const uint64_t baseline_hwm = status_kb("VmHWM:");
+  const uint64_t baseline_anon = status_kb("RssAnon:"), baseline_file = status_kb("RssFile:");
   model::ModelLoadOptions o;
   o.compute_dtype = dtype == "fp32" ? at::kFloat : at::kBFloat16;
   auto t0 = std::chrono::steady_clock::now();
@@ -47,8 +48,12 @@ int main(int argc, char** argv) {
                       {"compute_dtype", dtype},
                       {"baseline_rss_bytes", baseline},
                       {"baseline_peak_rss_bytes", baseline_hwm},
+                      {"baseline_rss_anon_bytes", baseline_anon},
+                      {"baseline_rss_file_bytes", baseline_file},
                       {"peak_rss_bytes", status_kb("VmHWM:")},
                       {"final_rss_bytes", status_kb("VmRSS:")},
+                      {"final_rss_anon_bytes", status_kb("RssAnon:")},
+                      {"final_rss_file_bytes", status_kb("RssFile:")},
                       {"model_bytes", m.base_nbytes()},
                       {"largest_tensor_bytes", largest},
                       {"seconds", secs}};
