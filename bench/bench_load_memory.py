@@ -77,6 +77,17 @@ def main():
         t0 = time.time()
         nparams = make_model(d)
         print(f"generated {nparams / 1e9:.2f} B parameters in {time.time() - t0:.0f} s", file=sys.stderr)
+    if nparams is None:  # a kept model: count from the safetensors headers
+        from safetensors import safe_open
+        nparams = 0
+        for f in os.listdir(d):
+            if f.endswith(".safetensors"):
+                with safe_open(os.path.join(d, f), "pt") as st:
+                    for k in st.keys():
+                        n = 1
+                        for x in st.get_slice(k).get_shape():
+                            n *= x
+                        nparams += n
     runs = []
     for dtype in ["bf16", "fp32"]:
         r = subprocess.run([a.exe, d, dtype], capture_output=True, text=True, env=env)
