@@ -98,6 +98,8 @@ TEST(HfModel, PackedSegmentsEqualSeparateSequences) {
   at::Tensor second = m.logits(m.forward(b.input_ids.slice(0, 1, 2).slice(1, cut)));
   EXPECT_LE(test::rel_err(packed[1].slice(0, 0, cut), first[0]), 1e-5);
   EXPECT_LE(test::rel_err(packed[1].slice(0, cut), second[0]), 1e-5);
+  // transformers' rule for finding packed samples from positions gives the same segments.
+  EXPECT_TRUE(at::equal(model::segments_from_positions(b.position_ids), b.segment_ids));
   // Without segment ids the second sample attends to the first: different logits.
   at::Tensor unpacked = m.logits(m.forward(b.input_ids, b.position_ids));
   EXPECT_GT(test::rel_err(unpacked[1].slice(0, cut), second[0]), 1e-3);

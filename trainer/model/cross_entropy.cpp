@@ -68,7 +68,7 @@ at::Tensor full_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& we
 }
 
 int64_t default_ce_chunk_tokens(int64_t vocab_size) {
-  const int64_t budget = int64_t{1} << 25;
+  const int64_t budget = int64_t{1} << 23;
   return std::clamp<int64_t>(budget / std::max<int64_t>(vocab_size, 1), 16, 4096);
 }
 

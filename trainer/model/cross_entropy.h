@@ -22,7 +22,7 @@ at::Tensor chunked_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor&
 // the baseline the benchmarks compare against.
 at::Tensor full_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets);
 
-// Default chunk for a vocabulary: ~32 Mi fp32 logits per chunk (128 MiB), in [16, 4096] tokens.
+// Default chunk for a vocabulary: ~8 Mi fp32 logits per chunk (32 MiB), in [16, 4096] tokens.
 int64_t default_ce_chunk_tokens(int64_t vocab_size);
 
 }  // namespace qlora::model

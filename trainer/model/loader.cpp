@@ -3,6 +3,9 @@
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "trainer/common/error.h"
 #include "trainer/io/hf_checkpoint.h"
@@ -24,6 +27,16 @@ void release_pages(std::span<const uint8_t> bytes) {
   b = (b + page - 1) / page * page;
   e = e / page * page;
   if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+}
+
+// Hands the pages of freed temporaries back to the system. glibc raises its mmap threshold as
+// large blocks are freed, so later multi-MB temporaries (the float32 copy of a weight being
+// quantized) come from the heap, and the heap keeps their pages after free: measured on an
+// 8-layer model, 220 MB of anonymous memory stayed resident beyond the final model without this.
+void trim_heap() {
+#if defined(__GLIBC__)
+  ::malloc_trim(0);
+#endif
 }
 
 class Loader {
@@ -110,6 +123,7 @@ class Loader {
     at::Tensor out = v.to(opts_.device, dtype_, /*non_blocking=*/false, /*copy=*/true);
     v = at::Tensor();
     release(name);
+    trim_heap();
     return out;
   }
 
@@ -135,6 +149,7 @@ class Loader {
         l.weight = v.to(opts_.device, dtype_, /*non_blocking=*/false, /*copy=*/true);
       v = at::Tensor();
       release(wname);
+      trim_heap();
     }
     if (bias) l.bias = take16(prefix + ".bias", {shape[0]});
     if (opts_.lora && lora_targets(*opts_.lora, prefix))
@@ -154,7 +169,9 @@ ModelLoadOptions ModelLoadOptions::from_train_config(const config::TrainConfig& 
   o.device = device;
   if (cfg.quantization.compute_dtype != "auto")
     o.compute_dtype = parse_dtype_name(cfg.quantization.compute_dtype, cfg.config_path + ": compute_dtype");
-  o.quantize = cfg.lora.adapter != "lora";
+  if (cfg.lora.adapter != "qlora" && cfg.lora.adapter != "lora")
+    user_error(cfg.config_path, ": adapter: expected qlora or lora, got \"", cfg.lora.adapter, "\"");
+  o.quantize = cfg.lora.adapter == "qlora";
   o.blocksize = cfg.quantization.blocksize;
   o.double_quant = cfg.quantization.double_quant;
   o.lora = cfg.lora;

@@ -59,7 +59,17 @@ at::Tensor self_attention(const Model& m, const DecoderLayer& L, int64_t layer, 
   v = v.transpose(1, 2);
   const at::Tensor& mask = c.window_of(layer) ? in.mask_window : in.mask_full;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-  const bool gqa = c.num_key_value_heads != c.num_attention_heads;
+  bool gqa = c.num_key_value_heads != c.num_attention_heads;
+  if (gqa && q.is_cuda() && (mask.defined() || q.scalar_type() == at::kFloat)) {
+    // Only CUDA's flash kernel (fp16/bf16, no mask) broadcasts kv heads; with a mask or in fp32
+    // the memory-efficient kernel is chosen, and it rejects enable_gqa, so SDPA would silently
+    // fall back to the T x T math path. Repeat the kv heads instead (transformers' repeat_kv;
+    // the same numbers).
+    const int64_t groups = c.num_attention_heads / c.num_key_value_heads;
+    k = k.repeat_interleave(groups, 1);
+    v = v.repeat_interleave(groups, 1);
+    gqa = false;
+  }
   at::Tensor o = mask.defined()
                      ? at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, scale, gqa)
                      : at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, /*is_causal=*/true, scale, gqa);
@@ -135,6 +145,14 @@ at::Tensor Model::forward(const at::Tensor& input_ids, const at::Tensor& positio
   return rms_norm(x, norm, config.rms_norm_eps);
 }
 
+at::Tensor segments_from_positions(const at::Tensor& position_ids) {
+  TORCH_CHECK(position_ids.dim() == 2, "segments_from_positions: expected [B, T]");
+  at::Tensor pos = position_ids.to(at::kLong);
+  at::Tensor first = pos.slice(1, 0, 1) - 1;
+  at::Tensor diff = pos - at::cat({first, pos.slice(1, 0, -1)}, 1);
+  return (diff != 1).to(at::kLong).cumsum(1);
+}
+
 at::Tensor Model::logits(const at::Tensor& hidden) const { return at::matmul(hidden, lm_head.t()); }
 
 LossSum Model::loss(const at::Tensor& hidden, const at::Tensor& labels) const {
@@ -154,6 +172,10 @@ LossSum Model::loss(const at::Tensor& hidden, const at::Tensor& labels) const {
   at::Tensor ys = y.index_select(0, idx);
   TORCH_CHECK(ys.min().item<int64_t>() >= 0 && ys.max().item<int64_t>() < lm_head.size(0),
               "Model::loss: a label is outside [0, vocab_size) and is not -100");
+  if (ce_chunk_tokens < 0) {
+    out.sum = full_cross_entropy_sum(h.index_select(0, idx), lm_head, ys);
+    return out;
+  }
   const int64_t chunk = ce_chunk_tokens > 0 ? ce_chunk_tokens : default_ce_chunk_tokens(lm_head.size(0));
   out.sum = chunked_cross_entropy_sum(h.index_select(0, idx), lm_head, ys, chunk);
   return out;

@@ -68,8 +68,16 @@ struct ModelLoadOptions {
   static ModelLoadOptions from_train_config(const config::TrainConfig& cfg, at::Device device);
 };
 
+// Move-only: the parameters are shared tensors, a copy would alias them. Do not move a Model while
+// an autograd graph built by its forward is alive (checkpointed blocks refer back to it).
 class Model {
  public:
+  Model() = default;
+  Model(Model&&) = default;
+  Model& operator=(Model&&) = default;
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
   ModelConfig config;
   at::Device device = at::kCPU;
   at::ScalarType compute_dtype = at::kFloat;
@@ -83,12 +91,14 @@ class Model {
   // Switches the trainer sets.
   bool training = false;                // LoRA dropout active
   bool gradient_checkpointing = false;  // recompute each decoder block in backward
-  int64_t ce_chunk_tokens = 0;          // tokens per cross-entropy chunk; 0: default for the vocab
+  int64_t ce_chunk_tokens = 0;          // tokens per cross-entropy chunk; 0: default for the vocab;
+                                        // < 0: unchunked (all fp32 logits at once; for comparison)
   at::Generator dropout_generator;      // draws LoRA dropout masks (seeded at load)
 
   // input_ids [B, T] (int64). position_ids [B, T]: default 0..T-1 per row. segment_ids [B, T]
   // (any integer type): packed samples; a token attends only to earlier tokens with the same
   // segment id (block-diagonal causal mask). Give packed samples positions restarting at 0.
+  // Right padding needs no mask (causal attention never looks ahead; label pads -100).
   // Returns the final-norm hidden states [B, T, hidden] in the compute dtype.
   at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& position_ids = {},
                      const at::Tensor& segment_ids = {});
@@ -118,6 +128,11 @@ class Model {
   // Bytes of the frozen base held on the device (NF4 codes + statistics, 16-bit tensors).
   int64_t base_nbytes() const;
 };
+
+// Segment ids [B, T] of packed samples from their position ids, by transformers' rule (a new
+// sample starts wherever the position does not follow the previous one by +1): [[0,1,2,0,1]] ->
+// [[0,0,0,1,1]].
+at::Tensor segments_from_positions(const at::Tensor& position_ids);
 
 // Loads DIR (config.json + safetensors, sharded or not, or a bitsandbytes 4-bit checkpoint read
 // without re-quantizing). 16-bit checkpoints are quantized while streaming tensor by tensor out of
