@@ -7,7 +7,7 @@
 //   m     = fmaf(1-b1, g - m, m)               exp_avg.lerp_(g, 1-b1)
 //   v     = fmaf((1-b2)*g, g, v*b2)            exp_avg_sq.mul_(b2).addcmul_(g, g, value=1-b2)
 //   denom = sqrtf(v) / sqrt(1-b2^t) + eps      IEEE sqrt (torch's MKL sqrt can differ by 1 ulp)
-//   p     = p + (-lr/(1-b1^t)) * (m / denom)   param.addcdiv_(m, denom, value=-step_size)
+//   p     = fmaf(-lr/(1-b1^t), m / denom, p)   param.addcdiv_(m, denom, value=-step_size)
 // Every other operation is a separately rounded float32 operation: the host compiler runs in ISO
 // mode (-std=c++20: no FP contraction) and the CUDA side uses __fmul_rn/__fadd_rn/__fdiv_rn, so
 // both devices produce the same bits, and a chunk of a tensor updates exactly like the whole.
@@ -72,7 +72,10 @@ QLORA_ADAMW_HD void update(const Hyper& h, float g, float& p, float& m, float& v
   m = f_fma(h.one_minus_beta1, f_sub(g, m), m);
   v = f_fma(f_mul(h.one_minus_beta2, g), g, f_mul(v, h.beta2));
   const float denom = f_add(f_div(f_sqrt(v), h.bc2_sqrt), h.eps);
-  p = f_add(p, f_mul(h.neg_step_size, f_div(m, denom)));
+  // addcdiv as ATen's vectorized CPU kernel computes it: one fused multiply-add. Written as an
+  // explicit fma so the scalar, AVX2 and CUDA paths agree bit for bit whatever the compiler's
+  // contraction setting (kernels/ are built with -ffp-contract=off).
+  p = f_fma(h.neg_step_size, f_div(m, denom), p);
 }
 
 // Index of the map entry nearest to x in a sorted 256-entry map; ties go to the lower index;
@@ -92,8 +95,10 @@ QLORA_ADAMW_HD uint8_t nearest_code8(const float* map, float x) {
   }
   if (lo == 0) return 0;
   if (lo == 256) return 255;
-  const float hi_v = map[lo], lo_v = map[lo - 1];
-  return static_cast<uint8_t>(f_abs(f_sub(hi_v, x)) < f_abs(f_sub(x, lo_v)) ? lo : lo - 1);
+  // Distances in double are exact for these floats, so the nearer entry is found exactly (as
+  // kernels/cpu's nearest_code8 does).
+  const double xd = x, hi_v = map[lo], lo_v = map[lo - 1];
+  return static_cast<uint8_t>((hi_v - xd) < (xd - lo_v) ? lo : lo - 1);
 }
 
 // Quantization scale for a block with the given absmax (as kernels::quantize_blockwise_8bit).
