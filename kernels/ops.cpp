@@ -57,6 +57,15 @@ at::Tensor nf4_dequantize(const NF4Tensor& w, at::ScalarType dtype) {
   TORCH_CHECK(false, "nf4_dequantize: unsupported device ", w.device());
 }
 
+void nf4_dequantize_into(const NF4Tensor& w, at::Tensor& out) {
+  TORCH_CHECK(out.device() == w.device(), "nf4_dequantize_into: out on ", out.device(), ", weight on ", w.device());
+  if (w.device().is_cpu()) return cpu::nf4_dequantize_into_cpu(w, out);
+#ifdef QLORA_WITH_CUDA
+  if (w.device().is_cuda()) return cuda_ops::nf4_dequantize_into_cuda(w, out);
+#endif
+  TORCH_CHECK(false, "nf4_dequantize_into: unsupported device ", w.device());
+}
+
 at::Tensor nf4_linear(const at::Tensor& x, const NF4Tensor& w) {
   if (x.is_cpu()) return cpu::nf4_linear_cpu(x, w);
 #ifdef QLORA_WITH_CUDA

@@ -173,9 +173,17 @@ at::Tensor nf4_absmax_cpu(const NF4Tensor& w) {
 }
 
 at::Tensor nf4_dequantize_cpu(const NF4Tensor& w, at::ScalarType dtype) {
-  const Elem t = elem_of(dtype);
-  Nf4View v(w);
+  elem_of(dtype);  // checks the type before allocating
   at::Tensor out = at::empty(w.shape, at::TensorOptions().dtype(dtype));
+  nf4_dequantize_into_cpu(w, out);
+  return out;
+}
+
+void nf4_dequantize_into_cpu(const NF4Tensor& w, at::Tensor& out) {
+  const Elem t = elem_of(out.scalar_type());
+  TORCH_CHECK(out.is_cpu() && out.is_contiguous() && out.numel() == w.numel(),
+              "nf4_dequantize_into: out must be a contiguous CPU tensor with ", w.numel(), " elements");
+  Nf4View v(w);
   char* dst = static_cast<char*>(out.data_ptr());
   const int64_t esize = out.element_size();
   const Nf4Isa& isa = nf4_isa();
@@ -184,7 +192,6 @@ at::Tensor nf4_dequantize_cpu(const NF4Tensor& w, at::ScalarType dtype) {
     const int64_t e0 = b0 * bs, e1 = std::min(n, b1 * bs);
     v.dequant(isa, e0, e1 - e0, dst + e0 * esize, t);
   });
-  return out;
 }
 
 namespace {

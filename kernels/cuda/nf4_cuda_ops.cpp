@@ -75,15 +75,22 @@ std::vector<int64_t> out_shape(const at::Tensor& x, int64_t last) {
 }  // namespace
 
 at::Tensor nf4_dequantize_cuda(const NF4Tensor& w, at::ScalarType dtype) {
-  const cuda::OutType t = out_type(dtype, "nf4_dequantize");
+  out_type(dtype, "nf4_dequantize");
+  at::Tensor out = at::empty(w.shape, w.packed.options().dtype(dtype));
+  nf4_dequantize_into_cuda(w, out);
+  return out;
+}
+
+void nf4_dequantize_into_cuda(const NF4Tensor& w, at::Tensor& out) {
+  const cuda::OutType t = out_type(out.scalar_type(), "nf4_dequantize");
+  TORCH_CHECK(out.is_cuda() && out.device() == w.device() && out.is_contiguous() && out.numel() == w.numel(),
+              "nf4_dequantize_into: out must be contiguous on the weight's device with ", w.numel(), " elements");
   c10::cuda::CUDAGuard guard(w.device());
   const cuda::Nf4Stats st = stats_of(w, "nf4_dequantize");
-  at::Tensor out = at::empty(w.shape, w.packed.options().dtype(dtype));
   cudaError_t err = cuda::nf4_dequantize(w.packed.data_ptr<uint8_t>(), st.absmax, st.qabsmax, st.nested, st.map8,
                                          st.offset, w.numel(), static_cast<int>(w.blocksize), out.data_ptr(), t,
                                          at::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "nf4_dequantize (CUDA): ", cudaGetErrorString(err));
-  return out;
 }
 
 at::Tensor nf4_linear_cuda(const at::Tensor& x, const NF4Tensor& w) {
