@@ -11,14 +11,16 @@ export OMP_NUM_THREADS="$threads"
 quick=()
 [ "${QLORA_BENCH_QUICK:-0}" = 1 ] && quick=(--quick)
 "$root/scripts/build.sh" bench_nf4 >/dev/null
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 "$build/bench/bench_nf4" --out "$tmp/ours.json" "${quick[@]}"
 "$py" "$root/bench/bnb_cpu_peer.py" "$threads" "${quick[@]}" >"$tmp/bnb.json"
 mkdir -p "$root/bench/results"
-"$py" - "$tmp/ours.json" "$tmp/bnb.json" "$root/bench/results/nf4_cpu.json" <<'PY'
+"$py" - "$tmp/ours.json" "$tmp/bnb.json" "$root/bench/results/nf4_cpu.json" "$load_before" <<'PY'
 import json, os, platform, subprocess, sys, datetime
 ours, bnb, dst = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), sys.argv[3]
+load = {"before": sys.argv[4], "after": " ".join(open("/proc/loadavg").read().split()[:3])}
 cpu = {}
 try:
     for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
@@ -37,7 +39,9 @@ for r in ours["dequantize"]:
         r["bnb_ms"], r["bnb_out_GBps"], r["speedup_vs_bnb"] = p["ms"], p["out_GBps"], p["ms"] / r["ms"]
 result = {"benchmark": "NF4 CPU kernels (scripts/bench-nf4.sh)", "date": datetime.date.today().isoformat(),
           "machine": {"cpu": cpu, "kernel": platform.release(), "threads_used": ours["threads"],
-                      "cpu_isa_used": ours["cpu_isa"]},
+                      "cpu_isa_used": ours["cpu_isa"], "load_average_1_5_15min": load,
+                      "note": "load average > cores means other jobs shared the cores: absolute "
+                              "numbers are low and noisy; compare the ratios measured side by side"},
           "bitsandbytes": bnb["bitsandbytes"], "torch": bnb["torch"],
           "dequantize": ours["dequantize"], "linear": ours["linear"]}
 json.dump(result, open(dst, "w"), indent=2)
