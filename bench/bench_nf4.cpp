@@ -1,6 +1,7 @@
 // CPU benchmarks of the NF4 kernels, side by side with their natural baselines in one run:
 //   dequantize   GB/s of output written by nf4_dequantize_into (DQ statistics, blocksize 64) next
-//                to memcpy of the same output bytes (single thread, and split over the same threads)
+//                to memcpy of the same output bytes (single thread, and split over the same threads);
+//                also nf4_dequantize, which allocates (and page-faults in) its output every call
 //   linear       nf4_linear (x fp32 [M, K] @ W^T, W NF4+DQ) next to dense fp32 at::matmul on the
 //                pre-dequantized weight; M in {1, 16, 512}, (N, K) in {(2048, 2048), (11008, 4096)};
 //                likewise nf4_linear_grad_input vs at::matmul(dy, W)
@@ -70,6 +71,7 @@ int main(int argc, char** argv) {
       at::Tensor src = at::empty({rows, cols}, t).fill_(1);
       const int64_t bytes = out.nbytes();
       const double s_dq = median_seconds([&] { nf4_dequantize_into(w, out); }, reps);
+      const double s_alloc = median_seconds([&] { (void)nf4_dequantize(w, t); }, reps);
       char* d = static_cast<char*>(out.data_ptr());
       const char* sp = static_cast<const char*>(src.data_ptr());
       const double s_cp = median_seconds([&] { std::memcpy(d, sp, bytes); }, reps);
@@ -86,8 +88,10 @@ int main(int argc, char** argv) {
       char buf[512];
       std::snprintf(buf, sizeof buf,
                     "%s    {\"rows\": %lld, \"cols\": %lld, \"out\": \"%s\", \"ms\": %.3f, \"out_GBps\": %.2f, "
-                    "\"memcpy_GBps\": %.2f, \"memcpy_parallel_GBps\": %.2f, \"ratio_vs_best_memcpy\": %.3f}",
-                    first ? "" : ",\n", (long long)rows, (long long)cols, tn, s_dq * 1e3, bw, bw_cp, bw_cpp, bw / best);
+                    "\"memcpy_GBps\": %.2f, \"memcpy_parallel_GBps\": %.2f, \"ratio_vs_best_memcpy\": %.3f, "
+                    "\"alloc_ms\": %.3f}",
+                    first ? "" : ",\n", (long long)rows, (long long)cols, tn, s_dq * 1e3, bw, bw_cp, bw_cpp, bw / best,
+                    s_alloc * 1e3);
       json += buf;
       first = false;
     }

@@ -1,7 +1,8 @@
 """bitsandbytes' CPU dequantize as a peer of bench/bench_nf4.cpp (same shapes, same statistics).
 
 Times bitsandbytes.functional.dequantize_4bit (NF4, blocksize 64, compress_statistics=True, so the
-absmax reconstruction is included, as in ours) into a preallocated output, median of repeats.
+absmax reconstruction is included, as in ours), median of repeats. Its CPU backend has no out=
+variant, so each call allocates its output: compare with our "alloc" timing (nf4_dequantize).
 Usage: bnb_cpu_peer.py THREADS [--quick]; prints JSON.
 """
 import json
@@ -45,9 +46,8 @@ def main():
         packed, state = F.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
         for name, dt in [("f32", torch.float32), ("bf16", torch.bfloat16), ("f16", torch.float16)]:
             state.dtype = dt
-            out = torch.empty(rows, cols, dtype=dt)
-            s = median_seconds(lambda: F.dequantize_4bit(packed, state, out=out), reps)
-            nbytes = out.numel() * out.element_size()
+            s = median_seconds(lambda: F.dequantize_4bit(packed, state), reps)
+            nbytes = rows * cols * torch.tensor([], dtype=dt).element_size()
             rows_out.append({"rows": rows, "cols": cols, "out": name, "ms": s * 1e3, "out_GBps": nbytes / s / 1e9})
             print(f"bnb dequantize {rows}x{cols} {name}: {s * 1e3:.2f} ms, {nbytes / s / 1e9:.2f} GB/s",
                   file=sys.stderr)

@@ -150,14 +150,15 @@ inline uint8_t code_at(const uint8_t* packed, int64_t e) {
   return (e & 1) ? nf4::lo_nibble(b) : nf4::hi_nibble(b);
 }
 
-// 16-bit results (in 32-bit lanes) of float32 -> bf16, round to nearest even, NaN -> 0x7FC0:
-// f32_to_bf16, 8 at a time.
+// 16-bit results (in 32-bit lanes) of float32 -> bf16, round to nearest even, NaN truncated and
+// quieted: f32_to_bf16, 8 at a time.
 inline __m256i bf16_rne8(__m256 v) {
   const __m256i u = _mm256_castps_si256(v);
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
   const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
   const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-  return _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
+  const __m256i qnan = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x0040));
+  return _mm256_blendv_epi8(r, qnan, nan);
 }
 
 // The block's 16 output values T(code[c] * s) (computed 8 at a time, same roundings as the

@@ -123,12 +123,14 @@ inline void unpack32(const uint8_t* p, __m128i& c0, __m128i& c1) {
   c1 = _mm_unpackhi_epi8(hi, lo);
 }
 
-// float32 -> bf16 bits (in 32-bit lanes), round to nearest even, NaN -> 0x7FC0: f32_to_bf16 x16.
+// float32 -> bf16 bits (in 32-bit lanes), round to nearest even, NaN truncated and quieted:
+// f32_to_bf16, 16 at a time.
 inline __m512i bf16_rne16(__m512 v) {
   const __m512i u = _mm512_castps_si512(v);
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
   const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
-  return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  const __m512i qnan = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x0040));
+  return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), qnan);
 }
 
 void dequant_f32(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, float* dst) {
