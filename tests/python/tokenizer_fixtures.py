@@ -192,6 +192,7 @@ def hard_corpus():
         "def f(x):\n    return x**2  # square\n", "{\"a\": [1, 2, {\"b\": null}]}", "<div class='x'>&amp;</div>",
         "tab\tsep\tvalues\n1\t2\t3", "end with spaces   ", "   start with spaces", "many          spaces",
         "\u00a0nbsp\u00a0and\u2009thin\u3000ideographic\u2028line", "zero\u200bwidth\u200djoiner", "\x00\x01\x7f",
+        "odd spaces:\u0085next\u180emongolian\u2007figure\ufeffbom \u000b\u000c\u001c\u001f|", "a \u180e b \u0085 c",
         "mixed English и русский и 中文 and عربى", "x" * 300, "ab" * 200 + "!", "🎉" * 40,
     ]
     rng = random.Random(1234)
