@@ -8,7 +8,8 @@ jobs="${QLORA_JOBS:-$(nproc)}"
 export CCACHE_DIR="${CCACHE_DIR:-${QLORA_CACHE:-$HOME/.cache/qlora}/ccache}"
 export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
 if [ ! -f "$build/build.ninja" ]; then
-  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release ${QLORA_CMAKE_ARGS:-} >"$build.configure.log" 2>&1 \
-    || { cat "$build.configure.log"; exit 1; }
+  mkdir -p "$build"
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release ${QLORA_CMAKE_ARGS:-} >"$build/configure.log" 2>&1 \
+    || { cat "$build/configure.log"; exit 1; }
 fi
 cmake --build "$build" -j "$jobs" -- "$@"

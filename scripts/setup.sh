@@ -14,7 +14,7 @@ req="$here/requirements.txt"
 
 debs=(build-essential cmake ninja-build pkg-config ccache git
       libyaml-cpp-dev libcli11-dev libsentencepiece-dev sentencepiece
-      nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev
+      nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev libicu-dev
       python3-venv)
 
 missing=()

@@ -1,9 +1,14 @@
-// The tokenizer interface. Two implementations (issue P4): SentencePiece `tokenizer.model`
-// (libsentencepiece) and HF `tokenizer.json` byte-level BPE; both read tokenizer_config.json
-// for special tokens, add_bos_token/add_eos_token and the chat template.
+// The tokenizer interface (issue P4). One implementation, the huggingface/tokenizers pipeline
+// (pipeline.h), with two models: HF `tokenizer.json` BPE (byte-level: GPT-2, Llama 3, Qwen2;
+// SentencePiece-style with byte fallback: Llama 2, Mistral, TinyLlama) and a SentencePiece
+// `tokenizer.model` run by libsentencepiece. tokenizer_config.json gives the special tokens,
+// add_bos_token/add_eos_token and the chat template. Encoding is thread-safe.
+// Not supported (UserError naming the key): Unigram/WordPiece tokenizer.json models, and
+// normalizers/pre-tokenizers/decoders outside those the Llama/Mistral/Qwen/GPT-2 families use.
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -29,6 +34,10 @@ class Tokenizer {
   // Text of `ids`, equal to HF's decode(ids, skip_special_tokens=...).
   virtual std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const = 0;
 
+  // encode() of many texts on the OpenMP threads (the tokenizers are thread-safe).
+  std::vector<std::vector<int32_t>> encode_batch(const std::vector<std::string>& texts, bool add_special_tokens) const;
+
+  // Number of ids (model vocabulary plus added tokens), like len(tokenizer) in transformers.
   virtual int32_t vocab_size() const = 0;
   virtual std::optional<int32_t> token_to_id(std::string_view token) const = 0;
   virtual std::string id_to_token(int32_t id) const = 0;
@@ -37,14 +46,22 @@ class Tokenizer {
   // The model's own Jinja chat template (chat_template.jinja wins over tokenizer_config.json),
   // empty when it ships none.
   const std::string& chat_template() const { return chat_template_; }
+  // All named templates when tokenizer_config.json holds a list of {name, template}
+  // (chat_template() is then the one named "default", empty if none is).
+  const std::map<std::string, std::string>& named_chat_templates() const { return named_chat_templates_; }
 
  protected:
   SpecialTokens special_;
   std::string chat_template_;
+  std::map<std::string, std::string> named_chat_templates_;
 };
 
 // Loads the tokenizer of a model directory (tokenizer.json preferred, else tokenizer.model) or a
-// tokenizer file. UserError naming the path when nothing usable is there.
+// tokenizer file (its directory's tokenizer_config.json is read too). The result encodes and
+// decodes like transformers' AutoTokenizer.from_pretrained(dir): for the tokenizer classes that
+// transformers rebuilds from the vocabulary (LlamaTokenizer, Qwen2Tokenizer, GPT2Tokenizer) the
+// same stages are rebuilt here. UserError naming the file and what is wrong when nothing usable
+// is there.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path);
 
 }  // namespace qlora::tok

@@ -1,0 +1,98 @@
+#include "trainer/io/hf_checkpoint.h"
+
+#include <nlohmann/json.hpp>
+
+#include <set>
+
+#include "trainer/common/error.h"
+#include "trainer/common/fs.h"
+
+namespace qlora::io {
+
+namespace stdfs = std::filesystem;
+
+HfCheckpoint::HfCheckpoint(const stdfs::path& dir) : dir_(dir) {
+  const std::string d = dir.string();
+  if (stdfs::is_regular_file(dir) && dir.extension() == ".safetensors") {
+    files_.push_back(std::make_unique<SafetensorsFile>(dir));
+  } else {
+    if (!stdfs::is_directory(dir)) user_error(d, ": not a model directory (does not exist or is not a directory)");
+    const stdfs::path index = dir / "model.safetensors.index.json";
+    const stdfs::path single = dir / "model.safetensors";
+    if (stdfs::exists(index)) {
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(fs::read_file(index));
+      } catch (const nlohmann::json::exception& e) {
+        user_error(index.string(), ": not valid JSON: ", e.what());
+      }
+      if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+        user_error(index.string(), ": weight_map: expected an object {tensor name: shard file}");
+      std::map<std::string, size_t> shard_ix;
+      std::map<std::string, std::string> expected;  // tensor -> shard
+      for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+        if (!it.value().is_string())
+          user_error(index.string(), ": weight_map.", it.key(), ": expected a shard file name");
+        const std::string shard = it.value().get<std::string>();
+        if (shard.find('/') != std::string::npos || shard == ".." )
+          user_error(index.string(), ": weight_map.", it.key(), ": shard \"", shard, "\" must be a file in the model directory");
+        if (!shard_ix.count(shard)) {
+          const stdfs::path sp = dir / shard;
+          if (!stdfs::exists(sp)) user_error(index.string(), ": shard \"", shard, "\" (for ", it.key(), ") is missing");
+          shard_ix[shard] = files_.size();
+          files_.push_back(std::make_unique<SafetensorsFile>(sp));
+        }
+        expected[it.key()] = shard;
+      }
+      for (const auto& [name, shard] : expected) {
+        if (!files_[shard_ix[shard]]->contains(name))
+          user_error(index.string(), ": weight_map says \"", name, "\" is in ", shard, ", which does not hold it");
+      }
+    } else if (stdfs::exists(single)) {
+      files_.push_back(std::make_unique<SafetensorsFile>(single));
+    } else {
+      for (const char* pickle : {"pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "consolidated.00.pth"}) {
+        if (stdfs::exists(dir / pickle))
+          user_error((dir / pickle).string(),
+                     ": pickle checkpoints are not loaded (they can run code); convert to safetensors first, "
+                     "e.g. python -c \"from transformers import AutoModelForCausalLM as M; "
+                     "M.from_pretrained('", d, "').save_pretrained('", d, "-safetensors')\"");
+      }
+      user_error(d, ": no model.safetensors or model.safetensors.index.json found");
+    }
+  }
+  for (size_t i = 0; i < files_.size(); ++i) {
+    for (const auto& t : files_[i]->tensors()) {
+      auto [it, inserted] = where_.emplace(t.name, i);
+      if (!inserted)
+        user_error(d, ": tensor \"", t.name, "\" appears in both ", files_[it->second]->path().filename().string(),
+                   " and ", files_[i]->path().filename().string());
+    }
+  }
+}
+
+std::vector<std::string> HfCheckpoint::names() const {
+  std::vector<std::string> v;
+  v.reserve(where_.size());
+  for (const auto& [n, i] : where_) v.push_back(n);
+  return v;
+}
+
+const SafetensorsFile& HfCheckpoint::file_of(std::string_view name) const {
+  auto it = where_.find(name);
+  if (it == where_.end()) user_error(dir_.string(), ": checkpoint has no tensor \"", name, "\"");
+  return *files_[it->second];
+}
+
+const TensorInfo& HfCheckpoint::info(std::string_view name) const { return *file_of(name).find(name); }
+
+at::Tensor HfCheckpoint::tensor(std::string_view name) const { return file_of(name).tensor(name); }
+
+uint64_t HfCheckpoint::total_bytes() const {
+  uint64_t b = 0;
+  for (const auto& f : files_)
+    for (const auto& t : f->tensors()) b += t.nbytes();
+  return b;
+}
+
+}  // namespace qlora::io

@@ -1,0 +1,291 @@
+#include "trainer/io/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <set>
+
+#include "trainer/common/error.h"
+#include "trainer/common/fs.h"
+
+namespace qlora::io {
+
+namespace {
+constexpr uint64_t kMaxHeader = 100'000'000;
+
+struct DtypeRow {
+  const char* name;
+  int64_t size;
+};
+constexpr DtypeRow kDtypes[] = {{"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"I16", 2},     {"U16", 2},
+                                {"F16", 2},  {"BF16", 2}, {"I32", 4}, {"U32", 4},     {"F32", 4},
+                                {"F64", 8},  {"I64", 8}, {"U64", 8}, {"F8_E4M3", 1}, {"F8_E5M2", 1}};
+}  // namespace
+
+int64_t TensorInfo::numel() const {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  return n;
+}
+
+int64_t dtype_itemsize(std::string_view dtype) {
+  for (const auto& r : kDtypes)
+    if (dtype == r.name) return r.size;
+  return 0;
+}
+
+at::ScalarType to_scalar_type(std::string_view d, const std::string& context) {
+  if (d == "F32") return at::kFloat;
+  if (d == "BF16") return at::kBFloat16;
+  if (d == "F16") return at::kHalf;
+  if (d == "F64") return at::kDouble;
+  if (d == "U8") return at::kByte;
+  if (d == "I8") return at::kChar;
+  if (d == "I16") return at::kShort;
+  if (d == "I32") return at::kInt;
+  if (d == "I64") return at::kLong;
+  if (d == "BOOL") return at::kBool;
+  if (d == "U16") return at::kUInt16;
+  if (d == "U32") return at::kUInt32;
+  if (d == "U64") return at::kUInt64;
+  if (d == "F8_E4M3") return at::kFloat8_e4m3fn;
+  if (d == "F8_E5M2") return at::kFloat8_e5m2;
+  user_error(context, ": unsupported safetensors dtype \"", d, "\"");
+}
+
+std::string to_dtype_string(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "F32";
+    case at::kBFloat16: return "BF16";
+    case at::kHalf: return "F16";
+    case at::kDouble: return "F64";
+    case at::kByte: return "U8";
+    case at::kChar: return "I8";
+    case at::kShort: return "I16";
+    case at::kInt: return "I32";
+    case at::kLong: return "I64";
+    case at::kBool: return "BOOL";
+    case at::kUInt16: return "U16";
+    case at::kUInt32: return "U32";
+    case at::kUInt64: return "U64";
+    case at::kFloat8_e4m3fn: return "F8_E4M3";
+    case at::kFloat8_e5m2: return "F8_E5M2";
+    default: TORCH_CHECK(false, "safetensors: no dtype for ", t);
+  }
+}
+
+struct SafetensorsFile::Mapping {
+  void* addr = nullptr;
+  size_t size = 0;
+  ~Mapping() {
+    if (addr && size) ::munmap(addr, size);
+  }
+};
+
+SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path) {
+  const std::string p = path.string();
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) user_error(p, ": cannot open: ", std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    user_error(p, ": cannot stat: ", std::strerror(errno));
+  }
+  const uint64_t fsize = static_cast<uint64_t>(st.st_size);
+  map_ = std::make_shared<Mapping>();
+  if (fsize > 0) {
+    void* a = ::mmap(nullptr, fsize, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (a == MAP_FAILED) {
+      ::close(fd);
+      user_error(p, ": cannot mmap: ", std::strerror(errno));
+    }
+    map_->addr = a;
+    map_->size = fsize;
+  }
+  ::close(fd);
+  const uint8_t* base = static_cast<const uint8_t*>(map_->addr);
+
+  if (fsize < 8) user_error(p, ": not a safetensors file (", fsize, " bytes, shorter than the 8-byte header length)");
+  uint64_t n = 0;
+  std::memcpy(&n, base, 8);  // little-endian host
+  if (n > kMaxHeader) user_error(p, ": safetensors header length ", n, " exceeds the 100000000-byte limit");
+  if (8 + n > fsize) user_error(p, ": safetensors header length ", n, " runs past the end of the file (", fsize, " bytes)");
+  if (n == 0 || base[8] != '{') user_error(p, ": safetensors header does not start with '{'");
+  // Parse once; a callback sees every top-level key so duplicates (which nlohmann::json would
+  // silently collapse) are rejected as the reference reader does.
+  nlohmann::json h;
+  std::set<std::string> seen;
+  std::string dup;
+  nlohmann::json::parser_callback_t cb = [&](int depth, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
+    if (depth == 1 && ev == nlohmann::json::parse_event_t::key && dup.empty()) {
+      std::string k = parsed.get<std::string>();
+      if (!seen.insert(k).second) dup = k;
+    }
+    return true;
+  };
+  try {
+    h = nlohmann::json::parse(reinterpret_cast<const char*>(base + 8), reinterpret_cast<const char*>(base + 8 + n), cb);
+  } catch (const nlohmann::json::exception& e) {
+    user_error(p, ": safetensors header is not valid JSON: ", e.what());
+  }
+  if (!dup.empty()) user_error(p, ": duplicate tensor name \"", dup, "\" in the safetensors header");
+  if (!h.is_object()) user_error(p, ": safetensors header is not a JSON object");
+  for (auto it = h.begin(); it != h.end(); ++it) {
+    const std::string& key = it.key();
+    const auto& v = it.value();
+    if (key == "__metadata__") {
+      if (!v.is_object()) user_error(p, ": __metadata__ must be an object of strings");
+      for (auto m = v.begin(); m != v.end(); ++m) {
+        if (!m.value().is_string()) user_error(p, ": __metadata__.", m.key(), ": expected a string");
+        metadata_[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    TensorInfo t;
+    t.name = key;
+    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets"))
+      user_error(p, ": tensor \"", key, "\": expected {dtype, shape, data_offsets}");
+    if (!v["dtype"].is_string()) user_error(p, ": tensor \"", key, "\": dtype must be a string");
+    t.dtype = v["dtype"].get<std::string>();
+    const int64_t isz = dtype_itemsize(t.dtype);
+    if (isz == 0) user_error(p, ": tensor \"", key, "\": unknown dtype \"", t.dtype, "\"");
+    if (!v["shape"].is_array()) user_error(p, ": tensor \"", key, "\": shape must be an array");
+    for (const auto& d : v["shape"]) {
+      if (!d.is_number_unsigned()) user_error(p, ": tensor \"", key, "\": shape entries must be non-negative integers");
+      t.shape.push_back(d.get<int64_t>());
+    }
+    const auto& off = v["data_offsets"];
+    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
+      user_error(p, ": tensor \"", key, "\": data_offsets must be [begin, end]");
+    t.begin = off[0].get<uint64_t>();
+    t.end = off[1].get<uint64_t>();
+    if (t.end < t.begin) user_error(p, ": tensor \"", key, "\": data_offsets end < begin");
+    // numel * itemsize, guarding overflow
+    unsigned __int128 want = static_cast<unsigned __int128>(isz);
+    for (int64_t s : t.shape) want *= static_cast<unsigned __int128>(s);
+    if (want != static_cast<unsigned __int128>(t.end - t.begin))
+      user_error(p, ": tensor \"", key, "\": ", t.end - t.begin, " bytes for shape and dtype ", t.dtype,
+                 " that need ", static_cast<uint64_t>(want));
+    tensors_.push_back(std::move(t));
+  }
+  std::sort(tensors_.begin(), tensors_.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  uint64_t pos = 0;
+  for (const auto& t : tensors_) {
+    if (t.begin != pos)
+      user_error(p, ": tensor \"", t.name, "\" starts at byte ", t.begin, " of the data buffer, expected ", pos,
+                 t.begin > pos ? " (hole)" : " (overlap)");
+    pos = t.end;
+  }
+  if (8 + n + pos != fsize)
+    user_error(p, ": file is ", fsize, " bytes but the header describes ", 8 + n + pos, " (truncated or trailing data)");
+  data_ = base + 8 + n;
+  for (size_t i = 0; i < tensors_.size(); ++i) index_[tensors_[i].name] = i;
+}
+
+const TensorInfo* SafetensorsFile::find(std::string_view name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &tensors_[it->second];
+}
+
+std::span<const uint8_t> SafetensorsFile::bytes(std::string_view name) const {
+  const TensorInfo* t = find(name);
+  if (!t) user_error(path_.string(), ": no tensor named \"", name, "\"");
+  return {data_ + t->begin, t->end - t->begin};
+}
+
+at::Tensor SafetensorsFile::tensor(std::string_view name) const {
+  const TensorInfo* t = find(name);
+  if (!t) user_error(path_.string(), ": no tensor named \"", name, "\"");
+  const at::ScalarType st = to_scalar_type(t->dtype, path_.string() + ": tensor \"" + t->name + "\"");
+  const auto opts = at::TensorOptions().dtype(st).device(at::kCPU);
+  const uint8_t* ptr = data_ + t->begin;
+  const int64_t isz = dtype_itemsize(t->dtype);
+  if (t->nbytes() == 0) return at::empty(t->shape, opts);
+  if (reinterpret_cast<uintptr_t>(ptr) % isz != 0) {
+    // Unaligned in the file: copy into an owned, aligned tensor.
+    at::Tensor out = at::empty(t->shape, opts);
+    std::memcpy(out.data_ptr(), ptr, t->nbytes());
+    return out;
+  }
+  auto keep = map_;
+  return at::from_blob(const_cast<uint8_t*>(ptr), t->shape, [keep](void*) {}, opts);
+}
+
+SafetensorsWriter::SafetensorsWriter() { metadata_["format"] = "pt"; }
+
+void SafetensorsWriter::add(const std::string& name, const at::Tensor& t) {
+  for (const auto& e : entries_) TORCH_CHECK(e.first != name, "SafetensorsWriter: duplicate tensor ", name);
+  at::Tensor c = t.detach().cpu().contiguous();
+  data_bytes_ += c.nbytes();
+  entries_.emplace_back(name, std::move(c));
+}
+
+void SafetensorsWriter::write(const std::filesystem::path& path) const {
+  // Header: __metadata__ first, then tensors in insertion order.
+  std::string header = "{";
+  bool first = true;
+  if (!metadata_.empty()) {
+    header += "\"__metadata__\":" + nlohmann::json(metadata_).dump();
+    first = false;
+  }
+  uint64_t off = 0;
+  for (const auto& [name, t] : entries_) {
+    nlohmann::json e;
+    e["dtype"] = to_dtype_string(t.scalar_type());
+    e["shape"] = t.sizes().vec();
+    e["data_offsets"] = {off, off + static_cast<uint64_t>(t.nbytes())};
+    off += t.nbytes();
+    if (!first) header += ",";
+    header += nlohmann::json(name).dump() + ":" + e.dump();
+    first = false;
+  }
+  header += "}";
+  while (header.size() % 8 != 0) header += ' ';
+
+  const std::filesystem::path tmp = fs::temp_sibling(path);
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) user_error(path.string(), ": cannot write: ", std::strerror(errno));
+  auto put = [&](const void* p, size_t n) {
+    const char* c = static_cast<const char*>(p);
+    while (n > 0) {
+      ssize_t w = ::write(fd, c, n);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        int err = errno;
+        ::close(fd);
+        ::unlink(tmp.c_str());
+        user_error(path.string(), ": write failed: ", std::strerror(err));
+      }
+      c += w;
+      n -= static_cast<size_t>(w);
+    }
+  };
+  uint64_t hlen = header.size();
+  put(&hlen, 8);
+  put(header.data(), header.size());
+  for (const auto& [name, t] : entries_) put(t.data_ptr(), t.nbytes());
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    user_error(path.string(), ": write failed: ", std::strerror(err));
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    ::unlink(tmp.c_str());
+    user_error(path.string(), ": cannot rename into place: ", ec.message());
+  }
+  fs::fsync_path(path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path());
+}
+
+}  // namespace qlora::io

@@ -1,0 +1,85 @@
+// safetensors files: a validating, zero-copy (mmap) reader and an atomic writer.
+//
+// Format (REFERENCE.md §3): u64 little-endian header length N, N bytes of UTF-8 JSON
+// {"name": {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}},
+// then the data buffer. Validated as the reference reader does: header ≤ 100,000,000 bytes,
+// no duplicate names, offsets tile the buffer with no holes or overlaps,
+// end - begin == numel * itemsize, 8 + N + last_end == file size.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace qlora::io {
+
+struct TensorInfo {
+  std::string name;
+  std::string dtype;            // "F32", "BF16", "U8", ... as written in the file
+  std::vector<int64_t> shape;
+  uint64_t begin = 0, end = 0;  // byte offsets into the data buffer, end exclusive
+  int64_t numel() const;
+  uint64_t nbytes() const { return end - begin; }
+};
+
+// Bytes per element of a safetensors dtype string; 0 if unknown.
+int64_t dtype_itemsize(std::string_view dtype);
+// safetensors dtype <-> torch scalar type. to_scalar_type throws UserError for dtypes torch
+// cannot hold (e.g. U16 before torch supports it).
+at::ScalarType to_scalar_type(std::string_view dtype, const std::string& context);
+std::string to_dtype_string(at::ScalarType t);
+
+class SafetensorsFile {
+ public:
+  // Maps and validates the file; UserError "PATH: what is wrong" for any malformed input.
+  explicit SafetensorsFile(const std::filesystem::path& path);
+
+  const std::filesystem::path& path() const { return path_; }
+  // Tensors in the order of their data offsets.
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  const TensorInfo* find(std::string_view name) const;
+  bool contains(std::string_view name) const { return find(name) != nullptr; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+  // The tensor's raw bytes inside the mapping.
+  std::span<const uint8_t> bytes(std::string_view name) const;
+  // A CPU tensor viewing the mapping (read-only memory: never write into it; clone() to own).
+  // The tensor keeps the mapping alive. UserError if the name is missing.
+  at::Tensor tensor(std::string_view name) const;
+
+ private:
+  struct Mapping;
+  std::filesystem::path path_;
+  std::shared_ptr<Mapping> map_;
+  const uint8_t* data_ = nullptr;  // start of the data buffer
+  std::vector<TensorInfo> tensors_;
+  std::map<std::string, size_t, std::less<>> index_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// Collects tensors and writes one safetensors file atomically (temp, fsync, rename).
+// Metadata defaults to {"format": "pt"} (transformers rejects files without it).
+class SafetensorsWriter {
+ public:
+  SafetensorsWriter();
+  // Adds a tensor (made contiguous on the CPU; the writer keeps a reference, not a copy,
+  // when it already is). Duplicate names are a logic error.
+  void add(const std::string& name, const at::Tensor& t);
+  void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
+  size_t size() const { return entries_.size(); }
+  uint64_t data_bytes() const { return data_bytes_; }
+  void write(const std::filesystem::path& path) const;
+
+ private:
+  std::vector<std::pair<std::string, at::Tensor>> entries_;
+  std::map<std::string, std::string> metadata_;
+  uint64_t data_bytes_ = 0;
+};
+
+}  // namespace qlora::io

@@ -1,0 +1,133 @@
+#include "trainer/train/checkpoint.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstdio>
+
+#include "trainer/common/error.h"
+#include "trainer/common/sha256.h"
+
+namespace qlora::train {
+
+namespace {
+constexpr const char* kManifest = "manifest.json";
+constexpr const char* kLatest = "latest";
+
+std::optional<int64_t> parse_step(const std::string& name) {
+  const std::string prefix = "checkpoint-";
+  if (name.rfind(prefix, 0) != 0 || name.size() == prefix.size()) return std::nullopt;
+  int64_t v = 0;
+  for (size_t i = prefix.size(); i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return std::nullopt;
+    v = v * 10 + (name[i] - '0');
+  }
+  return v;
+}
+}  // namespace
+
+std::string checkpoint_name(int64_t step) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "checkpoint-%06lld", static_cast<long long>(step));
+  return buf;
+}
+
+CheckpointWriter::CheckpointWriter(const stdfs::path& checkpoints_dir, int64_t step)
+    : dir_(checkpoints_dir), step_(step), staged_(checkpoints_dir / checkpoint_name(step), /*replace_existing=*/true) {}
+
+void CheckpointWriter::commit(int64_t save_total_limit) {
+  nlohmann::json files = nlohmann::json::object();
+  for (const auto& e : stdfs::recursive_directory_iterator(path())) {
+    if (!e.is_regular_file()) continue;
+    const std::string rel = stdfs::relative(e.path(), path()).string();
+    files[rel] = {{"sha256", sha256_file(e.path())}, {"bytes", static_cast<uint64_t>(e.file_size())}};
+  }
+  nlohmann::json m = {{"format", "qlora-checkpoint-v1"}, {"step", step_}, {"files", files}};
+  fs::write_file_atomic(path() / kManifest, m.dump(2) + "\n");
+  staged_.commit();
+  fs::write_file_atomic(dir_ / kLatest, checkpoint_name(step_) + "\n");
+
+  // Prune: keep the newest save_total_limit complete checkpoints; remove leftovers of crashed
+  // saves (temporary siblings).
+  for (const auto& e : stdfs::directory_iterator(dir_)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_directory() && n.rfind(".checkpoint-", 0) == 0 && n.find(".tmp-") != std::string::npos) {
+      std::error_code ec;
+      stdfs::remove_all(e.path(), ec);
+    }
+  }
+  if (save_total_limit > 0) {
+    // Newest first; count checkpoints that have a manifest (complete); once the limit is
+    // reached, every older directory goes. Full checksum verification is left to resume.
+    int64_t kept = 0;
+    for (const auto& c : list_checkpoints(dir_)) {
+      if (kept >= save_total_limit) {
+        std::error_code ec;
+        stdfs::remove_all(c, ec);
+      } else if (stdfs::exists(c / kManifest)) {
+        ++kept;
+      }
+    }
+  }
+}
+
+std::optional<std::string> verify_checkpoint(const stdfs::path& ckpt) {
+  const stdfs::path mp = ckpt / kManifest;
+  if (!stdfs::exists(mp)) return "no manifest.json (incomplete)";
+  nlohmann::json m;
+  try {
+    m = nlohmann::json::parse(fs::read_file(mp));
+  } catch (const std::exception& e) {
+    return std::string("manifest.json unreadable: ") + e.what();
+  }
+  if (!m.contains("files") || !m["files"].is_object()) return "manifest.json has no file list";
+  for (auto it = m["files"].begin(); it != m["files"].end(); ++it) {
+    const stdfs::path f = ckpt / it.key();
+    std::error_code ec;
+    if (!stdfs::is_regular_file(f, ec)) return "missing file " + it.key();
+    const uint64_t want = it.value().value("bytes", uint64_t{0});
+    if (stdfs::file_size(f, ec) != want) return "size mismatch in " + it.key();
+    try {
+      if (sha256_file(f) != it.value().value("sha256", std::string())) return "checksum mismatch in " + it.key();
+    } catch (const std::exception& e) {
+      return std::string("unreadable ") + it.key();
+    }
+  }
+  return std::nullopt;
+}
+
+std::vector<stdfs::path> list_checkpoints(const stdfs::path& checkpoints_dir) {
+  std::vector<std::pair<int64_t, stdfs::path>> v;
+  std::error_code ec;
+  if (!stdfs::is_directory(checkpoints_dir, ec)) return {};
+  for (const auto& e : stdfs::directory_iterator(checkpoints_dir)) {
+    if (!e.is_directory()) continue;
+    if (auto s = parse_step(e.path().filename().string())) v.emplace_back(*s, e.path());
+  }
+  std::sort(v.begin(), v.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::vector<stdfs::path> out;
+  for (auto& [s, p] : v) out.push_back(p);
+  return out;
+}
+
+std::optional<stdfs::path> find_resume_checkpoint(const stdfs::path& checkpoints_dir,
+                                                  std::vector<std::string>* warnings) {
+  // The newest intact checkpoint. `latest` names the same one after a clean save; it is not
+  // needed for correctness (a crash between publishing a checkpoint and updating `latest`
+  // leaves a complete, newer checkpoint, which is the right one to resume from).
+  for (const auto& c : list_checkpoints(checkpoints_dir)) {
+    if (auto why = verify_checkpoint(c)) {
+      if (warnings) warnings->push_back(c.string() + ": " + *why + "; skipped");
+      continue;
+    }
+    return c;
+  }
+  return std::nullopt;
+}
+
+int64_t checkpoint_step(const stdfs::path& ckpt) {
+  auto m = nlohmann::json::parse(fs::read_file(ckpt / kManifest));
+  return m.at("step").get<int64_t>();
+}
+
+}  // namespace qlora::train

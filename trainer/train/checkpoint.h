@@ -1,0 +1,57 @@
+// Checkpoint directories: written out of place, checksummed, published with one rename.
+//
+//   <run>/checkpoints/checkpoint-000120/   one complete checkpoint (files chosen by the trainer)
+//                                          + manifest.json {step, files: {name: {sha256, bytes}}}
+//   <run>/checkpoints/latest               text file naming the newest complete checkpoint;
+//                                          updated last, atomically
+// A checkpoint without a manifest, or whose files do not match it, is incomplete or corrupt:
+// resume skips it (with a warning) for the previous good one. Only save_total_limit complete
+// checkpoints are kept (0 = all).
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "trainer/common/fs.h"
+
+namespace qlora::train {
+
+namespace stdfs = std::filesystem;
+
+// "checkpoint-000120"
+std::string checkpoint_name(int64_t step);
+
+// Stages one checkpoint. Write files into path(); commit() checksums them, writes the
+// manifest, fsyncs, renames into place, updates `latest`, then prunes old checkpoints.
+class CheckpointWriter {
+ public:
+  CheckpointWriter(const stdfs::path& checkpoints_dir, int64_t step);
+  const stdfs::path& path() const { return staged_.path(); }
+  const stdfs::path& final_path() const { return staged_.final_path(); }
+  // save_total_limit: keep at most this many complete checkpoints (0 = all).
+  void commit(int64_t save_total_limit);
+
+ private:
+  stdfs::path dir_;
+  int64_t step_;
+  fs::StagedDir staged_;
+};
+
+// Why a checkpoint directory is not usable, or nullopt if it is complete and intact.
+std::optional<std::string> verify_checkpoint(const stdfs::path& ckpt);
+
+// Complete-looking checkpoint directories (name checkpoint-N) under `checkpoints_dir`, newest
+// first (by step). Temporary directories are not listed.
+std::vector<stdfs::path> list_checkpoints(const stdfs::path& checkpoints_dir);
+
+// The checkpoint to resume from: `latest` if intact, else the newest intact one; each skipped
+// one is reported through `warnings`. nullopt when none is usable.
+std::optional<stdfs::path> find_resume_checkpoint(const stdfs::path& checkpoints_dir,
+                                                  std::vector<std::string>* warnings);
+
+// Step recorded in a checkpoint's manifest.
+int64_t checkpoint_step(const stdfs::path& ckpt);
+
+}  // namespace qlora::train

@@ -1,0 +1,40 @@
+#include "trainer/train/signals.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdlib>
+
+namespace qlora::train {
+
+namespace {
+std::atomic<int> g_signals{0};
+
+void on_signal(int sig) {
+  if (g_signals.fetch_add(1) >= 1) {
+    // Second signal: the user insists. No checkpoint.
+    const char msg[] = "\nqlora: second signal, exiting without a checkpoint\n";
+    ssize_t r = ::write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)r;
+    std::_Exit(128 + sig);
+  }
+  const char msg[] = "\nqlora: stop requested; finishing this step and saving a checkpoint (signal again to abort)\n";
+  ssize_t r = ::write(STDERR_FILENO, msg, sizeof msg - 1);
+  (void)r;
+}
+}  // namespace
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+bool stop_requested() { return g_signals.load() > 0; }
+void clear_stop_request() { g_signals.store(0); }
+
+}  // namespace qlora::train
