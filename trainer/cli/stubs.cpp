@@ -13,7 +13,6 @@ int not_implemented(const char* name, const char* issue) {
 
 int run_train(const TrainArgs&) { return not_implemented("train", "P5"); }
 int run_export(const ExportArgs&) { return not_implemented("export", "P6"); }
-int run_quantize(const QuantizeArgs&) { return not_implemented("quantize", "P2"); }
 int run_generate(const GenerateArgs&) { return not_implemented("generate", "P6"); }
 int run_eval(const EvalArgs&) { return not_implemented("eval", "P6"); }
 int run_inspect(const InspectArgs&) { return not_implemented("inspect", "P3"); }
