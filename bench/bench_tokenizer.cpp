@@ -57,8 +57,14 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+double cpu_seconds() {  // CPU time of the whole process: robust to other load on a shared machine
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
 struct Ours {
-  double cold_s = 0, warm_s = 1e30, batch_s = 1e30;
+  double cold_s = 0, cold_cpu_s = 0, warm_s = 1e30, warm_cpu_s = 1e30, batch_s = 1e30;
   int64_t tokens = 0;
 };
 
@@ -103,8 +109,10 @@ int main(int argc, char** argv) {
     {  // cold: a fresh tokenizer, one pass
       auto t = tok::load_tokenizer(work / name);
       auto t0 = std::chrono::steady_clock::now();
+      double c0 = cpu_seconds();
       for (const auto& s : samples) o.tokens += int64_t(t->encode(s, true).size());
       o.cold_s = seconds_since(t0);
+      o.cold_cpu_s = cpu_seconds() - c0;
     }
     auto& t = toks[name] = tok::load_tokenizer(work / name);
     // Exactly HF's ids on the whole corpus before any timing counts.
@@ -120,9 +128,11 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark((std::string(name) + "/ours_1thread").c_str(), [&o, &t, &samples](benchmark::State& st) {
       for (auto _ : st) {
         auto t0 = std::chrono::steady_clock::now();
+        double c0 = cpu_seconds();
         int64_t n = 0;
         for (const auto& s : samples) n += int64_t(t->encode(s, true).size());
         o.warm_s = std::min(o.warm_s, seconds_since(t0));
+        o.warm_cpu_s = std::min(o.warm_cpu_s, cpu_seconds() - c0);
         benchmark::DoNotOptimize(n);
         st.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
       }
@@ -145,7 +155,8 @@ int main(int argc, char** argv) {
   res["machine"] = {{"cpu", cpu_model()},
                     {"cores", std::thread::hardware_concurrency()},
                     {"omp_threads", omp_get_max_threads()},
-                    {"note", "shared build machine; multi-thread numbers are noisy"}};
+                    {"note", "shared build machine (other builds running): wall-clock numbers are noisy, the "
+                             "*_per_cpu_s ones (process CPU time, single-thread runs) are the steadier comparison"}};
   res["versions"] = {{"tokenizers", hf1["tokenizers"]}, {"transformers", hf1["transformers"]}};
   res["corpus"] = {{"samples", samples.size()},
                    {"bytes", bytes},
@@ -155,6 +166,7 @@ int main(int argc, char** argv) {
   for (const char* name : kFixtures) {
     const Ours& o = ours[name];
     double hf1_tps = hf1["fixtures"][name]["tokens_per_s"], hfn_tps = hfn["fixtures"][name]["tokens_per_s"];
+    double hf1_cpu_tps = hf1["fixtures"][name]["tokens_per_cpu_s"];
     double tok = double(o.tokens);
     res["fixtures"][name] = {
         {"tokens", o.tokens},
@@ -164,6 +176,10 @@ int main(int argc, char** argv) {
         {"hf_1thread_tokens_per_s", hf1_tps},
         {"speedup_1thread_warm", tok / o.warm_s / hf1_tps},
         {"speedup_1thread_cold", tok / o.cold_s / hf1_tps},
+        {"ours_1thread_cold_tokens_per_cpu_s", tok / o.cold_cpu_s},
+        {"ours_1thread_warm_tokens_per_cpu_s", tok / o.warm_cpu_s},
+        {"hf_1thread_tokens_per_cpu_s", hf1_cpu_tps},
+        {"speedup_1thread_cold_cpu", tok / o.cold_cpu_s / hf1_cpu_tps},
         {"ours_batch_tokens_per_s", tok / o.batch_s},
         {"hf_batch_tokens_per_s", hfn_tps},
         {"speedup_batch", tok / o.batch_s / hfn_tps},

@@ -9,14 +9,12 @@
 #include "kernels/cpu/nf4_cpu.h"
 #include "kernels/cpu/nf4_cpu_isa.h"
 #include "kernels/nf4.h"
+#ifdef QLORA_WITH_CUDA
+#include "kernels/cuda/nf4_cuda_ops.h"
+#endif
 
 namespace qlora::kernels {
 
-#ifdef QLORA_WITH_CUDA
-namespace cuda_ops {
-at::Tensor nf4_dequantize_cuda(const NF4Tensor& w, at::ScalarType dtype);
-}
-#endif
 
 int64_t NF4Tensor::numel() const {
   int64_t n = 1;
@@ -59,17 +57,29 @@ at::Tensor nf4_dequantize(const NF4Tensor& w, at::ScalarType dtype) {
   TORCH_CHECK(false, "nf4_dequantize: unsupported device ", w.device());
 }
 
+void nf4_dequantize_into(const NF4Tensor& w, at::Tensor& out) {
+  TORCH_CHECK(out.device() == w.device(), "nf4_dequantize_into: out on ", out.device(), ", weight on ", w.device());
+  if (w.device().is_cpu()) return cpu::nf4_dequantize_into_cpu(w, out);
+#ifdef QLORA_WITH_CUDA
+  if (w.device().is_cuda()) return cuda_ops::nf4_dequantize_into_cuda(w, out);
+#endif
+  TORCH_CHECK(false, "nf4_dequantize_into: unsupported device ", w.device());
+}
+
 at::Tensor nf4_linear(const at::Tensor& x, const NF4Tensor& w) {
   if (x.is_cpu()) return cpu::nf4_linear_cpu(x, w);
-  TORCH_CHECK(x.size(-1) == w.shape[1], "nf4_linear: x has ", x.size(-1), " features, weight expects ", w.shape[1]);
-  // Large M: dequantize once into the compute dtype, then cuBLAS.
-  return at::matmul(x, nf4_dequantize(w, x.scalar_type()).t());
+#ifdef QLORA_WITH_CUDA
+  if (x.is_cuda()) return cuda_ops::nf4_linear_cuda(x, w);
+#endif
+  TORCH_CHECK(false, "nf4_linear: unsupported device ", x.device());
 }
 
 at::Tensor nf4_linear_grad_input(const at::Tensor& dy, const NF4Tensor& w) {
   if (dy.is_cpu()) return cpu::nf4_linear_grad_input_cpu(dy, w);
-  TORCH_CHECK(dy.size(-1) == w.shape[0], "nf4_linear_grad_input: dy has ", dy.size(-1), " features, weight has ", w.shape[0], " rows");
-  return at::matmul(dy, nf4_dequantize(w, dy.scalar_type()));
+#ifdef QLORA_WITH_CUDA
+  if (dy.is_cuda()) return cuda_ops::nf4_linear_grad_input_cuda(dy, w);
+#endif
+  TORCH_CHECK(false, "nf4_linear_grad_input: unsupported device ", dy.device());
 }
 
 at::Tensor nf4_code_table() {

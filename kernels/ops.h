@@ -39,6 +39,11 @@ at::Tensor nf4_absmax(const NF4Tensor& w);
 // Dequantizes to `dtype` (float32, bfloat16 or float16) with the logical shape.
 at::Tensor nf4_dequantize(const NF4Tensor& w, at::ScalarType dtype);
 
+// Dequantizes into an existing contiguous tensor (float32, bfloat16 or float16; numel == w.numel(),
+// any shape, on w's device): reuses a scratch buffer instead of allocating (and, on the CPU,
+// page-faulting in) a new one per call.
+void nf4_dequantize_into(const NF4Tensor& w, at::Tensor& out);
+
 // y = x W^T for x [..., in] and W [out, in] in NF4; y [..., out] in x's dtype, fp32 accumulation.
 at::Tensor nf4_linear(const at::Tensor& x, const NF4Tensor& w);
 

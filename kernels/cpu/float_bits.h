@@ -1,7 +1,9 @@
 // Bit-exact scalar conversions between float32 and the 16-bit float formats, without torch.
 // They define what every vector path must produce (the ISA kernels build their per-block
 // lookup tables with these), and they agree with c10::BFloat16 / c10::Half:
-//  - float -> bf16: round to nearest even; NaN -> 0x7FC0 (c10's scalar rule);
+//  - float -> bf16: round to nearest even; NaN stays NaN with its sign and top payload bits, quiet
+//    (truncation + quiet bit: what bitsandbytes' CPU kernels and AVX512-BF16 produce; c10's scalar
+//    rule would give 0x7FC0, ATen's vectorized one 0xFFFF);
 //  - float -> fp16: IEEE round to nearest even (subnormals, overflow to inf); NaN -> quiet NaN
 //    with the sign kept (what F16C's vcvtps2ph and c10 give for the NaNs we produce).
 // The functions are static so that the copies compiled into the AVX translation units stay
@@ -27,7 +29,7 @@ static inline float bf16_to_f32(uint16_t h) { return bits_f32(static_cast<uint32
 
 static inline uint16_t f32_to_bf16(float f) {
   const uint32_t u = f32_bits(f);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;  // NaN
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);  // NaN
   return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 

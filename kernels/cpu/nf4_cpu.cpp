@@ -21,13 +21,14 @@ namespace {
 
 // Work per parallel chunk: enough elements that the fork/join cost stays small.
 constexpr int64_t kGrainElems = 1 << 15;
-// fp32 panel of dequantized weights used by the tiled linear ops: fits in L2 with room for the
-// activations' tiles that the GEMM streams past it.
-constexpr int64_t kPanelBytes = 512 << 10;
+// fp32 panel of dequantized weights per thread in the tiled linear ops (stays in L3; large enough
+// that BLAS's repacking of the activations per panel is a few percent). Measured 1-4 MB alike.
+constexpr int64_t kPanelBytes = 2 << 20;
 // Up to this many rows of x the linear ops use the fused kernels (decode the 4-bit weights in
 // registers, never write them out); above it, dequantized panels + sgemm. Measured on the
-// 2-core EPYC (bench/bench_nf4.cpp): fused wins clearly at M=1 and up to a few rows.
-constexpr int64_t kFusedMaxRows = 8;
+// 2-core EPYC: fused is well ahead for M <= 8 and even with the tiled path at 16 (forward) or
+// ahead (backward); the same limit as the CUDA small-M kernels.
+constexpr int64_t kFusedMaxRows = 16;
 
 Elem elem_of(at::ScalarType t) {
   switch (t) {
@@ -88,14 +89,17 @@ struct Nf4View {
     for (int64_t b = b0; b <= b1; ++b) out[b - b0] = scale(b);
   }
 
-  // Dequantizes elements [e0, e0+len) into dst (type t), one kernel call per block segment.
+  // Dequantizes elements [e0, e0+len) into dst (type t): scales of up to 256 blocks at a time
+  // into a stack buffer, one kernel call per batch.
   void dequant(const Nf4Isa& isa, int64_t e0, int64_t len, char* dst, Elem t) const {
+    constexpr int64_t kBatchBlocks = 256;
     const int64_t esize = t == Elem::F32 ? 4 : 2;
     const int64_t e1 = e0 + len;
+    float sc[kBatchBlocks];
     for (int64_t e = e0; e < e1;) {
-      const int64_t b = e / bs;
-      const int64_t end = std::min(e1, (b + 1) * bs);
-      isa.dequant(packed, e, end - e, scale(b), dst + (e - e0) * esize, t);
+      const int64_t end = std::min(e1, (e / bs + kBatchBlocks) * bs);
+      scales(e, end - e, sc);
+      isa.dequant(packed, e, end - e, sc, bs, dst + (e - e0) * esize, t);
       e = end;
     }
   }
@@ -173,9 +177,17 @@ at::Tensor nf4_absmax_cpu(const NF4Tensor& w) {
 }
 
 at::Tensor nf4_dequantize_cpu(const NF4Tensor& w, at::ScalarType dtype) {
-  const Elem t = elem_of(dtype);
-  Nf4View v(w);
+  elem_of(dtype);  // checks the type before allocating
   at::Tensor out = at::empty(w.shape, at::TensorOptions().dtype(dtype));
+  nf4_dequantize_into_cpu(w, out);
+  return out;
+}
+
+void nf4_dequantize_into_cpu(const NF4Tensor& w, at::Tensor& out) {
+  const Elem t = elem_of(out.scalar_type());
+  TORCH_CHECK(out.is_cpu() && out.is_contiguous() && out.numel() == w.numel(),
+              "nf4_dequantize_into: out must be a contiguous CPU tensor with ", w.numel(), " elements");
+  Nf4View v(w);
   char* dst = static_cast<char*>(out.data_ptr());
   const int64_t esize = out.element_size();
   const Nf4Isa& isa = nf4_isa();
@@ -184,7 +196,6 @@ at::Tensor nf4_dequantize_cpu(const NF4Tensor& w, at::ScalarType dtype) {
     const int64_t e0 = b0 * bs, e1 = std::min(n, b1 * bs);
     v.dequant(isa, e0, e1 - e0, dst + e0 * esize, t);
   });
-  return out;
 }
 
 namespace {
@@ -205,14 +216,11 @@ std::vector<int64_t> out_shape(const at::Tensor& x, int64_t last) {
 }
 
 // Dequantizes W[r0:r1, c0:c1] (row-major W with `cols` columns) to float32 dst with leading
-// dimension ld, rows in parallel.
+// dimension ld, on the calling thread.
 void dequant_tile(const Nf4View& v, const Nf4Isa& isa, int64_t cols, int64_t r0, int64_t r1, int64_t c0,
                   int64_t c1, float* dst, int64_t ld) {
-  const int64_t w = c1 - c0;
-  at::parallel_for(r0, r1, std::max<int64_t>(1, kGrainElems / std::max<int64_t>(w, 1)), [&](int64_t a, int64_t b) {
-    for (int64_t r = a; r < b; ++r)
-      v.dequant(isa, r * cols + c0, w, reinterpret_cast<char*>(dst + (r - r0) * ld), Elem::F32);
-  });
+  for (int64_t r = r0; r < r1; ++r)
+    v.dequant(isa, r * cols + c0, c1 - c0, reinterpret_cast<char*>(dst + (r - r0) * ld), Elem::F32);
 }
 
 }  // namespace
@@ -246,15 +254,24 @@ at::Tensor nf4_linear_cpu(const at::Tensor& x, const NF4Tensor& w) {
       }
     });
   } else {
-    // Tiled: dequantize a panel of W rows (fp32, cache-sized), then y[:, panel] = x @ panel^T.
-    const int64_t np = std::clamp<int64_t>(kPanelBytes / (4 * K) / 16 * 16, 16, N);
-    at::Tensor panel = at::empty({np, K}, at::kFloat);
-    for (int64_t n0 = 0; n0 < N; n0 += np) {
-      const int64_t rows = std::min(np, N - n0);
-      dequant_tile(v, isa, K, n0, n0 + rows, 0, K, panel.data_ptr<float>(), K);
-      at::Tensor yv = y.narrow(1, n0, rows);  // strides (N, 1): BLAS writes it in place
-      at::mm_out(yv, xf, panel.narrow(0, 0, rows).t());
-    }
+    // Tiled, in ONE parallel region: each task owns a range of W's rows (y's columns), dequantizes
+    // it panel by panel into its own fp32 buffer and multiplies with BLAS, which runs
+    // single-threaded nested in the region: y[:, n0:n1] = x @ panel^T. One fork/join per call
+    // (no barrier between the dequantize and GEMM steps; robust when cores are shared).
+    const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), N / 16));
+    at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t r0 = N * t / tasks, r1 = N * (t + 1) / tasks;
+        const int64_t np = std::clamp<int64_t>(kPanelBytes / (4 * K) / 16 * 16, 16, r1 - r0);
+        at::Tensor panel = at::empty({np, K}, at::kFloat);
+        for (int64_t n0 = r0; n0 < r1; n0 += np) {
+          const int64_t rows = std::min(np, r1 - n0);
+          dequant_tile(v, isa, K, n0, n0 + rows, 0, K, panel.data_ptr<float>(), K);
+          at::Tensor yv = y.narrow(1, n0, rows);  // strides (N, 1): BLAS writes it in place
+          at::mm_out(yv, xf, panel.narrow(0, 0, rows).t());
+        }
+      }
+    });
   }
   return y.to(x.scalar_type()).view(out_shape(x, N));
 }
@@ -290,16 +307,28 @@ at::Tensor nf4_linear_grad_input_cpu(const at::Tensor& dy, const NF4Tensor& w) {
       }
     });
   } else {
-    // Tiled over columns of W: dequantize W[:, k0:k1] (fp32, cache-sized), dx[:, k0:k1] = dy @ panel.
-    int64_t kp = std::clamp<int64_t>(kPanelBytes / (4 * N), 16, K);
-    if (kp >= v.bs) kp = kp / v.bs * v.bs;  // whole blocks per row segment when rows start on blocks
-    at::Tensor panel = at::empty({N, kp}, at::kFloat);
-    for (int64_t k0 = 0; k0 < K; k0 += kp) {
-      const int64_t cols = std::min(kp, K - k0);
-      dequant_tile(v, isa, K, 0, N, k0, k0 + cols, panel.data_ptr<float>(), cols);
-      at::Tensor dxv = dx.narrow(1, k0, cols);
-      at::mm_out(dxv, gf, panel.view(-1).narrow(0, 0, N * cols).view({N, cols}));
-    }
+    // Tiled, in ONE parallel region: each task owns a range of dx's columns [c0, c1) and sweeps
+    // W's rows panel by panel: dequantize W[n0:n1, c0:c1] into its own fp32 buffer, then
+    // dx[:, c0:c1] += dy[:, n0:n1] @ tile (single-threaded BLAS nested in the region). Each GEMM
+    // packs only its slice of dy; each task's slice of dx stays in cache.
+    const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), K / 32));
+    at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        // column ranges on 32-element boundaries (whole vector steps, blocks when K % bs == 0)
+        const int64_t c0 = t == 0 ? 0 : (K * t / tasks) / 32 * 32;
+        const int64_t c1 = t + 1 == tasks ? K : (K * (t + 1) / tasks) / 32 * 32;
+        const int64_t kw = c1 - c0;
+        if (kw <= 0) continue;
+        const int64_t np = std::clamp<int64_t>(kPanelBytes / (4 * kw) / 16 * 16, 16, N);
+        at::Tensor tile = at::empty({np, kw}, at::kFloat);
+        at::Tensor dxv = dx.narrow(1, c0, kw);
+        for (int64_t n0 = 0; n0 < N; n0 += np) {
+          const int64_t rows = std::min(np, N - n0);
+          dequant_tile(v, isa, K, n0, n0 + rows, c0, c1, tile.data_ptr<float>(), kw);
+          dxv.addmm_(gf.narrow(1, n0, rows), tile.narrow(0, 0, rows));
+        }
+      }
+    });
   }
   return dx.to(dy.scalar_type()).view(out_shape(dy, K));
 }

@@ -150,56 +150,100 @@ inline uint8_t code_at(const uint8_t* packed, int64_t e) {
   return (e & 1) ? nf4::lo_nibble(b) : nf4::hi_nibble(b);
 }
 
-void dequant_f32(const uint8_t* packed, int64_t e0, int64_t n, float scale, float* dst) {
+// 16-bit results (in 32-bit lanes) of float32 -> bf16, round to nearest even, NaN truncated and
+// quieted: f32_to_bf16, 8 at a time.
+inline __m256i bf16_rne8(__m256 v) {
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  const __m256i qnan = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x0040));
+  return _mm256_blendv_epi8(r, qnan, nan);
+}
+
+// The block's 16 output values T(code[c] * s) (computed 8 at a time, same roundings as the
+// scalar f32_to_bf16 / f32_to_f16), stored to tab and split into low / high byte shuffle tables.
+inline void tables_u16(__m256 clo, __m256 chi, float s, bool bf16, uint16_t* tab, __m128i& tl, __m128i& th) {
+  const __m256 vs = _mm256_set1_ps(s);
+  const __m256 a = _mm256_mul_ps(clo, vs), b = _mm256_mul_ps(chi, vs);
+  __m256i p;
+  if (bf16) {
+    p = _mm256_permute4x64_epi64(_mm256_packus_epi32(bf16_rne8(a), bf16_rne8(b)), 0xD8);
+  } else {
+    const __m128i ha = _mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m128i hb = _mm256_cvtps_ph(b, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    p = _mm256_inserti128_si256(_mm256_castsi128_si256(ha), hb, 1);
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(tab), p);
+  // per 128-bit lane: low bytes of its 8 entries, then high bytes; then gather the lanes' halves
+  const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12,
+                                         14, 1, 3, 5, 7, 9, 11, 13, 15);
+  const __m256i q = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(p, split), 0xD8);
+  tl = _mm256_castsi256_si128(q);
+  th = _mm256_extracti128_si256(q, 1);
+}
+
+void dequant_f32(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, float* dst) {
+  const __m256 clo = _mm256_loadu_ps(nf4::kCodes), chi = _mm256_loadu_ps(nf4::kCodes + 8);
   alignas(32) float tab[16];
-  for (int c = 0; c < 16; ++c) tab[c] = nf4::kCodes[c] * scale;
-  int64_t k = 0;
-  if ((e0 & 1) && n > 0) dst[k++] = tab[code_at(packed, e0)];
-  const __m256 tlo = _mm256_load_ps(tab), thi = _mm256_load_ps(tab + 8);
-  for (; k + 32 <= n; k += 32) {
-    __m128i c0, c1;
-    unpack32(packed + ((e0 + k) >> 1), c0, c1);
-    _mm256_storeu_ps(dst + k, lut8(c0, tlo, thi));
-    _mm256_storeu_ps(dst + k + 8, lut8(_mm_srli_si128(c0, 8), tlo, thi));
-    _mm256_storeu_ps(dst + k + 16, lut8(c1, tlo, thi));
-    _mm256_storeu_ps(dst + k + 24, lut8(_mm_srli_si128(c1, 8), tlo, thi));
+  const int64_t b0 = e0 / bs;
+  for (int64_t k = 0; k < n;) {
+    const int64_t b = (e0 + k) / bs;
+    const int64_t end = min64(n, (b + 1) * bs - e0);
+    const __m256 vs = _mm256_set1_ps(scales[b - b0]);
+    const __m256 tlo = _mm256_mul_ps(clo, vs), thi = _mm256_mul_ps(chi, vs);
+    _mm256_store_ps(tab, tlo);
+    _mm256_store_ps(tab + 8, thi);
+    if ((e0 + k) & 1) {
+      dst[k] = tab[code_at(packed, e0 + k)];
+      ++k;
+    }
+    for (; k + 32 <= end; k += 32) {
+      __m128i c0, c1;
+      unpack32(packed + ((e0 + k) >> 1), c0, c1);
+      _mm256_storeu_ps(dst + k, lut8(c0, tlo, thi));
+      _mm256_storeu_ps(dst + k + 8, lut8(_mm_srli_si128(c0, 8), tlo, thi));
+      _mm256_storeu_ps(dst + k + 16, lut8(c1, tlo, thi));
+      _mm256_storeu_ps(dst + k + 24, lut8(_mm_srli_si128(c1, 8), tlo, thi));
+    }
+    for (; k < end; ++k) dst[k] = tab[code_at(packed, e0 + k)];
   }
-  for (; k < n; ++k) dst[k] = tab[code_at(packed, e0 + k)];
 }
 
-// 16-bit outputs: the table's low and high bytes as two 16-byte shuffle tables.
-void dequant_u16(const uint8_t* packed, int64_t e0, int64_t n, const uint16_t* tab, uint16_t* dst) {
-  alignas(16) uint8_t tl[16], th[16];
-  for (int c = 0; c < 16; ++c) {
-    tl[c] = static_cast<uint8_t>(tab[c] & 0xFF);
-    th[c] = static_cast<uint8_t>(tab[c] >> 8);
+// 16-bit outputs: two 16-entry byte shuffles (vpshufb) give each output's low and high byte.
+void dequant_u16(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, bool bf16,
+                 uint16_t* dst) {
+  const __m256 clo = _mm256_loadu_ps(nf4::kCodes), chi = _mm256_loadu_ps(nf4::kCodes + 8);
+  alignas(32) uint16_t tab[16];
+  const int64_t b0 = e0 / bs;
+  for (int64_t k = 0; k < n;) {
+    const int64_t b = (e0 + k) / bs;
+    const int64_t end = min64(n, (b + 1) * bs - e0);
+    __m128i vl, vh;
+    tables_u16(clo, chi, scales[b - b0], bf16, tab, vl, vh);
+    if ((e0 + k) & 1) {
+      dst[k] = tab[code_at(packed, e0 + k)];
+      ++k;
+    }
+    for (; k + 32 <= end; k += 32) {
+      __m128i c0, c1;
+      unpack32(packed + ((e0 + k) >> 1), c0, c1);
+      const __m128i l0 = _mm_shuffle_epi8(vl, c0), h0 = _mm_shuffle_epi8(vh, c0);
+      const __m128i l1 = _mm_shuffle_epi8(vl, c1), h1 = _mm_shuffle_epi8(vh, c1);
+      __m128i* d = reinterpret_cast<__m128i*>(dst + k);
+      _mm_storeu_si128(d + 0, _mm_unpacklo_epi8(l0, h0));
+      _mm_storeu_si128(d + 1, _mm_unpackhi_epi8(l0, h0));
+      _mm_storeu_si128(d + 2, _mm_unpacklo_epi8(l1, h1));
+      _mm_storeu_si128(d + 3, _mm_unpackhi_epi8(l1, h1));
+    }
+    for (; k < end; ++k) dst[k] = tab[code_at(packed, e0 + k)];
   }
-  const __m128i vl = _mm_load_si128(reinterpret_cast<const __m128i*>(tl));
-  const __m128i vh = _mm_load_si128(reinterpret_cast<const __m128i*>(th));
-  int64_t k = 0;
-  if ((e0 & 1) && n > 0) dst[k++] = tab[code_at(packed, e0)];
-  for (; k + 32 <= n; k += 32) {
-    __m128i c0, c1;
-    unpack32(packed + ((e0 + k) >> 1), c0, c1);
-    const __m128i l0 = _mm_shuffle_epi8(vl, c0), h0 = _mm_shuffle_epi8(vh, c0);
-    const __m128i l1 = _mm_shuffle_epi8(vl, c1), h1 = _mm_shuffle_epi8(vh, c1);
-    __m128i* d = reinterpret_cast<__m128i*>(dst + k);
-    _mm_storeu_si128(d + 0, _mm_unpacklo_epi8(l0, h0));
-    _mm_storeu_si128(d + 1, _mm_unpackhi_epi8(l0, h0));
-    _mm_storeu_si128(d + 2, _mm_unpacklo_epi8(l1, h1));
-    _mm_storeu_si128(d + 3, _mm_unpackhi_epi8(l1, h1));
-  }
-  for (; k < n; ++k) dst[k] = tab[code_at(packed, e0 + k)];
 }
 
-void dequant_avx2(const uint8_t* packed, int64_t e0, int64_t n, float scale, void* dst, Elem t) {
-  if (t == Elem::F32) return dequant_f32(packed, e0, n, scale, static_cast<float*>(dst));
-  uint16_t tab[16];
-  for (int c = 0; c < 16; ++c) {
-    const float v = nf4::kCodes[c] * scale;
-    tab[c] = t == Elem::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
-  }
-  dequant_u16(packed, e0, n, tab, static_cast<uint16_t*>(dst));
+void dequant_avx2(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, void* dst,
+                  Elem t) {
+  if (t == Elem::F32) return dequant_f32(packed, e0, n, scales, bs, static_cast<float*>(dst));
+  dequant_u16(packed, e0, n, scales, bs, t == Elem::BF16, static_cast<uint16_t*>(dst));
 }
 
 // ---- fused small-M products ---------------------------------------------------------------------

@@ -123,44 +123,71 @@ inline void unpack32(const uint8_t* p, __m128i& c0, __m128i& c1) {
   c1 = _mm_unpackhi_epi8(hi, lo);
 }
 
-void dequant_f32(const uint8_t* packed, int64_t e0, int64_t n, float scale, float* dst) {
+// float32 -> bf16 bits (in 32-bit lanes), round to nearest even, NaN truncated and quieted:
+// f32_to_bf16, 16 at a time.
+inline __m512i bf16_rne16(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+  const __m512i qnan = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x0040));
+  return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), qnan);
+}
+
+void dequant_f32(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, float* dst) {
+  const __m512 codes = _mm512_loadu_ps(nf4::kCodes);
   alignas(64) float tab[16];
-  for (int c = 0; c < 16; ++c) tab[c] = nf4::kCodes[c] * scale;
-  int64_t k = 0;
-  if ((e0 & 1) && n > 0) dst[k++] = tab[code_at(packed, e0)];
-  const __m512 t = _mm512_load_ps(tab);
-  for (; k + 32 <= n; k += 32) {
-    __m128i c0, c1;
-    unpack32(packed + ((e0 + k) >> 1), c0, c1);
-    _mm512_storeu_ps(dst + k, _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(c0), t));
-    _mm512_storeu_ps(dst + k + 16, _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(c1), t));
+  const int64_t b0 = e0 / bs;
+  for (int64_t k = 0; k < n;) {
+    const int64_t b = (e0 + k) / bs;
+    const int64_t end = min64(n, (b + 1) * bs - e0);
+    const __m512 t = _mm512_mul_ps(codes, _mm512_set1_ps(scales[b - b0]));
+    _mm512_store_ps(tab, t);
+    if ((e0 + k) & 1) {
+      dst[k] = tab[code_at(packed, e0 + k)];
+      ++k;
+    }
+    for (; k + 32 <= end; k += 32) {
+      __m128i c0, c1;
+      unpack32(packed + ((e0 + k) >> 1), c0, c1);
+      _mm512_storeu_ps(dst + k, _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(c0), t));
+      _mm512_storeu_ps(dst + k + 16, _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(c1), t));
+    }
+    for (; k < end; ++k) dst[k] = tab[code_at(packed, e0 + k)];
   }
-  for (; k < n; ++k) dst[k] = tab[code_at(packed, e0 + k)];
 }
 
-void dequant_u16(const uint8_t* packed, int64_t e0, int64_t n, const uint16_t* tab16, uint16_t* dst) {
-  alignas(64) uint16_t tab[32] = {};
-  for (int c = 0; c < 16; ++c) tab[c] = tab16[c];
-  const __m512i t = _mm512_load_si512(tab);
-  int64_t k = 0;
-  if ((e0 & 1) && n > 0) dst[k++] = tab[code_at(packed, e0)];
-  for (; k + 32 <= n; k += 32) {
-    __m128i c0, c1;
-    unpack32(packed + ((e0 + k) >> 1), c0, c1);
-    const __m512i idx = _mm512_cvtepu8_epi16(_mm256_inserti128_si256(_mm256_castsi128_si256(c0), c1, 1));
-    _mm512_storeu_si512(dst + k, _mm512_permutexvar_epi16(idx, t));
+// 16-bit outputs: one vpermw over the block's 16 pre-rounded values gives 32 outputs.
+void dequant_u16(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, bool bf16,
+                 uint16_t* dst) {
+  const __m512 codes = _mm512_loadu_ps(nf4::kCodes);
+  alignas(64) uint16_t tab[16];
+  const int64_t b0 = e0 / bs;
+  for (int64_t k = 0; k < n;) {
+    const int64_t b = (e0 + k) / bs;
+    const int64_t end = min64(n, (b + 1) * bs - e0);
+    const __m512 v = _mm512_mul_ps(codes, _mm512_set1_ps(scales[b - b0]));
+    const __m256i h = bf16 ? _mm512_cvtepi32_epi16(bf16_rne16(v))
+                           : _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tab), h);
+    const __m512i t = _mm512_zextsi256_si512(h);
+    if ((e0 + k) & 1) {
+      dst[k] = tab[code_at(packed, e0 + k)];
+      ++k;
+    }
+    for (; k + 32 <= end; k += 32) {
+      __m128i c0, c1;
+      unpack32(packed + ((e0 + k) >> 1), c0, c1);
+      const __m512i idx = _mm512_cvtepu8_epi16(_mm256_inserti128_si256(_mm256_castsi128_si256(c0), c1, 1));
+      _mm512_storeu_si512(dst + k, _mm512_permutexvar_epi16(idx, t));
+    }
+    for (; k < end; ++k) dst[k] = tab[code_at(packed, e0 + k)];
   }
-  for (; k < n; ++k) dst[k] = tab[code_at(packed, e0 + k)];
 }
 
-void dequant_avx512(const uint8_t* packed, int64_t e0, int64_t n, float scale, void* dst, Elem t) {
-  if (t == Elem::F32) return dequant_f32(packed, e0, n, scale, static_cast<float*>(dst));
-  uint16_t tab[16];
-  for (int c = 0; c < 16; ++c) {
-    const float v = nf4::kCodes[c] * scale;
-    tab[c] = t == Elem::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
-  }
-  dequant_u16(packed, e0, n, tab, static_cast<uint16_t*>(dst));
+void dequant_avx512(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, void* dst,
+                    Elem t) {
+  if (t == Elem::F32) return dequant_f32(packed, e0, n, scales, bs, static_cast<float*>(dst));
+  dequant_u16(packed, e0, n, scales, bs, t == Elem::BF16, static_cast<uint16_t*>(dst));
 }
 
 // ---- fused small-M products ---------------------------------------------------------------------

@@ -27,9 +27,10 @@ struct Nf4Isa {
   // packed two per byte into dst[0, (n+1)/2); an odd n pads the last low nibble with code 7.
   void (*quantize)(const void* x, Elem t, int64_t n, float scale, uint8_t* dst);
 
-  // Dequantizes elements [e0, e0+n) of the packed stream, all in one absmax block of scale
-  // `scale`, to dst[0, n) of type t: T(code * scale), one rounding. e0 may be odd.
-  void (*dequant)(const uint8_t* packed, int64_t e0, int64_t n, float scale, void* dst, Elem t);
+  // Dequantizes elements [e0, e0+n) of the packed stream to dst[0, n) of type t:
+  // T(code * scale), one rounding, with scales[j] the scale of block e0/bs + j. e0 may be odd.
+  void (*dequant)(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, void* dst,
+                  Elem t);
 
   // Fused small-M product with one weight row: for m < M,
   //   y[m] = sum_{k<K} x[m*ldx + k] * (code[e0+k] * scales[(e0+k)/bs - (e0/bs)])

@@ -1,5 +1,6 @@
 // Scalar NF4 kernels: the definition the vector tables (avx2, avx512) must match bit for bit.
 // Plain C++, no torch (compiled without the precompiled header).
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/cpu/float_bits.h"
@@ -34,26 +35,32 @@ void quantize_scalar(const void* x, Elem t, int64_t n, float scale, uint8_t* dst
 }
 
 template <class T, class Conv>
-void dequant_typed(const uint8_t* packed, int64_t e0, int64_t n, float scale, T* dst, Conv conv) {
-  T tab[16];
-  for (int c = 0; c < 16; ++c) tab[c] = conv(nf4::kCodes[c] * scale);
-  for (int64_t k = 0; k < n; ++k) {
-    const int64_t e = e0 + k;
-    const uint8_t b = packed[e >> 1];
-    dst[k] = tab[(e & 1) ? nf4::lo_nibble(b) : nf4::hi_nibble(b)];
+void dequant_typed(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, T* dst, Conv conv) {
+  const int64_t b0 = e0 / bs;
+  for (int64_t k = 0; k < n;) {
+    const int64_t b = (e0 + k) / bs;
+    const int64_t end = std::min(n, (b + 1) * bs - e0);
+    T tab[16];
+    for (int c = 0; c < 16; ++c) tab[c] = conv(nf4::kCodes[c] * scales[b - b0]);
+    for (; k < end; ++k) {
+      const int64_t e = e0 + k;
+      const uint8_t byte = packed[e >> 1];
+      dst[k] = tab[(e & 1) ? nf4::lo_nibble(byte) : nf4::hi_nibble(byte)];
+    }
   }
 }
 
-void dequant_scalar(const uint8_t* packed, int64_t e0, int64_t n, float scale, void* dst, Elem t) {
+void dequant_scalar(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, void* dst,
+                    Elem t) {
   switch (t) {
     case Elem::F32:
-      dequant_typed(packed, e0, n, scale, static_cast<float*>(dst), [](float v) { return v; });
+      dequant_typed(packed, e0, n, scales, bs, static_cast<float*>(dst), [](float v) { return v; });
       break;
     case Elem::BF16:
-      dequant_typed(packed, e0, n, scale, static_cast<uint16_t*>(dst), f32_to_bf16);
+      dequant_typed(packed, e0, n, scales, bs, static_cast<uint16_t*>(dst), f32_to_bf16);
       break;
     case Elem::F16:
-      dequant_typed(packed, e0, n, scale, static_cast<uint16_t*>(dst), f32_to_f16);
+      dequant_typed(packed, e0, n, scales, bs, static_cast<uint16_t*>(dst), f32_to_f16);
       break;
   }
 }

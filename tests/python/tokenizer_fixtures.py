@@ -192,6 +192,7 @@ def hard_corpus():
         "def f(x):\n    return x**2  # square\n", "{\"a\": [1, 2, {\"b\": null}]}", "<div class='x'>&amp;</div>",
         "tab\tsep\tvalues\n1\t2\t3", "end with spaces   ", "   start with spaces", "many          spaces",
         "\u00a0nbsp\u00a0and\u2009thin\u3000ideographic\u2028line", "zero\u200bwidth\u200djoiner", "\x00\x01\x7f",
+        "odd spaces:\u0085next\u180emongolian\u2007figure\ufeffbom \u000b\u000c\u001c\u001f|", "a \u180e b \u0085 c",
         "mixed English и русский и 中文 and عربى", "x" * 300, "ab" * 200 + "!", "🎉" * 40,
     ]
     rng = random.Random(1234)
@@ -231,6 +232,10 @@ def goldens_for(name, d, extra_texts):
         ids = [rng.randrange(n) for _ in range(rng.randint(1, 12))]
         decode_cases.append({"ids": ids, "text": tok.decode(ids, skip_special_tokens=False),
                              "text_skip": tok.decode(ids, skip_special_tokens=True)})
+    # Invalid UTF-8 reaches us as bytes; Python would see it decoded with errors="replace".
+    invalid = [b"abc\xff def", b"\xe2\x82", b"ok\xc3(", b"\xf0\x9f\x98 end", b"\xed\xa0\x80x", b"\xc0\xaf\x80\x80"]
+    invalid_cases = [{"hex": b.hex(), "ids": tok(b.decode("utf-8", "replace"), add_special_tokens=False)["input_ids"]}
+                     for b in invalid]
     special = {}
     for k in ("bos", "eos", "unk", "pad"):
         t = getattr(tok, f"{k}_token")
@@ -244,7 +249,7 @@ def goldens_for(name, d, extra_texts):
     if isinstance(ct, dict):
         named, ct = ct, ct.get("default")
     return {"name": name, "dir": d, "class": type(tok).__name__, "vocab_size": len(tok), "special": special,
-            "chat_template": ct or "", "named_chat_templates": named, "cases": cases, "decode_cases": decode_cases,
+            "chat_template": ct or "", "named_chat_templates": named, "cases": cases, "decode_cases": decode_cases, "invalid_utf8_cases": invalid_cases,
             "token_probe": [[t, tok.convert_tokens_to_ids(t)] for t in extra_texts]}
 
 

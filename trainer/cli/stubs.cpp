@@ -12,7 +12,6 @@ int not_implemented(const char* name, const char* issue) {
 }
 
 int run_export(const ExportArgs&) { return not_implemented("export", "P6"); }
-int run_quantize(const QuantizeArgs&) { return not_implemented("quantize", "P2"); }
 int run_generate(const GenerateArgs&) { return not_implemented("generate", "P6"); }
 int run_eval(const EvalArgs&) { return not_implemented("eval", "P6"); }
 

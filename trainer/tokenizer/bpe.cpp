@@ -34,7 +34,7 @@ BpeModel::BpeModel(StringMap<int32_t> vocab, const std::vector<std::pair<std::st
     if (im == vocab_.end())
       user_error("model.merges[", rank, "]: \"", a, " ", b, "\" makes \"", merged, "\", missing from model.vocab");
     // First occurrence wins: tokenizers keeps the lowest rank for a repeated pair.
-    merges_.emplace(pair_key(ia->second, ib->second), Merge{int32_t(rank), im->second});
+    merges_.insert(ia->second, ib->second, {int32_t(rank), im->second});
   }
   if (opt_.unk_token) {
     auto it = vocab_.find(*opt_.unk_token);
@@ -72,13 +72,10 @@ const std::string* BpeModel::id_to_token(int32_t id) const {
 void BpeModel::tokenize(std::string_view piece, std::vector<int32_t>& out) const {
   if (piece.empty()) return;
   const bool cacheable = piece.size() <= kMaxCachedBytes;
+  const uint64_t h = cacheable ? hash_bytes(piece) : 0;
   if (cacheable) {
     std::shared_lock lock(cache_mu_);
-    auto it = cache_.find(piece);
-    if (it != cache_.end()) {
-      out.insert(out.end(), it->second.begin(), it->second.end());
-      return;
-    }
+    if (cache_.get(piece, h, out)) return;
   }
   thread_local std::vector<int32_t> ids;
   ids.clear();
@@ -86,7 +83,7 @@ void BpeModel::tokenize(std::string_view piece, std::vector<int32_t>& out) const
   out.insert(out.end(), ids.begin(), ids.end());
   if (cacheable) {
     std::unique_lock lock(cache_mu_);
-    if (cache_.size() < kCacheCapacity) cache_.emplace(std::string(piece), ids);
+    cache_.put(piece, h, ids);
   }
 }
 
@@ -190,9 +187,9 @@ void BpeModel::merge_all(std::vector<int32_t>& ids) const {
   auto push_pair = [&](int pos) {
     int nx = sym[pos].next;
     if (nx < 0) return;
-    auto it = merges_.find(pair_key(sym[pos].id, sym[nx].id));
-    if (it == merges_.end()) return;
-    heap.push_back({it->second.rank, pos, it->second.new_id});
+    const MergeTable::Value* m = merges_.find(sym[pos].id, sym[nx].id);
+    if (!m) return;
+    heap.push_back({m->rank, pos, m->new_id});
     std::push_heap(heap.begin(), heap.end());
   };
   for (int i = 0; i + 1 < n; ++i) push_pair(i);
@@ -202,8 +199,8 @@ void BpeModel::merge_all(std::vector<int32_t>& ids) const {
     heap.pop_back();
     Sym& s = sym[c.pos];
     if (s.id < 0 || s.next < 0) continue;  // merged away, or nothing on the right anymore
-    auto it = merges_.find(pair_key(s.id, sym[s.next].id));
-    if (it == merges_.end() || it->second.new_id != c.new_id) continue;  // stale
+    const MergeTable::Value* m = merges_.find(s.id, sym[s.next].id);
+    if (!m || m->new_id != c.new_id) continue;  // stale
     int right = s.next;
     s.id = c.new_id;
     s.next = sym[right].next;

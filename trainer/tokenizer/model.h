@@ -2,6 +2,7 @@
 //   BpeModel            tokenizer.json "model": {"type": "BPE"} (byte-level or SentencePiece-style)
 //   SentencePieceModel  a SentencePiece tokenizer.model run by libsentencepiece
 #pragma once
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -11,6 +12,8 @@
 #include <unordered_map>
 #include <utility>
 #include <vector>
+
+#include "trainer/tokenizer/flat_tables.h"
 
 namespace qlora::tok {
 
@@ -62,17 +65,13 @@ class BpeModel final : public Model {
   const BpeOptions& options() const { return opt_; }
 
  private:
-  struct Merge {
-    int32_t rank, new_id;
-  };
-  static uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
   void compute(std::string_view piece, std::vector<int32_t>& out) const;
   void symbols_of(std::string_view word, std::vector<int32_t>& ids) const;
   void merge_all(std::vector<int32_t>& ids) const;
 
   StringMap<int32_t> vocab_;
   std::vector<std::string> vocab_r_;  // id -> token ("" where the id is unused)
-  std::unordered_map<uint64_t, Merge> merges_;
+  MergeTable merges_;
   BpeOptions opt_;
   std::optional<int32_t> unk_id_;
   std::array<int32_t, 256> byte_fallback_id_;  // id of "<0xAB>", -1 if absent
@@ -83,7 +82,7 @@ class BpeModel final : public Model {
   static constexpr size_t kCacheCapacity = 1 << 18;
   static constexpr size_t kMaxCachedBytes = 256;
   mutable std::shared_mutex cache_mu_;
-  mutable StringMap<std::vector<int32_t>> cache_;
+  mutable PieceCache cache_{kCacheCapacity};
 };
 
 // A SentencePiece model (BPE or Unigram) run by libsentencepiece with the model's own

@@ -271,8 +271,8 @@ void cover(const std::vector<std::pair<uint32_t, uint32_t>>& m, uint32_t n, bool
 template <class F>
 void split_spans(PreTokenized& pt, F&& ranges_of) {
   thread_local std::vector<Range> r;
-  std::vector<PreTokenized::Span> out;
-  out.reserve(pt.spans.size() * 2);
+  thread_local std::vector<PreTokenized::Span> out;  // swapped with pt.spans: buffers are reused
+  out.clear();
   for (const auto& sp : pt.spans) {
     std::string_view piece(pt.text.data() + sp.begin, sp.end - sp.begin);
     ranges_of(piece, r);
@@ -295,9 +295,10 @@ class ByteLevelPre final : public PreTokenizer {
   void pre_tokenize(PreTokenized& pt) const override {
     if (!add_prefix_space_ && !re_ && !map_bytes) return;
     const auto& alpha = byte_level_alphabet();
-    std::string text;
-    text.reserve(pt.text.size() * (map_bytes ? 2 : 1) + pt.spans.size());
-    std::vector<PreTokenized::Span> spans;
+    thread_local std::string text;  // swapped with pt's buffers below, so they are reused
+    thread_local std::vector<PreTokenized::Span> spans;
+    text.clear();
+    spans.clear();
     thread_local std::string piece;
     thread_local std::vector<std::pair<uint32_t, uint32_t>> m;
     for (const auto& sp : pt.spans) {
@@ -379,10 +380,10 @@ class MetaspacePre final : public PreTokenizer {
  public:
   MetaspacePre(std::string rep, PrependScheme s, bool split) : rep_(std::move(rep)), scheme_(s), split_(split) {}
   void pre_tokenize(PreTokenized& pt) const override {
-    std::string text;
-    text.reserve(pt.text.size() + pt.spans.size() * rep_.size() * 2);
-    std::vector<PreTokenized::Span> spans;
-    spans.reserve(pt.spans.size());
+    thread_local std::string text;  // swapped with pt's buffers below, so they are reused
+    thread_local std::vector<PreTokenized::Span> spans;
+    text.clear();
+    spans.clear();
     for (const auto& sp : pt.spans) {
       uint32_t b = uint32_t(text.size());
       std::string_view piece(pt.text.data() + sp.begin, sp.end - sp.begin);
@@ -847,7 +848,7 @@ std::vector<int32_t> PipelineTokenizer::encode(std::string_view text, bool add_s
   }
   std::vector<int32_t> ids;
   ids.reserve(text.size() / 3 + 4);
-  std::vector<AddedVocabulary::Segment> segs;
+  thread_local std::vector<AddedVocabulary::Segment> segs;
   added.split(text, false, segs);
   for (const auto& sg : segs) {
     if (sg.id >= 0)
@@ -860,6 +861,7 @@ std::vector<int32_t> PipelineTokenizer::encode(std::string_view text, bool add_s
 }
 
 void PipelineTokenizer::encode_segment(std::string_view seg, bool at_start, std::vector<int32_t>& out) const {
+  if (!normalizer && !added.has_normalized()) return encode_normalized(seg, at_start, out);
   std::string s(seg);
   if (normalizer) normalizer->normalize(s);
   if (s.empty()) return;
@@ -867,20 +869,19 @@ void PipelineTokenizer::encode_segment(std::string_view seg, bool at_start, std:
   std::vector<AddedVocabulary::Segment> segs;
   added.split(s, true, segs);
   for (const auto& sg : segs) {
-    if (sg.id >= 0) {
+    if (sg.id >= 0)
       out.push_back(sg.id);
-    } else {
-      std::string part = s.substr(sg.begin, sg.end - sg.begin);
-      encode_normalized(part, at_start && sg.begin == 0, out);
-    }
+    else
+      encode_normalized(std::string_view(s).substr(sg.begin, sg.end - sg.begin), at_start && sg.begin == 0, out);
   }
 }
 
-void PipelineTokenizer::encode_normalized(std::string& text, bool at_start, std::vector<int32_t>& out) const {
+void PipelineTokenizer::encode_normalized(std::string_view text, bool at_start, std::vector<int32_t>& out) const {
   if (text.empty()) return;
-  PreTokenized pt;
+  thread_local PreTokenized pt;  // buffers reused across calls
+  pt.text.assign(text);
+  pt.spans.clear();
   pt.spans.push_back({0, uint32_t(text.size()), at_start});
-  pt.text.swap(text);
   if (pre_tokenizer) pre_tokenizer->pre_tokenize(pt);
   for (const auto& sp : pt.spans)
     if (sp.end > sp.begin) model->tokenize(std::string_view(pt.text).substr(sp.begin, sp.end - sp.begin), out);

@@ -143,7 +143,7 @@ class PipelineTokenizer final : public Tokenizer {
 
  private:
   void encode_segment(std::string_view seg, bool at_start, std::vector<int32_t>& out) const;
-  void encode_normalized(std::string& text, bool at_start, std::vector<int32_t>& out) const;
+  void encode_normalized(std::string_view text, bool at_start, std::vector<int32_t>& out) const;
 };
 
 // Factories used by the loaders (pipeline.cpp).

@@ -1,6 +1,10 @@
-// The tokenizer interface. Two implementations (issue P4): SentencePiece `tokenizer.model`
-// (libsentencepiece) and HF `tokenizer.json` byte-level BPE; both read tokenizer_config.json
-// for special tokens, add_bos_token/add_eos_token and the chat template.
+// The tokenizer interface (issue P4). One implementation, the huggingface/tokenizers pipeline
+// (pipeline.h), with two models: HF `tokenizer.json` BPE (byte-level: GPT-2, Llama 3, Qwen2;
+// SentencePiece-style with byte fallback: Llama 2, Mistral, TinyLlama) and a SentencePiece
+// `tokenizer.model` run by libsentencepiece. tokenizer_config.json gives the special tokens,
+// add_bos_token/add_eos_token and the chat template. Encoding is thread-safe.
+// Not supported (UserError naming the key): Unigram/WordPiece tokenizer.json models, and
+// normalizers/pre-tokenizers/decoders outside those the Llama/Mistral/Qwen/GPT-2 families use.
 #pragma once
 #include <cstdint>
 #include <filesystem>
