@@ -39,8 +39,9 @@ struct OptimizerConfig {
   std::string lr_scheduler = "cosine";  // cosine | linear | constant
   int64_t warmup_steps = 0;             // or warmup_ratio (exactly one may be set)
   std::optional<double> warmup_ratio;
-  bool paged = false;                   // page optimizer state between device and host
-  std::string device_budget = "auto";   // auto | bytes like "512MB": device memory for state
+  bool paged = false;                   // page optimizer state between device and host (YAML:
+                                        // the paged_ prefix of `optimizer`)
+  std::string device_budget = "auto";   // optimizer_device_budget: auto | a size like "512MB"
 };
 
 struct TrainConfig {

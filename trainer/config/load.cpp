@@ -955,7 +955,7 @@ TrainConfig parse_config(const std::string& yaml_text, const std::string& source
   YAML::Node root;
   try {
     root = YAML::Load(yaml_text);
-  } catch (const YAML::ParserException& e) {
+  } catch (const YAML::Exception& e) {
     user_error(source, e.mark.line >= 0 ? ":" + std::to_string(e.mark.line + 1) : "", ": invalid YAML: ", e.msg);
   }
   if (!root.IsDefined() || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);

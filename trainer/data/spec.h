@@ -31,7 +31,7 @@ struct DatasetSpec {
 // How samples become training sequences.
 struct DataSpec {
   std::vector<DatasetSpec> datasets;       // training data
-  std::vector<DatasetSpec> test_datasets;  // validation by file (takes precedence over val_set_size)
+  std::vector<DatasetSpec> test_datasets;  // validation by file (the config allows this or val_set_size)
   double val_set_size = 0.0;               // fraction of the training samples held out, [0, 1)
   int64_t sequence_len = 2048;             // tokens per sequence; longer samples are truncated
   bool sample_packing = false;             // several samples per sequence, attention kept inside each

@@ -1,0 +1,31 @@
+#include "trainer/optim/from_config.h"
+
+#include <c10/util/Exception.h>
+
+namespace qlora::optim {
+
+AdamWOptions adamw_options(const config::OptimizerConfig& c) {
+  AdamWOptions o;
+  o.beta1 = c.adam_beta1;
+  o.beta2 = c.adam_beta2;
+  o.eps = c.adam_epsilon;
+  o.weight_decay = c.weight_decay;
+  TORCH_CHECK(c.optimizer == "adamw" || c.optimizer == "adamw_8bit", "unknown optimizer ", c.optimizer);
+  o.state_8bit = c.optimizer == "adamw_8bit";
+  o.paging.enabled = c.paged;
+  bool ok = false;
+  o.paging.device_budget = parse_byte_size(c.device_budget, &ok);
+  TORCH_CHECK(ok, "invalid optimizer_device_budget ", c.device_budget);
+  return o;
+}
+
+LRSchedule lr_schedule(const config::OptimizerConfig& c, int64_t total_steps) {
+  LRSchedule s;
+  s.kind = schedule_kind(c.lr_scheduler);
+  s.learning_rate = c.learning_rate;
+  s.total_steps = total_steps;
+  s.warmup_steps = resolve_warmup_steps(c.warmup_steps, c.warmup_ratio, total_steps);
+  return s;
+}
+
+}  // namespace qlora::optim

@@ -1,0 +1,19 @@
+// Builders from the plain config structs (trainer/config/config.h) to the optimizer's arguments,
+// so the training loop does not translate names itself.
+#pragma once
+#include <cstdint>
+
+#include "trainer/config/config.h"
+#include "trainer/optim/adamw.h"
+#include "trainer/optim/schedule.h"
+
+namespace qlora::optim {
+
+// optimizer adamw|adamw_8bit (+ paged), betas, eps, weight decay, device budget ("auto" or a
+// size, validated by the config).
+AdamWOptions adamw_options(const config::OptimizerConfig& c);
+
+// The schedule for a run of total_steps optimizer steps (warmup_ratio resolved like transformers).
+LRSchedule lr_schedule(const config::OptimizerConfig& c, int64_t total_steps);
+
+}  // namespace qlora::optim
