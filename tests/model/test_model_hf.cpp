@@ -9,7 +9,7 @@
 #include "trainer/common/fs.h"
 #include "trainer/io/hf_checkpoint.h"
 #include "trainer/model/model.h"
-#include "trainer/quant/bnb_format.h"
+#include "trainer/quant/bnb_nf4.h"
 
 using namespace qlora;
 

@@ -13,7 +13,7 @@
 #include "trainer/io/hf_checkpoint.h"
 #include "trainer/model/model_config.h"
 #include "trainer/model/summary.h"
-#include "trainer/quant/bnb_format.h"
+#include "trainer/quant/bnb_nf4.h"
 
 namespace qlora::cli {
 

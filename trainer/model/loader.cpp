@@ -11,7 +11,7 @@
 #include "trainer/io/hf_checkpoint.h"
 #include "trainer/model/model.h"
 #include "trainer/model/rope.h"
-#include "trainer/quant/bnb_format.h"
+#include "trainer/quant/bnb_nf4.h"
 
 namespace qlora::model {
 
@@ -135,7 +135,7 @@ class Loader {
     if (quant::is_bnb_4bit(ck_, prefix)) {
       kernels::NF4Tensor q = quant::read_bnb_nf4(ck_, prefix);
       if (q.shape != shape)
-        user_error(where(prefix + quant::kBnbNF4StateSuffix), ": shape ", at::IntArrayRef(q.shape), ", expected ",
+        user_error(where(prefix + (std::string(".weight") + quant::kBnbNf4StateSuffix)), ": shape ", at::IntArrayRef(q.shape), ", expected ",
                    at::IntArrayRef(shape));
       if (opts_.quantize)
         l.nf4 = q.to(opts_.device);

@@ -116,12 +116,19 @@ std::vector<std::string> bnb_nf4_modules(const io::HfCheckpoint& ckpt) {
   return mods;
 }
 
+bool is_bnb_4bit(const io::HfCheckpoint& ckpt, const std::string& prefix) {
+  return ckpt.contains(prefix + ".weight.quant_state.bitsandbytes__nf4") ||
+         ckpt.contains(prefix + ".weight.quant_state.bitsandbytes__fp4");
+}
+
 kernels::NF4Tensor read_bnb_nf4(const io::HfCheckpoint& ckpt, const std::string& prefix) {
   const std::string p = prefix + ".weight";
   const std::string state_key = p + kBnbNf4StateSuffix;
   auto where = [&](const std::string& key) {
     return (ckpt.contains(key) ? ckpt.file_of(key).path() : ckpt.dir()).string() + ": " + key;
   };
+  if (ckpt.contains(p + ".quant_state.bitsandbytes__fp4"))
+    user_error(where(p + ".quant_state.bitsandbytes__fp4"), ": fp4 weights are not supported (only nf4)");
   auto need = [&](const std::string& key) -> at::Tensor {
     if (!ckpt.contains(key)) user_error(where(key), ": missing (needed for the 4-bit weight ", p, ")");
     return ckpt.tensor(key);

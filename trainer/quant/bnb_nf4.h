@@ -29,6 +29,10 @@ std::string bnb_quant_state_json(const kernels::NF4Tensor& w);
 // Adds P.weight and its statistics to `out` (CPU copies; the tensor may live on any device).
 void add_bnb_nf4(io::SafetensorsWriter& out, const std::string& prefix, const kernels::NF4Tensor& w);
 
+// True when the checkpoint stores module `prefix` as a bitsandbytes 4-bit weight (nf4 or fp4;
+// read_bnb_nf4 refuses fp4 with a clear error).
+bool is_bnb_4bit(const io::HfCheckpoint& ckpt, const std::string& prefix);
+
 // Module prefixes P that hold a bnb NF4 weight (P.weight.quant_state.bitsandbytes__nf4), sorted.
 std::vector<std::string> bnb_nf4_modules(const io::HfCheckpoint& ckpt);
 

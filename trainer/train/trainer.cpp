@@ -25,6 +25,7 @@
 #include "trainer/model/generate.h"
 #include "trainer/model/model.h"
 #include "trainer/optim/adamw.h"
+#include "trainer/optim/from_config.h"
 #include "trainer/optim/grad.h"
 #include "trainer/optim/schedule.h"
 #include "trainer/tokenizer/tokenizer.h"
@@ -289,16 +290,7 @@ int run_training(const config::TrainConfig& cfg, const TrainOptions& opt) {
               cfg.lora.adapter == "qlora" ? "NF4" : "16-bit", static_cast<long long>(trainable), seconds_since(t_load));
 
   // Optimizer.
-  optim::AdamWOptions oo;
-  oo.beta1 = cfg.optim.adam_beta1;
-  oo.beta2 = cfg.optim.adam_beta2;
-  oo.eps = cfg.optim.adam_epsilon;
-  oo.weight_decay = cfg.optim.weight_decay;
-  oo.state_8bit = cfg.optim.optimizer == "adamw_8bit";
-  oo.paging.enabled = cfg.optim.paged;
-  bool ok = true;
-  oo.paging.device_budget = optim::parse_byte_size(cfg.optim.device_budget, &ok);
-  if (!ok) user_error(cfg.config_path, ": optimizer_device_budget: expected auto or a size like 2GiB, got \"", cfg.optim.device_budget, "\"");
+  const optim::AdamWOptions oo = optim::adamw_options(cfg.optim);
   std::vector<optim::NamedParam> np;
   for (const auto& p : params) np.push_back({p.name, p.param.detach()});
   optim::AdamW adamw(np, oo, device);
@@ -309,11 +301,7 @@ int run_training(const config::TrainConfig& cfg, const TrainOptions& opt) {
   const int64_t accum = cfg.gradient_accumulation_steps;
   const int64_t steps_per_epoch = std::max<int64_t>(1, (loader.batches_per_epoch() + accum - 1) / accum);
   const int64_t total_steps = cfg.max_steps ? *cfg.max_steps : *cfg.num_epochs * steps_per_epoch;
-  optim::LRSchedule sched;
-  sched.kind = optim::schedule_kind(cfg.optim.lr_scheduler);
-  sched.learning_rate = cfg.optim.learning_rate;
-  sched.total_steps = total_steps;
-  sched.warmup_steps = optim::resolve_warmup_steps(cfg.optim.warmup_steps, cfg.optim.warmup_ratio, total_steps);
+  const optim::LRSchedule sched = optim::lr_schedule(cfg.optim, total_steps);
 
   TrainerState ts;
   std::vector<StepMetrics> step_hist;

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Copies the header-only dependencies the GPU check needs (nlohmann/json) into .gpu-deps/include
+# (git-ignored), so a device call can carry them: the lent GPU machine has no package registry.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+mkdir -p "$root/.gpu-deps/include"
+cp -r /usr/include/nlohmann "$root/.gpu-deps/include/"
+echo "gpu-deps: $root/.gpu-deps/include (carry .gpu-deps in the device call)"
