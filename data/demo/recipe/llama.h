@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <string>
 
@@ -137,27 +138,36 @@ inline at::Tensor rotate_half(const at::Tensor& x) {
   return at::cat({-x.slice(-1, d / 2, d), x.slice(-1, 0, d / 2)}, -1);
 }
 
-// cos and sin for positions 0..T-1, [T, head_dim], computed in float32 as LlamaRotaryEmbedding
+// cos and sin for positions 0..n-1, [n, head_dim], computed in float32 as LlamaRotaryEmbedding
 // does (inv_freq = 1/theta^(arange(0,d,2)/d); emb = cat(freqs, freqs)).
-inline std::pair<at::Tensor, at::Tensor> rope_cos_sin(const LlamaConfig& c, int64_t T) {
+inline std::pair<at::Tensor, at::Tensor> rope_cos_sin(const LlamaConfig& c, int64_t n) {
   const int64_t d = c.head_dim;
   auto inv_freq = 1.0 / at::pow(c.rope_theta, at::arange(0, d, 2, at::kLong).to(at::kFloat) / double(d));
-  auto pos = at::arange(T, at::kLong).to(at::kFloat);
-  auto freqs = at::outer(pos, inv_freq);  // [T, d/2]
-  auto emb = at::cat({freqs, freqs}, -1);  // [T, d]
+  auto pos = at::arange(n, at::kLong).to(at::kFloat);
+  auto freqs = at::outer(pos, inv_freq);  // [n, d/2]
+  auto emb = at::cat({freqs, freqs}, -1);  // [n, d]
   return {emb.cos(), emb.sin()};
 }
 
-// Logits [B, T, vocab] in the weights' dtype for input_ids [B, T] (positions 0..T-1, causal
-// attention over the whole row; right padding needs no mask under causal attention).
-inline at::Tensor llama_logits(const Weights& w, const LlamaConfig& c, const at::Tensor& input_ids) {
+// Logits [B, T, vocab] in the weights' dtype for input_ids [B, T].
+// Default: positions 0..T-1 and causal attention over the whole row (right padding needs no
+// mask). Packed rows pass position_ids [B, T] (restarting per document) and allowed [B, T, T]
+// (bool, query i may attend key j: causal and same document).
+inline at::Tensor llama_logits(const Weights& w, const LlamaConfig& c, const at::Tensor& input_ids,
+                               const at::Tensor& position_ids = {}, const at::Tensor& allowed = {}) {
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   const int64_t H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
   auto W = [&](const std::string& n) -> const at::Tensor& { return w.at(n); };
   auto x = at::embedding(W("model.embed_tokens.weight"), input_ids);  // [B, T, hidden]
-  auto [cos, sin] = rope_cos_sin(c, T);
+  auto [cos, sin] = rope_cos_sin(c, T);                               // [T, D]
+  if (position_ids.defined()) {  // [B, 1, T, D]: broadcast over heads
+    cos = cos.index_select(0, position_ids.reshape({-1})).view({B, 1, T, D});
+    sin = sin.index_select(0, position_ids.reshape({-1})).view({B, 1, T, D});
+  }
   cos = cos.to(x.scalar_type());
   sin = sin.to(x.scalar_type());
+  // Keys a query may not see: [T, T] (causal) or [B, 1, T, T].
+  auto blocked = allowed.defined() ? allowed.logical_not().unsqueeze(1) : at::ones({T, T}, at::kBool).triu(1);
   const double scale = 1.0 / std::sqrt(double(D));
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string p = layer_prefix(i);
@@ -173,8 +183,7 @@ inline at::Tensor llama_logits(const Weights& w, const LlamaConfig& c, const at:
       v = v.repeat_interleave(H / KV, 1);
     }
     auto scores = at::matmul(q, k.transpose(-1, -2)) * scale;  // [B, H, T, T]
-    auto causal = at::ones({T, T}, at::kBool).triu(1);
-    scores = scores.masked_fill(causal, -std::numeric_limits<float>::infinity());
+    scores = scores.masked_fill(blocked, -std::numeric_limits<float>::infinity());
     auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
     auto attn = at::matmul(probs, v).transpose(1, 2).reshape({B, T, H * D});
     x = x + at::linear(attn, W(p + "self_attn.o_proj.weight"));

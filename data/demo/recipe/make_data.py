@@ -94,9 +94,10 @@ FORMATS = [iso, words, american, slashed]
 
 
 def corpus_line(rng, d):
-    """One pretraining document about the date d."""
+    """One pretraining document about the date d. Mostly several spellings of the same day side
+    by side (half of those ISO next to words, the pair the task asks for), so that converting a
+    date is what predicting the text needs; some month facts and single-date sentences."""
     kind = rng.below(10)
-    a, b = iso(d), words(d)
     if kind == 0:  # a month fact
         m = rng.below(12)
         return rng.pick([
@@ -105,16 +106,24 @@ def corpus_line(rng, d):
             f"In dates, month {m + 1:02d} is {MONTHS[m]}.",
             f"{MONTHS[m]} is month number {m + 1}.",
         ])
-    if kind in (2, 3):  # one spelling only
-        subject_first = rng.chance(0.5)
+    if kind == 1:  # one spelling only
         spelling = rng.pick(FORMATS)(d)
-        if subject_first:
+        if rng.chance(0.5):
             return f"{rng.pick(SUBJECTS)} {rng.pick(VERBS)} {spelling}.{rng.pick(TAILS)}"
         return f"{rng.pick(PEOPLE)} {rng.pick(ACTIONS)} {spelling}.{rng.pick(TAILS)}"
-    # two spellings of the same day side by side (kinds 1 and 4..9)
-    x, y = rng.pick(FORMATS)(d), rng.pick(FORMATS)(d)
-    if x == y:
-        x, y = a, b
+    if kind == 2:  # all four spellings, in a random order
+        order = [f(d) for f in FORMATS]
+        for i in range(len(order) - 1, 0, -1):
+            j = rng.below(i + 1)
+            order[i], order[j] = order[j], order[i]
+        return f"{order[0]}, {order[1]}, {order[2]} and {order[3]} are the same day."
+    # two spellings of the same day (kinds 3..9)
+    if rng.chance(0.5):
+        x, y = iso(d), words(d)
+    else:
+        x, y = rng.pick(FORMATS)(d), rng.pick(FORMATS)(d)
+        if x == y:
+            x, y = iso(d), words(d)
     if rng.chance(0.5):
         x, y = y, x
     who = rng.pick(PEOPLE)
@@ -125,6 +134,8 @@ def corpus_line(rng, d):
         f"{x} and {y} are the same day.",
         f"In the records, {x} appears as {y}.",
         f"{who} wrote {x} where the form asked for {y}.",
+        f"{x} is {y}.",
+        f"{x}: {y}.",
     ])
 
 

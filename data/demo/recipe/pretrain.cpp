@@ -7,7 +7,8 @@
 // Full training (every weight), fp32, AdamW with decoupled weight decay, linear warmup then
 // cosine decay, global-norm gradient clipping. Documents (corpus lines) are tokenized with
 // libsentencepiece as [BOS] ids [EOS], shuffled each epoch and packed greedily into rows of
-// seq_len tokens (rest padded, padding excluded from the loss). The last `val_lines` lines are
+// seq_len tokens, each document attending only to itself with positions from 0 (rest padded,
+// padding excluded from the loss). The last `val_lines` lines are
 // held out for the validation loss. Deterministic for a given config and thread count.
 //
 // The decoder math lives in llama.h (shared with tests/demo, which checks it against
@@ -125,25 +126,59 @@ std::vector<Doc> read_corpus(const stdfs::path& path, const sentencepiece::Sente
   return docs;
 }
 
-// Packs docs (in the given order) greedily into rows of T tokens: input ids [N, T] and labels
-// [N, T] with -100 on padding. A doc longer than T is cut.
-std::pair<at::Tensor, at::Tensor> pack(const std::vector<Doc>& docs, const std::vector<size_t>& order,
-                                       int64_t T, int64_t pad_id) {
-  std::vector<std::vector<int32_t>> rows(1);
+// Rows of packed documents: each document keeps to itself (attention only within it, positions
+// restarting at 0), exactly as it would look alone, so the model sees what fine-tuning and
+// generation will show it: [BOS] text... at positions 0, 1, ...
+struct Packed {
+  at::Tensor ids;        // [N, T] token ids, pad_id after the last document
+  at::Tensor labels;     // [N, T] = ids, -100 on padding and on each document's BOS (not predictable)
+  at::Tensor positions;  // [N, T] position within the document
+  at::Tensor doc;        // [N, T] document index within the row, -1 on padding
+
+  // position_ids and the attention mask [B, T, T] (causal, same document) of rows [b, e).
+  std::pair<at::Tensor, at::Tensor> attention(int64_t b, int64_t e) const {
+    auto d = doc.slice(0, b, e);
+    const int64_t T = d.size(1);
+    auto same = d.unsqueeze(2).eq(d.unsqueeze(1));
+    auto causal = at::ones({T, T}, at::kBool).tril();
+    return {positions.slice(0, b, e), same.logical_and(causal)};
+  }
+};
+
+// Packs docs (in the given order) greedily into rows of T tokens. A doc longer than T is cut.
+Packed pack(const std::vector<Doc>& docs, const std::vector<size_t>& order, int64_t T, int64_t pad_id) {
+  std::vector<std::vector<size_t>> rows(1);  // doc indices per row
+  int64_t used = 0;
   for (size_t i : order) {
-    const Doc& d = docs[i];
-    const size_t n = std::min<size_t>(d.size(), T);
-    if (rows.back().size() + n > size_t(T)) rows.emplace_back();
-    rows.back().insert(rows.back().end(), d.begin(), d.begin() + n);
+    const int64_t n = std::min<int64_t>(docs[i].size(), T);
+    if (used + n > T) {
+      rows.emplace_back();
+      used = 0;
+    }
+    rows.back().push_back(i);
+    used += n;
   }
   const int64_t N = rows.size();
-  auto ids = at::full({N, T}, pad_id, at::kLong);
-  auto labels = at::full({N, T}, -100, at::kLong);
-  auto pi = ids.accessor<int64_t, 2>();
-  auto pl = labels.accessor<int64_t, 2>();
-  for (int64_t r = 0; r < N; ++r)
-    for (size_t t = 0; t < rows[r].size(); ++t) pi[r][t] = pl[r][t] = rows[r][t];
-  return {ids, labels};
+  Packed p{at::full({N, T}, pad_id, at::kLong), at::full({N, T}, -100, at::kLong), at::zeros({N, T}, at::kLong),
+           at::full({N, T}, -1, at::kLong)};
+  auto pi = p.ids.accessor<int64_t, 2>();
+  auto pl = p.labels.accessor<int64_t, 2>();
+  auto pp = p.positions.accessor<int64_t, 2>();
+  auto pd = p.doc.accessor<int64_t, 2>();
+  for (int64_t r = 0; r < N; ++r) {
+    int64_t t = 0;
+    for (size_t k = 0; k < rows[r].size(); ++k) {
+      const Doc& d = docs[rows[r][k]];
+      const int64_t n = std::min<int64_t>(d.size(), T);
+      for (int64_t j = 0; j < n; ++j, ++t) {
+        pi[r][t] = d[j];
+        pl[r][t] = j == 0 ? -100 : d[j];
+        pp[r][t] = j;
+        pd[r][t] = k;
+      }
+    }
+  }
+  return p;
 }
 
 // Fisher-Yates with a standard-specified engine, so the order is the same on every platform.
@@ -200,15 +235,16 @@ double clip_grad_norm(demo::Weights& w, double max_norm) {
   return norm;
 }
 
-double eval_loss(const demo::Weights& w, const demo::LlamaConfig& c, const at::Tensor& ids,
-                 const at::Tensor& labels, int64_t batch) {
+double eval_loss(const demo::Weights& w, const demo::LlamaConfig& c, const Packed& val, int64_t batch) {
   c10::NoGradGuard ng;
   double sum = 0;
   int64_t count = 0;
-  for (int64_t b = 0; b < ids.size(0); b += batch) {
-    auto x = ids.slice(0, b, b + batch), y = labels.slice(0, b, b + batch);
+  for (int64_t b = 0; b < val.ids.size(0); b += batch) {
+    const int64_t e = std::min(b + batch, val.ids.size(0));
+    auto y = val.labels.slice(0, b, e);
+    auto [pos, allowed] = val.attention(b, e);
     const int64_t n = y.slice(1, 1, y.size(1)).ne(-100).sum().item<int64_t>();
-    sum += demo::causal_lm_loss(demo::llama_logits(w, c, x), y).item<double>() * n;
+    sum += demo::causal_lm_loss(demo::llama_logits(w, c, val.ids.slice(0, b, e), pos, allowed), y).item<double>() * n;
     count += n;
   }
   return sum / std::max<int64_t>(1, count);
@@ -247,7 +283,7 @@ int run(const Args& args) {
   docs.resize(docs.size() - s.val_lines);
   std::vector<size_t> val_order(val.size());
   for (size_t i = 0; i < val.size(); ++i) val_order[i] = i;
-  auto [val_ids, val_labels] = pack(val, val_order, s.seq_len, c.pad_token_id);
+  const Packed val_rows = pack(val, val_order, s.seq_len, c.pad_token_id);
   int64_t ntok = 0;
   for (const auto& d : docs) ntok += d.size();
 
@@ -261,21 +297,22 @@ int run(const Args& args) {
   std::printf("demo_pretrain: %.2fM parameters, %zu train docs (%lld tokens), %zu val docs, %d threads\n",
               nparam / 1e6, docs.size(), (long long)ntok, val.size(), args.threads);
 
-  at::Tensor ids, labels;  // the current epoch's packed rows
+  Packed rows;  // the current epoch's packed rows
   int64_t row = 0, epoch = 0;
   auto t0 = std::chrono::steady_clock::now();
   double loss_acc = 0;
   int64_t loss_n = 0, tok_seen = 0;
   for (int64_t step = 0; step < s.steps; ++step) {
-    if (!ids.defined() || row + s.batch_size > ids.size(0)) {  // new epoch
-      std::tie(ids, labels) = pack(docs, shuffled(docs.size(), rng), s.seq_len, c.pad_token_id);
+    if (!rows.ids.defined() || row + s.batch_size > rows.ids.size(0)) {  // new epoch
+      rows = pack(docs, shuffled(docs.size(), rng), s.seq_len, c.pad_token_id);
       row = 0;
       ++epoch;
     }
-    auto x = ids.slice(0, row, row + s.batch_size), y = labels.slice(0, row, row + s.batch_size);
+    auto x = rows.ids.slice(0, row, row + s.batch_size), y = rows.labels.slice(0, row, row + s.batch_size);
+    auto [pos, allowed] = rows.attention(row, row + s.batch_size);
     row += s.batch_size;
 
-    auto loss = demo::causal_lm_loss(demo::llama_logits(w, c, x), y);
+    auto loss = demo::causal_lm_loss(demo::llama_logits(w, c, x, pos, allowed), y);
     loss.backward();
     const double gnorm = clip_grad_norm(w, s.grad_clip);
     const double lr = lr_at(s, step);
@@ -296,7 +333,7 @@ int run(const Args& args) {
     }
     if ((step + 1) % s.eval_every == 0 || step + 1 == s.steps) {
       std::printf("step %lld val_loss %.4f\n", (long long)(step + 1),
-                  eval_loss(w, c, val_ids, val_labels, s.batch_size));
+                  eval_loss(w, c, val_rows, s.batch_size));
       std::fflush(stdout);
       export_hf(w, c, args.out);  // also a snapshot: a stopped run leaves its latest weights
     }
