@@ -204,9 +204,11 @@ void check_linear_weight(const NF4Tensor& w, const char* op) {
   TORCH_CHECK(w.shape.size() == 2, op, ": weight must be 2-D [out, in], got ", w.shape.size(), " dims");
 }
 
-// x as a contiguous float32 matrix [M, cols].
+// x as a contiguous float32 matrix [M, cols], detached: the BLAS calls below run on OpenMP worker
+// threads, where grad mode is not inherited from the caller (a custom autograd Function's forward
+// runs with it off only on the calling thread), and out= ops refuse inputs that require grad.
 at::Tensor as_f32_matrix(const at::Tensor& x, int64_t cols) {
-  return x.reshape({-1, cols}).to(at::kFloat).contiguous();
+  return x.detach().reshape({-1, cols}).to(at::kFloat).contiguous();
 }
 
 std::vector<int64_t> out_shape(const at::Tensor& x, int64_t last) {

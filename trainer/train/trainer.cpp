@@ -22,6 +22,7 @@
 #include "trainer/data/loader.h"
 #include "trainer/io/peft.h"
 #include "trainer/io/safetensors.h"
+#include "trainer/model/adapter_source.h"
 #include "trainer/model/generate.h"
 #include "trainer/model/model.h"
 #include "trainer/optim/adamw.h"
@@ -42,14 +43,6 @@ namespace {
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-at::Device resolve_device(const std::string& d) {
-  if (d == "cpu") return at::kCPU;
-  const bool cuda = torch::cuda::is_available();
-  if (d == "auto") return cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
-  if (!cuda) user_error("device: ", d, " requested but no CUDA GPU is visible (use device: cpu or auto)");
-  return at::Device(d);
 }
 
 uint64_t memory_in_use_peak(const at::Device& dev) {
@@ -236,7 +229,7 @@ stdfs::path pick_resume_checkpoint(const config::TrainConfig& cfg, const TrainOp
 
 int run_training(const config::TrainConfig& cfg, const TrainOptions& opt) {
   const auto t_start = Clock::now();
-  const at::Device device = resolve_device(cfg.device);
+  const at::Device device = model::resolve_device(cfg.device, cfg.config_path + ": device");
   at::manual_seed(cfg.seed);
   install_stop_handlers();
 
