@@ -454,3 +454,34 @@ TEST(Config, LoadFromFile) {
   EXPECT_EQ(config::load_config(p.string(), {"lora_r=4"}).lora.r, 4);
   EXPECT_THROW(config::load_config((dir / "missing.yaml").string()), UserError);
 }
+
+// Every config shipped in configs/ parses (the real-model ones name model directories the user
+// downloads; parsing does not need them) and says what its comments promise.
+TEST(Config, ShippedConfigsParse) {
+  const stdfs::path dir = test::source_dir() / "configs";
+  int n = 0;
+  for (const auto& e : stdfs::directory_iterator(dir)) {
+    if (e.path().extension() != ".yaml") continue;
+    SCOPED_TRACE(e.path().string());
+    TrainConfig c;
+    ASSERT_NO_THROW(c = config::load_config(e.path().string()));
+    EXPECT_TRUE(c.lora.target_linear) << "all-linear targets";
+    ++n;
+  }
+  EXPECT_GE(n, 5);
+  const TrainConfig demo = config::load_config((dir / "demo.yaml").string());
+  const TrainConfig lora = config::load_config((dir / "demo-lora.yaml").string());
+  EXPECT_EQ(demo.lora.adapter, "qlora");
+  EXPECT_EQ(lora.lora.adapter, "lora");
+  // The comparison run differs only in the adapter kind and where it writes.
+  for (const auto& ch : config::diff_configs(demo, lora))
+    EXPECT_TRUE(ch.key == "adapter" || ch.key == "load_in_4bit" || ch.key == "output_dir" ||
+                ch.key.rfind("quantization.", 0) == 0) << ch.key;
+  for (const char* name : {"llama-3.1-8b-qlora.yaml", "mistral-7b-qlora.yaml", "qwen2.5-7b-qlora.yaml"}) {
+    const TrainConfig r = config::load_config((dir / name).string());
+    EXPECT_EQ(r.lora.adapter, "qlora") << name;
+    EXPECT_TRUE(r.gradient_checkpointing) << name;
+    EXPECT_TRUE(r.data.sample_packing) << name;
+    EXPECT_TRUE(r.optim.paged) << name;
+  }
+}
