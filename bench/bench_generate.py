@@ -41,6 +41,16 @@ print(json.dumps({{"new": out.shape[1] - ids.shape[1], "s": s}}))
     return j["new"], j["s"]
 
 
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=os.path.join(ROOT, "data/demo/model"))
@@ -49,6 +59,7 @@ def main():
     ap.add_argument("--new", type=int, default=200)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/generate.json"))
     a = ap.parse_args()
+    load = os.getloadavg()[0]
     rows = []
     for threads in (1, 2):
         n, s, _ = run_qlora(a.exe, a.model, a.prompt, a.new, threads)
@@ -60,8 +71,10 @@ def main():
                   f"{r['tokens_per_s']:.1f} tokens/s")
     import torch, transformers
     res = {"model": os.path.relpath(a.model, ROOT), "prompt": a.prompt, "max_new_tokens": a.new, "greedy": True,
-           "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                       "note": "shared 2-core VM, other jobs running; numbers are indicative"},
+           "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
+                       "load_average_1m_before": load,
+                       "note": "shared 2-core VM with other builds/tests running; with 2 threads on a loaded "
+                               "machine OpenMP workers wait on each other, so the 2-thread rows are mostly noise"},
            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
            "command": "~/.cache/qlora/venv/bin/python bench/bench_generate.py", "results": rows}
     with open(a.out, "w") as f:
