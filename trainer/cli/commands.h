@@ -51,6 +51,8 @@ struct GenerateArgs {
   double top_p = 1.0;
   unsigned long long seed = 0;
   std::string device = "auto";
+  bool load_in_4bit = false;          // quantize the base to NF4 (the default without an adapter is 16-bit)
+  bool ignore_eos = false;            // always generate max_new_tokens (benchmarks)
 };
 int run_generate(const GenerateArgs& a);
 
@@ -62,6 +64,8 @@ struct EvalArgs {
   int sequence_len = 2048;
   int batch_size = 1;
   std::string device = "auto";
+  bool load_in_4bit = false;
+  bool json = false;
 };
 int run_eval(const EvalArgs& a);
 

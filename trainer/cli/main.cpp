@@ -94,30 +94,33 @@ int main(int argc, char** argv) {
 
   // generate
   GenerateArgs g;
-  auto* gc = app.add_subcommand("generate", "Generate text with a model (and optionally an adapter)");
-  gc->add_option("--model", g.model, "HF model directory")->required();
-  gc->add_option("--adapter", g.adapter, "Checkpoint or PEFT adapter directory");
-  auto* gp = gc->add_option("--prompt", g.prompt, "Prompt text");
-  auto* gch = gc->add_flag("--chat", g.chat, "Interactive chat using the model's chat template");
-  gp->excludes(gch);
-  gc->add_option("--max-new-tokens", g.max_new_tokens, "Tokens to generate");
+  auto* gc = app.add_subcommand("generate", "Generate text with a model (and optionally an adapter), streamed to stdout");
+  gc->add_option("--model", g.model, "HF model directory (default: the base the adapter names)");
+  gc->add_option("--adapter", g.adapter, "Checkpoint, run directory (its latest checkpoint) or PEFT adapter directory");
+  gc->add_option("--prompt", g.prompt, "Prompt text (with --chat: one user message)");
+  gc->add_flag("--chat", g.chat, "Chat with the model's chat template; without --prompt, one user message per stdin line");
+  gc->add_option("--max-new-tokens", g.max_new_tokens, "Most tokens to generate (stops earlier at EOS)");
   gc->add_option("--temperature", g.temperature, "Sampling temperature (0 = greedy)");
   gc->add_option("--top-k", g.top_k, "Top-k sampling (0 = off)");
-  gc->add_option("--top-p", g.top_p, "Top-p (nucleus) sampling");
+  gc->add_option("--top-p", g.top_p, "Top-p (nucleus) sampling (1 = off)");
   gc->add_option("--seed", g.seed, "Sampling seed");
-  gc->add_option("--device", g.device, "auto | cpu | cuda");
+  gc->add_option("--device", g.device, "auto | cpu | cuda | cuda:N");
+  gc->add_flag("--load-in-4bit", g.load_in_4bit, "Quantize the base to NF4 (default without an adapter: 16-bit)");
+  gc->add_flag("--ignore-eos", g.ignore_eos, "Do not stop at EOS: always generate --max-new-tokens (benchmarks)");
   gc->callback([&] { action = [&] { return run_generate(g); }; });
 
   // eval
   EvalArgs ev;
   auto* ec = app.add_subcommand("eval", "Loss and perplexity of a model (and adapter) on a dataset");
-  ec->add_option("--model", ev.model, "HF model directory")->required();
-  ec->add_option("--adapter", ev.adapter, "Checkpoint or PEFT adapter directory");
+  ec->add_option("--model", ev.model, "HF model directory (default: the base the adapter names)");
+  ec->add_option("--adapter", ev.adapter, "Checkpoint, run directory (its latest checkpoint) or PEFT adapter directory");
   ec->add_option("--data", ev.data, "Dataset file (JSONL or JSON)")->required();
   ec->add_option("--type", ev.type, "Dataset type: text | alpaca | chat | prompt_completion");
-  ec->add_option("--sequence-len", ev.sequence_len, "Maximum tokens per sequence");
+  ec->add_option("--sequence-len", ev.sequence_len, "Tokens per sequence (longer samples are truncated)");
   ec->add_option("--batch-size", ev.batch_size, "Sequences per batch");
-  ec->add_option("--device", ev.device, "auto | cpu | cuda");
+  ec->add_option("--device", ev.device, "auto | cpu | cuda | cuda:N");
+  ec->add_flag("--load-in-4bit", ev.load_in_4bit, "Quantize the base to NF4 (default without an adapter: 16-bit)");
+  ec->add_flag("--json", ev.json, "Print the result as JSON");
   ec->callback([&] { action = [&] { return run_eval(ev); }; });
 
   // inspect

@@ -12,7 +12,5 @@ int not_implemented(const char* name, const char* issue) {
 }
 
 int run_export(const ExportArgs&) { return not_implemented("export", "P6"); }
-int run_generate(const GenerateArgs&) { return not_implemented("generate", "P6"); }
-int run_eval(const EvalArgs&) { return not_implemented("eval", "P6"); }
 
 }  // namespace qlora::cli

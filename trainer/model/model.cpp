@@ -3,6 +3,7 @@
 
 #include <c10/core/GradMode.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "trainer/common/error.h"
@@ -38,10 +39,45 @@ at::Tensor attention_mask(const at::Tensor& segment_ids, int64_t T, std::optiona
   return m;
 }
 
+// Boolean mask [1, 1, T, past + T] for T new tokens after `past` cached ones (query i sits at
+// position past + i).
+at::Tensor cached_attention_mask(int64_t past, int64_t T, std::optional<int64_t> window, at::Device dev) {
+  auto opt = at::TensorOptions().dtype(at::kLong).device(dev);
+  at::Tensor i = at::arange(past, past + T, opt).unsqueeze(1);
+  at::Tensor j = at::arange(past + T, opt).view({1, past + T});
+  at::Tensor m = j <= i;
+  if (window) m = m.logical_and((i - j) < *window);
+  return m.view({1, 1, T, past + T});
+}
+
 struct BlockInputs {
   at::Tensor cos, sin;              // [B, T, head_dim]
   at::Tensor mask_full, mask_window;  // see attention_mask
+  KVCache* cache = nullptr;         // forward_cached: append to / attend over this cache
 };
+
+// Writes k, v [B, kv_heads, T, D] at positions cache.length.. of layer `layer` (growing the
+// buffers when needed) and returns the valid prefix [B, kv_heads, length + T, D] of each.
+std::pair<at::Tensor, at::Tensor> cache_append(KVCache& cache, int64_t layer, const at::Tensor& k,
+                                               const at::Tensor& v) {
+  const int64_t past = cache.length, T = k.size(2), need = past + T;
+  at::Tensor& ck = cache.k[layer];
+  at::Tensor& cv = cache.v[layer];
+  if (!ck.defined() || ck.size(2) < need) {
+    const int64_t cap = std::max({need, cache.reserve, ck.defined() ? 2 * ck.size(2) : int64_t{0}});
+    at::Tensor nk = at::empty({k.size(0), k.size(1), cap, k.size(3)}, k.options());
+    at::Tensor nv = at::empty({v.size(0), v.size(1), cap, v.size(3)}, v.options());
+    if (past > 0) {
+      nk.narrow(2, 0, past).copy_(ck.narrow(2, 0, past));
+      nv.narrow(2, 0, past).copy_(cv.narrow(2, 0, past));
+    }
+    ck = nk;
+    cv = nv;
+  }
+  ck.narrow(2, past, T).copy_(k);
+  cv.narrow(2, past, T).copy_(v);
+  return {ck.narrow(2, 0, need), cv.narrow(2, 0, need)};
+}
 
 at::Tensor self_attention(const Model& m, const DecoderLayer& L, int64_t layer, const at::Tensor& h,
                           const BlockInputs& in, bool training, at::Generator* gen) {
@@ -57,6 +93,7 @@ at::Tensor self_attention(const Model& m, const DecoderLayer& L, int64_t layer, 
   q = apply_rope(q.transpose(1, 2), in.cos, in.sin);  // [B, heads, T, D]
   k = apply_rope(k.transpose(1, 2), in.cos, in.sin);
   v = v.transpose(1, 2);
+  if (in.cache) std::tie(k, v) = cache_append(*in.cache, layer, k, v);
   const at::Tensor& mask = c.window_of(layer) ? in.mask_window : in.mask_full;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   bool gqa = c.num_key_value_heads != c.num_attention_heads;
@@ -142,6 +179,36 @@ at::Tensor Model::forward(const at::Tensor& input_ids, const at::Tensor& positio
       x = fn(x, gen);
     }
   }
+  return rms_norm(x, norm, config.rms_norm_eps);
+}
+
+at::Tensor Model::forward_cached(const at::Tensor& input_ids, KVCache& cache) {
+  TORCH_CHECK(input_ids.dim() == 2, "Model::forward_cached: input_ids must be [B, T]");
+  const int64_t B = input_ids.size(0), T = input_ids.size(1), past = cache.length;
+  const int64_t n = static_cast<int64_t>(layers.size());
+  if (cache.k.empty()) {
+    cache.k.resize(n);
+    cache.v.resize(n);
+  }
+  TORCH_CHECK(static_cast<int64_t>(cache.k.size()) == n, "Model::forward_cached: cache of another model");
+  TORCH_CHECK(past == 0 || cache.k[0].size(0) == B, "Model::forward_cached: batch size differs from the cache's");
+  at::Tensor ids = input_ids.to(device, at::kLong);
+  auto lopt = at::TensorOptions().dtype(at::kLong).device(device);
+  at::Tensor pos = at::arange(past, past + T, lopt).unsqueeze(0).expand({B, T});
+
+  BlockInputs in;
+  in.cache = &cache;
+  std::tie(in.cos, in.sin) = rope_cos_sin(inv_freq, pos, compute_dtype);
+  if (past == 0) {  // plain causal attention over the new tokens, as forward()
+    in.mask_full = attention_mask({}, T, std::nullopt, device);
+    if (config.sliding_window) in.mask_window = attention_mask({}, T, config.sliding_window, device);
+  } else {
+    in.mask_full = cached_attention_mask(past, T, std::nullopt, device);
+    if (config.sliding_window) in.mask_window = cached_attention_mask(past, T, config.sliding_window, device);
+  }
+  at::Tensor x = at::embedding(embed_tokens, ids);
+  for (int64_t i = 0; i < n; ++i) x = decoder_layer(*this, i, x, in, /*training=*/false, nullptr);
+  cache.length = past + T;
   return rms_norm(x, norm, config.rms_norm_eps);
 }
 

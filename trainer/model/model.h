@@ -68,6 +68,20 @@ struct ModelLoadOptions {
   static ModelLoadOptions from_train_config(const config::TrainConfig& cfg, at::Device device);
 };
 
+// Keys and values of the tokens seen so far, for incremental decoding (generate.h). Filled by
+// Model::forward_cached; one entry per layer, [B, kv_heads, capacity, head_dim] in the compute
+// dtype (after k_norm and RoPE), of which the first `length` positions are valid.
+struct KVCache {
+  std::vector<at::Tensor> k, v;
+  int64_t length = 0;    // tokens cached (the position of the next token)
+  int64_t reserve = 0;   // capacity to allocate on first use (0: grow as needed)
+  void clear() {
+    k.clear();
+    v.clear();
+    length = 0;
+  }
+};
+
 // Move-only: the parameters are shared tensors, a copy would alias them. Do not move a Model while
 // an autograd graph built by its forward is alive (checkpointed blocks refer back to it).
 class Model {
@@ -102,6 +116,13 @@ class Model {
   // Returns the final-norm hidden states [B, T, hidden] in the compute dtype.
   at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& position_ids = {},
                      const at::Tensor& segment_ids = {});
+
+  // Incremental decoding: input_ids [B, T] are the tokens at positions cache.length ..
+  // cache.length + T - 1 of every row; they attend to the cached keys/values (causal, sliding
+  // window as configured) and are appended to the cache. Returns hidden [B, T, hidden] equal (to
+  // rounding) to the matching rows of forward() over the whole sequence. No dropout; call under
+  // NoGradGuard.
+  at::Tensor forward_cached(const at::Tensor& input_ids, KVCache& cache);
 
   // Logits [..., vocab] in the compute dtype for hidden [..., hidden].
   at::Tensor logits(const at::Tensor& hidden) const;
