@@ -11,7 +11,6 @@ int not_implemented(const char* name, const char* issue) {
   return 3;
 }
 
-int run_export(const ExportArgs&) { return not_implemented("export", "P6"); }
 int run_generate(const GenerateArgs&) { return not_implemented("generate", "P6"); }
 int run_eval(const EvalArgs&) { return not_implemented("eval", "P6"); }
 
