@@ -96,8 +96,8 @@ int main(int argc, char** argv) {
       "  qlora export runs/demo --format peft --out out/demo-peft\n"
       "  qlora export runs/demo/checkpoints/checkpoint-000150 --format merged --dtype bf16 --out out/demo-merged\n"
       "  qlora export runs/demo --format gguf-adapter --out out/demo-gguf\n"
-      "merged computes W + scaling * B @ A in fp32 and streams tensor by tensor (peak memory about one "
-      "fp32 weight); see docs/export.md.");
+      "merged computes W + scaling * B @ A in fp32 and streams tensor by tensor (memory holds one "
+      "tensor, not the model); see docs/export.md.");
   e->callback([&] { action = [&] { return run_export(exp); }; });
 
   // quantize
