@@ -19,12 +19,12 @@ struct TrainArgs {
 int run_train(const TrainArgs& a);
 
 struct ExportArgs {
-  std::string checkpoint;             // checkpoint directory (or run directory)
+  std::string checkpoint;             // checkpoint, run directory or PEFT adapter directory
   std::string format = "peft";        // peft | merged | gguf-adapter
   std::string out;                    // output directory
   std::string base_model;             // override the base model recorded in the checkpoint
   std::string merge_into = "dequant"; // dequant | original
-  std::string dtype = "bf16";         // bf16 | fp16 | fp32 (merged)
+  std::string dtype;                  // bf16 | fp16 | fp32; empty: fp32 (peft), bf16 (merged), fp16 (gguf)
   std::string max_shard_size = "5GB";
   bool force = false;
 };
@@ -74,8 +74,5 @@ struct InspectArgs {
   bool json = false;
 };
 int run_inspect(const InspectArgs& a);
-
-// For subcommands whose issue has not landed yet: says so plainly and fails (exit 3).
-int not_implemented(const char* name, const char* issue);
 
 }  // namespace qlora::cli

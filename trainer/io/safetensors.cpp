@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 #include <set>
+#include <tuple>
 
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
@@ -221,6 +222,15 @@ at::Tensor SafetensorsFile::tensor(std::string_view name) const {
   return at::from_blob(const_cast<uint8_t*>(ptr), t->shape, [keep](void*) {}, opts);
 }
 
+void release_mapped_pages(std::span<const uint8_t> bytes) {
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  uintptr_t b = reinterpret_cast<uintptr_t>(bytes.data());
+  uintptr_t e = b + bytes.size();
+  b = (b + page - 1) / page * page;
+  e = e / page * page;
+  if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+}
+
 SafetensorsWriter::SafetensorsWriter() { metadata_["format"] = "pt"; }
 
 void SafetensorsWriter::add(const std::string& name, const at::Tensor& t) {
@@ -230,27 +240,38 @@ void SafetensorsWriter::add(const std::string& name, const at::Tensor& t) {
   entries_.emplace_back(name, std::move(c));
 }
 
-void SafetensorsWriter::write(const std::filesystem::path& path) const {
-  // Header: __metadata__ first, then tensors in insertion order.
+namespace {
+// Header JSON (padded with spaces to a multiple of 8): __metadata__ first, then the tensors in
+// the given order with consecutive data offsets.
+std::string make_header(const std::map<std::string, std::string>& metadata,
+                        const std::vector<std::tuple<std::string, std::string, std::vector<int64_t>, uint64_t>>& ts) {
   std::string header = "{";
   bool first = true;
-  if (!metadata_.empty()) {
-    header += "\"__metadata__\":" + nlohmann::json(metadata_).dump();
+  if (!metadata.empty()) {
+    header += "\"__metadata__\":" + nlohmann::json(metadata).dump();
     first = false;
   }
   uint64_t off = 0;
-  for (const auto& [name, t] : entries_) {
+  for (const auto& [name, dtype, shape, nbytes] : ts) {
     nlohmann::json e;
-    e["dtype"] = to_dtype_string(t.scalar_type());
-    e["shape"] = t.sizes().vec();
-    e["data_offsets"] = {off, off + static_cast<uint64_t>(t.nbytes())};
-    off += t.nbytes();
+    e["dtype"] = dtype;
+    e["shape"] = shape;
+    e["data_offsets"] = {off, off + nbytes};
+    off += nbytes;
     if (!first) header += ",";
     header += nlohmann::json(name).dump() + ":" + e.dump();
     first = false;
   }
   header += "}";
   while (header.size() % 8 != 0) header += ' ';
+  return header;
+}
+}  // namespace
+
+void SafetensorsWriter::write(const std::filesystem::path& path) const {
+  std::vector<std::tuple<std::string, std::string, std::vector<int64_t>, uint64_t>> ts;
+  for (const auto& [name, t] : entries_) ts.emplace_back(name, to_dtype_string(t.scalar_type()), t.sizes().vec(), t.nbytes());
+  const std::string header = make_header(metadata_, ts);
 
   const std::filesystem::path tmp = fs::temp_sibling(path);
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -286,6 +307,73 @@ void SafetensorsWriter::write(const std::filesystem::path& path) const {
     user_error(path.string(), ": cannot rename into place: ", ec.message());
   }
   fs::fsync_path(path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path());
+}
+
+uint64_t SafetensorsStreamWriter::Entry::nbytes() const {
+  uint64_t n = static_cast<uint64_t>(c10::elementSize(dtype));
+  for (int64_t d : shape) n *= static_cast<uint64_t>(d);
+  return n;
+}
+
+SafetensorsStreamWriter::SafetensorsStreamWriter(std::filesystem::path path, std::vector<Entry> entries)
+    : path_(std::move(path)), tmp_(fs::temp_sibling(path_)), entries_(std::move(entries)) {
+  std::vector<std::tuple<std::string, std::string, std::vector<int64_t>, uint64_t>> ts;
+  for (const Entry& e : entries_) ts.emplace_back(e.name, to_dtype_string(e.dtype), e.shape, e.nbytes());
+  const std::string header = make_header({{"format", "pt"}}, ts);
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) user_error(path_.string(), ": cannot write: ", std::strerror(errno));
+  const uint64_t hlen = header.size();
+  put(&hlen, 8);
+  put(header.data(), header.size());
+}
+
+SafetensorsStreamWriter::~SafetensorsStreamWriter() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(tmp_.c_str());
+  }
+}
+
+void SafetensorsStreamWriter::put(const void* p, size_t n) {
+  const char* c = static_cast<const char*>(p);
+  while (n > 0) {
+    ssize_t w = ::write(fd_, c, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      user_error(path_.string(), ": write failed: ", std::strerror(errno));  // the destructor unlinks
+    }
+    c += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+void SafetensorsStreamWriter::add(const std::string& name, const at::Tensor& t) {
+  TORCH_CHECK(next_ < entries_.size(), "SafetensorsStreamWriter: more tensors than planned (", name, ")");
+  const Entry& e = entries_[next_];
+  TORCH_CHECK(e.name == name && e.dtype == t.scalar_type() && t.sizes().vec() == e.shape,
+              "SafetensorsStreamWriter: expected ", e.name, " ", e.dtype, " ", at::IntArrayRef(e.shape), ", got ", name, " ",
+              t.scalar_type(), " ", t.sizes());
+  at::Tensor c = t.detach().cpu().contiguous();
+  put(c.data_ptr(), c.nbytes());
+  ++next_;
+}
+
+void SafetensorsStreamWriter::finish() {
+  TORCH_CHECK(next_ == entries_.size(), "SafetensorsStreamWriter: ", entries_.size() - next_, " tensors not written");
+  if (::fsync(fd_) != 0 || ::close(fd_) != 0) {
+    fd_ = -1;
+    int err = errno;
+    ::unlink(tmp_.c_str());
+    user_error(path_.string(), ": write failed: ", std::strerror(err));
+  }
+  fd_ = -1;
+  std::error_code ec;
+  std::filesystem::rename(tmp_, path_, ec);
+  if (ec) {
+    ::unlink(tmp_.c_str());
+    user_error(path_.string(), ": cannot rename into place: ", ec.message());
+  }
+  fs::fsync_path(path_.parent_path().empty() ? std::filesystem::path(".") : path_.parent_path());
 }
 
 }  // namespace qlora::io

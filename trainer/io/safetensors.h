@@ -35,6 +35,11 @@ int64_t dtype_itemsize(std::string_view dtype);
 at::ScalarType to_scalar_type(std::string_view dtype, const std::string& context);
 std::string to_dtype_string(at::ScalarType t);
 
+// Drops the pages of a span of mapped file bytes from this process's resident set once they are
+// consumed (whole pages inside the span only; the page cache keeps them, a later read faults them
+// back in), so streaming through a checkpoint does not grow the RSS by the whole file.
+void release_mapped_pages(std::span<const uint8_t> bytes);
+
 class SafetensorsFile {
  public:
   // Maps and validates the file; UserError "PATH: what is wrong" for any malformed input.
@@ -80,6 +85,35 @@ class SafetensorsWriter {
   std::vector<std::pair<std::string, at::Tensor>> entries_;
   std::map<std::string, std::string> metadata_;
   uint64_t data_bytes_ = 0;
+};
+
+// Writes one safetensors file whose tensors are known up front (name, dtype, shape) but are
+// produced one at a time: the header goes out first, then each tensor's bytes as it is added,
+// so memory holds one tensor, never the whole file. Tensors must be added in the order given.
+// finish() checks every entry was written, fsyncs and renames the temporary file into place;
+// without finish() the temporary file is removed. Metadata {"format": "pt"}.
+class SafetensorsStreamWriter {
+ public:
+  struct Entry {
+    std::string name;
+    at::ScalarType dtype;
+    std::vector<int64_t> shape;
+    uint64_t nbytes() const;
+  };
+  SafetensorsStreamWriter(std::filesystem::path path, std::vector<Entry> entries);
+  ~SafetensorsStreamWriter();
+  SafetensorsStreamWriter(const SafetensorsStreamWriter&) = delete;
+  SafetensorsStreamWriter& operator=(const SafetensorsStreamWriter&) = delete;
+  // The next entry's tensor (same name, dtype and shape; logic error otherwise).
+  void add(const std::string& name, const at::Tensor& t);
+  void finish();
+
+ private:
+  void put(const void* p, size_t n);
+  std::filesystem::path path_, tmp_;
+  std::vector<Entry> entries_;
+  size_t next_ = 0;
+  int fd_ = -1;
 };
 
 }  // namespace qlora::io

@@ -1,7 +1,6 @@
 // load_model: config.json + safetensors -> Model, streaming tensor by tensor out of the mmap.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/detail/CUDAHooksInterface.h>
-#include <sys/mman.h>
 #include <unistd.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -16,18 +15,6 @@
 namespace qlora::model {
 
 namespace {
-
-// Drops the pages of a tensor's bytes from this process's mapping once they are consumed, so
-// streaming through a checkpoint does not grow the resident set by the whole file (the page
-// cache keeps them; a later read faults them back in). Only whole pages inside the span.
-void release_pages(std::span<const uint8_t> bytes) {
-  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  uintptr_t b = reinterpret_cast<uintptr_t>(bytes.data());
-  uintptr_t e = b + bytes.size();
-  b = (b + page - 1) / page * page;
-  e = e / page * page;
-  if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
-}
 
 // Hands the pages of freed temporaries back to the system. glibc raises its mmap threshold as
 // large blocks are freed, so later multi-MB temporaries (the float32 copy of a weight being
@@ -115,7 +102,7 @@ class Loader {
     return ck_.tensor(name);
   }
 
-  void release(const std::string& name) { release_pages(ck_.file_of(name).bytes(name)); }
+  void release(const std::string& name) { io::release_mapped_pages(ck_.file_of(name).bytes(name)); }
 
   // An owned copy in the compute dtype on the device.
   at::Tensor take16(const std::string& name, const std::vector<int64_t>& shape) {

@@ -1,0 +1,547 @@
+#include "trainer/export/export.h"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <set>
+
+#include "kernels/ops.h"
+#include "trainer/common/error.h"
+#include "trainer/common/fs.h"
+#include "trainer/io/gguf.h"
+#include "trainer/io/hf_checkpoint.h"
+#include "trainer/io/peft.h"
+#include "trainer/io/safetensors.h"
+#include "trainer/model/lora.h"
+#include "trainer/quant/bnb_nf4.h"
+
+namespace qlora::exporter {
+
+namespace stdfs = std::filesystem;
+
+namespace {
+
+constexpr const char* kPeftPrefix = "base_model.model.";
+
+bool ends_with(const std::string& s, const std::string& p) {
+  return s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0;
+}
+
+std::string adapter_file(const model::AdapterSource& src) { return (src.dir / "adapter_model.safetensors").string(); }
+
+// Whether `inner` is `outer` or lies inside it (both made absolute and normalized).
+bool is_within(const stdfs::path& inner, const stdfs::path& outer) {
+  const stdfs::path a = stdfs::weakly_canonical(stdfs::absolute(inner));
+  const stdfs::path b = stdfs::weakly_canonical(stdfs::absolute(outer));
+  auto ai = a.begin();
+  for (auto bi = b.begin(); bi != b.end(); ++bi, ++ai) {
+    if (bi->empty()) continue;  // trailing separator
+    if (ai == a.end() || *ai != *bi) return false;
+  }
+  return true;
+}
+
+// Refuses an OUT that cannot be (re)placed: a file, a non-empty directory without --force, or a
+// directory holding the adapter or the base (--force would delete them).
+void check_out(const ExportOptions& o, const std::vector<stdfs::path>& sources) {
+  if (o.out.empty()) user_error("--out: an output directory is required");
+  if (stdfs::exists(o.out) && !stdfs::is_directory(o.out)) user_error(o.out.string(), ": exists and is not a directory");
+  for (const stdfs::path& s : sources)
+    if (!s.empty() && stdfs::exists(s) && is_within(s, o.out))
+      user_error(o.out.string(), ": the output directory must not be or contain the input ", s.string());
+  if (stdfs::exists(o.out) && !stdfs::is_empty(o.out) && !o.force)
+    user_error(o.out.string(), ": output directory is not empty (use --force to replace it)");
+}
+
+void trim_heap() {
+#if defined(__GLIBC__)
+  ::malloc_trim(0);
+#endif
+}
+
+// The base directory to use: --base-model, else what the adapter records. UserError when it is
+// not an HF model directory.
+stdfs::path base_dir(const ExportOptions& o, const model::AdapterSource& src, bool required) {
+  const stdfs::path b = o.base_model.empty() ? src.base_model : o.base_model;
+  const std::string from = o.base_model.empty()
+                               ? (src.train ? (src.dir / "config.yaml").string() + ": base_model"
+                                            : (src.dir / "adapter_config.json").string() + ": base_model_name_or_path")
+                               : std::string("--base-model");
+  if (b.empty()) {
+    if (required) user_error(from, ": no base model recorded; give it with --base-model");
+    return {};
+  }
+  if (!stdfs::is_regular_file(b / "config.json")) {
+    if (required || !o.base_model.empty())
+      user_error(from, ": ", b.string(), " is not a Hugging Face model directory (no config.json); give the base with --base-model");
+    return {};
+  }
+  return b;
+}
+
+// Whether training held the base in NF4, and how. A plain PEFT directory does not say: qlora's
+// default (NF4, blocksize 64, double quantization) is assumed, as generate/eval do.
+struct BaseHolding {
+  bool nf4 = true;
+  int64_t blocksize = 64;
+  bool double_quant = true;
+  bool known = false;
+};
+
+BaseHolding base_holding(const model::AdapterSource& src) {
+  BaseHolding h;
+  if (src.train) {
+    h.nf4 = src.train->lora.adapter == "qlora";
+    h.blocksize = src.train->quantization.blocksize;
+    h.double_quant = src.train->quantization.double_quant;
+    h.known = true;
+  }
+  return h;
+}
+
+struct ModuleLora {
+  at::Tensor A, B;  // as stored (fp32 in qlora checkpoints)
+};
+
+// module path -> its (A, B), in module order; keys checked by check_adapter_matches_base.
+std::map<std::string, ModuleLora> lora_by_module(const model::AdapterSource& src) {
+  std::map<std::string, ModuleLora> m;
+  for (const auto& [k, v] : src.tensors) {
+    const bool a = ends_with(k, ".lora_A.weight");
+    const std::string module = k.substr(std::string(kPeftPrefix).size(), k.size() - std::string(kPeftPrefix).size() - std::string(".lora_A.weight").size());
+    (a ? m[module].A : m[module].B) = v;
+  }
+  return m;
+}
+
+// Decoder layer index of a "model.layers.N...." module path (for ordering).
+std::pair<int64_t, std::string> module_order(const std::string& module) {
+  int64_t layer = -1;
+  if (module.rfind("model.layers.", 0) == 0) layer = std::stoll(module.substr(13));
+  const std::string shortname = module.substr(module.rfind('.') + 1);
+  const auto& names = model::linear_module_names();
+  const auto it = std::find(names.begin(), names.end(), shortname);
+  return {layer, std::to_string(it - names.begin())};
+}
+
+// ---- peft ----------------------------------------------------------------------------------
+
+ExportReport export_peft(const ExportOptions& o, const model::AdapterSource& src) {
+  ExportReport rep;
+  rep.adapter_dir = src.dir;
+  rep.dtype = o.dtype.value_or(at::kFloat);
+  const stdfs::path base = base_dir(o, src, /*required=*/false);
+  if (!base.empty()) {
+    check_adapter_matches_base(src, model::read_model_config(base));
+    rep.base_model = base;
+  } else {
+    std::fprintf(stderr, "warning: base model %s not found; the adapter's shapes were not checked against it\n",
+                 src.base_model.string().c_str());
+  }
+  check_out(o, {src.dir});
+  io::PeftAdapterConfig cfg = src.peft;
+  if (!o.base_model.empty()) cfg.base_model_name_or_path = o.base_model.string();
+  else if (src.train) cfg.base_model_name_or_path = src.base_model.string();
+  fs::StagedDir staged(o.out, /*replace_existing=*/stdfs::exists(o.out));
+  io::write_peft_adapter(staged.path(), cfg, src.tensors, rep.dtype);
+  staged.commit();
+  rep.files = {"adapter_config.json", "adapter_model.safetensors"};
+  for (const auto& [k, v] : src.tensors) rep.tensor_bytes += v.numel() * c10::elementSize(rep.dtype);
+  if (base_holding(src).nf4)
+    std::fprintf(stderr,
+                 "note: this adapter was trained against the NF4-quantized base; load the base in 4-bit "
+                 "(BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=\"nf4\")) to reproduce its numerics\n");
+  return rep;
+}
+
+// ---- gguf-adapter --------------------------------------------------------------------------
+
+ExportReport export_gguf(const ExportOptions& o, const model::AdapterSource& src) {
+  ExportReport rep;
+  rep.adapter_dir = src.dir;
+  rep.dtype = o.dtype.value_or(at::kHalf);
+  rep.base_model = base_dir(o, src, /*required=*/true);
+  const model::ModelConfig mc = model::read_model_config(rep.base_model);
+  check_adapter_matches_base(src, mc);
+  check_out(o, {src.dir, rep.base_model});
+  io::GgufLoraOptions g;
+  // llama.cpp runs Mistral checkpoints as the llama architecture.
+  g.architecture = (mc.model_type == "llama" || mc.model_type == "mistral") ? "llama" : mc.model_type;
+  g.n_head = mc.num_attention_heads;
+  g.n_head_kv = mc.num_key_value_heads;
+  g.dtype = rep.dtype;
+  // llama.cpp scales by adapter.lora.alpha / r; rsLoRA's alpha / sqrt(r) is alpha * sqrt(r) / r.
+  const double r = static_cast<double>(src.peft.r);
+  g.alpha = static_cast<float>(src.peft.use_rslora ? src.peft.lora_alpha * std::sqrt(r) : src.peft.lora_alpha);
+  std::vector<std::pair<std::pair<int64_t, std::string>, io::LoraTensor>> ordered;
+  for (const auto& [module, ab] : lora_by_module(src))
+    ordered.push_back({module_order(module), io::LoraTensor{module, ab.A.to(at::kFloat), ab.B.to(at::kFloat)}});
+  std::sort(ordered.begin(), ordered.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+  std::vector<io::LoraTensor> lora;
+  for (auto& e : ordered) lora.push_back(std::move(e.second));
+  fs::StagedDir staged(o.out, /*replace_existing=*/stdfs::exists(o.out));
+  io::write_lora_gguf(staged.path() / "adapter_model.gguf", lora, g);
+  staged.commit();
+  rep.files = {"adapter_model.gguf"};
+  for (const auto& l : lora) rep.tensor_bytes += (l.A.numel() + l.B.numel()) * c10::elementSize(rep.dtype);
+  return rep;
+}
+
+// ---- merged --------------------------------------------------------------------------------
+
+struct OutTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::string module;  // decoder linear (for ".weight" of a projection), else empty
+};
+
+// Every tensor of the merged model, in module order (transformers' state-dict names).
+std::vector<OutTensor> merged_tensors(const model::ModelConfig& c) {
+  const int64_t H = c.hidden_size;
+  std::vector<OutTensor> v;
+  v.push_back({"model.embed_tokens.weight", {c.vocab_size, H}, ""});
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    v.push_back({p + "input_layernorm.weight", {H}, ""});
+    for (const auto& mod : model::linear_module_names()) {
+      const std::string path = model::linear_module_path(i, mod);
+      const std::vector<int64_t> shape = model::linear_shape(c, mod);
+      v.push_back({path + ".weight", shape, path});
+      const bool bias = (mod == "o_proj") ? c.o_bias
+                        : (mod == "q_proj" || mod == "k_proj" || mod == "v_proj") ? c.qkv_bias
+                                                                                  : c.mlp_bias;
+      if (bias) v.push_back({path + ".bias", {shape[0]}, ""});
+      if (mod == "o_proj" && c.qk_norm) {
+        v.push_back({p + "self_attn.q_norm.weight", {c.head_dim}, ""});
+        v.push_back({p + "self_attn.k_norm.weight", {c.head_dim}, ""});
+      }
+    }
+    v.push_back({p + "post_attention_layernorm.weight", {H}, ""});
+  }
+  v.push_back({"model.norm.weight", {H}, ""});
+  if (!c.tie_word_embeddings) v.push_back({"lm_head.weight", {c.vocab_size, H}, ""});
+  return v;
+}
+
+std::string dtype_config_name(at::ScalarType t) {
+  return t == at::kBFloat16 ? "bfloat16" : t == at::kHalf ? "float16" : "float32";
+}
+
+bool is_weight_file(const stdfs::path& p) {
+  const std::string n = p.filename().string();
+  const std::string ext = p.extension().string();
+  return ext == ".safetensors" || ext == ".bin" || ext == ".pt" || ext == ".pth" || ext == ".gguf" ||
+         n == "model.safetensors.index.json" || n == "pytorch_model.bin.index.json";
+}
+
+bool is_tokenizer_file(const std::string& n) {
+  static const std::set<std::string> names = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                                              "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+                                              "chat_template.json", "vocab.json", "merges.txt"};
+  return names.count(n) > 0;
+}
+
+class MergedWriter {
+ public:
+  MergedWriter(const ExportOptions& o, const model::AdapterSource& src, const stdfs::path& base)
+      : o_(o), src_(src), ck_(base), mc_(model::read_model_config(base)) {}
+
+  ExportReport run() {
+    ExportReport rep;
+    rep.adapter_dir = src_.dir;
+    rep.base_model = ck_.dir();
+    rep.dtype = o_.dtype.value_or(at::kBFloat16);
+    check_adapter_matches_base(src_, mc_);
+    const BaseHolding hold = base_holding(src_);
+    const bool bnb = mc_.quantization.has_value();
+    // What W is: dequant(NF4) when the adapter saw NF4 and the user did not ask otherwise.
+    if (o_.merge_into == "original") {
+      if (bnb)
+        user_error("--merge-into original: ", ck_.dir().string(),
+                   " is a 4-bit checkpoint; its original 16-bit weights are not there (give them with --base-model)");
+      if (hold.nf4)
+        std::fprintf(stderr,
+                     "warning: --merge-into original: this adapter learned to correct the NF4-quantized weights; merged "
+                     "into the original 16-bit weights the quantization error comes back uncorrected, which usually "
+                     "makes the merged model worse than base+adapter. The default (dequant) merges into the weights "
+                     "it was trained against.\n");
+      quantize_ = false;
+    } else if (o_.merge_into == "dequant") {
+      quantize_ = hold.nf4 && !bnb;  // a bnb checkpoint is dequantized as it is
+      if (!hold.nf4) {
+        std::fprintf(stderr, "note: the adapter was trained on the 16-bit base (adapter: lora); merging into those weights\n");
+      } else if (!hold.known && !bnb) {
+        std::fprintf(stderr,
+                     "note: %s does not say how the base was held while training; assuming NF4 (blocksize 64, double "
+                     "quantization) as qlora trains. Use --merge-into original for an adapter trained on the 16-bit base.\n",
+                     (src_.dir / "adapter_config.json").string().c_str());
+      }
+      blocksize_ = hold.blocksize;
+      double_quant_ = hold.double_quant;
+    } else {
+      user_error("--merge-into: expected dequant or original, got \"", o_.merge_into, "\"");
+    }
+    check_out(o_, {src_.dir, ck_.dir()});
+    dtype_ = rep.dtype;
+    scaling_ = model::lora_scaling(io::to_lora_config(src_.peft));
+    lora_ = lora_by_module(src_);
+
+    const std::vector<OutTensor> all = merged_tensors(mc_);
+    for (const OutTensor& t : all) check_source(t);
+    // Shards in order, as save_pretrained cuts them: a tensor opens a new shard when it would
+    // push a non-empty shard past the limit (a single tensor larger than the limit stands alone).
+    std::vector<std::vector<const OutTensor*>> shards(1);
+    uint64_t shard_bytes = 0;
+    const uint64_t isz = c10::elementSize(dtype_);
+    for (const OutTensor& t : all) {
+      uint64_t b = isz;
+      for (int64_t d : t.shape) b *= static_cast<uint64_t>(d);
+      if (!shards.back().empty() && shard_bytes + b > o_.max_shard_bytes) {
+        shards.emplace_back();
+        shard_bytes = 0;
+      }
+      shards.back().push_back(&t);
+      shard_bytes += b;
+    }
+
+    fs::StagedDir staged(o_.out, /*replace_existing=*/stdfs::exists(o_.out));
+    nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+    for (size_t s = 0; s < shards.size(); ++s) {
+      char fname[64];
+      if (shards.size() == 1)
+        std::snprintf(fname, sizeof fname, "model.safetensors");
+      else
+        std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
+      std::vector<io::SafetensorsStreamWriter::Entry> entries;
+      for (const OutTensor* t : shards[s]) entries.push_back({t->name, dtype_, t->shape});
+      io::SafetensorsStreamWriter w(staged.path() / fname, entries);
+      for (const OutTensor* t : shards[s]) {
+        at::Tensor out = produce(*t);
+        rep.tensor_bytes += out.nbytes();
+        w.add(t->name, out);
+        out = at::Tensor();
+        release(*t);
+        weight_map[t->name] = fname;
+      }
+      w.finish();
+      rep.files.push_back(fname);
+    }
+    rep.merged_modules = merged_;
+    if (shards.size() > 1) {
+      nlohmann::ordered_json index;
+      index["metadata"]["total_size"] = rep.tensor_bytes;
+      index["weight_map"] = weight_map;
+      fs::write_file_atomic(staged.path() / "model.safetensors.index.json", index.dump(2) + "\n");
+      rep.files.push_back("model.safetensors.index.json");
+    }
+    write_config(staged.path(), rep);
+    copy_side_files(staged.path(), rep);
+    staged.commit();
+    return rep;
+  }
+
+ private:
+  std::string where(const std::string& name) const {
+    return ck_.contains(name) ? ck_.file_of(name).path().string() + ": " + name : ck_.dir().string() + ": " + name;
+  }
+
+  bool is_bnb(const OutTensor& t) const { return !t.module.empty() && quant::is_bnb_4bit(ck_, t.module); }
+
+  // Before writing anything: every source tensor is there with the expected shape and a float dtype.
+  void check_source(const OutTensor& t) const {
+    if (is_bnb(t)) return;  // read_bnb_nf4 checks its entries; the shape is checked in produce()
+    if (!ck_.contains(t.name)) {
+      if (t.name == "lm_head.weight")
+        user_error(ck_.dir().string(), ": lm_head.weight: missing (config.json says tie_word_embeddings is false)");
+      user_error(ck_.dir().string(), ": ", t.name, ": missing from the checkpoint");
+    }
+    const io::TensorInfo& info = ck_.info(t.name);
+    if (info.dtype != "F32" && info.dtype != "BF16" && info.dtype != "F16")
+      user_error(where(t.name), ": expected F32, BF16 or F16 weights, got ", info.dtype);
+    if (info.shape != t.shape)
+      user_error(where(t.name), ": expected shape ", at::IntArrayRef(t.shape), ", got ", at::IntArrayRef(info.shape));
+  }
+
+  // The output tensor in dtype_: a copy for everything but adapted linears, which get
+  // W + scaling * B @ A computed in fp32 (W as chosen by --merge-into).
+  at::Tensor produce(const OutTensor& t) {
+    if (t.module.empty()) return ck_.tensor(t.name).to(dtype_);
+    at::Tensor w;
+    if (is_bnb(t)) {
+      const kernels::NF4Tensor q = quant::read_bnb_nf4(ck_, t.module);
+      if (q.shape != t.shape)
+        user_error(where(t.module + ".weight" + quant::kBnbNf4StateSuffix), ": shape ", at::IntArrayRef(q.shape),
+                   ", expected ", at::IntArrayRef(t.shape));
+      w = kernels::nf4_dequantize(q, at::kFloat);
+    } else if (quantize_) {
+      // Exactly what the trainer's loader computed with: quantize the stored weight, dequantize.
+      w = kernels::nf4_dequantize(kernels::nf4_quantize(ck_.tensor(t.name), blocksize_, double_quant_), at::kFloat);
+    } else {
+      w = ck_.tensor(t.name).to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
+    }
+    const auto it = lora_.find(t.module);
+    if (it != lora_.end()) {
+      w.addmm_(it->second.B.to(at::kFloat), it->second.A.to(at::kFloat), /*beta=*/1.0, /*alpha=*/scaling_);
+      ++merged_;
+    }
+    return w.to(dtype_);
+  }
+
+  void release(const OutTensor& t) {
+    if (is_bnb(t)) {
+      for (const std::string& n : ck_.names())
+        if (n.rfind(t.module + ".weight", 0) == 0) io::release_mapped_pages(ck_.file_of(n).bytes(n));
+    } else {
+      io::release_mapped_pages(ck_.file_of(t.name).bytes(t.name));
+    }
+    trim_heap();
+  }
+
+  void write_config(const stdfs::path& dir, ExportReport& rep) const {
+    const stdfs::path p = ck_.dir() / "config.json";
+    nlohmann::ordered_json cfg;
+    try {
+      cfg = nlohmann::ordered_json::parse(fs::read_file(p));
+    } catch (const nlohmann::json::exception& e) {
+      user_error(p.string(), ": not valid JSON: ", e.what());
+    }
+    cfg.erase("quantization_config");
+    cfg.erase("_pre_quantization_dtype");
+    bool set = false;
+    for (const char* k : {"torch_dtype", "dtype"}) {
+      if (cfg.contains(k)) {
+        cfg[k] = dtype_config_name(dtype_);
+        set = true;
+      }
+    }
+    if (!set) cfg["torch_dtype"] = dtype_config_name(dtype_);
+    fs::write_file_atomic(dir / "config.json", cfg.dump(2) + "\n");
+    rep.files.push_back("config.json");
+  }
+
+  // Tokenizer files, generation_config.json, chat template, README...: copied from the base (and
+  // from the run's separate tokenizer directory when it had one). A base without
+  // generation_config.json gets the one save_pretrained derives from config.json.
+  void copy_side_files(const stdfs::path& dir, ExportReport& rep) const {
+    std::vector<stdfs::path> from = {ck_.dir()};
+    if (src_.train && !src_.train->tokenizer.empty() && stdfs::is_directory(src_.train->tokenizer))
+      from.push_back(src_.train->tokenizer);
+    for (size_t i = 0; i < from.size(); ++i) {
+      for (const auto& e : stdfs::directory_iterator(from[i])) {
+        const std::string n = e.path().filename().string();
+        if (!e.is_regular_file() || is_weight_file(e.path()) || n == "config.json" || n.empty() || n[0] == '.') continue;
+        if (i > 0 && !is_tokenizer_file(n)) continue;
+        stdfs::copy_file(e.path(), dir / n, stdfs::copy_options::overwrite_existing);
+        if (std::find(rep.files.begin(), rep.files.end(), n) == rep.files.end()) rep.files.push_back(n);
+      }
+    }
+    if (!stdfs::exists(dir / "generation_config.json")) {
+      nlohmann::ordered_json g;
+      g["_from_model_config"] = true;
+      if (mc_.bos_token_id) g["bos_token_id"] = *mc_.bos_token_id;
+      if (mc_.eos_token_ids.size() == 1) g["eos_token_id"] = mc_.eos_token_ids[0];
+      if (mc_.eos_token_ids.size() > 1) g["eos_token_id"] = mc_.eos_token_ids;
+      if (mc_.pad_token_id) g["pad_token_id"] = *mc_.pad_token_id;
+      fs::write_file_atomic(dir / "generation_config.json", g.dump(2) + "\n");
+      rep.files.push_back("generation_config.json");
+    }
+  }
+
+  const ExportOptions& o_;
+  const model::AdapterSource& src_;
+  io::HfCheckpoint ck_;
+  model::ModelConfig mc_;
+  std::map<std::string, ModuleLora> lora_;
+  at::ScalarType dtype_ = at::kBFloat16;
+  double scaling_ = 1.0;
+  bool quantize_ = true;
+  int64_t blocksize_ = 64;
+  bool double_quant_ = true;
+  int64_t merged_ = 0;
+};
+
+}  // namespace
+
+uint64_t parse_size(const std::string& s, const std::string& what) {
+  size_t i = 0;
+  while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) ++i;
+  std::string unit = s.substr(i);
+  for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  static const std::map<std::string, double> units = {
+      {"", 1},      {"B", 1},          {"KB", 1e3},       {"MB", 1e6},           {"GB", 1e9},
+      {"TB", 1e12}, {"KIB", 1024.0},   {"MIB", 1048576.0}, {"GIB", 1073741824.0}, {"TIB", 1099511627776.0}};
+  const auto u = units.find(unit);
+  double v = 0;
+  try {
+    size_t used = 0;
+    v = i > 0 ? std::stod(s.substr(0, i), &used) : -1;
+    if (used != i) v = -1;
+  } catch (const std::exception&) {
+    v = -1;
+  }
+  if (u == units.end() || !(v > 0)) user_error(what, ": expected a size such as 5GB, 500MB or 2GiB, got \"", s, "\"");
+  return static_cast<uint64_t>(v * u->second);
+}
+
+at::ScalarType parse_export_dtype(const std::string& s, const std::string& what) {
+  if (s == "bf16") return at::kBFloat16;
+  if (s == "fp16") return at::kHalf;
+  if (s == "fp32") return at::kFloat;
+  user_error(what, ": expected bf16, fp16 or fp32, got \"", s, "\"");
+}
+
+void check_adapter_matches_base(const model::AdapterSource& src, const model::ModelConfig& mc) {
+  const std::string file = adapter_file(src);
+  const std::string base = mc.path.string();
+  std::map<std::string, std::vector<int64_t>> shapes;  // module path -> [out, in]
+  for (int64_t i = 0; i < mc.num_hidden_layers; ++i)
+    for (const auto& mod : model::linear_module_names()) shapes[model::linear_module_path(i, mod)] = model::linear_shape(mc, mod);
+  const int64_t r = src.peft.r;
+  std::set<std::string> have_a, have_b;
+  for (const auto& [k, v] : src.tensors) {
+    const bool a = ends_with(k, ".lora_A.weight"), b = ends_with(k, ".lora_B.weight");
+    if (k.rfind(kPeftPrefix, 0) != 0 || (!a && !b))
+      user_error(file, ": ", k, ": not a LoRA key (expected base_model.model.<module>.lora_A.weight or .lora_B.weight)");
+    const std::string module = k.substr(std::string(kPeftPrefix).size(), k.size() - std::string(kPeftPrefix).size() - 14);
+    const auto it = shapes.find(module);
+    if (it == shapes.end())
+      user_error(file, ": ", k, ": the base (", base, ") has no linear module ", module,
+                 " (an adapter made for another base model?)");
+    const std::vector<int64_t> want = a ? std::vector<int64_t>{r, it->second[1]} : std::vector<int64_t>{it->second[0], r};
+    if (v.sizes().vec() != want)
+      user_error(file, ": ", k, ": shape ", v.sizes(), ", but the base (", base, ") with r=", r, " needs ",
+                 at::IntArrayRef(want), " (an adapter made for another base model?)");
+    if (!at::isFloatingType(v.scalar_type())) user_error(file, ": ", k, ": expected a floating-point tensor");
+    (a ? have_a : have_b).insert(module);
+  }
+  for (const auto& m : have_a)
+    if (!have_b.count(m)) user_error(file, ": ", kPeftPrefix, m, ".lora_B.weight: missing (its lora_A is there)");
+  for (const auto& m : have_b)
+    if (!have_a.count(m)) user_error(file, ": ", kPeftPrefix, m, ".lora_A.weight: missing (its lora_B is there)");
+  // Every module the adapter config targets in this base has its pair.
+  const config::LoraConfig lc = io::to_lora_config(src.peft);
+  for (const auto& [module, shape] : shapes)
+    if (model::lora_targets(lc, module) && !have_a.count(module))
+      user_error(file, ": ", kPeftPrefix, module, ".lora_A.weight: missing (adapter_config.json targets ",
+                 module.substr(module.rfind('.') + 1), " in every layer of the base ", base, ")");
+}
+
+ExportReport export_checkpoint(const ExportOptions& o) {
+  if (o.format != "peft" && o.format != "merged" && o.format != "gguf-adapter")
+    user_error("--format: expected peft, merged or gguf-adapter, got \"", o.format, "\"");
+  if (o.out.empty()) user_error("--out: an output directory is required");
+  const model::AdapterSource src = model::read_adapter_source(o.checkpoint);
+  if (o.format == "peft") return export_peft(o, src);
+  if (o.format == "gguf-adapter") return export_gguf(o, src);
+  const stdfs::path base = base_dir(o, src, /*required=*/true);
+  return MergedWriter(o, src, base).run();
+}
+
+}  // namespace qlora::exporter
