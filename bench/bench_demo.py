@@ -104,6 +104,10 @@ def main():
            "command": "~/.cache/qlora/venv/bin/python bench/bench_demo.py " + " ".join(sys.argv[1:]),
            "commit": q, "machine": machine(), "threads": env["OMP_NUM_THREADS"],
            "runs": res, "comparisons": cmp}
+    if os.path.exists(a.out):  # hand-written interpretation is kept across reruns
+        notes = json.load(open(a.out)).get("notes")
+        if notes:
+            out["notes"] = notes
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(out, f, indent=2)

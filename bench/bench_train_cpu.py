@@ -251,23 +251,12 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "train_cpu.json"))
     a = ap.parse_args()
     sh(["cmake", "--build", BUILD, "--target", "qlora", "bench_train_cpu_batches"])
-    work = tempfile.mkdtemp(prefix="qlora-bench-train-")
-    runs = []
-    big_params = None
-    try:
-        for name in a.models.split(","):
-            if name == "demo":
-                model_dir, steps = os.path.join(DEMO, "model"), a.demo_steps
-            else:
-                model_dir, steps = os.path.join(work, "big-model"), a.big_steps
-                big_params = make_big_model(model_dir)
-            for t in (int(x) for x in a.threads.split(",")):
-                runs.append(run_case(name, model_dir, steps, a.skip, t, work))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     import torch
     import transformers, peft, bitsandbytes
     q = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    # Runs of other (model, threads) already in --out are kept: the file can be filled in parts.
+    old = json.load(open(a.out)) if os.path.exists(a.out) else {}
+    runs = old.get("runs", [])
     out = {
         "description": __doc__.split("\n\n")[0] + " Steady-state tokens/s (non-padding input tokens per second of "
                        "training step, the first `skip` steps excluded) and peak RSS of the whole process "
@@ -282,15 +271,36 @@ def main():
                   "micro_batch_size": 16, "lora": "r 16, alpha 32, dropout 0.05, all linear layers",
                   "base": "NF4, double quant, blocksize 64, fp32 compute", "optimizer": "AdamW fp32, wd 0",
                   "schedule": "lr 2e-3, 10 warmup steps, cosine", "gradient_checkpointing": False,
-                  "skip": a.skip, "big_model": dict(BIG, vocab_size=1024, parameters=big_params)},
+                  "skip": a.skip, "big_model": dict(BIG, vocab_size=1024)},
         "runs": runs,
     }
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(out, f, indent=2)
-        f.write("\n")
-    print("wrote", a.out)
+    if "notes" in old:
+        out["notes"] = old["notes"]
+    if "parameters" in old.get("setup", {}).get("big_model", {}):
+        out["setup"]["big_model"]["parameters"] = old["setup"]["big_model"]["parameters"]
 
+    def save():
+        os.makedirs(os.path.dirname(a.out), exist_ok=True)
+        with open(a.out, "w") as f:
+            json.dump(out, f, indent=2)
+            f.write("\n")
+
+    work = tempfile.mkdtemp(prefix="qlora-bench-train-")
+    try:
+        for name in a.models.split(","):
+            if name == "demo":
+                model_dir, steps = os.path.join(DEMO, "model"), a.demo_steps
+            else:
+                model_dir, steps = os.path.join(work, "big-model"), a.big_steps
+                out["setup"]["big_model"]["parameters"] = make_big_model(model_dir)
+            for t in (int(x) for x in a.threads.split(",")):
+                r = run_case(name, model_dir, steps, a.skip, t, work)
+                r["command"] = out["command"]
+                runs[:] = [x for x in runs if (x["model"], x["adapter"], x["threads"]) != (name, "qlora", t)] + [r]
+                save()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("wrote", a.out)
 
 if __name__ == "__main__":
     main()
