@@ -4,7 +4,6 @@
 // batches. Loss = summed cross-entropy over the target tokens / their count (transformers'
 // labels with -100 on masked and padded positions); perplexity = exp(loss).
 #include <ATen/ATen.h>
-#include <torch/autograd.h>
 
 #include <chrono>
 #include <cmath>
@@ -16,6 +15,7 @@
 #include "trainer/common/error.h"
 #include "trainer/data/dataset.h"
 #include "trainer/data/loader.h"
+#include "trainer/train/eval_loss.h"
 
 namespace qlora::cli {
 
@@ -43,21 +43,10 @@ int run_eval(const EvalArgs& a) {
   if (d.train->num_rows() == 0) user_error(a.data, ": no samples with target tokens");
 
   const auto t0 = std::chrono::steady_clock::now();
-  at::NoGradGuard no_grad;
-  m.training = false;
-  double sum = 0;
-  int64_t count = 0;
-  data::DataLoader loader(d.train, a.batch_size, /*seed=*/0, /*shuffle=*/false);
-  const int64_t n = loader.batches_per_epoch();
-  for (int64_t i = 0; i < n; ++i) {
-    data::Batch b = loader.next();
-    at::Tensor h = m.forward(b.input_ids.to(m.device), b.position_ids.to(m.device), b.segment_ids.to(m.device));
-    model::LossSum l = m.loss(h, b.labels.to(m.device));
-    sum += l.sum.item<double>();
-    count += l.count.item<int64_t>();
-  }
+  const train::LossTotal lt = train::eval_loss(m, d.train, a.batch_size);
+  const int64_t count = lt.count;
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const double loss = count > 0 ? sum / static_cast<double>(count) : NAN;
+  const double loss = lt.mean();
   const double ppl = std::exp(loss);
   if (a.json) {
     nlohmann::ordered_json j = {{"loss", loss},

@@ -31,6 +31,7 @@
 #include "trainer/optim/schedule.h"
 #include "trainer/tokenizer/tokenizer.h"
 #include "trainer/train/checkpoint.h"
+#include "trainer/train/eval_loss.h"
 #include "trainer/train/progress.h"
 #include "trainer/train/signals.h"
 
@@ -80,19 +81,9 @@ EvalMetrics evaluate(model::Model& m, const std::shared_ptr<const data::PackedDa
   m.training = false;
   EvalMetrics e;
   e.step = step;
-  double sum = 0;
-  int64_t count = 0;
-  data::DataLoader loader(val, micro_batch, cfg.seed, /*shuffle=*/false);
-  const int64_t n = loader.batches_per_epoch();
-  for (int64_t i = 0; i < n; ++i) {
-    data::Batch b = loader.next();
-    at::Tensor h = m.forward(b.input_ids.to(m.device), b.position_ids.to(m.device), b.segment_ids.to(m.device));
-    model::LossSum l = m.loss(h, b.labels.to(m.device));
-    sum += l.sum.item<double>();
-    count += l.count.item<int64_t>();
-  }
-  e.tokens = count;
-  e.loss = count > 0 ? sum / count : NAN;
+  const LossTotal lt = eval_loss(m, val, micro_batch);
+  e.tokens = lt.count;
+  e.loss = lt.mean();
   e.perplexity = std::exp(e.loss);
   if (cfg.eval_exact_match) {
     // Each sample: the prompt is everything before its first trained token; the answer is the
