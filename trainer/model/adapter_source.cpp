@@ -2,6 +2,8 @@
 
 #include <torch/cuda.h>
 
+#include <cstdio>
+
 #include "trainer/common/error.h"
 #include "trainer/config/load.h"
 #include "trainer/train/checkpoint.h"
