@@ -8,21 +8,11 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "trainer/common/fs.h"
 #include "trainer/io/hf_checkpoint.h"
 #include "trainer/model/model.h"
 
 using namespace qlora;
-
-namespace {
-uint64_t status_kb(const char* key) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  const size_t n = std::strlen(key);
-  while (std::getline(in, line))
-    if (line.compare(0, n, key) == 0) return std::stoull(line.substr(n + 1)) * 1024;
-  return 0;
-}
-}  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) {
@@ -36,9 +26,9 @@ int main(int argc, char** argv) {
     for (const auto& n : ck.names()) largest = std::max<uint64_t>(largest, ck.info(n).nbytes());
   }
   at::zeros({1});  // torch initialized before the baseline
-  const uint64_t baseline = status_kb("VmRSS:");
-  const uint64_t baseline_hwm = status_kb("VmHWM:");
-  const uint64_t baseline_anon = status_kb("RssAnon:"), baseline_file = status_kb("RssFile:");
+  const uint64_t baseline = fs::proc_status_bytes("VmRSS:");
+  const uint64_t baseline_hwm = fs::proc_status_bytes("VmHWM:");
+  const uint64_t baseline_anon = fs::proc_status_bytes("RssAnon:"), baseline_file = fs::proc_status_bytes("RssFile:");
   model::ModelLoadOptions o;
   o.compute_dtype = dtype == "fp32" ? at::kFloat : at::kBFloat16;
   auto t0 = std::chrono::steady_clock::now();
@@ -50,10 +40,10 @@ int main(int argc, char** argv) {
                       {"baseline_peak_rss_bytes", baseline_hwm},
                       {"baseline_rss_anon_bytes", baseline_anon},
                       {"baseline_rss_file_bytes", baseline_file},
-                      {"peak_rss_bytes", status_kb("VmHWM:")},
-                      {"final_rss_bytes", status_kb("VmRSS:")},
-                      {"final_rss_anon_bytes", status_kb("RssAnon:")},
-                      {"final_rss_file_bytes", status_kb("RssFile:")},
+                      {"peak_rss_bytes", fs::proc_status_bytes("VmHWM:")},
+                      {"final_rss_bytes", fs::proc_status_bytes("VmRSS:")},
+                      {"final_rss_anon_bytes", fs::proc_status_bytes("RssAnon:")},
+                      {"final_rss_file_bytes", fs::proc_status_bytes("RssFile:")},
                       {"model_bytes", m.base_nbytes()},
                       {"largest_tensor_bytes", largest},
                       {"seconds", secs}};

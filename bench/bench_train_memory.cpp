@@ -34,15 +34,6 @@ namespace {
 constexpr int64_t kVocab = 32000, kHidden = 768, kInter = 2048, kLayers = 6, kHeads = 12, kKv = 4;
 constexpr int64_t kBatch = 2, kSeq = 1024;
 
-uint64_t status_kb(const char* key) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  const size_t n = std::strlen(key);
-  while (std::getline(in, line))
-    if (line.compare(0, n, key) == 0) return std::stoull(line.substr(n + 1)) * 1024;
-  return 0;
-}
-
 // Resets VmHWM to the current RSS (Linux: echo 5 > /proc/self/clear_refs).
 void reset_peak() {
   std::ofstream f("/proc/self/clear_refs");
@@ -96,7 +87,7 @@ int run_one(const std::string& variant, const stdfs::path& dir) {
   m.ce_chunk_tokens = chunked ? 0 : -1;
   at::Generator g = at::make_generator<at::CPUGeneratorImpl>(5);
   at::Tensor ids = at::randint(kVocab, {kBatch, kSeq}, g, at::kLong);
-  const uint64_t before = status_kb("VmRSS:");
+  const uint64_t before = fs::proc_status_bytes("VmRSS:");
   reset_peak();
   auto t0 = std::chrono::steady_clock::now();
   at::Tensor h = m.forward(ids);
@@ -104,7 +95,7 @@ int run_one(const std::string& variant, const stdfs::path& dir) {
   (l.sum / l.count.to(at::kFloat)).backward();
   h = at::Tensor();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const uint64_t peak = status_kb("VmHWM:");
+  const uint64_t peak = fs::proc_status_bytes("VmHWM:");
   json r = {{"variant", variant}, {"gradient_checkpointing", ckpt}, {"chunked_cross_entropy", chunked},
             {"ce_chunk_tokens", chunked ? model::default_ce_chunk_tokens(kVocab) : kBatch * kSeq},
             {"rss_before_step_bytes", before}, {"peak_rss_bytes", peak}, {"step_peak_extra_bytes", peak - before},

@@ -18,15 +18,6 @@ using namespace qlora;
 
 namespace {
 
-uint64_t status_bytes(const char* key) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  const size_t n = std::strlen(key);
-  while (std::getline(in, line))
-    if (line.compare(0, n, key) == 0) return std::stoull(line.substr(n + 1)) * 1024;
-  return 0;
-}
-
 // A random llama-shaped bf16 checkpoint: 8 layers, hidden 1024, intermediate 2816, vocab 32000,
 // untied (about 330 MB on disk; the largest tensors are the 65 MB embeddings).
 void write_checkpoint(const stdfs::path& dir) {
@@ -59,12 +50,12 @@ TEST(LoadMemory, PeakIsModelPlusLargestTensor) {
   if (const char* dir = std::getenv("QLORA_LOAD_MEMORY_CHILD")) {
     // Child: load and report.
     at::zeros({1});
-    const uint64_t baseline = status_bytes("VmRSS:");
+    const uint64_t baseline = fs::proc_status_bytes("VmRSS:");
     model::ModelLoadOptions o;
     o.compute_dtype = at::kBFloat16;
     model::Model m = model::load_model(dir, o);
     std::printf("RESULT %llu %llu %lld\n", static_cast<unsigned long long>(baseline),
-                static_cast<unsigned long long>(status_bytes("VmHWM:")), static_cast<long long>(m.base_nbytes()));
+                static_cast<unsigned long long>(fs::proc_status_bytes("VmHWM:")), static_cast<long long>(m.base_nbytes()));
     return;
   }
   const stdfs::path dir = test::temp_dir();

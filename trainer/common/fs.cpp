@@ -44,35 +44,53 @@ stdfs::path temp_sibling(const stdfs::path& final_path) {
   return dir / name;
 }
 
-void write_file_atomic(const stdfs::path& path, std::string_view bytes) {
-  stdfs::path tmp = temp_sibling(path);
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) user_error(path.string(), ": cannot write: ", std::strerror(errno));
-  size_t off = 0;
-  while (off < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + off, bytes.size() - off);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      user_error(path.string(), ": write failed: ", std::strerror(err));
-    }
-    off += static_cast<size_t>(n);
+AtomicFile::AtomicFile(stdfs::path path) : path_(std::move(path)), tmp_(temp_sibling(path_)) {
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) user_error(path_.string(), ": cannot write: ", std::strerror(errno));
+}
+
+AtomicFile::~AtomicFile() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(tmp_.c_str());
   }
+}
+
+void AtomicFile::write(const void* data, size_t n) {
+  const char* c = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd_, c, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      user_error(path_.string(), ": write failed: ", std::strerror(errno));  // the destructor unlinks
+    }
+    c += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+void AtomicFile::commit() {
+  const int fd = fd_;
+  fd_ = -1;
   if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    user_error(path.string(), ": write failed: ", std::strerror(err));
+    const int err = errno;
+    ::unlink(tmp_.c_str());
+    user_error(path_.string(), ": write failed: ", std::strerror(err));
   }
   std::error_code ec;
-  stdfs::rename(tmp, path, ec);
+  stdfs::rename(tmp_, path_, ec);
   if (ec) {
-    ::unlink(tmp.c_str());
-    user_error(path.string(), ": cannot rename into place: ", ec.message());
+    ::unlink(tmp_.c_str());
+    user_error(path_.string(), ": cannot rename into place: ", ec.message());
   }
-  stdfs::path dir = path.parent_path();
+  const stdfs::path dir = path_.parent_path();
   fsync_path(dir.empty() ? stdfs::path(".") : dir);
+}
+
+void write_file_atomic(const stdfs::path& path, std::string_view bytes) {
+  AtomicFile f(path);
+  f.write(bytes.data(), bytes.size());
+  f.commit();
 }
 
 StagedDir::StagedDir(stdfs::path final_dir, bool replace_existing)
@@ -136,12 +154,13 @@ std::string format_bytes(uint64_t bytes) {
   return buf;
 }
 
-uint64_t peak_rss_bytes() {
+uint64_t proc_status_bytes(const char* key) {
   std::ifstream in("/proc/self/status");
+  const std::string_view k(key);
   std::string line;
   while (std::getline(in, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) {
-      std::istringstream ss(line.substr(6));
+    if (line.compare(0, k.size(), k) == 0) {
+      std::istringstream ss(line.substr(k.size()));
       uint64_t kb = 0;
       ss >> kb;
       return kb * 1024;
@@ -149,5 +168,7 @@ uint64_t peak_rss_bytes() {
   }
   return 0;
 }
+
+uint64_t peak_rss_bytes() { return proc_status_bytes("VmHWM:"); }
 
 }  // namespace qlora::fs

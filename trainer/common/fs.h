@@ -12,8 +12,25 @@ namespace stdfs = std::filesystem;
 // Reads a whole file; UserError naming the path if it cannot be read.
 std::string read_file(const stdfs::path& path);
 
-// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync of the
-// directory. A crash leaves either the old file or the new one, never a mix.
+// A file written out of place: bytes go to a temporary sibling; commit() fsyncs, renames it over
+// `path` and fsyncs the directory. A crash leaves either the old file or the new one, never a mix;
+// without commit() (an error, an exception) the temporary file is removed. Failures are
+// UserErrors naming `path`.
+class AtomicFile {
+ public:
+  explicit AtomicFile(stdfs::path path);
+  ~AtomicFile();
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+  void write(const void* data, size_t n);
+  void commit();
+
+ private:
+  stdfs::path path_, tmp_;
+  int fd_ = -1;
+};
+
+// Writes `bytes` to `path` atomically (an AtomicFile written at once).
 void write_file_atomic(const stdfs::path& path, std::string_view bytes);
 
 // fsync a file or a directory by path (throws std::system_error on failure).
@@ -46,6 +63,10 @@ class StagedDir {
 
 // Human-readable byte count ("1.5 GiB").
 std::string format_bytes(uint64_t bytes);
+
+// A "<key>: <n> kB" field of /proc/self/status in bytes (key with its colon, e.g. "VmRSS:"),
+// 0 if unknown.
+uint64_t proc_status_bytes(const char* key);
 
 // Peak resident set size of this process in bytes (VmHWM), 0 if unknown.
 uint64_t peak_rss_bytes();

@@ -273,40 +273,12 @@ void SafetensorsWriter::write(const std::filesystem::path& path) const {
   for (const auto& [name, t] : entries_) ts.emplace_back(name, to_dtype_string(t.scalar_type()), t.sizes().vec(), t.nbytes());
   const std::string header = make_header(metadata_, ts);
 
-  const std::filesystem::path tmp = fs::temp_sibling(path);
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) user_error(path.string(), ": cannot write: ", std::strerror(errno));
-  auto put = [&](const void* p, size_t n) {
-    const char* c = static_cast<const char*>(p);
-    while (n > 0) {
-      ssize_t w = ::write(fd, c, n);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        int err = errno;
-        ::close(fd);
-        ::unlink(tmp.c_str());
-        user_error(path.string(), ": write failed: ", std::strerror(err));
-      }
-      c += w;
-      n -= static_cast<size_t>(w);
-    }
-  };
-  uint64_t hlen = header.size();
-  put(&hlen, 8);
-  put(header.data(), header.size());
-  for (const auto& [name, t] : entries_) put(t.data_ptr(), t.nbytes());
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    user_error(path.string(), ": write failed: ", std::strerror(err));
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    ::unlink(tmp.c_str());
-    user_error(path.string(), ": cannot rename into place: ", ec.message());
-  }
-  fs::fsync_path(path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path());
+  fs::AtomicFile f(path);
+  const uint64_t hlen = header.size();
+  f.write(&hlen, 8);
+  f.write(header.data(), header.size());
+  for (const auto& [name, t] : entries_) f.write(t.data_ptr(), t.nbytes());
+  f.commit();
 }
 
 uint64_t SafetensorsStreamWriter::Entry::nbytes() const {
@@ -316,35 +288,13 @@ uint64_t SafetensorsStreamWriter::Entry::nbytes() const {
 }
 
 SafetensorsStreamWriter::SafetensorsStreamWriter(std::filesystem::path path, std::vector<Entry> entries)
-    : path_(std::move(path)), tmp_(fs::temp_sibling(path_)), entries_(std::move(entries)) {
+    : file_(std::move(path)), entries_(std::move(entries)) {
   std::vector<std::tuple<std::string, std::string, std::vector<int64_t>, uint64_t>> ts;
   for (const Entry& e : entries_) ts.emplace_back(e.name, to_dtype_string(e.dtype), e.shape, e.nbytes());
   const std::string header = make_header({{"format", "pt"}}, ts);
-  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd_ < 0) user_error(path_.string(), ": cannot write: ", std::strerror(errno));
   const uint64_t hlen = header.size();
-  put(&hlen, 8);
-  put(header.data(), header.size());
-}
-
-SafetensorsStreamWriter::~SafetensorsStreamWriter() {
-  if (fd_ >= 0) {
-    ::close(fd_);
-    ::unlink(tmp_.c_str());
-  }
-}
-
-void SafetensorsStreamWriter::put(const void* p, size_t n) {
-  const char* c = static_cast<const char*>(p);
-  while (n > 0) {
-    ssize_t w = ::write(fd_, c, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      user_error(path_.string(), ": write failed: ", std::strerror(errno));  // the destructor unlinks
-    }
-    c += w;
-    n -= static_cast<size_t>(w);
-  }
+  file_.write(&hlen, 8);
+  file_.write(header.data(), header.size());
 }
 
 void SafetensorsStreamWriter::add(const std::string& name, const at::Tensor& t) {
@@ -354,26 +304,13 @@ void SafetensorsStreamWriter::add(const std::string& name, const at::Tensor& t) 
               "SafetensorsStreamWriter: expected ", e.name, " ", e.dtype, " ", at::IntArrayRef(e.shape), ", got ", name, " ",
               t.scalar_type(), " ", t.sizes());
   at::Tensor c = t.detach().cpu().contiguous();
-  put(c.data_ptr(), c.nbytes());
+  file_.write(c.data_ptr(), c.nbytes());
   ++next_;
 }
 
 void SafetensorsStreamWriter::finish() {
   TORCH_CHECK(next_ == entries_.size(), "SafetensorsStreamWriter: ", entries_.size() - next_, " tensors not written");
-  if (::fsync(fd_) != 0 || ::close(fd_) != 0) {
-    fd_ = -1;
-    int err = errno;
-    ::unlink(tmp_.c_str());
-    user_error(path_.string(), ": write failed: ", std::strerror(err));
-  }
-  fd_ = -1;
-  std::error_code ec;
-  std::filesystem::rename(tmp_, path_, ec);
-  if (ec) {
-    ::unlink(tmp_.c_str());
-    user_error(path_.string(), ": cannot rename into place: ", ec.message());
-  }
-  fs::fsync_path(path_.parent_path().empty() ? std::filesystem::path(".") : path_.parent_path());
+  file_.commit();
 }
 
 }  // namespace qlora::io

@@ -17,6 +17,8 @@
 #include <string_view>
 #include <vector>
 
+#include "trainer/common/fs.h"
+
 namespace qlora::io {
 
 struct TensorInfo {
@@ -101,7 +103,6 @@ class SafetensorsStreamWriter {
     uint64_t nbytes() const;
   };
   SafetensorsStreamWriter(std::filesystem::path path, std::vector<Entry> entries);
-  ~SafetensorsStreamWriter();
   SafetensorsStreamWriter(const SafetensorsStreamWriter&) = delete;
   SafetensorsStreamWriter& operator=(const SafetensorsStreamWriter&) = delete;
   // The next entry's tensor (same name, dtype and shape; logic error otherwise).
@@ -109,11 +110,9 @@ class SafetensorsStreamWriter {
   void finish();
 
  private:
-  void put(const void* p, size_t n);
-  std::filesystem::path path_, tmp_;
+  fs::AtomicFile file_;
   std::vector<Entry> entries_;
   size_t next_ = 0;
-  int fd_ = -1;
 };
 
 }  // namespace qlora::io
