@@ -8,6 +8,7 @@
 
 #include "kernels/cpu/nf4_cpu.h"
 #include "kernels/cpu/nf4_cpu_isa.h"
+#include "kernels/dropout.h"
 #include "kernels/nf4.h"
 #ifdef QLORA_WITH_CUDA
 #include "kernels/cuda/nf4_cuda_ops.h"
@@ -80,6 +81,68 @@ at::Tensor nf4_linear_grad_input(const at::Tensor& dy, const NF4Tensor& w) {
   if (dy.is_cuda()) return cuda_ops::nf4_linear_grad_input_cuda(dy, w);
 #endif
   TORCH_CHECK(false, "nf4_linear_grad_input: unsupported device ", dy.device());
+}
+
+namespace {
+
+// (h * c) mod 2^32 for h in [0, 2^32) held in int64, without overflowing int64: c split into
+// 16-bit halves, h * c = h * c_lo + ((h * c_hi) mod 2^16) * 2^16 (mod 2^32).
+at::Tensor mul_lo32(const at::Tensor& h, uint32_t c) {
+  const at::Tensor a = h * static_cast<int64_t>(c & 0xFFFFu);
+  const at::Tensor b = at::bitwise_left_shift(at::bitwise_and(h * static_cast<int64_t>(c >> 16), 0xFFFF), 16);
+  return at::bitwise_and(a + b, 0xFFFFFFFFLL);
+}
+
+at::Tensor fmix32_t(at::Tensor h) {
+  h = at::bitwise_xor(h, at::bitwise_right_shift(h, 16));
+  h = mul_lo32(h, 0x85EBCA6Bu);
+  h = at::bitwise_xor(h, at::bitwise_right_shift(h, 13));
+  h = mul_lo32(h, 0xC2B2AE35u);
+  return at::bitwise_xor(h, at::bitwise_right_shift(h, 16));
+}
+
+float dropout_scale(double p) { return static_cast<float>(1.0 / (1.0 - p)); }
+
+bool cpu_kernel_applies(const at::Tensor& x) { return x.is_cpu() && x.scalar_type() == at::kFloat; }
+
+}  // namespace
+
+at::Tensor hashed_dropout_keep_mask(at::IntArrayRef shape, double p, uint64_t seed, at::Device device) {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  const at::Tensor i = at::arange(n, at::TensorOptions().dtype(at::kLong).device(device));
+  const int64_t k0 = static_cast<int64_t>(seed & 0xFFFFFFFFu), k1 = static_cast<int64_t>(seed >> 32);
+  at::Tensor h = fmix32_t(at::bitwise_xor(at::bitwise_and(i, 0xFFFFFFFFLL), k0));
+  h = fmix32_t(at::bitwise_xor(at::bitwise_xor(h, at::bitwise_right_shift(i, 32)), k1));
+  return at::ge(h, static_cast<int64_t>(dropout::threshold(p))).view(shape);
+}
+
+at::Tensor hashed_dropout(const at::Tensor& x, double p, uint64_t seed) {
+  TORCH_CHECK(p >= 0.0 && p < 1.0, "hashed_dropout: p must be in [0, 1), got ", p);
+  if (p == 0.0) return x;
+  if (cpu_kernel_applies(x)) {
+    at::Tensor xc = x.contiguous();
+    at::Tensor out = at::empty_like(xc);
+    cpu::hashed_dropout_cpu(xc, p, seed, out, /*accumulate=*/false);
+    return out;
+  }
+  const at::Tensor keep = hashed_dropout_keep_mask(x.sizes(), p, seed, x.device());
+  return at::where(keep, x * static_cast<double>(dropout_scale(p)), at::zeros({}, x.options()));
+}
+
+void hashed_dropout_add_(at::Tensor& acc, const at::Tensor& x, double p, uint64_t seed) {
+  TORCH_CHECK(acc.is_contiguous() && acc.sizes() == x.sizes() && acc.scalar_type() == x.scalar_type() &&
+                  acc.device() == x.device(),
+              "hashed_dropout_add_: acc must be contiguous with x's shape, dtype and device");
+  if (p == 0.0) {
+    acc.add_(x);
+    return;
+  }
+  if (cpu_kernel_applies(x)) {
+    cpu::hashed_dropout_cpu(x.contiguous(), p, seed, acc, /*accumulate=*/true);
+    return;
+  }
+  acc.add_(hashed_dropout(x, p, seed));
 }
 
 at::Tensor nf4_code_table() {

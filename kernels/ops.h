@@ -63,6 +63,17 @@ at::Tensor quantize_blockwise_8bit(const at::Tensor& x, const at::Tensor& map, i
 at::Tensor dequantize_blockwise_8bit(const at::Tensor& codes, const at::Tensor& map,
                                      const at::Tensor& absmax, int64_t blocksize);
 
+// LoRA dropout with a counter-based mask (kernels/dropout.h): x * keep / (1 - p), where keep is
+// a function of (seed, element index) only. The same call on a gradient with the same seed is
+// dropout's backward, so nothing needs saving. Any float dtype and device; float32 on the CPU
+// runs the vector kernels, everything else the tensor-op definition (hashed_dropout_keep_mask).
+at::Tensor hashed_dropout(const at::Tensor& x, double p, uint64_t seed);
+// acc += hashed_dropout(x, p, seed), in place (acc contiguous, x's shape, dtype and device).
+void hashed_dropout_add_(at::Tensor& acc, const at::Tensor& x, double p, uint64_t seed);
+// The keep mask (bool, `shape`) computed with int64 tensor ops on `device`: the definition the
+// CPU kernels are tested against, and the path on other devices.
+at::Tensor hashed_dropout_keep_mask(at::IntArrayRef shape, double p, uint64_t seed, at::Device device);
+
 // Name of the CPU instruction set the kernels chose at run time ("avx512", "avx2", "scalar").
 const char* cpu_isa_name();
 

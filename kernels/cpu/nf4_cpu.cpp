@@ -13,6 +13,7 @@
 #include <cmath>
 
 #include "kernels/cpu/nf4_cpu_isa.h"
+#include "kernels/dropout.h"
 #include "kernels/nf4.h"
 
 namespace qlora::kernels::cpu {
@@ -333,6 +334,20 @@ at::Tensor nf4_linear_grad_input_cpu(const at::Tensor& dy, const NF4Tensor& w) {
     });
   }
   return dx.to(dy.scalar_type()).view(out_shape(dy, K));
+}
+
+void hashed_dropout_cpu(const at::Tensor& x, double p, uint64_t seed, at::Tensor& dst, bool accumulate) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && dst.scalar_type() == at::kFloat && x.is_contiguous() &&
+                  dst.is_contiguous() && x.numel() == dst.numel(),
+              "hashed_dropout_cpu: expected contiguous float32 x and dst of the same size");
+  const Nf4Isa& isa = nf4_isa();
+  const uint32_t thr = dropout::threshold(p);
+  const float scale = static_cast<float>(1.0 / (1.0 - p));
+  const float* xp = x.data_ptr<float>();
+  float* dp = dst.data_ptr<float>();
+  at::parallel_for(0, x.numel(), kGrainElems, [&](int64_t a, int64_t b) {
+    isa.dropout(xp + a, static_cast<uint64_t>(a), b - a, seed, thr, scale, dp + a, accumulate);
+  });
 }
 
 at::Tensor quantize_blockwise_8bit_cpu(const at::Tensor& x_in, const at::Tensor& map_in, int64_t blocksize,

@@ -13,6 +13,7 @@
 
 #include "kernels/cpu/float_bits.h"
 #include "kernels/cpu/nf4_cpu_isa.h"
+#include "kernels/dropout.h"
 #include "kernels/nf4.h"
 
 namespace qlora::kernels::cpu {
@@ -343,10 +344,15 @@ void axpy_row_avx2(const uint8_t* packed, int64_t e0, int64_t n, const float* sc
   }
 }
 
+void dropout_avx2(const float* x, uint64_t i0, int64_t n, uint64_t seed, uint32_t thr, float scale, float* dst,
+                  bool accumulate) {
+  dropout::apply(x, i0, n, seed, thr, scale, dst, accumulate);
+}
+
 }  // namespace
 
 const Nf4Isa& nf4_isa_avx2() {
-  static const Nf4Isa isa{"avx2", absmax_avx2, quantize_avx2, dequant_avx2, dot_row_avx2, axpy_row_avx2};
+  static const Nf4Isa isa{"avx2", absmax_avx2, quantize_avx2, dequant_avx2, dot_row_avx2, axpy_row_avx2, dropout_avx2};
   return isa;
 }
 

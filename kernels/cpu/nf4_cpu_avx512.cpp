@@ -9,6 +9,7 @@
 
 #include "kernels/cpu/float_bits.h"
 #include "kernels/cpu/nf4_cpu_isa.h"
+#include "kernels/dropout.h"
 #include "kernels/nf4.h"
 
 namespace qlora::kernels::cpu {
@@ -280,11 +281,16 @@ void axpy_row_avx512(const uint8_t* packed, int64_t e0, int64_t n, const float* 
   }
 }
 
+void dropout_avx512(const float* x, uint64_t i0, int64_t n, uint64_t seed, uint32_t thr, float scale, float* dst,
+                  bool accumulate) {
+  dropout::apply(x, i0, n, seed, thr, scale, dst, accumulate);
+}
+
 }  // namespace
 
 const Nf4Isa& nf4_isa_avx512() {
   static const Nf4Isa isa{"avx512", absmax_avx512, quantize_avx512, dequant_avx512, dot_row_avx512,
-                          axpy_row_avx512};
+                          axpy_row_avx512, dropout_avx512};
   return isa;
 }
 

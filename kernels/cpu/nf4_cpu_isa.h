@@ -44,6 +44,12 @@ struct Nf4Isa {
   // M <= 4 per call.
   void (*axpy_row)(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs,
                    const float* coef, int64_t ldcoef, int M, float* acc, int64_t ldacc);
+
+  // LoRA dropout of x[0, n), elements i0.. of one call (kernels/dropout.h: dst = x * keep * scale,
+  // or dst += that). Not NF4, but it needs the same per-instruction-set build; bit-identical in
+  // every table.
+  void (*dropout)(const float* x, uint64_t i0, int64_t n, uint64_t seed, uint32_t thr, float scale, float* dst,
+                  bool accumulate);
 };
 
 const Nf4Isa& nf4_isa_scalar();

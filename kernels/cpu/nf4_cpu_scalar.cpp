@@ -5,6 +5,7 @@
 
 #include "kernels/cpu/float_bits.h"
 #include "kernels/cpu/nf4_cpu_isa.h"
+#include "kernels/dropout.h"
 #include "kernels/nf4.h"
 
 namespace qlora::kernels::cpu {
@@ -92,11 +93,16 @@ void axpy_row_scalar(const uint8_t* packed, int64_t e0, int64_t n, const float* 
   }
 }
 
+void dropout_scalar(const float* x, uint64_t i0, int64_t n, uint64_t seed, uint32_t thr, float scale, float* dst,
+                  bool accumulate) {
+  dropout::apply(x, i0, n, seed, thr, scale, dst, accumulate);
+}
+
 }  // namespace
 
 const Nf4Isa& nf4_isa_scalar() {
   static const Nf4Isa isa{"scalar", absmax_scalar, quantize_scalar, dequant_scalar, dot_row_scalar,
-                          axpy_row_scalar};
+                          axpy_row_scalar, dropout_scalar};
   return isa;
 }
 

@@ -5,6 +5,7 @@
 //   gemv (y = x W^T)    relative norm vs the CPU linear (summation order differs)
 //   gemv_t (dx = dy W)  likewise, workspace poisoned too
 //   nf4_linear / nf4_linear_grad_input through the at::Tensor API (fused and dequant+cuBLAS paths)
+//   hashed_dropout (LoRA dropout) on a CUDA tensor bit for bit
 // Builds against GoogleTest or, for scripts/gpu-check.sh, tests/gpu/minitest.
 #include <gtest/gtest.h>
 
@@ -265,5 +266,25 @@ TEST(Nf4Gpu, QuantizeOnGpuTensorEqualsCpu) {
   EXPECT_TRUE(at::equal(a.absmax, b.absmax.cpu()));
   EXPECT_TRUE(at::equal(a.nested_absmax, b.nested_absmax.cpu()));
   EXPECT_TRUE(bits_equal(nf4_absmax(b), nf4_absmax(a)));
+#endif
+}
+
+// LoRA dropout on a CUDA tensor takes the tensor-op path; its mask and output must be the CPU
+// kernel's bit for bit (the run-time dropout of a GPU training step is this code).
+TEST(DropoutGpu, HashedDropoutMatchesCpuBitForBit) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+#ifdef QLORA_WITH_CUDA
+  at::Generator g = gen(6);
+  at::Tensor x = at::randn({37, 1000}, g);
+  const uint64_t seed = test_seed() ^ 0xD0;
+  at::Tensor cpu = hashed_dropout(x, 0.1, seed);
+  at::Tensor gpu = hashed_dropout(x.cuda(), 0.1, seed);
+  EXPECT_TRUE(gpu.is_cuda());
+  EXPECT_TRUE(bits_equal(gpu.cpu(), cpu));
+  at::Tensor acc = at::randn({37, 1000}, g);
+  at::Tensor acc_gpu = acc.cuda();
+  hashed_dropout_add_(acc, x, 0.1, seed);
+  hashed_dropout_add_(acc_gpu, x.cuda(), 0.1, seed);
+  EXPECT_TRUE(bits_equal(acc_gpu.cpu(), acc));
 #endif
 }
