@@ -9,7 +9,9 @@
 #include "tests/model/fixtures.h"
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
+#include "kernels/ops.h"
 #include "trainer/model/cross_entropy.h"
+#include "trainer/model/lora_linear.h"
 #include "trainer/model/model.h"
 #include "trainer/model/nf4_linear.h"
 
@@ -234,6 +236,113 @@ TEST(Checkpointing, GradsEqualWithoutAndDropoutReplays) {
   double max_diff = 0;
   for (auto& p : m.lora_parameters()) max_diff = std::max(max_diff, test::rel_err(p.param.grad(), grads[0][p.name]));
   EXPECT_GT(max_diff, 1e-2);
+}
+
+// forward_loss (padding left out, last block pruned to the label rows, plain causal attention
+// when each row is one sample) against loss(forward()) on the same batch: loss and every LoRA
+// gradient. Batches: packed rows (two segments, no padding), right padding, and both at once;
+// NF4 and 16-bit bases; with and without checkpointing. Padding positions hold junk ids and
+// labels that must not count.
+TEST(ForwardLoss, EqualsForwardThenLoss) {
+  const int64_t T = 12;
+  test::Batch packed = test::make_batch(61, T, 5);
+  test::Batch padded = packed;  // one sample per row, rows padded on the right
+  padded.segment_ids = at::ones({2, T}, at::kLong);
+  padded.position_ids = at::arange(T, at::kLong).repeat({2, 1});
+  padded.labels = padded.input_ids.clone();
+  padded.labels[0][0] = -100;
+  padded.labels[1].slice(0, 0, 4).fill_(-100);
+  at::Tensor pad_mask = at::ones({2, T}, at::kLong);
+  pad_mask[0].slice(0, 9).fill_(0);
+  pad_mask[1].slice(0, 5).fill_(0);
+  padded.segment_ids.masked_fill_(pad_mask == 0, 0);
+  test::Batch mixed = packed;  // packed row 1 plus padding at its end
+  at::Tensor mixed_mask = at::ones({2, T}, at::kLong);
+  mixed_mask[1].slice(0, T - 2).fill_(0);
+  mixed.segment_ids = packed.segment_ids + 1;
+  mixed.segment_ids.masked_fill_(mixed_mask == 0, 0);
+
+  struct Case {
+    const char* name;
+    test::Batch b;
+    at::Tensor mask;
+  };
+  for (const Case& c : {Case{"packed", packed, at::Tensor()}, Case{"padded", padded, pad_mask},
+                        Case{"mixed", mixed, mixed_mask}}) {
+    for (bool quantize : {true, false}) {
+      for (bool ckpt : {false, true}) {
+        SCOPED_TRACE(std::string(c.name) + (quantize ? " nf4" : " 16-bit") + (ckpt ? " checkpointed" : ""));
+        model::Model m = load("llama", quantize, lora_cfg(4, 8, {"all-linear"}), 42);
+        randomize_b(m, 3);
+        m.training = true;
+        m.gradient_checkpointing = ckpt;
+        test::Batch ref = c.b;
+        if (c.mask.defined()) ref.labels = ref.labels.masked_fill(c.mask == 0, -100);
+        const double want = step(m, ref);
+        std::map<std::string, at::Tensor> g;
+        for (auto& p : m.lora_parameters()) g[p.name] = p.param.grad().clone();
+        at::Tensor want_count = m.loss(m.forward(ref.input_ids, ref.position_ids, ref.segment_ids), ref.labels).count;
+
+        for (auto& p : m.lora_parameters()) p.param.mutable_grad() = at::Tensor();
+        model::LossSum l = m.forward_loss(c.b.input_ids, c.b.labels, c.b.position_ids, c.b.segment_ids, c.mask);
+        l.sum.backward();
+        EXPECT_EQ(l.count.item<int64_t>(), want_count.item<int64_t>());
+        EXPECT_NEAR(l.sum.item<double>(), want, 1e-5 * std::abs(want));
+        for (auto& p : m.lora_parameters()) EXPECT_LE(test::rel_err(p.param.grad(), g[p.name]), 1e-5) << p.name;
+      }
+    }
+  }
+}
+
+// The fused LoRA linear (one autograd node, dropout mask recomputed from its seed) against the
+// plain composition base(x) + bias + (x * keep / (1-p)) A^T B^T * s with keep from the tensor-op
+// mask: output and the gradients of x, A and B. NF4 (small-M fused and tiled paths) and dense
+// bases, with and without bias and dropout, and an x that takes no gradient.
+TEST(LoraLinear, FusedEqualsComposition) {
+  at::manual_seed(3);
+  const int64_t K = 64, N = 96, r = 4;
+  const uint64_t seed = 77;
+  at::Tensor w = at::randn({N, K}) * 0.1;
+  kernels::NF4Tensor q = kernels::nf4_quantize(w, 64, true);
+  at::Tensor wd = kernels::nf4_dequantize(q, at::kFloat);
+  at::Tensor bias = at::randn({N});
+  int cases = 0;
+  for (bool use_nf4 : {true, false})
+    for (bool with_bias : {false, true})
+      for (double p : {0.0, 0.3})
+        for (int64_t M : {3, 40})
+          for (bool x_grad : {true, false}) {
+            SCOPED_TRACE(std::string(use_nf4 ? "nf4" : "dense") + (with_bias ? " bias" : "") + " p=" +
+                         std::to_string(p) + " M=" + std::to_string(M) + (x_grad ? "" : " x frozen"));
+            model::LoraAdapter a;
+            a.A = (at::randn({r, K}) * 0.1).requires_grad_(true);
+            a.B = (at::randn({N, r}) * 0.1).requires_grad_(true);
+            a.scaling = 2.0;
+            a.dropout = p;
+            const at::Tensor b = with_bias ? bias : at::Tensor();
+            at::Tensor x0 = at::randn({2, M, K});
+            at::Tensor x1 = x0.clone().requires_grad_(x_grad), x2 = x0.clone().requires_grad_(x_grad);
+            at::Tensor y = model::lora_linear(x1, use_nf4 ? &q : nullptr, wd, b, a, p, seed);
+            ASSERT_TRUE(y.requires_grad());
+            at::Tensor g = at::randn(y.sizes());
+            (y * g).sum().backward();
+            at::Tensor gA = a.A.grad().clone(), gB = a.B.grad().clone();
+            a.A.mutable_grad() = at::Tensor();
+            a.B.mutable_grad() = at::Tensor();
+
+            at::Tensor keep = p > 0 ? kernels::hashed_dropout_keep_mask(x0.sizes(), p, seed, at::kCPU)
+                                    : at::ones(x0.sizes(), at::kBool);
+            at::Tensor xd = x2 * keep * static_cast<double>(static_cast<float>(1.0 / (1.0 - p)));
+            at::Tensor y2 = at::matmul(x2, wd.t()) + at::matmul(at::matmul(xd, a.A.t()), a.B.t()) * a.scaling;
+            if (b.defined()) y2 = y2 + b;
+            (y2 * g).sum().backward();
+            EXPECT_LE(test::rel_err(y, y2), 1e-5);
+            EXPECT_LE(test::rel_err(gA, a.A.grad()), 1e-5);
+            EXPECT_LE(test::rel_err(gB, a.B.grad()), 1e-5);
+            if (x_grad) EXPECT_LE(test::rel_err(x1.grad(), x2.grad()), 1e-5);
+            ++cases;
+          }
+  EXPECT_EQ(cases, 32);
 }
 
 TEST(Checkpointing, EvalModeHasNoDropoutAndNoGraph) {

@@ -1,6 +1,5 @@
 // load_model: config.json + safetensors -> Model, streaming tensor by tensor out of the mmap.
 #include <ATen/CPUGeneratorImpl.h>
-#include <ATen/detail/CUDAHooksInterface.h>
 #include <unistd.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -77,12 +76,8 @@ class Loader {
       m.lm_head = take16("lm_head.weight", {c.vocab_size, H});
     }
     m.inv_freq = rope_inv_freq(c).to(m.device);
-    if (m.device.is_cuda()) {
-      m.dropout_generator = at::detail::getCUDAHooks().getNewGenerator(m.device.index());
-      m.dropout_generator.set_current_seed(opts_.seed + 1);
-    } else {
-      m.dropout_generator = at::make_generator<at::CPUGeneratorImpl>(opts_.seed + 1);
-    }
+    // A CPU generator on every device: it draws one seed per dropout call (lora.h).
+    m.dropout_generator = at::make_generator<at::CPUGeneratorImpl>(opts_.seed + 1);
     return m;
   }
 

@@ -3,17 +3,24 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
+#include <mutex>
+
+#include "kernels/ops.h"
 
 #include "trainer/common/error.h"
 
 namespace qlora::model {
 
+uint64_t dropout_seed(at::Generator* gen) {
+  at::Generator g = gen && gen->defined() ? *gen : at::detail::getDefaultCPUGenerator();
+  TORCH_CHECK(g.device().is_cpu(), "LoRA dropout seeds come from a CPU generator, got one on ", g.device());
+  std::lock_guard<std::mutex> lock(g.mutex());
+  return g.get<at::CPUGeneratorImpl>()->random64();
+}
+
 at::Tensor dropout_with(const at::Tensor& x, double p, at::Generator* gen) {
   if (p <= 0.0) return x;
-  std::optional<at::Generator> g;
-  if (gen) g = *gen;
-  at::Tensor mask = at::empty_like(x).bernoulli_(1.0 - p, g);
-  return x * mask * (1.0 / (1.0 - p));
+  return kernels::hashed_dropout(x, p, dropout_seed(gen));
 }
 
 at::Tensor LoraAdapter::forward(const at::Tensor& x, bool training, at::Generator* gen) const {

@@ -57,7 +57,10 @@ std::vector<std::string> resolve_lora_targets(const config::LoraConfig& cfg, con
 LoraAdapter make_lora_adapter(int64_t in_features, int64_t out_features, const config::LoraConfig& cfg,
                               at::Generator& init_gen, at::ScalarType dtype, at::Device device);
 
-// PyTorch-style dropout with an explicit generator: x * mask / (1 - p), mask ~ Bernoulli(1 - p).
+// LoRA dropout: x * keep / (1 - p) with the counter-based mask of kernels::hashed_dropout, its
+// seed drawn from `gen` (a CPU generator; null: the default one). One seed per call.
 at::Tensor dropout_with(const at::Tensor& x, double p, at::Generator* gen);
+// One 64-bit dropout seed from `gen` (as above), under the generator's lock.
+uint64_t dropout_seed(at::Generator* gen);
 
 }  // namespace qlora::model

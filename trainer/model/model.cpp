@@ -8,6 +8,7 @@
 
 #include "trainer/common/error.h"
 #include "trainer/model/activation_checkpoint.h"
+#include "trainer/model/lora_linear.h"
 #include "trainer/model/nf4_linear.h"
 #include "trainer/model/rope.h"
 
@@ -54,6 +55,14 @@ struct BlockInputs {
   at::Tensor cos, sin;              // [B, T, head_dim]
   at::Tensor mask_full, mask_window;  // see attention_mask
   KVCache* cache = nullptr;         // forward_cached: append to / attend over this cache
+  // Packed rows (forward_loss): the hidden state is [N, H] with row i at flat position rows[i]
+  // of the [B, T] batch (padding left out); attention scatters q, k, v back to [B, T] (zeros
+  // elsewhere) and gathers its output at out_flat. Undefined: the hidden state is [B, T, H].
+  at::Tensor rows;                  // int64 [N]
+  int64_t B = 0, T = 0;
+  // After this block's attention keep only these rows (indices into rows; their flat positions
+  // in out_flat), else all of rows. Set for the last block: only the rows the loss reads.
+  at::Tensor out_rows, out_flat;
 };
 
 // Writes k, v [B, kv_heads, T, D] at positions cache.length.. of layer `layer` (growing the
@@ -82,10 +91,14 @@ std::pair<at::Tensor, at::Tensor> cache_append(KVCache& cache, int64_t layer, co
 at::Tensor self_attention(const Model& m, const DecoderLayer& L, int64_t layer, const at::Tensor& h,
                           const BlockInputs& in, bool training, at::Generator* gen) {
   const ModelConfig& c = m.config;
-  const int64_t B = h.size(0), T = h.size(1), D = c.head_dim;
-  at::Tensor q = L.q_proj.forward(h, training, gen).view({B, T, c.num_attention_heads, D});
-  at::Tensor k = L.k_proj.forward(h, training, gen).view({B, T, c.num_key_value_heads, D});
-  at::Tensor v = L.v_proj.forward(h, training, gen).view({B, T, c.num_key_value_heads, D});
+  const bool packed = in.rows.defined();
+  const int64_t B = packed ? in.B : h.size(0), T = packed ? in.T : h.size(1), D = c.head_dim;
+  auto unpack = [&](const at::Tensor& t) {
+    return packed ? at::zeros({B * T, t.size(1)}, t.options()).index_copy(0, in.rows, t) : t;
+  };
+  at::Tensor q = unpack(L.q_proj.forward(h, training, gen)).view({B, T, c.num_attention_heads, D});
+  at::Tensor k = unpack(L.k_proj.forward(h, training, gen)).view({B, T, c.num_key_value_heads, D});
+  at::Tensor v = unpack(L.v_proj.forward(h, training, gen)).view({B, T, c.num_key_value_heads, D});
   if (c.qk_norm) {
     q = rms_norm(q, L.q_norm, c.rms_norm_eps);
     k = rms_norm(k, L.k_norm, c.rms_norm_eps);
@@ -111,6 +124,7 @@ at::Tensor self_attention(const Model& m, const DecoderLayer& L, int64_t layer, 
                      ? at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, scale, gqa)
                      : at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, /*is_causal=*/true, scale, gqa);
   o = o.transpose(1, 2).reshape({B, T, c.q_out()});
+  if (packed) o = o.view({B * T, c.q_out()}).index_select(0, in.out_flat.defined() ? in.out_flat : in.rows);
   return L.o_proj.forward(o, training, gen);
 }
 
@@ -118,18 +132,61 @@ at::Tensor decoder_layer(const Model& m, int64_t layer, const at::Tensor& x, con
                          at::Generator* gen) {
   const DecoderLayer& L = m.layers[layer];
   const double eps = m.config.rms_norm_eps;
-  at::Tensor h = x + self_attention(m, L, layer, rms_norm(x, L.input_layernorm, eps), in, training, gen);
+  const at::Tensor a = self_attention(m, L, layer, rms_norm(x, L.input_layernorm, eps), in, training, gen);
+  at::Tensor h = (in.out_rows.defined() ? x.index_select(0, in.out_rows) : x) + a;
   at::Tensor n = rms_norm(h, L.post_attention_layernorm, eps);
   at::Tensor act = at::silu(L.gate_proj.forward(n, training, gen)) * L.up_proj.forward(n, training, gen);
   return h + L.down_proj.forward(act, training, gen);
 }
 
+// The decoder blocks over x (checkpointed when the model says so); the last block gets last_in.
+at::Tensor run_layers(Model& m, at::Tensor x, const BlockInputs& in, const BlockInputs& last_in) {
+  at::Generator* gen = m.training ? &m.dropout_generator : nullptr;
+  const int64_t n = static_cast<int64_t>(m.layers.size());
+  for (int64_t i = 0; i < n; ++i) {
+    BlockFn fn = [&m, i, in = i + 1 == n ? last_in : in, tr = m.training](const at::Tensor& xin, at::Generator* g) {
+      return decoder_layer(m, i, xin, in, tr, g);
+    };
+    if (m.gradient_checkpointing && c10::GradMode::is_enabled()) {
+      std::vector<at::Tensor> params;
+      for (const Linear* l : m.layers[i].linears())
+        if (l->lora) {
+          params.push_back(l->lora->A);
+          params.push_back(l->lora->B);
+        }
+      x = checkpointed(fn, x, params, gen);
+    } else {
+      x = fn(x, gen);
+    }
+  }
+  return x;
+}
+
+
+// Summed cross-entropy of hidden [N, H] (rows with a target) against targets [N].
+LossSum cross_entropy(const Model& m, const at::Tensor& hidden, const at::Tensor& targets) {
+  TORCH_CHECK(targets.min().item<int64_t>() >= 0 && targets.max().item<int64_t>() < m.lm_head.size(0),
+              "Model::loss: a label is outside [0, vocab_size) and is not -100");
+  LossSum out;
+  out.count = at::scalar_tensor(targets.numel(), at::TensorOptions().dtype(at::kLong));
+  if (m.ce_chunk_tokens < 0) {
+    out.sum = full_cross_entropy_sum(hidden, m.lm_head, targets);
+  } else {
+    const int64_t chunk = m.ce_chunk_tokens > 0 ? m.ce_chunk_tokens : default_ce_chunk_tokens(m.lm_head.size(0));
+    out.sum = chunked_cross_entropy_sum(hidden, m.lm_head, targets, chunk);
+  }
+  return out;
+}
+
 }  // namespace
 
 at::Tensor Linear::forward(const at::Tensor& x, bool training, at::Generator* gen) const {
+  if (lora) {
+    const double p = training ? lora->dropout : 0.0;
+    return lora_linear(x, nf4 ? &*nf4 : nullptr, weight, bias, *lora, p, p > 0.0 ? dropout_seed(gen) : 0);
+  }
   at::Tensor y = nf4 ? nf4_linear_frozen(x, *nf4) : at::linear(x, weight);
   if (bias.defined()) y = y + bias;
-  if (lora) y = y + lora->forward(x, training, gen);
   return y;
 }
 
@@ -161,25 +218,57 @@ at::Tensor Model::forward(const at::Tensor& input_ids, const at::Tensor& positio
   in.mask_full = attention_mask(segment_ids, T, std::nullopt, device);
   if (config.sliding_window) in.mask_window = attention_mask(segment_ids, T, config.sliding_window, device);
 
-  at::Tensor x = at::embedding(embed_tokens, ids);
-  at::Generator* gen = training ? &dropout_generator : nullptr;
-  for (int64_t i = 0; i < static_cast<int64_t>(layers.size()); ++i) {
-    BlockFn fn = [this, i, in, tr = training](const at::Tensor& xin, at::Generator* g) {
-      return decoder_layer(*this, i, xin, in, tr, g);
-    };
-    if (gradient_checkpointing && c10::GradMode::is_enabled()) {
-      std::vector<at::Tensor> params;
-      for (const Linear* l : layers[i].linears())
-        if (l->lora) {
-          params.push_back(l->lora->A);
-          params.push_back(l->lora->B);
-        }
-      x = checkpointed(fn, x, params, gen);
-    } else {
-      x = fn(x, gen);
-    }
+  return rms_norm(run_layers(*this, at::embedding(embed_tokens, ids), in, in), norm, config.rms_norm_eps);
+}
+
+LossSum Model::forward_loss(const at::Tensor& input_ids, const at::Tensor& labels, const at::Tensor& position_ids,
+                            const at::Tensor& segment_ids, const at::Tensor& attention_mask) {
+  TORCH_CHECK(input_ids.dim() == 2 && labels.sizes() == input_ids.sizes(),
+              "Model::forward_loss: expected input_ids and labels [B, T]");
+  TORCH_CHECK(!segment_ids.defined() || segment_ids.sizes() == input_ids.sizes(),
+              "Model::forward_loss: segment_ids must have the shape of input_ids");
+  TORCH_CHECK(!attention_mask.defined() || attention_mask.sizes() == input_ids.sizes(),
+              "Model::forward_loss: attention_mask must have the shape of input_ids");
+  const int64_t B = input_ids.size(0), T = input_ids.size(1);
+  auto lopt = at::TensorOptions().dtype(at::kLong).device(device);
+  at::Tensor ids = input_ids.to(device, at::kLong);
+  at::Tensor pos = position_ids.defined() ? position_ids.to(device, at::kLong)
+                                          : at::arange(T, lopt).unsqueeze(0).expand({B, T});
+  TORCH_CHECK(pos.sizes() == ids.sizes(), "Model::forward_loss: position_ids must have the shape of input_ids");
+  // The label each position predicts (position t: labels[t + 1]), flat over [B, T].
+  at::Tensor seg = segment_ids.defined() ? segment_ids.to(device, at::kLong) : at::Tensor();
+  at::Tensor real = attention_mask.defined() ? attention_mask.to(device) != 0 : at::Tensor();
+  at::Tensor lab = labels.to(device, at::kLong);
+  if (real.defined()) lab = lab.masked_fill(real.logical_not(), -100);  // padding never counts
+  at::Tensor next = at::cat({lab.slice(1, 1), at::full({B, 1}, -100, lopt)}, 1).reshape({-1});
+  at::Tensor rows = real.defined() ? real.reshape({-1}).nonzero().squeeze(1) : at::arange(B * T, lopt);
+  at::Tensor targets = next.index_select(0, rows);
+  at::Tensor keep = (targets != -100).nonzero().squeeze(1);
+  if (keep.numel() == 0 || layers.empty())  // nothing to prune: the plain path (keeps a graph)
+    return loss(forward(input_ids, position_ids, segment_ids), lab);
+  targets = targets.index_select(0, keep);
+
+  BlockInputs in;
+  std::tie(in.cos, in.sin) = rope_cos_sin(inv_freq, pos, compute_dtype);
+  // Each row one sample, then padding: plain causal attention is exact (no mask to build).
+  bool causal = !real.defined() || !real.slice(1, 1).logical_and(real.slice(1, 0, -1).logical_not()).any().item<bool>();
+  if (causal && seg.defined()) {
+    at::Tensor other = seg != seg.slice(1, 0, 1);
+    causal = !(real.defined() ? other.logical_and(real) : other).any().item<bool>();
   }
-  return rms_norm(x, norm, config.rms_norm_eps);
+  const at::Tensor mseg = causal ? at::Tensor() : seg;
+  in.mask_full = model::attention_mask(mseg, T, std::nullopt, device);
+  if (config.sliding_window) in.mask_window = model::attention_mask(mseg, T, config.sliding_window, device);
+  in.rows = rows;
+  in.B = B;
+  in.T = T;
+  BlockInputs last = in;
+  last.out_rows = keep;
+  last.out_flat = rows.index_select(0, keep);
+
+  at::Tensor x = at::embedding(embed_tokens, ids.reshape({-1}).index_select(0, rows));
+  at::Tensor h = rms_norm(run_layers(*this, x, in, last), norm, config.rms_norm_eps);  // [targets, H]
+  return cross_entropy(*this, h, targets);
 }
 
 at::Tensor Model::forward_cached(const at::Tensor& input_ids, KVCache& cache) {
@@ -236,17 +325,9 @@ LossSum Model::loss(const at::Tensor& hidden, const at::Tensor& labels) const {
     out.sum = (hidden.sum() * 0).to(at::kFloat);  // keeps the graph: zero gradients
     return out;
   }
-  at::Tensor ys = y.index_select(0, idx);
-  TORCH_CHECK(ys.min().item<int64_t>() >= 0 && ys.max().item<int64_t>() < lm_head.size(0),
-              "Model::loss: a label is outside [0, vocab_size) and is not -100");
-  if (ce_chunk_tokens < 0) {
-    out.sum = full_cross_entropy_sum(h.index_select(0, idx), lm_head, ys);
-    return out;
-  }
-  const int64_t chunk = ce_chunk_tokens > 0 ? ce_chunk_tokens : default_ce_chunk_tokens(lm_head.size(0));
-  out.sum = chunked_cross_entropy_sum(h.index_select(0, idx), lm_head, ys, chunk);
-  return out;
+  return cross_entropy(*this, h.index_select(0, idx), y.index_select(0, idx));
 }
+
 
 std::vector<const Linear*> Model::linears() const {
   std::vector<const Linear*> out;

@@ -107,7 +107,7 @@ class Model {
   bool gradient_checkpointing = false;  // recompute each decoder block in backward
   int64_t ce_chunk_tokens = 0;          // tokens per cross-entropy chunk; 0: default for the vocab;
                                         // < 0: unchunked (all fp32 logits at once; for comparison)
-  at::Generator dropout_generator;      // draws LoRA dropout masks (seeded at load)
+  at::Generator dropout_generator;      // CPU; draws one LoRA dropout seed per call (seeded at load)
 
   // input_ids [B, T] (int64). position_ids [B, T]: default 0..T-1 per row. segment_ids [B, T]
   // (any integer type): packed samples; a token attends only to earlier tokens with the same
@@ -123,6 +123,18 @@ class Model {
   // rounding) to the matching rows of forward() over the whole sequence. No dropout; call under
   // NoGradGuard.
   at::Tensor forward_cached(const at::Tensor& input_ids, KVCache& cache);
+
+  // The loss of a training or eval batch in one pass: the same numbers as
+  // loss(forward(input_ids, position_ids, segment_ids), labels with padding set to -100), to
+  // float rounding, computing only what the loss reads. attention_mask [B, T] (HF's: nonzero =
+  // real token, 0 = padding; undefined = no padding): padding must be invisible to real tokens
+  // (right padding, or a segment of its own) and is left out before the first block, so every op
+  // but attention works on the [N, hidden] rows of real tokens; attention scatters them back to
+  // [B, T]. In the last block only the rows that predict a label go on after attention (o_proj,
+  // MLP, final norm, lm_head). When each row is one sample followed by padding, attention is
+  // plain causal (no mask built).
+  LossSum forward_loss(const at::Tensor& input_ids, const at::Tensor& labels, const at::Tensor& position_ids = {},
+                       const at::Tensor& segment_ids = {}, const at::Tensor& attention_mask = {});
 
   // Logits [..., vocab] in the compute dtype for hidden [..., hidden].
   at::Tensor logits(const at::Tensor& hidden) const;

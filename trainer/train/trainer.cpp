@@ -358,8 +358,9 @@ int run_training(const config::TrainConfig& cfg, const TrainOptions& opt) {
     for (auto& p : params) p.param.mutable_grad() = at::Tensor();
     if (targets > 0) {
       for (auto& b : micro) {
-        at::Tensor h = m.forward(b.input_ids.to(device), b.position_ids.to(device), b.segment_ids.to(device));
-        model::LossSum l = m.loss(h, b.labels.to(device));
+        model::LossSum l = m.forward_loss(b.input_ids.to(device), b.labels.to(device), b.position_ids.to(device),
+                                          b.segment_ids.to(device),
+                                          b.segment_ids.to(device) != 0);
         (l.sum / static_cast<double>(targets)).backward();
         loss_sum += l.sum.item<double>();
       }
