@@ -140,8 +140,9 @@ at::Tensor decoder_layer(const Model& m, int64_t layer, const at::Tensor& x, con
 }
 
 // The decoder blocks over x (checkpointed when the model says so); the last block gets last_in.
-at::Tensor run_layers(Model& m, at::Tensor x, const BlockInputs& in, const BlockInputs& last_in) {
-  at::Generator* gen = m.training ? &m.dropout_generator : nullptr;
+at::Tensor run_layers(Model& m, at::Tensor x, const BlockInputs& in, const BlockInputs& last_in,
+                      at::Generator* dropout_gen = nullptr) {
+  at::Generator* gen = m.training ? (dropout_gen ? dropout_gen : &m.dropout_generator) : nullptr;
   const int64_t n = static_cast<int64_t>(m.layers.size());
   for (int64_t i = 0; i < n; ++i) {
     BlockFn fn = [&m, i, in = i + 1 == n ? last_in : in, tr = m.training](const at::Tensor& xin, at::Generator* g) {
@@ -222,7 +223,8 @@ at::Tensor Model::forward(const at::Tensor& input_ids, const at::Tensor& positio
 }
 
 LossSum Model::forward_loss(const at::Tensor& input_ids, const at::Tensor& labels, const at::Tensor& position_ids,
-                            const at::Tensor& segment_ids, const at::Tensor& attention_mask) {
+                            const at::Tensor& segment_ids, const at::Tensor& attention_mask,
+                            at::Generator* dropout_gen) {
   TORCH_CHECK(input_ids.dim() == 2 && labels.sizes() == input_ids.sizes(),
               "Model::forward_loss: expected input_ids and labels [B, T]");
   TORCH_CHECK(!segment_ids.defined() || segment_ids.sizes() == input_ids.sizes(),
@@ -244,8 +246,14 @@ LossSum Model::forward_loss(const at::Tensor& input_ids, const at::Tensor& label
   at::Tensor rows = real.defined() ? real.reshape({-1}).nonzero().squeeze(1) : at::arange(B * T, lopt);
   at::Tensor targets = next.index_select(0, rows);
   at::Tensor keep = (targets != -100).nonzero().squeeze(1);
-  if (keep.numel() == 0 || layers.empty())  // nothing to prune: the plain path (keeps a graph)
-    return loss(forward(input_ids, position_ids, segment_ids), lab);
+  if (keep.numel() == 0 || layers.empty()) {  // no target: the plain path (keeps a graph)
+    at::Tensor x = at::embedding(embed_tokens, ids);
+    BlockInputs in;
+    std::tie(in.cos, in.sin) = rope_cos_sin(inv_freq, pos, compute_dtype);
+    in.mask_full = model::attention_mask(seg, T, std::nullopt, device);
+    if (config.sliding_window) in.mask_window = model::attention_mask(seg, T, config.sliding_window, device);
+    return loss(rms_norm(run_layers(*this, x, in, in, dropout_gen), norm, config.rms_norm_eps), lab);
+  }
   targets = targets.index_select(0, keep);
 
   BlockInputs in;
@@ -267,7 +275,7 @@ LossSum Model::forward_loss(const at::Tensor& input_ids, const at::Tensor& label
   last.out_flat = rows.index_select(0, keep);
 
   at::Tensor x = at::embedding(embed_tokens, ids.reshape({-1}).index_select(0, rows));
-  at::Tensor h = rms_norm(run_layers(*this, x, in, last), norm, config.rms_norm_eps);  // [targets, H]
+  at::Tensor h = rms_norm(run_layers(*this, x, in, last, dropout_gen), norm, config.rms_norm_eps);  // [targets, H]
   return cross_entropy(*this, h, targets);
 }
 

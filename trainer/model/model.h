@@ -132,9 +132,11 @@ class Model {
   // but attention works on the [N, hidden] rows of real tokens; attention scatters them back to
   // [B, T]. In the last block only the rows that predict a label go on after attention (o_proj,
   // MLP, final norm, lm_head). When each row is one sample followed by padding, attention is
-  // plain causal (no mask built).
+  // plain causal (no mask built). dropout_gen: draws the LoRA dropout seeds instead of
+  // dropout_generator (a CPU generator; lets threads run shards of a batch side by side).
   LossSum forward_loss(const at::Tensor& input_ids, const at::Tensor& labels, const at::Tensor& position_ids = {},
-                       const at::Tensor& segment_ids = {}, const at::Tensor& attention_mask = {});
+                       const at::Tensor& segment_ids = {}, const at::Tensor& attention_mask = {},
+                       at::Generator* dropout_gen = nullptr);
 
   // Logits [..., vocab] in the compute dtype for hidden [..., hidden].
   at::Tensor logits(const at::Tensor& hidden) const;

@@ -1,6 +1,7 @@
 #include "trainer/train/trainer.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 #include <torch/autograd.h>
 #include <torch/cuda.h>
@@ -34,6 +35,7 @@
 #include "trainer/train/eval_loss.h"
 #include "trainer/train/progress.h"
 #include "trainer/train/signals.h"
+#include "trainer/train/step.h"
 
 namespace qlora::train {
 
@@ -341,8 +343,16 @@ int run_training(const config::TrainConfig& cfg, const TrainOptions& opt) {
   const auto t_loop = Clock::now();
   const double elapsed_before = ts.elapsed_s;
   bool stopped = false;
-  std::vector<at::Tensor> compute;
-  for (const auto& p : params) compute.push_back(p.param.detach());
+  std::vector<at::Tensor> compute, param_tensors;
+  for (const auto& p : params) {
+    compute.push_back(p.param.detach());
+    param_tensors.push_back(p.param);
+  }
+  // CPU: each micro-batch runs as one row shard per thread (step.h); GPU: one shard.
+  const int64_t shards = device.is_cpu() ? std::max(1, at::get_num_threads()) : 1;
+  if (shards > 1)
+    progress.message("cpu: " + std::to_string(shards) + " threads; each micro-batch runs as " +
+                     std::to_string(std::min<int64_t>(shards, cfg.micro_batch_size)) + " row shards side by side");
 
   while (ts.global_step < total_steps) {
     const auto t_step = Clock::now();
@@ -357,13 +367,7 @@ int run_training(const config::TrainConfig& cfg, const TrainOptions& opt) {
     double loss_sum = 0;
     for (auto& p : params) p.param.mutable_grad() = at::Tensor();
     if (targets > 0) {
-      for (auto& b : micro) {
-        model::LossSum l = m.forward_loss(b.input_ids.to(device), b.labels.to(device), b.position_ids.to(device),
-                                          b.segment_ids.to(device),
-                                          b.segment_ids.to(device) != 0);
-        (l.sum / static_cast<double>(targets)).backward();
-        loss_sum += l.sum.item<double>();
-      }
+      for (auto& b : micro) loss_sum += forward_backward(m, b, static_cast<double>(targets), shards, param_tensors);
     }
     const double loss = targets > 0 ? loss_sum / targets : NAN;
     std::vector<at::Tensor> grads;
