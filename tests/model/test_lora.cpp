@@ -339,7 +339,9 @@ TEST(LoraLinear, FusedEqualsComposition) {
             EXPECT_LE(test::rel_err(y, y2), 1e-5);
             EXPECT_LE(test::rel_err(gA, a.A.grad()), 1e-5);
             EXPECT_LE(test::rel_err(gB, a.B.grad()), 1e-5);
-            if (x_grad) EXPECT_LE(test::rel_err(x1.grad(), x2.grad()), 1e-5);
+            if (x_grad) {
+              EXPECT_LE(test::rel_err(x1.grad(), x2.grad()), 1e-5);
+            }
             ++cases;
           }
   EXPECT_EQ(cases, 32);

@@ -5,8 +5,6 @@
 #include <cmath>
 #include <mutex>
 
-#include "kernels/ops.h"
-
 #include "trainer/common/error.h"
 
 namespace qlora::model {
@@ -16,16 +14,6 @@ uint64_t dropout_seed(at::Generator* gen) {
   TORCH_CHECK(g.device().is_cpu(), "LoRA dropout seeds come from a CPU generator, got one on ", g.device());
   std::lock_guard<std::mutex> lock(g.mutex());
   return g.get<at::CPUGeneratorImpl>()->random64();
-}
-
-at::Tensor dropout_with(const at::Tensor& x, double p, at::Generator* gen) {
-  if (p <= 0.0) return x;
-  return kernels::hashed_dropout(x, p, dropout_seed(gen));
-}
-
-at::Tensor LoraAdapter::forward(const at::Tensor& x, bool training, at::Generator* gen) const {
-  at::Tensor h = training ? dropout_with(x, dropout, gen) : x;
-  return at::linear(at::linear(h, A), B) * scaling;
 }
 
 std::string peft_key(const std::string& module_path, char which) {

@@ -26,8 +26,7 @@ struct LoraAdapter {
   double scaling = 1.0;
   double dropout = 0.0;  // probability; applied to the adapter's input only while training
 
-  // B(A(dropout(x))) * scaling for x [..., in]. `gen` draws the dropout mask (training only).
-  at::Tensor forward(const at::Tensor& x, bool training, at::Generator* gen) const;
+  // The product with a base layer is lora_linear (lora_linear.h).
 };
 
 // A trainable tensor and its PEFT state-dict key.
@@ -57,10 +56,8 @@ std::vector<std::string> resolve_lora_targets(const config::LoraConfig& cfg, con
 LoraAdapter make_lora_adapter(int64_t in_features, int64_t out_features, const config::LoraConfig& cfg,
                               at::Generator& init_gen, at::ScalarType dtype, at::Device device);
 
-// LoRA dropout: x * keep / (1 - p) with the counter-based mask of kernels::hashed_dropout, its
-// seed drawn from `gen` (a CPU generator; null: the default one). One seed per call.
-at::Tensor dropout_with(const at::Tensor& x, double p, at::Generator* gen);
-// One 64-bit dropout seed from `gen` (as above), under the generator's lock.
+// One 64-bit seed for a LoRA dropout call (kernels::hashed_dropout's mask), drawn from `gen` (a
+// CPU generator; null: the default one) under the generator's lock.
 uint64_t dropout_seed(at::Generator* gen);
 
 }  // namespace qlora::model

@@ -139,6 +139,17 @@ at::Tensor decoder_layer(const Model& m, int64_t layer, const at::Tensor& x, con
   return h + L.down_proj.forward(act, training, gen);
 }
 
+// RoPE tables for positions pos [B, T] and the attention masks for segments seg (undefined:
+// plain causal).
+BlockInputs block_inputs(const Model& m, const at::Tensor& pos, const at::Tensor& seg) {
+  const int64_t T = pos.size(1);
+  BlockInputs in;
+  std::tie(in.cos, in.sin) = rope_cos_sin(m.inv_freq, pos, m.compute_dtype);
+  in.mask_full = attention_mask(seg, T, std::nullopt, m.device);
+  if (m.config.sliding_window) in.mask_window = attention_mask(seg, T, m.config.sliding_window, m.device);
+  return in;
+}
+
 // The decoder blocks over x (checkpointed when the model says so); the last block gets last_in.
 at::Tensor run_layers(Model& m, at::Tensor x, const BlockInputs& in, const BlockInputs& last_in,
                       at::Generator* dropout_gen = nullptr) {
@@ -162,7 +173,6 @@ at::Tensor run_layers(Model& m, at::Tensor x, const BlockInputs& in, const Block
   }
   return x;
 }
-
 
 // Summed cross-entropy of hidden [N, H] (rows with a target) against targets [N].
 LossSum cross_entropy(const Model& m, const at::Tensor& hidden, const at::Tensor& targets) {
@@ -214,11 +224,7 @@ at::Tensor Model::forward(const at::Tensor& input_ids, const at::Tensor& positio
   TORCH_CHECK(!segment_ids.defined() || segment_ids.sizes() == ids.sizes(),
               "Model::forward: segment_ids must have the shape of input_ids");
 
-  BlockInputs in;
-  std::tie(in.cos, in.sin) = rope_cos_sin(inv_freq, pos, compute_dtype);
-  in.mask_full = attention_mask(segment_ids, T, std::nullopt, device);
-  if (config.sliding_window) in.mask_window = attention_mask(segment_ids, T, config.sliding_window, device);
-
+  const BlockInputs in = block_inputs(*this, pos, segment_ids.defined() ? segment_ids.to(device) : at::Tensor());
   return rms_norm(run_layers(*this, at::embedding(embed_tokens, ids), in, in), norm, config.rms_norm_eps);
 }
 
@@ -237,36 +243,30 @@ LossSum Model::forward_loss(const at::Tensor& input_ids, const at::Tensor& label
   at::Tensor pos = position_ids.defined() ? position_ids.to(device, at::kLong)
                                           : at::arange(T, lopt).unsqueeze(0).expand({B, T});
   TORCH_CHECK(pos.sizes() == ids.sizes(), "Model::forward_loss: position_ids must have the shape of input_ids");
-  // The label each position predicts (position t: labels[t + 1]), flat over [B, T].
   at::Tensor seg = segment_ids.defined() ? segment_ids.to(device, at::kLong) : at::Tensor();
   at::Tensor real = attention_mask.defined() ? attention_mask.to(device) != 0 : at::Tensor();
   at::Tensor lab = labels.to(device, at::kLong);
   if (real.defined()) lab = lab.masked_fill(real.logical_not(), -100);  // padding never counts
+  // The label each position predicts (position t: labels[t + 1]), flat over [B, T]; then the
+  // real tokens (rows) and, among them, those with a label (keep).
   at::Tensor next = at::cat({lab.slice(1, 1), at::full({B, 1}, -100, lopt)}, 1).reshape({-1});
   at::Tensor rows = real.defined() ? real.reshape({-1}).nonzero().squeeze(1) : at::arange(B * T, lopt);
   at::Tensor targets = next.index_select(0, rows);
   at::Tensor keep = (targets != -100).nonzero().squeeze(1);
   if (keep.numel() == 0 || layers.empty()) {  // no target: the plain path (keeps a graph)
+    const BlockInputs in = block_inputs(*this, pos, seg);
     at::Tensor x = at::embedding(embed_tokens, ids);
-    BlockInputs in;
-    std::tie(in.cos, in.sin) = rope_cos_sin(inv_freq, pos, compute_dtype);
-    in.mask_full = model::attention_mask(seg, T, std::nullopt, device);
-    if (config.sliding_window) in.mask_window = model::attention_mask(seg, T, config.sliding_window, device);
     return loss(rms_norm(run_layers(*this, x, in, in, dropout_gen), norm, config.rms_norm_eps), lab);
   }
   targets = targets.index_select(0, keep);
 
-  BlockInputs in;
-  std::tie(in.cos, in.sin) = rope_cos_sin(inv_freq, pos, compute_dtype);
   // Each row one sample, then padding: plain causal attention is exact (no mask to build).
   bool causal = !real.defined() || !real.slice(1, 1).logical_and(real.slice(1, 0, -1).logical_not()).any().item<bool>();
   if (causal && seg.defined()) {
     at::Tensor other = seg != seg.slice(1, 0, 1);
     causal = !(real.defined() ? other.logical_and(real) : other).any().item<bool>();
   }
-  const at::Tensor mseg = causal ? at::Tensor() : seg;
-  in.mask_full = model::attention_mask(mseg, T, std::nullopt, device);
-  if (config.sliding_window) in.mask_window = model::attention_mask(mseg, T, config.sliding_window, device);
+  BlockInputs in = block_inputs(*this, pos, causal ? at::Tensor() : seg);
   in.rows = rows;
   in.B = B;
   in.T = T;
@@ -335,7 +335,6 @@ LossSum Model::loss(const at::Tensor& hidden, const at::Tensor& labels) const {
   }
   return cross_entropy(*this, h.index_select(0, idx), y.index_select(0, idx));
 }
-
 
 std::vector<const Linear*> Model::linears() const {
   std::vector<const Linear*> out;
