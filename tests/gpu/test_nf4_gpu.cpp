@@ -15,6 +15,7 @@
 #include <string>
 
 #include "kernels/ops.h"
+#include "tests/common/test_seed.h"
 #ifdef QLORA_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
 
@@ -34,19 +35,7 @@ bool have_gpu() {
 #endif
 }
 
-uint64_t test_seed() {
-  static uint64_t seed = [] {
-    uint64_t s;
-    if (const char* e = std::getenv("QLORA_TEST_SEED")) {
-      s = std::stoull(e);
-    } else {
-      s = static_cast<uint64_t>(std::random_device{}()) << 32 | std::random_device{}();
-    }
-    std::printf("[nf4_gpu] QLORA_TEST_SEED=%llu\n", static_cast<unsigned long long>(s));
-    return s;
-  }();
-  return seed;
-}
+uint64_t test_seed() { return qlora::test::test_seed("nf4_gpu"); }
 
 at::Generator gen(uint64_t salt) {
   return at::make_generator<at::CPUGeneratorImpl>(test_seed() ^ (salt * 0x9E3779B97F4A7C15ull));

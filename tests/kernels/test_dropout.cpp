@@ -12,25 +12,14 @@
 #include "kernels/cpu/nf4_cpu_isa.h"
 #include "kernels/dropout.h"
 #include "kernels/ops.h"
+#include "tests/common/test_seed.h"
 
 using namespace qlora;
 using namespace qlora::kernels;
 
 namespace {
 
-uint64_t test_seed() {
-  static uint64_t seed = [] {
-    uint64_t s;
-    if (const char* e = std::getenv("QLORA_TEST_SEED")) {
-      s = std::stoull(e);
-    } else {
-      s = static_cast<uint64_t>(std::random_device{}()) << 32 | std::random_device{}();
-    }
-    std::printf("[dropout] QLORA_TEST_SEED=%llu\n", static_cast<unsigned long long>(s));
-    return s;
-  }();
-  return seed;
-}
+uint64_t test_seed() { return qlora::test::test_seed("dropout"); }
 
 bool same_bits(const at::Tensor& a, const at::Tensor& b) {
   return a.sizes() == b.sizes() && a.scalar_type() == b.scalar_type() &&
