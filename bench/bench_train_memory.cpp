@@ -1,5 +1,5 @@
-// Peak host memory of one QLoRA training step (forward + chunked loss + backward) with and without
-// activation checkpointing and the chunked cross-entropy, on CPU.
+// Peak host memory of one QLoRA training step (Model::forward_loss + backward, as the trainer runs
+// it) with and without activation checkpointing and the chunked cross-entropy, on CPU.
 //
 //   build/bench/bench_train_memory [--out FILE]      runs every variant, each in its own process
 //                                                     (peak RSS is per process), writes JSON
@@ -90,10 +90,8 @@ int run_one(const std::string& variant, const stdfs::path& dir) {
   const uint64_t before = fs::proc_status_bytes("VmRSS:");
   reset_peak();
   auto t0 = std::chrono::steady_clock::now();
-  at::Tensor h = m.forward(ids);
-  model::LossSum l = m.loss(h, ids);
+  model::LossSum l = m.forward_loss(ids, ids);  // what the trainer calls
   (l.sum / l.count.to(at::kFloat)).backward();
-  h = at::Tensor();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const uint64_t peak = fs::proc_status_bytes("VmHWM:");
   json r = {{"variant", variant}, {"gradient_checkpointing", ckpt}, {"chunked_cross_entropy", chunked},
@@ -144,7 +142,7 @@ int main(int argc, char** argv) {
       model_name = line.substr(line.find(':') + 2);
       break;
     }
-  json res = {{"description", "Peak host RSS of one QLoRA training step on CPU (forward + loss + backward), each "
+  json res = {{"description", "Peak host RSS of one QLoRA training step on CPU (Model::forward_loss + backward, as the trainer runs it), each "
                               "variant in its own process; step_peak_extra_bytes = VmHWM during the step - VmRSS "
                               "before it (model, LoRA and inputs already resident)."},
               {"machine", {{"cpu", model_name}, {"cores", ::sysconf(_SC_NPROCESSORS_ONLN)},
