@@ -64,7 +64,7 @@ std::vector<at::Tensor> take_grads(const std::vector<at::Tensor>& ps) {
   std::vector<at::Tensor> g;
   for (const auto& p : ps) {
     g.push_back(p.grad().clone());
-    const_cast<at::Tensor&>(p).mutable_grad() = at::Tensor();
+    p.mutable_grad() = at::Tensor();
   }
   return g;
 }

@@ -58,7 +58,7 @@ double forward_backward(model::Model& m, const data::Batch& b, double denom, int
       g = g.defined() ? g.add_(gs) : gs;
     }
     if (!g.defined()) continue;
-    at::Tensor& acc = const_cast<at::Tensor&>(params[i]).mutable_grad();
+    at::Tensor& acc = params[i].mutable_grad();
     if (acc.defined()) {
       acc.add_(g);
     } else {
