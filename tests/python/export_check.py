@@ -25,23 +25,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 import transformers
 from peft import PeftModel
-from safetensors import safe_open
 from safetensors.torch import load_file
+
+from bnb_checkpoint import tensors  # every tensor of a (sharded) safetensors directory
 
 
 def rel(a, b):
     a, b = a.double(), b.double()
     return ((a - b).abs().max() / b.abs().max()).item()
-
-
-def tensors(path):
-    out = {}
-    for name in sorted(os.listdir(path)):
-        if name.endswith(".safetensors"):
-            with safe_open(os.path.join(path, name), "pt") as f:
-                for k in f.keys():
-                    out[k] = f.get_tensor(k)
-    return out
 
 
 def logits(model, ids):

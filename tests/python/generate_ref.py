@@ -6,9 +6,11 @@
              quant), a text dataset (DIR/text.jsonl), and DIR/ref.json with what transformers says:
              greedy generate(do_sample=False) ids and text for each case, and the eval loss.
 """
-import json, math, os, shutil, sys
+import json, os, shutil, sys
 
 import torch
+
+import model_ref  # tests/python, next to this script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(ROOT, "data", "demo", "model")
@@ -38,17 +40,7 @@ def build(kind):
 
 
 def randomize(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
-            elif p.dim() == 1:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            elif "embed_tokens" in name:
-                p.copy_(torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(1.0 * torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
+    model_ref.randomize(model, seed, norm_spread=0.2, bias_scale=0.1, gain=1.0)
 
 
 def copy_tokenizer(d):

@@ -58,19 +58,21 @@ def build(kind):
     raise SystemExit(f"unknown kind {kind}")
 
 
-def randomize(model, seed):
-    """Weights large enough that every part of the network matters (HF's init is near zero)."""
+def randomize(model, seed, norm_spread=0.3, bias_scale=0.2, gain=1.2):
+    """Weights large enough that every part of the network matters (HF's init is near zero):
+    norms 1 + norm_spread * N(0,1), other vectors bias_scale * N(0,1), embeddings N(0,1),
+    matrices gain * N(0,1) / sqrt(fan_in)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=g))
+                p.copy_(1.0 + norm_spread * torch.randn(p.shape, generator=g))
             elif p.dim() == 1:
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+                p.copy_(bias_scale * torch.randn(p.shape, generator=g))
             elif "embed_tokens" in name:
                 p.copy_(torch.randn(p.shape, generator=g))
             else:
-                p.copy_(1.2 * torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
+                p.copy_(gain * torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
 
 
 def expect_of(model):
