@@ -1,4 +1,4 @@
-// GPU benchmarks of the NF4 kernels (run by scripts/gpu-check.sh on the lent GPU machine).
+// GPU benchmarks of the NF4 kernels (run by scripts/gpu-check.sh on a GPU machine).
 //   dequantize   GB/s (packed + statistics read, output written) next to a device-to-device copy
 //                of the same output bytes (GB/s = read + written), bf16 and f32 outputs
 //   linear       nf4_linear (x bf16 [M, K] @ W^T, W NF4 with double quantization) next to bf16

@@ -1,6 +1,6 @@
 // NF4 numerics shared by the CPU and CUDA paths (host + device helpers, no torch).
 //
-// Facts (bitsandbytes semantics, see shared REFERENCE.md §1):
+// Facts (bitsandbytes semantics, docs/formats.md §1):
 //  - 16 codes (the NormalFloat-4 table) and the 15 midpoints between neighbours;
 //  - a value x already scaled into [-1, 1] takes code = #{ i : x > midpoint[i] } (strict
 //    comparisons: a value exactly on a midpoint takes the LOWER code; NaN takes code 0);

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one-call GPU check, for the lent GPU machine (which has nvcc, CMake and a Python with torch,
+# The one-call GPU check, for a GPU machine (one that has nvcc, CMake and a Python with torch,
 # but no Debian packages and no network):
 #   1. configures build-gpu/ against THAT machine's torch with -DQLORA_GPU_CHECK_ONLY=ON (kernels,
 #      tests/gpu with the built-in runner, bench_gpu; none of yaml-cpp/CLI11/GoogleTest/...);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Copies the header-only dependencies the GPU check needs (nlohmann/json) into .gpu-deps/include
-# (git-ignored), so a device call can carry them: the lent GPU machine has no package registry.
+# (git-ignored), to be copied along to a GPU machine that has no package registry.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mkdir -p "$root/.gpu-deps/include"

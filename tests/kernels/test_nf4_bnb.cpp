@@ -1,7 +1,7 @@
 // NF4 compatibility with bitsandbytes 0.50.2 on the CPU (the judge: tests/python/nf4_bnb.py).
 //
 // Fresh random inputs each run (seed printed; QLORA_TEST_SEED replays), > 10 million normal values
-// plus edge cases. What must hold (REFERENCE §1, kernels/README.md "Compatibility"):
+// plus edge cases. What must hold (docs/formats.md §1, kernels/README.md "Compatibility"):
 //  - dequantizing the same packed bytes + statistics gives bit-identical output (f32, bf16, fp16),
 //    both for our bytes (bitsandbytes dequantizes them) and for bitsandbytes' bytes (we do);
 //  - our packed codes equal bitsandbytes' except (a) NaN / inf inputs and blocks holding a NaN

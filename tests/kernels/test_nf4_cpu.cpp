@@ -1,5 +1,5 @@
 // NF4 on the CPU: the instruction-set tables against the scalar definition, the quantization rules
-// of REFERENCE §1 on constructed inputs, and the linear ops against dequantize + matmul.
+// of docs/formats.md §1 on constructed inputs, and the linear ops against dequantize + matmul.
 // (Compatibility with bitsandbytes itself is test_nf4_bnb.cpp.)
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>

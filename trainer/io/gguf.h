@@ -1,4 +1,4 @@
-// GGUF writer (version 3), enough for llama.cpp LoRA adapters (REFERENCE.md §7).
+// GGUF writer (version 3), enough for llama.cpp LoRA adapters (docs/formats.md §6).
 //   header: "GGUF", u32 version, u64 tensor_count, u64 kv_count; KVs; tensor infos (name,
 //   n_dims, dims in REVERSED (ggml ne) order, ggml type, offset); data aligned to 32 bytes.
 #pragma once

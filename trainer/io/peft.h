@@ -1,4 +1,4 @@
-// PEFT LoRA adapter directories (REFERENCE.md §5): adapter_config.json + adapter_model.safetensors
+// PEFT LoRA adapters (docs/formats.md §5): adapter_config.json + adapter_model.safetensors
 // with keys base_model.model.<module>.lora_A.weight [r, in] / .lora_B.weight [out, r].
 #pragma once
 #include <ATen/core/Tensor.h>

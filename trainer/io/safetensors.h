@@ -1,6 +1,6 @@
 // safetensors files: a validating, zero-copy (mmap) reader and an atomic writer.
 //
-// Format (REFERENCE.md §3): u64 little-endian header length N, N bytes of UTF-8 JSON
+// Format (docs/formats.md §3): u64 little-endian header length N, N bytes of UTF-8 JSON
 // {"name": {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}},
 // then the data buffer. Validated as the reference reader does: header ≤ 100,000,000 bytes,
 // no duplicate names, offsets tile the buffer with no holes or overlaps,

@@ -5,7 +5,7 @@
 namespace qlora::model {
 
 // A summed loss and the number of target tokens it sums over, so the trainer can normalize by
-// the total target tokens of all micro-batches of an optimizer step (REFERENCE.md §8).
+// the total target tokens of all micro-batches of an optimizer step (docs/formats.md §7).
 struct LossSum {
   at::Tensor sum;    // float32 scalar, differentiable
   at::Tensor count;  // int64 scalar

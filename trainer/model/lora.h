@@ -1,4 +1,4 @@
-// LoRA adapters as PEFT defines them (REFERENCE.md §5).
+// LoRA adapters as PEFT defines them (docs/formats.md §5).
 //
 //   y = base(x) + B(A(dropout(x))) * scaling,  A [r, in], B [out, r]
 //   scaling = alpha / r, or alpha / sqrt(r) with rsLoRA

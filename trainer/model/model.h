@@ -7,7 +7,7 @@
 //   (l.sum / total_target_tokens).backward();     // grads land in m.lora_parameters()
 //   at::Tensor logits = m.logits(h);              // [B, T, vocab] for generate / eval
 //
-// Numerics follow transformers (REFERENCE.md §4): RMSNorm in fp32 then cast and times weight;
+// Numerics follow transformers (docs/formats.md §4.3): RMSNorm in fp32 then cast and times weight;
 // RoPE rotate_half with cos/sin from fp32; causal GQA attention (scaled_dot_product_attention),
 // SwiGLU MLP. Compute dtype: bf16 on GPU, configurable on CPU (fp32 by default). Embeddings,
 // norms and lm_head stay unquantized, held in the compute dtype.

@@ -2,7 +2,7 @@
 //
 // Supported model_type / architectures: llama (LlamaForCausalLM), mistral (MistralForCausalLM),
 // qwen2 (Qwen2ForCausalLM), qwen3 (Qwen3ForCausalLM). Anything else is a UserError naming it.
-// Field names and defaults are transformers' (REFERENCE.md §4); both the older layout
+// Field names and defaults are transformers' (docs/formats.md §4.1); both the older layout
 // (top-level rope_theta + rope_scaling {"type"|"rope_type": ...}, torch_dtype) and the newer one
 // (rope_parameters {"rope_theta", "rope_type", ...}, dtype) are read.
 #pragma once
@@ -17,7 +17,7 @@
 namespace qlora::model {
 
 // Rotary position embedding parameters. type: "default", "linear" (inv_freq / factor) or
-// "llama3" (frequency-dependent interpolation, REFERENCE.md §4).
+// "llama3" (frequency-dependent interpolation, docs/formats.md §4.3).
 struct RopeConfig {
   std::string type = "default";
   double theta = 10000.0;
@@ -27,7 +27,7 @@ struct RopeConfig {
   int64_t original_max_position_embeddings = 0;  // llama3 (defaults to max_position_embeddings)
 };
 
-// config.json "quantization_config" of a bitsandbytes 4-bit checkpoint (REFERENCE.md §1).
+// config.json "quantization_config" of a bitsandbytes 4-bit checkpoint (docs/formats.md §2.3).
 struct BnbQuantConfig {
   std::string quant_type = "nf4";        // bnb_4bit_quant_type (only nf4 is loaded)
   bool double_quant = false;             // bnb_4bit_use_double_quant

@@ -1,4 +1,4 @@
-// Rotary position embeddings, HF "rotate_half" convention (REFERENCE.md §4).
+// Rotary position embeddings, HF "rotate_half" convention (docs/formats.md §4.3).
 #pragma once
 #include <ATen/core/Tensor.h>
 

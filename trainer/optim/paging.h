@@ -1,4 +1,4 @@
-// Explicit paging of optimizer state (DESIGN.md "Paging is explicit"): the building blocks.
+// Explicit paging of optimizer state (kernels/README.md "AdamW", paging): the building blocks.
 //
 // State lives in fixed-size pages. A device budget holds a set of page slots on the compute
 // device: some pages stay resident there, the rest live in a host pool (pinned on CUDA) and

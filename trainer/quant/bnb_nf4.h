@@ -1,4 +1,4 @@
-// bitsandbytes 4-bit state-dict entries <-> kernels::NF4Tensor (REFERENCE §1 Serialization).
+// bitsandbytes 4-bit state-dict entries <-> kernels::NF4Tensor (docs/formats.md §2).
 //
 // For a module prefix P (e.g. "model.layers.0.self_attn.q_proj") a bnb Linear4bit saves:
 //   P.weight                                  uint8 [(out*in+1)/2, 1]   packed codes

@@ -1,5 +1,5 @@
 // The demo base model's decoder: a Llama forward pass written with plain ATen ops, exactly as
-// transformers' modeling_llama.py computes it (REFERENCE.md §4), so the weights it trains load
+// transformers' modeling_llama.py computes it (docs/formats.md §4), so the weights it trains load
 // into LlamaForCausalLM unchanged. Used by the pretraining program (pretrain.cpp, with autograd)
 // and by tests/demo (loss equality with transformers on the committed model).
 //
