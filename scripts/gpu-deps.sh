@@ -5,4 +5,4 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mkdir -p "$root/.gpu-deps/include"
 cp -r /usr/include/nlohmann "$root/.gpu-deps/include/"
-echo "gpu-deps: $root/.gpu-deps/include (carry .gpu-deps in the device call)"
+echo "gpu-deps: $root/.gpu-deps/include (copy .gpu-deps along to the GPU machine)"
