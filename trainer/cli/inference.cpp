@@ -7,6 +7,7 @@
 #include "trainer/common/fs.h"
 #include "trainer/model/device.h"
 #include "trainer/run/adapter_source.h"
+#include "trainer/run/layout.h"
 
 namespace qlora::cli {
 
@@ -29,7 +30,7 @@ InferenceModel load_inference_model(const std::string& model_dir, const std::str
     if (load_in_4bit) o.quantize = true;
     r.model_dir = model_dir.empty() ? src.base_model : std::filesystem::path(model_dir);
     if (r.model_dir.empty())
-      user_error((src.dir / "adapter_config.json").string(),
+      user_error((src.dir / run::kAdapterConfigFile).string(),
                  ": base_model_name_or_path is empty and no --model was given; give the base model with --model");
     if (!std::filesystem::is_directory(r.model_dir))
       user_error(r.model_dir.string(), ": base model directory not found",
