@@ -16,7 +16,7 @@
 #include "trainer/common/fs.h"
 #include "trainer/export/export.h"
 #include "trainer/io/safetensors.h"
-#include "trainer/model/adapter_source.h"
+#include "trainer/run/adapter_source.h"
 
 using namespace qlora;
 namespace stdfs = std::filesystem;
@@ -57,10 +57,10 @@ at::Tensor test_ids() {
 
 // Our logits (fp32 on the CPU) for base + adapter, loaded as generate/eval load them.
 stdfs::path our_logits(const stdfs::path& adapter, const std::string& tag) {
-  const model::AdapterSource src = model::read_adapter_source(adapter);
-  model::ModelLoadOptions opts = model::adapter_load_options(src, at::kCPU);
+  const run::AdapterSource src = run::read_adapter_source(adapter);
+  model::ModelLoadOptions opts = run::adapter_load_options(src, at::kCPU);
   opts.compute_dtype = at::kFloat;
-  model::Model m = model::load_model_with_adapter({}, src, opts);
+  model::Model m = run::load_model_with_adapter({}, src, opts);
   at::NoGradGuard ng;
   const at::Tensor lg = m.logits(m.forward(test_ids()));
   const stdfs::path p = g->dir / ("ours_" + tag + ".safetensors");
@@ -211,7 +211,7 @@ TEST_F(Export, GgufAdapterReadByGgufPackage) {
   const stdfs::path d = test::temp_dir();
   test::ProcResult r = run_cli("export " + q(g->qlora_run) + " --format gguf-adapter --dtype fp32 --out " + q(d / "gguf"));
   ASSERT_EQ(r.code, 0) << r.output;
-  const model::AdapterSource src = model::read_adapter_source(g->qlora_run);
+  const run::AdapterSource src = run::read_adapter_source(g->qlora_run);
   r = test::run_python("gguf_check.py", {(d / "gguf/adapter_model.gguf").string(),
                                          (src.dir / "adapter_model.safetensors").string(), "llama", "4", "2", "8"});
   EXPECT_EQ(r.code, 0) << r.output;
@@ -251,7 +251,7 @@ TEST_F(Export, NonEmptyOutputNeedsForceAndIsReplacedOnlyWhenComplete) {
 // exit 2; a good output it was asked to --force over stays as it was, nothing is left beside it.
 TEST_F(Export, AdapterForAnotherBaseIsRefusedByName) {
   const stdfs::path d = test::temp_dir();
-  const model::AdapterSource src = model::read_adapter_source(g->qlora_run);
+  const run::AdapterSource src = run::read_adapter_source(g->qlora_run);
   test::ProcResult r = run_cli("export " + q(g->qlora_run) + " --format merged --out " + q(d / "good"));
   ASSERT_EQ(r.code, 0) << r.output;
   const std::string good = fs::read_file(d / "good/model.safetensors");

@@ -13,7 +13,7 @@
 #include "trainer/common/fs.h"
 #include "trainer/data/dataset.h"
 #include "trainer/data/loader.h"
-#include "trainer/model/adapter_source.h"
+#include "trainer/run/adapter_source.h"
 #include "trainer/model/generate.h"
 #include "trainer/model/model.h"
 #include "trainer/tokenizer/tokenizer.h"
@@ -115,11 +115,11 @@ TEST(Generate, NoCacheLoopGivesTheSameIds) {
 }
 
 TEST(Generate, LoraAdapterOn16BitBaseEqualsPeft) {
-  model::AdapterSource src = model::read_adapter_source(fixtures() / "llama_lora");
-  model::ModelLoadOptions o = model::adapter_load_options(src, at::kCPU);
+  run::AdapterSource src = run::read_adapter_source(fixtures() / "llama_lora");
+  model::ModelLoadOptions o = run::adapter_load_options(src, at::kCPU);
   o.quantize = false;
   o.compute_dtype = at::kFloat;
-  model::Model m = model::load_model_with_adapter(fixtures() / "llama", src, o);
+  model::Model m = run::load_model_with_adapter(fixtures() / "llama", src, o);
   model::GenerateOptions go;
   go.max_new_tokens = 24;
   go.stop_ids = model::stop_ids_of(fixtures() / "llama", m.config, nullptr);

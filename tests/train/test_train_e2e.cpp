@@ -41,8 +41,8 @@ class TrainE2E : public ::testing::Test {
     return dir / "cfg.yaml";
   }
 
-  static test::ProcResult train(const stdfs::path& cfg, const std::string& args = "", const std::string& env = "") {
-    return test::run(env + " " + test::quote(test::qlora_exe().string()) + " train " + test::quote(cfg.string()) + " " + args);
+  static test::ProcResult train(const stdfs::path& cfg, const std::string& args = "") {
+    return test::run(test::quote(test::qlora_exe().string()) + " train " + test::quote(cfg.string()) + " " + args);
   }
 
   // (step -> (loss, grad_norm)) from metrics.jsonl
@@ -70,7 +70,7 @@ TEST_F(TrainE2E, ResumeGivesBitIdenticalLosses) {
     const std::string extra = "optimizer: " + opt + "\noptimizer_device_budget: 4KB\nsave_steps: 3\n";
     test::ProcResult ra = train(write_config(a, extra));
     ASSERT_EQ(ra.code, 0) << ra.output;
-    test::ProcResult rb1 = train(write_config(b, extra), "", "QLORA_STOP_AFTER_STEP=4");
+    test::ProcResult rb1 = train(write_config(b, extra), "--test-stop-after-step 4");
     ASSERT_EQ(rb1.code, 0) << rb1.output;
     EXPECT_NE(rb1.output.find("--resume"), std::string::npos) << rb1.output;
     EXPECT_EQ(losses(b / "run").size(), 4u);
@@ -93,7 +93,7 @@ TEST_F(TrainE2E, ResumeGivesBitIdenticalLosses) {
 TEST_F(TrainE2E, CorruptNewestCheckpointFallsBackToPreviousGood) {
   auto d = test::temp_dir();
   auto cfg = write_config(d, "save_steps: 2\n");
-  ASSERT_EQ(train(cfg, "", "QLORA_STOP_AFTER_STEP=6").code, 0);
+  ASSERT_EQ(train(cfg, "--test-stop-after-step 6").code, 0);
   {
     std::fstream f(d / "run/checkpoints/checkpoint-000006/adapter_model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(100);
@@ -108,7 +108,7 @@ TEST_F(TrainE2E, CorruptNewestCheckpointFallsBackToPreviousGood) {
 TEST_F(TrainE2E, ResumeWithChangedConfigNamesTheChangeAndRefuses) {
   auto d = test::temp_dir();
   auto cfg = write_config(d, "save_steps: 2\n");
-  ASSERT_EQ(train(cfg, "", "QLORA_STOP_AFTER_STEP=2").code, 0);
+  ASSERT_EQ(train(cfg, "--test-stop-after-step 2").code, 0);
   test::ProcResult r = train(cfg, "--resume --set learning_rate=0.01");
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("learning_rate (0.002 -> 0.01)"), std::string::npos) << r.output;
@@ -124,7 +124,7 @@ TEST_F(TrainE2E, ResumeWithChangedConfigNamesTheChangeAndRefuses) {
 TEST_F(TrainE2E, NonFiniteStepsAreSkippedCountedAndStopTheRun) {
   auto d = test::temp_dir();
   auto cfg = write_config(d, "max_nonfinite_steps: 3\n");
-  test::ProcResult r = train(cfg, "", "QLORA_TEST_NONFINITE_STEPS=3,4");
+  test::ProcResult r = train(cfg, "--test-nonfinite-steps 3,4");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("step 3: non-finite"), std::string::npos) << r.output;
   std::ifstream in(d / "run/metrics.jsonl");
@@ -134,7 +134,7 @@ TEST_F(TrainE2E, NonFiniteStepsAreSkippedCountedAndStopTheRun) {
   EXPECT_EQ(nlohmann::json::parse(last)["skipped_steps"].get<int64_t>(), 2);
   // Three in a row with max_nonfinite_steps 3: the run stops with an error.
   auto d2 = test::temp_dir("diverge");
-  test::ProcResult bad = train(write_config(d2, "max_nonfinite_steps: 3\n"), "", "QLORA_TEST_NONFINITE_STEPS=2,3,4");
+  test::ProcResult bad = train(write_config(d2, "max_nonfinite_steps: 3\n"), "--test-nonfinite-steps 2,3,4");
   EXPECT_EQ(bad.code, 1) << bad.output;
   EXPECT_NE(bad.output.find("diverged"), std::string::npos) << bad.output;
 }

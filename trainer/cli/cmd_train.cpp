@@ -11,6 +11,8 @@ int run_train(const TrainArgs& a) {
   o.resume = a.resume;
   o.resume_path = a.resume_path;
   o.allow_config_change = a.allow_config_change;
+  o.faults.nonfinite_steps = a.test_nonfinite_steps;
+  o.faults.stop_after_step = a.test_stop_after_step;
   return train::run_training(cfg, o);
 }
 

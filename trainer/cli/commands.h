@@ -3,6 +3,7 @@
 // option and fills these structs. A run function returns the exit code; user mistakes throw
 // qlora::UserError (exit 2).
 #pragma once
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -15,6 +16,10 @@ struct TrainArgs {
   bool resume = false;                // --resume given
   std::string resume_path;            // --resume PATH (empty: newest complete checkpoint)
   bool allow_config_change = false;   // --allow-config-change
+  // Hidden, for the tests (train::FaultInjection): --test-nonfinite-steps 3,4,
+  // --test-stop-after-step N.
+  std::vector<int64_t> test_nonfinite_steps;
+  int64_t test_stop_after_step = 0;
 };
 int run_train(const TrainArgs& a);
 

@@ -5,7 +5,9 @@
 
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
-#include "trainer/model/adapter_source.h"
+#include "trainer/model/device.h"
+#include "trainer/run/adapter_source.h"
+#include "trainer/run/layout.h"
 
 namespace qlora::cli {
 
@@ -23,17 +25,17 @@ InferenceModel load_inference_model(const std::string& model_dir, const std::str
     r.model_dir = model_dir;
     r.model = model::load_model(r.model_dir, o);
   } else {
-    model::AdapterSource src = model::read_adapter_source(adapter);
-    model::ModelLoadOptions o = model::adapter_load_options(src, device);
+    run::AdapterSource src = run::read_adapter_source(adapter);
+    model::ModelLoadOptions o = run::adapter_load_options(src, device);
     if (load_in_4bit) o.quantize = true;
     r.model_dir = model_dir.empty() ? src.base_model : std::filesystem::path(model_dir);
     if (r.model_dir.empty())
-      user_error((src.dir / "adapter_config.json").string(),
+      user_error((src.dir / run::kAdapterConfigFile).string(),
                  ": base_model_name_or_path is empty and no --model was given; give the base model with --model");
     if (!std::filesystem::is_directory(r.model_dir))
       user_error(r.model_dir.string(), ": base model directory not found",
                  model_dir.empty() ? " (named by the adapter " + src.dir.string() + "; give --model)" : std::string());
-    r.model = model::load_model_with_adapter(r.model_dir, src, o);
+    r.model = run::load_model_with_adapter(r.model_dir, src, o);
     r.train = src.train;
     what = " + adapter " + src.dir.string() + " (r=" + std::to_string(src.peft.r) + ")";
   }

@@ -60,6 +60,14 @@ int main(int argc, char** argv) {
       ->expected(0, 1);
   t->add_flag("--allow-config-change", train.allow_config_change,
               "Resume even if the config differs from the checkpoint's");
+  // Fault injection for the tests; an empty group keeps them out of --help.
+  t->add_option("--test-nonfinite-steps", train.test_nonfinite_steps,
+                "Make the gradients of these steps NaN (comma-separated)")
+      ->delimiter(',')
+      ->group("");
+  t->add_option("--test-stop-after-step", train.test_stop_after_step,
+                "Stop after this step as a stop signal would")
+      ->group("");
   t->callback([&] {
     train.resume = t->count("--resume") > 0;
     action = [&] { return run_train(train); };

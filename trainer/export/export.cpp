@@ -21,6 +21,7 @@
 #include "trainer/io/safetensors.h"
 #include "trainer/model/lora.h"
 #include "trainer/quant/bnb_nf4.h"
+#include "trainer/run/layout.h"
 
 namespace qlora::exporter {
 
@@ -34,7 +35,7 @@ bool ends_with(const std::string& s, const std::string& p) {
   return s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0;
 }
 
-std::string adapter_file(const model::AdapterSource& src) { return (src.dir / "adapter_model.safetensors").string(); }
+std::string adapter_file(const run::AdapterSource& src) { return (src.dir / "adapter_model.safetensors").string(); }
 
 // Whether `inner` is `outer` or lies inside it (both made absolute and normalized).
 bool is_within(const stdfs::path& inner, const stdfs::path& outer) {
@@ -68,10 +69,10 @@ void trim_heap() {
 
 // The base directory to use: --base-model, else what the adapter records. UserError when it is
 // not an HF model directory.
-stdfs::path base_dir(const ExportOptions& o, const model::AdapterSource& src, bool required) {
+stdfs::path base_dir(const ExportOptions& o, const run::AdapterSource& src, bool required) {
   const stdfs::path b = o.base_model.empty() ? src.base_model : o.base_model;
   const std::string from = o.base_model.empty()
-                               ? (src.train ? (src.dir / "config.yaml").string() + ": base_model"
+                               ? (src.train ? run::config_file(src.dir).string() + ": base_model"
                                             : (src.dir / "adapter_config.json").string() + ": base_model_name_or_path")
                                : std::string("--base-model");
   if (b.empty()) {
@@ -95,7 +96,7 @@ struct BaseHolding {
   bool known = false;
 };
 
-BaseHolding base_holding(const model::AdapterSource& src) {
+BaseHolding base_holding(const run::AdapterSource& src) {
   BaseHolding h;
   if (src.train) {
     h.nf4 = src.train->lora.adapter == "qlora";
@@ -111,7 +112,7 @@ struct ModuleLora {
 };
 
 // module path -> its (A, B), in module order; keys checked by check_adapter_matches_base.
-std::map<std::string, ModuleLora> lora_by_module(const model::AdapterSource& src) {
+std::map<std::string, ModuleLora> lora_by_module(const run::AdapterSource& src) {
   std::map<std::string, ModuleLora> m;
   for (const auto& [k, v] : src.tensors) {
     const bool a = ends_with(k, ".lora_A.weight");
@@ -133,7 +134,7 @@ std::pair<int64_t, std::string> module_order(const std::string& module) {
 
 // ---- peft ----------------------------------------------------------------------------------
 
-ExportReport export_peft(const ExportOptions& o, const model::AdapterSource& src) {
+ExportReport export_peft(const ExportOptions& o, const run::AdapterSource& src) {
   ExportReport rep;
   rep.adapter_dir = src.dir;
   rep.dtype = o.dtype.value_or(at::kFloat);
@@ -163,7 +164,7 @@ ExportReport export_peft(const ExportOptions& o, const model::AdapterSource& src
 
 // ---- gguf-adapter --------------------------------------------------------------------------
 
-ExportReport export_gguf(const ExportOptions& o, const model::AdapterSource& src) {
+ExportReport export_gguf(const ExportOptions& o, const run::AdapterSource& src) {
   ExportReport rep;
   rep.adapter_dir = src.dir;
   rep.dtype = o.dtype.value_or(at::kHalf);
@@ -250,7 +251,7 @@ bool is_tokenizer_file(const std::string& n) {
 
 class MergedWriter {
  public:
-  MergedWriter(const ExportOptions& o, const model::AdapterSource& src, const stdfs::path& base)
+  MergedWriter(const ExportOptions& o, const run::AdapterSource& src, const stdfs::path& base)
       : o_(o), src_(src), ck_(base), mc_(model::read_model_config(base)) {}
 
   ExportReport run() {
@@ -455,7 +456,7 @@ class MergedWriter {
   }
 
   const ExportOptions& o_;
-  const model::AdapterSource& src_;
+  const run::AdapterSource& src_;
   io::HfCheckpoint ck_;
   model::ModelConfig mc_;
   std::map<std::string, ModuleLora> lora_;
@@ -497,7 +498,7 @@ at::ScalarType parse_export_dtype(const std::string& s, const std::string& what)
   user_error(what, ": expected bf16, fp16 or fp32, got \"", s, "\"");
 }
 
-void check_adapter_matches_base(const model::AdapterSource& src, const model::ModelConfig& mc) {
+void check_adapter_matches_base(const run::AdapterSource& src, const model::ModelConfig& mc) {
   const std::string file = adapter_file(src);
   const std::string base = mc.path.string();
   std::map<std::string, std::vector<int64_t>> shapes;  // module path -> [out, in]
@@ -537,7 +538,7 @@ ExportReport export_checkpoint(const ExportOptions& o) {
   if (o.format != "peft" && o.format != "merged" && o.format != "gguf-adapter")
     user_error("--format: expected peft, merged or gguf-adapter, got \"", o.format, "\"");
   if (o.out.empty()) user_error("--out: an output directory is required");
-  const model::AdapterSource src = model::read_adapter_source(o.checkpoint);
+  const run::AdapterSource src = run::read_adapter_source(o.checkpoint);
   if (o.format == "peft") return export_peft(o, src);
   if (o.format == "gguf-adapter") return export_gguf(o, src);
   const stdfs::path base = base_dir(o, src, /*required=*/true);

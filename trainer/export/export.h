@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "trainer/model/adapter_source.h"
+#include "trainer/run/adapter_source.h"
 #include "trainer/model/model_config.h"
 
 namespace qlora::exporter {
@@ -61,7 +61,7 @@ at::ScalarType parse_export_dtype(const std::string& s, const std::string& what)
 // base_model.model.<decoder linear>.lora_A|lora_B.weight of a module the base has, with
 // A [r, in] and B [out, r], and every module the adapter targets has both. UserError naming the
 // adapter file and the key otherwise (an adapter made for another base).
-void check_adapter_matches_base(const model::AdapterSource& src, const model::ModelConfig& mc);
+void check_adapter_matches_base(const run::AdapterSource& src, const model::ModelConfig& mc);
 
 // Runs the export; warnings go to stderr. UserError (one line naming the file/option) for bad
 // input; nothing is left at or next to OUT when it throws.

@@ -2,54 +2,14 @@
 
 #include <unistd.h>
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <sstream>
 
-#include "trainer/common/error.h"
 #include "trainer/common/fs.h"
 
 namespace qlora::train {
-
-MetricsLog::MetricsLog(const std::filesystem::path& path, bool append) {
-  f_ = std::fopen(path.c_str(), append ? "a" : "w");
-  if (!f_) user_error(path.string(), ": cannot open for writing");
-}
-
-MetricsLog::~MetricsLog() {
-  if (f_) std::fclose(f_);
-}
-
-namespace {
-void put(std::FILE* f, const nlohmann::json& j) {
-  std::string s = j.dump() + "\n";
-  std::fwrite(s.data(), 1, s.size(), f);
-  std::fflush(f);
-}
-}  // namespace
-
-void MetricsLog::log_step(const StepMetrics& m) {
-  nlohmann::json j = {{"step", m.step},           {"epoch", m.epoch},
-                      {"loss", m.loss}, {"lr", m.lr},
-                      {"grad_norm", m.grad_norm}, {"tokens", m.tokens},
-                      {"tokens_per_s", m.tokens_per_s}, {"elapsed_s", m.elapsed_s},
-                      {"memory_bytes", m.memory_bytes}, {"skipped_steps", m.skipped_steps}};
-  put(f_, j);
-}
-
-void MetricsLog::log_eval(const EvalMetrics& m) {
-  nlohmann::json j = {{"step", m.step}, {"eval_loss", m.loss}, {"eval_perplexity", m.perplexity}, {"eval_tokens", m.tokens}};
-  if (m.accuracy) j["eval_accuracy"] = *m.accuracy;
-  put(f_, j);
-}
-
-void MetricsLog::log_event(const std::string& event, const std::string& json_fields) {
-  nlohmann::json j = json_fields.empty() ? nlohmann::json::object() : nlohmann::json::parse(json_fields);
-  j["event"] = event;
-  put(f_, j);
-}
 
 std::string format_duration(double s) {
   if (!std::isfinite(s) || s < 0) return "--:--";
@@ -65,7 +25,7 @@ std::string format_duration(double s) {
 Progress::Progress(int64_t total_steps, int64_t every, bool force_plain)
     : total_(total_steps), every_(std::max<int64_t>(1, every)), tty_(!force_plain && ::isatty(STDOUT_FILENO)) {}
 
-void Progress::update(const StepMetrics& m) {
+void Progress::update(const run::StepMetrics& m) {
   const double rate = m.step > 0 ? m.elapsed_s / m.step : 0;
   const double eta = rate * static_cast<double>(total_ - m.step);
   char line[256];
@@ -106,8 +66,8 @@ void Progress::finish() {
   std::fflush(stdout);
 }
 
-std::string loss_curve_svg(const std::vector<StepMetrics>& steps, const std::vector<EvalMetrics>& evals,
-                           const std::string& title) {
+std::string loss_curve_svg(const std::vector<run::StepMetrics>& steps,
+                           const std::vector<run::EvalMetrics>& evals, const std::string& title) {
   const double W = 720, H = 420, L = 70, R = 20, T = 40, B = 50;
   double xmin = 0, xmax = 1, ymin = INFINITY, ymax = -INFINITY;
   for (const auto& s : steps)

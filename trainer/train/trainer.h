@@ -1,19 +1,29 @@
-// The training run behind `qlora train CONFIG [--set k=v] [--resume [PATH]]`:
-// tokenizer -> datasets -> model (NF4 + LoRA) -> paged AdamW -> loop {micro-batches, loss
-// normalized by the target tokens of the whole accumulated batch, clip, step, schedule, log,
-// eval, checkpoint} -> final eval, checkpoint, loss plot.
+// The training run behind `qlora train CONFIG [--set k=v] [--resume [PATH]]`, in four parts:
+// setup (run directory, tokenizer, datasets, model (NF4 + LoRA), paged AdamW, schedule), resume
+// (restore a checkpoint, run/checkpoint_state.h), the loop {micro-batches, loss normalized by the
+// target tokens of the whole accumulated batch, clip, step, schedule, log, eval, checkpoint}, and
+// finish (final eval, checkpoint, loss plot).
 #pragma once
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "trainer/config/config.h"
 
 namespace qlora::train {
+
+// Faults the tests inject (hidden flags of `qlora train`); empty in normal runs.
+struct FaultInjection {
+  std::vector<int64_t> nonfinite_steps;  // the gradients of these steps (1-based) are made NaN
+  int64_t stop_after_step = 0;           // > 0: acts like a stop signal after this step
+};
 
 struct TrainOptions {
   bool resume = false;
   std::string resume_path;           // a checkpoint or a run directory; empty: the config's run
   bool allow_config_change = false;  // resume even if model/data/optimization keys changed
   bool force_plain_progress = false; // plain lines even on a terminal
+  FaultInjection faults;
 };
 
 // Returns the process exit code (0 also when stopped by SIGINT/SIGTERM after checkpointing).

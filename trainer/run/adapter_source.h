@@ -1,7 +1,7 @@
 // Where a trained adapter comes from, for export / generate / eval:
 //   - a checkpoint directory written by `qlora train` (adapter_config.json +
 //     adapter_model.safetensors + config.yaml + manifest.json),
-//   - a run directory (output_dir): its newest intact checkpoint (checkpoints/latest),
+//   - a run directory (output_dir): its newest intact checkpoint,
 //   - a plain PEFT adapter directory (adapter_config.json + adapter_model.safetensors).
 // A checkpoint also says how the base was held while training (NF4 or 16-bit, blocksize, double
 // quant, compute dtype); a plain PEFT directory does not, and callers choose (default NF4).
@@ -19,7 +19,7 @@
 #include "trainer/io/peft.h"
 #include "trainer/model/model.h"
 
-namespace qlora::model {
+namespace qlora::run {
 
 struct AdapterSource {
   std::filesystem::path dir;                     // the directory holding the adapter files
@@ -33,19 +33,15 @@ struct AdapterSource {
 // naming PATH when none of those is there, or naming the file for a bad adapter_config.json.
 AdapterSource read_adapter_source(const std::filesystem::path& path);
 
-// "auto" -> cuda:0 when a GPU is visible, else cpu; "cpu", "cuda", "cuda:N". UserError naming
-// `what` (e.g. "--device") when CUDA is asked for but not available.
-c10::Device resolve_device(const std::string& device, const std::string& what = "device");
-
 // Load options for the base model an adapter belongs to: the checkpoint's own settings when known
 // (adapter qlora|lora, blocksize, double_quant, compute dtype), else NF4 with defaults; LoRA
 // modules from the adapter's adapter_config.json (r, alpha, targets, rslora).
-ModelLoadOptions adapter_load_options(const AdapterSource& src, c10::Device device);
+model::ModelLoadOptions adapter_load_options(const AdapterSource& src, c10::Device device);
 
 // Loads the base model from `model_dir` (empty: src.base_model) with `opts` and copies the
 // adapter weights in (strict: every key must match a module of that base with the right shape;
 // UserError naming the adapter file and the key otherwise).
-Model load_model_with_adapter(const std::filesystem::path& model_dir, const AdapterSource& src,
-                              const ModelLoadOptions& opts);
+model::Model load_model_with_adapter(const std::filesystem::path& model_dir, const AdapterSource& src,
+                                     const model::ModelLoadOptions& opts);
 
-}  // namespace qlora::model
+}  // namespace qlora::run

@@ -1,6 +1,7 @@
 // Checkpoint directories: written out of place, checksummed, published with one rename.
 //
-//   <run>/checkpoints/checkpoint-000120/   one complete checkpoint (files chosen by the trainer)
+//   <run>/checkpoints/checkpoint-000120/   one complete checkpoint (its files: run/layout.h,
+//                                          written by run/checkpoint_state.h)
 //                                          + manifest.json {step, files: {name: {sha256, bytes}}}
 //   <run>/checkpoints/latest               text file naming the newest complete checkpoint;
 //                                          updated last, atomically
@@ -10,13 +11,14 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "trainer/common/fs.h"
 
-namespace qlora::train {
+namespace qlora::run {
 
 namespace stdfs = std::filesystem;
 
@@ -54,4 +56,11 @@ std::optional<stdfs::path> find_resume_checkpoint(const stdfs::path& checkpoints
 // Step recorded in a checkpoint's manifest.
 int64_t checkpoint_step(const stdfs::path& ckpt);
 
-}  // namespace qlora::train
+// The checkpoint `qlora train --resume [PATH]` continues from. `resume_path` empty: the run
+// directory's newest intact checkpoint. Else PATH is a checkpoint (it must be intact), a run
+// directory, or a checkpoints directory. Skipped checkpoints are reported through `warn` as they
+// are found; UserError when none is usable.
+stdfs::path pick_resume_checkpoint(const stdfs::path& run_dir, const stdfs::path& resume_path,
+                                   const std::function<void(const std::string&)>& warn);
+
+}  // namespace qlora::run

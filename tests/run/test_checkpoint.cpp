@@ -5,14 +5,14 @@
 
 #include "tests/common/harness.h"
 #include "trainer/common/fs.h"
-#include "trainer/train/checkpoint.h"
+#include "trainer/run/checkpoint.h"
 
 using namespace qlora;
 namespace stdfs = std::filesystem;
 
 namespace {
 void save(const stdfs::path& dir, int64_t step, int64_t limit) {
-  train::CheckpointWriter w(dir, step);
+  run::CheckpointWriter w(dir, step);
   std::ofstream(w.path() / "adapter_model.safetensors") << "weights-" << step;
   stdfs::create_directories(w.path() / "sub");
   std::ofstream(w.path() / "sub" / "state.json") << "{\"step\": " << step << "}";
@@ -26,15 +26,15 @@ TEST(Checkpoint, PublishesWithManifestAndLatest) {
   save(d, 5, 0);
   auto c = d / "checkpoint-000005";
   ASSERT_TRUE(stdfs::exists(c / "manifest.json"));
-  EXPECT_FALSE(train::verify_checkpoint(c).has_value());
+  EXPECT_FALSE(run::verify_checkpoint(c).has_value());
   EXPECT_EQ(fs::read_file(d / "latest"), "checkpoint-000005\n");
-  EXPECT_EQ(train::checkpoint_step(c), 5);
+  EXPECT_EQ(run::checkpoint_step(c), 5);
 }
 
 TEST(Checkpoint, KeepsOnlySaveTotalLimit) {
   auto d = test::temp_dir();
   for (int s : {10, 20, 30, 40}) save(d, s, 2);
-  auto all = train::list_checkpoints(d);
+  auto all = run::list_checkpoints(d);
   ASSERT_EQ(all.size(), 2u);
   EXPECT_EQ(all[0].filename(), "checkpoint-000040");
   EXPECT_EQ(all[1].filename(), "checkpoint-000030");
@@ -53,7 +53,7 @@ TEST(Checkpoint, CorruptOrPartialNewestIsSkippedForPreviousGood) {
   stdfs::create_directories(d / "checkpoint-000004");
   std::ofstream(d / "checkpoint-000004" / "adapter_model.safetensors") << "half";
   std::vector<std::string> warn;
-  auto r = train::find_resume_checkpoint(d, &warn);
+  auto r = run::find_resume_checkpoint(d, &warn);
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->filename(), "checkpoint-000002");
   ASSERT_EQ(warn.size(), 2u);
@@ -61,18 +61,18 @@ TEST(Checkpoint, CorruptOrPartialNewestIsSkippedForPreviousGood) {
   EXPECT_NE(warn[1].find("checksum mismatch"), std::string::npos) << warn[1];
   // A missing file is detected too.
   stdfs::remove(d / "checkpoint-000002" / "sub" / "state.json");
-  EXPECT_NE(train::verify_checkpoint(d / "checkpoint-000002").value().find("missing"), std::string::npos);
+  EXPECT_NE(run::verify_checkpoint(d / "checkpoint-000002").value().find("missing"), std::string::npos);
 }
 
 TEST(Checkpoint, AbandonedStagingLeavesNothingAndIsCleanedLater) {
   auto d = test::temp_dir();
   {
-    train::CheckpointWriter w(d, 7);
+    run::CheckpointWriter w(d, 7);
     std::ofstream(w.path() / "x") << "1";
     // destroyed without commit (e.g. an exception while saving)
   }
-  EXPECT_TRUE(train::list_checkpoints(d).empty());
-  EXPECT_FALSE(train::find_resume_checkpoint(d, nullptr).has_value());
+  EXPECT_TRUE(run::list_checkpoints(d).empty());
+  EXPECT_FALSE(run::find_resume_checkpoint(d, nullptr).has_value());
   // A leftover temp dir from a killed process is removed by the next save.
   stdfs::create_directories(d / ".checkpoint-000008.tmp-99999-0");
   save(d, 9, 0);

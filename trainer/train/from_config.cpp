@@ -1,11 +1,11 @@
-#include "trainer/optim/from_config.h"
+#include "trainer/train/from_config.h"
 
 #include <c10/util/Exception.h>
 
-namespace qlora::optim {
+namespace qlora::train {
 
-AdamWOptions adamw_options(const config::OptimizerConfig& c) {
-  AdamWOptions o;
+optim::AdamWOptions adamw_options(const config::OptimizerConfig& c) {
+  optim::AdamWOptions o;
   o.beta1 = c.adam_beta1;
   o.beta2 = c.adam_beta2;
   o.eps = c.adam_epsilon;
@@ -14,18 +14,18 @@ AdamWOptions adamw_options(const config::OptimizerConfig& c) {
   o.state_8bit = c.optimizer == "adamw_8bit";
   o.paging.enabled = c.paged;
   bool ok = false;
-  o.paging.device_budget = parse_byte_size(c.device_budget, &ok);
+  o.paging.device_budget = optim::parse_byte_size(c.device_budget, &ok);
   TORCH_CHECK(ok, "invalid optimizer_device_budget ", c.device_budget);
   return o;
 }
 
-LRSchedule lr_schedule(const config::OptimizerConfig& c, int64_t total_steps) {
-  LRSchedule s;
-  s.kind = schedule_kind(c.lr_scheduler);
+optim::LRSchedule lr_schedule(const config::OptimizerConfig& c, int64_t total_steps) {
+  optim::LRSchedule s;
+  s.kind = optim::schedule_kind(c.lr_scheduler);
   s.learning_rate = c.learning_rate;
   s.total_steps = total_steps;
-  s.warmup_steps = resolve_warmup_steps(c.warmup_steps, c.warmup_ratio, total_steps);
+  s.warmup_steps = optim::resolve_warmup_steps(c.warmup_steps, c.warmup_ratio, total_steps);
   return s;
 }
 
-}  // namespace qlora::optim
+}  // namespace qlora::train

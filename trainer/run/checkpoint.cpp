@@ -1,4 +1,4 @@
-#include "trainer/train/checkpoint.h"
+#include "trainer/run/checkpoint.h"
 
 #include <nlohmann/json.hpp>
 
@@ -7,12 +7,11 @@
 
 #include "trainer/common/error.h"
 #include "trainer/common/sha256.h"
+#include "trainer/run/layout.h"
 
-namespace qlora::train {
+namespace qlora::run {
 
 namespace {
-constexpr const char* kManifest = "manifest.json";
-constexpr const char* kLatest = "latest";
 
 std::optional<int64_t> parse_step(const std::string& name) {
   const std::string prefix = "checkpoint-";
@@ -43,9 +42,9 @@ void CheckpointWriter::commit(int64_t save_total_limit) {
     files[rel] = {{"sha256", sha256_file(e.path())}, {"bytes", static_cast<uint64_t>(e.file_size())}};
   }
   nlohmann::json m = {{"format", "qlora-checkpoint-v1"}, {"step", step_}, {"files", files}};
-  fs::write_file_atomic(path() / kManifest, m.dump(2) + "\n");
+  fs::write_file_atomic(path() / kManifestFile, m.dump(2) + "\n");
   staged_.commit();
-  fs::write_file_atomic(dir_ / kLatest, checkpoint_name(step_) + "\n");
+  fs::write_file_atomic(dir_ / kLatestFile, checkpoint_name(step_) + "\n");
 
   // Prune: keep the newest save_total_limit complete checkpoints; remove leftovers of crashed
   // saves (temporary siblings).
@@ -64,7 +63,7 @@ void CheckpointWriter::commit(int64_t save_total_limit) {
       if (kept >= save_total_limit) {
         std::error_code ec;
         stdfs::remove_all(c, ec);
-      } else if (stdfs::exists(c / kManifest)) {
+      } else if (stdfs::exists(c / kManifestFile)) {
         ++kept;
       }
     }
@@ -72,7 +71,7 @@ void CheckpointWriter::commit(int64_t save_total_limit) {
 }
 
 std::optional<std::string> verify_checkpoint(const stdfs::path& ckpt) {
-  const stdfs::path mp = ckpt / kManifest;
+  const stdfs::path mp = ckpt / kManifestFile;
   if (!stdfs::exists(mp)) return "no manifest.json (incomplete)";
   nlohmann::json m;
   try {
@@ -126,8 +125,23 @@ std::optional<stdfs::path> find_resume_checkpoint(const stdfs::path& checkpoints
 }
 
 int64_t checkpoint_step(const stdfs::path& ckpt) {
-  auto m = nlohmann::json::parse(fs::read_file(ckpt / kManifest));
+  auto m = nlohmann::json::parse(fs::read_file(ckpt / kManifestFile));
   return m.at("step").get<int64_t>();
 }
 
-}  // namespace qlora::train
+stdfs::path pick_resume_checkpoint(const stdfs::path& run_dir, const stdfs::path& resume_path,
+                                   const std::function<void(const std::string&)>& warn) {
+  stdfs::path where = resume_path.empty() ? checkpoints_dir(run_dir) : resume_path;
+  if (stdfs::exists(where / kManifestFile)) {
+    if (auto why = verify_checkpoint(where)) user_error(where.string(), ": cannot resume: ", *why);
+    return where;
+  }
+  if (stdfs::is_directory(checkpoints_dir(where))) where = checkpoints_dir(where);
+  std::vector<std::string> warnings;
+  auto found = find_resume_checkpoint(where, &warnings);
+  for (const auto& w : warnings) warn(w);
+  if (!found) user_error(where.string(), ": no complete checkpoint to resume from");
+  return *found;
+}
+
+}  // namespace qlora::run

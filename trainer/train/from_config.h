@@ -1,5 +1,6 @@
 // Builders from the plain config structs (trainer/config/config.h) to the optimizer's arguments,
-// so the training loop does not translate names itself.
+// so the training loop does not translate names itself. It lives in train/ because it reads
+// the config (optim/ does not know it).
 #pragma once
 #include <cstdint>
 
@@ -7,13 +8,13 @@
 #include "trainer/optim/adamw.h"
 #include "trainer/optim/schedule.h"
 
-namespace qlora::optim {
+namespace qlora::train {
 
 // optimizer adamw|adamw_8bit (+ paged), betas, eps, weight decay, device budget ("auto" or a
 // size, validated by the config).
-AdamWOptions adamw_options(const config::OptimizerConfig& c);
+optim::AdamWOptions adamw_options(const config::OptimizerConfig& c);
 
 // The schedule for a run of total_steps optimizer steps (warmup_ratio resolved like transformers).
-LRSchedule lr_schedule(const config::OptimizerConfig& c, int64_t total_steps);
+optim::LRSchedule lr_schedule(const config::OptimizerConfig& c, int64_t total_steps);
 
-}  // namespace qlora::optim
+}  // namespace qlora::train

@@ -1,0 +1,72 @@
+#include "trainer/run/adapter_source.h"
+
+#include <cstdio>
+
+#include "trainer/common/error.h"
+#include "trainer/config/load.h"
+#include "trainer/run/checkpoint.h"
+#include "trainer/run/layout.h"
+
+namespace qlora::run {
+
+namespace {
+
+bool is_adapter_dir(const stdfs::path& p) {
+  return stdfs::is_regular_file(p / kAdapterConfigFile) && stdfs::is_regular_file(p / kAdapterWeightsFile);
+}
+
+stdfs::path resolve_dir(const stdfs::path& path) {
+  if (!stdfs::exists(path)) user_error(path.string(), ": no such file or directory (expected a checkpoint, a run directory or a PEFT adapter directory)");
+  if (is_adapter_dir(path)) {
+    if (stdfs::exists(path / kManifestFile)) {
+      if (auto why = verify_checkpoint(path)) user_error(path.string(), ": checkpoint is not intact: ", *why);
+    }
+    return path;
+  }
+  for (const stdfs::path& ckdir : {checkpoints_dir(path), path}) {
+    if (!stdfs::is_directory(ckdir)) continue;
+    std::vector<std::string> warnings;
+    auto ck = find_resume_checkpoint(ckdir, &warnings);
+    for (const auto& w : warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+    if (ck) return *ck;
+  }
+  user_error(path.string(), ": expected a checkpoint directory, a run directory with checkpoints, or a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)");
+}
+
+}  // namespace
+
+AdapterSource read_adapter_source(const stdfs::path& path) {
+  AdapterSource s;
+  s.dir = resolve_dir(path);
+  s.peft = io::read_peft_adapter_config(s.dir);
+  if (stdfs::is_regular_file(config_file(s.dir))) {
+    s.train = config::load_config(config_file(s.dir).string());
+    s.base_model = s.train->base_model;
+  } else {
+    s.base_model = s.peft.base_model_name_or_path;
+  }
+  s.tensors = io::read_peft_adapter_tensors(s.dir);
+  return s;
+}
+
+model::ModelLoadOptions adapter_load_options(const AdapterSource& src, c10::Device device) {
+  model::ModelLoadOptions o;
+  if (src.train) o = model::ModelLoadOptions::from_train_config(*src.train, device);
+  o.device = device;
+  o.lora = io::to_lora_config(src.peft);
+  o.lora->dropout = 0;  // inference only
+  if (src.train) o.lora->adapter = src.train->lora.adapter;
+  return o;
+}
+
+model::Model load_model_with_adapter(const stdfs::path& model_dir, const AdapterSource& src,
+                                     const model::ModelLoadOptions& opts) {
+  const stdfs::path dir = model_dir.empty() ? src.base_model : model_dir;
+  if (dir.empty()) user_error(src.dir.string(), "/", kAdapterConfigFile,
+                             ": base_model_name_or_path is empty; give the base model with --model");
+  model::Model m = model::load_model(dir, opts);
+  m.load_lora_weights(src.tensors, (src.dir / kAdapterWeightsFile).string(), /*strict=*/true);
+  return m;
+}
+
+}  // namespace qlora::run
