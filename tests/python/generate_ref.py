@@ -109,6 +109,8 @@ def main(out):
 
     # bitsandbytes NF4 (no double quant) checkpoint of llama, with and without the adapter.
     try:
+        from bnb_fp32 import fp32_linear4bit_on_cpu
+        fp32_linear4bit_on_cpu()
         q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=False,
                                bnb_4bit_compute_dtype=torch.float32)
         qm = AutoModelForCausalLM.from_pretrained(llama, quantization_config=q, device_map="cpu",

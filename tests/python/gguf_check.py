@@ -1,6 +1,6 @@
 """Reads a LoRA GGUF with the gguf package (llama.cpp's reader) and checks it against the PEFT
 adapter it was made from: names, shapes, types, adapter metadata, and values (with the llama
-q/k permutation of lora_B computed here, from REFERENCE §7's formula).
+q/k permutation of lora_B computed here, from docs/formats.md §6.4).
 
 usage: gguf_check.py FILE.gguf ADAPTER.safetensors ARCH N_HEAD N_HEAD_KV ALPHA
 """

@@ -3,7 +3,7 @@
   8bit          bitsandbytes.optim.AdamW8bit (its CPU path)
   8bit_nearest  the same bitsandbytes code path with its CPU 8-bit quantizer replaced by the exact
                 nearest-entry rule (ties to the lower entry) of bitsandbytes' CUDA kernels, which
-                is the rule our optimizer follows (REFERENCE.md section 1); bnb's CPU quantizer
+                is the rule our optimizer follows (docs/formats.md §1.7); bnb's CPU quantizer
                 uses a coarse lookup table instead.
 Writes raw little-endian tensors and a manifest into OUTDIR/<mode>:
   manifest.json          {"params": [{"name", "shape"}], "steps", "lrs", "betas", "eps", "weight_decay"}
