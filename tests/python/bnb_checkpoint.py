@@ -22,6 +22,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 import bitsandbytes.functional as F
 
+from bnb_fp32 import fp32_linear4bit_on_cpu  # tests/python, next to this script
+
+fp32_linear4bit_on_cpu()
+
 SUFFIX = ".weight.quant_state.bitsandbytes__nf4"
 
 

@@ -107,8 +107,17 @@ def main(out):
     pm.eval()
     ref["generate"]["llama_lora"] = [greedy(pm, tok, p) for p in PROMPTS]
 
-    # bitsandbytes NF4 (no double quant) checkpoint of llama, with and without the adapter.
+    # bitsandbytes NF4 (no double quant) checkpoint of llama, with and without the adapter. Only a
+    # missing bitsandbytes skips these cases: an error of the judge itself must fail the fixture (on
+    # AVX512-BF16 CPUs bitsandbytes' bf16 path raised here for down_proj [64, 96], and the test was
+    # skipped instead of run).
     try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        ref["bnb_error"] = repr(e)
+    else:
+        from bnb_fp32 import fp32_linear4bit_on_cpu
+        fp32_linear4bit_on_cpu()
         q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=False,
                                bnb_4bit_compute_dtype=torch.float32)
         qm = AutoModelForCausalLM.from_pretrained(llama, quantization_config=q, device_map="cpu",
@@ -119,8 +128,6 @@ def main(out):
         ref["generate"]["llama_bnb"] = [greedy(qm, tok, p) for p in PROMPTS]
         qp = PeftModel.from_pretrained(qm, lora).eval()
         ref["generate"]["llama_bnb_lora"] = [greedy(qp, tok, p) for p in PROMPTS]
-    except Exception as e:  # bitsandbytes CPU 4-bit not usable here: the NF4 cases are skipped
-        ref["bnb_error"] = repr(e)
     with open(os.path.join(out, "ref.json"), "w") as f:
         json.dump(ref, f, indent=1)
 

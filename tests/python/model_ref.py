@@ -113,6 +113,8 @@ def cmd_make(out):
 def cmd_bnb(src, dst):
     import bitsandbytes.functional as F
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from bnb_fp32 import fp32_linear4bit_on_cpu
+    fp32_linear4bit_on_cpu()
     q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                            bnb_4bit_compute_dtype=torch.float32)
     m = AutoModelForCausalLM.from_pretrained(src, quantization_config=q, device_map="cpu", dtype=torch.float32)

@@ -26,6 +26,12 @@ import numpy as np
 import torch
 import bitsandbytes.functional as F
 
+from bnb_fp32 import exact_dequantize_4bit_on_cpu  # tests/python, next to this script
+
+# bitsandbytes' AVX-512 CPU dequantize kernel assumes whole blocks per row; NF4 blocks run over the
+# flattened tensor. This hands its kernel the flattened tensor (bnb_fp32.py says why and how).
+exact_dequantize_4bit_on_cpu()
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OUT = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
