@@ -1,6 +1,6 @@
 """bitsandbytes as an exact fp32 judge on every CPU.
 
-Two things differ on a CPU with AVX-512 from the AVX2 machines these judges were first run on:
+Two things differ on a CPU with AVX-512 from an AVX2-only CPU:
 
 1. On a CPU with AVX512-BF16, bitsandbytes' Linear4bit (0.50) repacks its weights the first time it
    runs in eval mode without autograd and then multiplies in bf16: inputs and absmax are rounded to
