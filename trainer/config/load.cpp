@@ -13,9 +13,9 @@
 #include <optional>
 #include <set>
 
+#include "trainer/common/bytes.h"
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
-#include "trainer/optim/paging.h"
 
 namespace qlora::config {
 
@@ -640,10 +640,10 @@ const Schema<TrainConfig>& top_schema() {
       Field<T> f = make<T>("optimizer_device_budget", H);
       f.reset = [](T& c) { c.optim.device_budget = O{}.device_budget; };
       f.read = [](T& c, const YAML::Node& n, const In& in) {
-        bool ok = false;
-        if (n.IsScalar()) optim::parse_byte_size(n.Scalar(), &ok);
-        if (!ok) in.expected("auto or a size like 512MB or 2GiB", n);
-        c.optim.device_budget = lower(trim(n.Scalar())) == "auto" ? "auto" : trim(n.Scalar());
+        const bool is_auto = n.IsScalar() && lower(trim(n.Scalar())) == "auto";
+        if (!n.IsScalar() || (!is_auto && !parse_byte_size(n.Scalar())))
+          in.expected("auto or a size like 512MB or 2GiB", n);
+        c.optim.device_budget = is_auto ? "auto" : trim(n.Scalar());
       };
       f.write = [](const T& c) { return str(c.optim.device_budget); };
       v.push_back(f);

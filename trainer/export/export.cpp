@@ -13,6 +13,7 @@
 #include <set>
 
 #include "kernels/ops.h"
+#include "trainer/common/bytes.h"
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
 #include "trainer/io/gguf.h"
@@ -470,24 +471,9 @@ class MergedWriter {
 }  // namespace
 
 uint64_t parse_size(const std::string& s, const std::string& what) {
-  size_t i = 0;
-  while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) ++i;
-  std::string unit = s.substr(i);
-  for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  static const std::map<std::string, double> units = {
-      {"", 1},      {"B", 1},          {"KB", 1e3},       {"MB", 1e6},           {"GB", 1e9},
-      {"TB", 1e12}, {"KIB", 1024.0},   {"MIB", 1048576.0}, {"GIB", 1073741824.0}, {"TIB", 1099511627776.0}};
-  const auto u = units.find(unit);
-  double v = 0;
-  try {
-    size_t used = 0;
-    v = i > 0 ? std::stod(s.substr(0, i), &used) : -1;
-    if (used != i) v = -1;
-  } catch (const std::exception&) {
-    v = -1;
-  }
-  if (u == units.end() || !(v > 0)) user_error(what, ": expected a size such as 5GB, 500MB or 2GiB, got \"", s, "\"");
-  return static_cast<uint64_t>(v * u->second);
+  const std::optional<uint64_t> bytes = parse_byte_size(s);
+  if (!bytes || *bytes == 0) user_error(what, ": expected a size such as 5GB, 500MB or 2GiB, got \"", s, "\"");
+  return *bytes;
 }
 
 at::ScalarType parse_export_dtype(const std::string& s, const std::string& what) {
