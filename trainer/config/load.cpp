@@ -625,13 +625,13 @@ const Schema<TrainConfig>& top_schema() {
                                          {"adamw_torch_fused", "adamw"},
                                          {"adamw_bnb_8bit", "adamw_8bit"},
                                          {"paged_adamw_32bit", "paged_adamw"}});
-        c.optim.paged = o.rfind("paged_", 0) == 0;
+        c.optim.paged = o.starts_with("paged_");
         c.optim.optimizer = c.optim.paged ? o.substr(6) : o;
       };
       f.write = [](const T& c) { return str((c.optim.paged ? "paged_" : "") + c.optim.optimizer); };
       // paging moves state, never changes a bit of it: only the state format matters on resume
       f.change = [](const Val& a, const Val& b) {
-        auto base = [](const std::string& s) { return s.rfind("paged_", 0) == 0 ? s.substr(6) : s; };
+        auto base = [](const std::string& s) { return s.starts_with("paged_") ? s.substr(6) : s; };
         return base(a.text) == base(b.text) ? ChangeKind::Harmless : ChangeKind::Incompatible;
       };
       v.push_back(f);
@@ -683,7 +683,7 @@ const Schema<TrainConfig>& top_schema() {
         const std::string d = n.IsScalar() ? lower(trim(n.Scalar())) : "";
         int64_t idx = 0;
         const bool ok = d == "auto" || d == "cpu" || d == "cuda" ||
-                        (d.rfind("cuda:", 0) == 0 && parse_int_text(d.substr(5), &idx) && idx >= 0);
+                        (d.starts_with("cuda:") && parse_int_text(d.substr(5), &idx) && idx >= 0);
         if (!ok) in.expected("auto, cpu, cuda or cuda:N", n);
         c.device = d;
       };

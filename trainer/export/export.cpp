@@ -16,6 +16,7 @@
 #include "trainer/common/bytes.h"
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
+#include "trainer/io/dtype.h"
 #include "trainer/io/gguf.h"
 #include "trainer/io/hf_checkpoint.h"
 #include "trainer/io/peft.h"
@@ -30,10 +31,6 @@ namespace stdfs = std::filesystem;
 namespace {
 
 constexpr const char* kPeftPrefix = "base_model.model.";
-
-bool ends_with(const std::string& s, const std::string& p) {
-  return s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0;
-}
 
 std::string adapter_file(const model::AdapterSource& src) { return (src.dir / "adapter_model.safetensors").string(); }
 
@@ -115,7 +112,7 @@ struct ModuleLora {
 std::map<std::string, ModuleLora> lora_by_module(const model::AdapterSource& src) {
   std::map<std::string, ModuleLora> m;
   for (const auto& [k, v] : src.tensors) {
-    const bool a = ends_with(k, ".lora_A.weight");
+    const bool a = k.ends_with(".lora_A.weight");
     const std::string module = k.substr(std::string(kPeftPrefix).size(), k.size() - std::string(kPeftPrefix).size() - std::string(".lora_A.weight").size());
     (a ? m[module].A : m[module].B) = v;
   }
@@ -125,7 +122,7 @@ std::map<std::string, ModuleLora> lora_by_module(const model::AdapterSource& src
 // Decoder layer index of a "model.layers.N...." module path (for ordering).
 std::pair<int64_t, std::string> module_order(const std::string& module) {
   int64_t layer = -1;
-  if (module.rfind("model.layers.", 0) == 0) layer = std::stoll(module.substr(13));
+  if (module.starts_with("model.layers.")) layer = std::stoll(module.substr(13));
   const std::string shortname = module.substr(module.rfind('.') + 1);
   const auto& names = model::linear_module_names();
   const auto it = std::find(names.begin(), names.end(), shortname);
@@ -229,10 +226,6 @@ std::vector<OutTensor> merged_tensors(const model::ModelConfig& c) {
   v.push_back({"model.norm.weight", {H}, ""});
   if (!c.tie_word_embeddings) v.push_back({"lm_head.weight", {c.vocab_size, H}, ""});
   return v;
-}
-
-std::string dtype_config_name(at::ScalarType t) {
-  return t == at::kBFloat16 ? "bfloat16" : t == at::kHalf ? "float16" : "float32";
 }
 
 bool is_weight_file(const stdfs::path& p) {
@@ -364,7 +357,7 @@ class MergedWriter {
       user_error(ck_.dir().string(), ": ", t.name, ": missing from the checkpoint");
     }
     const io::TensorInfo& info = ck_.info(t.name);
-    if (info.dtype != "F32" && info.dtype != "BF16" && info.dtype != "F16")
+    if (!io::is_float_weight_dtype(info.dtype))
       user_error(where(t.name), ": expected F32, BF16 or F16 weights, got ", info.dtype);
     if (info.shape != t.shape)
       user_error(where(t.name), ": expected shape ", at::IntArrayRef(t.shape), ", got ", at::IntArrayRef(info.shape));
@@ -398,7 +391,7 @@ class MergedWriter {
   void release(const OutTensor& t) {
     if (is_bnb(t)) {
       for (const std::string& n : ck_.names())
-        if (n.rfind(t.module + ".weight", 0) == 0) io::release_mapped_pages(ck_.file_of(n).bytes(n));
+        if (n.starts_with(t.module + ".weight")) io::release_mapped_pages(ck_.file_of(n).bytes(n));
     } else {
       io::release_mapped_pages(ck_.file_of(t.name).bytes(t.name));
     }
@@ -415,14 +408,15 @@ class MergedWriter {
     }
     cfg.erase("quantization_config");
     cfg.erase("_pre_quantization_dtype");
+    const std::string dtype_name(io::float_dtype_name(dtype_).value());  // "bfloat16", ...
     bool set = false;
     for (const char* k : {"torch_dtype", "dtype"}) {
       if (cfg.contains(k)) {
-        cfg[k] = dtype_config_name(dtype_);
+        cfg[k] = dtype_name;
         set = true;
       }
     }
-    if (!set) cfg["torch_dtype"] = dtype_config_name(dtype_);
+    if (!set) cfg["torch_dtype"] = dtype_name;
     fs::write_file_atomic(dir / "config.json", cfg.dump(2) + "\n");
     rep.files.push_back("config.json");
   }
@@ -477,9 +471,7 @@ uint64_t parse_size(const std::string& s, const std::string& what) {
 }
 
 at::ScalarType parse_export_dtype(const std::string& s, const std::string& what) {
-  if (s == "bf16") return at::kBFloat16;
-  if (s == "fp16") return at::kHalf;
-  if (s == "fp32") return at::kFloat;
+  if (const auto t = io::parse_float_dtype(s, io::FloatNames::Short)) return *t;
   user_error(what, ": expected bf16, fp16 or fp32, got \"", s, "\"");
 }
 
@@ -492,7 +484,7 @@ void check_adapter_matches_base(const model::AdapterSource& src, const model::Mo
   const int64_t r = src.peft.r;
   std::set<std::string> have_a, have_b;
   for (const auto& [k, v] : src.tensors) {
-    const bool a = ends_with(k, ".lora_A.weight"), b = ends_with(k, ".lora_B.weight");
+    const bool a = k.ends_with(".lora_A.weight"), b = k.ends_with(".lora_B.weight");
     if (k.rfind(kPeftPrefix, 0) != 0 || (!a && !b))
       user_error(file, ": ", k, ": not a LoRA key (expected base_model.model.<module>.lora_A.weight or .lora_B.weight)");
     const std::string module = k.substr(std::string(kPeftPrefix).size(), k.size() - std::string(kPeftPrefix).size() - 14);

@@ -6,6 +6,7 @@
 #endif
 
 #include "trainer/common/error.h"
+#include "trainer/io/dtype.h"
 #include "trainer/io/hf_checkpoint.h"
 #include "trainer/model/model.h"
 #include "trainer/model/rope.h"
@@ -90,7 +91,7 @@ class Loader {
   at::Tensor view16(const std::string& name, const std::vector<int64_t>& shape) {
     if (!ck_.contains(name)) user_error(ck_.dir().string(), ": ", name, ": missing from the checkpoint");
     const io::TensorInfo& info = ck_.info(name);
-    if (info.dtype != "F32" && info.dtype != "BF16" && info.dtype != "F16")
+    if (!io::is_float_weight_dtype(info.dtype))
       user_error(where(name), ": expected F32, BF16 or F16 weights, got ", info.dtype);
     if (info.shape != shape)
       user_error(where(name), ": expected shape ", at::IntArrayRef(shape), ", got ", at::IntArrayRef(info.shape));

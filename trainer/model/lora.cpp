@@ -42,8 +42,7 @@ bool all_linear(const config::LoraConfig& cfg) {
 
 bool matches(const std::string& path, const std::string& target) {
   if (path == target) return true;
-  return path.size() > target.size() && path.compare(path.size() - target.size(), target.size(), target) == 0 &&
-         path[path.size() - target.size() - 1] == '.';
+  return path.size() > target.size() && path.ends_with(target) && path[path.size() - target.size() - 1] == '.';
 }
 }  // namespace
 

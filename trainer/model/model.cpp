@@ -375,7 +375,7 @@ std::vector<std::string> Model::lora_target_modules() const {
     for (const auto& L : layers) {
       bool hit = false;
       for (const Linear* l : L.linears())
-        if (l->lora && l->name.size() > m.size() && l->name.compare(l->name.size() - m.size(), m.size(), m) == 0)
+        if (l->lora && l->name.size() > m.size() && l->name.ends_with(m))
           hit = true;
       if (hit) {
         out.push_back(m);

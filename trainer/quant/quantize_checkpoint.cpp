@@ -9,6 +9,7 @@
 #include "kernels/ops.h"
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
+#include "trainer/io/dtype.h"
 #include "trainer/io/hf_checkpoint.h"
 #include "trainer/quant/bnb_nf4.h"
 
@@ -17,10 +18,6 @@ namespace qlora::quant {
 namespace stdfs = std::filesystem;
 
 namespace {
-
-bool ends_with(const std::string& s, const std::string& p) {
-  return s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0;
-}
 
 // Output bytes of one input tensor once written.
 uint64_t output_bytes(const std::string& name, const io::TensorInfo& info, const QuantizeOptions& opt) {
@@ -60,15 +57,15 @@ bool is_weight_file(const stdfs::path& p) {
 }  // namespace
 
 bool is_quantized_linear_weight(const std::string& name, const io::TensorInfo& info) {
-  if (info.shape.size() != 2 || !ends_with(name, ".weight")) return false;
-  if (info.dtype != "BF16" && info.dtype != "F16" && info.dtype != "F32") return false;
-  return name.rfind("model.layers.", 0) == 0;
+  if (info.shape.size() != 2 || !name.ends_with(".weight")) return false;
+  if (!io::is_float_weight_dtype(info.dtype)) return false;
+  return name.starts_with("model.layers.");
 }
 
 QuantizeReport quantize_hf_checkpoint(const QuantizeOptions& opt) {
   if (opt.blocksize < 32 || opt.blocksize > 4096 || (opt.blocksize & (opt.blocksize - 1)) != 0)
     user_error("--blocksize: expected a power of two in 32..4096, got ", opt.blocksize);
-  if (opt.compute_dtype != "bfloat16" && opt.compute_dtype != "float16" && opt.compute_dtype != "float32")
+  if (!io::parse_float_dtype(opt.compute_dtype, io::FloatNames::Torch))
     user_error("--compute-dtype: expected bfloat16, float16 or float32, got \"", opt.compute_dtype, "\"");
   const stdfs::path cfg_path = opt.model / "config.json";
   if (!stdfs::exists(cfg_path)) user_error(cfg_path.string(), ": missing (an HF model directory has config.json)");
@@ -92,7 +89,7 @@ QuantizeReport quantize_hf_checkpoint(const QuantizeOptions& opt) {
   io::HfCheckpoint in(opt.model);
   const std::vector<std::string> names = in.names();
   for (const std::string& n : names)
-    if (ends_with(n, kBnbNf4StateSuffix)) user_error(in.file_of(n).path().string(), ": ", n, ": the weights are already 4-bit");
+    if (n.ends_with(kBnbNf4StateSuffix)) user_error(in.file_of(n).path().string(), ": ", n, ": the weights are already 4-bit");
 
   // Plan shards in name order (a module's entries stay together: they share a prefix).
   std::vector<std::vector<std::string>> shards(1);
