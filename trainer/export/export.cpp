@@ -30,8 +30,6 @@ namespace stdfs = std::filesystem;
 
 namespace {
 
-constexpr const char* kPeftPrefix = "base_model.model.";
-
 std::string adapter_file(const model::AdapterSource& src) { return (src.dir / "adapter_model.safetensors").string(); }
 
 // Whether `inner` is `outer` or lies inside it (both made absolute and normalized).
@@ -112,9 +110,8 @@ struct ModuleLora {
 std::map<std::string, ModuleLora> lora_by_module(const model::AdapterSource& src) {
   std::map<std::string, ModuleLora> m;
   for (const auto& [k, v] : src.tensors) {
-    const bool a = k.ends_with(".lora_A.weight");
-    const std::string module = k.substr(std::string(kPeftPrefix).size(), k.size() - std::string(kPeftPrefix).size() - std::string(".lora_A.weight").size());
-    (a ? m[module].A : m[module].B) = v;
+    const io::PeftLoraKey key = io::parse_peft_lora_key(k).value();
+    (key.which == 'A' ? m[key.module].A : m[key.module].B) = v;
   }
   return m;
 }
@@ -284,7 +281,7 @@ class MergedWriter {
     }
     check_out(o_, {src_.dir, ck_.dir()});
     dtype_ = rep.dtype;
-    scaling_ = model::lora_scaling(io::to_lora_config(src_.peft));
+    scaling_ = model::lora_scaling(model::to_lora_config(src_.peft));
     lora_ = lora_by_module(src_);
 
     const std::vector<OutTensor> all = merged_tensors(mc_);
@@ -484,10 +481,11 @@ void check_adapter_matches_base(const model::AdapterSource& src, const model::Mo
   const int64_t r = src.peft.r;
   std::set<std::string> have_a, have_b;
   for (const auto& [k, v] : src.tensors) {
-    const bool a = k.ends_with(".lora_A.weight"), b = k.ends_with(".lora_B.weight");
-    if (k.rfind(kPeftPrefix, 0) != 0 || (!a && !b))
+    const std::optional<io::PeftLoraKey> key = io::parse_peft_lora_key(k);
+    if (!key)
       user_error(file, ": ", k, ": not a LoRA key (expected base_model.model.<module>.lora_A.weight or .lora_B.weight)");
-    const std::string module = k.substr(std::string(kPeftPrefix).size(), k.size() - std::string(kPeftPrefix).size() - 14);
+    const std::string& module = key->module;
+    const bool a = key->which == 'A';
     const auto it = shapes.find(module);
     if (it == shapes.end())
       user_error(file, ": ", k, ": the base (", base, ") has no linear module ", module,
@@ -500,14 +498,14 @@ void check_adapter_matches_base(const model::AdapterSource& src, const model::Mo
     (a ? have_a : have_b).insert(module);
   }
   for (const auto& m : have_a)
-    if (!have_b.count(m)) user_error(file, ": ", kPeftPrefix, m, ".lora_B.weight: missing (its lora_A is there)");
+    if (!have_b.count(m)) user_error(file, ": ", io::peft_lora_key(m, 'B'), ": missing (its lora_A is there)");
   for (const auto& m : have_b)
-    if (!have_a.count(m)) user_error(file, ": ", kPeftPrefix, m, ".lora_A.weight: missing (its lora_B is there)");
+    if (!have_a.count(m)) user_error(file, ": ", io::peft_lora_key(m, 'A'), ": missing (its lora_B is there)");
   // Every module the adapter config targets in this base has its pair.
-  const config::LoraConfig lc = io::to_lora_config(src.peft);
+  const config::LoraConfig lc = model::to_lora_config(src.peft);
   for (const auto& [module, shape] : shapes)
     if (model::lora_targets(lc, module) && !have_a.count(module))
-      user_error(file, ": ", kPeftPrefix, module, ".lora_A.weight: missing (adapter_config.json targets ",
+      user_error(file, ": ", io::peft_lora_key(module, 'A'), ": missing (adapter_config.json targets ",
                  module.substr(module.rfind('.') + 1), " in every layer of the base ", base, ")");
 }
 

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "trainer/common/error.h"
+#include "trainer/io/peft.h"
 #include "trainer/model/activation_checkpoint.h"
 #include "trainer/model/lora_linear.h"
 #include "trainer/model/nf4_linear.h"
@@ -347,8 +348,8 @@ std::vector<NamedParameter> Model::lora_parameters() const {
   std::vector<NamedParameter> out;
   for (const Linear* l : linears()) {
     if (!l->lora) continue;
-    out.push_back({peft_key(l->name, 'A'), l->lora->A});
-    out.push_back({peft_key(l->name, 'B'), l->lora->B});
+    out.push_back({io::peft_lora_key(l->name, 'A'), l->lora->A});
+    out.push_back({io::peft_lora_key(l->name, 'B'), l->lora->B});
   }
   return out;
 }
