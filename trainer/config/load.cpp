@@ -408,8 +408,8 @@ const Schema<QuantizationConfig>& quant_schema() {
 }
 
 // ---- datasets: - { path, type, field... }
-const Schema<data::DatasetSpec>& dataset_schema() {
-  using D = data::DatasetSpec;
+const Schema<config::DatasetSpec>& dataset_schema() {
+  using D = config::DatasetSpec;
   constexpr auto I = ChangeKind::Incompatible;
   static const Schema<D> s = [] {
     Schema<D> v;
@@ -476,15 +476,15 @@ void read_map(S& s, const YAML::Node& map, const Schema<S>& schema, const std::s
   }
 }
 
-std::vector<data::DatasetSpec> read_datasets(const YAML::Node& n, const In& in) {
+std::vector<config::DatasetSpec> read_datasets(const YAML::Node& n, const In& in) {
   if (!n.IsSequence()) in.expected("a list of datasets (- path: ..., type: ...)", n);
-  std::vector<data::DatasetSpec> out;
+  std::vector<config::DatasetSpec> out;
   for (size_t i = 0; i < n.size(); ++i) {
     const std::string prefix = in.path + "." + std::to_string(i) + ".";
     const YAML::Node item = n[i];
     if (!item.IsMap())
       In{prefix.substr(0, prefix.size() - 1), item.Mark(), in.ctx}.expected("a mapping with path and type", item);
-    data::DatasetSpec d;
+    config::DatasetSpec d;
     read_map(d, item, dataset_schema(), prefix, *in.ctx);
     if (d.path.empty()) in.ctx->fail(prefix + "path", item.Mark(), "required: the data file (.jsonl or .json)");
     out.push_back(std::move(d));
@@ -587,7 +587,7 @@ const Schema<TrainConfig>& top_schema() {
       f.read = [](T& c, const YAML::Node& n, const In& in) { c.data.test_datasets = read_datasets(n, in); };
       v.push_back(f);
     }
-    auto write_datasets = [](const std::vector<data::DatasetSpec>& ds) {
+    auto write_datasets = [](const std::vector<config::DatasetSpec>& ds) {
       Val s;
       s.kind = Val::Seq;
       for (const auto& d : ds) {
@@ -814,7 +814,7 @@ void apply_override(YAML::Node& root, const std::string& text, Ctx& ctx) {
       return;
     }
     if (segs.size() > 3) no_sub(prefix + "." + segs[2]);
-    const Field<data::DatasetSpec>* df = find_field(dataset_schema(), segs[2]);
+    const Field<config::DatasetSpec>* df = find_field(dataset_schema(), segs[2]);
     if (!df) unknown(prefix + ".", segs[2], key_names(dataset_schema()));
     YAML::Node item = list[at];
     if (!item.IsMap()) {
