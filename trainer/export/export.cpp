@@ -2,11 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 
-#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -16,6 +12,7 @@
 #include "trainer/common/bytes.h"
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
+#include "trainer/common/memory.h"
 #include "trainer/io/dtype.h"
 #include "trainer/io/gguf.h"
 #include "trainer/io/hf_checkpoint.h"
@@ -54,12 +51,6 @@ void check_out(const ExportOptions& o, const std::vector<stdfs::path>& sources) 
       user_error(o.out.string(), ": the output directory must not be or contain the input ", s.string());
   if (stdfs::exists(o.out) && !stdfs::is_empty(o.out) && !o.force)
     user_error(o.out.string(), ": output directory is not empty (use --force to replace it)");
-}
-
-void trim_heap() {
-#if defined(__GLIBC__)
-  ::malloc_trim(0);
-#endif
 }
 
 // The base directory to use: --base-model, else what the adapter records. UserError when it is

@@ -1,11 +1,9 @@
 // load_model: config.json + safetensors -> Model, streaming tensor by tensor out of the mmap.
 #include <ATen/CPUGeneratorImpl.h>
 #include <unistd.h>
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 
 #include "trainer/common/error.h"
+#include "trainer/common/memory.h"
 #include "trainer/io/dtype.h"
 #include "trainer/io/hf_checkpoint.h"
 #include "trainer/model/model.h"
@@ -15,16 +13,6 @@
 namespace qlora::model {
 
 namespace {
-
-// Hands the pages of freed temporaries back to the system. glibc raises its mmap threshold as
-// large blocks are freed, so later multi-MB temporaries (the float32 copy of a weight being
-// quantized) come from the heap, and the heap keeps their pages after free: measured on an
-// 8-layer model, 220 MB of anonymous memory stayed resident beyond the final model without this.
-void trim_heap() {
-#if defined(__GLIBC__)
-  ::malloc_trim(0);
-#endif
-}
 
 class Loader {
  public:
