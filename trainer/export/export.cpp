@@ -216,13 +216,6 @@ std::vector<OutTensor> merged_tensors(const model::ModelConfig& c) {
   return v;
 }
 
-bool is_weight_file(const stdfs::path& p) {
-  const std::string n = p.filename().string();
-  const std::string ext = p.extension().string();
-  return ext == ".safetensors" || ext == ".bin" || ext == ".pt" || ext == ".pth" || ext == ".gguf" ||
-         n == "model.safetensors.index.json" || n == "pytorch_model.bin.index.json";
-}
-
 bool is_tokenizer_file(const std::string& n) {
   static const std::set<std::string> names = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
                                               "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
@@ -277,50 +270,37 @@ class MergedWriter {
 
     const std::vector<OutTensor> all = merged_tensors(mc_);
     for (const OutTensor& t : all) check_source(t);
-    // Shards in order, as save_pretrained cuts them: a tensor opens a new shard when it would
-    // push a non-empty shard past the limit (a single tensor larger than the limit stands alone).
-    std::vector<std::vector<const OutTensor*>> shards(1);
-    uint64_t shard_bytes = 0;
+    std::vector<uint64_t> bytes;
     const uint64_t isz = c10::elementSize(dtype_);
     for (const OutTensor& t : all) {
       uint64_t b = isz;
       for (int64_t d : t.shape) b *= static_cast<uint64_t>(d);
-      if (!shards.back().empty() && shard_bytes + b > o_.max_shard_bytes) {
-        shards.emplace_back();
-        shard_bytes = 0;
-      }
-      shards.back().push_back(&t);
-      shard_bytes += b;
+      bytes.push_back(b);
     }
+    const std::vector<std::vector<size_t>> shards = io::plan_shards(bytes, o_.max_shard_bytes);
 
     fs::StagedDir staged(o_.out, /*replace_existing=*/stdfs::exists(o_.out));
-    nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+    std::vector<std::pair<std::string, std::string>> weight_map;
     for (size_t s = 0; s < shards.size(); ++s) {
-      char fname[64];
-      if (shards.size() == 1)
-        std::snprintf(fname, sizeof fname, "model.safetensors");
-      else
-        std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
+      const std::string fname = io::shard_file_name(s, shards.size());
       std::vector<io::SafetensorsStreamWriter::Entry> entries;
-      for (const OutTensor* t : shards[s]) entries.push_back({t->name, dtype_, t->shape});
+      for (size_t i : shards[s]) entries.push_back({all[i].name, dtype_, all[i].shape});
       io::SafetensorsStreamWriter w(staged.path() / fname, entries);
-      for (const OutTensor* t : shards[s]) {
-        at::Tensor out = produce(*t);
+      for (size_t i : shards[s]) {
+        const OutTensor& t = all[i];
+        at::Tensor out = produce(t);
         rep.tensor_bytes += out.nbytes();
-        w.add(t->name, out);
+        w.add(t.name, out);
         out = at::Tensor();
-        release(*t);
-        weight_map[t->name] = fname;
+        release(t);
+        weight_map.emplace_back(t.name, fname);
       }
       w.finish();
       rep.files.push_back(fname);
     }
     rep.merged_modules = merged_;
     if (shards.size() > 1) {
-      nlohmann::ordered_json index;
-      index["metadata"]["total_size"] = rep.tensor_bytes;
-      index["weight_map"] = weight_map;
-      fs::write_file_atomic(staged.path() / "model.safetensors.index.json", index.dump(2) + "\n");
+      io::write_shard_index(staged.path(), rep.tensor_bytes, weight_map);
       rep.files.push_back("model.safetensors.index.json");
     }
     write_config(staged.path(), rep);
@@ -419,7 +399,7 @@ class MergedWriter {
     for (size_t i = 0; i < from.size(); ++i) {
       for (const auto& e : stdfs::directory_iterator(from[i])) {
         const std::string n = e.path().filename().string();
-        if (!e.is_regular_file() || is_weight_file(e.path()) || n == "config.json" || n.empty() || n[0] == '.') continue;
+        if (!e.is_regular_file() || io::is_hf_weight_file(e.path()) || n == "config.json" || n.empty() || n[0] == '.') continue;
         if (i > 0 && !is_tokenizer_file(n)) continue;
         stdfs::copy_file(e.path(), dir / n, stdfs::copy_options::overwrite_existing);
         if (std::find(rep.files.begin(), rep.files.end(), n) == rep.files.end()) rep.files.push_back(n);
