@@ -10,18 +10,18 @@ using namespace qlora;
 
 TEST(DtypeNames, FloatSpellings) {
   using io::FloatNames;
-  EXPECT_EQ(io::parse_float_dtype("bfloat16", FloatNames::Torch), at::kBFloat16);
-  EXPECT_EQ(io::parse_float_dtype("float16", FloatNames::Torch), at::kHalf);
-  EXPECT_EQ(io::parse_float_dtype("float32", FloatNames::Torch), at::kFloat);
+  EXPECT_EQ(io::parse_float_dtype("bfloat16", FloatNames::Torch).value(), at::kBFloat16);
+  EXPECT_EQ(io::parse_float_dtype("float16", FloatNames::Torch).value(), at::kHalf);
+  EXPECT_EQ(io::parse_float_dtype("float32", FloatNames::Torch).value(), at::kFloat);
   EXPECT_FALSE(io::parse_float_dtype("bf16", FloatNames::Torch));
-  EXPECT_EQ(io::parse_float_dtype("fp16", FloatNames::Short), at::kHalf);
+  EXPECT_EQ(io::parse_float_dtype("fp16", FloatNames::Short).value(), at::kHalf);
   EXPECT_FALSE(io::parse_float_dtype("float32", FloatNames::Short));
-  EXPECT_EQ(io::parse_float_dtype("half", FloatNames::Any), at::kHalf);
-  EXPECT_EQ(io::parse_float_dtype("float", FloatNames::Any), at::kFloat);
-  EXPECT_EQ(io::parse_float_dtype("bf16", FloatNames::Any), at::kBFloat16);
+  EXPECT_EQ(io::parse_float_dtype("half", FloatNames::Any).value(), at::kHalf);
+  EXPECT_EQ(io::parse_float_dtype("float", FloatNames::Any).value(), at::kFloat);
+  EXPECT_EQ(io::parse_float_dtype("bf16", FloatNames::Any).value(), at::kBFloat16);
   EXPECT_FALSE(io::parse_float_dtype("half", FloatNames::Torch));
   EXPECT_FALSE(io::parse_float_dtype("BF16", FloatNames::Any));  // safetensors' name, not a config one
-  EXPECT_EQ(io::float_dtype_name(at::kBFloat16), "bfloat16");
+  EXPECT_EQ(io::float_dtype_name(at::kBFloat16).value(), "bfloat16");
   EXPECT_FALSE(io::float_dtype_name(at::kByte));
 }
 
