@@ -44,5 +44,4 @@ kernels::NF4Tensor read_bnb_nf4(const io::HfCheckpoint& ckpt, const std::string&
 // Python's repr of a float, as json.dumps writes it (the nested_offset text).
 std::string python_float_repr(double v);
 
-
 }  // namespace qlora::quant
