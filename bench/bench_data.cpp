@@ -45,7 +45,7 @@ std::string cpu_model() {
   return "unknown";
 }
 
-double time_build(const data::DataSpec& spec, const tok::Tokenizer& tk, int threads, int64_t* tokens) {
+double time_build(const config::DataSpec& spec, const tok::Tokenizer& tk, int threads, int64_t* tokens) {
   int saved = omp_get_max_threads();
   omp_set_num_threads(threads);
   auto t0 = std::chrono::steady_clock::now();
@@ -72,8 +72,8 @@ int main(int argc, char** argv) {
 
   json results = json::object();
   for (const char* kind : {"chat", "alpaca"}) {
-    data::DataSpec spec;
-    data::DatasetSpec ds;
+    config::DataSpec spec;
+    config::DatasetSpec ds;
     ds.path = hf[kind]["path"];
     ds.type = kind;
     spec.datasets.push_back(ds);

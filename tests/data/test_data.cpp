@@ -33,9 +33,9 @@ std::string jsonl(const std::vector<json>& rows) {
   return s;
 }
 
-DataSpec one_dataset(const std::string& path, const std::string& type) {
-  DataSpec spec;
-  DatasetSpec ds;
+config::DataSpec one_dataset(const std::string& path, const std::string& type) {
+  config::DataSpec spec;
+  config::DatasetSpec ds;
   ds.path = path;
   ds.type = type;
   spec.datasets.push_back(ds);
@@ -91,8 +91,8 @@ TEST(EncodeMarked, MarksExactlyTheTokensOverlappingSpans) {
 
 TEST(Formats, AlpacaUsesTheStandardPromptAndTrainsOutputAndEos) {
   FakeTokenizer tk;
-  DataSpec spec;
-  DatasetSpec ds;
+  config::DataSpec spec;
+  config::DatasetSpec ds;
   ds.type = "alpaca";
   SampleBuilder b(ds, spec, tk, nullptr);
   Sample with = b.build(record({{"instruction", "Add."}, {"input", "2 2"}, {"output", "4"}}));
@@ -113,8 +113,8 @@ TEST(Formats, AlpacaUsesTheStandardPromptAndTrainsOutputAndEos) {
 
 TEST(Formats, TextPromptCompletionAndTrainOnInputs) {
   FakeTokenizer tk;
-  DataSpec spec;
-  DatasetSpec ds;
+  config::DataSpec spec;
+  config::DatasetSpec ds;
   ds.type = "completion";  // alias of text
   Sample t = SampleBuilder(ds, spec, tk, nullptr).build(record({{"text", "Hello world"}}));
   EXPECT_EQ(trained_text(tk, t), "Hello world</s>");
@@ -136,8 +136,8 @@ TEST(Formats, TextPromptCompletionAndTrainOnInputs) {
 TEST(Formats, BosOnceAndEosKeptWhenPadIsEos) {
   // add_bos_token, no pad token (pad falls back to EOS).
   FakeTokenizer tk(/*add_bos=*/true, /*has_pad=*/false);
-  DataSpec spec;
-  DatasetSpec ds;
+  config::DataSpec spec;
+  config::DatasetSpec ds;
   ds.type = "text";
   Sample t = SampleBuilder(ds, spec, tk, nullptr).build(record({{"text", "Hello"}}));
   EXPECT_EQ(t.input_ids.front(), *tk.special().bos_id);
@@ -159,7 +159,7 @@ TEST(Formats, BosOnceAndEosKeptWhenPadIsEos) {
 
   // pad == eos at collate time: the final EOS keeps its label, padding does not.
   auto dir = qlora::test::temp_dir();
-  DataSpec s2 = one_dataset(write(dir / "d.jsonl", jsonl({{{"text", "Hello world"}}, {{"text", "ab"}}})), "text");
+  config::DataSpec s2 = one_dataset(write(dir / "d.jsonl", jsonl({{{"text", "Hello world"}}, {{"text", "ab"}}})), "text");
   Datasets d = build_datasets(s2, tk);
   EXPECT_EQ(d.train->pad_id, *tk.special().eos_id);
   Batch b = collate(*d.train, {0, 1});
@@ -176,8 +176,8 @@ TEST(Formats, BosOnceAndEosKeptWhenPadIsEos) {
 
 TEST(Formats, ChatTrainsOnlyAssistantTurnsWithTheirEndOfTurn) {
   FakeTokenizer tk(false, true, /*eos=*/"<|im_end|>");
-  DataSpec spec;
-  DatasetSpec ds;
+  config::DataSpec spec;
+  config::DatasetSpec ds;
   ds.type = "chat";
   ds.field_messages = "conversations";
   ds.message_field_role = "from";
@@ -211,9 +211,9 @@ TEST(Formats, ChatTrainsOnlyAssistantTurnsWithTheirEndOfTurn) {
 
 TEST(Formats, ChatTemplateKwargsReachTheTemplate) {
   FakeTokenizer tk;
-  DataSpec spec;
+  config::DataSpec spec;
   spec.chat_template_kwargs = {{"date_string", "03 Feb 2025"}, {"enable_thinking", "false"}, {"n", "3"}};
-  DatasetSpec ds;
+  config::DatasetSpec ds;
   ds.type = "chat";
   tok::ChatTemplate chat("{{ date_string }}|{{ enable_thinking is false }}|{{ n + 1 }}|{{ tools | length }}|"
                          "{% for m in messages %}{{ m.content }}{% endfor %}",
@@ -226,8 +226,8 @@ TEST(Formats, ChatTemplateKwargsReachTheTemplate) {
 
 TEST(Formats, BadRecordsNameTheFieldAndLine) {
   FakeTokenizer tk;
-  DataSpec spec;
-  DatasetSpec ds;
+  config::DataSpec spec;
+  config::DatasetSpec ds;
   ds.type = "alpaca";
   SampleBuilder alpaca(ds, spec, tk, nullptr);
   EXPECT_EQ(user_error_of([&] { alpaca.build(record({{"instruction", "x"}}, "d.jsonl:7")); }),
@@ -263,7 +263,7 @@ TEST(Files, MalformedLinesFailWithFileAndLineOrAreSkippedAndCounted) {
   std::string good = json{{"text", "Hello"}}.dump();
   std::string path = write(dir / "d.jsonl", good + "\n\n" + good + "\n{\"text\": \"oops\"\n" + good + "\n[1, 2]\n" +
                                                 "{\"text\": \"bad \xff byte\"}\n" + good + "\n");
-  DataSpec spec = one_dataset(path, "text");
+  config::DataSpec spec = one_dataset(path, "text");
   std::string e = user_error_of([&] { build_datasets(spec, tk); });
   EXPECT_EQ(e.rfind(path + ":4: invalid JSON: column ", 0), 0u) << e;
   spec.skip_invalid = true;
@@ -276,7 +276,7 @@ TEST(Files, MalformedLinesFailWithFileAndLineOrAreSkippedAndCounted) {
 
   // Each kind of problem on its own line.
   auto first_error = [&](const std::string& content, const std::string& type = "text") {
-    DataSpec s = one_dataset(write(dir / "e.jsonl", content), type);
+    config::DataSpec s = one_dataset(write(dir / "e.jsonl", content), type);
     return user_error_of([&] { build_datasets(s, tk); });
   };
   std::string e_path = (dir / "e.jsonl").string();
@@ -298,7 +298,7 @@ TEST(Files, JsonArrayFilesNameTheElementLine) {
   std::string path = write(dir / "d.json",
                            "[\n  {\"instruction\": \"a\", \"output\": \"b\"},\n  {\"instruction\": \"c, [d]\",\n"
                            "   \"output\": \"e\"},\n  {\"instruction\": \"f\"}\n]\n");
-  DataSpec spec = one_dataset(path, "alpaca");
+  config::DataSpec spec = one_dataset(path, "alpaca");
   EXPECT_EQ(user_error_of([&] { build_datasets(spec, tk); }), path + ":5: missing field \"output\"");
   std::string broken = write(dir / "b.json", "[\n {\"text\": \"a\"},\n {\"text\" \"b\"}\n]");
   EXPECT_EQ(user_error_of([&] { build_datasets(one_dataset(broken, "text"), tk); }).rfind(broken + ":3: invalid JSON: ", 0),
@@ -313,7 +313,7 @@ TEST(Files, NoTrainableTokensIsAnError) {
   auto dir = qlora::test::temp_dir();
   // Conversations without an assistant turn train nothing.
   std::string path = write(dir / "c.jsonl", jsonl({{{"messages", json::array({{{"role", "user"}, {"content", "hi"}}})}}}));
-  DataSpec spec = one_dataset(path, "chat");
+  config::DataSpec spec = one_dataset(path, "chat");
   spec.chat_template = "chatml";
   std::string e = user_error_of([&] { build_datasets(spec, tk); });
   EXPECT_EQ(e.rfind(path + ": no trainable tokens in its 1 samples", 0), 0u) << e;
@@ -327,7 +327,7 @@ TEST(Files, LongSamplesAreTruncatedAndCountedUntrainableOnesDropped) {
       write(dir / "d.jsonl", jsonl({{{"prompt", "q"}, {"completion", "xyz"}},              // 5 tokens with EOS
                                     {{"prompt", long_prompt}, {"completion", "a"}},        // prompt fills all 10
                                     {{"prompt", "q"}, {"completion", std::string(20, 'c')}}}));  // cut, still trained
-  DataSpec spec = one_dataset(path, "prompt_completion");
+  config::DataSpec spec = one_dataset(path, "prompt_completion");
   spec.sequence_len = 10;
   std::vector<std::string> log;
   Datasets d = build_datasets(spec, tk, [&](const std::string& l) { log.push_back(l); });
@@ -364,7 +364,7 @@ std::multiset<std::pair<std::vector<int32_t>, std::vector<int32_t>>> samples_of(
 TEST(Packing, RowsHoldWholeSamplesWithRestartingPositionsAndSegments) {
   FakeTokenizer tk;
   auto dir = qlora::test::temp_dir();
-  DataSpec spec = one_dataset(write(dir / "d.jsonl", jsonl(many_texts(40))), "prompt_completion");
+  config::DataSpec spec = one_dataset(write(dir / "d.jsonl", jsonl(many_texts(40))), "prompt_completion");
   spec.sequence_len = 24;
   Datasets plain = build_datasets(spec, tk);
   spec.sample_packing = true;
@@ -412,7 +412,7 @@ TEST(Packing, RowsHoldWholeSamplesWithRestartingPositionsAndSegments) {
 TEST(Splits, ShuffleIsSeededAndValidationIsHeldOutByRatioOrFile) {
   FakeTokenizer tk;
   auto dir = qlora::test::temp_dir();
-  DataSpec spec = one_dataset(write(dir / "d.jsonl", jsonl(many_texts(40))), "prompt_completion");
+  config::DataSpec spec = one_dataset(write(dir / "d.jsonl", jsonl(many_texts(40))), "prompt_completion");
   Datasets a = build_datasets(spec, tk), b = build_datasets(spec, tk);
   EXPECT_EQ(a.train->input_ids, b.train->input_ids);
   EXPECT_EQ(a.train->fingerprint, b.train->fingerprint);
@@ -429,7 +429,7 @@ TEST(Splits, ShuffleIsSeededAndValidationIsHeldOutByRatioOrFile) {
   for (const auto& s : samples_of(*v.val)) all.insert(s);
   EXPECT_EQ(all, samples_of(*c.train));
 
-  spec.test_datasets.push_back(DatasetSpec{});
+  spec.test_datasets.push_back(config::DatasetSpec{});
   spec.test_datasets[0].path = write(dir / "t.jsonl", jsonl(many_texts(3)));
   spec.test_datasets[0].type = "prompt_completion";
   Datasets f = build_datasets(spec, tk);
@@ -445,7 +445,7 @@ TEST(Splits, ShuffleIsSeededAndValidationIsHeldOutByRatioOrFile) {
 TEST(Splits, ResultDoesNotDependOnThreadCount) {
   FakeTokenizer tk;
   auto dir = qlora::test::temp_dir();
-  DataSpec spec = one_dataset(write(dir / "d.jsonl", jsonl(many_texts(300))), "prompt_completion");
+  config::DataSpec spec = one_dataset(write(dir / "d.jsonl", jsonl(many_texts(300))), "prompt_completion");
   spec.sample_packing = true;
   int saved = omp_get_max_threads();
   omp_set_num_threads(1);
@@ -461,7 +461,7 @@ TEST(Splits, ResultDoesNotDependOnThreadCount) {
 std::shared_ptr<const PackedData> loader_data(int n) {
   FakeTokenizer tk;
   auto dir = qlora::test::temp_dir("loader");
-  DataSpec spec = one_dataset(write(dir / "d.jsonl", jsonl(many_texts(n))), "prompt_completion");
+  config::DataSpec spec = one_dataset(write(dir / "d.jsonl", jsonl(many_texts(n))), "prompt_completion");
   return build_datasets(spec, tk).train;
 }
 

@@ -126,8 +126,8 @@ TEST_F(DataVsHF, ChatSamplesHaveTransformersIdsAndAssistantMasks) {
     ASSERT_EQ(ref["text"], ref["text_tagged"]) << name << ": the tagged twin must render the same text";
     const tok::Tokenizer& tk = tokenizer(c.tokenizer);
     tok::ChatTemplate chat(c.untagged, "published template", tk.special());
-    DataSpec spec;
-    DatasetSpec ds;
+    config::DataSpec spec;
+    config::DatasetSpec ds;
     ds.type = "chat";
     Sample s = SampleBuilder(ds, spec, tk, &chat).build(Record{json{{"messages", c.messages}}, "case"});
 
@@ -164,8 +164,8 @@ TEST_F(DataVsHF, CompletionMasksFollowTokenOffsets) {
     std::string name = c.tokenizer + " " + json(c.prompt + "|" + c.completion).dump();
     ASSERT_FALSE(ref.contains("error")) << name << ": " << ref["error"];
     const tok::Tokenizer& tk = tokenizer(c.tokenizer);
-    DataSpec spec;
-    DatasetSpec ds;
+    config::DataSpec spec;
+    config::DatasetSpec ds;
     ds.type = "prompt_completion";
     Sample s = SampleBuilder(ds, spec, tk, nullptr).build(Record{json{{"prompt", c.prompt}, {"completion", c.completion}}, "case"});
     std::vector<int64_t> want_ids = ref["ids"].get<std::vector<int64_t>>();

@@ -313,6 +313,7 @@ TEST(ExportSize, ParsesTransformersSizes) {
   EXPECT_EQ(exporter::parse_size("40kb", "x"), 40000ull);
   EXPECT_EQ(exporter::parse_size("123", "x"), 123ull);
   EXPECT_EQ(exporter::parse_size("1.5GB", "x"), 1500000000ull);
+  EXPECT_EQ(exporter::parse_size("512m", "x"), 512000000ull);  // as optimizer_device_budget reads it
   for (const char* bad : {"", "GB", "5XB", "-1GB", "0", "1..2GB"}) EXPECT_THROW(exporter::parse_size(bad, "x"), UserError) << bad;
   test::ProcResult r = test::run_qlora("export x --format merged --max-shard-size 5XB --out y");
   EXPECT_EQ(r.code, 2) << r.output;

@@ -243,8 +243,8 @@ TEST(Eval, LossEqualsTransformersAndIdsMatch) {
   const stdfs::path dir = fixtures() / "llama";
   // Our samples of the text file: the same ids as the HF tokenizer (+ EOS).
   auto tk = tok::load_tokenizer(dir);
-  data::DataSpec spec;
-  data::DatasetSpec ds;
+  config::DataSpec spec;
+  config::DatasetSpec ds;
   ds.path = (fixtures() / "text.jsonl").string();
   ds.type = "text";
   spec.datasets = {ds};

@@ -4,6 +4,7 @@
 #include "tests/common/harness.h"
 #include "trainer/common/error.h"
 #include "trainer/io/gguf.h"
+#include "trainer/io/peft.h"
 #include "trainer/io/safetensors.h"
 
 using namespace qlora;
@@ -35,8 +36,8 @@ TEST(Gguf, LoraAdapterReadByGgufPackage) {
   auto lora = make_lora();
   io::SafetensorsWriter peft;
   for (const auto& l : lora) {
-    peft.add("base_model.model." + l.module + ".lora_A.weight", l.A);
-    peft.add("base_model.model." + l.module + ".lora_B.weight", l.B);
+    peft.add(io::peft_lora_key(l.module, 'A'), l.A);
+    peft.add(io::peft_lora_key(l.module, 'B'), l.B);
   }
   peft.write(d / "adapter_model.safetensors");
   struct Case {

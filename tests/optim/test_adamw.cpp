@@ -483,19 +483,3 @@ TEST(AdamW, DescribeAndStats) {
   EXPECT_GE(s.stall_seconds, 0.0);
   EXPECT_NE(s.to_string().find("streamed through 2 slots"), std::string::npos) << s.to_string();
 }
-
-TEST(Paging, ParseByteSize) {
-  bool ok = false;
-  EXPECT_EQ(optim::parse_byte_size("auto", &ok), std::nullopt);
-  EXPECT_TRUE(ok);
-  EXPECT_EQ(optim::parse_byte_size("512MB", &ok).value(), 512000000);
-  EXPECT_EQ(optim::parse_byte_size("1.5 GiB", &ok).value(), 1610612736);
-  EXPECT_EQ(optim::parse_byte_size("2gib", &ok).value(), int64_t{2} << 30);
-  EXPECT_EQ(optim::parse_byte_size("4096", &ok).value(), 4096);
-  EXPECT_EQ(optim::parse_byte_size("0", &ok).value(), 0);
-  EXPECT_TRUE(ok);
-  for (const char* bad : {"", "abc", "12 parsecs", "1.2.3GB", "-5MB", "MB"}) {
-    optim::parse_byte_size(bad, &ok);
-    EXPECT_FALSE(ok) << bad;
-  }
-}

@@ -25,8 +25,8 @@ int run_eval(const EvalArgs& a) {
   InferenceModel im = load_inference_model(a.model, a.adapter, a.device, a.load_in_4bit);
   model::Model& m = im.model;
 
-  data::DataSpec spec;
-  data::DatasetSpec ds;
+  config::DataSpec spec;
+  config::DatasetSpec ds;
   ds.path = a.data;
   ds.type = a.type;
   spec.datasets = {ds};

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "trainer/data/spec.h"
+#include "trainer/config/data_spec.h"
 
 namespace qlora::config {
 
@@ -51,7 +51,7 @@ struct TrainConfig {
   QuantizationConfig quantization;
   LoraConfig lora;
   OptimizerConfig optim;
-  data::DataSpec data;                  // datasets, sequence_len, packing, val split, ...
+  DataSpec data;                        // datasets, sequence_len, packing, val split, ...
 
   int64_t micro_batch_size = 1;
   int64_t gradient_accumulation_steps = 1;

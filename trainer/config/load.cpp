@@ -13,9 +13,9 @@
 #include <optional>
 #include <set>
 
+#include "trainer/common/bytes.h"
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
-#include "trainer/optim/paging.h"
 
 namespace qlora::config {
 
@@ -408,8 +408,8 @@ const Schema<QuantizationConfig>& quant_schema() {
 }
 
 // ---- datasets: - { path, type, field... }
-const Schema<data::DatasetSpec>& dataset_schema() {
-  using D = data::DatasetSpec;
+const Schema<config::DatasetSpec>& dataset_schema() {
+  using D = config::DatasetSpec;
   constexpr auto I = ChangeKind::Incompatible;
   static const Schema<D> s = [] {
     Schema<D> v;
@@ -476,15 +476,15 @@ void read_map(S& s, const YAML::Node& map, const Schema<S>& schema, const std::s
   }
 }
 
-std::vector<data::DatasetSpec> read_datasets(const YAML::Node& n, const In& in) {
+std::vector<config::DatasetSpec> read_datasets(const YAML::Node& n, const In& in) {
   if (!n.IsSequence()) in.expected("a list of datasets (- path: ..., type: ...)", n);
-  std::vector<data::DatasetSpec> out;
+  std::vector<config::DatasetSpec> out;
   for (size_t i = 0; i < n.size(); ++i) {
     const std::string prefix = in.path + "." + std::to_string(i) + ".";
     const YAML::Node item = n[i];
     if (!item.IsMap())
       In{prefix.substr(0, prefix.size() - 1), item.Mark(), in.ctx}.expected("a mapping with path and type", item);
-    data::DatasetSpec d;
+    config::DatasetSpec d;
     read_map(d, item, dataset_schema(), prefix, *in.ctx);
     if (d.path.empty()) in.ctx->fail(prefix + "path", item.Mark(), "required: the data file (.jsonl or .json)");
     out.push_back(std::move(d));
@@ -587,7 +587,7 @@ const Schema<TrainConfig>& top_schema() {
       f.read = [](T& c, const YAML::Node& n, const In& in) { c.data.test_datasets = read_datasets(n, in); };
       v.push_back(f);
     }
-    auto write_datasets = [](const std::vector<data::DatasetSpec>& ds) {
+    auto write_datasets = [](const std::vector<config::DatasetSpec>& ds) {
       Val s;
       s.kind = Val::Seq;
       for (const auto& d : ds) {
@@ -625,13 +625,13 @@ const Schema<TrainConfig>& top_schema() {
                                          {"adamw_torch_fused", "adamw"},
                                          {"adamw_bnb_8bit", "adamw_8bit"},
                                          {"paged_adamw_32bit", "paged_adamw"}});
-        c.optim.paged = o.rfind("paged_", 0) == 0;
+        c.optim.paged = o.starts_with("paged_");
         c.optim.optimizer = c.optim.paged ? o.substr(6) : o;
       };
       f.write = [](const T& c) { return str((c.optim.paged ? "paged_" : "") + c.optim.optimizer); };
       // paging moves state, never changes a bit of it: only the state format matters on resume
       f.change = [](const Val& a, const Val& b) {
-        auto base = [](const std::string& s) { return s.rfind("paged_", 0) == 0 ? s.substr(6) : s; };
+        auto base = [](const std::string& s) { return s.starts_with("paged_") ? s.substr(6) : s; };
         return base(a.text) == base(b.text) ? ChangeKind::Harmless : ChangeKind::Incompatible;
       };
       v.push_back(f);
@@ -640,10 +640,10 @@ const Schema<TrainConfig>& top_schema() {
       Field<T> f = make<T>("optimizer_device_budget", H);
       f.reset = [](T& c) { c.optim.device_budget = O{}.device_budget; };
       f.read = [](T& c, const YAML::Node& n, const In& in) {
-        bool ok = false;
-        if (n.IsScalar()) optim::parse_byte_size(n.Scalar(), &ok);
-        if (!ok) in.expected("auto or a size like 512MB or 2GiB", n);
-        c.optim.device_budget = lower(trim(n.Scalar())) == "auto" ? "auto" : trim(n.Scalar());
+        const bool is_auto = n.IsScalar() && lower(trim(n.Scalar())) == "auto";
+        if (!n.IsScalar() || (!is_auto && !parse_byte_size(n.Scalar())))
+          in.expected("auto or a size like 512MB or 2GiB", n);
+        c.optim.device_budget = is_auto ? "auto" : trim(n.Scalar());
       };
       f.write = [](const T& c) { return str(c.optim.device_budget); };
       v.push_back(f);
@@ -683,7 +683,7 @@ const Schema<TrainConfig>& top_schema() {
         const std::string d = n.IsScalar() ? lower(trim(n.Scalar())) : "";
         int64_t idx = 0;
         const bool ok = d == "auto" || d == "cpu" || d == "cuda" ||
-                        (d.rfind("cuda:", 0) == 0 && parse_int_text(d.substr(5), &idx) && idx >= 0);
+                        (d.starts_with("cuda:") && parse_int_text(d.substr(5), &idx) && idx >= 0);
         if (!ok) in.expected("auto, cpu, cuda or cuda:N", n);
         c.device = d;
       };
@@ -814,7 +814,7 @@ void apply_override(YAML::Node& root, const std::string& text, Ctx& ctx) {
       return;
     }
     if (segs.size() > 3) no_sub(prefix + "." + segs[2]);
-    const Field<data::DatasetSpec>* df = find_field(dataset_schema(), segs[2]);
+    const Field<config::DatasetSpec>* df = find_field(dataset_schema(), segs[2]);
     if (!df) unknown(prefix + ".", segs[2], key_names(dataset_schema()));
     YAML::Node item = list[at];
     if (!item.IsMap()) {

@@ -42,7 +42,7 @@ struct FileResult {
   int64_t records = 0, skipped = 0, truncated = 0, dropped = 0;
 };
 
-FileResult load_file(const DatasetSpec& ds, const DataSpec& spec, const tok::Tokenizer& tk,
+FileResult load_file(const config::DatasetSpec& ds, const config::DataSpec& spec, const tok::Tokenizer& tk,
                      const tok::ChatTemplate* chat) {
   SampleBuilder builder(ds, spec, tk, chat);
   FileResult res;
@@ -153,7 +153,7 @@ std::string DataStats::summary() const {
   return os.str();
 }
 
-Datasets build_datasets(const DataSpec& spec, const tok::Tokenizer& tokenizer,
+Datasets build_datasets(const config::DataSpec& spec, const tok::Tokenizer& tokenizer,
                         const std::function<void(const std::string&)>& log) {
   if (spec.datasets.empty()) user_error("datasets: no training dataset given");
   if (spec.sequence_len < 2) user_error("sequence_len: expected at least 2, got ", spec.sequence_len);
@@ -163,7 +163,7 @@ Datasets build_datasets(const DataSpec& spec, const tok::Tokenizer& tokenizer,
     for (const auto& ds : *list) canonical_type(ds.type, ds.path);
 
   std::optional<tok::ChatTemplate> chat;
-  auto chat_for = [&](const DatasetSpec& ds) -> const tok::ChatTemplate* {
+  auto chat_for = [&](const config::DatasetSpec& ds) -> const tok::ChatTemplate* {
     if (canonical_type(ds.type, ds.path) != "chat") return nullptr;
     if (!chat) chat.emplace(tok::ChatTemplate::resolve(spec.chat_template, tokenizer));
     return &*chat;
@@ -171,7 +171,7 @@ Datasets build_datasets(const DataSpec& spec, const tok::Tokenizer& tokenizer,
 
   Datasets out;
   DataStats& st = out.stats;
-  auto load_all = [&](const std::vector<DatasetSpec>& list) {
+  auto load_all = [&](const std::vector<config::DatasetSpec>& list) {
     std::vector<Sample> all;
     for (const auto& ds : list) {
       FileResult r = load_file(ds, spec, tokenizer, chat_for(ds));

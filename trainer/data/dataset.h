@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "trainer/data/spec.h"
+#include "trainer/config/data_spec.h"
 #include "trainer/tokenizer/tokenizer.h"
 
 namespace qlora::data {
@@ -45,7 +45,7 @@ struct Datasets {
 // Builds train and validation data from `spec`. Bad input is a UserError naming the file and
 // line (or the spec key); truncations and skipped records are counted and reported to `log`.
 // Records are tokenized on the OpenMP threads; the result does not depend on their number.
-Datasets build_datasets(const DataSpec& spec, const tok::Tokenizer& tokenizer,
+Datasets build_datasets(const config::DataSpec& spec, const tok::Tokenizer& tokenizer,
                         const std::function<void(const std::string&)>& log = nullptr);
 
 // The permutation of [0, n) for `seed` (Fisher-Yates on splitmix64; the same on every platform).

@@ -41,7 +41,7 @@ std::string alpaca_prompt(const std::string& instruction, const std::string& inp
          instruction + "\n\n### Input:\n" + input + "\n\n### Response:\n";
 }
 
-SampleBuilder::SampleBuilder(const DatasetSpec& dataset, const DataSpec& spec, const tok::Tokenizer& tokenizer,
+SampleBuilder::SampleBuilder(const config::DatasetSpec& dataset, const config::DataSpec& spec, const tok::Tokenizer& tokenizer,
                              const tok::ChatTemplate* chat)
     : ds_(dataset),
       type_(canonical_type(dataset.type, dataset.path)),

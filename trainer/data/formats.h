@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "trainer/data/records.h"
-#include "trainer/data/spec.h"
+#include "trainer/config/data_spec.h"
 #include "trainer/tokenizer/chat_template.h"
 #include "trainer/tokenizer/tokenizer.h"
 
@@ -37,7 +37,7 @@ std::string alpaca_prompt(const std::string& instruction, const std::string& inp
 class SampleBuilder {
  public:
   // `chat` is required for the chat format (see ChatTemplate::resolve).
-  SampleBuilder(const DatasetSpec& dataset, const DataSpec& spec, const tok::Tokenizer& tokenizer,
+  SampleBuilder(const config::DatasetSpec& dataset, const config::DataSpec& spec, const tok::Tokenizer& tokenizer,
                 const tok::ChatTemplate* chat);
   // UserError "<record.where>: ..." for a record that does not fit the format.
   Sample build(const Record& record) const;
@@ -51,7 +51,7 @@ class SampleBuilder {
   Text prepare(const Record& record) const;
   Text prepare_chat(const Record& record) const;
 
-  DatasetSpec ds_;
+  config::DatasetSpec ds_;
   std::string type_;
   tok::ChatTemplate::Vars template_vars_;  // DataSpec::chat_template_kwargs
   bool train_on_inputs_;

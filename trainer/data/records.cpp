@@ -18,15 +18,15 @@ std::string parse_message(const nlohmann::json::exception& e, bool keep_column) 
   std::string m = e.what();
   size_t p = m.find("] ");
   if (p != std::string::npos) m = m.substr(p + 2);
-  if (m.rfind("parse error at line ", 0) == 0) {
+  if (m.starts_with("parse error at line ")) {
     size_t comma = m.find(", ");
     if (comma != std::string::npos) m = m.substr(comma + 2);  // "column 8: syntax error ..."
   }
-  if (!keep_column && m.rfind("column ", 0) == 0) {
+  if (!keep_column && m.starts_with("column ")) {
     size_t colon = m.find(": ");
     if (colon != std::string::npos) m = m.substr(colon + 2);
   }
-  if (m.rfind("parse error: ", 0) == 0) m = m.substr(13);
+  if (m.starts_with("parse error: ")) m = m.substr(13);
   return "invalid JSON: " + m;
 }
 
@@ -109,7 +109,7 @@ void read_records(const std::filesystem::path& path, bool skip_invalid, int64_t*
     std::string head(4096, '\0');
     in.read(head.data(), static_cast<std::streamsize>(head.size()));
     head.resize(static_cast<size_t>(in.gcount()));
-    size_t i = head.rfind("\xEF\xBB\xBF", 0) == 0 ? 3 : 0;
+    size_t i = head.starts_with("\xEF\xBB\xBF") ? 3 : 0;
     while (i < head.size() && std::isspace(static_cast<unsigned char>(head[i]))) ++i;
     if (i < head.size()) first = head[i];
     in.clear();
@@ -125,7 +125,7 @@ void read_records(const std::filesystem::path& path, bool skip_invalid, int64_t*
 
   if (first == '[' && ext != ".jsonl") {
     std::string text = fs::read_file(path);
-    size_t bom = text.rfind("\xEF\xBB\xBF", 0) == 0 ? 3 : 0;
+    size_t bom = text.starts_with("\xEF\xBB\xBF") ? 3 : 0;
     if (size_t at = jinja::utf8::find_invalid(text); at != std::string::npos) {
       size_t line_start = text.rfind('\n', at == 0 ? 0 : at - 1);
       line_start = line_start == std::string::npos ? 0 : line_start + 1;
@@ -157,7 +157,7 @@ void read_records(const std::filesystem::path& path, bool skip_invalid, int64_t*
   while (std::getline(in, line)) {
     ++lineno;
     if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (lineno == 1 && line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);
+    if (lineno == 1 && line.starts_with("\xEF\xBB\xBF")) line.erase(0, 3);
     if (std::all_of(line.begin(), line.end(), [](char c) { return std::isspace(static_cast<unsigned char>(c)); }))
       continue;
     if (size_t at = jinja::utf8::find_invalid(line); at != std::string::npos) {

@@ -2,19 +2,18 @@
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 
-#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <map>
 #include <set>
 
 #include "kernels/ops.h"
+#include "trainer/common/bytes.h"
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
+#include "trainer/common/memory.h"
+#include "trainer/io/dtype.h"
 #include "trainer/io/gguf.h"
 #include "trainer/io/hf_checkpoint.h"
 #include "trainer/io/peft.h"
@@ -29,13 +28,7 @@ namespace stdfs = std::filesystem;
 
 namespace {
 
-constexpr const char* kPeftPrefix = "base_model.model.";
-
-bool ends_with(const std::string& s, const std::string& p) {
-  return s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0;
-}
-
-std::string adapter_file(const run::AdapterSource& src) { return (src.dir / "adapter_model.safetensors").string(); }
+std::string adapter_file(const run::AdapterSource& src) { return (src.dir / io::kPeftWeightsFile).string(); }
 
 // Whether `inner` is `outer` or lies inside it (both made absolute and normalized).
 bool is_within(const stdfs::path& inner, const stdfs::path& outer) {
@@ -61,19 +54,13 @@ void check_out(const ExportOptions& o, const std::vector<stdfs::path>& sources) 
     user_error(o.out.string(), ": output directory is not empty (use --force to replace it)");
 }
 
-void trim_heap() {
-#if defined(__GLIBC__)
-  ::malloc_trim(0);
-#endif
-}
-
 // The base directory to use: --base-model, else what the adapter records. UserError when it is
 // not an HF model directory.
 stdfs::path base_dir(const ExportOptions& o, const run::AdapterSource& src, bool required) {
   const stdfs::path b = o.base_model.empty() ? src.base_model : o.base_model;
   const std::string from = o.base_model.empty()
                                ? (src.train ? run::config_file(src.dir).string() + ": base_model"
-                                            : (src.dir / "adapter_config.json").string() + ": base_model_name_or_path")
+                                            : (src.dir / io::kPeftConfigFile).string() + ": base_model_name_or_path")
                                : std::string("--base-model");
   if (b.empty()) {
     if (required) user_error(from, ": no base model recorded; give it with --base-model");
@@ -115,9 +102,8 @@ struct ModuleLora {
 std::map<std::string, ModuleLora> lora_by_module(const run::AdapterSource& src) {
   std::map<std::string, ModuleLora> m;
   for (const auto& [k, v] : src.tensors) {
-    const bool a = ends_with(k, ".lora_A.weight");
-    const std::string module = k.substr(std::string(kPeftPrefix).size(), k.size() - std::string(kPeftPrefix).size() - std::string(".lora_A.weight").size());
-    (a ? m[module].A : m[module].B) = v;
+    const io::PeftLoraKey key = io::parse_peft_lora_key(k).value();
+    (key.which == 'A' ? m[key.module].A : m[key.module].B) = v;
   }
   return m;
 }
@@ -125,7 +111,7 @@ std::map<std::string, ModuleLora> lora_by_module(const run::AdapterSource& src) 
 // Decoder layer index of a "model.layers.N...." module path (for ordering).
 std::pair<int64_t, std::string> module_order(const std::string& module) {
   int64_t layer = -1;
-  if (module.rfind("model.layers.", 0) == 0) layer = std::stoll(module.substr(13));
+  if (module.starts_with("model.layers.")) layer = std::stoll(module.substr(13));
   const std::string shortname = module.substr(module.rfind('.') + 1);
   const auto& names = model::linear_module_names();
   const auto it = std::find(names.begin(), names.end(), shortname);
@@ -153,7 +139,7 @@ ExportReport export_peft(const ExportOptions& o, const run::AdapterSource& src) 
   fs::StagedDir staged(o.out, /*replace_existing=*/stdfs::exists(o.out));
   io::write_peft_adapter(staged.path(), cfg, src.tensors, rep.dtype);
   staged.commit();
-  rep.files = {"adapter_config.json", "adapter_model.safetensors"};
+  rep.files = {io::kPeftConfigFile, io::kPeftWeightsFile};
   for (const auto& [k, v] : src.tensors) rep.tensor_bytes += v.numel() * c10::elementSize(rep.dtype);
   if (base_holding(src).nf4)
     std::fprintf(stderr,
@@ -231,17 +217,6 @@ std::vector<OutTensor> merged_tensors(const model::ModelConfig& c) {
   return v;
 }
 
-std::string dtype_config_name(at::ScalarType t) {
-  return t == at::kBFloat16 ? "bfloat16" : t == at::kHalf ? "float16" : "float32";
-}
-
-bool is_weight_file(const stdfs::path& p) {
-  const std::string n = p.filename().string();
-  const std::string ext = p.extension().string();
-  return ext == ".safetensors" || ext == ".bin" || ext == ".pt" || ext == ".pth" || ext == ".gguf" ||
-         n == "model.safetensors.index.json" || n == "pytorch_model.bin.index.json";
-}
-
 bool is_tokenizer_file(const std::string& n) {
   static const std::set<std::string> names = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
                                               "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
@@ -282,7 +257,7 @@ class MergedWriter {
         std::fprintf(stderr,
                      "note: %s does not say how the base was held while training; assuming NF4 (blocksize 64, double "
                      "quantization) as qlora trains. Use --merge-into original for an adapter trained on the 16-bit base.\n",
-                     (src_.dir / "adapter_config.json").string().c_str());
+                     (src_.dir / io::kPeftConfigFile).string().c_str());
       }
       blocksize_ = hold.blocksize;
       double_quant_ = hold.double_quant;
@@ -291,55 +266,42 @@ class MergedWriter {
     }
     check_out(o_, {src_.dir, ck_.dir()});
     dtype_ = rep.dtype;
-    scaling_ = model::lora_scaling(io::to_lora_config(src_.peft));
+    scaling_ = model::lora_scaling(model::to_lora_config(src_.peft));
     lora_ = lora_by_module(src_);
 
     const std::vector<OutTensor> all = merged_tensors(mc_);
     for (const OutTensor& t : all) check_source(t);
-    // Shards in order, as save_pretrained cuts them: a tensor opens a new shard when it would
-    // push a non-empty shard past the limit (a single tensor larger than the limit stands alone).
-    std::vector<std::vector<const OutTensor*>> shards(1);
-    uint64_t shard_bytes = 0;
+    std::vector<uint64_t> bytes;
     const uint64_t isz = c10::elementSize(dtype_);
     for (const OutTensor& t : all) {
       uint64_t b = isz;
       for (int64_t d : t.shape) b *= static_cast<uint64_t>(d);
-      if (!shards.back().empty() && shard_bytes + b > o_.max_shard_bytes) {
-        shards.emplace_back();
-        shard_bytes = 0;
-      }
-      shards.back().push_back(&t);
-      shard_bytes += b;
+      bytes.push_back(b);
     }
+    const std::vector<std::vector<size_t>> shards = io::plan_shards(bytes, o_.max_shard_bytes);
 
     fs::StagedDir staged(o_.out, /*replace_existing=*/stdfs::exists(o_.out));
-    nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+    std::vector<std::pair<std::string, std::string>> weight_map;
     for (size_t s = 0; s < shards.size(); ++s) {
-      char fname[64];
-      if (shards.size() == 1)
-        std::snprintf(fname, sizeof fname, "model.safetensors");
-      else
-        std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
+      const std::string fname = io::shard_file_name(s, shards.size());
       std::vector<io::SafetensorsStreamWriter::Entry> entries;
-      for (const OutTensor* t : shards[s]) entries.push_back({t->name, dtype_, t->shape});
+      for (size_t i : shards[s]) entries.push_back({all[i].name, dtype_, all[i].shape});
       io::SafetensorsStreamWriter w(staged.path() / fname, entries);
-      for (const OutTensor* t : shards[s]) {
-        at::Tensor out = produce(*t);
+      for (size_t i : shards[s]) {
+        const OutTensor& t = all[i];
+        at::Tensor out = produce(t);
         rep.tensor_bytes += out.nbytes();
-        w.add(t->name, out);
+        w.add(t.name, out);
         out = at::Tensor();
-        release(*t);
-        weight_map[t->name] = fname;
+        release(t);
+        weight_map.emplace_back(t.name, fname);
       }
       w.finish();
       rep.files.push_back(fname);
     }
     rep.merged_modules = merged_;
     if (shards.size() > 1) {
-      nlohmann::ordered_json index;
-      index["metadata"]["total_size"] = rep.tensor_bytes;
-      index["weight_map"] = weight_map;
-      fs::write_file_atomic(staged.path() / "model.safetensors.index.json", index.dump(2) + "\n");
+      io::write_shard_index(staged.path(), rep.tensor_bytes, weight_map);
       rep.files.push_back("model.safetensors.index.json");
     }
     write_config(staged.path(), rep);
@@ -364,7 +326,7 @@ class MergedWriter {
       user_error(ck_.dir().string(), ": ", t.name, ": missing from the checkpoint");
     }
     const io::TensorInfo& info = ck_.info(t.name);
-    if (info.dtype != "F32" && info.dtype != "BF16" && info.dtype != "F16")
+    if (!io::is_float_weight_dtype(info.dtype))
       user_error(where(t.name), ": expected F32, BF16 or F16 weights, got ", info.dtype);
     if (info.shape != t.shape)
       user_error(where(t.name), ": expected shape ", at::IntArrayRef(t.shape), ", got ", at::IntArrayRef(info.shape));
@@ -398,7 +360,7 @@ class MergedWriter {
   void release(const OutTensor& t) {
     if (is_bnb(t)) {
       for (const std::string& n : ck_.names())
-        if (n.rfind(t.module + ".weight", 0) == 0) io::release_mapped_pages(ck_.file_of(n).bytes(n));
+        if (n.starts_with(t.module + ".weight")) io::release_mapped_pages(ck_.file_of(n).bytes(n));
     } else {
       io::release_mapped_pages(ck_.file_of(t.name).bytes(t.name));
     }
@@ -415,14 +377,15 @@ class MergedWriter {
     }
     cfg.erase("quantization_config");
     cfg.erase("_pre_quantization_dtype");
+    const std::string dtype_name(io::float_dtype_name(dtype_).value());  // "bfloat16", ...
     bool set = false;
     for (const char* k : {"torch_dtype", "dtype"}) {
       if (cfg.contains(k)) {
-        cfg[k] = dtype_config_name(dtype_);
+        cfg[k] = dtype_name;
         set = true;
       }
     }
-    if (!set) cfg["torch_dtype"] = dtype_config_name(dtype_);
+    if (!set) cfg["torch_dtype"] = dtype_name;
     fs::write_file_atomic(dir / "config.json", cfg.dump(2) + "\n");
     rep.files.push_back("config.json");
   }
@@ -437,7 +400,7 @@ class MergedWriter {
     for (size_t i = 0; i < from.size(); ++i) {
       for (const auto& e : stdfs::directory_iterator(from[i])) {
         const std::string n = e.path().filename().string();
-        if (!e.is_regular_file() || is_weight_file(e.path()) || n == "config.json" || n.empty() || n[0] == '.') continue;
+        if (!e.is_regular_file() || io::is_hf_weight_file(e.path()) || n == "config.json" || n.empty() || n[0] == '.') continue;
         if (i > 0 && !is_tokenizer_file(n)) continue;
         stdfs::copy_file(e.path(), dir / n, stdfs::copy_options::overwrite_existing);
         if (std::find(rep.files.begin(), rep.files.end(), n) == rep.files.end()) rep.files.push_back(n);
@@ -471,30 +434,13 @@ class MergedWriter {
 }  // namespace
 
 uint64_t parse_size(const std::string& s, const std::string& what) {
-  size_t i = 0;
-  while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) ++i;
-  std::string unit = s.substr(i);
-  for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  static const std::map<std::string, double> units = {
-      {"", 1},      {"B", 1},          {"KB", 1e3},       {"MB", 1e6},           {"GB", 1e9},
-      {"TB", 1e12}, {"KIB", 1024.0},   {"MIB", 1048576.0}, {"GIB", 1073741824.0}, {"TIB", 1099511627776.0}};
-  const auto u = units.find(unit);
-  double v = 0;
-  try {
-    size_t used = 0;
-    v = i > 0 ? std::stod(s.substr(0, i), &used) : -1;
-    if (used != i) v = -1;
-  } catch (const std::exception&) {
-    v = -1;
-  }
-  if (u == units.end() || !(v > 0)) user_error(what, ": expected a size such as 5GB, 500MB or 2GiB, got \"", s, "\"");
-  return static_cast<uint64_t>(v * u->second);
+  const std::optional<uint64_t> bytes = parse_byte_size(s);
+  if (!bytes || *bytes == 0) user_error(what, ": expected a size such as 5GB, 500MB or 2GiB, got \"", s, "\"");
+  return *bytes;
 }
 
 at::ScalarType parse_export_dtype(const std::string& s, const std::string& what) {
-  if (s == "bf16") return at::kBFloat16;
-  if (s == "fp16") return at::kHalf;
-  if (s == "fp32") return at::kFloat;
+  if (const auto t = io::parse_float_dtype(s, io::FloatNames::Short)) return *t;
   user_error(what, ": expected bf16, fp16 or fp32, got \"", s, "\"");
 }
 
@@ -507,10 +453,11 @@ void check_adapter_matches_base(const run::AdapterSource& src, const model::Mode
   const int64_t r = src.peft.r;
   std::set<std::string> have_a, have_b;
   for (const auto& [k, v] : src.tensors) {
-    const bool a = ends_with(k, ".lora_A.weight"), b = ends_with(k, ".lora_B.weight");
-    if (k.rfind(kPeftPrefix, 0) != 0 || (!a && !b))
+    const std::optional<io::PeftLoraKey> key = io::parse_peft_lora_key(k);
+    if (!key)
       user_error(file, ": ", k, ": not a LoRA key (expected base_model.model.<module>.lora_A.weight or .lora_B.weight)");
-    const std::string module = k.substr(std::string(kPeftPrefix).size(), k.size() - std::string(kPeftPrefix).size() - 14);
+    const std::string& module = key->module;
+    const bool a = key->which == 'A';
     const auto it = shapes.find(module);
     if (it == shapes.end())
       user_error(file, ": ", k, ": the base (", base, ") has no linear module ", module,
@@ -523,14 +470,14 @@ void check_adapter_matches_base(const run::AdapterSource& src, const model::Mode
     (a ? have_a : have_b).insert(module);
   }
   for (const auto& m : have_a)
-    if (!have_b.count(m)) user_error(file, ": ", kPeftPrefix, m, ".lora_B.weight: missing (its lora_A is there)");
+    if (!have_b.count(m)) user_error(file, ": ", io::peft_lora_key(m, 'B'), ": missing (its lora_A is there)");
   for (const auto& m : have_b)
-    if (!have_a.count(m)) user_error(file, ": ", kPeftPrefix, m, ".lora_A.weight: missing (its lora_B is there)");
+    if (!have_a.count(m)) user_error(file, ": ", io::peft_lora_key(m, 'A'), ": missing (its lora_B is there)");
   // Every module the adapter config targets in this base has its pair.
-  const config::LoraConfig lc = io::to_lora_config(src.peft);
+  const config::LoraConfig lc = model::to_lora_config(src.peft);
   for (const auto& [module, shape] : shapes)
     if (model::lora_targets(lc, module) && !have_a.count(module))
-      user_error(file, ": ", kPeftPrefix, module, ".lora_A.weight: missing (adapter_config.json targets ",
+      user_error(file, ": ", io::peft_lora_key(module, 'A'), ": missing (adapter_config.json targets ",
                  module.substr(module.rfind('.') + 1), " in every layer of the base ", base, ")");
 }
 

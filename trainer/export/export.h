@@ -50,8 +50,9 @@ struct ExportReport {
   int64_t merged_modules = 0;            // linears that received B @ A (merged)
 };
 
-// "5GB" (10^9), "500MB", "2GiB" (2^30), "100KB", "123" (bytes): transformers'
-// convert_file_size_to_int. UserError naming `what` otherwise.
+// A positive byte size in the forms parse_byte_size (trainer/common/bytes.h) reads: "5GB"
+// (10^9, as transformers' convert_file_size_to_int counts), "500MB", "512m", "2GiB" (2^30),
+// "123" (bytes). UserError naming `what` otherwise (0 included).
 uint64_t parse_size(const std::string& s, const std::string& what);
 
 // "bf16" | "fp16" | "fp32" -> scalar type; UserError naming `what` otherwise.

@@ -128,8 +128,8 @@ void write_lora_gguf(const std::filesystem::path& path, const std::vector<LoraTe
   for (const auto& l : lora) {
     const std::string base = gguf_tensor_base_name(l.module);
     at::Tensor B = l.B;
-    if (permute && base.size() > 7 && base.compare(base.size() - 7, 7, ".attn_q") == 0) B = permute_rows(B, opt.n_head);
-    if (permute && base.size() > 7 && base.compare(base.size() - 7, 7, ".attn_k") == 0) B = permute_rows(B, opt.n_head_kv);
+    if (permute && base.ends_with(".attn_q")) B = permute_rows(B, opt.n_head);
+    if (permute && base.ends_with(".attn_k")) B = permute_rows(B, opt.n_head_kv);
     w.add_tensor(base + ".weight.lora_a", l.A.to(opt.dtype));
     w.add_tensor(base + ".weight.lora_b", B.to(opt.dtype));
   }

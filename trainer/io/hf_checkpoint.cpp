@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cstdio>
 #include <set>
 
 #include "trainer/common/error.h"
@@ -93,6 +94,43 @@ uint64_t HfCheckpoint::total_bytes() const {
   for (const auto& f : files_)
     for (const auto& t : f->tensors()) b += t.nbytes();
   return b;
+}
+
+std::vector<std::vector<size_t>> plan_shards(const std::vector<uint64_t>& bytes, uint64_t max_shard_bytes) {
+  std::vector<std::vector<size_t>> shards(1);
+  uint64_t shard_bytes = 0;
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    if (!shards.back().empty() && shard_bytes + bytes[i] > max_shard_bytes) {
+      shards.emplace_back();
+      shard_bytes = 0;
+    }
+    shards.back().push_back(i);
+    shard_bytes += bytes[i];
+  }
+  return shards;
+}
+
+std::string shard_file_name(size_t index, size_t count) {
+  if (count == 1) return "model.safetensors";
+  char name[64];
+  std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", index + 1, count);
+  return name;
+}
+
+void write_shard_index(const std::filesystem::path& dir, uint64_t total_size,
+                       const std::vector<std::pair<std::string, std::string>>& weight_map) {
+  nlohmann::ordered_json index;
+  index["metadata"]["total_size"] = total_size;
+  index["weight_map"] = nlohmann::ordered_json::object();
+  for (const auto& [tensor, file] : weight_map) index["weight_map"][tensor] = file;
+  fs::write_file_atomic(dir / "model.safetensors.index.json", index.dump(2) + "\n");
+}
+
+bool is_hf_weight_file(const std::filesystem::path& p) {
+  const std::string n = p.filename().string();
+  const std::string ext = p.extension().string();
+  return ext == ".safetensors" || ext == ".bin" || ext == ".pt" || ext == ".pth" || ext == ".gguf" ||
+         n == "model.safetensors.index.json" || n == "pytorch_model.bin.index.json";
 }
 
 }  // namespace qlora::io

@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "trainer/io/safetensors.h"
@@ -40,5 +41,22 @@ class HfCheckpoint {
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, size_t, std::less<>> where_;  // tensor name -> index into files_
 };
+
+// Shards as save_pretrained cuts them: in order, a tensor opens a new shard when it would push a
+// non-empty shard past `max_shard_bytes` (a single tensor larger than the limit stands alone).
+// `bytes[i]` is tensor i's size; the result lists each shard's tensor indices (at least one shard).
+std::vector<std::vector<size_t>> plan_shards(const std::vector<uint64_t>& bytes, uint64_t max_shard_bytes);
+
+// "model.safetensors" when `count` is 1, else "model-0000i-of-0000n.safetensors" (i = index + 1).
+std::string shard_file_name(size_t index, size_t count);
+
+// Writes DIR/model.safetensors.index.json: {"metadata": {"total_size"}, "weight_map"} with the
+// tensor -> shard file pairs in the order given (atomically).
+void write_shard_index(const std::filesystem::path& dir, uint64_t total_size,
+                       const std::vector<std::pair<std::string, std::string>>& weight_map);
+
+// Whether a file of a model directory holds weights or their index (safetensors, pickle, GGUF):
+// the files a converted copy of the model writes anew rather than copies.
+bool is_hf_weight_file(const std::filesystem::path& p);
 
 }  // namespace qlora::io

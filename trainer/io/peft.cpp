@@ -9,6 +9,24 @@
 
 namespace qlora::io {
 
+namespace {
+constexpr std::string_view kPrefix = "base_model.model.";
+constexpr std::string_view kSuffixA = ".lora_A.weight", kSuffixB = ".lora_B.weight";  // same length
+}  // namespace
+
+std::string peft_lora_key(std::string_view module_path, char which) {
+  std::string key(kPrefix);
+  key += module_path;
+  key += which == 'A' ? kSuffixA : kSuffixB;
+  return key;
+}
+
+std::optional<PeftLoraKey> parse_peft_lora_key(std::string_view key) {
+  const bool a = key.ends_with(kSuffixA), b = key.ends_with(kSuffixB);
+  if (!key.starts_with(kPrefix) || (!a && !b) || key.size() <= kPrefix.size() + kSuffixA.size()) return std::nullopt;
+  return PeftLoraKey{std::string(key.substr(kPrefix.size(), key.size() - kPrefix.size() - kSuffixA.size())), a ? 'A' : 'B'};
+}
+
 std::string peft_adapter_config_json(const PeftAdapterConfig& c) {
   nlohmann::ordered_json j;
   j["alpha_pattern"] = nlohmann::json::object();
@@ -35,7 +53,7 @@ std::string peft_adapter_config_json(const PeftAdapterConfig& c) {
 }
 
 PeftAdapterConfig read_peft_adapter_config(const std::filesystem::path& dir) {
-  const auto path = dir / "adapter_config.json";
+  const auto path = dir / kPeftConfigFile;
   const std::string p = path.string();
   nlohmann::json j;
   try {
@@ -87,29 +105,16 @@ PeftAdapterConfig read_peft_adapter_config(const std::filesystem::path& dir) {
   return c;
 }
 
-config::LoraConfig to_lora_config(const PeftAdapterConfig& c) {
-  config::LoraConfig l;
-  l.r = c.r;
-  l.alpha = c.lora_alpha;
-  l.dropout = c.lora_dropout;
-  l.use_rslora = c.use_rslora;
-  if (c.target_modules.size() == 1 && c.target_modules[0] == "all-linear")
-    l.target_linear = true;
-  else
-    l.target_modules = c.target_modules;
-  return l;
-}
-
 void write_peft_adapter(const std::filesystem::path& dir, const PeftAdapterConfig& c,
                         const std::map<std::string, at::Tensor>& tensors, at::ScalarType dtype) {
   SafetensorsWriter w;
   for (const auto& [k, v] : tensors) w.add(k, v.detach().to(at::kCPU).to(dtype));
-  w.write(dir / "adapter_model.safetensors");
-  fs::write_file_atomic(dir / "adapter_config.json", peft_adapter_config_json(c));
+  w.write(dir / kPeftWeightsFile);
+  fs::write_file_atomic(dir / kPeftConfigFile, peft_adapter_config_json(c));
 }
 
 std::map<std::string, at::Tensor> read_peft_adapter_tensors(const std::filesystem::path& dir) {
-  SafetensorsFile f(dir / "adapter_model.safetensors");
+  SafetensorsFile f(dir / kPeftWeightsFile);
   std::map<std::string, at::Tensor> out;
   for (const auto& t : f.tensors()) out[t.name] = f.tensor(t.name).clone();
   return out;

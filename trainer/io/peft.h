@@ -5,12 +5,27 @@
 
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
-#include "trainer/config/config.h"
-
 namespace qlora::io {
+
+// The two files of a PEFT adapter directory.
+inline constexpr const char* kPeftConfigFile = "adapter_config.json";
+inline constexpr const char* kPeftWeightsFile = "adapter_model.safetensors";
+
+// PEFT's state-dict key of a LoRA matrix: "base_model.model.<module_path>.lora_A.weight"
+// (which = 'A') or ".lora_B.weight" ('B').
+std::string peft_lora_key(std::string_view module_path, char which);
+
+struct PeftLoraKey {
+  std::string module;  // the linear's module path, e.g. "model.layers.0.self_attn.q_proj"
+  char which;          // 'A' or 'B'
+};
+// The module path and matrix a PEFT LoRA key names; nullopt for any other key.
+std::optional<PeftLoraKey> parse_peft_lora_key(std::string_view key);
 
 struct PeftAdapterConfig {
   std::string base_model_name_or_path;
@@ -28,9 +43,6 @@ std::string peft_adapter_config_json(const PeftAdapterConfig& c);
 // Reads DIR/adapter_config.json; UserError naming the file and key for anything we cannot use
 // (peft_type other than LORA, use_dora, modules_to_save, rank_pattern/alpha_pattern entries).
 PeftAdapterConfig read_peft_adapter_config(const std::filesystem::path& dir);
-
-// The LoRA config a PEFT adapter corresponds to (for building the model that loads it).
-config::LoraConfig to_lora_config(const PeftAdapterConfig& c);
 
 // Writes adapter_config.json and adapter_model.safetensors (tensors cast to `dtype`) into `dir`
 // (which must exist; files are written atomically).

@@ -16,71 +16,18 @@
 
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
+#include "trainer/io/dtype.h"
 
 namespace qlora::io {
 
 namespace {
 constexpr uint64_t kMaxHeader = 100'000'000;
-
-struct DtypeRow {
-  const char* name;
-  int64_t size;
-};
-constexpr DtypeRow kDtypes[] = {{"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"I16", 2},     {"U16", 2},
-                                {"F16", 2},  {"BF16", 2}, {"I32", 4}, {"U32", 4},     {"F32", 4},
-                                {"F64", 8},  {"I64", 8}, {"U64", 8}, {"F8_E4M3", 1}, {"F8_E5M2", 1}};
 }  // namespace
 
 int64_t TensorInfo::numel() const {
   int64_t n = 1;
   for (int64_t s : shape) n *= s;
   return n;
-}
-
-int64_t dtype_itemsize(std::string_view dtype) {
-  for (const auto& r : kDtypes)
-    if (dtype == r.name) return r.size;
-  return 0;
-}
-
-at::ScalarType to_scalar_type(std::string_view d, const std::string& context) {
-  if (d == "F32") return at::kFloat;
-  if (d == "BF16") return at::kBFloat16;
-  if (d == "F16") return at::kHalf;
-  if (d == "F64") return at::kDouble;
-  if (d == "U8") return at::kByte;
-  if (d == "I8") return at::kChar;
-  if (d == "I16") return at::kShort;
-  if (d == "I32") return at::kInt;
-  if (d == "I64") return at::kLong;
-  if (d == "BOOL") return at::kBool;
-  if (d == "U16") return at::kUInt16;
-  if (d == "U32") return at::kUInt32;
-  if (d == "U64") return at::kUInt64;
-  if (d == "F8_E4M3") return at::kFloat8_e4m3fn;
-  if (d == "F8_E5M2") return at::kFloat8_e5m2;
-  user_error(context, ": unsupported safetensors dtype \"", d, "\"");
-}
-
-std::string to_dtype_string(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return "F32";
-    case at::kBFloat16: return "BF16";
-    case at::kHalf: return "F16";
-    case at::kDouble: return "F64";
-    case at::kByte: return "U8";
-    case at::kChar: return "I8";
-    case at::kShort: return "I16";
-    case at::kInt: return "I32";
-    case at::kLong: return "I64";
-    case at::kBool: return "BOOL";
-    case at::kUInt16: return "U16";
-    case at::kUInt32: return "U32";
-    case at::kUInt64: return "U64";
-    case at::kFloat8_e4m3fn: return "F8_E4M3";
-    case at::kFloat8_e5m2: return "F8_E5M2";
-    default: TORCH_CHECK(false, "safetensors: no dtype for ", t);
-  }
 }
 
 struct SafetensorsFile::Mapping {
@@ -156,7 +103,7 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
       user_error(p, ": tensor \"", key, "\": expected {dtype, shape, data_offsets}");
     if (!v["dtype"].is_string()) user_error(p, ": tensor \"", key, "\": dtype must be a string");
     t.dtype = v["dtype"].get<std::string>();
-    const int64_t isz = dtype_itemsize(t.dtype);
+    const int64_t isz = safetensors_itemsize(t.dtype);
     if (isz == 0) user_error(p, ": tensor \"", key, "\": unknown dtype \"", t.dtype, "\"");
     if (!v["shape"].is_array()) user_error(p, ": tensor \"", key, "\": shape must be an array");
     for (const auto& d : v["shape"]) {
@@ -207,10 +154,10 @@ std::span<const uint8_t> SafetensorsFile::bytes(std::string_view name) const {
 at::Tensor SafetensorsFile::tensor(std::string_view name) const {
   const TensorInfo* t = find(name);
   if (!t) user_error(path_.string(), ": no tensor named \"", name, "\"");
-  const at::ScalarType st = to_scalar_type(t->dtype, path_.string() + ": tensor \"" + t->name + "\"");
+  const at::ScalarType st = scalar_type_from_safetensors(t->dtype, path_.string() + ": tensor \"" + t->name + "\"");
   const auto opts = at::TensorOptions().dtype(st).device(at::kCPU);
   const uint8_t* ptr = data_ + t->begin;
-  const int64_t isz = dtype_itemsize(t->dtype);
+  const int64_t isz = safetensors_itemsize(t->dtype);
   if (t->nbytes() == 0) return at::empty(t->shape, opts);
   if (reinterpret_cast<uintptr_t>(ptr) % isz != 0) {
     // Unaligned in the file: copy into an owned, aligned tensor.
@@ -270,7 +217,7 @@ std::string make_header(const std::map<std::string, std::string>& metadata,
 
 void SafetensorsWriter::write(const std::filesystem::path& path) const {
   std::vector<std::tuple<std::string, std::string, std::vector<int64_t>, uint64_t>> ts;
-  for (const auto& [name, t] : entries_) ts.emplace_back(name, to_dtype_string(t.scalar_type()), t.sizes().vec(), t.nbytes());
+  for (const auto& [name, t] : entries_) ts.emplace_back(name, safetensors_dtype_name(t.scalar_type()), t.sizes().vec(), t.nbytes());
   const std::string header = make_header(metadata_, ts);
 
   fs::AtomicFile f(path);
@@ -290,7 +237,7 @@ uint64_t SafetensorsStreamWriter::Entry::nbytes() const {
 SafetensorsStreamWriter::SafetensorsStreamWriter(std::filesystem::path path, std::vector<Entry> entries)
     : file_(std::move(path)), entries_(std::move(entries)) {
   std::vector<std::tuple<std::string, std::string, std::vector<int64_t>, uint64_t>> ts;
-  for (const Entry& e : entries_) ts.emplace_back(e.name, to_dtype_string(e.dtype), e.shape, e.nbytes());
+  for (const Entry& e : entries_) ts.emplace_back(e.name, safetensors_dtype_name(e.dtype), e.shape, e.nbytes());
   const std::string header = make_header({{"format", "pt"}}, ts);
   const uint64_t hlen = header.size();
   file_.write(&hlen, 8);

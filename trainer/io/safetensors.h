@@ -30,13 +30,6 @@ struct TensorInfo {
   uint64_t nbytes() const { return end - begin; }
 };
 
-// Bytes per element of a safetensors dtype string; 0 if unknown.
-int64_t dtype_itemsize(std::string_view dtype);
-// safetensors dtype <-> torch scalar type. to_scalar_type throws UserError for dtypes torch
-// cannot hold (e.g. U16 before torch supports it).
-at::ScalarType to_scalar_type(std::string_view dtype, const std::string& context);
-std::string to_dtype_string(at::ScalarType t);
-
 // Drops the pages of a span of mapped file bytes from this process's resident set once they are
 // consumed (whole pages inside the span only; the page cache keeps them, a later read faults them
 // back in), so streaming through a checkpoint does not grow the RSS by the whole file.

@@ -94,7 +94,7 @@ std::vector<int32_t> stop_ids_of(const std::filesystem::path& model_dir, const M
 
 namespace {
 // True when `s` ends with U+FFFD (EF BF BD): a piece whose bytes are not complete yet.
-bool ends_incomplete(const std::string& s) { return s.size() >= 3 && s.compare(s.size() - 3, 3, "\xEF\xBF\xBD") == 0; }
+bool ends_incomplete(const std::string& s) { return s.ends_with("\xEF\xBF\xBD"); }
 }  // namespace
 
 std::string TextStream::push(int32_t id) {

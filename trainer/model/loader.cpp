@@ -1,11 +1,10 @@
 // load_model: config.json + safetensors -> Model, streaming tensor by tensor out of the mmap.
 #include <ATen/CPUGeneratorImpl.h>
 #include <unistd.h>
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 
 #include "trainer/common/error.h"
+#include "trainer/common/memory.h"
+#include "trainer/io/dtype.h"
 #include "trainer/io/hf_checkpoint.h"
 #include "trainer/model/model.h"
 #include "trainer/model/rope.h"
@@ -14,16 +13,6 @@
 namespace qlora::model {
 
 namespace {
-
-// Hands the pages of freed temporaries back to the system. glibc raises its mmap threshold as
-// large blocks are freed, so later multi-MB temporaries (the float32 copy of a weight being
-// quantized) come from the heap, and the heap keeps their pages after free: measured on an
-// 8-layer model, 220 MB of anonymous memory stayed resident beyond the final model without this.
-void trim_heap() {
-#if defined(__GLIBC__)
-  ::malloc_trim(0);
-#endif
-}
 
 class Loader {
  public:
@@ -90,7 +79,7 @@ class Loader {
   at::Tensor view16(const std::string& name, const std::vector<int64_t>& shape) {
     if (!ck_.contains(name)) user_error(ck_.dir().string(), ": ", name, ": missing from the checkpoint");
     const io::TensorInfo& info = ck_.info(name);
-    if (info.dtype != "F32" && info.dtype != "BF16" && info.dtype != "F16")
+    if (!io::is_float_weight_dtype(info.dtype))
       user_error(where(name), ": expected F32, BF16 or F16 weights, got ", info.dtype);
     if (info.shape != shape)
       user_error(where(name), ": expected shape ", at::IntArrayRef(shape), ", got ", at::IntArrayRef(info.shape));

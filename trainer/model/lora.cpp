@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "trainer/common/error.h"
+#include "trainer/io/peft.h"
 
 namespace qlora::model {
 
@@ -16,8 +17,17 @@ uint64_t dropout_seed(at::Generator* gen) {
   return g.get<at::CPUGeneratorImpl>()->random64();
 }
 
-std::string peft_key(const std::string& module_path, char which) {
-  return "base_model.model." + module_path + (which == 'A' ? ".lora_A.weight" : ".lora_B.weight");
+config::LoraConfig to_lora_config(const io::PeftAdapterConfig& c) {
+  config::LoraConfig l;
+  l.r = c.r;
+  l.alpha = c.lora_alpha;
+  l.dropout = c.lora_dropout;
+  l.use_rslora = c.use_rslora;
+  if (c.target_modules.size() == 1 && c.target_modules[0] == "all-linear")
+    l.target_linear = true;
+  else
+    l.target_modules = c.target_modules;
+  return l;
 }
 
 double lora_scaling(const config::LoraConfig& cfg) {
@@ -42,8 +52,7 @@ bool all_linear(const config::LoraConfig& cfg) {
 
 bool matches(const std::string& path, const std::string& target) {
   if (path == target) return true;
-  return path.size() > target.size() && path.compare(path.size() - target.size(), target.size(), target) == 0 &&
-         path[path.size() - target.size() - 1] == '.';
+  return path.size() > target.size() && path.ends_with(target) && path[path.size() - target.size() - 1] == '.';
 }
 }  // namespace
 

@@ -4,7 +4,7 @@
 //   scaling = alpha / r, or alpha / sqrt(r) with rsLoRA
 //   init: A kaiming-uniform with a = sqrt(5) (uniform in ±1/sqrt(in)), B zeros
 //
-// Parameters are plain tensors (requires_grad) named with PEFT's state-dict keys,
+// Parameters are plain tensors (requires_grad) named with PEFT's state-dict keys (io::peft_lora_key),
 // e.g. "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", so adapter export and
 // checkpoints are a straight copy. They are held in the compute dtype (bf16 on GPU); the
 // optimizer keeps fp32 master copies and loads values back with Model::load_lora_weights.
@@ -17,6 +17,10 @@
 
 #include "trainer/config/config.h"
 #include "trainer/model/model_config.h"
+
+namespace qlora::io {
+struct PeftAdapterConfig;
+}
 
 namespace qlora::model {
 
@@ -35,8 +39,8 @@ struct NamedParameter {
   at::Tensor param;
 };
 
-// "base_model.model.<module_path>.lora_A.weight" (which = 'A') or ".lora_B.weight" ('B').
-std::string peft_key(const std::string& module_path, char which);
+// The LoRA config a PEFT adapter corresponds to (for building the model that loads it).
+config::LoraConfig to_lora_config(const io::PeftAdapterConfig& c);
 
 // alpha / r, or alpha / sqrt(r) with use_rslora.
 double lora_scaling(const config::LoraConfig& cfg);

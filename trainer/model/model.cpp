@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "trainer/common/error.h"
+#include "trainer/io/peft.h"
 #include "trainer/model/activation_checkpoint.h"
 #include "trainer/model/lora_linear.h"
 #include "trainer/model/nf4_linear.h"
@@ -347,8 +348,8 @@ std::vector<NamedParameter> Model::lora_parameters() const {
   std::vector<NamedParameter> out;
   for (const Linear* l : linears()) {
     if (!l->lora) continue;
-    out.push_back({peft_key(l->name, 'A'), l->lora->A});
-    out.push_back({peft_key(l->name, 'B'), l->lora->B});
+    out.push_back({io::peft_lora_key(l->name, 'A'), l->lora->A});
+    out.push_back({io::peft_lora_key(l->name, 'B'), l->lora->B});
   }
   return out;
 }
@@ -375,7 +376,7 @@ std::vector<std::string> Model::lora_target_modules() const {
     for (const auto& L : layers) {
       bool hit = false;
       for (const Linear* l : L.linears())
-        if (l->lora && l->name.size() > m.size() && l->name.compare(l->name.size() - m.size(), m.size(), m) == 0)
+        if (l->lora && l->name.size() > m.size() && l->name.ends_with(m))
           hit = true;
       if (hit) {
         out.push_back(m);

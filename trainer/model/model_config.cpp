@@ -4,6 +4,7 @@
 
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
+#include "trainer/io/dtype.h"
 
 namespace qlora::model {
 
@@ -136,9 +137,7 @@ void read_quantization(const Reader& top, ModelConfig& c) {
 }  // namespace
 
 at::ScalarType parse_dtype_name(const std::string& name, const std::string& context) {
-  if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
-  if (name == "float16" || name == "fp16" || name == "half") return at::kHalf;
-  if (name == "float32" || name == "fp32" || name == "float") return at::kFloat;
+  if (const auto t = io::parse_float_dtype(name, io::FloatNames::Any)) return *t;
   user_error(context, ": expected bfloat16, float16 or float32, got \"", name, "\"");
 }
 

@@ -49,7 +49,7 @@ ModelSummary summarize(const ModelConfig& c, int64_t blocksize) {
   const int64_t L = c.num_hidden_layers;
   for (const auto& t : s.layer_tensors) {
     const int64_t n = numel(t.shape);
-    const bool is_bias = t.name.size() > 5 && t.name.compare(t.name.size() - 5, 5, ".bias") == 0;
+    const bool is_bias = t.name.ends_with(".bias");
     const bool is_norm = t.name.find("norm") != std::string::npos;
     if (is_bias) {
       s.bias_parameters += L * n;

@@ -1,50 +1,19 @@
-// CPU copy queue (a worker thread between two host tiers), byte sizes, stats.
+// CPU copy queue (a worker thread between two host tiers), stats.
 #include "trainer/optim/paging.h"
 
 #include <ATen/ATen.h>
 
-#include <cctype>
 #include <chrono>
-#include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <sstream>
 #include <thread>
 
 #include "trainer/common/fs.h"
 
 namespace qlora::optim {
-
-std::optional<int64_t> parse_byte_size(const std::string& text, bool* ok) {
-  *ok = false;
-  std::string s;
-  for (char c : text)
-    if (!std::isspace(static_cast<unsigned char>(c))) s += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (s == "auto") {
-    *ok = true;
-    return std::nullopt;
-  }
-  size_t pos = 0;
-  while (pos < s.size() && (std::isdigit(static_cast<unsigned char>(s[pos])) || s[pos] == '.')) ++pos;
-  const std::string num = s.substr(0, pos), unit = s.substr(pos);
-  if (num.empty() || num == "." || std::count(num.begin(), num.end(), '.') > 1) return std::nullopt;
-  double mult;
-  if (unit.empty() || unit == "b") mult = 1;
-  else if (unit == "k" || unit == "kb") mult = 1e3;
-  else if (unit == "m" || unit == "mb") mult = 1e6;
-  else if (unit == "g" || unit == "gb") mult = 1e9;
-  else if (unit == "t" || unit == "tb") mult = 1e12;
-  else if (unit == "kib") mult = 1024.0;
-  else if (unit == "mib") mult = 1024.0 * 1024;
-  else if (unit == "gib") mult = 1024.0 * 1024 * 1024;
-  else if (unit == "tib") mult = 1024.0 * 1024 * 1024 * 1024;
-  else return std::nullopt;
-  const double v = std::stod(num) * mult;
-  if (!std::isfinite(v) || v > 9e18) return std::nullopt;
-  *ok = true;
-  return static_cast<int64_t>(std::floor(v));
-}
 
 std::string PagingStats::to_string() const {
   std::ostringstream os;

@@ -23,11 +23,6 @@ struct PagingOptions {
   int64_t page_bytes = int64_t{2} << 20; // page size; shrunk when the budget holds fewer than 2
 };
 
-// "auto" -> nullopt (*ok = true); "0", "123456", "512KB", "1.5GB", "2GiB", "300 MiB" -> bytes
-// (KB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB powers of 1024, case-insensitive, a bare
-// number is bytes). *ok = false when `text` is none of these.
-std::optional<int64_t> parse_byte_size(const std::string& text, bool* ok);
-
 // Counters for logs (cumulative since construction).
 struct PagingStats {
   int64_t pages = 0;           // pages of state in total

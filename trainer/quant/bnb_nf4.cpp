@@ -10,14 +10,11 @@
 
 #include "kernels/nf4.h"
 #include "trainer/common/error.h"
+#include "trainer/io/dtype.h"
 
 namespace qlora::quant {
 
 namespace {
-
-bool ends_with(const std::string& s, const std::string& p) {
-  return s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0;
-}
 
 // Bit-exact equality of a float32 tensor with a table.
 bool same_table(const at::Tensor& t, const at::Tensor& table) {
@@ -61,29 +58,16 @@ std::string python_float_repr(double v) {
   return (v < 0 ? "-" : "") + out;
 }
 
-std::string bnb_dtype_name(at::ScalarType t) {
-  switch (t) {
-    case at::kBFloat16: return "bfloat16";
-    case at::kHalf: return "float16";
-    case at::kFloat: return "float32";
-    default: user_error("NF4 weights must come from bfloat16, float16 or float32 tensors, got ", c10::toString(t));
-  }
-}
-
-at::ScalarType bnb_dtype_from_name(const std::string& name, const std::string& context) {
-  if (name == "bfloat16") return at::kBFloat16;
-  if (name == "float16") return at::kHalf;
-  if (name == "float32") return at::kFloat;
-  user_error(context, ": expected \"bfloat16\", \"float16\" or \"float32\", got \"", name, "\"");
-}
-
 std::string bnb_quant_state_json(const kernels::NF4Tensor& w) {
   // Written as Python's json.dumps writes bitsandbytes' dict (", " and ": " separators, this key
   // order), so the bytes equal those transformers saves for the same weight.
+  const std::optional<std::string_view> dtype = io::float_dtype_name(w.dtype);  // bitsandbytes' names
+  if (!dtype)
+    user_error("NF4 weights must come from bfloat16, float16 or float32 tensors, got ", c10::toString(w.dtype));
   std::string shape;
   for (size_t i = 0; i < w.shape.size(); ++i) shape += (i ? ", " : "") + std::to_string(w.shape[i]);
   std::string j = "{\"quant_type\": \"nf4\", \"blocksize\": " + std::to_string(w.blocksize) + ", \"dtype\": \"" +
-                  bnb_dtype_name(w.dtype) + "\", \"shape\": [" + shape + "]";
+                  std::string(*dtype) + "\", \"shape\": [" + shape + "]";
   if (w.double_quant()) {
     // bitsandbytes writes offset.item(): the float32 value as a Python float.
     j += ", \"nested_blocksize\": " + std::to_string(nf4::kNestedBlocksize) +
@@ -112,7 +96,7 @@ std::vector<std::string> bnb_nf4_modules(const io::HfCheckpoint& ckpt) {
   const std::string suffix = std::string(".weight") + kBnbNf4StateSuffix;
   std::vector<std::string> mods;
   for (const std::string& n : ckpt.names())
-    if (ends_with(n, suffix)) mods.push_back(n.substr(0, n.size() - suffix.size()));
+    if (n.ends_with(suffix)) mods.push_back(n.substr(0, n.size() - suffix.size()));
   return mods;
 }
 
@@ -157,7 +141,11 @@ kernels::NF4Tensor read_bnb_nf4(const io::HfCheckpoint& ckpt, const std::string&
   if (w.blocksize < 32 || w.blocksize > 4096 || (w.blocksize & (w.blocksize - 1)) != 0)
     user_error(where(state_key), ": blocksize: expected a power of two in 32..4096, got ", w.blocksize);
   if (!field("dtype").is_string()) user_error(where(state_key), ": dtype: expected a string");
-  w.dtype = bnb_dtype_from_name(j["dtype"].get<std::string>(), where(state_key) + ": dtype");
+  const std::string dtype = j["dtype"].get<std::string>();
+  const std::optional<at::ScalarType> st = io::parse_float_dtype(dtype, io::FloatNames::Torch);
+  if (!st)
+    user_error(where(state_key), ": dtype: expected \"bfloat16\", \"float16\" or \"float32\", got \"", dtype, "\"");
+  w.dtype = *st;
   const nlohmann::json& shape = field("shape");
   if (!shape.is_array() || shape.empty()) user_error(where(state_key), ": shape: expected a list of sizes");
   for (const auto& s : shape) {

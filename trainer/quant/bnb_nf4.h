@@ -44,8 +44,4 @@ kernels::NF4Tensor read_bnb_nf4(const io::HfCheckpoint& ckpt, const std::string&
 // Python's repr of a float, as json.dumps writes it (the nested_offset text).
 std::string python_float_repr(double v);
 
-// "bfloat16" / "float16" / "float32" (bitsandbytes' names) <-> scalar type; UserError otherwise.
-std::string bnb_dtype_name(at::ScalarType t);
-at::ScalarType bnb_dtype_from_name(const std::string& name, const std::string& context);
-
 }  // namespace qlora::quant

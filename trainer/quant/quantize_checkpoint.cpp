@@ -9,6 +9,7 @@
 #include "kernels/ops.h"
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
+#include "trainer/io/dtype.h"
 #include "trainer/io/hf_checkpoint.h"
 #include "trainer/quant/bnb_nf4.h"
 
@@ -17,10 +18,6 @@ namespace qlora::quant {
 namespace stdfs = std::filesystem;
 
 namespace {
-
-bool ends_with(const std::string& s, const std::string& p) {
-  return s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0;
-}
 
 // Output bytes of one input tensor once written.
 uint64_t output_bytes(const std::string& name, const io::TensorInfo& info, const QuantizeOptions& opt) {
@@ -50,25 +47,18 @@ nlohmann::ordered_json quantization_config(const QuantizeOptions& opt) {
   return q;
 }
 
-bool is_weight_file(const stdfs::path& p) {
-  const std::string n = p.filename().string();
-  const std::string ext = p.extension().string();
-  return ext == ".safetensors" || ext == ".bin" || ext == ".pt" || ext == ".pth" || ext == ".gguf" ||
-         n == "model.safetensors.index.json" || n == "pytorch_model.bin.index.json";
-}
-
 }  // namespace
 
 bool is_quantized_linear_weight(const std::string& name, const io::TensorInfo& info) {
-  if (info.shape.size() != 2 || !ends_with(name, ".weight")) return false;
-  if (info.dtype != "BF16" && info.dtype != "F16" && info.dtype != "F32") return false;
-  return name.rfind("model.layers.", 0) == 0;
+  if (info.shape.size() != 2 || !name.ends_with(".weight")) return false;
+  if (!io::is_float_weight_dtype(info.dtype)) return false;
+  return name.starts_with("model.layers.");
 }
 
 QuantizeReport quantize_hf_checkpoint(const QuantizeOptions& opt) {
   if (opt.blocksize < 32 || opt.blocksize > 4096 || (opt.blocksize & (opt.blocksize - 1)) != 0)
     user_error("--blocksize: expected a power of two in 32..4096, got ", opt.blocksize);
-  if (opt.compute_dtype != "bfloat16" && opt.compute_dtype != "float16" && opt.compute_dtype != "float32")
+  if (!io::parse_float_dtype(opt.compute_dtype, io::FloatNames::Torch))
     user_error("--compute-dtype: expected bfloat16, float16 or float32, got \"", opt.compute_dtype, "\"");
   const stdfs::path cfg_path = opt.model / "config.json";
   if (!stdfs::exists(cfg_path)) user_error(cfg_path.string(), ": missing (an HF model directory has config.json)");
@@ -92,34 +82,22 @@ QuantizeReport quantize_hf_checkpoint(const QuantizeOptions& opt) {
   io::HfCheckpoint in(opt.model);
   const std::vector<std::string> names = in.names();
   for (const std::string& n : names)
-    if (ends_with(n, kBnbNf4StateSuffix)) user_error(in.file_of(n).path().string(), ": ", n, ": the weights are already 4-bit");
+    if (n.ends_with(kBnbNf4StateSuffix)) user_error(in.file_of(n).path().string(), ": ", n, ": the weights are already 4-bit");
 
   // Plan shards in name order (a module's entries stay together: they share a prefix).
-  std::vector<std::vector<std::string>> shards(1);
-  uint64_t shard_bytes = 0;
-  for (const std::string& n : names) {
-    const uint64_t b = output_bytes(n, in.info(n), opt);
-    if (!shards.back().empty() && shard_bytes + b > opt.max_shard_bytes) {
-      shards.emplace_back();
-      shard_bytes = 0;
-    }
-    shards.back().push_back(n);
-    shard_bytes += b;
-  }
+  std::vector<uint64_t> bytes;
+  for (const std::string& n : names) bytes.push_back(output_bytes(n, in.info(n), opt));
+  const std::vector<std::vector<size_t>> shards = io::plan_shards(bytes, opt.max_shard_bytes);
 
   QuantizeReport rep;
   rep.shards = static_cast<int>(shards.size());
   fs::StagedDir staged(opt.out, /*replace_existing=*/opt.force);
-  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  std::vector<std::pair<std::string, std::string>> weight_map;
   for (size_t s = 0; s < shards.size(); ++s) {
-    char fname[64];
-    if (shards.size() == 1) {
-      std::snprintf(fname, sizeof fname, "model.safetensors");
-    } else {
-      std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
-    }
+    const std::string fname = io::shard_file_name(s, shards.size());
     io::SafetensorsWriter w;  // metadata {"format": "pt"}
-    for (const std::string& n : shards[s]) {
+    for (size_t i : shards[s]) {
+      const std::string& n = names[i];
       const io::TensorInfo& info = in.info(n);
       at::Tensor t = in.tensor(n);  // zero-copy view of the mapping
       rep.bytes_in += info.nbytes();
@@ -136,19 +114,14 @@ QuantizeReport quantize_hf_checkpoint(const QuantizeOptions& opt) {
     w.write(staged.path() / fname);
     // every key the shard holds (the bnb entries too), for the index
     io::SafetensorsFile written(staged.path() / fname);
-    for (const io::TensorInfo& ti : written.tensors()) weight_map[ti.name] = fname;
+    for (const io::TensorInfo& ti : written.tensors()) weight_map.emplace_back(ti.name, fname);
   }
-  if (shards.size() > 1) {
-    nlohmann::ordered_json index;
-    index["metadata"]["total_size"] = rep.bytes_out;
-    index["weight_map"] = weight_map;
-    fs::write_file_atomic(staged.path() / "model.safetensors.index.json", index.dump(2) + "\n");
-  }
+  if (shards.size() > 1) io::write_shard_index(staged.path(), rep.bytes_out, weight_map);
   cfg["quantization_config"] = quantization_config(opt);
   fs::write_file_atomic(staged.path() / "config.json", cfg.dump(2) + "\n");
   // Tokenizer, generation config, chat template, README...: copied as they are.
   for (const auto& e : stdfs::directory_iterator(opt.model)) {
-    if (!e.is_regular_file() || is_weight_file(e.path()) || e.path().filename() == "config.json") continue;
+    if (!e.is_regular_file() || io::is_hf_weight_file(e.path()) || e.path().filename() == "config.json") continue;
     stdfs::copy_file(e.path(), staged.path() / e.path().filename());
   }
   staged.commit();

@@ -53,7 +53,7 @@ model::ModelLoadOptions adapter_load_options(const AdapterSource& src, c10::Devi
   model::ModelLoadOptions o;
   if (src.train) o = model::ModelLoadOptions::from_train_config(*src.train, device);
   o.device = device;
-  o.lora = io::to_lora_config(src.peft);
+  o.lora = model::to_lora_config(src.peft);
   o.lora->dropout = 0;  // inference only
   if (src.train) o.lora->adapter = src.train->lora.adapter;
   return o;

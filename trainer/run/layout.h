@@ -17,6 +17,8 @@
 #pragma once
 #include <filesystem>
 
+#include "trainer/io/peft.h"
+
 namespace qlora::run {
 
 namespace stdfs = std::filesystem;
@@ -29,8 +31,8 @@ inline constexpr const char* kLatestFile = "latest";
 
 // Inside a checkpoint. The two adapter files carry PEFT's names (io/peft.h writes them).
 inline constexpr const char* kManifestFile = "manifest.json";
-inline constexpr const char* kAdapterConfigFile = "adapter_config.json";
-inline constexpr const char* kAdapterWeightsFile = "adapter_model.safetensors";
+inline constexpr const char* kAdapterConfigFile = io::kPeftConfigFile;
+inline constexpr const char* kAdapterWeightsFile = io::kPeftWeightsFile;
 inline constexpr const char* kOptimizerTensorsFile = "optimizer.safetensors";
 inline constexpr const char* kOptimizerStateFile = "optimizer.json";
 inline constexpr const char* kRngStateFile = "rng_state.safetensors";

@@ -107,10 +107,6 @@ std::string names_list() {
   return s;
 }
 
-bool starts_with(const std::string& s, const std::string& prefix) {
-  return s.size() >= prefix.size() && s.compare(0, prefix.size(), prefix) == 0;
-}
-
 }  // namespace
 
 ChatTemplate::ChatTemplate(std::string_view source, std::string origin, const SpecialTokens& special)
@@ -244,7 +240,7 @@ std::optional<ChatTemplate::Span> ChatTemplate::locate_by_sentinel(const jinja::
       if (a != std::string::npos && b != std::string::npos && h != std::string::npos && a < b) {
         std::string between = whole2.substr(a + kPrevMarker.size(), b - a - kPrevMarker.size());
         std::string closing = head2.substr(h + kPrevMarker.size());
-        if (starts_with(between, closing)) {
+        if (between.starts_with(closing)) {
           size_t lead = between.size() - closing.size();
           if (q >= cursor + lead && text.compare(q - lead, lead, between, closing.size(), lead) == 0) begin = q - lead;
         }
@@ -286,8 +282,8 @@ ChatTemplate::Rendered ChatTemplate::render_for_training(const jinja::Value& mes
     try {
       rendered_upto = tmpl_.render(vars(upto, false, extra)).text;
       std::string prompt = tmpl_.render(vars(head, true, extra)).text;
-      if (!starts_with(rendered_upto, prompt)) prompt = tmpl_.render(vars(head, false, extra)).text;
-      if (starts_with(rendered_upto, prompt)) {
+      if (!rendered_upto.starts_with(prompt)) prompt = tmpl_.render(vars(head, false, extra)).text;
+      if (rendered_upto.starts_with(prompt)) {
         part = rendered_upto.substr(prompt.size());
         part_at = prompt.size();
       }
@@ -296,7 +292,7 @@ ChatTemplate::Rendered ChatTemplate::render_for_training(const jinja::Value& mes
     }
     if (part_at != std::string::npos) {
       if (part.empty()) continue;  // the template writes nothing for this turn
-      if (part_at >= cursor && starts_with(r.text, rendered_upto)) span = Span(part_at, rendered_upto.size());
+      if (part_at >= cursor && r.text.starts_with(rendered_upto)) span = Span(part_at, rendered_upto.size());
     }
     if (!span) span = locate_by_sentinel(all, i, r.text, cursor, extra);
     if (!span && !part.empty()) {

@@ -2,6 +2,8 @@
 
 #include <c10/util/Exception.h>
 
+#include "trainer/common/bytes.h"
+
 namespace qlora::train {
 
 optim::AdamWOptions adamw_options(const config::OptimizerConfig& c) {
@@ -13,9 +15,11 @@ optim::AdamWOptions adamw_options(const config::OptimizerConfig& c) {
   TORCH_CHECK(c.optimizer == "adamw" || c.optimizer == "adamw_8bit", "unknown optimizer ", c.optimizer);
   o.state_8bit = c.optimizer == "adamw_8bit";
   o.paging.enabled = c.paged;
-  bool ok = false;
-  o.paging.device_budget = optim::parse_byte_size(c.device_budget, &ok);
-  TORCH_CHECK(ok, "invalid optimizer_device_budget ", c.device_budget);
+  if (c.device_budget != "auto") {
+    const std::optional<uint64_t> budget = parse_byte_size(c.device_budget);
+    TORCH_CHECK(budget, "invalid optimizer_device_budget ", c.device_budget);
+    o.paging.device_budget = static_cast<int64_t>(*budget);
+  }
   return o;
 }
 

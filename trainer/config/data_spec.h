@@ -1,12 +1,12 @@
-// Plain descriptions of datasets, filled from the YAML config (trainer/config) and consumed by
-// trainer/data. Key names follow Axolotl where it has one.
+// Plain descriptions of datasets, filled from the YAML config (trainer/config/load.h) and
+// consumed by trainer/data. Key names follow Axolotl where it has one.
 #pragma once
 #include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
 
-namespace qlora::data {
+namespace qlora::config {
 
 // One dataset file. `type` picks the format:
 //   text              {"text": "..."}                       (alias: completion)
@@ -48,4 +48,4 @@ struct DataSpec {
   uint64_t seed = 42;                      // shuffling and the validation split
 };
 
-}  // namespace qlora::data
+}  // namespace qlora::config
