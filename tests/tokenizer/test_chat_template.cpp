@@ -10,7 +10,7 @@
 #include "tests/tokenizer/published_templates.h"
 #include "trainer/common/error.h"
 #include "trainer/tokenizer/chat_template.h"
-#include "trainer/tokenizer/jinja.h"
+#include "trainer/jinja/template.h"
 
 using namespace qlora;
 using namespace qlora::test;
