@@ -96,7 +96,9 @@ std::string html_escape(const std::string& s) {
 // brackets uppercased, the rest of the word lowercased (item[0].upper() + item[1:].lower()).
 std::string jinja_title(const std::string& s) {
   std::u32string u = unicode::utf8_decode(s);
-  auto is_sep = [](char32_t c) { return c == '-' || c == '(' || c == '{' || c == '[' || c == '<' || unicode::py_isspace(c); };
+  auto is_sep = [](char32_t c) {
+    return c == '-' || c == '(' || c == '{' || c == '[' || c == '<' || unicode::py_isspace(c);
+  };
   std::string out;
   size_t i = 0;
   while (i < u.size()) {

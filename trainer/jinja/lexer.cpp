@@ -366,6 +366,8 @@ class Lexer {
 
 }  // namespace
 
-std::vector<Token> lex(std::string_view source, const std::string& origin) { return Lexer(source, origin).run(); }
+std::vector<Token> lex(std::string_view source, const std::string& origin) {
+  return Lexer(source, origin).run();
+}
 
 }  // namespace qlora::jinja
