@@ -10,7 +10,7 @@
 #include "tests/tokenizer/published_templates.h"
 #include "trainer/common/error.h"
 #include "trainer/tokenizer/chat_template.h"
-#include "trainer/tokenizer/jinja.h"
+#include "trainer/jinja/template.h"
 
 using namespace qlora;
 using namespace qlora::test;
@@ -136,6 +136,7 @@ std::vector<std::pair<std::string, std::string>> feature_templates() {
       {"tojson", "{{ {'a': [1, 'x', none, true, 1.5], 'é': '\"q\" \\\\ \\n'} | tojson }}|{{ d | tojson(indent=2) }}|{{ {'b': [1, {'c': 'x'}], 'a': {}, 'e': []} | tojson(indent=4) }}|{{ {'b': 1, 'a': 2} | tojson(sort_keys=true) }}|{{ 'é' | tojson(ensure_ascii=true) }}|{{ [1, 2] | tojson(separators=(',', ':')) }}|{{ 'x' | tojson }}|{{ 3 | tojson }}|{{ none | tojson }}"},
       {"indent_center", "{{ 'a\\nb\\n\\nc' | indent }}|{{ 'a\\nb' | indent(2, true) }}|{{ 'a\\n\\nb' | indent(2, blank=true) }}|{{ 'ab' | center(6) }}|{{ '<a & \"b\">' | e }}"},
       {"string_methods", "{{ ' x '.strip() }}|{{ 'abc'.startswith('ab') }}{{ 'abc'.endswith('x') }}{{ 'abc'.startswith(('x', 'a')) }}|{{ 'ab'.upper() }}|{{ 'hello world'.title() }}|{{ \"they're 1st\".title() }}|{{ ' x '.lstrip() }}|{{ ' x '.rstrip() }}|{{ 'aXbXc'.split('X') }}|{{ ' a  b '.split() }}|{{ 'a,b,c'.split(',', 1) }}|{{ 'a,b,c'.rsplit(',', 1) }}|{{ 'x'.split(',') }}|{{ 'r</think>a'.split('</think>')[-1] }}|{{ 'abcabc'.replace('b', 'X') }}|{{ 'abcabc'.find('c') }}|{{ 'abcabc'.rfind('c') }}|{{ 'abcabc'.count('bc') }}|{{ '-'.join(['a', 'b']) }}|{{ 'a\\nb\\r\\nc'.splitlines() }}|{{ '12'.isdigit() }}{{ 'ab'.isalpha() }}{{ ' '.isspace() }}|{{ 'hello'.capitalize() }}|{{ '\\n\\nx\\n'.strip('\\n') }}|{{ 'xxay'.lstrip('x') }}|{{ 'ayyx'.rstrip('xy') }}|{{ ' a '.strip(none) }}|{{ 'ÉCOLE'.lower() }}|{{ 'straße'.upper() == 'STRASSE' }}"},
+      {"unicode_case", "{{ 'ǆemal ΑΣ straße ﬁx'.title() }}|{{ 'ΑΣ ΑΣ.'.lower() }}|{{ 'ǆa'.capitalize() }}|{{ 'ΑΣ'.capitalize() }}|{{ 'straße ﬁx İ' | upper }}|{{ 'İ' | lower | length }}|{{ 'ǆemal straße-ﬁx' | title }}|{{ 'ǅ' is upper }}{{ 'Ǆ' is upper }}{{ 'ß' is lower }}{{ 'ǅ'.islower() }}{{ 'ᾳ'.islower() }}|{{ '٣'.isdigit() }}{{ '²'.isdigit() }}{{ '½'.isalnum() }}{{ '一'.isalnum() }}{{ 'ǅ'.isalpha() }}{{ '٣'.isalpha() }}|{{ 'x\\u001cy\\u3000z'.split() }}|{{ ['b', 'A', 'ä', 'Ä'] | sort | join }}"},
       {"dict_methods", "{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}|{{ d.keys() | list }}|{{ d.values() | list }}|{{ d.get('k') }}|{{ d.get('q', 'dflt') }}|{{ d.get('q') }}|{{ d['items'] is defined }}"},
       {"for_loop", "{% for x in l %}{{ loop.index }}{{ loop.index0 }}{{ loop.revindex }}{{ loop.revindex0 }}{{ loop.first }}{{ loop.last }}{{ loop.length }}{{ loop.previtem }}{{ loop.nextitem }}{{ loop.cycle('a', 'b') }};{% endfor %}"},
       {"for_else_break_continue", "{% for x in [] %}x{% else %}empty{% endfor %}|{% for n in [1, 2, 3, 4] %}{% if n == 2 %}{% continue %}{% endif %}{% if n == 4 %}{% break %}{% endif %}{{ n }}{% endfor %}|{% for x in missing %}{{ x }}{% else %}none{% endfor %}"},

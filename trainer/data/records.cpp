@@ -5,7 +5,7 @@
 
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
-#include "trainer/tokenizer/jinja.h"
+#include "trainer/unicode/utf8.h"
 
 namespace qlora::data {
 
@@ -126,7 +126,7 @@ void read_records(const std::filesystem::path& path, bool skip_invalid, int64_t*
   if (first == '[' && ext != ".jsonl") {
     std::string text = fs::read_file(path);
     size_t bom = text.starts_with("\xEF\xBB\xBF") ? 3 : 0;
-    if (size_t at = jinja::utf8::find_invalid(text); at != std::string::npos) {
+    if (size_t at = unicode::utf8_find_invalid(text); at != std::string::npos) {
       size_t line_start = text.rfind('\n', at == 0 ? 0 : at - 1);
       line_start = line_start == std::string::npos ? 0 : line_start + 1;
       user_error(name, ":", line_of(text, at), ": ",
@@ -160,7 +160,7 @@ void read_records(const std::filesystem::path& path, bool skip_invalid, int64_t*
     if (lineno == 1 && line.starts_with("\xEF\xBB\xBF")) line.erase(0, 3);
     if (std::all_of(line.begin(), line.end(), [](char c) { return std::isspace(static_cast<unsigned char>(c)); }))
       continue;
-    if (size_t at = jinja::utf8::find_invalid(line); at != std::string::npos) {
+    if (size_t at = unicode::utf8_find_invalid(line); at != std::string::npos) {
       bad(lineno, invalid_utf8(line, at));
       continue;
     }

@@ -6,7 +6,8 @@
 
 #include "trainer/common/error.h"
 #include "trainer/tokenizer/model.h"
-#include "trainer/tokenizer/unicode.h"
+#include "trainer/tokenizer/byte_level.h"
+#include "trainer/unicode/utf8.h"
 
 namespace qlora::tok {
 
@@ -131,7 +132,7 @@ void BpeModel::symbols_of(std::string_view word, std::vector<int32_t>& ids) cons
   size_t i = 0;
   while (i < word.size()) {
     size_t start = i;
-    utf8_next(word, i);
+    unicode::utf8_next(word, i);
     std::string_view ch = word.substr(start, i - start);
     std::optional<int32_t> id;
     if (opt_.continuing_subword_prefix.empty() && opt_.end_of_word_suffix.empty()) {

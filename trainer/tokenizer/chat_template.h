@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "trainer/tokenizer/jinja.h"
+#include "trainer/jinja/template.h"
 #include "trainer/tokenizer/tokenizer.h"
 
 namespace qlora::tok {

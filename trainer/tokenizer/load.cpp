@@ -20,7 +20,7 @@
 
 #include "trainer/common/error.h"
 #include "trainer/tokenizer/pipeline.h"
-#include "trainer/tokenizer/unicode.h"
+#include "trainer/unicode/normalize.h"
 
 namespace qlora::tok {
 
@@ -114,10 +114,10 @@ std::unique_ptr<Normalizer> parse_normalizer(const Ctx& c, const json& j, const 
       if (auto n = parse_normalizer(c, arr[k], key + ".normalizers[" + std::to_string(k) + "]")) parts.push_back(std::move(n));
     return make_sequence_normalizer(std::move(parts));
   }
-  if (t == "NFC") return make_nfc_normalizer(NormalForm::NFC);
-  if (t == "NFD") return make_nfc_normalizer(NormalForm::NFD);
-  if (t == "NFKC") return make_nfc_normalizer(NormalForm::NFKC);
-  if (t == "NFKD") return make_nfc_normalizer(NormalForm::NFKD);
+  if (t == "NFC") return make_nfc_normalizer(unicode::NormalForm::NFC);
+  if (t == "NFD") return make_nfc_normalizer(unicode::NormalForm::NFD);
+  if (t == "NFKC") return make_nfc_normalizer(unicode::NormalForm::NFKC);
+  if (t == "NFKD") return make_nfc_normalizer(unicode::NormalForm::NFKD);
   if (t == "Lowercase") return make_lowercase_normalizer();
   if (t == "Prepend") return make_prepend_normalizer(c.str(j, "prepend", key));
   if (t == "Replace") {
@@ -538,7 +538,7 @@ std::unique_ptr<Tokenizer> load_tokenizer_json(const stdfs::path& file, const To
   if (llama) {
     set_llama_stages(*tk, cfg);
   } else if (qwen2) {
-    tk->normalizer = make_nfc_normalizer(NormalForm::NFC);
+    tk->normalizer = make_nfc_normalizer(unicode::NormalForm::NFC);
     std::vector<std::unique_ptr<PreTokenizer>> parts;
     parts.push_back(make_split_pre_tokenizer(kQwen2Pattern, true, SplitBehavior::Isolated, false));
     parts.push_back(make_byte_level_pre_tokenizer(cfg.add_prefix_space.value_or(false), false));

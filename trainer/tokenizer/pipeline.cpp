@@ -11,9 +11,20 @@
 #include <stdexcept>
 
 #include "trainer/common/error.h"
-#include "trainer/tokenizer/unicode.h"
+#include "trainer/tokenizer/byte_level.h"
+#include "trainer/unicode/case_map.h"
+#include "trainer/unicode/char_class.h"
+#include "trainer/unicode/normalize.h"
+#include "trainer/unicode/utf8.h"
 
 namespace qlora::tok {
+
+using unicode::is_numeric;
+using unicode::is_whitespace;
+using unicode::is_word_char;
+using unicode::utf8_lossy;
+using unicode::utf8_next;
+using unicode::utf8_valid;
 
 // ---- Regex (PCRE2) ------------------------------------------------------------------------------
 
@@ -68,7 +79,7 @@ void Regex::find_all(std::string_view s, std::vector<std::pair<uint32_t, uint32_
       pos = e;
     } else {  // empty match: step over one character
       if (b >= s.size()) break;
-      pos = b + utf8_len(static_cast<unsigned char>(s[b]));
+      pos = b + unicode::utf8_seq_len(static_cast<unsigned char>(s[b]));
     }
   }
 }
@@ -79,11 +90,11 @@ namespace {
 
 class UnicodeNormalizer final : public Normalizer {
  public:
-  explicit UnicodeNormalizer(NormalForm f) : form_(f) {}
-  void normalize(std::string& s) const override { unicode_normalize(s, form_); }
+  explicit UnicodeNormalizer(unicode::NormalForm f) : form_(f) {}
+  void normalize(std::string& s) const override { unicode::normalize(s, form_); }
 
  private:
-  NormalForm form_;
+  unicode::NormalForm form_;
 };
 
 class SequenceNormalizer final : public Normalizer {
@@ -151,7 +162,7 @@ class ReplaceNormalizer final : public Normalizer {
 
 class LowercaseNormalizer final : public Normalizer {
  public:
-  void normalize(std::string& s) const override { s = unicode_lowercase(s); }
+  void normalize(std::string& s) const override { s = unicode::to_lower(s); }
 };
 
 class StripNormalizer final : public Normalizer {
@@ -184,7 +195,7 @@ class StripNormalizer final : public Normalizer {
 
 }  // namespace
 
-std::unique_ptr<Normalizer> make_nfc_normalizer(NormalForm f) { return std::make_unique<UnicodeNormalizer>(f); }
+std::unique_ptr<Normalizer> make_nfc_normalizer(unicode::NormalForm f) { return std::make_unique<UnicodeNormalizer>(f); }
 std::unique_ptr<Normalizer> make_sequence_normalizer(std::vector<std::unique_ptr<Normalizer>> p) {
   return std::make_unique<SequenceNormalizer>(std::move(p));
 }

@@ -12,7 +12,7 @@
 
 #include "trainer/tokenizer/model.h"
 #include "trainer/tokenizer/tokenizer.h"
-#include "trainer/tokenizer/unicode.h"
+#include "trainer/unicode/normalize.h"
 
 namespace qlora::tok {
 
@@ -147,7 +147,7 @@ class PipelineTokenizer final : public Tokenizer {
 };
 
 // Factories used by the loaders (pipeline.cpp).
-std::unique_ptr<Normalizer> make_nfc_normalizer(NormalForm form);
+std::unique_ptr<Normalizer> make_nfc_normalizer(unicode::NormalForm form);
 std::unique_ptr<Normalizer> make_sequence_normalizer(std::vector<std::unique_ptr<Normalizer>> parts);
 std::unique_ptr<Normalizer> make_prepend_normalizer(std::string prepend);
 std::unique_ptr<Normalizer> make_replace_normalizer(std::string pattern, bool is_regex, std::string content);

@@ -1,114 +1,17 @@
-// Jinja values with Python semantics: construction, str()/repr()/json.dumps, equality, UTF-8.
+// Jinja values with Python semantics: construction, str()/repr()/json.dumps, equality.
+#include "trainer/jinja/value.h"
+
+#include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 
 #include "trainer/common/error.h"
-#include "trainer/tokenizer/jinja.h"
+#include "trainer/unicode/utf8.h"
 
 namespace qlora::jinja {
-
-// ---- UTF-8 ------------------------------------------------------------------------------------
-
-namespace utf8 {
-
-size_t find_invalid(std::string_view s) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  size_t n = s.size(), i = 0;
-  while (i < n) {
-    unsigned c = p[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    int len;
-    char32_t cp, min;
-    if ((c & 0xE0) == 0xC0) {
-      len = 2, cp = c & 0x1F, min = 0x80;
-    } else if ((c & 0xF0) == 0xE0) {
-      len = 3, cp = c & 0x0F, min = 0x800;
-    } else if ((c & 0xF8) == 0xF0) {
-      len = 4, cp = c & 0x07, min = 0x10000;
-    } else {
-      return i;
-    }
-    if (i + len > n) return i;
-    for (int k = 1; k < len; ++k) {
-      if ((p[i + k] & 0xC0) != 0x80) return i;
-      cp = (cp << 6) | (p[i + k] & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
-    i += len;
-  }
-  return std::string_view::npos;
-}
-
-std::u32string decode(std::string_view s) {
-  std::u32string out;
-  out.reserve(s.size());
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  size_t n = s.size(), i = 0;
-  while (i < n) {
-    unsigned c = p[i];
-    if (c < 0x80) {
-      out.push_back(c);
-      ++i;
-    } else if ((c & 0xE0) == 0xC0 && i + 1 < n) {
-      out.push_back(((c & 0x1F) << 6) | (p[i + 1] & 0x3F));
-      i += 2;
-    } else if ((c & 0xF0) == 0xE0 && i + 2 < n) {
-      out.push_back(((c & 0x0F) << 12) | ((p[i + 1] & 0x3F) << 6) | (p[i + 2] & 0x3F));
-      i += 3;
-    } else if ((c & 0xF8) == 0xF0 && i + 3 < n) {
-      out.push_back(((c & 0x07) << 18) | ((p[i + 1] & 0x3F) << 12) | ((p[i + 2] & 0x3F) << 6) |
-                    (p[i + 3] & 0x3F));
-      i += 4;
-    } else {  // invalid input: keep the byte as a code point rather than looping forever
-      out.push_back(c);
-      ++i;
-    }
-  }
-  return out;
-}
-
-void append(std::string& out, char32_t cp) {
-  if (cp < 0x80) {
-    out.push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-}
-
-std::string encode(std::u32string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (char32_t cp : s) append(out, cp);
-  return out;
-}
-
-bool is_space(char32_t c) {
-  return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
-         c == 0x3000;
-}
-
-size_t length(std::string_view s) {
-  size_t n = 0;
-  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
-  return n;
-}
-
-}  // namespace utf8
 
 // ---- construction and access ------------------------------------------------------------------
 
@@ -191,28 +94,33 @@ Value Value::from_json(const nlohmann::ordered_json& j) { return value_from_json
 
 static const std::string kEmpty;
 
+// Accessing a value as the wrong kind is a bug in the engine, not in the template.
+static void check_kind(bool ok, const char* msg) {
+  if (!ok) throw std::logic_error(msg);
+}
+
 const std::string& Value::str() const {
-  TORCH_CHECK(kind_ == Kind::String, "jinja: not a string");
+  check_kind(kind_ == Kind::String, "jinja: not a string");
   return *s_;
 }
 const ValueList& Value::list() const {
-  TORCH_CHECK(kind_ == Kind::List, "jinja: not a list");
+  check_kind(kind_ == Kind::List, "jinja: not a list");
   return *l_;
 }
 ValueList& Value::mutable_list() {
-  TORCH_CHECK(kind_ == Kind::List, "jinja: not a list");
+  check_kind(kind_ == Kind::List, "jinja: not a list");
   return *l_;
 }
 const ValueDict& Value::dict() const {
-  TORCH_CHECK(kind_ == Kind::Dict || kind_ == Kind::Namespace, "jinja: not a dict");
+  check_kind(kind_ == Kind::Dict || kind_ == Kind::Namespace, "jinja: not a dict");
   return *d_;
 }
 ValueDict& Value::mutable_dict() {
-  TORCH_CHECK(kind_ == Kind::Dict || kind_ == Kind::Namespace, "jinja: not a dict");
+  check_kind(kind_ == Kind::Dict || kind_ == Kind::Namespace, "jinja: not a dict");
   return *d_;
 }
 const Function& Value::fn() const {
-  TORCH_CHECK(kind_ == Kind::Function, "jinja: not a function");
+  check_kind(kind_ == Kind::Function, "jinja: not a function");
   return *fn_;
 }
 const std::string& Value::undefined_hint() const { return s_ ? *s_ : kEmpty; }
@@ -296,7 +204,7 @@ static std::string py_str_repr(const std::string& s) {
   bool has_sq = s.find('\'') != std::string::npos, has_dq = s.find('"') != std::string::npos;
   char q = (has_sq && !has_dq) ? '"' : '\'';
   std::string out(1, q);
-  for (char32_t c : utf8::decode(s)) {
+  for (char32_t c : unicode::utf8_decode(s)) {
     if (c == static_cast<char32_t>(q) || c == '\\') {
       out += '\\';
       out += static_cast<char>(c);
@@ -316,7 +224,7 @@ static std::string py_str_repr(const std::string& s) {
         std::snprintf(buf, sizeof buf, "\\U%08x", static_cast<unsigned>(c));
       out += buf;
     } else {
-      utf8::append(out, c);
+      unicode::utf8_append(out, c);
     }
   }
   out += q;

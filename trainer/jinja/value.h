@@ -1,18 +1,10 @@
-// A Jinja subset for chat templates, matching what transformers renders with jinja2
-// (ImmutableSandboxedEnvironment, trim_blocks and lstrip_blocks on, loopcontrols, its own
-// tojson/raise_exception/strftime_now globals and the {% generation %} tag).
-//
-// Values follow Python semantics, because that is what the templates were written against:
-// `{{ x }}` prints str(x) (None, True, 1.0, ['a', 1]), == compares 1 and 1.0 and True equal, strings
-// index and slice by code point, a missing dict key or attribute is an Undefined that prints
-// nothing and is only an error when used further.
-//
-// Anything outside the subset (include, import, call blocks, unknown filters or tests, ...) is a
-// qlora::UserError naming the construct and the template line, raised when the template is parsed.
+// Jinja values with Python semantics, because that is what chat templates were written against:
+// `{{ x }}` prints str(x) (None, True, 1.0, ['a', 1]), == compares 1 and 1.0 and True equal,
+// strings index and slice by code point, a missing dict key or attribute is an Undefined that
+// prints nothing and is only an error when used further.
 #pragma once
 #include <cstdint>
 #include <functional>
-#include <map>
 #include <memory>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
@@ -126,50 +118,5 @@ class Value {
 
 // Python float repr ("1.0", "0.1", "1e+16", "1e-05", "nan", "inf").
 std::string py_float_repr(double v);
-
-// UTF-8 helpers (strings are UTF-8 bytes; Python semantics are per code point).
-namespace utf8 {
-// Offset of the first byte that is not valid UTF-8 (overlongs, surrogates and > U+10FFFF are
-// invalid), or npos when the whole string is valid.
-size_t find_invalid(std::string_view s);
-std::u32string decode(std::string_view s);  // input must be valid
-std::string encode(std::u32string_view s);
-void append(std::string& out, char32_t cp);
-bool is_space(char32_t cp);                 // Python str.isspace
-size_t length(std::string_view s);          // code points
-}  // namespace utf8
-
-// A parsed template. Parsing errors and unsupported constructs are UserError
-// "<origin> line N: ...". Thread-safe to render concurrently.
-class Template {
- public:
-  // origin names the template in messages, e.g. "chat template" or "tokenizer_config.json".
-  explicit Template(std::string_view source, std::string origin = "chat template");
-  ~Template();
-  Template(const Template&);
-  Template& operator=(const Template&);
-
-  using Context = std::map<std::string, Value>;
-
-  struct Output {
-    std::string text;
-    // Byte ranges [begin, end) of text produced inside {% generation %} blocks, in order.
-    std::vector<std::pair<size_t, size_t>> generation_spans;
-  };
-
-  // Renders with `vars` (messages, add_generation_prompt, bos_token, ...). Runtime errors
-  // (raise_exception, use of an undefined value, a type error) are UserError with the line.
-  Output render(const Context& vars) const;
-  std::string render_text(const Context& vars) const { return render(vars).text; }
-
-  // True if the template contains a {% generation %} block.
-  bool has_generation_blocks() const;
-  const std::string& origin() const;
-
-  struct Program;  // the parsed form (jinja.cpp)
-
- private:
-  std::shared_ptr<const Program> program_;
-};
 
 }  // namespace qlora::jinja
