@@ -1,5 +1,7 @@
 #include "trainer/data/formats.h"
 
+#include <stdexcept>
+
 #include "trainer/common/error.h"
 #include "trainer/data/tokenize.h"
 
@@ -48,7 +50,7 @@ SampleBuilder::SampleBuilder(const config::DatasetSpec& dataset, const config::D
       train_on_inputs_(spec.train_on_inputs),
       tk_(tokenizer),
       chat_(chat) {
-  TORCH_CHECK(type_ != "chat" || chat_, "SampleBuilder: the chat format needs a chat template");
+  if (type_ == "chat" && !chat_) throw std::logic_error("SampleBuilder: the chat format needs a chat template");
   for (const auto& [key, text] : spec.chat_template_kwargs) {
     ojson v = ojson::parse(text, nullptr, /*allow_exceptions=*/false);
     template_vars_[key] = v.is_discarded() ? jinja::Value(text) : jinja::Value::from_json(v);

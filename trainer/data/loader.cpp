@@ -1,5 +1,11 @@
 #include "trainer/data/loader.h"
 
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+
 #include "trainer/common/error.h"
 #include "trainer/data/formats.h"
 

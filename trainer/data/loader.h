@@ -3,6 +3,8 @@
 // that checkpoints save and restore; after a restore the next batches are the ones an
 // uninterrupted run would have produced.
 #pragma once
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <memory>
 #include <nlohmann/json.hpp>
