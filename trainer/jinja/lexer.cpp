@@ -2,6 +2,7 @@
 
 #include <stdexcept>
 
+#include "trainer/common/ascii.h"
 #include "trainer/common/error.h"
 #include "trainer/jinja/strings.h"
 #include "trainer/unicode/char_class.h"
@@ -119,7 +120,7 @@ class Lexer {
     p += space_run(p);
     if (src_.compare(p, 3, "raw") != 0) return std::string::npos;
     p += 3;
-    if (p < src_.size() && (unicode::is_ascii_alnum(src_[p]) || src_[p] == '_'))
+    if (p < src_.size() && (ascii_is_alnum(src_[p]) || src_[p] == '_'))
       return std::string::npos;
     p += space_run(p);
     if (src_.compare(p, 3, "-%}") == 0) return p + 3 + space_run(p + 3);
@@ -220,11 +221,11 @@ class Lexer {
       }
       char c = src_[pos_];
       bool after_dot = !toks_.empty() && toks_.back().type == Tok::Op && toks_.back().text == ".";
-      if (unicode::is_ascii_digit(c)) {
+      if (ascii_is_digit(c)) {
         lex_number(after_dot);
-      } else if (unicode::is_ascii_alpha(c) || c == '_') {
+      } else if (ascii_is_alpha(c) || c == '_') {
         size_t q = pos_;
-        while (q < n && (unicode::is_ascii_alnum(src_[q]) || src_[q] == '_')) ++q;
+        while (q < n && (ascii_is_alnum(src_[q]) || src_[q] == '_')) ++q;
         push(Tok::Name, src_.substr(pos_, q - pos_));
         advance_to(q);
       } else if (c == '\'' || c == '"') {
@@ -256,8 +257,8 @@ class Lexer {
     const size_t n = src_.size();
     auto digits = [&](size_t q) {  // (\d+_)*\d+
       size_t s = q;
-      while (q < n && (unicode::is_ascii_digit(src_[q]) ||
-                       (src_[q] == '_' && q + 1 < n && unicode::is_ascii_digit(src_[q + 1]) && q > s)))
+      while (q < n && (ascii_is_digit(src_[q]) ||
+                       (src_[q] == '_' && q + 1 < n && ascii_is_digit(src_[q + 1]) && q > s)))
         ++q;
       return q;
     };
@@ -265,14 +266,14 @@ class Lexer {
     bool is_float = false;
     if (!after_dot) {
       size_t r = q;
-      if (r + 1 < n && src_[r] == '.' && unicode::is_ascii_digit(src_[r + 1])) {
+      if (r + 1 < n && src_[r] == '.' && ascii_is_digit(src_[r + 1])) {
         r = digits(r + 1);
         is_float = true;
       }
       if (r < n && (src_[r] == 'e' || src_[r] == 'E')) {
         size_t e = r + 1;
         if (e < n && (src_[e] == '+' || src_[e] == '-')) ++e;
-        if (e < n && unicode::is_ascii_digit(src_[e])) {
+        if (e < n && ascii_is_digit(src_[e])) {
           r = digits(e);
           is_float = true;
         }
@@ -320,8 +321,8 @@ class Lexer {
         char32_t v = 0;
         for (int k = 0; k < len; ++k) {
           char h = src_[q + k];
-          if (!unicode::is_ascii_xdigit(h)) fail(line_, "truncated escape in string");
-          v = v * 16 + (unicode::is_ascii_digit(h) ? h - '0' : ((h | 0x20) - 'a' + 10));
+          if (!ascii_is_xdigit(h)) fail(line_, "truncated escape in string");
+          v = v * 16 + (ascii_is_digit(h) ? h - '0' : ((h | 0x20) - 'a' + 10));
         }
         q += len;
         unicode::utf8_append(out, v);
