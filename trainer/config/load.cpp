@@ -13,6 +13,7 @@
 #include <optional>
 #include <set>
 
+#include "trainer/common/ascii.h"
 #include "trainer/common/bytes.h"
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
@@ -51,7 +52,7 @@ std::string fmt_double(double v) {
 // Text helpers.
 
 std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (char& c : s) c = ascii_to_lower(c);
   return s;
 }
 
