@@ -5,6 +5,7 @@
 #include <string>
 
 #include "trainer/common/ascii.h"
+#include "trainer/common/numbers.h"
 
 namespace qlora {
 
@@ -27,7 +28,7 @@ std::optional<uint64_t> parse_byte_size(std::string_view text) {
   else if (unit == "gib") mult = 1024.0 * 1024 * 1024;
   else if (unit == "tib") mult = 1024.0 * 1024 * 1024 * 1024;
   else return std::nullopt;
-  const double v = std::stod(num) * mult;
+  const double v = parse_c_double(num).value() * mult;  // digits and one '.': always a number
   if (!std::isfinite(v) || v > 9e18) return std::nullopt;
   return static_cast<uint64_t>(std::floor(v));
 }
