@@ -10,6 +10,7 @@
 #include <ctime>
 
 #include "trainer/common/error.h"
+#include "trainer/common/numbers.h"
 #include "trainer/jinja/methods.h"
 #include "trainer/jinja/operations.h"
 #include "trainer/jinja/strings.h"
@@ -129,14 +130,12 @@ Value to_number(const std::string& name, const Value& v, CallArgs& a) {
   for (char c : s)
     if (c != '_') clean += c;
   if (clean.empty()) return dflt;
-  char* end = nullptr;
   if (is_int) {
-    errno = 0;
-    long long x = std::strtoll(clean.c_str(), &end, 10);
-    if (*end == '\0' && errno == 0) return Value(static_cast<int64_t>(x));
+    if (std::optional<int64_t> x = parse_c_int(clean)) return Value(*x);
   }
-  double d = std::strtod(clean.c_str(), &end);
-  if (*end != '\0') return dflt;
+  std::optional<double> parsed = parse_c_double(clean);
+  if (!parsed) return dflt;
+  double d = *parsed;
   return is_int ? Value(static_cast<int64_t>(d)) : Value(d);
 }
 

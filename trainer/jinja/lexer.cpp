@@ -1,9 +1,11 @@
 #include "trainer/jinja/lexer.h"
 
+#include <cmath>
 #include <stdexcept>
 
 #include "trainer/common/ascii.h"
 #include "trainer/common/error.h"
+#include "trainer/common/numbers.h"
 #include "trainer/jinja/strings.h"
 #include "trainer/unicode/char_class.h"
 #include "trainer/unicode/utf8.h"
@@ -285,16 +287,20 @@ class Lexer {
     for (char ch : text)
       if (ch != '_') clean += ch;
     if (is_float) {
-      push(Tok::Float, text, Value(std::stod(clean)));
+      // Digits, '.' and an exponent: always a number. Out of range (overflow, or underflow to a
+      // subnormal or zero) is an error, as std::stod's ERANGE was.
+      const double d = parse_c_double(clean).value();
+      const bool nonzero = clean.substr(0, clean.find_first_of("eE")).find_first_of("123456789") != std::string::npos;
+      if (std::isinf(d) || std::fpclassify(d) == FP_SUBNORMAL || (d == 0 && nonzero))
+        fail(line_, "float literal out of range: " + text);
+      push(Tok::Float, text, Value(d));
     } else {
       if (clean.size() > 1 && clean[0] == '0' && (clean[1] == 'x' || clean[1] == 'X' || clean[1] == 'o' ||
                                                     clean[1] == 'O' || clean[1] == 'b' || clean[1] == 'B'))
         fail(line_, "unsupported: non-decimal integer literal");
-      try {
-        push(Tok::Int, text, Value(static_cast<int64_t>(std::stoll(clean))));
-      } catch (const std::out_of_range&) {
-        fail(line_, "integer literal out of range: " + text);
-      }
+      const std::optional<int64_t> v = parse_c_int(clean);
+      if (!v) fail(line_, "integer literal out of range: " + text);
+      push(Tok::Int, text, Value(*v));
     }
     advance_to(q);
   }
