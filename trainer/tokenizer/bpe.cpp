@@ -1,5 +1,6 @@
 // BPE as huggingface/tokenizers runs it (models/bpe/model.rs, word.rs): characters (or byte
 // fallback tokens, or unk) -> merges by rank with a priority queue -> ids.
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <mutex>

@@ -1,6 +1,8 @@
 // Chat templates: resolution (own / built-in / inline), rendering, assistant spans.
 #include "trainer/tokenizer/chat_template.h"
 
+#include <stdexcept>
+
 #include "trainer/common/error.h"
 
 namespace qlora::tok {
@@ -253,7 +255,7 @@ std::optional<ChatTemplate::Span> ChatTemplate::locate_by_sentinel(const jinja::
 }
 
 ChatTemplate::Rendered ChatTemplate::render_for_training(const jinja::Value& messages, const Vars& extra) const {
-  TORCH_CHECK(messages.is_list(), "render_for_training: messages must be a list");
+  if (!messages.is_list()) throw std::logic_error("render_for_training: messages must be a list");
   jinja::Template::Output full = tmpl_.render(vars(messages, false, extra));
   Rendered r;
   r.text = std::move(full.text);
