@@ -3,6 +3,7 @@
 #include "trainer/jinja/builtins.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -211,12 +212,12 @@ void add_globals(std::unordered_map<std::string, Value>& vars) {
   vars["strftime_now"] = Value::function("strftime_now", [](CallArgs& a) {
     Bound b = bind(a, {"format"}, "strftime_now");
     const std::string& fmt = need_string(b[0], "strftime_now format");
-    std::time_t now = std::time(nullptr);
+    const auto now = std::chrono::system_clock::now();
+    const std::time_t secs = std::chrono::system_clock::to_time_t(now);
+    const auto micros = std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count();
     std::tm tm{};
-    localtime_r(&now, &tm);
-    char buf[512];
-    size_t n = std::strftime(buf, sizeof buf, fmt.c_str(), &tm);
-    return Value(std::string(buf, n));
+    localtime_r(&secs, &tm);  // reads TZ, not the locale
+    return Value(format_datetime(fmt, tm, static_cast<int>((micros % 1000000 + 1000000) % 1000000)));
   });
 }
 
