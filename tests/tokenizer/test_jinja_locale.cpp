@@ -77,9 +77,9 @@ TEST(JinjaLocale, OutputDoesNotDependOnSetlocale) {
   const std::string src =
       "{{ 1.5 }} {{ 2.5e3 }} {{ 1_000.25 }} {{ '2.5'|float }} {{ ' 12 '|int }} {{ '1e3'|float }} {{ '-3.7'|int }} "
       "{{ '+4'|int }} {{ '1,5'|float }} {{ 'inf'|float }} {{ 0.1 + 0.2 }} {{ 1e-5 }} {{ 7 / 2 }} "
-      "{{ [1.25, 1e100]|tojson }} {{ 3.5|string }} {{ '%.2f'|format(2.5) if false else 'x' }}";
+      "{{ [1.25, 1e100]|tojson }} {{ 3.5|string }}";
   const std::string want = "1.5 2500.0 1000.25 2.5 12 1000.0 -3 4 0.0 inf 0.30000000000000004 1e-05 3.5 "
-                           "[1.25, 1e+100] 3.5 x";
+                           "[1.25, 1e+100] 3.5";
   const std::string time_src = "{{ strftime_now('%a %A %b %B %p %d') }}";
   const std::string time_fmt = "%a %A %b %B %p %d";
   const jinja::Template parsed_in_c(src, "locale test");
@@ -94,7 +94,9 @@ TEST(JinjaLocale, OutputDoesNotDependOnSetlocale) {
     SCOPED_TRACE(name);
     ++tried;
     const bool comma = *std::localeconv()->decimal_point == ',';
-    if (comma) EXPECT_EQ(std::strtod("1,5", nullptr), 1.5);  // the locale is in effect for the C library
+    if (comma) {
+      EXPECT_EQ(std::strtod("1,5", nullptr), 1.5);  // the locale is in effect for the C library
+    }
     EXPECT_EQ(parsed_in_c.render_text({}), want);
     EXPECT_EQ(jinja::Template(src, "locale test").render_text({}), want);  // lexed in this locale
     EXPECT_EQ(jinja::format_datetime(time_fmt, tm, 0), want_time);
