@@ -1,18 +1,20 @@
 #include "trainer/common/bytes.h"
 
 #include <algorithm>
-#include <cctype>
 #include <cmath>
 #include <string>
+
+#include "trainer/common/ascii.h"
+#include "trainer/common/numbers.h"
 
 namespace qlora {
 
 std::optional<uint64_t> parse_byte_size(std::string_view text) {
   std::string s;
   for (char c : text)
-    if (!std::isspace(static_cast<unsigned char>(c))) s += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (!ascii_is_space(c)) s += ascii_to_lower(c);
   size_t pos = 0;
-  while (pos < s.size() && (std::isdigit(static_cast<unsigned char>(s[pos])) || s[pos] == '.')) ++pos;
+  while (pos < s.size() && (ascii_is_digit(s[pos]) || s[pos] == '.')) ++pos;
   const std::string num = s.substr(0, pos), unit = s.substr(pos);
   if (num.empty() || num == "." || std::count(num.begin(), num.end(), '.') > 1) return std::nullopt;
   double mult;
@@ -26,7 +28,7 @@ std::optional<uint64_t> parse_byte_size(std::string_view text) {
   else if (unit == "gib") mult = 1024.0 * 1024 * 1024;
   else if (unit == "tib") mult = 1024.0 * 1024 * 1024 * 1024;
   else return std::nullopt;
-  const double v = std::stod(num) * mult;
+  const double v = parse_c_double(num).value() * mult;  // digits and one '.': always a number
   if (!std::isfinite(v) || v > 9e18) return std::nullopt;
   return static_cast<uint64_t>(std::floor(v));
 }

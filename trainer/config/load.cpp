@@ -13,9 +13,11 @@
 #include <optional>
 #include <set>
 
+#include "trainer/common/ascii.h"
 #include "trainer/common/bytes.h"
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
+#include "trainer/common/numbers.h"
 
 namespace qlora::config {
 
@@ -41,7 +43,7 @@ std::string fmt_double(double v) {
   char buf[64];
   auto r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::scientific);
   const std::string sci(buf, r.ptr);
-  const int exp = std::stoi(sci.substr(sci.find('e') + 1));
+  const int64_t exp = parse_c_int(std::string_view(sci).substr(sci.find('e') + 1)).value();
   if (exp < -4 || exp >= 16) return sci;
   r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::fixed);
   return std::string(buf, r.ptr);
@@ -51,7 +53,7 @@ std::string fmt_double(double v) {
 // Text helpers.
 
 std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (char& c : s) c = ascii_to_lower(c);
   return s;
 }
 
@@ -71,13 +73,11 @@ bool parse_int_text(const std::string& t, int64_t* out) {
 bool parse_double_text(const std::string& t, double* out) {
   const std::string s = trim(t);
   if (s.empty()) return false;
-  char* end = nullptr;
-  errno = 0;
-  const double v = std::strtod(s.c_str(), &end);
-  if (end != s.c_str() + s.size() || !std::isfinite(v)) return false;
-  // strtod also reads hex and "inf"/"nan"; YAML numbers are decimal
+  const std::optional<double> v = parse_c_double(s);
+  if (!v || !std::isfinite(*v)) return false;
+  // strtod's forms include hex and "inf"/"nan"; YAML numbers are decimal
   if (s.find_first_of("xXnN") != std::string::npos) return false;
-  *out = v;
+  *out = *v;
   return true;
 }
 

@@ -3,6 +3,7 @@
 
 #include <fstream>
 
+#include "trainer/common/ascii.h"
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
 #include "trainer/unicode/utf8.h"
@@ -110,7 +111,7 @@ void read_records(const std::filesystem::path& path, bool skip_invalid, int64_t*
     in.read(head.data(), static_cast<std::streamsize>(head.size()));
     head.resize(static_cast<size_t>(in.gcount()));
     size_t i = head.starts_with("\xEF\xBB\xBF") ? 3 : 0;
-    while (i < head.size() && std::isspace(static_cast<unsigned char>(head[i]))) ++i;
+    while (i < head.size() && ascii_is_space(head[i])) ++i;
     if (i < head.size()) first = head[i];
     in.clear();
     in.seekg(0);
@@ -158,8 +159,7 @@ void read_records(const std::filesystem::path& path, bool skip_invalid, int64_t*
     ++lineno;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (lineno == 1 && line.starts_with("\xEF\xBB\xBF")) line.erase(0, 3);
-    if (std::all_of(line.begin(), line.end(), [](char c) { return std::isspace(static_cast<unsigned char>(c)); }))
-      continue;
+    if (std::all_of(line.begin(), line.end(), ascii_is_space)) continue;
     if (size_t at = unicode::utf8_find_invalid(line); at != std::string::npos) {
       bad(lineno, invalid_utf8(line, at));
       continue;

@@ -13,6 +13,7 @@
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
 #include "trainer/common/memory.h"
+#include "trainer/common/numbers.h"
 #include "trainer/io/dtype.h"
 #include "trainer/io/gguf.h"
 #include "trainer/io/hf_checkpoint.h"
@@ -111,7 +112,8 @@ std::map<std::string, ModuleLora> lora_by_module(const run::AdapterSource& src) 
 // Decoder layer index of a "model.layers.N...." module path (for ordering).
 std::pair<int64_t, std::string> module_order(const std::string& module) {
   int64_t layer = -1;
-  if (module.starts_with("model.layers.")) layer = std::stoll(module.substr(13));
+  size_t used = 0;
+  if (module.starts_with("model.layers.")) layer = parse_c_int(std::string_view(module).substr(13), &used).value();
   const std::string shortname = module.substr(module.rfind('.') + 1);
   const auto& names = model::linear_module_names();
   const auto it = std::find(names.begin(), names.end(), shortname);

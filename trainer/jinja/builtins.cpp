@@ -3,6 +3,7 @@
 #include "trainer/jinja/builtins.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -10,6 +11,7 @@
 #include <ctime>
 
 #include "trainer/common/error.h"
+#include "trainer/common/numbers.h"
 #include "trainer/jinja/methods.h"
 #include "trainer/jinja/operations.h"
 #include "trainer/jinja/strings.h"
@@ -129,14 +131,12 @@ Value to_number(const std::string& name, const Value& v, CallArgs& a) {
   for (char c : s)
     if (c != '_') clean += c;
   if (clean.empty()) return dflt;
-  char* end = nullptr;
   if (is_int) {
-    errno = 0;
-    long long x = std::strtoll(clean.c_str(), &end, 10);
-    if (*end == '\0' && errno == 0) return Value(static_cast<int64_t>(x));
+    if (std::optional<int64_t> x = parse_c_int(clean)) return Value(*x);
   }
-  double d = std::strtod(clean.c_str(), &end);
-  if (*end != '\0') return dflt;
+  std::optional<double> parsed = parse_c_double(clean);
+  if (!parsed) return dflt;
+  double d = *parsed;
   return is_int ? Value(static_cast<int64_t>(d)) : Value(d);
 }
 
@@ -212,12 +212,12 @@ void add_globals(std::unordered_map<std::string, Value>& vars) {
   vars["strftime_now"] = Value::function("strftime_now", [](CallArgs& a) {
     Bound b = bind(a, {"format"}, "strftime_now");
     const std::string& fmt = need_string(b[0], "strftime_now format");
-    std::time_t now = std::time(nullptr);
+    const auto now = std::chrono::system_clock::now();
+    const std::time_t secs = std::chrono::system_clock::to_time_t(now);
+    const auto micros = std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count();
     std::tm tm{};
-    localtime_r(&now, &tm);
-    char buf[512];
-    size_t n = std::strftime(buf, sizeof buf, fmt.c_str(), &tm);
-    return Value(std::string(buf, n));
+    localtime_r(&secs, &tm);  // reads TZ, not the locale
+    return Value(format_datetime(fmt, tm, static_cast<int>((micros % 1000000 + 1000000) % 1000000)));
   });
 }
 

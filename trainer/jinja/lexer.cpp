@@ -1,8 +1,11 @@
 #include "trainer/jinja/lexer.h"
 
+#include <cmath>
 #include <stdexcept>
 
+#include "trainer/common/ascii.h"
 #include "trainer/common/error.h"
+#include "trainer/common/numbers.h"
 #include "trainer/jinja/strings.h"
 #include "trainer/unicode/char_class.h"
 #include "trainer/unicode/utf8.h"
@@ -119,7 +122,7 @@ class Lexer {
     p += space_run(p);
     if (src_.compare(p, 3, "raw") != 0) return std::string::npos;
     p += 3;
-    if (p < src_.size() && (unicode::is_ascii_alnum(src_[p]) || src_[p] == '_'))
+    if (p < src_.size() && (ascii_is_alnum(src_[p]) || src_[p] == '_'))
       return std::string::npos;
     p += space_run(p);
     if (src_.compare(p, 3, "-%}") == 0) return p + 3 + space_run(p + 3);
@@ -220,11 +223,11 @@ class Lexer {
       }
       char c = src_[pos_];
       bool after_dot = !toks_.empty() && toks_.back().type == Tok::Op && toks_.back().text == ".";
-      if (unicode::is_ascii_digit(c)) {
+      if (ascii_is_digit(c)) {
         lex_number(after_dot);
-      } else if (unicode::is_ascii_alpha(c) || c == '_') {
+      } else if (ascii_is_alpha(c) || c == '_') {
         size_t q = pos_;
-        while (q < n && (unicode::is_ascii_alnum(src_[q]) || src_[q] == '_')) ++q;
+        while (q < n && (ascii_is_alnum(src_[q]) || src_[q] == '_')) ++q;
         push(Tok::Name, src_.substr(pos_, q - pos_));
         advance_to(q);
       } else if (c == '\'' || c == '"') {
@@ -256,8 +259,8 @@ class Lexer {
     const size_t n = src_.size();
     auto digits = [&](size_t q) {  // (\d+_)*\d+
       size_t s = q;
-      while (q < n && (unicode::is_ascii_digit(src_[q]) ||
-                       (src_[q] == '_' && q + 1 < n && unicode::is_ascii_digit(src_[q + 1]) && q > s)))
+      while (q < n && (ascii_is_digit(src_[q]) ||
+                       (src_[q] == '_' && q + 1 < n && ascii_is_digit(src_[q + 1]) && q > s)))
         ++q;
       return q;
     };
@@ -265,14 +268,14 @@ class Lexer {
     bool is_float = false;
     if (!after_dot) {
       size_t r = q;
-      if (r + 1 < n && src_[r] == '.' && unicode::is_ascii_digit(src_[r + 1])) {
+      if (r + 1 < n && src_[r] == '.' && ascii_is_digit(src_[r + 1])) {
         r = digits(r + 1);
         is_float = true;
       }
       if (r < n && (src_[r] == 'e' || src_[r] == 'E')) {
         size_t e = r + 1;
         if (e < n && (src_[e] == '+' || src_[e] == '-')) ++e;
-        if (e < n && unicode::is_ascii_digit(src_[e])) {
+        if (e < n && ascii_is_digit(src_[e])) {
           r = digits(e);
           is_float = true;
         }
@@ -284,16 +287,20 @@ class Lexer {
     for (char ch : text)
       if (ch != '_') clean += ch;
     if (is_float) {
-      push(Tok::Float, text, Value(std::stod(clean)));
+      // Digits, '.' and an exponent: always a number. Out of range (overflow, or underflow to a
+      // subnormal or zero) is an error, as std::stod's ERANGE was.
+      const double d = parse_c_double(clean).value();
+      const bool nonzero = clean.substr(0, clean.find_first_of("eE")).find_first_of("123456789") != std::string::npos;
+      if (std::isinf(d) || std::fpclassify(d) == FP_SUBNORMAL || (d == 0 && nonzero))
+        fail(line_, "float literal out of range: " + text);
+      push(Tok::Float, text, Value(d));
     } else {
       if (clean.size() > 1 && clean[0] == '0' && (clean[1] == 'x' || clean[1] == 'X' || clean[1] == 'o' ||
                                                     clean[1] == 'O' || clean[1] == 'b' || clean[1] == 'B'))
         fail(line_, "unsupported: non-decimal integer literal");
-      try {
-        push(Tok::Int, text, Value(static_cast<int64_t>(std::stoll(clean))));
-      } catch (const std::out_of_range&) {
-        fail(line_, "integer literal out of range: " + text);
-      }
+      const std::optional<int64_t> v = parse_c_int(clean);
+      if (!v) fail(line_, "integer literal out of range: " + text);
+      push(Tok::Int, text, Value(*v));
     }
     advance_to(q);
   }
@@ -320,8 +327,8 @@ class Lexer {
         char32_t v = 0;
         for (int k = 0; k < len; ++k) {
           char h = src_[q + k];
-          if (!unicode::is_ascii_xdigit(h)) fail(line_, "truncated escape in string");
-          v = v * 16 + (unicode::is_ascii_digit(h) ? h - '0' : ((h | 0x20) - 'a' + 10));
+          if (!ascii_is_xdigit(h)) fail(line_, "truncated escape in string");
+          v = v * 16 + (ascii_is_digit(h) ? h - '0' : ((h | 0x20) - 'a' + 10));
         }
         q += len;
         unicode::utf8_append(out, v);

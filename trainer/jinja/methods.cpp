@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <unordered_set>
 
+#include "trainer/common/ascii.h"
+#include "trainer/common/numbers.h"
 #include "trainer/jinja/operations.h"
 #include "trainer/jinja/strings.h"
 #include "trainer/unicode/case_map.h"
@@ -233,8 +235,10 @@ Value get_path(const Value& obj, const Value& path) {
   while (true) {
     size_t dot = p.find('.', start);
     std::string part = p.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
-    bool digits = !part.empty() && std::all_of(part.begin(), part.end(), unicode::is_ascii_digit);
-    cur = digits ? get_item(cur, Value(static_cast<int64_t>(std::stoll(part)))) : get_item(cur, Value(part));
+    bool digits = !part.empty() && std::all_of(part.begin(), part.end(), ascii_is_digit);
+    std::optional<int64_t> index = digits ? parse_c_int(part) : std::nullopt;
+    if (digits && !index) throw std::out_of_range("stoll");  // what std::stoll threw (too many digits)
+    cur = digits ? get_item(cur, Value(*index)) : get_item(cur, Value(part));
     if (dot == std::string::npos) break;
     start = dot + 1;
   }

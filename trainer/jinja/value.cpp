@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "trainer/common/error.h"
+#include "trainer/common/numbers.h"
 #include "trainer/unicode/utf8.h"
 
 namespace qlora::jinja {
@@ -169,7 +170,7 @@ std::string py_float_repr(double v) {
   if (neg) sci.erase(0, 1);
   size_t epos = sci.find('e');
   std::string digits = sci.substr(0, epos);
-  int exp = std::stoi(sci.substr(epos + 1));
+  int exp = static_cast<int>(parse_c_int(std::string_view(sci).substr(epos + 1)).value());
   digits.erase(std::remove(digits.begin(), digits.end(), '.'), digits.end());
   int decpt = exp + 1;  // position of the decimal point after the first digit
   std::string out = neg ? "-" : "";

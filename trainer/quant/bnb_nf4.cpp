@@ -10,6 +10,7 @@
 
 #include "kernels/nf4.h"
 #include "trainer/common/error.h"
+#include "trainer/common/numbers.h"
 #include "trainer/io/dtype.h"
 
 namespace qlora::quant {
@@ -36,7 +37,7 @@ std::string python_float_repr(double v) {
   const auto res = std::to_chars(buf, buf + sizeof buf, std::fabs(v), std::chars_format::scientific);
   const std::string s(buf, res.ptr);  // "1.3025283813476562e-01"
   const size_t e = s.find('e');
-  const int exp = std::stoi(s.substr(e + 1));
+  const int exp = static_cast<int>(parse_c_int(std::string_view(s).substr(e + 1)).value());
   std::string digits;
   for (char c : s.substr(0, e))
     if (c != '.') digits += c;

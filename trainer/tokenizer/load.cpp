@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "trainer/common/error.h"
+#include "trainer/common/numbers.h"
 #include "trainer/tokenizer/pipeline.h"
 #include "trainer/unicode/normalize.h"
 
@@ -307,13 +308,12 @@ TokenizerConfig read_config(const stdfs::path& dir) {
     if (auto it = j.find("added_tokens_decoder"); it != j.end() && it->is_object()) {
       cfg.has_added_tokens_decoder = true;
       for (auto& [id_str, tok] : it->items()) {
-        int32_t id = 0;
-        try {
-          id = std::stoi(id_str);
-        } catch (...) {
+        size_t used = 0;  // std::stoi's forms: digits first, then anything
+        const std::optional<int64_t> id = parse_c_int(id_str, &used);
+        if (!id || *id < INT32_MIN || *id > INT32_MAX)
           c.fail("added_tokens_decoder", "key \"" + id_str + "\" is not an integer id");
-        }
-        cfg.added_tokens_decoder.push_back(added_token_of(c, tok, "added_tokens_decoder." + id_str, id));
+        cfg.added_tokens_decoder.push_back(
+            added_token_of(c, tok, "added_tokens_decoder." + id_str, static_cast<int32_t>(*id)));
       }
       std::sort(cfg.added_tokens_decoder.begin(), cfg.added_tokens_decoder.end(),
                 [](const AddedToken& a, const AddedToken& b) { return a.id < b.id; });

@@ -2,15 +2,17 @@
 
 #include <unicode/uchar.h>
 
+#include "trainer/common/ascii.h"
+
 namespace qlora::unicode {
 
 bool is_whitespace(char32_t c) {
-  if (c < 0x80) return c == ' ' || (c >= 0x09 && c <= 0x0D);
+  if (c < 0x80) return ascii_is_space(char(c));
   return u_hasBinaryProperty(UChar32(c), UCHAR_WHITE_SPACE);
 }
 
 bool is_word_char(char32_t c) {
-  if (c < 0x80) return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+  if (c < 0x80) return ascii_is_alnum(char(c)) || c == '_';
   if (u_hasBinaryProperty(UChar32(c), UCHAR_ALPHABETIC) || u_hasBinaryProperty(UChar32(c), UCHAR_JOIN_CONTROL))
     return true;
   switch (u_charType(UChar32(c))) {
@@ -24,7 +26,7 @@ bool is_word_char(char32_t c) {
 }
 
 bool is_numeric(char32_t c) {
-  if (c < 0x80) return c >= '0' && c <= '9';
+  if (c < 0x80) return ascii_is_digit(char(c));
   switch (u_charType(UChar32(c))) {
     case U_DECIMAL_DIGIT_NUMBER:
     case U_LETTER_NUMBER:
@@ -40,37 +42,37 @@ bool py_isspace(char32_t c) {
 }
 
 bool py_isalpha(char32_t c) {
-  if (c < 0x80) return is_ascii_alpha(char(c));
+  if (c < 0x80) return ascii_is_alpha(char(c));
   return u_isalpha(UChar32(c));
 }
 
 static int numeric_type(char32_t c) { return u_getIntPropertyValue(UChar32(c), UCHAR_NUMERIC_TYPE); }
 
 bool py_isdigit(char32_t c) {
-  if (c < 0x80) return is_ascii_digit(char(c));
+  if (c < 0x80) return ascii_is_digit(char(c));
   int t = numeric_type(c);
   return t == U_NT_DECIMAL || t == U_NT_DIGIT;
 }
 
 bool py_isalnum(char32_t c) {
-  if (c < 0x80) return is_ascii_alnum(char(c));
+  if (c < 0x80) return ascii_is_alnum(char(c));
   return u_isalpha(UChar32(c)) || numeric_type(c) != U_NT_NONE;
 }
 
 bool is_lowercase(char32_t c) {
-  if (c < 0x80) return c >= 'a' && c <= 'z';
+  if (c < 0x80) return ascii_is_lower(char(c));
   return u_hasBinaryProperty(UChar32(c), UCHAR_LOWERCASE);
 }
 
 bool is_uppercase(char32_t c) {
-  if (c < 0x80) return c >= 'A' && c <= 'Z';
+  if (c < 0x80) return ascii_is_upper(char(c));
   return u_hasBinaryProperty(UChar32(c), UCHAR_UPPERCASE);
 }
 
 bool is_titlecase(char32_t c) { return c >= 0x80 && u_charType(UChar32(c)) == U_TITLECASE_LETTER; }
 
 bool is_cased(char32_t c) {
-  if (c < 0x80) return is_ascii_alpha(char(c));
+  if (c < 0x80) return ascii_is_alpha(char(c));
   return u_hasBinaryProperty(UChar32(c), UCHAR_CASED);
 }
 

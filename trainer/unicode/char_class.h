@@ -1,17 +1,10 @@
 // Character classes of code points, each with the meaning of the language whose behaviour the
 // caller reproduces (the tokenizers follow Rust, the template engine follows Python). Non-ASCII
 // code points are answered from ICU's Unicode properties, never from the C library's locale.
+// ASCII-only classes of a byte are in trainer/common/ascii.h.
 #pragma once
 
 namespace qlora::unicode {
-
-// ASCII-only classes of a byte (false for every byte >= 0x80).
-inline bool is_ascii_digit(char c) { return c >= '0' && c <= '9'; }
-inline bool is_ascii_alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
-inline bool is_ascii_alnum(char c) { return is_ascii_digit(c) || is_ascii_alpha(c); }
-inline bool is_ascii_xdigit(char c) {
-  return is_ascii_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
 
 // Rust char::is_whitespace: the White_Space property. Also what Rust's regex `\s` matches.
 bool is_whitespace(char32_t c);
