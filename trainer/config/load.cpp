@@ -454,8 +454,8 @@ std::vector<std::string> key_names(const Schema<S>& schema) {
 template <class S>
 void read_map(S& s, const YAML::Node& map, const Schema<S>& schema, const std::string& prefix, Ctx& ctx) {
   for (auto it = map.begin(); it != map.end(); ++it) {
-    const YAML::Node& k = it->first;
-    const YAML::Node& v = it->second;
+    const YAML::Node k = it->first;  // copies: it-> returns a temporary proxy
+    const YAML::Node v = it->second;
     if (!k.IsScalar())
       user_error(ctx.where(prefix, k.Mark()), ": ", prefix.empty() ? "config" : prefix.substr(0, prefix.size() - 1),
                  ": expected key names, got ", shown(k), " as a key");
