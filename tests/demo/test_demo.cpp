@@ -53,7 +53,8 @@ class Demo : public ::testing::Test {
     // Task texts too (instruction words the corpus never has go through byte fallback).
     for (const auto& l : read_lines(demo_dir() / "eval.jsonl")) {
       if (lines_->size() >= 40) break;
-      for (const auto& m : json::parse(l)["messages"]) lines_->push_back(m["content"]);
+      const json record = json::parse(l);  // a temporary in the range expression would die first
+      for (const auto& m : record["messages"]) lines_->push_back(m["content"]);
     }
     ASSERT_TRUE(sp_.Load((model_dir() / "tokenizer.model").string()).ok());
     config_ = demo::LlamaConfig::from_hf_json(json::parse(fs::read_file(model_dir() / "config.json")));

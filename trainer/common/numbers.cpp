@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <charconv>
 #include <climits>
+#include <string>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 
 #include "trainer/common/ascii.h"
 
@@ -72,6 +75,40 @@ std::optional<double> parse_c_double(std::string_view s) {
   if (r.ec == std::errc::result_out_of_range)
     v = underflows(num, hex ? 'p' : 'e', hex ? 4 : 1) ? 0.0 : HUGE_VAL;
   return neg ? -v : v;
+}
+
+std::string python_float_repr(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  if (v == 0.0) return std::signbit(v) ? "-0.0" : "0.0";
+  // Shortest round-trip digits, then Python's layout: fixed for 1e-4 <= |v| < 1e16.
+  char buf[64];
+  auto res = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::scientific);
+  std::string sci(buf, res.ptr);  // "-d.ddde+XX"
+  bool neg = sci[0] == '-';
+  if (neg) sci.erase(0, 1);
+  size_t epos = sci.find('e');
+  std::string digits = sci.substr(0, epos);
+  int exp = static_cast<int>(parse_c_int(std::string_view(sci).substr(epos + 1)).value());
+  digits.erase(std::remove(digits.begin(), digits.end(), '.'), digits.end());
+  int decpt = exp + 1;  // position of the decimal point after the first digit
+  std::string out = neg ? "-" : "";
+  if (decpt > -4 && decpt <= 16) {
+    if (decpt <= 0) {
+      out += "0." + std::string(-decpt, '0') + digits;
+    } else if (decpt >= static_cast<int>(digits.size())) {
+      out += digits + std::string(decpt - digits.size(), '0') + ".0";
+    } else {
+      out += digits.substr(0, decpt) + "." + digits.substr(decpt);
+    }
+  } else {
+    out += digits.substr(0, 1);
+    if (digits.size() > 1) out += "." + digits.substr(1);
+    char e[16];
+    std::snprintf(e, sizeof e, "e%c%02d", exp < 0 ? '-' : '+', std::abs(exp));
+    out += e;
+  }
+  return out;
 }
 
 }  // namespace qlora

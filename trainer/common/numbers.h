@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 
 namespace qlora {
@@ -20,5 +21,10 @@ std::optional<int64_t> parse_c_int(std::string_view s, size_t* used = nullptr);
 // "inf", "infinity", "nan" or "nan(chars)" in any case. Out of range, the value strtod returns:
 // +-inf on overflow, +-0 on underflow. nullopt for anything else.
 std::optional<double> parse_c_double(std::string_view s);
+
+// Python's repr() of a float (also what json.dumps writes for a finite one): the shortest digits
+// that read back to the same double, fixed notation for exponents -4..15 ("0.0001", "16.5", "2.0"),
+// else d.ddde+XX ("1e-05", "1.5e+16"); "nan", "inf", "-inf"; "-0.0".
+std::string python_float_repr(double v);
 
 }  // namespace qlora

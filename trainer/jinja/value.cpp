@@ -158,39 +158,6 @@ std::string Value::type_name() const {
 
 // ---- printing ---------------------------------------------------------------------------------
 
-std::string py_float_repr(double v) {
-  if (std::isnan(v)) return "nan";
-  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
-  if (v == 0.0) return std::signbit(v) ? "-0.0" : "0.0";
-  // Shortest round-trip digits, then Python's layout: fixed for 1e-4 <= |v| < 1e16.
-  char buf[64];
-  auto res = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::scientific);
-  std::string sci(buf, res.ptr);  // "-d.ddde+XX"
-  bool neg = sci[0] == '-';
-  if (neg) sci.erase(0, 1);
-  size_t epos = sci.find('e');
-  std::string digits = sci.substr(0, epos);
-  int exp = static_cast<int>(parse_c_int(std::string_view(sci).substr(epos + 1)).value());
-  digits.erase(std::remove(digits.begin(), digits.end(), '.'), digits.end());
-  int decpt = exp + 1;  // position of the decimal point after the first digit
-  std::string out = neg ? "-" : "";
-  if (decpt > -4 && decpt <= 16) {
-    if (decpt <= 0) {
-      out += "0." + std::string(-decpt, '0') + digits;
-    } else if (decpt >= static_cast<int>(digits.size())) {
-      out += digits + std::string(decpt - digits.size(), '0') + ".0";
-    } else {
-      out += digits.substr(0, decpt) + "." + digits.substr(decpt);
-    }
-  } else {
-    out += digits.substr(0, 1);
-    if (digits.size() > 1) out += "." + digits.substr(1);
-    char e[16];
-    std::snprintf(e, sizeof e, "e%c%02d", exp < 0 ? '-' : '+', std::abs(exp));
-    out += e;
-  }
-  return out;
-}
 
 // Python str.isprintable for the code points a chat string may plausibly hold.
 static bool py_printable(char32_t c) {
@@ -246,7 +213,7 @@ std::string Value::repr() const {
     case Kind::None: return "None";
     case Kind::Bool: return i_ ? "True" : "False";
     case Kind::Int: return std::to_string(i_);
-    case Kind::Float: return py_float_repr(f_);
+    case Kind::Float: return python_float_repr(f_);
     case Kind::String: return py_str_repr(*s_);
     case Kind::List: {
       std::string out = tuple_ ? "(" : "[";
@@ -320,7 +287,7 @@ struct JsonWriter {
         else if (std::isinf(f))
           out += f > 0 ? "Infinity" : "-Infinity";
         else
-          out += py_float_repr(f);
+          out += python_float_repr(f);
         return;
       }
       case Value::Kind::String: json_escape(out, v.str()); return;

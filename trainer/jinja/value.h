@@ -116,7 +116,4 @@ class Value {
   std::shared_ptr<const Function> fn_;
 };
 
-// Python float repr ("1.0", "0.1", "1e+16", "1e-05", "nan", "inf").
-std::string py_float_repr(double v);
-
 }  // namespace qlora::jinja

@@ -26,37 +26,11 @@ bool same_table(const at::Tensor& t, const at::Tensor& table) {
 
 }  // namespace
 
-// Python's repr of a float (what json.dumps writes): the shortest digits that read back to the
-// same double (round-half-even among equals), fixed notation for exponents -4..15, else
-// d.ddde+XX.
 std::string python_float_repr(double v) {
-  if (v == 0) return std::signbit(v) ? "-0.0" : "0.0";
+  // json.dumps spells the non-finite values as JavaScript does.
   if (std::isnan(v)) return "NaN";
   if (std::isinf(v)) return v > 0 ? "Infinity" : "-Infinity";
-  char buf[64];
-  const auto res = std::to_chars(buf, buf + sizeof buf, std::fabs(v), std::chars_format::scientific);
-  const std::string s(buf, res.ptr);  // "1.3025283813476562e-01"
-  const size_t e = s.find('e');
-  const int exp = static_cast<int>(parse_c_int(std::string_view(s).substr(e + 1)).value());
-  std::string digits;
-  for (char c : s.substr(0, e))
-    if (c != '.') digits += c;
-  std::string out;
-  if (exp >= -4 && exp < 16) {
-    if (exp >= 0) {
-      const size_t intlen = static_cast<size_t>(exp) + 1;
-      out = digits.size() <= intlen ? digits + std::string(intlen - digits.size(), '0') + ".0"
-                                    : digits.substr(0, intlen) + "." + digits.substr(intlen);
-    } else {
-      out = "0." + std::string(static_cast<size_t>(-exp - 1), '0') + digits;
-    }
-  } else {
-    out = digits.substr(0, 1) + (digits.size() > 1 ? "." + digits.substr(1) : "");
-    char eb[16];
-    std::snprintf(eb, sizeof eb, "e%c%02d", exp < 0 ? '-' : '+', std::abs(exp));
-    out += eb;
-  }
-  return (v < 0 ? "-" : "") + out;
+  return qlora::python_float_repr(v);
 }
 
 std::string bnb_quant_state_json(const kernels::NF4Tensor& w) {
