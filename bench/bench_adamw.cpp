@@ -1,6 +1,6 @@
 // AdamW step on the CPU: fp32 vs 8-bit state, unpaged vs paged (a quarter of the state resident).
 // Elements per second are reported; results go to bench/results/adamw_cpu.json with the machine.
-//   cmake --build build --target bench_adamw && build/bench/bench_adamw --benchmark_out=... 
+//   cmake --build build --target bench_adamw && build/bench/bench_adamw --benchmark_out=...
 #include <ATen/ATen.h>
 #include <benchmark/benchmark.h>
 
@@ -32,5 +32,11 @@ static void BM_AdamW(benchmark::State& st) {
   st.SetItemsProcessed(st.iterations() * n);
   st.SetLabel(opt.stats().to_string());
 }
-BENCHMARK(BM_AdamW)->Args({0, 0})->Args({1, 0})->Args({0, 1})->Args({1, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_AdamW)
+    ->Args({0, 0})
+    ->Args({1, 0})
+    ->Args({0, 1})
+    ->Args({1, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK_MAIN();

@@ -97,8 +97,9 @@ int main(int argc, char** argv) {
   json doc = {{"benchmark", "dataset preparation (read, chat template, tokenize, mask, pack) vs transformers"},
               {"command", "cmake --build build --target bench_data && build/bench/bench_data"},
               {"machine", {{"cpu", cpu_model()}, {"threads", threads}}},
-              {"note", "ours: build_datasets (records read, rendered, tokenized whole, masked by prefix "
-                       "tokenization, packed); hf: tokenize+mask only, one thread"},
+              {"note",
+               "ours: build_datasets (records read, rendered, tokenized whole, masked by prefix "
+               "tokenization, packed); hf: tokenize+mask only, one thread"},
               {"results", results}};
   std::cout << doc.dump(2) << std::endl;
   stdfs::create_directories(stdfs::path(QLORA_SOURCE_DIR) / "bench/results");

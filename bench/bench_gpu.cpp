@@ -126,8 +126,9 @@ int main(int argc, char** argv) {
   cudaGetDeviceProperties(&prop, 0);
   const at::Tensor map8 = dynamic_map(true).to(dev);
   at::manual_seed(0);
-  std::string json = "{\n  \"device\": \"" + json_escape(prop.name) + "\",\n  \"sm_count\": " +
-                     std::to_string(prop.multiProcessorCount) + ",\n  \"l2_bytes\": " + std::to_string(l2_bytes()) +
+  std::string json = "{\n  \"device\": \"" + json_escape(prop.name) +
+                     "\",\n  \"sm_count\": " + std::to_string(prop.multiProcessorCount) +
+                     ",\n  \"l2_bytes\": " + std::to_string(l2_bytes()) +
                      ",\n  \"cuda_runtime\": " + std::to_string(CUDART_VERSION) + ",\n";
 
   // ---- dequantize vs D2D copy ------------------------------------------------------------------
@@ -177,11 +178,12 @@ int main(int argc, char** argv) {
       std::printf("%6lldx%-7lld %-5s %10.1f %10.0f %10.1f %10.0f %7.2f\n", (long long)rows, (long long)cols, tn, dq.us,
                   dq_bw, cp.us, cp_bw, dq_bw / cp_bw);
       char buf[512];
-      std::snprintf(buf, sizeof buf,
-                    "%s    {\"rows\": %lld, \"cols\": %lld, \"out\": \"%s\", \"dequant_us\": %.2f, \"dequant_GBps\": %.1f, "
-                    "\"copy_us\": %.2f, \"copy_GBps\": %.1f, \"bw_ratio\": %.3f, \"copies\": %d, \"graph\": %s}",
-                    first ? "" : ",\n", (long long)rows, (long long)cols, tn, dq.us, dq_bw, cp.us, cp_bw,
-                    dq_bw / cp_bw, R, dq.graph ? "true" : "false");
+      std::snprintf(
+          buf, sizeof buf,
+          "%s    {\"rows\": %lld, \"cols\": %lld, \"out\": \"%s\", \"dequant_us\": %.2f, \"dequant_GBps\": %.1f, "
+          "\"copy_us\": %.2f, \"copy_GBps\": %.1f, \"bw_ratio\": %.3f, \"copies\": %d, \"graph\": %s}",
+          first ? "" : ",\n", (long long)rows, (long long)cols, tn, dq.us, dq_bw, cp.us, cp_bw, dq_bw / cp_bw, R,
+          dq.graph ? "true" : "false");
       json += buf;
       first = false;
     }

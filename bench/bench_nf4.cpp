@@ -61,8 +61,8 @@ int main(int argc, char** argv) {
   const int threads = at::get_num_threads();
   std::string json = "{\n  \"threads\": " + std::to_string(threads) + ",\n  \"cpu_isa\": \"" + cpu_isa_name() +
                      "\",\n  \"dequantize\": [\n";
-  std::printf("threads %d, isa %s\n\n%-12s %-5s %9s %9s %12s %12s %7s\n", threads, cpu_isa_name(), "dequantize",
-              "out", "ms", "GB/s", "memcpy GB/s", "memcpy(par)", "ratio");
+  std::printf("threads %d, isa %s\n\n%-12s %-5s %9s %9s %12s %12s %7s\n", threads, cpu_isa_name(), "dequantize", "out",
+              "ms", "GB/s", "memcpy GB/s", "memcpy(par)", "ratio");
   bool first = true;
   for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{4096, 4096}, {11008, 4096}}) {
     NF4Tensor w = nf4_quantize(at::randn({rows, cols}) * 0.02, 64, true);

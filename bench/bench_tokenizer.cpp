@@ -86,7 +86,8 @@ int main(int argc, char** argv) {
     hf1 = json::parse(std::ifstream(work / "hf1.json"));
     hfn = json::parse(std::ifstream(work / "hfn.json"));
   } else {
-    if (!stdfs::exists(work / "corpus.json")) std::cerr << sh(env + py + " " + script + " make " + work.string() + " 2>&1 | tail -1");
+    if (!stdfs::exists(work / "corpus.json"))
+      std::cerr << sh(env + py + " " + script + " make " + work.string() + " 2>&1 | tail -1");
     hf1 = json::parse(last_line(sh(env + "RAYON_NUM_THREADS=1 " + py + " " + script + " time " + work.string())));
     hfn = json::parse(last_line(sh(env + py + " " + script + " time " + work.string())));
     std::ofstream(work / "hf1.json") << hf1.dump();
@@ -125,44 +126,54 @@ int main(int argc, char** argv) {
       same_ids[name] = mine == theirs;
       if (!same_ids[name]) std::cerr << name << ": ids DIFFER from HF's\n";
     }
-    benchmark::RegisterBenchmark((std::string(name) + "/ours_1thread").c_str(), [&o, &t, &samples](benchmark::State& st) {
-      for (auto _ : st) {
-        auto t0 = std::chrono::steady_clock::now();
-        double c0 = cpu_seconds();
-        int64_t n = 0;
-        for (const auto& s : samples) n += int64_t(t->encode(s, true).size());
-        o.warm_s = std::min(o.warm_s, seconds_since(t0));
-        o.warm_cpu_s = std::min(o.warm_cpu_s, cpu_seconds() - c0);
-        benchmark::DoNotOptimize(n);
-        st.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
-      }
-    })->Iterations(3)->Unit(benchmark::kMillisecond);
-    benchmark::RegisterBenchmark((std::string(name) + "/ours_batch").c_str(), [&o, &t, &samples](benchmark::State& st) {
-      for (auto _ : st) {
-        auto t0 = std::chrono::steady_clock::now();
-        auto r = t->encode_batch(samples, true);
-        o.batch_s = std::min(o.batch_s, seconds_since(t0));
-        benchmark::DoNotOptimize(r.data());
-      }
-    })->Iterations(3)->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark((std::string(name) + "/ours_1thread").c_str(),
+                                 [&o, &t, &samples](benchmark::State& st) {
+                                   for (auto _ : st) {
+                                     auto t0 = std::chrono::steady_clock::now();
+                                     double c0 = cpu_seconds();
+                                     int64_t n = 0;
+                                     for (const auto& s : samples) n += int64_t(t->encode(s, true).size());
+                                     o.warm_s = std::min(o.warm_s, seconds_since(t0));
+                                     o.warm_cpu_s = std::min(o.warm_cpu_s, cpu_seconds() - c0);
+                                     benchmark::DoNotOptimize(n);
+                                     st.counters["tokens/s"] =
+                                         benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
+                                   }
+                                 })
+        ->Iterations(3)
+        ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark((std::string(name) + "/ours_batch").c_str(),
+                                 [&o, &t, &samples](benchmark::State& st) {
+                                   for (auto _ : st) {
+                                     auto t0 = std::chrono::steady_clock::now();
+                                     auto r = t->encode_batch(samples, true);
+                                     o.batch_s = std::min(o.batch_s, seconds_since(t0));
+                                     benchmark::DoNotOptimize(r.data());
+                                   }
+                                 })
+        ->Iterations(3)
+        ->Unit(benchmark::kMillisecond);
   }
   benchmark::RunSpecifiedBenchmarks();
 
   json res;
-  res["benchmark"] = "tokenization throughput: qlora::tok vs Hugging Face tokenizers (encode_batch of the backend "
-                     "tokenizer transformers' AutoTokenizer runs), add_special_tokens=true";
+  res["benchmark"] =
+      "tokenization throughput: qlora::tok vs Hugging Face tokenizers (encode_batch of the backend "
+      "tokenizer transformers' AutoTokenizer runs), add_special_tokens=true";
   res["command"] = "cmake --build build --target bench_tokenizer && build/bench/bench_tokenizer";
   res["machine"] = {{"cpu", cpu_model()},
                     {"cores", std::thread::hardware_concurrency()},
                     {"omp_threads", omp_get_max_threads()},
-                    {"note", "shared build machine (other builds running): wall-clock numbers are noisy, the "
-                             "*_per_cpu_s ones (process CPU time, single-thread runs) are the steadier comparison"}};
+                    {"note",
+                     "shared build machine (other builds running): wall-clock numbers are noisy, the "
+                     "*_per_cpu_s ones (process CPU time, single-thread runs) are the steadier comparison"}};
   res["versions"] = {{"tokenizers", hf1["tokenizers"]}, {"transformers", hf1["transformers"]}};
   res["corpus"] = {{"samples", samples.size()},
                    {"bytes", bytes},
-                   {"what", "tests/python/tokcorpus.py document(seed=2024): 10-line samples mixing English, "
-                            "accented Latin, Cyrillic, Greek, Arabic, Hebrew, Devanagari, Thai, CJK, kana, Hangul, "
-                            "numbers, code, emoji"}};
+                   {"what",
+                    "tests/python/tokcorpus.py document(seed=2024): 10-line samples mixing English, "
+                    "accented Latin, Cyrillic, Greek, Arabic, Hebrew, Devanagari, Thai, CJK, kana, Hangul, "
+                    "numbers, code, emoji"}};
   for (const char* name : kFixtures) {
     const Ours& o = ours[name];
     double hf1_tps = hf1["fixtures"][name]["tokens_per_s"], hfn_tps = hfn["fixtures"][name]["tokens_per_s"];

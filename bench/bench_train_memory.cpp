@@ -13,8 +13,8 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -42,11 +42,20 @@ void reset_peak() {
 
 void write_model(const stdfs::path& dir) {
   stdfs::create_directories(dir);
-  json c = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"vocab_size", kVocab},
-            {"hidden_size", kHidden}, {"intermediate_size", kInter}, {"num_hidden_layers", kLayers},
-            {"num_attention_heads", kHeads}, {"num_key_value_heads", kKv}, {"rms_norm_eps", 1e-5},
-            {"rope_theta", 10000.0}, {"max_position_embeddings", 4096}, {"tie_word_embeddings", false},
-            {"torch_dtype", "bfloat16"}, {"hidden_act", "silu"}};
+  json c = {{"architectures", {"LlamaForCausalLM"}},
+            {"model_type", "llama"},
+            {"vocab_size", kVocab},
+            {"hidden_size", kHidden},
+            {"intermediate_size", kInter},
+            {"num_hidden_layers", kLayers},
+            {"num_attention_heads", kHeads},
+            {"num_key_value_heads", kKv},
+            {"rms_norm_eps", 1e-5},
+            {"rope_theta", 10000.0},
+            {"max_position_embeddings", 4096},
+            {"tie_word_embeddings", false},
+            {"torch_dtype", "bfloat16"},
+            {"hidden_act", "silu"}};
   fs::write_file_atomic(dir / "config.json", c.dump(2));
   at::Generator g = at::make_generator<at::CPUGeneratorImpl>(1);
   io::SafetensorsWriter w;
@@ -94,10 +103,15 @@ int run_one(const std::string& variant, const stdfs::path& dir) {
   (l.sum / l.count.to(at::kFloat)).backward();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const uint64_t peak = fs::proc_status_bytes("VmHWM:");
-  json r = {{"variant", variant}, {"gradient_checkpointing", ckpt}, {"chunked_cross_entropy", chunked},
+  json r = {{"variant", variant},
+            {"gradient_checkpointing", ckpt},
+            {"chunked_cross_entropy", chunked},
             {"ce_chunk_tokens", chunked ? model::default_ce_chunk_tokens(kVocab) : kBatch * kSeq},
-            {"rss_before_step_bytes", before}, {"peak_rss_bytes", peak}, {"step_peak_extra_bytes", peak - before},
-            {"step_seconds", secs}, {"loss", (l.sum / l.count.to(at::kFloat)).item<double>()}};
+            {"rss_before_step_bytes", before},
+            {"peak_rss_bytes", peak},
+            {"step_peak_extra_bytes", peak - before},
+            {"step_seconds", secs},
+            {"loss", (l.sum / l.count.to(at::kFloat)).item<double>()}};
   std::cout << r.dump() << std::endl;
   return 0;
 }
@@ -142,18 +156,26 @@ int main(int argc, char** argv) {
       model_name = line.substr(line.find(':') + 2);
       break;
     }
-  json res = {{"description", "Peak host RSS of one QLoRA training step on CPU (Model::forward_loss + backward, as the trainer runs it), each "
-                              "variant in its own process; step_peak_extra_bytes = VmHWM during the step - VmRSS "
-                              "before it (model, LoRA and inputs already resident)."},
-              {"machine", {{"cpu", model_name}, {"cores", ::sysconf(_SC_NPROCESSORS_ONLN)},
-                           {"cpu_kernels", kernels::cpu_isa_name()}}},
-              {"model", {{"vocab_size", kVocab}, {"hidden_size", kHidden}, {"intermediate_size", kInter},
-                         {"num_hidden_layers", kLayers}, {"num_attention_heads", kHeads},
-                         {"num_key_value_heads", kKv}, {"base", "NF4 (double quant)"}, {"lora", "r=16, all linear"},
-                         {"compute_dtype", "float32"}}},
-              {"batch", {{"micro_batch_size", kBatch}, {"sequence_len", kSeq}}},
-              {"command", "cmake --build build --target bench_train_memory && build/bench/bench_train_memory"},
-              {"runs", runs}};
+  json res = {
+      {"description",
+       "Peak host RSS of one QLoRA training step on CPU (Model::forward_loss + backward, as the trainer runs it), each "
+       "variant in its own process; step_peak_extra_bytes = VmHWM during the step - VmRSS "
+       "before it (model, LoRA and inputs already resident)."},
+      {"machine",
+       {{"cpu", model_name}, {"cores", ::sysconf(_SC_NPROCESSORS_ONLN)}, {"cpu_kernels", kernels::cpu_isa_name()}}},
+      {"model",
+       {{"vocab_size", kVocab},
+        {"hidden_size", kHidden},
+        {"intermediate_size", kInter},
+        {"num_hidden_layers", kLayers},
+        {"num_attention_heads", kHeads},
+        {"num_key_value_heads", kKv},
+        {"base", "NF4 (double quant)"},
+        {"lora", "r=16, all linear"},
+        {"compute_dtype", "float32"}}},
+      {"batch", {{"micro_batch_size", kBatch}, {"sequence_len", kSeq}}},
+      {"command", "cmake --build build --target bench_train_memory && build/bench/bench_train_memory"},
+      {"runs", runs}};
   fs::write_file_atomic(out, res.dump(2) + "\n");
   std::cout << res.dump(2) << "\n";
   return 0;

@@ -14,14 +14,13 @@ namespace qlora::kernels {
 
 // The per-step constants of AdamW (kernels/adamw_math.h), computed like PyTorch does:
 // Python-float (double) arithmetic, then one rounding to float32. step counts from 1.
-adamw::Hyper adamw_hyper(double lr, double beta1, double beta2, double eps, double weight_decay,
-                         int64_t step);
+adamw::Hyper adamw_hyper(double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step);
 
 // fp32 state. p, m, v: float32 [n], contiguous, updated in place. g: [n] float32, bfloat16 or
 // float16. out: undefined, or [n] float32/bfloat16/float16 that receives the updated p
 // (the model's compute copy), one rounding from float32.
-void adamw_step_fp32(const adamw::Hyper& h, at::Tensor& p, at::Tensor& m, at::Tensor& v,
-                     const at::Tensor& g, const at::Tensor& out);
+void adamw_step_fp32(const adamw::Hyper& h, at::Tensor& p, at::Tensor& m, at::Tensor& v, const at::Tensor& g,
+                     const at::Tensor& out);
 
 // 8-bit blockwise state over n elements, where element 0 starts a block (a block is
 // adamw::kBlock8bit = 256 elements; the last may be partial):

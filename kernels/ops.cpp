@@ -16,7 +16,6 @@
 
 namespace qlora::kernels {
 
-
 int64_t NF4Tensor::numel() const {
   int64_t n = 1;
   for (int64_t s : shape) n *= s;
@@ -205,8 +204,8 @@ at::Tensor quantize_blockwise_8bit(const at::Tensor& x, const at::Tensor& map, i
   return codes;
 }
 
-at::Tensor dequantize_blockwise_8bit(const at::Tensor& codes, const at::Tensor& map,
-                                     const at::Tensor& absmax, int64_t blocksize) {
+at::Tensor dequantize_blockwise_8bit(const at::Tensor& codes, const at::Tensor& map, const at::Tensor& absmax,
+                                     int64_t blocksize) {
   at::Tensor out = cpu::dequantize_blockwise_8bit_cpu(codes.cpu(), map.cpu(), absmax.cpu(), blocksize);
   return codes.is_cpu() ? out : out.to(codes.device());
 }

@@ -10,13 +10,13 @@ namespace qlora::kernels {
 
 // A frozen weight in NF4, byte-compatible with bitsandbytes' Params4bit + QuantState.
 struct NF4Tensor {
-  at::Tensor packed;         // uint8 [(numel+1)/2]: element 2j in the high nibble, 2j+1 low
-  at::Tensor absmax;         // float32 [nblocks]; uint8 [nblocks] with double quantization
-  at::Tensor nested_absmax;  // float32 [ceil(nblocks/256)] with double quantization, else undefined
-  float nested_offset = 0.f; // mean of the float absmax values (double quantization only)
-  int64_t blocksize = 64;    // elements per absmax block (bitsandbytes accepts 32..4096)
-  std::vector<int64_t> shape;           // logical shape, e.g. [out, in] for a linear weight
-  at::ScalarType dtype = at::kBFloat16; // dtype of the weight before quantization (quant_state)
+  at::Tensor packed;                     // uint8 [(numel+1)/2]: element 2j in the high nibble, 2j+1 low
+  at::Tensor absmax;                     // float32 [nblocks]; uint8 [nblocks] with double quantization
+  at::Tensor nested_absmax;              // float32 [ceil(nblocks/256)] with double quantization, else undefined
+  float nested_offset = 0.f;             // mean of the float absmax values (double quantization only)
+  int64_t blocksize = 64;                // elements per absmax block (bitsandbytes accepts 32..4096)
+  std::vector<int64_t> shape;            // logical shape, e.g. [out, in] for a linear weight
+  at::ScalarType dtype = at::kBFloat16;  // dtype of the weight before quantization (quant_state)
 
   bool double_quant() const { return nested_absmax.defined(); }
   int64_t numel() const;
@@ -60,8 +60,8 @@ at::Tensor dynamic_map(bool is_signed = true);
 // returns codes uint8 [n] and writes float32 absmax [ceil(n/blocksize)].
 at::Tensor quantize_blockwise_8bit(const at::Tensor& x, const at::Tensor& map, int64_t blocksize,
                                    at::Tensor& absmax_out);
-at::Tensor dequantize_blockwise_8bit(const at::Tensor& codes, const at::Tensor& map,
-                                     const at::Tensor& absmax, int64_t blocksize);
+at::Tensor dequantize_blockwise_8bit(const at::Tensor& codes, const at::Tensor& map, const at::Tensor& absmax,
+                                     int64_t blocksize);
 
 // LoRA dropout with a counter-based mask (kernels/dropout.h): x * keep / (1 - p), where keep is
 // a function of (seed, element index) only. The same call on a gradient with the same seed is

@@ -49,8 +49,8 @@ template <class G, class O>
 // One 256-element block (len <= 256) of 8-bit state starting at element i0; b is its block index.
 template <class G, class O>
 [[gnu::always_inline]] inline void block8_range(const Hyper& h, float* p, uint8_t* mc, uint8_t* vc, float* am,
-                                                float* av, const G* g, O* out, const float* map_m,
-                                                const float* map_v, int64_t n, int64_t b0, int64_t b1) {
+                                                float* av, const G* g, O* out, const float* map_m, const float* map_v,
+                                                int64_t n, int64_t b0, int64_t b1) {
   float ms[kBlock8bit], vs[kBlock8bit];
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t i0 = b * kBlock8bit, len = std::min<int64_t>(kBlock8bit, n - i0);
@@ -96,8 +96,8 @@ template <class G, class O>
   block8_range(h, p, mc, vc, am, av, g, out, map_m, map_v, n, b0, b1);
 }
 template <class G, class O>
-void block8_range_base(const Hyper& h, float* p, uint8_t* mc, uint8_t* vc, float* am, float* av, const G* g,
-                       O* out, const float* map_m, const float* map_v, int64_t n, int64_t b0, int64_t b1) {
+void block8_range_base(const Hyper& h, float* p, uint8_t* mc, uint8_t* vc, float* am, float* av, const G* g, O* out,
+                       const float* map_m, const float* map_v, int64_t n, int64_t b0, int64_t b1) {
   block8_range(h, p, mc, vc, am, av, g, out, map_m, map_v, n, b0, b1);
 }
 
@@ -160,9 +160,9 @@ void adamw_step_fp32_cpu(const Hyper& h, at::Tensor& p, at::Tensor& m, at::Tenso
   });
 }
 
-void adamw_step_8bit_cpu(const Hyper& h, at::Tensor& p, at::Tensor& m_codes, at::Tensor& v_codes,
-                         at::Tensor& absmax_m, at::Tensor& absmax_v, const at::Tensor& g, const at::Tensor& out,
-                         const at::Tensor& map_m, const at::Tensor& map_v) {
+void adamw_step_8bit_cpu(const Hyper& h, at::Tensor& p, at::Tensor& m_codes, at::Tensor& v_codes, at::Tensor& absmax_m,
+                         at::Tensor& absmax_v, const at::Tensor& g, const at::Tensor& out, const at::Tensor& map_m,
+                         const at::Tensor& map_v) {
   check_common(p, g, out);
   const int64_t n = p.numel();
   const int64_t nb = (n + kBlock8bit - 1) / kBlock8bit;

@@ -4,8 +4,8 @@
 
 namespace qlora::kernels::cpu {
 
-void adamw_step_fp32_cpu(const adamw::Hyper& h, at::Tensor& p, at::Tensor& m, at::Tensor& v,
-                         const at::Tensor& g, const at::Tensor& out);
+void adamw_step_fp32_cpu(const adamw::Hyper& h, at::Tensor& p, at::Tensor& m, at::Tensor& v, const at::Tensor& g,
+                         const at::Tensor& out);
 
 void adamw_step_8bit_cpu(const adamw::Hyper& h, at::Tensor& p, at::Tensor& m_codes, at::Tensor& v_codes,
                          at::Tensor& absmax_m, at::Tensor& absmax_v, const at::Tensor& g, const at::Tensor& out,

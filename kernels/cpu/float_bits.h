@@ -54,13 +54,13 @@ static inline uint16_t f32_to_f16(float f) {
   const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   const uint32_t a = u & 0x7FFFFFFFu;
   if (a > 0x7F800000u) return static_cast<uint16_t>(sign | 0x7E00u | ((a >> 13) & 0x3FFu));  // NaN, quiet
-  if (a >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);  // rounds to >= 65520: inf
+  if (a >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);                        // rounds to >= 65520: inf
   if (a < 0x38800000u) {
     // Result is a half subnormal (or zero): value / 2^-24 rounded to nearest even.
     if (a < 0x33000000u) return sign;  // below half of the smallest subnormal: +-0
     const uint32_t e = a >> 23;        // 102..112
     const uint32_t m = (a & 0x7FFFFFu) | 0x800000u;
-    const uint32_t shift = 126u - e;   // 14..24
+    const uint32_t shift = 126u - e;  // 14..24
     uint32_t r = m >> shift;
     const uint32_t rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
     if (rem > half || (rem == half && (r & 1u))) ++r;

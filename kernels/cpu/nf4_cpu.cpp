@@ -43,7 +43,7 @@ Elem elem_of(at::ScalarType t) {
 // Raw view of an NF4Tensor's buffers, validated once, with the per-block scale.
 struct Nf4View {
   const uint8_t* packed = nullptr;
-  const float* absmax = nullptr;   // plain statistics
+  const float* absmax = nullptr;     // plain statistics
   const uint8_t* qabsmax = nullptr;  // double-quantized statistics
   const float* nested = nullptr;
   const float* map8 = nullptr;
@@ -220,8 +220,8 @@ std::vector<int64_t> out_shape(const at::Tensor& x, int64_t last) {
 
 // Dequantizes W[r0:r1, c0:c1] (row-major W with `cols` columns) to float32 dst with leading
 // dimension ld, on the calling thread.
-void dequant_tile(const Nf4View& v, const Nf4Isa& isa, int64_t cols, int64_t r0, int64_t r1, int64_t c0,
-                  int64_t c1, float* dst, int64_t ld) {
+void dequant_tile(const Nf4View& v, const Nf4Isa& isa, int64_t cols, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                  float* dst, int64_t ld) {
   for (int64_t r = r0; r < r1; ++r)
     v.dequant(isa, r * cols + c0, c1 - c0, reinterpret_cast<char*>(dst + (r - r0) * ld), Elem::F32);
 }

@@ -11,9 +11,9 @@ void nf4_dequantize_into_cpu(const NF4Tensor& w, at::Tensor& out);
 at::Tensor nf4_linear_cpu(const at::Tensor& x, const NF4Tensor& w);
 at::Tensor nf4_linear_grad_input_cpu(const at::Tensor& dy, const NF4Tensor& w);
 at::Tensor quantize_blockwise_8bit_cpu(const at::Tensor& x, const at::Tensor& map, int64_t blocksize,
-                                   at::Tensor& absmax_out);
-at::Tensor dequantize_blockwise_8bit_cpu(const at::Tensor& codes, const at::Tensor& map,
-                                     const at::Tensor& absmax, int64_t blocksize);
+                                       at::Tensor& absmax_out);
+at::Tensor dequantize_blockwise_8bit_cpu(const at::Tensor& codes, const at::Tensor& map, const at::Tensor& absmax,
+                                         int64_t blocksize);
 
 // hashed_dropout on float32 contiguous x into dst (float32, contiguous, x's numel), or dst += it.
 void hashed_dropout_cpu(const at::Tensor& x, double p, uint64_t seed, at::Tensor& dst, bool accumulate);

@@ -241,8 +241,7 @@ void dequant_u16(const uint8_t* packed, int64_t e0, int64_t n, const float* scal
   }
 }
 
-void dequant_avx2(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, void* dst,
-                  Elem t) {
+void dequant_avx2(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, void* dst, Elem t) {
   if (t == Elem::F32) return dequant_f32(packed, e0, n, scales, bs, static_cast<float*>(dst));
   dequant_u16(packed, e0, n, scales, bs, t == Elem::BF16, static_cast<uint16_t*>(dst));
 }
@@ -257,8 +256,8 @@ inline float hsum(__m256 v) {
 }
 
 template <int M>
-void dot_row_t(const uint8_t* packed, int64_t e0, int64_t K, const float* scales, int64_t bs,
-               const float* x, int64_t ldx, float* y) {
+void dot_row_t(const uint8_t* packed, int64_t e0, int64_t K, const float* scales, int64_t bs, const float* x,
+               int64_t ldx, float* y) {
   const __m256 clo = _mm256_loadu_ps(nf4::kCodes), chi = _mm256_loadu_ps(nf4::kCodes + 8);
   __m256 acc[M];
   float tail[M];
@@ -291,8 +290,8 @@ void dot_row_t(const uint8_t* packed, int64_t e0, int64_t K, const float* scales
   for (int m = 0; m < M; ++m) y[m] = hsum(acc[m]) + tail[m];
 }
 
-void dot_row_avx2(const uint8_t* packed, int64_t e0, int64_t K, const float* scales, int64_t bs,
-                  const float* x, int64_t ldx, int M, float* y) {
+void dot_row_avx2(const uint8_t* packed, int64_t e0, int64_t K, const float* scales, int64_t bs, const float* x,
+                  int64_t ldx, int M, float* y) {
   // An odd row start splits bytes between rows: take the scalar definition.
   if (e0 & 1) return nf4_isa_scalar().dot_row(packed, e0, K, scales, bs, x, ldx, M, y);
   switch (M) {
@@ -304,8 +303,8 @@ void dot_row_avx2(const uint8_t* packed, int64_t e0, int64_t K, const float* sca
 }
 
 template <int M>
-void axpy_row_t(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs,
-                const float* coef, int64_t ldcoef, float* acc, int64_t ldacc) {
+void axpy_row_t(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, const float* coef,
+                int64_t ldcoef, float* acc, int64_t ldacc) {
   const __m256 clo = _mm256_loadu_ps(nf4::kCodes), chi = _mm256_loadu_ps(nf4::kCodes + 8);
   __m256 cf[M];
   for (int m = 0; m < M; ++m) cf[m] = _mm256_set1_ps(coef[m * ldcoef]);
@@ -333,8 +332,8 @@ void axpy_row_t(const uint8_t* packed, int64_t e0, int64_t n, const float* scale
   }
 }
 
-void axpy_row_avx2(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs,
-                   const float* coef, int64_t ldcoef, int M, float* acc, int64_t ldacc) {
+void axpy_row_avx2(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, const float* coef,
+                   int64_t ldcoef, int M, float* acc, int64_t ldacc) {
   if (e0 & 1) return nf4_isa_scalar().axpy_row(packed, e0, n, scales, bs, coef, ldcoef, M, acc, ldacc);
   switch (M) {
     case 1: return axpy_row_t<1>(packed, e0, n, scales, bs, coef, ldcoef, acc, ldacc);

@@ -167,8 +167,8 @@ void dequant_u16(const uint8_t* packed, int64_t e0, int64_t n, const float* scal
     const int64_t b = (e0 + k) / bs;
     const int64_t end = min64(n, (b + 1) * bs - e0);
     const __m512 v = _mm512_mul_ps(codes, _mm512_set1_ps(scales[b - b0]));
-    const __m256i h = bf16 ? _mm512_cvtepi32_epi16(bf16_rne16(v))
-                           : _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256i h =
+        bf16 ? _mm512_cvtepi32_epi16(bf16_rne16(v)) : _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     _mm256_store_si256(reinterpret_cast<__m256i*>(tab), h);
     const __m512i t = _mm512_zextsi256_si512(h);
     if ((e0 + k) & 1) {
@@ -185,8 +185,7 @@ void dequant_u16(const uint8_t* packed, int64_t e0, int64_t n, const float* scal
   }
 }
 
-void dequant_avx512(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, void* dst,
-                    Elem t) {
+void dequant_avx512(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, void* dst, Elem t) {
   if (t == Elem::F32) return dequant_f32(packed, e0, n, scales, bs, static_cast<float*>(dst));
   dequant_u16(packed, e0, n, scales, bs, t == Elem::BF16, static_cast<uint16_t*>(dst));
 }
@@ -194,8 +193,8 @@ void dequant_avx512(const uint8_t* packed, int64_t e0, int64_t n, const float* s
 // ---- fused small-M products ---------------------------------------------------------------------
 
 template <int M>
-void dot_row_t(const uint8_t* packed, int64_t e0, int64_t K, const float* scales, int64_t bs,
-               const float* x, int64_t ldx, float* y) {
+void dot_row_t(const uint8_t* packed, int64_t e0, int64_t K, const float* scales, int64_t bs, const float* x,
+               int64_t ldx, float* y) {
   const __m512 codes = _mm512_loadu_ps(nf4::kCodes);
   __m512 acc[M];
   float tail[M];
@@ -228,8 +227,8 @@ void dot_row_t(const uint8_t* packed, int64_t e0, int64_t K, const float* scales
   for (int m = 0; m < M; ++m) y[m] = _mm512_reduce_add_ps(acc[m]) + tail[m];
 }
 
-void dot_row_avx512(const uint8_t* packed, int64_t e0, int64_t K, const float* scales, int64_t bs,
-                    const float* x, int64_t ldx, int M, float* y) {
+void dot_row_avx512(const uint8_t* packed, int64_t e0, int64_t K, const float* scales, int64_t bs, const float* x,
+                    int64_t ldx, int M, float* y) {
   if (e0 & 1) return nf4_isa_scalar().dot_row(packed, e0, K, scales, bs, x, ldx, M, y);
   switch (M) {
     case 1: return dot_row_t<1>(packed, e0, K, scales, bs, x, ldx, y);
@@ -240,8 +239,8 @@ void dot_row_avx512(const uint8_t* packed, int64_t e0, int64_t K, const float* s
 }
 
 template <int M>
-void axpy_row_t(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs,
-                const float* coef, int64_t ldcoef, float* acc, int64_t ldacc) {
+void axpy_row_t(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, const float* coef,
+                int64_t ldcoef, float* acc, int64_t ldacc) {
   const __m512 codes = _mm512_loadu_ps(nf4::kCodes);
   __m512 cf[M];
   for (int m = 0; m < M; ++m) cf[m] = _mm512_set1_ps(coef[m * ldcoef]);
@@ -270,8 +269,8 @@ void axpy_row_t(const uint8_t* packed, int64_t e0, int64_t n, const float* scale
   }
 }
 
-void axpy_row_avx512(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs,
-                     const float* coef, int64_t ldcoef, int M, float* acc, int64_t ldacc) {
+void axpy_row_avx512(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, const float* coef,
+                     int64_t ldcoef, int M, float* acc, int64_t ldacc) {
   if (e0 & 1) return nf4_isa_scalar().axpy_row(packed, e0, n, scales, bs, coef, ldcoef, M, acc, ldacc);
   switch (M) {
     case 1: return axpy_row_t<1>(packed, e0, n, scales, bs, coef, ldcoef, acc, ldacc);
@@ -282,15 +281,15 @@ void axpy_row_avx512(const uint8_t* packed, int64_t e0, int64_t n, const float* 
 }
 
 void dropout_avx512(const float* x, uint64_t i0, int64_t n, uint64_t seed, uint32_t thr, float scale, float* dst,
-                  bool accumulate) {
+                    bool accumulate) {
   dropout::apply(x, i0, n, seed, thr, scale, dst, accumulate);
 }
 
 }  // namespace
 
 const Nf4Isa& nf4_isa_avx512() {
-  static const Nf4Isa isa{"avx512", absmax_avx512, quantize_avx512, dequant_avx512, dot_row_avx512,
-                          axpy_row_avx512, dropout_avx512};
+  static const Nf4Isa isa{"avx512",       absmax_avx512,   quantize_avx512, dequant_avx512,
+                          dot_row_avx512, axpy_row_avx512, dropout_avx512};
   return isa;
 }
 

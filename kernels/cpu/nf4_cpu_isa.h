@@ -29,21 +29,20 @@ struct Nf4Isa {
 
   // Dequantizes elements [e0, e0+n) of the packed stream to dst[0, n) of type t:
   // T(code * scale), one rounding, with scales[j] the scale of block e0/bs + j. e0 may be odd.
-  void (*dequant)(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, void* dst,
-                  Elem t);
+  void (*dequant)(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, void* dst, Elem t);
 
   // Fused small-M product with one weight row: for m < M,
   //   y[m] = sum_{k<K} x[m*ldx + k] * (code[e0+k] * scales[(e0+k)/bs - (e0/bs)])
   // (weights dequantized to float32 exactly as `dequant` does; fp32 accumulation).
   // M <= 4 per call.
-  void (*dot_row)(const uint8_t* packed, int64_t e0, int64_t K, const float* scales, int64_t bs,
-                  const float* x, int64_t ldx, int M, float* y);
+  void (*dot_row)(const uint8_t* packed, int64_t e0, int64_t K, const float* scales, int64_t bs, const float* x,
+                  int64_t ldx, int M, float* y);
 
   // Fused small-M accumulation with one weight row segment: for m < M and k < n,
   //   acc[m*ldacc + k] += coef[m*ldcoef] * (code[e0+k] * scales[(e0+k)/bs - (e0/bs)]).
   // M <= 4 per call.
-  void (*axpy_row)(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs,
-                   const float* coef, int64_t ldcoef, int M, float* acc, int64_t ldacc);
+  void (*axpy_row)(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, const float* coef,
+                   int64_t ldcoef, int M, float* acc, int64_t ldacc);
 
   // LoRA dropout of x[0, n), elements i0.. of one call (kernels/dropout.h: dst = x * keep * scale,
   // or dst += that). Not NF4, but it needs the same per-instruction-set build; bit-identical in

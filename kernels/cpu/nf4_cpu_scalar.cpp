@@ -51,18 +51,13 @@ void dequant_typed(const uint8_t* packed, int64_t e0, int64_t n, const float* sc
   }
 }
 
-void dequant_scalar(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, void* dst,
-                    Elem t) {
+void dequant_scalar(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, void* dst, Elem t) {
   switch (t) {
     case Elem::F32:
       dequant_typed(packed, e0, n, scales, bs, static_cast<float*>(dst), [](float v) { return v; });
       break;
-    case Elem::BF16:
-      dequant_typed(packed, e0, n, scales, bs, static_cast<uint16_t*>(dst), f32_to_bf16);
-      break;
-    case Elem::F16:
-      dequant_typed(packed, e0, n, scales, bs, static_cast<uint16_t*>(dst), f32_to_f16);
-      break;
+    case Elem::BF16: dequant_typed(packed, e0, n, scales, bs, static_cast<uint16_t*>(dst), f32_to_bf16); break;
+    case Elem::F16: dequant_typed(packed, e0, n, scales, bs, static_cast<uint16_t*>(dst), f32_to_f16); break;
   }
 }
 
@@ -71,8 +66,8 @@ inline float weight_at(const uint8_t* packed, int64_t e, float scale) {
   return nf4::kCodes[(e & 1) ? nf4::lo_nibble(b) : nf4::hi_nibble(b)] * scale;
 }
 
-void dot_row_scalar(const uint8_t* packed, int64_t e0, int64_t K, const float* scales, int64_t bs,
-                    const float* x, int64_t ldx, int M, float* y) {
+void dot_row_scalar(const uint8_t* packed, int64_t e0, int64_t K, const float* scales, int64_t bs, const float* x,
+                    int64_t ldx, int M, float* y) {
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
   const int64_t b0 = e0 / bs;
   for (int64_t k = 0; k < K; ++k) {
@@ -83,8 +78,8 @@ void dot_row_scalar(const uint8_t* packed, int64_t e0, int64_t K, const float* s
   for (int m = 0; m < M; ++m) y[m] = acc[m];
 }
 
-void axpy_row_scalar(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs,
-                     const float* coef, int64_t ldcoef, int M, float* acc, int64_t ldacc) {
+void axpy_row_scalar(const uint8_t* packed, int64_t e0, int64_t n, const float* scales, int64_t bs, const float* coef,
+                     int64_t ldcoef, int M, float* acc, int64_t ldacc) {
   const int64_t b0 = e0 / bs;
   for (int64_t k = 0; k < n; ++k) {
     const int64_t e = e0 + k;
@@ -94,15 +89,15 @@ void axpy_row_scalar(const uint8_t* packed, int64_t e0, int64_t n, const float* 
 }
 
 void dropout_scalar(const float* x, uint64_t i0, int64_t n, uint64_t seed, uint32_t thr, float scale, float* dst,
-                  bool accumulate) {
+                    bool accumulate) {
   dropout::apply(x, i0, n, seed, thr, scale, dst, accumulate);
 }
 
 }  // namespace
 
 const Nf4Isa& nf4_isa_scalar() {
-  static const Nf4Isa isa{"scalar", absmax_scalar, quantize_scalar, dequant_scalar, dot_row_scalar,
-                          axpy_row_scalar, dropout_scalar};
+  static const Nf4Isa isa{"scalar",       absmax_scalar,   quantize_scalar, dequant_scalar,
+                          dot_row_scalar, axpy_row_scalar, dropout_scalar};
   return isa;
 }
 

@@ -132,15 +132,15 @@ cudaError_t adamw_fp32(const Hyper& h, float* p, float* m, float* v, const void*
   });
 }
 
-cudaError_t adamw_8bit(const Hyper& h, float* p, uint8_t* m_codes, uint8_t* v_codes, float* absmax_m,
-                       float* absmax_v, const void* g, FloatType g_type, void* out, FloatType out_type,
-                       const float* map_m, const float* map_v, int64_t n, cudaStream_t stream) {
+cudaError_t adamw_8bit(const Hyper& h, float* p, uint8_t* m_codes, uint8_t* v_codes, float* absmax_m, float* absmax_v,
+                       const void* g, FloatType g_type, void* out, FloatType out_type, const float* map_m,
+                       const float* map_v, int64_t n, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   const int64_t nblocks = (n + kBlock8bit - 1) / kBlock8bit;
   const int blocks = static_cast<int>(nblocks < 65535 * 16 ? nblocks : 65535 * 16);
   return with_types(g, g_type, out, out_type, [&](auto* gp, auto* op) {
-    adamw_8bit_kernel<<<blocks, kBlock8bit, 0, stream>>>(h, p, m_codes, v_codes, absmax_m, absmax_v, gp, op,
-                                                          map_m, map_v, n, nblocks);
+    adamw_8bit_kernel<<<blocks, kBlock8bit, 0, stream>>>(h, p, m_codes, v_codes, absmax_m, absmax_v, gp, op, map_m,
+                                                         map_v, n, nblocks);
   });
 }
 

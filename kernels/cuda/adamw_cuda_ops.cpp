@@ -31,7 +31,8 @@ void adamw_step_fp32_cuda(const adamw::Hyper& h, at::Tensor& p, at::Tensor& m, a
               "adamw: p, m, v must be float32");
   TORCH_CHECK(m.numel() == n && v.numel() == n && g.numel() == n && (!out.defined() || out.numel() == n),
               "adamw: p, m, v, g, out must have the same number of elements");
-  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&p, &m, &v, &g, &out}) check_device(p, *t, "every tensor");
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&p, &m, &v, &g, &out})
+    check_device(p, *t, "every tensor");
   cudaError_t err = cuda::adamw_fp32(h, p.data_ptr<float>(), m.data_ptr<float>(), v.data_ptr<float>(), g.data_ptr(),
                                      float_type(g, "grad"), out.defined() ? out.data_ptr() : nullptr,
                                      float_type(out, "out"), n, at::cuda::getCurrentCUDAStream());
@@ -47,21 +48,21 @@ void adamw_step_8bit_cuda(const adamw::Hyper& h, at::Tensor& p, at::Tensor& m_co
   TORCH_CHECK(m_codes.scalar_type() == at::kByte && v_codes.scalar_type() == at::kByte && m_codes.numel() == n &&
                   v_codes.numel() == n,
               "adamw_8bit: codes must be uint8 [", n, "]");
-  TORCH_CHECK(absmax_m.scalar_type() == at::kFloat && absmax_v.scalar_type() == at::kFloat &&
-                  absmax_m.numel() == nb && absmax_v.numel() == nb,
+  TORCH_CHECK(absmax_m.scalar_type() == at::kFloat && absmax_v.scalar_type() == at::kFloat && absmax_m.numel() == nb &&
+                  absmax_v.numel() == nb,
               "adamw_8bit: absmax must be float32 [", nb, "]");
   TORCH_CHECK(map_m.numel() == 256 && map_v.numel() == 256 && map_m.scalar_type() == at::kFloat &&
                   map_v.scalar_type() == at::kFloat,
               "adamw_8bit: maps must be float32 [256]");
   TORCH_CHECK(g.numel() == n && (!out.defined() || out.numel() == n), "adamw_8bit: g and out must have ", n,
               " elements");
-  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&p, &m_codes, &v_codes, &absmax_m, &absmax_v, &g, &out, &map_m, &map_v})
+  for (const at::Tensor* t :
+       std::initializer_list<const at::Tensor*>{&p, &m_codes, &v_codes, &absmax_m, &absmax_v, &g, &out, &map_m, &map_v})
     check_device(p, *t, "every tensor");
-  cudaError_t err = cuda::adamw_8bit(h, p.data_ptr<float>(), m_codes.data_ptr<uint8_t>(), v_codes.data_ptr<uint8_t>(),
-                                     absmax_m.data_ptr<float>(), absmax_v.data_ptr<float>(), g.data_ptr(),
-                                     float_type(g, "grad"), out.defined() ? out.data_ptr() : nullptr,
-                                     float_type(out, "out"), map_m.data_ptr<float>(), map_v.data_ptr<float>(), n,
-                                     at::cuda::getCurrentCUDAStream());
+  cudaError_t err = cuda::adamw_8bit(
+      h, p.data_ptr<float>(), m_codes.data_ptr<uint8_t>(), v_codes.data_ptr<uint8_t>(), absmax_m.data_ptr<float>(),
+      absmax_v.data_ptr<float>(), g.data_ptr(), float_type(g, "grad"), out.defined() ? out.data_ptr() : nullptr,
+      float_type(out, "out"), map_m.data_ptr<float>(), map_v.data_ptr<float>(), n, at::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "adamw_8bit (CUDA): ", cudaGetErrorString(err));
 }
 

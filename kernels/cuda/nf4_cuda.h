@@ -30,9 +30,9 @@ struct Nf4Stats {
 //   absmax:  float [nblocks]                   (plain statistics)
 //   qabsmax: uint8 [nblocks], nested: float [ceil(nblocks/256)], map8: float [256], offset
 // blocksize: power of two in [32, 4096].
-cudaError_t nf4_dequantize(const uint8_t* packed, const float* absmax, const uint8_t* qabsmax,
-                           const float* nested, const float* map8, float offset, int64_t n,
-                           int blocksize, void* out, OutType type, cudaStream_t stream);
+cudaError_t nf4_dequantize(const uint8_t* packed, const float* absmax, const uint8_t* qabsmax, const float* nested,
+                           const float* map8, float offset, int64_t n, int blocksize, void* out, OutType type,
+                           cudaStream_t stream);
 
 // Largest M the fused small-M kernels take.
 inline constexpr int kGemvMaxRows = 16;
@@ -41,8 +41,8 @@ inline constexpr int kGemvMaxRows = 16;
 bool nf4_gemv_supported(int64_t M, int64_t K, const void* packed, const void* x);
 // y [M, N] = x [M, K] @ W^T with W [N, K] in NF4 (row-major, flattened blocks); x and y of `type`;
 // fp32 accumulation. Each warp decodes one weight row from 16-byte loads.
-cudaError_t nf4_gemv(const uint8_t* packed, const Nf4Stats& stats, int blocksize, int64_t N, int64_t K,
-                     const void* x, int M, void* y, OutType type, cudaStream_t stream);
+cudaError_t nf4_gemv(const uint8_t* packed, const Nf4Stats& stats, int blocksize, int64_t N, int64_t K, const void* x,
+                     int M, void* y, OutType type, cudaStream_t stream);
 
 // Whether nf4_gemv_t takes this problem: 1 <= M <= 16, K % 8 == 0, packed 4-byte aligned.
 bool nf4_gemv_t_supported(int64_t M, int64_t K, const void* packed);

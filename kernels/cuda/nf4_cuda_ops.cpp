@@ -45,8 +45,8 @@ cuda::Nf4Stats stats_of(const NF4Tensor& w, const char* op) {
   TORCH_CHECK(w.packed.is_cuda() && w.packed.scalar_type() == at::kByte && w.packed.is_contiguous() &&
                   w.packed.numel() == (w.numel() + 1) / 2,
               op, ": packed must be contiguous uint8 on the GPU with (numel+1)/2 bytes");
-  TORCH_CHECK(w.absmax.device() == w.packed.device() && w.absmax.is_contiguous() && w.absmax.numel() == w.nblocks(),
-              op, ": absmax must be contiguous with one entry per block, on the weight's device");
+  TORCH_CHECK(w.absmax.device() == w.packed.device() && w.absmax.is_contiguous() && w.absmax.numel() == w.nblocks(), op,
+              ": absmax must be contiguous with one entry per block, on the weight's device");
   TORCH_CHECK(w.blocksize >= 32 && w.blocksize <= 4096 && (w.blocksize & (w.blocksize - 1)) == 0, op,
               ": blocksize must be a power of two in [32, 4096]");
   cuda::Nf4Stats st;
@@ -106,9 +106,9 @@ at::Tensor nf4_linear_cuda(const at::Tensor& x, const NF4Tensor& w) {
   if (cuda::nf4_gemv_supported(M, K, w.packed.data_ptr(), x2.data_ptr())) {
     const cuda::Nf4Stats st = stats_of(w, "nf4_linear");
     at::Tensor y = at::empty({M, N}, x.options());
-    cudaError_t err = cuda::nf4_gemv(w.packed.data_ptr<uint8_t>(), st, static_cast<int>(w.blocksize), N, K,
-                                     x2.data_ptr(), static_cast<int>(M), y.data_ptr(), t,
-                                     at::cuda::getCurrentCUDAStream());
+    cudaError_t err =
+        cuda::nf4_gemv(w.packed.data_ptr<uint8_t>(), st, static_cast<int>(w.blocksize), N, K, x2.data_ptr(),
+                       static_cast<int>(M), y.data_ptr(), t, at::cuda::getCurrentCUDAStream());
     TORCH_CHECK(err == cudaSuccess, "nf4_linear (CUDA gemv): ", cudaGetErrorString(err));
     return y.view(out_shape(x, N));
   }

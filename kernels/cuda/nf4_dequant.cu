@@ -44,7 +44,7 @@ __device__ __forceinline__ void store32(T* out, const float* v) {
 
 template <class T>
 __global__ void __launch_bounds__(256) nf4_dequant_vec_kernel(const uint8_t* __restrict__ packed, Nf4Stats st,
-                                                               int64_t nchunks, int log2bs, T* __restrict__ out) {
+                                                              int64_t nchunks, int log2bs, T* __restrict__ out) {
   __shared__ float s_codes[16];
   load_codes(s_codes);
   __syncthreads();
@@ -92,17 +92,18 @@ cudaError_t launch(const uint8_t* packed, const Nf4Stats& st, int64_t n, int blo
     const int threads = 256;
     const int64_t bytes = (n - e0 + 1) / 2;
     const int64_t blocks = (bytes + threads - 1) / threads;
-    nf4_dequant_byte_kernel<T><<<static_cast<unsigned>(blocks < 65535 * 32 ? blocks : 65535 * 32), threads, 0, stream>>>(
-        packed, st, e0, n, log2bs, out);
+    nf4_dequant_byte_kernel<T>
+        <<<static_cast<unsigned>(blocks < 65535 * 32 ? blocks : 65535 * 32), threads, 0, stream>>>(packed, st, e0, n,
+                                                                                                   log2bs, out);
   }
   return cudaGetLastError();
 }
 
 }  // namespace
 
-cudaError_t nf4_dequantize(const uint8_t* packed, const float* absmax, const uint8_t* qabsmax,
-                           const float* nested, const float* map8, float offset, int64_t n,
-                           int blocksize, void* out, OutType type, cudaStream_t stream) {
+cudaError_t nf4_dequantize(const uint8_t* packed, const float* absmax, const uint8_t* qabsmax, const float* nested,
+                           const float* map8, float offset, int64_t n, int blocksize, void* out, OutType type,
+                           cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   if (blocksize < 32 || (blocksize & (blocksize - 1)) != 0) return cudaErrorInvalidValue;
   Nf4Stats st;

@@ -173,17 +173,17 @@ __global__ void nf4_reduce_splits_kernel(const float* __restrict__ ws, int split
 }
 
 template <class T, int MT>
-cudaError_t gemv_launch(const uint8_t* packed, const Nf4Stats& st, int log2bs, int64_t N, int64_t K, const T* x,
-                        int M, T* y, cudaStream_t stream) {
+cudaError_t gemv_launch(const uint8_t* packed, const Nf4Stats& st, int log2bs, int64_t N, int64_t K, const T* x, int M,
+                        T* y, cudaStream_t stream) {
   const int64_t blocks = (N + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  nf4_gemv_kernel<T, MT><<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(packed, st, log2bs, N, K, x,
-                                                                                          M, y);
+  nf4_gemv_kernel<T, MT>
+      <<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(packed, st, log2bs, N, K, x, M, y);
   return cudaGetLastError();
 }
 
 template <class T>
-cudaError_t gemv_dispatch(const uint8_t* packed, const Nf4Stats& st, int blocksize, int64_t N, int64_t K,
-                          const void* x, int M, void* y, cudaStream_t stream) {
+cudaError_t gemv_dispatch(const uint8_t* packed, const Nf4Stats& st, int blocksize, int64_t N, int64_t K, const void* x,
+                          int M, void* y, cudaStream_t stream) {
   const int l = log2_int(blocksize);
   const T* xp = static_cast<const T*>(x);
   T* yp = static_cast<T*>(y);
@@ -205,8 +205,8 @@ cudaError_t gemv_t_launch(const uint8_t* packed, const Nf4Stats& st, int log2bs,
   if (err != cudaSuccess) return err;
   const int64_t total = static_cast<int64_t>(M) * K;
   const int64_t blocks = (total + 255) / 256;
-  nf4_reduce_splits_kernel<T><<<static_cast<unsigned>(blocks < 65535 * 32 ? blocks : 65535 * 32), 256, 0, stream>>>(
-      ws, splits, total, dx);
+  nf4_reduce_splits_kernel<T>
+      <<<static_cast<unsigned>(blocks < 65535 * 32 ? blocks : 65535 * 32), 256, 0, stream>>>(ws, splits, total, dx);
   return cudaGetLastError();
 }
 
@@ -226,7 +226,8 @@ cudaError_t gemv_t_dispatch(const uint8_t* packed, const Nf4Stats& st, int block
 int sm_count() {
   static int count = [] {
     int dev = 0, c = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
       return 108;
     return c;
   }();
@@ -240,8 +241,8 @@ bool nf4_gemv_supported(int64_t M, int64_t K, const void* packed, const void* x)
          reinterpret_cast<uintptr_t>(x) % 16 == 0;
 }
 
-cudaError_t nf4_gemv(const uint8_t* packed, const Nf4Stats& stats, int blocksize, int64_t N, int64_t K,
-                     const void* x, int M, void* y, OutType type, cudaStream_t stream) {
+cudaError_t nf4_gemv(const uint8_t* packed, const Nf4Stats& stats, int blocksize, int64_t N, int64_t K, const void* x,
+                     int M, void* y, OutType type, cudaStream_t stream) {
   if (N <= 0 || M <= 0) return cudaSuccess;
   if (!nf4_gemv_supported(M, K, packed, x) || blocksize < 32) return cudaErrorInvalidValue;
   switch (type) {
@@ -274,10 +275,12 @@ cudaError_t nf4_gemv_t(const uint8_t* packed, const Nf4Stats& stats, int blocksi
   if (!nf4_gemv_t_supported(M, K, packed) || blocksize < 32 || splits < 1) return cudaErrorInvalidValue;
   if (N <= 0) return cudaErrorInvalidValue;  // the caller zero-fills instead
   switch (type) {
-    case OutType::F32: return gemv_t_dispatch<float>(packed, stats, blocksize, N, K, dy, M, dx, workspace, splits, stream);
+    case OutType::F32:
+      return gemv_t_dispatch<float>(packed, stats, blocksize, N, K, dy, M, dx, workspace, splits, stream);
     case OutType::BF16:
       return gemv_t_dispatch<__nv_bfloat16>(packed, stats, blocksize, N, K, dy, M, dx, workspace, splits, stream);
-    case OutType::F16: return gemv_t_dispatch<__half>(packed, stats, blocksize, N, K, dy, M, dx, workspace, splits, stream);
+    case OutType::F16:
+      return gemv_t_dispatch<__half>(packed, stats, blocksize, N, K, dy, M, dx, workspace, splits, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -20,8 +20,7 @@ ProcResult run(const std::string& cmd);
 // Runs tests/python/<script> with the venv's Python (transformers, peft, bitsandbytes, ...).
 // Arguments are shell-quoted. Fails the current test (ADD_FAILURE) if the script exits non-zero
 // and `expect_ok` is set.
-ProcResult run_python(const std::string& script, const std::vector<std::string>& args = {},
-                      bool expect_ok = true);
+ProcResult run_python(const std::string& script, const std::vector<std::string>& args = {}, bool expect_ok = true);
 
 // Shell-quotes one argument.
 std::string quote(const std::string& s);

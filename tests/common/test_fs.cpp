@@ -31,9 +31,7 @@ TEST(Fs, ReadMissingFileIsUserErrorNamingPath) {
   try {
     fs::read_file(d / "missing.json");
     FAIL() << "expected UserError";
-  } catch (const UserError& e) {
-    EXPECT_NE(std::string(e.what()).find("missing.json"), std::string::npos) << e.what();
-  }
+  } catch (const UserError& e) { EXPECT_NE(std::string(e.what()).find("missing.json"), std::string::npos) << e.what(); }
 }
 
 TEST(Fs, StagedDirPublishesOnlyOnCommit) {

@@ -31,9 +31,7 @@ TrainConfig parse(const std::string& yaml, const std::vector<std::string>& overr
 std::string error_of(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
   try {
     parse(yaml, overrides);
-  } catch (const UserError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
+  } catch (const UserError& e) { return e.what(); } catch (const std::exception& e) {
     return std::string("not a UserError: ") + e.what();
   }
   return "(no error)";
@@ -207,14 +205,16 @@ TEST(Config, TypeAndRangeErrors) {
   EXPECT_EQ(error_of(m + "lora_r: 0\n"), "configs/x.yaml:7: lora_r: expected a positive integer, got 0");
   EXPECT_EQ(error_of(m + "lora_r: 1.5\n"), "configs/x.yaml:7: lora_r: expected a positive integer, got 1.5");
   EXPECT_EQ(error_of(m + "save_steps: -1\n"), "configs/x.yaml:7: save_steps: expected a non-negative integer, got -1");
-  EXPECT_EQ(error_of(m + "learning_rate: [1]\n"), "configs/x.yaml:7: learning_rate: expected a positive number, got a list");
+  EXPECT_EQ(error_of(m + "learning_rate: [1]\n"),
+            "configs/x.yaml:7: learning_rate: expected a positive number, got a list");
   EXPECT_EQ(error_of(m + "learning_rate: 0\n"), "configs/x.yaml:7: learning_rate: expected a positive number, got 0");
   EXPECT_EQ(error_of(m + "learning_rate: fast\n"),
             "configs/x.yaml:7: learning_rate: expected a positive number, got \"fast\"");
   EXPECT_EQ(error_of(m + "lora_dropout: 1\n"), "configs/x.yaml:7: lora_dropout: expected a number in [0, 1), got 1");
   EXPECT_EQ(error_of(m + "warmup_ratio: -0.1\n"),
             "configs/x.yaml:7: warmup_ratio: expected a fraction in [0, 1), got -0.1");
-  EXPECT_EQ(error_of(m + "adam_beta2: .nan\n"), "configs/x.yaml:7: adam_beta2: expected a number in [0, 1), got \".nan\"");
+  EXPECT_EQ(error_of(m + "adam_beta2: .nan\n"),
+            "configs/x.yaml:7: adam_beta2: expected a number in [0, 1), got \".nan\"");
   EXPECT_EQ(error_of(m + "sample_packing: maybe\n"),
             "configs/x.yaml:7: sample_packing: expected true or false, got \"maybe\"");
   EXPECT_EQ(error_of(m + "sample_packing: {a: 1}\n"),
@@ -223,19 +223,22 @@ TEST(Config, TypeAndRangeErrors) {
       << "a repeated key is reported before its value";
   EXPECT_EQ(error_of(m + "quantization:\n  blocksize: 100\n"),
             "configs/x.yaml:8: quantization.blocksize: expected a power of two in 32..4096, got 100");
-  EXPECT_EQ(error_of(m + "quantization: 4\n"),
-            "configs/x.yaml:7: quantization: expected a mapping (quant_type, double_quant, blocksize, compute_dtype), got 4");
+  EXPECT_EQ(
+      error_of(m + "quantization: 4\n"),
+      "configs/x.yaml:7: quantization: expected a mapping (quant_type, double_quant, blocksize, compute_dtype), got 4");
   EXPECT_EQ(error_of(m + "quantization:\n  quant_type: fp4\n"),
             "configs/x.yaml:8: quantization.quant_type: expected one of nf4, got \"fp4\" (did you mean \"nf4\"?)");
   EXPECT_EQ(error_of(m + "lr_scheduler: cosin\n"),
             "configs/x.yaml:7: lr_scheduler: expected one of cosine, linear, constant, got \"cosin\" (did you mean "
             "\"cosine\"?)");
-  EXPECT_EQ(error_of(m + "optimizer: sgd\n"),
-            "configs/x.yaml:7: optimizer: expected one of adamw, adamw_8bit, paged_adamw, paged_adamw_8bit, got \"sgd\"");
+  EXPECT_EQ(
+      error_of(m + "optimizer: sgd\n"),
+      "configs/x.yaml:7: optimizer: expected one of adamw, adamw_8bit, paged_adamw, paged_adamw_8bit, got \"sgd\"");
   EXPECT_EQ(error_of(m + "device: tpu\n"), "configs/x.yaml:7: device: expected auto, cpu, cuda or cuda:N, got \"tpu\"");
   EXPECT_EQ(error_of(m + "optimizer_device_budget: lots\n"),
             "configs/x.yaml:7: optimizer_device_budget: expected auto or a size like 512MB or 2GiB, got \"lots\"");
-  EXPECT_EQ(error_of(m + "lora_target_linear: 1\n"), "configs/x.yaml:7: lora_target_linear: expected true or false, got 1");
+  EXPECT_EQ(error_of(m + "lora_target_linear: 1\n"),
+            "configs/x.yaml:7: lora_target_linear: expected true or false, got 1");
   EXPECT_EQ(error_of("base_model: m\nlora_target_modules: [a, [b]]\n"),
             "configs/x.yaml:2: lora_target_modules.1: expected a name, got a list");
 }
@@ -262,9 +265,11 @@ TEST(Config, UnknownKeysSuggest) {
   EXPECT_EQ(error_of(m + "lora_rank: 8\n"), "configs/x.yaml:7: unknown key \"lora_rank\" (did you mean \"lora_r\"?)");
   EXPECT_EQ(error_of(m + "learning_rte: 1e-4\n"),
             "configs/x.yaml:7: unknown key \"learning_rte\" (did you mean \"learning_rate\"?)");
-  EXPECT_EQ(error_of(m + "gradient_acumulation_steps: 2\n"),
-            "configs/x.yaml:7: unknown key \"gradient_acumulation_steps\" (did you mean \"gradient_accumulation_steps\"?)");
-  EXPECT_EQ(error_of(m + "num_epoch: 2\n"), "configs/x.yaml:7: unknown key \"num_epoch\" (did you mean \"num_epochs\"?)");
+  EXPECT_EQ(
+      error_of(m + "gradient_acumulation_steps: 2\n"),
+      "configs/x.yaml:7: unknown key \"gradient_acumulation_steps\" (did you mean \"gradient_accumulation_steps\"?)");
+  EXPECT_EQ(error_of(m + "num_epoch: 2\n"),
+            "configs/x.yaml:7: unknown key \"num_epoch\" (did you mean \"num_epochs\"?)");
   EXPECT_EQ(error_of(m + "quantization:\n  block_size: 64\n"),
             "configs/x.yaml:8: unknown key \"quantization.block_size\" (did you mean \"quantization.blocksize\"?)");
   EXPECT_EQ(error_of(m + "zzzzqqqq: 1\n"), "configs/x.yaml:7: unknown key \"zzzzqqqq\"");
@@ -281,7 +286,8 @@ TEST(Config, RepeatedAndAliasedKeys) {
 
 TEST(Config, CrossKeyChecks) {
   const std::string m = kMinimal;
-  EXPECT_EQ(error_of(m + "num_epochs: 2\n"), "configs/x.yaml:6: max_steps: set either num_epochs or max_steps, not both");
+  EXPECT_EQ(error_of(m + "num_epochs: 2\n"),
+            "configs/x.yaml:6: max_steps: set either num_epochs or max_steps, not both");
   EXPECT_EQ(error_of("base_model: m\nlora_target_modules: [q]\ndatasets:\n  - path: a\n"),
             "configs/x.yaml: num_epochs: required: set num_epochs or max_steps");
   EXPECT_EQ(error_of(m + "warmup_steps: 10\nwarmup_ratio: 0.1\n"),
@@ -308,7 +314,8 @@ TEST(Config, YamlStructureErrors) {
   EXPECT_EQ(error_of("base_model: [a, b\nlora_r: 3\n"),
             "configs/x.yaml:2: invalid YAML: end of sequence flow not found");
   EXPECT_EQ(error_of("- a\n- b\n"), "configs/x.yaml: expected a mapping of config keys (key: value lines), got a list");
-  EXPECT_EQ(error_of(""), "configs/x.yaml: base_model: required: the base model's directory (a Hugging Face checkpoint)");
+  EXPECT_EQ(error_of(""),
+            "configs/x.yaml: base_model: required: the base model's directory (a Hugging Face checkpoint)");
   EXPECT_EQ(error_of("[a]: 1\n"), "configs/x.yaml:1: config: expected key names, got a list as a key");
 }
 
@@ -348,9 +355,11 @@ TEST(Config, SetOverrideErrors) {
   EXPECT_EQ(error_of(kMinimal, {"lora_r=abc"}), "--set lora_r=abc: lora_r: expected a positive integer, got \"abc\"");
   EXPECT_EQ(error_of(kMinimal, {"quantization.blocksize=100"}),
             "--set quantization.blocksize=100: quantization.blocksize: expected a power of two in 32..4096, got 100");
-  EXPECT_EQ(error_of(kMinimal, {"lora_rank=8"}), "--set lora_rank=8: unknown key \"lora_rank\" (did you mean \"lora_r\"?)");
+  EXPECT_EQ(error_of(kMinimal, {"lora_rank=8"}),
+            "--set lora_rank=8: unknown key \"lora_rank\" (did you mean \"lora_r\"?)");
   EXPECT_EQ(error_of(kMinimal, {"quantization.blocksiz=8"}),
-            "--set quantization.blocksiz=8: unknown key \"quantization.blocksiz\" (did you mean \"quantization.blocksize\"?)");
+            "--set quantization.blocksiz=8: unknown key \"quantization.blocksiz\" (did you mean "
+            "\"quantization.blocksize\"?)");
   EXPECT_EQ(error_of(kMinimal, {"datasets.0.pth=x"}),
             "--set datasets.0.pth=x: unknown key \"datasets.0.pth\" (did you mean \"datasets.0.path\"?)");
   EXPECT_EQ(error_of(kMinimal, {"datasets.5.path=x"}),
@@ -383,19 +392,54 @@ test_datasets:
     field: "true"
 )");
   const std::string y = config::to_yaml(c);
-  for (const char* key : {"base_model:", "tokenizer:", "adapter: qlora", "load_in_4bit: true", "quantization:",
-                          "  quant_type: nf4", "  double_quant: true", "  blocksize: 64", "  compute_dtype: auto",
-                          "lora_r: 8", "lora_alpha: 16.5", "lora_dropout: 0.05", "lora_target_modules: [q_proj, v_proj]",
-                          "lora_target_linear: false", "use_rslora: false", "sequence_len: 2048",
-                          "sample_packing: false", "train_on_inputs: false", "skip_invalid: false",
-                          "chat_template: \"123\"", "datasets:", "test_datasets:", "    field: \"true\"",
-                          "val_set_size: 0", "micro_batch_size: 1", "gradient_accumulation_steps: 1", "num_epochs: ~",
-                          "max_steps: 10", "optimizer: paged_adamw_8bit", "optimizer_device_budget: auto",
-                          "learning_rate: 0.0002", "lr_scheduler: cosine", "warmup_steps: 0", "warmup_ratio: 0.03",
-                          "weight_decay: 0", "max_grad_norm: 1", "adam_beta1: 0.9", "adam_beta2: 0.999",
-                          "adam_epsilon: 1e-08", "gradient_checkpointing: false", "seed: 42", "device: auto",
-                          "max_nonfinite_steps: 10", "output_dir:", "save_steps: 0", "save_total_limit: 0",
-                          "eval_steps: 0", "logging_steps: 1"})
+  for (const char* key : {"base_model:",
+                          "tokenizer:",
+                          "adapter: qlora",
+                          "load_in_4bit: true",
+                          "quantization:",
+                          "  quant_type: nf4",
+                          "  double_quant: true",
+                          "  blocksize: 64",
+                          "  compute_dtype: auto",
+                          "lora_r: 8",
+                          "lora_alpha: 16.5",
+                          "lora_dropout: 0.05",
+                          "lora_target_modules: [q_proj, v_proj]",
+                          "lora_target_linear: false",
+                          "use_rslora: false",
+                          "sequence_len: 2048",
+                          "sample_packing: false",
+                          "train_on_inputs: false",
+                          "skip_invalid: false",
+                          "chat_template: \"123\"",
+                          "datasets:",
+                          "test_datasets:",
+                          "    field: \"true\"",
+                          "val_set_size: 0",
+                          "micro_batch_size: 1",
+                          "gradient_accumulation_steps: 1",
+                          "num_epochs: ~",
+                          "max_steps: 10",
+                          "optimizer: paged_adamw_8bit",
+                          "optimizer_device_budget: auto",
+                          "learning_rate: 0.0002",
+                          "lr_scheduler: cosine",
+                          "warmup_steps: 0",
+                          "warmup_ratio: 0.03",
+                          "weight_decay: 0",
+                          "max_grad_norm: 1",
+                          "adam_beta1: 0.9",
+                          "adam_beta2: 0.999",
+                          "adam_epsilon: 1e-08",
+                          "gradient_checkpointing: false",
+                          "seed: 42",
+                          "device: auto",
+                          "max_nonfinite_steps: 10",
+                          "output_dir:",
+                          "save_steps: 0",
+                          "save_total_limit: 0",
+                          "eval_steps: 0",
+                          "logging_steps: 1"})
     EXPECT_NE(("\n" + y).find(std::string("\n") + key), std::string::npos) << key << " missing in:\n" << y;
   EXPECT_EQ(y.find("bnb_4bit"), std::string::npos) << "aliases are not written";
   TrainConfig back = config::parse_config(y, "run/config.yaml");
@@ -476,7 +520,8 @@ TEST(Config, ShippedConfigsParse) {
   // The comparison run differs only in the adapter kind and where it writes.
   for (const auto& ch : config::diff_configs(demo, lora))
     EXPECT_TRUE(ch.key == "adapter" || ch.key == "load_in_4bit" || ch.key == "output_dir" ||
-                ch.key.rfind("quantization.", 0) == 0) << ch.key;
+                ch.key.rfind("quantization.", 0) == 0)
+        << ch.key;
   for (const char* name : {"llama-3.1-8b-qlora.yaml", "mistral-7b-qlora.yaml", "qwen2.5-7b-qlora.yaml"}) {
     const TrainConfig r = config::load_config((dir / name).string());
     EXPECT_EQ(r.lora.adapter, "qlora") << name;

@@ -3,8 +3,8 @@
 // transformers' own masks: test_data_hf.cpp.
 #include <gtest/gtest.h>
 
-#include <fstream>
 #include <omp.h>
+#include <fstream>
 #include <set>
 
 #include "tests/common/harness.h"
@@ -60,9 +60,7 @@ std::string trained_text(const tok::Tokenizer& tk, const Sample& s) {
 std::string user_error_of(const std::function<void()>& fn) {
   try {
     fn();
-  } catch (const UserError& e) {
-    return e.what();
-  }
+  } catch (const UserError& e) { return e.what(); }
   return "";
 }
 
@@ -145,8 +143,9 @@ TEST(Formats, BosOnceAndEosKeptWhenPadIsEos) {
   EXPECT_EQ(t.labels.back(), *tk.special().eos_id);
   // A template that writes BOS itself: still exactly one.
   ds.type = "chat";
-  tok::ChatTemplate chat("{{ bos_token }}{% for m in messages %}{{ m.role + ': ' + m.content + eos_token }}{% endfor %}",
-                         "t", tk.special());
+  tok::ChatTemplate chat(
+      "{{ bos_token }}{% for m in messages %}{{ m.role + ': ' + m.content + eos_token }}{% endfor %}", "t",
+      tk.special());
   Sample c = SampleBuilder(ds, spec, tk, &chat)
                  .build(record({{"messages", json::array({{{"role", "user"}, {"content", "hi"}},
                                                           {{"role", "assistant"}, {"content", "yo"}}})}}));
@@ -159,7 +158,8 @@ TEST(Formats, BosOnceAndEosKeptWhenPadIsEos) {
 
   // pad == eos at collate time: the final EOS keeps its label, padding does not.
   auto dir = qlora::test::temp_dir();
-  config::DataSpec s2 = one_dataset(write(dir / "d.jsonl", jsonl({{{"text", "Hello world"}}, {{"text", "ab"}}})), "text");
+  config::DataSpec s2 =
+      one_dataset(write(dir / "d.jsonl", jsonl({{{"text", "Hello world"}}, {{"text", "ab"}}})), "text");
   Datasets d = build_datasets(s2, tk);
   EXPECT_EQ(d.train->pad_id, *tk.special().eos_id);
   Batch b = collate(*d.train, {0, 1});
@@ -215,11 +215,13 @@ TEST(Formats, ChatTemplateKwargsReachTheTemplate) {
   spec.chat_template_kwargs = {{"date_string", "03 Feb 2025"}, {"enable_thinking", "false"}, {"n", "3"}};
   config::DatasetSpec ds;
   ds.type = "chat";
-  tok::ChatTemplate chat("{{ date_string }}|{{ enable_thinking is false }}|{{ n + 1 }}|{{ tools | length }}|"
-                         "{% for m in messages %}{{ m.content }}{% endfor %}",
-                         "t", tk.special());
-  json rec = {{"messages", json::array({{{"role", "user"}, {"content", "u"}}, {{"role", "assistant"}, {"content", "a"}}})},
-              {"tools", json::array({{{"name", "f"}}})}};
+  tok::ChatTemplate chat(
+      "{{ date_string }}|{{ enable_thinking is false }}|{{ n + 1 }}|{{ tools | length }}|"
+      "{% for m in messages %}{{ m.content }}{% endfor %}",
+      "t", tk.special());
+  json rec = {
+      {"messages", json::array({{{"role", "user"}, {"content", "u"}}, {{"role", "assistant"}, {"content", "a"}}})},
+      {"tools", json::array({{{"name", "f"}}})}};
   Sample s = SampleBuilder(ds, spec, tk, &chat).build(record(rec));
   EXPECT_EQ(tk.decode(s.input_ids, false), "03 Feb 2025|True|4|1|ua</s>");
 }
@@ -230,16 +232,24 @@ TEST(Formats, BadRecordsNameTheFieldAndLine) {
   config::DatasetSpec ds;
   ds.type = "alpaca";
   SampleBuilder alpaca(ds, spec, tk, nullptr);
-  EXPECT_EQ(user_error_of([&] { alpaca.build(record({{"instruction", "x"}}, "d.jsonl:7")); }),
+  EXPECT_EQ(user_error_of([&] {
+              alpaca.build(record({{"instruction", "x"}}, "d.jsonl:7"));
+            }),
             "d.jsonl:7: missing field \"output\"");
-  EXPECT_EQ(user_error_of([&] { alpaca.build(record({{"instruction", 3}, {"output", "y"}}, "d.jsonl:8")); }),
+  EXPECT_EQ(user_error_of([&] {
+              alpaca.build(record({{"instruction", 3}, {"output", "y"}}, "d.jsonl:8"));
+            }),
             "d.jsonl:8: field \"instruction\": expected a string, got number");
   ds.type = "chat";
   tok::ChatTemplate chat = tok::ChatTemplate::resolve("gemma", tk);
   SampleBuilder c(ds, spec, tk, &chat);
-  EXPECT_EQ(user_error_of([&] { c.build(record({{"messages", "hi"}}, "c.jsonl:2")); }),
+  EXPECT_EQ(user_error_of([&] {
+              c.build(record({{"messages", "hi"}}, "c.jsonl:2"));
+            }),
             "c.jsonl:2: field \"messages\": expected an array of messages, got string");
-  EXPECT_EQ(user_error_of([&] { c.build(record({{"messages", json::array({{{"content", "x"}}})}}, "c.jsonl:3")); }),
+  EXPECT_EQ(user_error_of([&] {
+              c.build(record({{"messages", json::array({{{"content", "x"}}})}}, "c.jsonl:3"));
+            }),
             "c.jsonl:3: messages[0]: missing field \"role\"");
   EXPECT_EQ(user_error_of([&] {
               c.build(record({{"messages", json::array({{{"role", "user"}, {"content", 5}}})}}, "c.jsonl:4"));
@@ -284,8 +294,10 @@ TEST(Files, MalformedLinesFailWithFileAndLineOrAreSkippedAndCounted) {
   EXPECT_EQ(first_error(good + "\n" + good + "\n{\"txt\": \"x\"}\n"), e_path + ":3: missing field \"text\"");
   EXPECT_EQ(first_error("{\"text\": 1}\n"), e_path + ":1: field \"text\": expected a string, got number");
   EXPECT_EQ(first_error(good + "\n{\"text\": \"caf\xc3\"}\n"), e_path + ":2: invalid UTF-8 (byte 0xC3 at column 14)");
-  EXPECT_EQ(first_error(good + "\r\n{\"text\": \"x\"\r\n"),
-            e_path + ":2: invalid JSON: column 13: syntax error while parsing object - unexpected end of input; expected '}'");
+  EXPECT_EQ(
+      first_error(good + "\r\n{\"text\": \"x\"\r\n"),
+      e_path +
+          ":2: invalid JSON: column 13: syntax error while parsing object - unexpected end of input; expected '}'");
   EXPECT_EQ(first_error(""), e_path + ": the dataset is empty");
   EXPECT_EQ(first_error("\n  \n"), e_path + ": the dataset is empty");
   EXPECT_EQ(user_error_of([&] { build_datasets(one_dataset((dir / "missing.jsonl").string(), "text"), tk); }),
@@ -301,8 +313,9 @@ TEST(Files, JsonArrayFilesNameTheElementLine) {
   config::DataSpec spec = one_dataset(path, "alpaca");
   EXPECT_EQ(user_error_of([&] { build_datasets(spec, tk); }), path + ":5: missing field \"output\"");
   std::string broken = write(dir / "b.json", "[\n {\"text\": \"a\"},\n {\"text\" \"b\"}\n]");
-  EXPECT_EQ(user_error_of([&] { build_datasets(one_dataset(broken, "text"), tk); }).rfind(broken + ":3: invalid JSON: ", 0),
-            0u);
+  EXPECT_EQ(
+      user_error_of([&] { build_datasets(one_dataset(broken, "text"), tk); }).rfind(broken + ":3: invalid JSON: ", 0),
+      0u);
   // A .json file of JSON lines is read as JSON lines (as HF datasets does).
   std::string lines = write(dir / "l.json", jsonl({{{"text", "a"}}, {{"text", "b"}}}));
   EXPECT_EQ(build_datasets(one_dataset(lines, "text"), tk).stats.train_samples, 2);
@@ -312,7 +325,8 @@ TEST(Files, NoTrainableTokensIsAnError) {
   FakeTokenizer tk;
   auto dir = qlora::test::temp_dir();
   // Conversations without an assistant turn train nothing.
-  std::string path = write(dir / "c.jsonl", jsonl({{{"messages", json::array({{{"role", "user"}, {"content", "hi"}}})}}}));
+  std::string path =
+      write(dir / "c.jsonl", jsonl({{{"messages", json::array({{{"role", "user"}, {"content", "hi"}}})}}}));
   config::DataSpec spec = one_dataset(path, "chat");
   spec.chat_template = "chatml";
   std::string e = user_error_of([&] { build_datasets(spec, tk); });
@@ -324,8 +338,8 @@ TEST(Files, LongSamplesAreTruncatedAndCountedUntrainableOnesDropped) {
   auto dir = qlora::test::temp_dir();
   std::string long_prompt(40, 'p');
   std::string path =
-      write(dir / "d.jsonl", jsonl({{{"prompt", "q"}, {"completion", "xyz"}},              // 5 tokens with EOS
-                                    {{"prompt", long_prompt}, {"completion", "a"}},        // prompt fills all 10
+      write(dir / "d.jsonl", jsonl({{{"prompt", "q"}, {"completion", "xyz"}},                    // 5 tokens with EOS
+                                    {{"prompt", long_prompt}, {"completion", "a"}},              // prompt fills all 10
                                     {{"prompt", "q"}, {"completion", std::string(20, 'c')}}}));  // cut, still trained
   config::DataSpec spec = one_dataset(path, "prompt_completion");
   spec.sequence_len = 10;
@@ -334,10 +348,10 @@ TEST(Files, LongSamplesAreTruncatedAndCountedUntrainableOnesDropped) {
   EXPECT_EQ(d.stats.truncated, 2);
   EXPECT_EQ(d.stats.dropped_no_targets, 1);
   EXPECT_EQ(d.stats.train_samples, 2);
-  for (int64_t r = 0; r < d.train->num_rows(); ++r)
-    EXPECT_LE(d.train->row_begin[r + 1] - d.train->row_begin[r], 10);
+  for (int64_t r = 0; r < d.train->num_rows(); ++r) EXPECT_LE(d.train->row_begin[r + 1] - d.train->row_begin[r], 10);
   bool logged = false;
-  for (const auto& l : log) logged = logged || l.find("truncated 2 samples longer than sequence_len 10") != std::string::npos;
+  for (const auto& l : log)
+    logged = logged || l.find("truncated 2 samples longer than sequence_len 10") != std::string::npos;
   EXPECT_TRUE(logged);
 }
 
@@ -345,7 +359,8 @@ TEST(Files, LongSamplesAreTruncatedAndCountedUntrainableOnesDropped) {
 
 std::vector<json> many_texts(int n) {
   std::vector<json> rows;
-  for (int i = 0; i < n; ++i) rows.push_back({{"prompt", "q" + std::to_string(i) + ":"}, {"completion", std::string(i % 7 + 1, 'a' + i % 26)}});
+  for (int i = 0; i < n; ++i)
+    rows.push_back({{"prompt", "q" + std::to_string(i) + ":"}, {"completion", std::string(i % 7 + 1, 'a' + i % 26)}});
   return rows;
 }
 
@@ -481,7 +496,8 @@ TEST(Loader, EveryEpochServesEveryRowOnceInAFreshOrder) {
           int64_t len = data->row_begin[row + 1] - data->row_begin[row];
           if (len > b.input_ids.size(1)) continue;
           bool same = true;
-          for (int64_t t = 0; t < len && same; ++t) same = b.input_ids[r][t].item<int64_t>() == data->input_ids[data->row_begin[row] + t];
+          for (int64_t t = 0; t < len && same; ++t)
+            same = b.input_ids[r][t].item<int64_t>() == data->input_ids[data->row_begin[row] + t];
           if (same && (len == b.input_ids.size(1) || b.segment_ids[r][len].item<int64_t>() == 0)) {
             epochs[e].push_back(row);
             break;

@@ -38,12 +38,13 @@ json msg(const std::string& role, const std::string& content) { return json{{"ro
 std::vector<json> conversations() {
   return {
       json::array({msg("user", "Hello there"), msg("assistant", "Hi! How can I help you today?")}),
-      json::array({msg("system", "You answer in one word."), msg("user", "Capital of France?"), msg("assistant", "Paris."),
-                   msg("user", "And of Italy?"), msg("assistant", "Rome.")}),
+      json::array({msg("system", "You answer in one word."), msg("user", "Capital of France?"),
+                   msg("assistant", "Paris."), msg("user", "And of Italy?"), msg("assistant", "Rome.")}),
       json::array({msg("user", "Ça va? 你好 🚀"), msg("assistant", "Très bien, merci — 谢谢! 😀")}),
       json::array({msg("user", "  spaced  \n"), msg("assistant", "\n\nindented\n  reply  ")}),
       json::array({msg("user", "Say nothing."), msg("assistant", "")}),
-      json::array({msg("user", "2+2=?"), msg("assistant", "Answer: 4!!! (yes)"), msg("user", "x"), msg("assistant", " leading space")}),
+      json::array({msg("user", "2+2=?"), msg("assistant", "Answer: 4!!! (yes)"), msg("user", "x"),
+                   msg("assistant", " leading space")}),
   };
 }
 
@@ -81,7 +82,8 @@ class DataVsHF : public ::testing::Test {
     dir_ = new stdfs::path(temp_dir("data_ref"));
     json cases = json::array();
     for (const auto& c : chat_cases())
-      cases.push_back({{"tokenizer", c.tokenizer}, {"template", c.untagged}, {"tagged", c.tagged}, {"messages", c.messages}});
+      cases.push_back(
+          {{"tokenizer", c.tokenizer}, {"template", c.untagged}, {"tagged", c.tagged}, {"messages", c.messages}});
     for (const auto& c : completion_cases())
       cases.push_back({{"tokenizer", c.tokenizer}, {"prompt", c.prompt}, {"completion", c.completion}});
     std::ofstream(*dir_ / "cases.json") << cases.dump();
@@ -167,7 +169,8 @@ TEST_F(DataVsHF, CompletionMasksFollowTokenOffsets) {
     config::DataSpec spec;
     config::DatasetSpec ds;
     ds.type = "prompt_completion";
-    Sample s = SampleBuilder(ds, spec, tk, nullptr).build(Record{json{{"prompt", c.prompt}, {"completion", c.completion}}, "case"});
+    Sample s = SampleBuilder(ds, spec, tk, nullptr)
+                   .build(Record{json{{"prompt", c.prompt}, {"completion", c.completion}}, "case"});
     std::vector<int64_t> want_ids = ref["ids"].get<std::vector<int64_t>>();
     std::vector<int64_t> want_mask = ref["mask"].get<std::vector<int64_t>>();
     const auto& sp = tk.special();

@@ -34,8 +34,7 @@ std::vector<std::string> read_lines(const stdfs::path& p) {
 
 // Runs the demo's data generator (data/demo/recipe/make_data.py) with the venv's Python.
 test::ProcResult make_data(const std::vector<std::string>& args) {
-  std::string cmd = std::string(QLORA_TEST_PYTHON) + " " +
-                    test::quote((demo_dir() / "recipe/make_data.py").string());
+  std::string cmd = std::string(QLORA_TEST_PYTHON) + " " + test::quote((demo_dir() / "recipe/make_data.py").string());
   for (const auto& a : args) cmd += " " + test::quote(a);
   return test::run(cmd);
 }
@@ -46,8 +45,8 @@ class Demo : public ::testing::Test {
   // verbatim), tokenized by libsentencepiece, plus transformers' view of the same.
   static void SetUpTestSuite() {
     dir_ = new stdfs::path(test::temp_dir("fixtures"));
-    test::ProcResult g = make_data({"--out", dir_->string(), "--only", "corpus", "--seed", "7",
-                                    "--corpus-lines", "24"});
+    test::ProcResult g =
+        make_data({"--out", dir_->string(), "--only", "corpus", "--seed", "7", "--corpus-lines", "24"});
     ASSERT_EQ(g.code, 0) << g.output;
     lines_ = new std::vector<std::string>(read_lines(*dir_ / "corpus.txt"));
     // Task texts too (instruction words the corpus never has go through byte fallback).
@@ -86,9 +85,9 @@ class Demo : public ::testing::Test {
     };
     json req = {{"lines", *lines_}, {"input_ids", to_list(*input_ids_)}, {"labels", to_list(*labels_)}};
     fs::write_file_atomic(*dir_ / "request.json", req.dump());
-    test::ProcResult r = test::run_python("demo_ref.py", {"check", model_dir().string(),
-                                                          (*dir_ / "request.json").string(),
-                                                          (*dir_ / "ref.json").string()});
+    test::ProcResult r = test::run_python(
+        "demo_ref.py",
+        {"check", model_dir().string(), (*dir_ / "request.json").string(), (*dir_ / "ref.json").string()});
     ASSERT_EQ(r.code, 0) << r.output;
     ref_ = new json(json::parse(fs::read_file(*dir_ / "ref.json")));
   }
@@ -209,9 +208,9 @@ TEST_F(Demo, PackedRowEqualsDocumentsAlone) {
 // Before fine-tuning the base model cannot answer the task's instructions (greedy decoding after
 // the chat template's generation prompt; transformers generate): < 10% exact match.
 TEST_F(Demo, BaseModelFailsTheTask) {
-  test::ProcResult r = test::run_python("demo_ref.py", {"accuracy", model_dir().string(),
-                                                        (demo_dir() / "eval.jsonl").string(),
-                                                        (*dir_ / "accuracy.json").string()});
+  test::ProcResult r = test::run_python(
+      "demo_ref.py",
+      {"accuracy", model_dir().string(), (demo_dir() / "eval.jsonl").string(), (*dir_ / "accuracy.json").string()});
   ASSERT_EQ(r.code, 0) << r.output;
   json acc = json::parse(fs::read_file(*dir_ / "accuracy.json"));
   EXPECT_EQ(acc["n"], read_lines(demo_dir() / "eval.jsonl").size());

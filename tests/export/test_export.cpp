@@ -126,7 +126,8 @@ TEST_F(Export, ReferenceLibrariesAgree) {
   const stdfs::path d = test::temp_dir();
   const stdfs::path ours_q = our_logits(g->qlora_run, "qlora"), ours_l = our_logits(g->lora_run, "lora");
   // The NF4 base as a bnb-4bit checkpoint, computing in fp32.
-  test::ProcResult r = run_cli("quantize --model " + q(g->model) + " --out " + q(d / "base_bnb") + " --compute-dtype float32");
+  test::ProcResult r =
+      run_cli("quantize --model " + q(g->model) + " --out " + q(d / "base_bnb") + " --compute-dtype float32");
   ASSERT_EQ(r.code, 0) << r.output;
 
   r = run_cli("export " + q(g->qlora_run) + " --format peft --out " + q(d / "peft_q"));
@@ -135,34 +136,60 @@ TEST_F(Export, ReferenceLibrariesAgree) {
   r = run_cli("export " + q(g->lora_run) + " --format peft --out " + q(d / "peft_l"));
   ASSERT_EQ(r.code, 0) << r.output;
   // merged fp32 into dequant(NF4), cut into several shards
-  r = run_cli("export " + q(g->qlora_run) + " --format merged --dtype fp32 --max-shard-size 40KB --out " + q(d / "merged_fp32"));
+  r = run_cli("export " + q(g->qlora_run) + " --format merged --dtype fp32 --max-shard-size 40KB --out " +
+              q(d / "merged_fp32"));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("peak RSS"), std::string::npos) << r.output;
   r = run_cli("export " + q(g->qlora_run) + " --format merged --out " + q(d / "merged_bf16"));
   ASSERT_EQ(r.code, 0) << r.output;
-  r = run_cli("export " + q(g->qlora_run) + " --format merged --merge-into original --dtype fp32 --out " + q(d / "merged_orig"));
+  r = run_cli("export " + q(g->qlora_run) + " --format merged --merge-into original --dtype fp32 --out " +
+              q(d / "merged_orig"));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("warning: --merge-into original"), std::string::npos) << r.output;
   r = run_cli("export " + q(g->lora_run) + " --format merged --dtype fp32 --out " + q(d / "merged_lora"));
   ASSERT_EQ(r.code, 0) << r.output;
 
   nlohmann::json checks = nlohmann::json::array();
-  checks.push_back({{"name", "peft_qlora"}, {"kind", "peft"}, {"base", (d / "base_bnb").string()},
-                    {"adapter", (d / "peft_q").string()}, {"ours", ours_q.string()}});
-  checks.push_back({{"name", "peft_lora"}, {"kind", "peft"}, {"base", g->model.string()},
-                    {"adapter", (d / "peft_l").string()}, {"ours", ours_l.string()}});
-  checks.push_back({{"name", "merged_fp32"}, {"kind", "merged"}, {"model", (d / "merged_fp32").string()},
-                    {"ours", ours_q.string()}, {"dtype", "float32"}});
-  checks.push_back({{"name", "merged_bf16"}, {"kind", "merged"}, {"model", (d / "merged_bf16").string()},
-                    {"ours", ours_q.string()}, {"dtype", "bfloat16"}});
-  checks.push_back({{"name", "merged_bf16_upcast"}, {"kind", "merged"}, {"model", (d / "merged_bf16").string()},
-                    {"ours", ours_q.string()}, {"dtype", "float32"}});
-  checks.push_back({{"name", "bf16_is_fp32_rounded"}, {"kind", "cast"}, {"a", (d / "merged_bf16").string()},
-                    {"b", (d / "merged_fp32").string()}, {"dtype", "bfloat16"}});
-  checks.push_back({{"name", "merged_original"}, {"kind", "merged_vs_peft"}, {"model", (d / "merged_orig").string()},
-                    {"base", g->model.string()}, {"adapter", (d / "peft_q").string()}});
-  checks.push_back({{"name", "merged_lora"}, {"kind", "merged"}, {"model", (d / "merged_lora").string()},
-                    {"ours", ours_l.string()}, {"dtype", "float32"}});
+  checks.push_back({{"name", "peft_qlora"},
+                    {"kind", "peft"},
+                    {"base", (d / "base_bnb").string()},
+                    {"adapter", (d / "peft_q").string()},
+                    {"ours", ours_q.string()}});
+  checks.push_back({{"name", "peft_lora"},
+                    {"kind", "peft"},
+                    {"base", g->model.string()},
+                    {"adapter", (d / "peft_l").string()},
+                    {"ours", ours_l.string()}});
+  checks.push_back({{"name", "merged_fp32"},
+                    {"kind", "merged"},
+                    {"model", (d / "merged_fp32").string()},
+                    {"ours", ours_q.string()},
+                    {"dtype", "float32"}});
+  checks.push_back({{"name", "merged_bf16"},
+                    {"kind", "merged"},
+                    {"model", (d / "merged_bf16").string()},
+                    {"ours", ours_q.string()},
+                    {"dtype", "bfloat16"}});
+  checks.push_back({{"name", "merged_bf16_upcast"},
+                    {"kind", "merged"},
+                    {"model", (d / "merged_bf16").string()},
+                    {"ours", ours_q.string()},
+                    {"dtype", "float32"}});
+  checks.push_back({{"name", "bf16_is_fp32_rounded"},
+                    {"kind", "cast"},
+                    {"a", (d / "merged_bf16").string()},
+                    {"b", (d / "merged_fp32").string()},
+                    {"dtype", "bfloat16"}});
+  checks.push_back({{"name", "merged_original"},
+                    {"kind", "merged_vs_peft"},
+                    {"model", (d / "merged_orig").string()},
+                    {"base", g->model.string()},
+                    {"adapter", (d / "peft_q").string()}});
+  checks.push_back({{"name", "merged_lora"},
+                    {"kind", "merged"},
+                    {"model", (d / "merged_lora").string()},
+                    {"ours", ours_l.string()},
+                    {"dtype", "float32"}});
   const nlohmann::json j = judge(checks);
   std::printf("judge: %s\n", j.dump().c_str());
   ASSERT_TRUE(j.contains("peft_qlora")) << j.dump();
@@ -209,7 +236,8 @@ TEST_F(Export, ReferenceLibrariesAgree) {
 // llama q/k lora_B permutation checked against the checkpoint's PEFT tensors.
 TEST_F(Export, GgufAdapterReadByGgufPackage) {
   const stdfs::path d = test::temp_dir();
-  test::ProcResult r = run_cli("export " + q(g->qlora_run) + " --format gguf-adapter --dtype fp32 --out " + q(d / "gguf"));
+  test::ProcResult r =
+      run_cli("export " + q(g->qlora_run) + " --format gguf-adapter --dtype fp32 --out " + q(d / "gguf"));
   ASSERT_EQ(r.code, 0) << r.output;
   const run::AdapterSource src = run::read_adapter_source(g->qlora_run);
   r = test::run_python("gguf_check.py", {(d / "gguf/adapter_model.gguf").string(),
@@ -277,14 +305,15 @@ TEST_F(Export, AdapterForAnotherBaseIsRefusedByName) {
   struct Case {
     std::string dir, format, expect;
   };
-  for (const Case& c : {Case{"wrong_shape", "merged", down_b + ": shape [65, 4], but the base"},
-                        Case{"wrong_shape", "peft", down_b + ": shape [65, 4]"},
-                        Case{"wrong_shape", "gguf-adapter", down_b + ": shape [65, 4]"},
-                        Case{"extra_layer", "merged", "base_model.model.model.layers.5.self_attn.q_proj.lora_A.weight: the base"},
-                        Case{"missing", "merged", down_b + ": missing"}}) {
+  for (const Case& c :
+       {Case{"wrong_shape", "merged", down_b + ": shape [65, 4], but the base"},
+        Case{"wrong_shape", "peft", down_b + ": shape [65, 4]"},
+        Case{"wrong_shape", "gguf-adapter", down_b + ": shape [65, 4]"},
+        Case{"extra_layer", "merged", "base_model.model.model.layers.5.self_attn.q_proj.lora_A.weight: the base"},
+        Case{"missing", "merged", down_b + ": missing"}}) {
     SCOPED_TRACE(c.dir + " " + c.format);
-    r = run_cli("export " + q(d / c.dir) + " --base-model " + q(g->model) + " --format " + c.format + " --force --out " +
-              q(d / "good"));
+    r = run_cli("export " + q(d / c.dir) + " --base-model " + q(g->model) + " --format " + c.format +
+                " --force --out " + q(d / "good"));
     EXPECT_EQ(r.code, 2) << r.output;
     EXPECT_NE(r.output.find((d / c.dir / "adapter_model.safetensors").string() + ": " + c.expect), std::string::npos)
         << r.output;
@@ -295,13 +324,14 @@ TEST_F(Export, AdapterForAnotherBaseIsRefusedByName) {
   // --merge-into original needs the 16-bit weights; a bnb-4bit base does not have them.
   r = run_cli("quantize --model " + q(g->model) + " --out " + q(d / "bnb"));
   ASSERT_EQ(r.code, 0) << r.output;
-  r = run_cli("export " + q(g->qlora_run) + " --base-model " + q(d / "bnb") + " --format merged --merge-into original --out " +
-            q(d / "o"));
+  r = run_cli("export " + q(g->qlora_run) + " --base-model " + q(d / "bnb") +
+              " --format merged --merge-into original --out " + q(d / "o"));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("is a 4-bit checkpoint"), std::string::npos) << r.output;
   EXPECT_FALSE(stdfs::exists(d / "o"));
   // ... while the default merge dequantizes it as it is (the same NF4 bytes the trainer used).
-  r = run_cli("export " + q(g->qlora_run) + " --base-model " + q(d / "bnb") + " --format merged --out " + q(d / "from_bnb"));
+  r = run_cli("export " + q(g->qlora_run) + " --base-model " + q(d / "bnb") + " --format merged --out " +
+              q(d / "from_bnb"));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(fs::read_file(d / "from_bnb/model.safetensors"), good);
 }
@@ -314,7 +344,8 @@ TEST(ExportSize, ParsesTransformersSizes) {
   EXPECT_EQ(exporter::parse_size("123", "x"), 123ull);
   EXPECT_EQ(exporter::parse_size("1.5GB", "x"), 1500000000ull);
   EXPECT_EQ(exporter::parse_size("512m", "x"), 512000000ull);  // as optimizer_device_budget reads it
-  for (const char* bad : {"", "GB", "5XB", "-1GB", "0", "1..2GB"}) EXPECT_THROW(exporter::parse_size(bad, "x"), UserError) << bad;
+  for (const char* bad : {"", "GB", "5XB", "-1GB", "0", "1..2GB"})
+    EXPECT_THROW(exporter::parse_size(bad, "x"), UserError) << bad;
   test::ProcResult r = test::run_qlora("export x --format merged --max-shard-size 5XB --out y");
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("--max-shard-size: expected a size"), std::string::npos) << r.output;

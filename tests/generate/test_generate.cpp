@@ -13,9 +13,9 @@
 #include "trainer/common/fs.h"
 #include "trainer/data/dataset.h"
 #include "trainer/data/loader.h"
-#include "trainer/run/adapter_source.h"
 #include "trainer/model/generate.h"
 #include "trainer/model/model.h"
+#include "trainer/run/adapter_source.h"
 #include "trainer/tokenizer/tokenizer.h"
 
 using namespace qlora;
@@ -124,7 +124,8 @@ TEST(Generate, LoraAdapterOn16BitBaseEqualsPeft) {
   go.max_new_tokens = 24;
   go.stop_ids = model::stop_ids_of(fixtures() / "llama", m.config, nullptr);
   const auto& cases = ref()["generate"]["llama_lora"];
-  for (const auto& c : cases) EXPECT_EQ(model::generate(m, ids_of(c["prompt_ids"]), go), ids_of(c["ids"])) << c["prompt"];
+  for (const auto& c : cases)
+    EXPECT_EQ(model::generate(m, ids_of(c["prompt_ids"]), go), ids_of(c["ids"])) << c["prompt"];
   // The adapter changes the output (the test would see an adapter that is not applied).
   EXPECT_NE(ids_of(cases[0]["ids"]), ids_of(ref()["generate"]["llama"][0]["ids"]));
 }
@@ -251,21 +252,23 @@ TEST(Eval, LossEqualsTransformersAndIdsMatch) {
   data::Datasets d = data::build_datasets(spec, *tk);
   std::vector<std::vector<int32_t>> ours, theirs = e["ids"].get<std::vector<std::vector<int32_t>>>();
   for (int64_t r = 0; r < d.train->num_rows(); ++r)
-    ours.emplace_back(d.train->input_ids.begin() + d.train->row_begin[r], d.train->input_ids.begin() + d.train->row_begin[r + 1]);
+    ours.emplace_back(d.train->input_ids.begin() + d.train->row_begin[r],
+                      d.train->input_ids.begin() + d.train->row_begin[r + 1]);
   std::sort(ours.begin(), ours.end());
   std::sort(theirs.begin(), theirs.end());
   EXPECT_EQ(ours, theirs);
 
   for (const std::string bs : {"1", "2"}) {
-    test::ProcResult r = qlora_stdout("eval --model " + test::quote(dir.string()) + " --data " +
-                                      test::quote(ds.path) + " --type text --batch-size " + bs + " --device cpu --json");
+    test::ProcResult r = qlora_stdout("eval --model " + test::quote(dir.string()) + " --data " + test::quote(ds.path) +
+                                      " --type text --batch-size " + bs + " --device cpu --json");
     ASSERT_EQ(r.code, 0) << r.output;
     auto j = nlohmann::json::parse(r.output);
     EXPECT_NEAR(j["loss"].get<double>(), e["loss"].get<double>(), 1e-4 * e["loss"].get<double>()) << "batch " << bs;
     EXPECT_EQ(j["target_tokens"].get<int64_t>(), e["count"].get<int64_t>());
     EXPECT_NEAR(j["perplexity"].get<double>(), std::exp(e["loss"].get<double>()), 1e-3 * j["perplexity"].get<double>());
   }
-  test::ProcResult plain = qlora_stdout("eval --model " + test::quote(dir.string()) + " --data " + test::quote(ds.path));
+  test::ProcResult plain =
+      qlora_stdout("eval --model " + test::quote(dir.string()) + " --data " + test::quote(ds.path));
   ASSERT_EQ(plain.code, 0);
   EXPECT_EQ(plain.output.rfind("loss ", 0), 0u) << plain.output;
 }
@@ -296,7 +299,8 @@ TEST(BadInput, ExitTwoWithOneLine) {
   EXPECT_NE(r.output.find("adapter_model.safetensors"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("lora_A"), std::string::npos) << r.output;
   // Unreadable data file.
-  r = test::run_qlora("eval --model " + llama + " --data " + test::quote((f / "missing.jsonl").string()) + " --device cpu");
+  r = test::run_qlora("eval --model " + llama + " --data " + test::quote((f / "missing.jsonl").string()) +
+                      " --device cpu");
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_EQ(count_lines(r.output), 1) << r.output;
   EXPECT_NE(r.output.find("missing.jsonl"), std::string::npos) << r.output;

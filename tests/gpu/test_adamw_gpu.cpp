@@ -65,8 +65,8 @@ TEST(AdamWGpu, KernelsMatchCpuTwin) {
             kernels::adamw_step_fp32(h, dp, dm, dv, dg, dout);
           }
         }
-        const std::string what = std::string(eight_bit ? "8bit" : "fp32") + " grad " + c10::toString(gt) +
-                                 (with_out ? " with out" : "");
+        const std::string what =
+            std::string(eight_bit ? "8bit" : "fp32") + " grad " + c10::toString(gt) + (with_out ? " with out" : "");
         EXPECT_TRUE(same_bits(p, dp)) << what;
         if (eight_bit) {
           EXPECT_TRUE(same_bits(mc, dmc)) << what;
@@ -77,9 +77,7 @@ TEST(AdamWGpu, KernelsMatchCpuTwin) {
           EXPECT_TRUE(same_bits(m, dm)) << what;
           EXPECT_TRUE(same_bits(v, dv)) << what;
         }
-        if (with_out) {
-          EXPECT_TRUE(same_bits(out, dout)) << what;
-        }
+        if (with_out) { EXPECT_TRUE(same_bits(out, dout)) << what; }
       }
     }
   }
@@ -112,7 +110,8 @@ TEST(AdamWGpu, PagedOnCudaMatchesCpu) {
       oc.paging.device_budget = budget;
       optim::AdamW opt(ps, oc, cuda);
       std::vector<at::Tensor> compute;
-      for (const auto& p : ps) compute.push_back(at::zeros(p.value.sizes(), at::TensorOptions(at::kBFloat16).device(cuda)));
+      for (const auto& p : ps)
+        compute.push_back(at::zeros(p.value.sizes(), at::TensorOptions(at::kBFloat16).device(cuda)));
       for (int t = 0; t < 5; ++t) {
         std::vector<at::Tensor> g;
         for (const auto& x : grads[t]) g.push_back(x.to(cuda));

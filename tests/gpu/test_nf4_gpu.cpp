@@ -136,10 +136,10 @@ TEST(Nf4Gpu, DequantizeMatchesCpuTwinBitForBit) {
           at::Tensor pk = at::empty({w.gpu.packed.numel() + 1}, w.gpu.packed.options());
           pk.narrow(0, 1, w.gpu.packed.numel()).copy_(w.gpu.packed);
           at::Tensor ob = poisoned({n + 1}, t);
-          ASSERT_EQ(cuda::nf4_dequantize(pk.data_ptr<uint8_t>() + 1, st.absmax, st.qabsmax, st.nested, st.map8,
-                                         st.offset, n, static_cast<int>(bs), ob.narrow(0, 1, n).data_ptr(), out_type(t),
-                                         stream),
-                    cudaSuccess);
+          ASSERT_EQ(
+              cuda::nf4_dequantize(pk.data_ptr<uint8_t>() + 1, st.absmax, st.qabsmax, st.nested, st.map8, st.offset, n,
+                                   static_cast<int>(bs), ob.narrow(0, 1, n).data_ptr(), out_type(t), stream),
+              cudaSuccess);
           EXPECT_TRUE(bits_equal(ob.narrow(0, 1, n), ref)) << "unaligned";
           // the at::Tensor API
           EXPECT_TRUE(bits_equal(nf4_dequantize(w.gpu, t).view(-1), ref)) << "API";
@@ -157,9 +157,12 @@ TEST(Nf4Gpu, GemvMatchesCpuTwin) {
 #ifdef QLORA_WITH_CUDA
   at::Generator g = gen(2);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  struct Shape { int64_t N, K, bs; bool dq; };
-  const Shape shapes[] = {{1, 32, 32, true}, {7, 64, 64, false}, {300, 96, 32, true}, {129, 4096, 64, true},
-                          {64, 1024 + 32, 4096, false}, {33, 4096 + 1024, 128, true}};
+  struct Shape {
+    int64_t N, K, bs;
+    bool dq;
+  };
+  const Shape shapes[] = {{1, 32, 32, true},     {7, 64, 64, false},           {300, 96, 32, true},
+                          {129, 4096, 64, true}, {64, 1024 + 32, 4096, false}, {33, 4096 + 1024, 128, true}};
   for (const Shape& s : shapes) {
     GpuWeight w = quantize_both(make_weight(s.N, s.K, g), s.bs, s.dq);
     for (int M : {1, 2, 3, 4, 5, 8, 9, 16}) {
@@ -187,9 +190,12 @@ TEST(Nf4Gpu, GemvTransposedMatchesCpuTwin) {
 #ifdef QLORA_WITH_CUDA
   at::Generator g = gen(3);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  struct Shape { int64_t N, K, bs; bool dq; };
-  const Shape shapes[] = {{1, 8, 32, true}, {7, 64, 64, false}, {300, 104, 32, true}, {129, 4096, 64, true},
-                          {1000, 264, 128, false}, {33, 4096 + 1024, 4096, true}};
+  struct Shape {
+    int64_t N, K, bs;
+    bool dq;
+  };
+  const Shape shapes[] = {{1, 8, 32, true},      {7, 64, 64, false},      {300, 104, 32, true},
+                          {129, 4096, 64, true}, {1000, 264, 128, false}, {33, 4096 + 1024, 4096, true}};
   for (const Shape& s : shapes) {
     GpuWeight w = quantize_both(make_weight(s.N, s.K, g), s.bs, s.dq);
     for (int M : {1, 2, 3, 4, 5, 8, 9, 16}) {
@@ -220,7 +226,10 @@ TEST(Nf4Gpu, LinearOpsMatchCpuTwin) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
 #ifdef QLORA_WITH_CUDA
   at::Generator g = gen(4);
-  struct Shape { int64_t N, K, bs; bool dq; };
+  struct Shape {
+    int64_t N, K, bs;
+    bool dq;
+  };
   const Shape shapes[] = {{256, 512, 64, true}, {96, 72, 32, false}, {500, 1000, 64, true}};
   for (const Shape& s : shapes) {
     GpuWeight w = quantize_both(make_weight(s.N, s.K, g), s.bs, s.dq);

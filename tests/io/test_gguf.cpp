@@ -44,8 +44,8 @@ TEST(Gguf, LoraAdapterReadByGgufPackage) {
     std::string arch;
     at::ScalarType dtype;
   };
-  for (const Case& c : {Case{"llama", at::kFloat}, Case{"llama", at::kHalf}, Case{"llama", at::kBFloat16},
-                        Case{"qwen2", at::kFloat}}) {
+  for (const Case& c :
+       {Case{"llama", at::kFloat}, Case{"llama", at::kHalf}, Case{"llama", at::kBFloat16}, Case{"qwen2", at::kFloat}}) {
     io::GgufLoraOptions o;
     o.architecture = c.arch;
     o.alpha = 8;

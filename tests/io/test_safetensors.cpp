@@ -186,7 +186,5 @@ TEST(HfCheckpoint, IndexNamingMissingShardIsAnError) {
   try {
     io::HfCheckpoint ck(d);
     FAIL();
-  } catch (const UserError& e) {
-    EXPECT_NE(std::string(e.what()).find("missing"), std::string::npos) << e.what();
-  }
+  } catch (const UserError& e) { EXPECT_NE(std::string(e.what()).find("missing"), std::string::npos) << e.what(); }
 }

@@ -103,7 +103,7 @@ at::Tensor edge_tensor(std::mt19937_64& rng, bool with_nan_inf) {
     for (int i = 0; i < bs; ++i) blk(5)[i] = nd(rng) * 1e-20f;
   }
   for (int i = 0; i < bs; ++i) blk(6)[i] = (ur(rng) - 0.5f) * 2e-38f;  // mostly subnormals
-  blk(6)[3] = 1.4e-45f;                                              // smallest subnormal
+  blk(6)[3] = 1.4e-45f;                                                // smallest subnormal
   for (int i = 0; i < bs; ++i) blk(7)[i] = nd(rng) * 1e-30f;
   // Very large. With double quantization the mean of absmax must stay finite (a float32 sum
   // past FLT_MAX makes every statistic NaN, in bitsandbytes as here), so 1e30 there.
@@ -154,7 +154,7 @@ class Nf4Bnb : public ::testing::Test {
     add("normal_bf16", at::randn({1024, 1536}, g).to(at::kBFloat16), 64, true);
     add("normal_f16", (at::randn({768, 1000}, g) * 3).to(at::kHalf), 128, true);
     for (int64_t bs : {32, 64, 128, 256, 512, 1024, 2048, 4096}) {
-      add("bs" + std::to_string(bs), at::randn({41, 1000}, g) * 0.1, bs, true);        // blocks cross rows
+      add("bs" + std::to_string(bs), at::randn({41, 1000}, g) * 0.1, bs, true);         // blocks cross rows
       add("odd_bs" + std::to_string(bs), at::randn({41, 999}, g) * 0.1, bs, bs != 64);  // odd element count
     }
     add("nodq_odd", at::randn({333, 333}, g), 64, false);
@@ -163,7 +163,8 @@ class Nf4Bnb : public ::testing::Test {
     add("edge_special_rows", edge_tensor(rng, true).view({35, 23}), 64, false);
     add("edge_dq", edge_tensor(rng, false), 64, true);
     add("edge_dq_bs32", edge_tensor(rng, false), 32, true);
-    add("magnitudes", at::randn({64, 130}, g) * at::pow(10.0, at::randint(-35, 36, {64, 1}, g).to(at::kFloat)), 64, true);
+    add("magnitudes", at::randn({64, 130}, g) * at::pow(10.0, at::randint(-35, 36, {64, 1}, g).to(at::kFloat)), 64,
+        true);
     // Rows that are a multiple of 16 but not of the blocksize: blocks cross rows where bitsandbytes'
     // AVX-512 CPU dequantize kernel takes its vector branch, which assumes whole blocks per row (the
     // judge hands it the flattened tensor instead: tests/python/bnb_fp32.py). The shapes of the
@@ -259,9 +260,10 @@ TEST_F(Nf4Bnb, DequantizeSameBytesIsBitIdentical) {
       }
     }
   }
-  std::printf("[nf4_bnb] dequantize: %lld outputs compared bit for bit; %lld are NaN on both sides, of which %lld "
-              "differ in payload (bnb's torch fallback for odd shapes)\n",
-              (long long)checked, (long long)nan_outputs, (long long)nan_payload);
+  std::printf(
+      "[nf4_bnb] dequantize: %lld outputs compared bit for bit; %lld are NaN on both sides, of which %lld "
+      "differ in payload (bnb's torch fallback for odd shapes)\n",
+      (long long)checked, (long long)nan_outputs, (long long)nan_payload);
 }
 
 // Our codes vs bitsandbytes' codes, and the float absmax.
@@ -276,9 +278,7 @@ TEST_F(Nf4Bnb, CodesAndAbsmaxMatchExceptDocumentedCases) {
     at::Tensor xf = c.x.to(at::kFloat).contiguous().view(-1);
     const float* x = xf.data_ptr<float>();
     at::Tensor bp = read_raw(file(c, "bnb_packed"), at::kByte, (n + 1) / 2);
-    if (c.dq) {
-      EXPECT_TRUE(at::equal(bp, read_raw(file(c, "bnb_packed_dq"), at::kByte, (n + 1) / 2)));
-    }
+    if (c.dq) { EXPECT_TRUE(at::equal(bp, read_raw(file(c, "bnb_packed_dq"), at::kByte, (n + 1) / 2))); }
     at::Tensor bam = read_raw(file(c, "bnb_absmax_f32"), at::kFloat, nb);
     const uint8_t* ours = c.ours.packed.data_ptr<uint8_t>();
     const uint8_t* theirs = bp.data_ptr<uint8_t>();
@@ -340,11 +340,12 @@ TEST_F(Nf4Bnb, CodesAndAbsmaxMatchExceptDocumentedCases) {
         }
       }
     }
-    std::printf("[nf4_bnb] %-18s n=%-9lld codes differ: nan/inf %lld, nan-block %lld, tie(midpoint const) %lld, "
-                "tie(division) %lld; absmax differ: nan-block %lld, tiny-tail %lld\n",
-                c.name.c_str(), (long long)n, (long long)k.codes_special, (long long)k.codes_nan_block,
-                (long long)k.codes_tie_midpoint, (long long)k.codes_tie_division, (long long)k.absmax_nan_block,
-                (long long)k.absmax_tiny_tail);
+    std::printf(
+        "[nf4_bnb] %-18s n=%-9lld codes differ: nan/inf %lld, nan-block %lld, tie(midpoint const) %lld, "
+        "tie(division) %lld; absmax differ: nan-block %lld, tiny-tail %lld\n",
+        c.name.c_str(), (long long)n, (long long)k.codes_special, (long long)k.codes_nan_block,
+        (long long)k.codes_tie_midpoint, (long long)k.codes_tie_division, (long long)k.absmax_nan_block,
+        (long long)k.absmax_tiny_tail);
     total.n += n;
     total.codes_special += k.codes_special;
     total.codes_nan_block += k.codes_nan_block;
@@ -353,11 +354,12 @@ TEST_F(Nf4Bnb, CodesAndAbsmaxMatchExceptDocumentedCases) {
     total.absmax_nan_block += k.absmax_nan_block;
     total.absmax_tiny_tail += k.absmax_tiny_tail;
   }
-  std::printf("[nf4_bnb] TOTAL n=%lld codes differ: nan/inf %lld, nan-block %lld, tie(midpoint const) %lld, "
-              "tie(division) %lld, other 0; absmax differ: nan-block %lld, tiny-tail %lld\n",
-              (long long)total.n, (long long)total.codes_special, (long long)total.codes_nan_block,
-              (long long)total.codes_tie_midpoint, (long long)total.codes_tie_division, (long long)total.absmax_nan_block,
-              (long long)total.absmax_tiny_tail);
+  std::printf(
+      "[nf4_bnb] TOTAL n=%lld codes differ: nan/inf %lld, nan-block %lld, tie(midpoint const) %lld, "
+      "tie(division) %lld, other 0; absmax differ: nan-block %lld, tiny-tail %lld\n",
+      (long long)total.n, (long long)total.codes_special, (long long)total.codes_nan_block,
+      (long long)total.codes_tie_midpoint, (long long)total.codes_tie_division, (long long)total.absmax_nan_block,
+      (long long)total.absmax_tiny_tail);
 }
 
 // Double quantization: offset, nested absmax, 8-bit codes, and the reconstructed absmax.
@@ -403,16 +405,18 @@ TEST_F(Nf4Bnb, DoubleQuantizedStatistics) {
       // Ties: the exact quotient's nearest entry could be either (within an ulp of a midpoint).
       if (std::fabs(std::fabs(m8[qo[b]] - exact) - std::fabs(m8[qt[b]] - exact)) <= 2 * ulp_at(xs)) ++t;
     }
-    std::printf("[nf4_bnb] %-18s dq: %lld absmax values, 8-bit codes differ from bnb-CPU at %lld (%.3f%%), of "
-                "which %lld are ties\n",
-                c.name.c_str(), (long long)nb, (long long)d, 100.0 * d / nb, (long long)t);
+    std::printf(
+        "[nf4_bnb] %-18s dq: %lld absmax values, 8-bit codes differ from bnb-CPU at %lld (%.3f%%), of "
+        "which %lld are ties\n",
+        c.name.c_str(), (long long)nb, (long long)d, 100.0 * d / nb, (long long)t);
     total += nb;
     diff += d;
     tie += t;
   }
-  std::printf("[nf4_bnb] TOTAL dq: %lld absmax values, 8-bit codes differ at %lld (%.3f%%), ties %lld; ours is "
-              "always the nearest entry; bnb-CPU's pick up to %d entries away\n",
-              (long long)total, (long long)diff, 100.0 * diff / std::max<int64_t>(total, 1), (long long)tie, maxgap);
+  std::printf(
+      "[nf4_bnb] TOTAL dq: %lld absmax values, 8-bit codes differ at %lld (%.3f%%), ties %lld; ours is "
+      "always the nearest entry; bnb-CPU's pick up to %d entries away\n",
+      (long long)total, (long long)diff, 100.0 * diff / std::max<int64_t>(total, 1), (long long)tie, maxgap);
 }
 
 }  // namespace

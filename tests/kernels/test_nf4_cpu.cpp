@@ -78,8 +78,8 @@ TEST(FloatBits, HalfAndBFloat16MatchC10) {
   std::mt19937_64 rng(test_seed());
   std::vector<float> xs = nasty_floats(1 << 20, rng, true);
   // Exact tie and boundary cases of both formats.
-  for (float f : {65504.f, 65519.99f, 65520.f, 65536.f, 6.1035156e-05f, 5.9604645e-08f, 2.9802322e-08f,
-                  2.9802326e-08f, 1.0009766f, 1.0004883f, 1.0014648f, 3.3895314e38f, 1.00390625f, 1.01171875f})
+  for (float f : {65504.f, 65519.99f, 65520.f, 65536.f, 6.1035156e-05f, 5.9604645e-08f, 2.9802322e-08f, 2.9802326e-08f,
+                  1.0009766f, 1.0004883f, 1.0014648f, 3.3895314e38f, 1.00390625f, 1.01171875f})
     for (float s : {1.f, -1.f}) xs.push_back(s * f);
   for (float f : xs) {
     const uint16_t h = cpu::f32_to_f16(f), r = c10::Half(f).x;
@@ -116,7 +116,7 @@ TEST(Nf4Isa, VectorTablesMatchScalar) {
         xh[i] = cpu::f32_to_f16(x[i]);
       }
       for (Elem t : {Elem::F32, Elem::BF16, Elem::F16}) {
-        const void* src = t == Elem::F32 ? static_cast<const void*>(x.data())
+        const void* src = t == Elem::F32    ? static_cast<const void*>(x.data())
                           : t == Elem::BF16 ? static_cast<const void*>(xb.data())
                                             : static_cast<const void*>(xh.data());
         const float a0 = ref.absmax(src, t, n), a1 = isa.absmax(src, t, n);
@@ -172,7 +172,8 @@ TEST(Nf4Isa, VectorTablesMatchScalar) {
       std::vector<float> a0(M * K, 0.25f), a1(M * K, 0.25f);
       ref.axpy_row(packed.data(), e0, K, sc.data(), bs, coef.data(), 3, M, a0.data(), K);
       isa.axpy_row(packed.data(), e0, K, sc.data(), bs, coef.data(), 3, M, a1.data(), K);
-      for (int64_t i = 0; i < M * K; ++i) ASSERT_NEAR(a0[i], a1[i], 1e-5 * (std::fabs(a0[i]) + 1)) << name << " axpy_row";
+      for (int64_t i = 0; i < M * K; ++i)
+        ASSERT_NEAR(a0[i], a1[i], 1e-5 * (std::fabs(a0[i]) + 1)) << name << " axpy_row";
     }
   }
   if (tested == 0) GTEST_SKIP() << "no vector instruction set on this CPU";
@@ -200,8 +201,8 @@ TEST(Nf4Quantize, RulesOfReference) {
     std::vector<float> v(64, 0.f);
     v[0] = 1.f;
     for (int i = 0; i < 15; ++i) {
-      v[1 + 2 * i] = nf4::kMidpoints[i];                                // on the midpoint: lower code
-      v[2 + 2 * i] = std::nextafter(nf4::kMidpoints[i], 2.f);           // just above: upper code
+      v[1 + 2 * i] = nf4::kMidpoints[i];                       // on the midpoint: lower code
+      v[2 + 2 * i] = std::nextafter(nf4::kMidpoints[i], 2.f);  // just above: upper code
     }
     v[31] = std::nanf("");
     v[32] = -1.f;
@@ -209,7 +210,10 @@ TEST(Nf4Quantize, RulesOfReference) {
     at::Tensor x = at::from_blob(v.data(), {64}, at::kFloat).clone();
     NF4Tensor q = nf4_quantize(x, 64, false);
     ASSERT_EQ(q.absmax.item<float>(), 1.f);
-    auto code = [&](int i) { uint8_t b = q.packed.data_ptr<uint8_t>()[i / 2]; return (i & 1) ? b & 15 : b >> 4; };
+    auto code = [&](int i) {
+      uint8_t b = q.packed.data_ptr<uint8_t>()[i / 2];
+      return (i & 1) ? b & 15 : b >> 4;
+    };
     EXPECT_EQ(code(0), 15);
     for (int i = 0; i < 15; ++i) {
       EXPECT_EQ(code(1 + 2 * i), i) << "midpoint " << i;
@@ -299,12 +303,14 @@ TEST(Nf4Quantize, DoubleQuantizedStatistics) {
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t nbk = b / 256;
     float nmax = 0;
-    for (int64_t j = nbk * 256; j < std::min(nb, nbk * 256 + 256); ++j) nmax = std::fmax(nmax, std::fabs(am[j] - offset));
+    for (int64_t j = nbk * 256; j < std::min(nb, nbk * 256 + 256); ++j)
+      nmax = std::fmax(nmax, std::fabs(am[j] - offset));
     ASSERT_TRUE(same_bits(q.nested_absmax.data_ptr<float>()[nbk], nmax));
     const float xs = (am[b] - offset) * (1.0f / nmax);
     const int c = q.absmax.data_ptr<uint8_t>()[b];
     for (int k = 0; k < 256; ++k)
-      ASSERT_LE(std::fabs((double)m8[c] - xs), std::fabs((double)m8[k] - xs)) << "block " << b << " code " << c << " vs " << k;
+      ASSERT_LE(std::fabs((double)m8[c] - xs), std::fabs((double)m8[k] - xs))
+          << "block " << b << " code " << c << " vs " << k;
     volatile float prod = m8[c] * nmax;
     ASSERT_TRUE(same_bits(rec.data_ptr<float>()[b], prod + offset)) << b;
   }
@@ -334,9 +340,12 @@ double rel_err(const at::Tensor& a, const at::Tensor& ref) {
 TEST(Nf4Linear, MatchesDequantizeMatmul) {
   IsaGuard guard;
   at::Generator g = gen(5);
-  struct Shape { int64_t N, K, bs; bool dq; };
-  const Shape shapes[] = {{48, 64, 64, true}, {70, 96, 64, true}, {33, 130, 32, false}, {17, 33, 32, true},
-                          {300, 256, 128, false}, {65, 4096 + 64, 4096, true}};
+  struct Shape {
+    int64_t N, K, bs;
+    bool dq;
+  };
+  const Shape shapes[] = {{48, 64, 64, true}, {70, 96, 64, true},     {33, 130, 32, false},
+                          {17, 33, 32, true}, {300, 256, 128, false}, {65, 4096 + 64, 4096, true}};
   for (const char* isa : {"scalar", "avx2", "avx512"}) {
     if (!cpu::nf4_isa_select(isa)) continue;
     for (const Shape& s : shapes) {

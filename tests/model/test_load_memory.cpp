@@ -22,9 +22,9 @@ namespace {
 // untied (about 330 MB on disk; the largest tensors are the 65 MB embeddings).
 void write_checkpoint(const stdfs::path& dir) {
   const int64_t V = 32000, H = 1024, I = 2816, L = 8;
-  nlohmann::json c = {{"model_type", "llama"}, {"vocab_size", V}, {"hidden_size", H}, {"intermediate_size", I},
-                      {"num_hidden_layers", L}, {"num_attention_heads", 16}, {"num_key_value_heads", 16},
-                      {"torch_dtype", "bfloat16"}};
+  nlohmann::json c = {{"model_type", "llama"},     {"vocab_size", V},          {"hidden_size", H},
+                      {"intermediate_size", I},    {"num_hidden_layers", L},   {"num_attention_heads", 16},
+                      {"num_key_value_heads", 16}, {"torch_dtype", "bfloat16"}};
   fs::write_file_atomic(dir / "config.json", c.dump());
   at::Generator g = at::make_generator<at::CPUGeneratorImpl>(1);
   io::SafetensorsWriter w;
@@ -55,7 +55,8 @@ TEST(LoadMemory, PeakIsModelPlusLargestTensor) {
     o.compute_dtype = at::kBFloat16;
     model::Model m = model::load_model(dir, o);
     std::printf("RESULT %llu %llu %lld\n", static_cast<unsigned long long>(baseline),
-                static_cast<unsigned long long>(fs::proc_status_bytes("VmHWM:")), static_cast<long long>(m.base_nbytes()));
+                static_cast<unsigned long long>(fs::proc_status_bytes("VmHWM:")),
+                static_cast<long long>(m.base_nbytes()));
     return;
   }
   const stdfs::path dir = test::temp_dir();

@@ -6,10 +6,10 @@
 
 #include <cmath>
 
+#include "kernels/ops.h"
 #include "tests/model/fixtures.h"
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
-#include "kernels/ops.h"
 #include "trainer/model/cross_entropy.h"
 #include "trainer/model/lora_linear.h"
 #include "trainer/model/model.h"
@@ -99,9 +99,18 @@ void check_against_peft(const PeftCase& pc) {
   test::write_tensors(lora_values(m), w / "lora.safetensors");
   std::string targets;
   for (const auto& t : pc.targets) targets += (targets.empty() ? "" : ",") + t;
-  std::vector<std::string> args = {"grads", (test::model_fixtures() / pc.family).string(), (w / "in.safetensors").string(),
-                                   (w / "grads.safetensors").string(), "--lora", (w / "lora.safetensors").string(),
-                                   "--r", std::to_string(pc.r), "--alpha", std::to_string(pc.alpha), "--targets", targets};
+  std::vector<std::string> args = {"grads",
+                                   (test::model_fixtures() / pc.family).string(),
+                                   (w / "in.safetensors").string(),
+                                   (w / "grads.safetensors").string(),
+                                   "--lora",
+                                   (w / "lora.safetensors").string(),
+                                   "--r",
+                                   std::to_string(pc.r),
+                                   "--alpha",
+                                   std::to_string(pc.alpha),
+                                   "--targets",
+                                   targets};
   if (pc.rslora) args.push_back("--rslora");
   if (pc.quantize) {
     test::write_tensors(m.dequantized_state_dict(at::kFloat), w / "weights.safetensors");
@@ -143,8 +152,8 @@ TEST(Lora, InitIsPeftsKaimingUniformAndZeroB) {
   const auto cfg = lora_cfg(4, 8, {"all-linear"});
   model::Model m = load("llama", true, cfg);
   stdfs::path w = test::temp_dir();
-  ASSERT_EQ(test::model_ref({"init", (test::model_fixtures() / "llama").string(),
-                                              (w / "init.json").string(), "--r", "4", "--targets", "all-linear"})
+  ASSERT_EQ(test::model_ref({"init", (test::model_fixtures() / "llama").string(), (w / "init.json").string(), "--r",
+                             "4", "--targets", "all-linear"})
                 .code,
             0);
   auto peft = nlohmann::json::parse(fs::read_file(w / "init.json"));
@@ -182,8 +191,14 @@ TEST(Lora, GradientsEqualPeftOn16BitBaseWithRsLora) {
 }
 
 TEST(Lora, GradientsEqualPeftWithCheckpointingAndSlidingWindow) {
-  check_against_peft({"mistral", /*quantize=*/true, 2, 4, {"k_proj", "o_proj", "gate_proj", "up_proj"}, false,
-                      /*checkpointing=*/true, 5});
+  check_against_peft({"mistral",
+                      /*quantize=*/true,
+                      2,
+                      4,
+                      {"k_proj", "o_proj", "gate_proj", "up_proj"},
+                      false,
+                      /*checkpointing=*/true,
+                      5});
 }
 
 TEST(Lora, GradientsEqualPeftOnQwen2) {
@@ -194,9 +209,7 @@ TEST(Lora, BadTargetsAndValuesAreUserErrors) {
   auto msg = [](const config::LoraConfig& c) {
     try {
       load("qwen2", true, c);
-    } catch (const UserError& e) {
-      return std::string(e.what());
-    }
+    } catch (const UserError& e) { return std::string(e.what()); }
     return std::string();
   };
   std::string e = msg(lora_cfg(4, 8, {"q_proj", "qkv_proj"}));
@@ -207,13 +220,16 @@ TEST(Lora, BadTargetsAndValuesAreUserErrors) {
   EXPECT_NE(msg(lora_cfg(4, 8, {})).find("lora_target_modules"), std::string::npos);
 
   model::Model m = load("qwen2", true, lora_cfg(4, 8, {"q_proj"}));
-  std::map<std::string, at::Tensor> v = {{"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", at::zeros({4, 7})}};
+  std::map<std::string, at::Tensor> v = {
+      {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", at::zeros({4, 7})}};
   try {
     m.load_lora_weights(v, "adapter.safetensors", false);
     ADD_FAILURE() << "no error";
   } catch (const UserError& err) {
-    EXPECT_NE(std::string(err.what()).find("adapter.safetensors: base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight: shape"),
-              std::string::npos) << err.what();
+    EXPECT_NE(std::string(err.what())
+                  .find("adapter.safetensors: base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight: shape"),
+              std::string::npos)
+        << err.what();
   }
   EXPECT_THROW(m.load_lora_weights({}, "adapter.safetensors", true), UserError);
 }
@@ -275,8 +291,8 @@ TEST(ForwardLoss, EqualsForwardThenLoss) {
     test::Batch b;
     at::Tensor mask;
   };
-  for (const Case& c : {Case{"packed", packed, at::Tensor()}, Case{"padded", padded, pad_mask},
-                        Case{"mixed", mixed, mixed_mask}}) {
+  for (const Case& c :
+       {Case{"packed", packed, at::Tensor()}, Case{"padded", padded, pad_mask}, Case{"mixed", mixed, mixed_mask}}) {
     for (bool quantize : {true, false}) {
       for (bool ckpt : {false, true}) {
         SCOPED_TRACE(std::string(c.name) + (quantize ? " nf4" : " 16-bit") + (ckpt ? " checkpointed" : ""));
@@ -320,8 +336,8 @@ TEST(LoraLinear, FusedEqualsComposition) {
       for (double p : {0.0, 0.3})
         for (int64_t M : {3, 40})
           for (bool x_grad : {true, false}) {
-            SCOPED_TRACE(std::string(use_nf4 ? "nf4" : "dense") + (with_bias ? " bias" : "") + " p=" +
-                         std::to_string(p) + " M=" + std::to_string(M) + (x_grad ? "" : " x frozen"));
+            SCOPED_TRACE(std::string(use_nf4 ? "nf4" : "dense") + (with_bias ? " bias" : "") +
+                         " p=" + std::to_string(p) + " M=" + std::to_string(M) + (x_grad ? "" : " x frozen"));
             model::LoraAdapter a;
             a.A = (at::randn({r, K}) * 0.1).requires_grad_(true);
             a.B = (at::randn({N, r}) * 0.1).requires_grad_(true);
@@ -347,9 +363,7 @@ TEST(LoraLinear, FusedEqualsComposition) {
             EXPECT_LE(test::rel_err(y, y2), 1e-5);
             EXPECT_LE(test::rel_err(gA, a.A.grad()), 1e-5);
             EXPECT_LE(test::rel_err(gB, a.B.grad()), 1e-5);
-            if (x_grad) {
-              EXPECT_LE(test::rel_err(x1.grad(), x2.grad()), 1e-5);
-            }
+            if (x_grad) { EXPECT_LE(test::rel_err(x1.grad(), x2.grad()), 1e-5); }
             ++cases;
           }
   EXPECT_EQ(cases, 32);

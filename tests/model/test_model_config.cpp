@@ -17,9 +17,7 @@ namespace {
 std::string error_of(const std::string& text) {
   try {
     model::parse_model_config(text, "x/config.json");
-  } catch (const UserError& e) {
-    return e.what();
-  }
+  } catch (const UserError& e) { return e.what(); }
   return "";
 }
 
@@ -152,8 +150,10 @@ TEST(ModelConfig, BadValuesNameTheKey) {
 
 TEST(ModelConfig, ReadsBnbQuantizationConfig) {
   json j = llama_json();
-  j["quantization_config"] = {{"quant_method", "bitsandbytes"}, {"load_in_4bit", true},
-                              {"bnb_4bit_quant_type", "nf4"}, {"bnb_4bit_use_double_quant", true},
+  j["quantization_config"] = {{"quant_method", "bitsandbytes"},
+                              {"load_in_4bit", true},
+                              {"bnb_4bit_quant_type", "nf4"},
+                              {"bnb_4bit_use_double_quant", true},
                               {"bnb_4bit_compute_dtype", "bfloat16"}};
   model::ModelConfig c = model::parse_model_config(j.dump(), "x/config.json");
   ASSERT_TRUE(c.quantization);

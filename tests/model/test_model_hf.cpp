@@ -150,9 +150,7 @@ namespace {
 std::string load_error(const stdfs::path& dir) {
   try {
     model::load_model(dir, fp32_options(true));
-  } catch (const UserError& e) {
-    return e.what();
-  }
+  } catch (const UserError& e) { return e.what(); }
   return "";
 }
 }  // namespace
@@ -173,7 +171,8 @@ TEST(HfModel, MissingOrMisshapenTensorsNameFileAndKey) {
   test::write_tensors(bad, d / "model.safetensors");
   e = load_error(d);
   EXPECT_NE(e.find("model.safetensors: model.layers.0.self_attn.k_proj.weight: expected shape [10, 35]"),
-            std::string::npos) << e;
+            std::string::npos)
+      << e;
 
   auto ints = all;
   ints["model.norm.weight"] = at::zeros({35}, at::kInt);
@@ -203,5 +202,6 @@ TEST(HfModel, BnbKeysAreChecked) {
   some["model.layers.0.mlp.gate_proj.weight.absmax"] = at::zeros({3}, at::kByte);
   test::write_tensors(some, d / "model.safetensors");
   e = load_error(d);
-  EXPECT_NE(e.find("gate_proj.weight.absmax: expected 21 entries (one per block of 64), got 3"), std::string::npos) << e;
+  EXPECT_NE(e.find("gate_proj.weight.absmax: expected 21 entries (one per block of 64), got 3"), std::string::npos)
+      << e;
 }

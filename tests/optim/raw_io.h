@@ -13,8 +13,8 @@ namespace qlora::test {
 inline at::Tensor read_raw(const std::filesystem::path& path, at::ScalarType dtype, std::vector<int64_t> shape) {
   const std::string bytes = qlora::fs::read_file(path);
   at::Tensor t = at::empty(shape, dtype);
-  TORCH_CHECK(bytes.size() == static_cast<size_t>(t.nbytes()), path.string(), ": ", bytes.size(),
-              " bytes, expected ", t.nbytes());
+  TORCH_CHECK(bytes.size() == static_cast<size_t>(t.nbytes()), path.string(), ": ", bytes.size(), " bytes, expected ",
+              t.nbytes());
   std::memcpy(t.data_ptr(), bytes.data(), bytes.size());
   return t;
 }

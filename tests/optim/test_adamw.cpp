@@ -234,8 +234,8 @@ TEST(AdamW, EightBitFirstStepEqualsBlockwiseQuantizer) {
   fp.step(1e-3, {g});
   q8.step(1e-3, {g});
   optim::OptimizerState a = fp.state_dict(), b = q8.state_dict();
-  for (auto [state, absmax, avg, is_signed] :
-       {std::tuple{"w.state1", "w.absmax1", "w.exp_avg", true}, std::tuple{"w.state2", "w.absmax2", "w.exp_avg_sq", false}}) {
+  for (auto [state, absmax, avg, is_signed] : {std::tuple{"w.state1", "w.absmax1", "w.exp_avg", true},
+                                               std::tuple{"w.state2", "w.absmax2", "w.exp_avg_sq", false}}) {
     at::Tensor am;
     at::Tensor codes = kernels::quantize_blockwise_8bit(a.tensors.at(avg), kernels::dynamic_map(is_signed), 256, am);
     EXPECT_TRUE(test::bit_equal(codes, b.tensors.at(state).view({-1}))) << state;
@@ -321,7 +321,8 @@ PagedRun run_paged(bool eight_bit, bool paged, std::optional<int64_t> budget, in
 
 void expect_same(const PagedRun& a, const PagedRun& b, const std::string& what) {
   ASSERT_EQ(a.state.tensors.size(), b.state.tensors.size());
-  for (const auto& [k, t] : a.state.tensors) EXPECT_TRUE(test::bit_equal(t, b.state.tensors.at(k))) << what << ": " << k;
+  for (const auto& [k, t] : a.state.tensors)
+    EXPECT_TRUE(test::bit_equal(t, b.state.tensors.at(k))) << what << ": " << k;
   for (size_t i = 0; i < a.compute.size(); ++i) EXPECT_TRUE(test::bit_equal(a.compute[i], b.compute[i])) << what;
   EXPECT_EQ(nlohmann::json::parse(a.state.json), nlohmann::json::parse(b.state.json)) << what;
 }
@@ -337,13 +338,13 @@ TEST(AdamW, PagedIsBitIdenticalToUnpaged) {
     int64_t state_bytes = 0;
     for (const auto& [k, t] : ref.state.tensors) state_bytes += t.nbytes();
     const std::vector<std::pair<std::optional<int64_t>, int64_t>> cases = {
-        {std::nullopt, 16 << 10},     // auto on CPU: all resident
-        {int64_t{1} << 30, 16 << 10}, // fits
-        {80 << 10, 16 << 10},         // 5 slots: 3 resident, 2 streaming
-        {32 << 10, 16 << 10},         // exactly 2 slots: everything streams
-        {20000, 16 << 10},            // less than 2 pages: pages shrink
-        {5000, 2 << 20},              // less than the state of any large parameter
-        {1, 2 << 20},                 // 1 byte: two 256-element pages
+        {std::nullopt, 16 << 10},      // auto on CPU: all resident
+        {int64_t{1} << 30, 16 << 10},  // fits
+        {80 << 10, 16 << 10},          // 5 slots: 3 resident, 2 streaming
+        {32 << 10, 16 << 10},          // exactly 2 slots: everything streams
+        {20000, 16 << 10},             // less than 2 pages: pages shrink
+        {5000, 2 << 20},               // less than the state of any large parameter
+        {1, 2 << 20},                  // 1 byte: two 256-element pages
     };
     for (const auto& [budget, page] : cases) {
       const std::string what = std::string(eight_bit ? "8bit" : "fp32") + " budget " +
@@ -438,9 +439,7 @@ TEST(AdamW, LoadStateDictRejectsMismatches) {
       optim::AdamW fresh(std::vector<optim::NamedParam>{{"w", w}}, o, at::kCPU);
       fresh.load_state_dict(st);
       ADD_FAILURE() << "no error, expected: " << msg;
-    } catch (const UserError& e) {
-      EXPECT_EQ(std::string(e.what()), msg);
-    }
+    } catch (const UserError& e) { EXPECT_EQ(std::string(e.what()), msg); }
   };
   optim::OptimizerState bad = good;
   bad.tensors["w.exp_avg"] = at::zeros({100});

@@ -38,8 +38,8 @@ TEST(Schedule, MatchesTransformers) {
       ss >> v;
       ASSERT_FALSE(v.empty()) << line;
       const double expected = std::stod(v);  // repr() is exact: round-trips to the same double
-      EXPECT_EQ(s.lr_at(k), expected) << kind << " warmup " << s.warmup_steps << " total " << s.total_steps
-                                      << " step " << k;
+      EXPECT_EQ(s.lr_at(k), expected) << kind << " warmup " << s.warmup_steps << " total " << s.total_steps << " step "
+                                      << k;
     }
     ++cases;
   }

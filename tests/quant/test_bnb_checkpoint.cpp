@@ -86,8 +86,8 @@ TEST_F(BnbCheckpoint, LayoutEqualsTransformersOwn) {
       const nlohmann::json& r = a.report[tag];
       EXPECT_EQ(r["linear4bit_modules"], 14);
       EXPECT_EQ(r["linear4bit_modules"], r["ref_linear4bit_modules"]);
-      EXPECT_TRUE(r["quantization_config_equal"].get<bool>()) << r["quantization_config_ours"].dump() << " vs "
-                                                             << r["quantization_config_ref"].dump();
+      EXPECT_TRUE(r["quantization_config_equal"].get<bool>())
+          << r["quantization_config_ours"].dump() << " vs " << r["quantization_config_ref"].dump();
       EXPECT_TRUE(r["keys_equal"].get<bool>()) << r["keys_only_ours"].dump() << " / " << r["keys_only_ref"].dump();
       EXPECT_TRUE(r["dtype_shape_mismatch"].empty()) << r["dtype_shape_mismatch"].dump();
       EXPECT_TRUE(r["json_diff"].empty()) << r["json_diff"].dump();  // same dict, same bytes
@@ -125,18 +125,20 @@ TEST_F(BnbCheckpoint, DoubleQuantDiffersOnlyInBnbCpuEightBitCodes) {
     ASSERT_FALSE(a.report.is_null()) << a.compare.output;
     const nlohmann::json& r = a.report["dq"];
     EXPECT_LE(r["code_diff"].get<int64_t>(), 2);
-    EXPECT_LE(r["q8_diff"].get<double>(), 0.01 * r["q8_total"].get<double>()) << r["q8_diff"] << " of " << r["q8_total"];
+    EXPECT_LE(r["q8_diff"].get<double>(), 0.01 * r["q8_total"].get<double>())
+        << r["q8_diff"] << " of " << r["q8_total"];
     EXPECT_EQ(r["swapped_modules"], 14);
     if (r["code_diff"] == 0) {
       EXPECT_TRUE(r["logits_bit_equal_after_swapping_8bit_codes"].get<bool>())
           << "max abs diff " << r["logits_max_abs_diff_after_swap"];
     }
     EXPECT_LT(r["logits_rel_norm_diff"].get<double>(), 1e-2);
-    std::printf("[bnb_ckpt] %s dq: 8-bit codes differ %s of %s; logits rel diff %.2e (bit-equal: %s; after giving "
-                "transformers our 8-bit codes: %s)\n",
-                name.c_str(), r["q8_diff"].dump().c_str(), r["q8_total"].dump().c_str(),
-                r["logits_rel_norm_diff"].get<double>(), r["logits_bit_equal"].dump().c_str(),
-                r["logits_bit_equal_after_swapping_8bit_codes"].dump().c_str());
+    std::printf(
+        "[bnb_ckpt] %s dq: 8-bit codes differ %s of %s; logits rel diff %.2e (bit-equal: %s; after giving "
+        "transformers our 8-bit codes: %s)\n",
+        name.c_str(), r["q8_diff"].dump().c_str(), r["q8_total"].dump().c_str(),
+        r["logits_rel_norm_diff"].get<double>(), r["logits_bit_equal"].dump().c_str(),
+        r["logits_bit_equal_after_swapping_8bit_codes"].dump().c_str());
   }
 }
 
@@ -205,8 +207,8 @@ TEST(BnbNf4, RoundTrip) {
 // nested_offset is written as Python writes it (so the quant_state bytes equal transformers').
 TEST(BnbNf4, FloatReprMatchesPython) {
   std::mt19937_64 rng(std::random_device{}());
-  std::vector<float> vs = {0.f, -0.f, 1.f, 0.5f, 1e-5f, 1e-4f, 1.5e-5f, 123.f, 1e16f, 1.5e16f, 3.4028235e38f, 1.4e-45f,
-                           0.13025284f, 0.0001f, 0.00012345f, 65504.f, -2.5f};
+  std::vector<float> vs = {0.f,     -0.f,          1.f,      0.5f,        1e-5f,   1e-4f,       1.5e-5f, 123.f, 1e16f,
+                           1.5e16f, 3.4028235e38f, 1.4e-45f, 0.13025284f, 0.0001f, 0.00012345f, 65504.f, -2.5f};
   std::uniform_int_distribution<int> ex(-40, 40);
   std::normal_distribution<float> nd;
   for (int i = 0; i < 3000; ++i) vs.push_back(std::ldexp(nd(rng), ex(rng)));
@@ -273,22 +275,24 @@ TEST(BnbNf4, ReaderRejectsMalformedEntries) {
   expect_error(write_with("fp4", [&](auto& w) { base(w, std::string(good).replace(good.find("nf4"), 3, "fp4")); }),
                "quant_type");
   expect_error(write_with("json", [&](auto& w) { base(w, "{not json"); }), "not valid JSON");
-  expect_error(write_with("shape", [&](auto& w) {
-                 std::string j = good;
-                 j.replace(j.find("[8, 64]") != std::string::npos ? j.find("[8, 64]") : j.find("[8,64]"),
-                           j.find("[8, 64]") != std::string::npos ? 7 : 6, "[8, 66]");
-                 base(w, j);
-               }),
+  expect_error(write_with("shape",
+                          [&](auto& w) {
+                            std::string j = good;
+                            j.replace(j.find("[8, 64]") != std::string::npos ? j.find("[8, 64]") : j.find("[8,64]"),
+                                      j.find("[8, 64]") != std::string::npos ? 7 : 6, "[8, 66]");
+                            base(w, j);
+                          }),
                "bytes of packed codes");
   expect_error(write_with("nomap", [&](auto& w) { base(w, good, false); }), "nested_quant_map: missing");
-  expect_error(write_with("qmap", [&](auto& w) {
-                 w.add("m.weight", t.packed.reshape({-1, 1}));
-                 w.add("m.weight.absmax", t.absmax);
-                 w.add("m.weight.quant_map", kernels::nf4_code_table() * 2);
-                 w.add("m.weight.nested_absmax", t.nested_absmax);
-                 w.add("m.weight.nested_quant_map", kernels::dynamic_map(true));
-                 w.add("m.weight.quant_state.bitsandbytes__nf4", json_bytes(good));
-               }),
+  expect_error(write_with("qmap",
+                          [&](auto& w) {
+                            w.add("m.weight", t.packed.reshape({-1, 1}));
+                            w.add("m.weight.absmax", t.absmax);
+                            w.add("m.weight.quant_map", kernels::nf4_code_table() * 2);
+                            w.add("m.weight.nested_absmax", t.nested_absmax);
+                            w.add("m.weight.nested_quant_map", kernels::dynamic_map(true));
+                            w.add("m.weight.quant_state.bitsandbytes__nf4", json_bytes(good));
+                          }),
                "quant_map: not the NF4 code table");
 }
 

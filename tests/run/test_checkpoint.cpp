@@ -46,9 +46,7 @@ TEST(Checkpoint, CorruptOrPartialNewestIsSkippedForPreviousGood) {
   save(d, 2, 0);
   save(d, 3, 0);
   // Corrupt the newest: flip its content (same size).
-  {
-    std::ofstream(d / "checkpoint-000003" / "adapter_model.safetensors") << "weights-X";
-  }
+  { std::ofstream(d / "checkpoint-000003" / "adapter_model.safetensors") << "weights-X"; }
   // A partial one (crash before the manifest) that looks newer still.
   stdfs::create_directories(d / "checkpoint-000004");
   std::ofstream(d / "checkpoint-000004" / "adapter_model.safetensors") << "half";

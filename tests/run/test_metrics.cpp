@@ -42,15 +42,17 @@ TEST(Metrics, JsonlOneObjectPerLine) {
 TEST(Metrics, TruncateKeepsLinesUpToTheStep) {
   auto d = test::temp_dir();
   const auto path = d / "metrics.jsonl";
-  fs::write_file_atomic(path, "{\"step\":1,\"loss\":2.5}\n{\"step\":2,\"eval_loss\":2.0}\n"
-                              "{\"step\":3,\"loss\":2.0}\n{\"step\":2,\"event\":\"resume\"}\n{\"step\":4,\"lo");
+  fs::write_file_atomic(path,
+                        "{\"step\":1,\"loss\":2.5}\n{\"step\":2,\"eval_loss\":2.0}\n"
+                        "{\"step\":3,\"loss\":2.0}\n{\"step\":2,\"event\":\"resume\"}\n{\"step\":4,\"lo");
   run::MetricsHistory h = run::truncate_metrics(path, 2);
   ASSERT_EQ(h.steps.size(), 1u);
   EXPECT_EQ(h.steps[0].loss, 2.5);
   ASSERT_EQ(h.evals.size(), 1u);
   EXPECT_EQ(h.evals[0].step, 2);
-  EXPECT_EQ(fs::read_file(path), "{\"step\":1,\"loss\":2.5}\n{\"step\":2,\"eval_loss\":2.0}\n"
-                                 "{\"step\":2,\"event\":\"resume\"}\n");
+  EXPECT_EQ(fs::read_file(path),
+            "{\"step\":1,\"loss\":2.5}\n{\"step\":2,\"eval_loss\":2.0}\n"
+            "{\"step\":2,\"event\":\"resume\"}\n");
   EXPECT_TRUE(run::truncate_metrics(d / "none.jsonl", 2).steps.empty());
   EXPECT_FALSE(stdfs::exists(d / "none.jsonl"));
 }

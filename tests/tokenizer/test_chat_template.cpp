@@ -9,8 +9,8 @@
 #include "tests/common/harness.h"
 #include "tests/tokenizer/published_templates.h"
 #include "trainer/common/error.h"
-#include "trainer/tokenizer/chat_template.h"
 #include "trainer/jinja/template.h"
+#include "trainer/tokenizer/chat_template.h"
 
 using namespace qlora;
 using namespace qlora::test;
@@ -40,13 +40,13 @@ std::vector<std::pair<std::string, json>> conversations() {
   c.emplace_back("multi_turn", json::array({msg("user", "What is 2+2?"), msg("assistant", "4."),
                                             msg("user", "And 3+3?"), msg("assistant", "6.")}));
   c.emplace_back("system_multi_turn",
-                 json::array({msg("system", "Be brief."), msg("user", "Hi there"), msg("assistant", "Hello! How can I help?"),
-                              msg("user", "  What is 2+2?  ")}));
+                 json::array({msg("system", "Be brief."), msg("user", "Hi there"),
+                              msg("assistant", "Hello! How can I help?"), msg("user", "  What is 2+2?  ")}));
   c.emplace_back("empty_content", json::array({msg("user", ""), msg("assistant", "")}));
   c.emplace_back("unicode", json::array({msg("user", "héllo wörld — 你好 🚀 Привет"),
                                          msg("assistant", "Ça va? ñ 日本語 \u00a0nbsp\u2028sep 😀")}));
-  c.emplace_back("whitespace", json::array({msg("user", "  padded  \n"), msg("assistant", "\n\nline\n\n"),
-                                            msg("user", "\ttab\t")}));
+  c.emplace_back("whitespace",
+                 json::array({msg("user", "  padded  \n"), msg("assistant", "\n\nline\n\n"), msg("user", "\ttab\t")}));
   c.emplace_back("jinja_looking_content",
                  json::array({msg("user", "{{ not a tag }} {% if %} {# x #} 'quote' \"dq\" back\\slash"),
                               msg("assistant", "<|im_end|> is text here </s>")}));
@@ -55,16 +55,18 @@ std::vector<std::pair<std::string, json>> conversations() {
   c.emplace_back("empty", json::array());
   c.emplace_back("thinking", json::array({msg("user", "Hi"), msg("assistant", "<think>\nhmm\n</think>\n\nHello!"),
                                           msg("user", "And?"), msg("assistant", "<think>\nagain\n</think>\n\nMore.")}));
-  c.emplace_back("reasoning_fields",
-                 json::array({msg("user", "Q1"), json{{"role", "assistant"}, {"content", "A1"}, {"reasoning_content", "R1"}},
-                              msg("user", "Q2"), json{{"role", "assistant"}, {"content", "A2"}, {"thinking", "R2"}}}));
-  c.emplace_back("null_key_dropped", json::array({json{{"role", "user"}, {"content", "hi"}, {"name", nullptr}},
-                                                  msg("assistant", "yo")}));
+  c.emplace_back(
+      "reasoning_fields",
+      json::array({msg("user", "Q1"), json{{"role", "assistant"}, {"content", "A1"}, {"reasoning_content", "R1"}},
+                   msg("user", "Q2"), json{{"role", "assistant"}, {"content", "A2"}, {"thinking", "R2"}}}));
+  c.emplace_back("null_key_dropped",
+                 json::array({json{{"role", "user"}, {"content", "hi"}, {"name", nullptr}}, msg("assistant", "yo")}));
   return c;
 }
 
 json weather_tool() {
-  return json::parse(R"({"type": "function", "function": {"name": "get_weather", "description": "Get the weather for a city",
+  return json::parse(
+      R"({"type": "function", "function": {"name": "get_weather", "description": "Get the weather for a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City name"},
     "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}}})");
 }
@@ -117,37 +119,124 @@ std::vector<std::pair<std::string, std::string>> feature_templates() {
       {"text", "plain text"},
       {"trailing_newline_dropped", "a\n"},
       {"crlf", "a\r\n{% if true %}\r\nb\r\n{% endif %}\r\nc"},
-      {"print_types", "{{ none }}|{{ true }}|{{ false }}|{{ 1 }}|{{ -2 }}|{{ 1.5 }}|{{ 'x' }}|{{ [1, 'a', none, true, 1.0] }}|{{ {'a': 1, 'b': [2]} }}|{{ missing }}"},
-      {"floats", "{{ 1/2 }} {{ 4/2 }} {{ 1e20 }} {{ 1e16 }} {{ 1e15 }} {{ 0.0001 }} {{ 0.00001 }} {{ 0.1 + 0.2 }} {{ 1/3 }} {{ -0.0 }} {{ 2.5e-10 }} {{ 123456789.125 }}"},
-      {"int_math", "{{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 7 % -3 }} {{ 2 ** 10 }} {{ 2 ** -1 }} {{ 2 ** 3 ** 2 }} {{ 3 - 5 }} {{ 2 * 3 + 1 }} {{ (1 + 2) * 3 }} {{ true + 1 }}"},
+      {"print_types",
+       "{{ none }}|{{ true }}|{{ false }}|{{ 1 }}|{{ -2 }}|{{ 1.5 }}|{{ 'x' }}|{{ [1, 'a', none, true, 1.0] }}|{{ "
+       "{'a': 1, 'b': [2]} }}|{{ missing }}"},
+      {"floats",
+       "{{ 1/2 }} {{ 4/2 }} {{ 1e20 }} {{ 1e16 }} {{ 1e15 }} {{ 0.0001 }} {{ 0.00001 }} {{ 0.1 + 0.2 }} {{ 1/3 }} {{ "
+       "-0.0 }} {{ 2.5e-10 }} {{ 123456789.125 }}"},
+      {"int_math",
+       "{{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 7 % -3 }} {{ 2 ** 10 }} {{ 2 ** -1 }} {{ 2 ** 3 ** 2 }} "
+       "{{ 3 - 5 }} {{ 2 * 3 + 1 }} {{ (1 + 2) * 3 }} {{ true + 1 }}"},
       {"float_math", "{{ 7.5 // 2 }} {{ -7.5 % 2 }} {{ 1.5 * 2 }} {{ 3 - 1.5 }} {{ 10 / 4 }}"},
       {"string_ops", "{{ 'a' ~ 1 ~ none ~ true }} {{ 'ab' * 3 }} {{ [1] * 2 }} {{ 'x' + 'y' }} {{ [1] + [2, 3] }}"},
-      {"comparisons", "{{ 1 < 2 }}{{ 2 <= 1 }}{{ 'a' == 'a' }}{{ 'a' != 'a' }}{{ 3 > 2 }}{{ 1 >= 1 }}{{ 1 == 1.0 }}{{ true == 1 }}{{ [1] == [1.0] }}{{ 1 < 2 < 3 }}{{ 3 > 2 > 2 }}{{ 'abc' < 'abd' }}{{ [1, 2] < [1, 3] }}"},
-      {"logic", "{{ true and false }}{{ true or false }}{{ not true }}{{ not (1 == 2) }}{{ 0 or 'x' }}{{ '' and 'y' }}{{ none or [] }}{{ not none }}"},
-      {"in", "{{ 'b' in 'abc' }}{{ 2 in [1, 2] }}{{ 'k' in d }}{{ 'q' not in d }}{{ 'x' in missing }}{{ not 'a' in 'b' }}"},
-      {"tests", "{{ x is defined }}{{ y is defined }}{{ y is not defined }}{{ y is undefined }}{{ n is none }}{{ s is string }}{{ 1 is number }}{{ true is number }}{{ 1.5 is float }}{{ 1 is integer }}{{ true is integer }}{{ true is boolean }}{{ d is mapping }}{{ s is iterable }}{{ l is iterable }}{{ d is sequence }}{{ 3 is odd }}{{ 4 is even }}{{ 9 is divisibleby 3 }}{{ 9 is divisibleby(4) }}{{ 'ab' is lower }}{{ 'AB' is upper }}{{ 1 is eq 1 }}{{ 1 is ne 2 }}{{ 2 is gt 1 }}{{ 2 is lt 1 }}{{ 2 is ge 2 }}{{ 1 is le 0 }}{{ 'a' is in 'cat' }}{{ none is sameas none }}{{ true is true }}{{ 1 is true }}{{ false is false }}{{ range is callable }}{{ 'upper' is filter }}{{ 'odd' is test }}"},
-      {"conditional_expr", "{{ 'yes' if flag else 'no' }}|{{ 'a' if false }}|{{ 'a' if x is defined else 'b' if true else 'c' }}"},
-      {"subscript_slices", "{{ l[0] }}{{ l[-1] }}{{ l[1:] }}{{ l[:2] }}{{ l[::-1] }}{{ l[::2] }}{{ l[1::2] }}{{ l[-1:0:-1] }}{{ l[:-2:-1] }}{{ l[5:] }}{{ l[10] }}|{{ 'hello'[1:3] }}{{ 'héllo'[1:3] }}{{ 'héllo'[-1] }}{{ 'abc'[::-1] }}{{ d['k'] }}{{ d.k }}{{ d.missing }}{{ l.0 }}"},
-      {"literals", "{{ [1, 'a', [2]] }}{{ {'k': 1}['k'] }}{{ (1, 2)[1] }}{{ 'con' 'cat' }}{{ \"dq\" }}{{ 'esc\\n\\t\\\\\\'\\x41\\u00e9' }}{{ 1_000 }}{{ 2.5e3 }}{{ True }}{{ None }}"},
-      {"filters_basic", "{{ '  x  ' | trim }}|{{ 'xxaxx' | trim('x') }}|{{ l | length }}|{{ 'héllo' | length }}|{{ d | length }}|{{ missing | length }}|{{ 'Ab' | upper }}{{ 'Ab' | lower }}|{{ l | join('-') }}|{{ l | join }}|{{ l | first }}{{ l | last }}|{{ 'abc' | first }}|{{ missing | default('d') }}|{{ '' | default('d') }}|{{ '' | default('d', true) }}|{{ none | default('d') }}|{{ 5 | string }}|{{ 'hello world' | capitalize }}|{{ \"hello wORLD it's-a [test]\" | title }}|{{ 'a b a' | replace('a', 'x') }}|{{ 'aaa' | replace('a', 'b', 2) }}|{{ l | count }}"},
-      {"filters_numbers", "{{ '42' | int }}|{{ '4.7' | int }}|{{ 'x' | int }}|{{ 'x' | int(7) }}|{{ 3.9 | int }}|{{ '2.5' | float }}|{{ 'y' | float }}|{{ -3 | abs }}|{{ 2.5 | round }}|{{ 3.5 | round }}|{{ 2.345 | round(2) }}|{{ 2.1 | round(0, 'ceil') }}|{{ l | sum }}|{{ l | max }}|{{ l | min }}|{{ l | sum(start=10) }}"},
-      {"filters_sequences", "{{ l | reverse | list }}|{{ 'abc' | reverse }}|{{ [3, 1, 2] | sort }}|{{ ['b', 'A', 'c'] | sort }}|{{ ['b', 'A', 'c'] | sort(case_sensitive=true) }}|{{ [3, 1, 2] | sort(reverse=true) }}|{{ [1, 2, 1, 3] | unique | list }}|{{ 'abc' | list }}|{{ d | list }}|{{ d | items | list }}|{{ d | dictsort }}|{{ missing | items | list }}"},
-      {"filters_select", "{{ msgs | selectattr('role', 'equalto', 'user') | list | length }}|{{ (msgs | selectattr('role', 'equalto', 'user') | list)[-1].content }}|{{ msgs | rejectattr('role', 'equalto', 'user') | map(attribute='content') | join(',') }}|{{ msgs | map(attribute='role') | list }}|{{ msgs | map(attribute='nope', default='z') | list }}|{{ ['a', 'B'] | map('upper') | list }}|{{ [1, 2, 3, 4] | select('odd') | list }}|{{ [1, 2, 3, 4] | reject('odd') | list }}|{{ [0, 1, '', 'x'] | select | list }}|{{ items | selectattr('on') | map(attribute='n') | list }}|{{ msgs | selectattr('content', 'defined') | list | length }}|{{ msgs | sort(attribute='content') | map(attribute='content') | join }}"},
-      {"tojson", "{{ {'a': [1, 'x', none, true, 1.5], 'é': '\"q\" \\\\ \\n'} | tojson }}|{{ d | tojson(indent=2) }}|{{ {'b': [1, {'c': 'x'}], 'a': {}, 'e': []} | tojson(indent=4) }}|{{ {'b': 1, 'a': 2} | tojson(sort_keys=true) }}|{{ 'é' | tojson(ensure_ascii=true) }}|{{ [1, 2] | tojson(separators=(',', ':')) }}|{{ 'x' | tojson }}|{{ 3 | tojson }}|{{ none | tojson }}"},
-      {"indent_center", "{{ 'a\\nb\\n\\nc' | indent }}|{{ 'a\\nb' | indent(2, true) }}|{{ 'a\\n\\nb' | indent(2, blank=true) }}|{{ 'ab' | center(6) }}|{{ '<a & \"b\">' | e }}"},
-      {"string_methods", "{{ ' x '.strip() }}|{{ 'abc'.startswith('ab') }}{{ 'abc'.endswith('x') }}{{ 'abc'.startswith(('x', 'a')) }}|{{ 'ab'.upper() }}|{{ 'hello world'.title() }}|{{ \"they're 1st\".title() }}|{{ ' x '.lstrip() }}|{{ ' x '.rstrip() }}|{{ 'aXbXc'.split('X') }}|{{ ' a  b '.split() }}|{{ 'a,b,c'.split(',', 1) }}|{{ 'a,b,c'.rsplit(',', 1) }}|{{ 'x'.split(',') }}|{{ 'r</think>a'.split('</think>')[-1] }}|{{ 'abcabc'.replace('b', 'X') }}|{{ 'abcabc'.find('c') }}|{{ 'abcabc'.rfind('c') }}|{{ 'abcabc'.count('bc') }}|{{ '-'.join(['a', 'b']) }}|{{ 'a\\nb\\r\\nc'.splitlines() }}|{{ '12'.isdigit() }}{{ 'ab'.isalpha() }}{{ ' '.isspace() }}|{{ 'hello'.capitalize() }}|{{ '\\n\\nx\\n'.strip('\\n') }}|{{ 'xxay'.lstrip('x') }}|{{ 'ayyx'.rstrip('xy') }}|{{ ' a '.strip(none) }}|{{ 'ÉCOLE'.lower() }}|{{ 'straße'.upper() == 'STRASSE' }}"},
-      {"unicode_case", "{{ 'ǆemal ΑΣ straße ﬁx'.title() }}|{{ 'ΑΣ ΑΣ.'.lower() }}|{{ 'ǆa'.capitalize() }}|{{ 'ΑΣ'.capitalize() }}|{{ 'straße ﬁx İ' | upper }}|{{ 'İ' | lower | length }}|{{ 'ǆemal straße-ﬁx' | title }}|{{ 'ǅ' is upper }}{{ 'Ǆ' is upper }}{{ 'ß' is lower }}{{ 'ǅ'.islower() }}{{ 'ᾳ'.islower() }}|{{ '٣'.isdigit() }}{{ '²'.isdigit() }}{{ '½'.isalnum() }}{{ '一'.isalnum() }}{{ 'ǅ'.isalpha() }}{{ '٣'.isalpha() }}|{{ 'x\\u001cy\\u3000z'.split() }}|{{ ['b', 'A', 'ä', 'Ä'] | sort | join }}"},
-      {"dict_methods", "{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}|{{ d.keys() | list }}|{{ d.values() | list }}|{{ d.get('k') }}|{{ d.get('q', 'dflt') }}|{{ d.get('q') }}|{{ d['items'] is defined }}"},
-      {"for_loop", "{% for x in l %}{{ loop.index }}{{ loop.index0 }}{{ loop.revindex }}{{ loop.revindex0 }}{{ loop.first }}{{ loop.last }}{{ loop.length }}{{ loop.previtem }}{{ loop.nextitem }}{{ loop.cycle('a', 'b') }};{% endfor %}"},
-      {"for_else_break_continue", "{% for x in [] %}x{% else %}empty{% endfor %}|{% for n in [1, 2, 3, 4] %}{% if n == 2 %}{% continue %}{% endif %}{% if n == 4 %}{% break %}{% endif %}{{ n }}{% endfor %}|{% for x in missing %}{{ x }}{% else %}none{% endfor %}"},
-      {"for_filter", "{% for x in [1, 2, 3, 4] if x % 2 == 0 %}{{ loop.index }}:{{ x }}{% if not loop.last %},{% endif %}{% endfor %}|{% for k, v in d.items() if k != 'k' %}{{ k }}={{ v }};{% endfor %}|{% for c in 'hé' %}[{{ c }}]{% endfor %}|{% for k in d %}{{ k }}{% endfor %}"},
-      {"nested_loops", "{% for a in [1, 2] %}{% for b in ['x', 'y'] %}{{ a }}{{ b }}{{ loop.index }}{% endfor %}{{ loop.index }};{% endfor %}"},
-      {"scoping", "{% set a = 1 %}{% for x in [1, 2] %}{% set a = a + 10 %}{{ a }}{% endfor %}{{ a }}|{% if true %}{% set b = 3 %}{% endif %}{{ b }}|{% for i in range(3) %}{% if i == 0 %}{% set y = 5 %}{% endif %}{{ y }}{% endfor %}|{% set p, q = [1, 2] %}{{ p }}{{ q }}|{% with w = 7 %}{{ w }}{% endwith %}{{ w }}"},
-      {"namespace", "{% set ns = namespace(total=0, seen=false) %}{% for x in [1, 2, 3] %}{% set ns.total = ns.total + x %}{% if x == 2 %}{% set ns.seen = true %}{% endif %}{% endfor %}{{ ns.total }} {{ ns.seen }}|{% set n2 = namespace() %}{% set n2.a = 'x' %}{{ n2.a }}{{ n2.b is defined }}{{ n2['a'] }}"},
-      {"range", "{% for i in range(3) %}{{ i }}{% endfor %}|{{ range(1, 8, 3) | list }}|{{ range(3, -1, -1) | list }}|{{ range(0, 3, -1) | list }}|{{ range(5)[2] }}"},
-      {"set_block_filter_block", "{% set x %}inside {{ 1 + 1 }}{% endset %}[{{ x }}]|{% set y | upper %}shout{% endset %}{{ y }}|{% filter upper %}hello {{ 'world' }}{% endfilter %}"},
-      {"macro", "{% macro greet(name, punct='!') %}Hi {{ name }}{{ punct }}{% endmacro %}{{ greet('Ann') }} {{ greet('Bob', '?') }} {{ greet(punct='.', name='Cy') }}|{% macro rec(n) %}{% if n > 0 %}{{ n }}{{ rec(n - 1) }}{% endif %}{% endmacro %}{{ rec(3) }}"},
-      {"whitespace_trim_lstrip", "a\n    {% if true %}\n    b\n    {% endif %}\nc\n  {# comment #}\nd {% if true %} e {% endif %} f"},
+      {"comparisons",
+       "{{ 1 < 2 }}{{ 2 <= 1 }}{{ 'a' == 'a' }}{{ 'a' != 'a' }}{{ 3 > 2 }}{{ 1 >= 1 }}{{ 1 == 1.0 }}{{ true == 1 }}{{ "
+       "[1] == [1.0] }}{{ 1 < 2 < 3 }}{{ 3 > 2 > 2 }}{{ 'abc' < 'abd' }}{{ [1, 2] < [1, 3] }}"},
+      {"logic",
+       "{{ true and false }}{{ true or false }}{{ not true }}{{ not (1 == 2) }}{{ 0 or 'x' }}{{ '' and 'y' }}{{ none "
+       "or [] }}{{ not none }}"},
+      {"in",
+       "{{ 'b' in 'abc' }}{{ 2 in [1, 2] }}{{ 'k' in d }}{{ 'q' not in d }}{{ 'x' in missing }}{{ not 'a' in 'b' }}"},
+      {"tests",
+       "{{ x is defined }}{{ y is defined }}{{ y is not defined }}{{ y is undefined }}{{ n is none }}{{ s is string "
+       "}}{{ 1 is number }}{{ true is number }}{{ 1.5 is float }}{{ 1 is integer }}{{ true is integer }}{{ true is "
+       "boolean }}{{ d is mapping }}{{ s is iterable }}{{ l is iterable }}{{ d is sequence }}{{ 3 is odd }}{{ 4 is "
+       "even }}{{ 9 is divisibleby 3 }}{{ 9 is divisibleby(4) }}{{ 'ab' is lower }}{{ 'AB' is upper }}{{ 1 is eq 1 "
+       "}}{{ 1 is ne 2 }}{{ 2 is gt 1 }}{{ 2 is lt 1 }}{{ 2 is ge 2 }}{{ 1 is le 0 }}{{ 'a' is in 'cat' }}{{ none is "
+       "sameas none }}{{ true is true }}{{ 1 is true }}{{ false is false }}{{ range is callable }}{{ 'upper' is filter "
+       "}}{{ 'odd' is test }}"},
+      {"conditional_expr",
+       "{{ 'yes' if flag else 'no' }}|{{ 'a' if false }}|{{ 'a' if x is defined else 'b' if true else 'c' }}"},
+      {"subscript_slices",
+       "{{ l[0] }}{{ l[-1] }}{{ l[1:] }}{{ l[:2] }}{{ l[::-1] }}{{ l[::2] }}{{ l[1::2] }}{{ l[-1:0:-1] }}{{ l[:-2:-1] "
+       "}}{{ l[5:] }}{{ l[10] }}|{{ 'hello'[1:3] }}{{ 'héllo'[1:3] }}{{ 'héllo'[-1] }}{{ 'abc'[::-1] }}{{ d['k'] }}{{ "
+       "d.k }}{{ d.missing }}{{ l.0 }}"},
+      {"literals",
+       "{{ [1, 'a', [2]] }}{{ {'k': 1}['k'] }}{{ (1, 2)[1] }}{{ 'con' 'cat' }}{{ \"dq\" }}{{ "
+       "'esc\\n\\t\\\\\\'\\x41\\u00e9' }}{{ 1_000 }}{{ 2.5e3 }}{{ True }}{{ None }}"},
+      {"filters_basic",
+       "{{ '  x  ' | trim }}|{{ 'xxaxx' | trim('x') }}|{{ l | length }}|{{ 'héllo' | length }}|{{ d | length }}|{{ "
+       "missing | length }}|{{ 'Ab' | upper }}{{ 'Ab' | lower }}|{{ l | join('-') }}|{{ l | join }}|{{ l | first }}{{ "
+       "l | last }}|{{ 'abc' | first }}|{{ missing | default('d') }}|{{ '' | default('d') }}|{{ '' | default('d', "
+       "true) }}|{{ none | default('d') }}|{{ 5 | string }}|{{ 'hello world' | capitalize }}|{{ \"hello wORLD it's-a "
+       "[test]\" | title }}|{{ 'a b a' | replace('a', 'x') }}|{{ 'aaa' | replace('a', 'b', 2) }}|{{ l | count }}"},
+      {"filters_numbers",
+       "{{ '42' | int }}|{{ '4.7' | int }}|{{ 'x' | int }}|{{ 'x' | int(7) }}|{{ 3.9 | int }}|{{ '2.5' | float }}|{{ "
+       "'y' | float }}|{{ -3 | abs }}|{{ 2.5 | round }}|{{ 3.5 | round }}|{{ 2.345 | round(2) }}|{{ 2.1 | round(0, "
+       "'ceil') }}|{{ l | sum }}|{{ l | max }}|{{ l | min }}|{{ l | sum(start=10) }}"},
+      {"filters_sequences",
+       "{{ l | reverse | list }}|{{ 'abc' | reverse }}|{{ [3, 1, 2] | sort }}|{{ ['b', 'A', 'c'] | sort }}|{{ ['b', "
+       "'A', 'c'] | sort(case_sensitive=true) }}|{{ [3, 1, 2] | sort(reverse=true) }}|{{ [1, 2, 1, 3] | unique | list "
+       "}}|{{ 'abc' | list }}|{{ d | list }}|{{ d | items | list }}|{{ d | dictsort }}|{{ missing | items | list }}"},
+      {"filters_select",
+       "{{ msgs | selectattr('role', 'equalto', 'user') | list | length }}|{{ (msgs | selectattr('role', 'equalto', "
+       "'user') | list)[-1].content }}|{{ msgs | rejectattr('role', 'equalto', 'user') | map(attribute='content') | "
+       "join(',') }}|{{ msgs | map(attribute='role') | list }}|{{ msgs | map(attribute='nope', default='z') | list "
+       "}}|{{ ['a', 'B'] | map('upper') | list }}|{{ [1, 2, 3, 4] | select('odd') | list }}|{{ [1, 2, 3, 4] | "
+       "reject('odd') | list }}|{{ [0, 1, '', 'x'] | select | list }}|{{ items | selectattr('on') | map(attribute='n') "
+       "| list }}|{{ msgs | selectattr('content', 'defined') | list | length }}|{{ msgs | sort(attribute='content') | "
+       "map(attribute='content') | join }}"},
+      {"tojson",
+       "{{ {'a': [1, 'x', none, true, 1.5], 'é': '\"q\" \\\\ \\n'} | tojson }}|{{ d | tojson(indent=2) }}|{{ {'b': [1, "
+       "{'c': 'x'}], 'a': {}, 'e': []} | tojson(indent=4) }}|{{ {'b': 1, 'a': 2} | tojson(sort_keys=true) }}|{{ 'é' | "
+       "tojson(ensure_ascii=true) }}|{{ [1, 2] | tojson(separators=(',', ':')) }}|{{ 'x' | tojson }}|{{ 3 | tojson "
+       "}}|{{ none | tojson }}"},
+      {"indent_center",
+       "{{ 'a\\nb\\n\\nc' | indent }}|{{ 'a\\nb' | indent(2, true) }}|{{ 'a\\n\\nb' | indent(2, blank=true) }}|{{ 'ab' "
+       "| center(6) }}|{{ '<a & \"b\">' | e }}"},
+      {"string_methods",
+       "{{ ' x '.strip() }}|{{ 'abc'.startswith('ab') }}{{ 'abc'.endswith('x') }}{{ 'abc'.startswith(('x', 'a')) }}|{{ "
+       "'ab'.upper() }}|{{ 'hello world'.title() }}|{{ \"they're 1st\".title() }}|{{ ' x '.lstrip() }}|{{ ' x "
+       "'.rstrip() }}|{{ 'aXbXc'.split('X') }}|{{ ' a  b '.split() }}|{{ 'a,b,c'.split(',', 1) }}|{{ "
+       "'a,b,c'.rsplit(',', 1) }}|{{ 'x'.split(',') }}|{{ 'r</think>a'.split('</think>')[-1] }}|{{ "
+       "'abcabc'.replace('b', 'X') }}|{{ 'abcabc'.find('c') }}|{{ 'abcabc'.rfind('c') }}|{{ 'abcabc'.count('bc') }}|{{ "
+       "'-'.join(['a', 'b']) }}|{{ 'a\\nb\\r\\nc'.splitlines() }}|{{ '12'.isdigit() }}{{ 'ab'.isalpha() }}{{ ' "
+       "'.isspace() }}|{{ 'hello'.capitalize() }}|{{ '\\n\\nx\\n'.strip('\\n') }}|{{ 'xxay'.lstrip('x') }}|{{ "
+       "'ayyx'.rstrip('xy') }}|{{ ' a '.strip(none) }}|{{ 'ÉCOLE'.lower() }}|{{ 'straße'.upper() == 'STRASSE' }}"},
+      {"unicode_case",
+       "{{ 'ǆemal ΑΣ straße ﬁx'.title() }}|{{ 'ΑΣ ΑΣ.'.lower() }}|{{ 'ǆa'.capitalize() }}|{{ 'ΑΣ'.capitalize() }}|{{ "
+       "'straße ﬁx İ' | upper }}|{{ 'İ' | lower | length }}|{{ 'ǆemal straße-ﬁx' | title }}|{{ 'ǅ' is upper }}{{ 'Ǆ' "
+       "is upper }}{{ 'ß' is lower }}{{ 'ǅ'.islower() }}{{ 'ᾳ'.islower() }}|{{ '٣'.isdigit() }}{{ '²'.isdigit() }}{{ "
+       "'½'.isalnum() }}{{ '一'.isalnum() }}{{ 'ǅ'.isalpha() }}{{ '٣'.isalpha() }}|{{ 'x\\u001cy\\u3000z'.split() "
+       "}}|{{ ['b', 'A', 'ä', 'Ä'] | sort | join }}"},
+      {"dict_methods",
+       "{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}|{{ d.keys() | list }}|{{ d.values() | list }}|{{ "
+       "d.get('k') }}|{{ d.get('q', 'dflt') }}|{{ d.get('q') }}|{{ d['items'] is defined }}"},
+      {"for_loop",
+       "{% for x in l %}{{ loop.index }}{{ loop.index0 }}{{ loop.revindex }}{{ loop.revindex0 }}{{ loop.first }}{{ "
+       "loop.last }}{{ loop.length }}{{ loop.previtem }}{{ loop.nextitem }}{{ loop.cycle('a', 'b') }};{% endfor %}"},
+      {"for_else_break_continue",
+       "{% for x in [] %}x{% else %}empty{% endfor %}|{% for n in [1, 2, 3, 4] %}{% if n == 2 %}{% continue %}{% endif "
+       "%}{% if n == 4 %}{% break %}{% endif %}{{ n }}{% endfor %}|{% for x in missing %}{{ x }}{% else %}none{% "
+       "endfor %}"},
+      {"for_filter",
+       "{% for x in [1, 2, 3, 4] if x % 2 == 0 %}{{ loop.index }}:{{ x }}{% if not loop.last %},{% endif %}{% endfor "
+       "%}|{% for k, v in d.items() if k != 'k' %}{{ k }}={{ v }};{% endfor %}|{% for c in 'hé' %}[{{ c }}]{% endfor "
+       "%}|{% for k in d %}{{ k }}{% endfor %}"},
+      {"nested_loops",
+       "{% for a in [1, 2] %}{% for b in ['x', 'y'] %}{{ a }}{{ b }}{{ loop.index }}{% endfor %}{{ loop.index }};{% "
+       "endfor %}"},
+      {"scoping",
+       "{% set a = 1 %}{% for x in [1, 2] %}{% set a = a + 10 %}{{ a }}{% endfor %}{{ a }}|{% if true %}{% set b = 3 "
+       "%}{% endif %}{{ b }}|{% for i in range(3) %}{% if i == 0 %}{% set y = 5 %}{% endif %}{{ y }}{% endfor %}|{% "
+       "set p, q = [1, 2] %}{{ p }}{{ q }}|{% with w = 7 %}{{ w }}{% endwith %}{{ w }}"},
+      {"namespace",
+       "{% set ns = namespace(total=0, seen=false) %}{% for x in [1, 2, 3] %}{% set ns.total = ns.total + x %}{% if x "
+       "== 2 %}{% set ns.seen = true %}{% endif %}{% endfor %}{{ ns.total }} {{ ns.seen }}|{% set n2 = namespace() "
+       "%}{% set n2.a = 'x' %}{{ n2.a }}{{ n2.b is defined }}{{ n2['a'] }}"},
+      {"range",
+       "{% for i in range(3) %}{{ i }}{% endfor %}|{{ range(1, 8, 3) | list }}|{{ range(3, -1, -1) | list }}|{{ "
+       "range(0, 3, -1) | list }}|{{ range(5)[2] }}"},
+      {"set_block_filter_block",
+       "{% set x %}inside {{ 1 + 1 }}{% endset %}[{{ x }}]|{% set y | upper %}shout{% endset %}{{ y }}|{% filter upper "
+       "%}hello {{ 'world' }}{% endfilter %}"},
+      {"macro",
+       "{% macro greet(name, punct='!') %}Hi {{ name }}{{ punct }}{% endmacro %}{{ greet('Ann') }} {{ greet('Bob', "
+       "'?') }} {{ greet(punct='.', name='Cy') }}|{% macro rec(n) %}{% if n > 0 %}{{ n }}{{ rec(n - 1) }}{% endif %}{% "
+       "endmacro %}{{ rec(3) }}"},
+      {"whitespace_trim_lstrip",
+       "a\n    {% if true %}\n    b\n    {% endif %}\nc\n  {# comment #}\nd {% if true %} e {% endif %} f"},
       {"whitespace_minus", "a   {{- 'b' -}}   c  {%- if true -%}  d  {%- endif %}  e\n  {#- c -#}  f"},
       {"whitespace_plus", "a\n    {%+ if true %}x{% endif +%}\ny\n  {%+ if true +%}\nz{% endif %}"},
       {"whitespace_output_keeps_newline", "{{ 'a' }}\n{{ 'b' }}\n\n{{ 'c' }}"},
@@ -156,10 +245,14 @@ std::vector<std::pair<std::string, std::string>> feature_templates() {
       {"raw", "{% raw %}{{ not rendered }} {% if %}{% endraw %}|{%- raw -%}  {{ x }}  {%- endraw -%}  |"},
       {"comment_lstrip_trim", "a\n  {# note #}\nb\n{#- stripped -#}\n  c"},
       {"generation_tag", "<s>{% generation %}gen {{ 1 }}{% endgeneration %}</s>"},
-      {"date_funcs", "{{ strftime_now is defined }} {{ raise_exception is defined }} {{ range is defined }} {{ namespace is defined }} {{ nothing is defined }}"},
+      {"date_funcs",
+       "{{ strftime_now is defined }} {{ raise_exception is defined }} {{ range is defined }} {{ namespace is defined "
+       "}} {{ nothing is defined }}"},
       {"dict_builtin", "{{ dict(a=1, b='x') }}|{{ dict(a=1).a }}"},
       {"string_repr_in_list", "{{ ['it\\'s', 'say \"hi\"', 'both \\' \"', 'tab\\tnl\\n', 'é', '\\x7f'] }}"},
-      {"undefined_ops", "{{ missing ~ 'x' }}|{{ missing is none }}|{% if missing %}t{% else %}f{% endif %}|{{ missing == missing }}|{{ missing != 1 }}|{{ missing | trim }}|{{ missing | upper }}|{{ d.missing is defined }}"},
+      {"undefined_ops",
+       "{{ missing ~ 'x' }}|{{ missing is none }}|{% if missing %}t{% else %}f{% endif %}|{{ missing == missing }}|{{ "
+       "missing != 1 }}|{{ missing | trim }}|{{ missing | upper }}|{{ d.missing is defined }}"},
       // Errors: transformers raises, so must we.
       {"error_undefined_attr_chain", "{{ missing.attr }}"},
       {"error_undefined_item_chain", "{{ d.missing.deeper }}"},
@@ -327,9 +420,7 @@ class ChatTemplateRef : public ::testing::Test {
       o.has_generation = t.jinja().has_generation_blocks();
       if (!c.add_generation_prompt && o.has_generation)
         o.spans = t.render_for_training(messages, extra).assistant_spans;
-    } catch (const UserError& e) {
-      o.error = e.what();
-    }
+    } catch (const UserError& e) { o.error = e.what(); }
     return o;
   }
 
@@ -390,9 +481,7 @@ std::string parse_error(const std::string& src) {
   try {
     jinja::Template t(src, "tokenizer_config.json");
     t.render({});
-  } catch (const UserError& e) {
-    return e.what();
-  }
+  } catch (const UserError& e) { return e.what(); }
   return "";
 }
 
@@ -401,15 +490,13 @@ TEST(JinjaErrors, UnsupportedConstructsNameTheConstructAndLine) {
     std::string src, construct;
     int line;
   };
-  for (const E& e : {E{"a\n{% include 'other.jinja' %}", "'{% include %}'", 2},
-                     E{"{% import 'm' as m %}", "'{% import %}'", 1},
-                     E{"x\n\n{% extends 'base' %}", "'{% extends %}'", 3},
-                     E{"{% call foo() %}x{% endcall %}", "'{% call %}'", 1},
-                     E{"{{ d | xmlattr }}", "filter 'xmlattr'", 1},
-                     E{"\n{{ x | wordwrap(3) }}", "filter 'wordwrap'", 2},
-                     E{"{% if x is escaped %}{% endif %}", "test 'escaped'", 1},
-                     E{"{% for x in l recursive %}{% endfor %}", "recursive for loop", 1},
-                     E{"{{ f(*args) }}", "*args/**kwargs", 1}}) {
+  for (const E& e :
+       {E{"a\n{% include 'other.jinja' %}", "'{% include %}'", 2}, E{"{% import 'm' as m %}", "'{% import %}'", 1},
+        E{"x\n\n{% extends 'base' %}", "'{% extends %}'", 3}, E{"{% call foo() %}x{% endcall %}", "'{% call %}'", 1},
+        E{"{{ d | xmlattr }}", "filter 'xmlattr'", 1}, E{"\n{{ x | wordwrap(3) }}", "filter 'wordwrap'", 2},
+        E{"{% if x is escaped %}{% endif %}", "test 'escaped'", 1},
+        E{"{% for x in l recursive %}{% endfor %}", "recursive for loop", 1},
+        E{"{{ f(*args) }}", "*args/**kwargs", 1}}) {
     std::string msg = parse_error(e.src);
     EXPECT_NE(msg.find("unsupported construct"), std::string::npos) << e.src << " -> " << msg;
     EXPECT_NE(msg.find(e.construct), std::string::npos) << e.src << " -> " << msg;
@@ -429,7 +516,8 @@ TEST(JinjaErrors, UnsupportedMethodsAreClearAtRenderTime) {
 }
 
 TEST(JinjaErrors, SyntaxErrorsNameTheLine) {
-  EXPECT_NE(parse_error("ok\n{% if x %}\nno end").find("line 3: unexpected end of template, expected 'elif' or 'else' or 'endif'"),
+  EXPECT_NE(parse_error("ok\n{% if x %}\nno end")
+                .find("line 3: unexpected end of template, expected 'elif' or 'else' or 'endif'"),
             std::string::npos)
       << parse_error("ok\n{% if x %}\nno end");
   EXPECT_NE(parse_error("{{ 1 +\n }}").find("line 2"), std::string::npos) << parse_error("{{ 1 +\n }}");
@@ -462,7 +550,8 @@ TEST(ChatTemplate, ResolvesOwnBuiltinOrInlineAndExplainsMissing) {
     EXPECT_NE(std::string(e.what()).find("unknown template \"nosuch\""), std::string::npos);
   }
   jinja::Value msgs = jinja::Value::from_json(json::array({msg("user", "hi")}));
-  EXPECT_EQ(tok::ChatTemplate::resolve("chatml", tk).render(msgs, true), "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+  EXPECT_EQ(tok::ChatTemplate::resolve("chatml", tk).render(msgs, true),
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
   EXPECT_EQ(tok::ChatTemplate::resolve("{{ messages[0].content }}!", tk).render(msgs, false), "hi!");
   tk.set("own:{{ messages | length }}");
   EXPECT_EQ(tok::ChatTemplate::resolve("", tk).render(msgs, false), "own:1");
@@ -479,8 +568,8 @@ TEST(ChatTemplate, AssistantSpansCoverReplyAndEndOfTurn) {
   tok::SpecialTokens sp;
   sp.bos_token = "<s>";
   sp.eos_token = "</s>";
-  json conv = json::array({msg("system", "S"), msg("user", "U1"), msg("assistant", "A1"), msg("user", "U2"),
-                           msg("assistant", "A2 ")});
+  json conv = json::array(
+      {msg("system", "S"), msg("user", "U1"), msg("assistant", "A1"), msg("user", "U2"), msg("assistant", "A2 ")});
   jinja::Value m = jinja::Value::from_json(conv);
   auto spans_text = [&](const char* tmpl) {
     tok::ChatTemplate t(tmpl, "t", sp);

@@ -39,16 +39,48 @@ std::string c_strftime(const std::string& fmt, const std::tm& tm) {
 }
 
 std::vector<std::tm> sample_times() {
-  return {make_tm(2024, 3, 5, 0, 7, 9),    make_tm(2021, 1, 1, 12, 0, 0),  make_tm(2024, 12, 30, 23, 59, 59),
+  return {make_tm(2024, 3, 5, 0, 7, 9),    make_tm(2021, 1, 1, 12, 0, 0),    make_tm(2024, 12, 30, 23, 59, 59),
           make_tm(1999, 12, 31, 11, 5, 0), make_tm(2000, 2, 29, 13, 45, 30), make_tm(2023, 1, 1, 9, 9, 9),
           make_tm(2026, 7, 4, 18, 30, 0),  make_tm(1970, 1, 1, 0, 0, 0),     make_tm(2020, 12, 31, 6, 1, 2)};
 }
 
 std::vector<std::string> sample_formats() {
-  std::vector<std::string> f = {"%d %b %Y",  "%Y-%m-%d %H:%M:%S", "%A, %B %e, %Y", "%I:%M %p", "%%d", "100%",
-                                "%", "abc%", "%-", "%E", "%O", "%Q", "%-Q", "%EQ", "%Ed", "%Oy", "%Ey", "%Ec",
-                                "%OH", "%Ox", "%5d", "%-5d", "%_5d", "%10B", "%010Y", "%3j", "%^a %^B", "%#a %#p",
-                                "%^p %^P", "%_H %-H %0e", "%-j %_j", "%G-W%V-%u", "%g", "%C %y", "%n%t", "%s"};
+  std::vector<std::string> f = {"%d %b %Y",
+                                "%Y-%m-%d %H:%M:%S",
+                                "%A, %B %e, %Y",
+                                "%I:%M %p",
+                                "%%d",
+                                "100%",
+                                "%",
+                                "abc%",
+                                "%-",
+                                "%E",
+                                "%O",
+                                "%Q",
+                                "%-Q",
+                                "%EQ",
+                                "%Ed",
+                                "%Oy",
+                                "%Ey",
+                                "%Ec",
+                                "%OH",
+                                "%Ox",
+                                "%5d",
+                                "%-5d",
+                                "%_5d",
+                                "%10B",
+                                "%010Y",
+                                "%3j",
+                                "%^a %^B",
+                                "%#a %#p",
+                                "%^p %^P",
+                                "%_H %-H %0e",
+                                "%-j %_j",
+                                "%G-W%V-%u",
+                                "%g",
+                                "%C %y",
+                                "%n%t",
+                                "%s"};
   for (char c : std::string("aAbBcCdDeFgGhHIjklmMnpPrRStTuUVwWxXyY%"))
     for (std::string flag : {"", "-", "_", "0", "^", "#"}) f.push_back("%" + flag + c);
   return f;
@@ -59,7 +91,8 @@ std::vector<std::string> sample_formats() {
 TEST(JinjaStrftime, MatchesGlibcInTheCLocale) {
   ASSERT_NE(std::setlocale(LC_ALL, "C"), nullptr);
   for (const std::tm& tm : sample_times())
-    for (const std::string& fmt : sample_formats()) EXPECT_EQ(jinja::format_datetime(fmt, tm, 0), c_strftime(fmt, tm)) << fmt;
+    for (const std::string& fmt : sample_formats())
+      EXPECT_EQ(jinja::format_datetime(fmt, tm, 0), c_strftime(fmt, tm)) << fmt;
 }
 
 TEST(JinjaStrftime, PythonOnlyConversions) {
@@ -78,8 +111,9 @@ TEST(JinjaLocale, OutputDoesNotDependOnSetlocale) {
       "{{ 1.5 }} {{ 2.5e3 }} {{ 1_000.25 }} {{ '2.5'|float }} {{ ' 12 '|int }} {{ '1e3'|float }} {{ '-3.7'|int }} "
       "{{ '+4'|int }} {{ '1,5'|float }} {{ 'inf'|float }} {{ 0.1 + 0.2 }} {{ 1e-5 }} {{ 7 / 2 }} "
       "{{ [1.25, 1e100]|tojson }} {{ 3.5|string }}";
-  const std::string want = "1.5 2500.0 1000.25 2.5 12 1000.0 -3 4 0.0 inf 0.30000000000000004 1e-05 3.5 "
-                           "[1.25, 1e+100] 3.5";
+  const std::string want =
+      "1.5 2500.0 1000.25 2.5 12 1000.0 -3 4 0.0 inf 0.30000000000000004 1e-05 3.5 "
+      "[1.25, 1e+100] 3.5";
   const std::string time_src = "{{ strftime_now('%a %A %b %B %p %d') }}";
   const std::string time_fmt = "%a %A %b %B %p %d";
   const jinja::Template parsed_in_c(src, "locale test");

@@ -28,7 +28,8 @@ class TokenizerVsHF : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     // QLORA_TOKENIZER_FIXTURES=<dir> reuses fixtures made by an earlier run (for development).
-    if (const char* keep = std::getenv("QLORA_TOKENIZER_FIXTURES"); keep && stdfs::exists(stdfs::path(keep) / "goldens.json")) {
+    if (const char* keep = std::getenv("QLORA_TOKENIZER_FIXTURES");
+        keep && stdfs::exists(stdfs::path(keep) / "goldens.json")) {
       dir_ = keep;
     } else {
       dir_ = temp_dir("tokenizer_fixtures");
@@ -56,8 +57,8 @@ class TokenizerVsHF : public ::testing::Test {
         auto got = t->encode(text, special);
         ++n;
         if (got != want && ++bad <= 8)
-          ADD_FAILURE() << name << " encode(" << escape(text) << ", add_special_tokens=" << special << ")\n  ours " << show(got)
-                        << "\n  HF   " << show(want);
+          ADD_FAILURE() << name << " encode(" << escape(text) << ", add_special_tokens=" << special << ")\n  ours "
+                        << show(got) << "\n  HF   " << show(want);
       }
     }
     // Invalid UTF-8 encodes like Python's errors="replace" decoding of it.
@@ -86,7 +87,8 @@ class TokenizerVsHF : public ::testing::Test {
       auto ids_sp = c["ids_special"].get<std::vector<int32_t>>();
       std::string got = t->decode(ids, false), got_skip = t->decode(ids_sp, true);
       if (got != c["decode"] && ++bad <= 8)
-        ADD_FAILURE() << name << " decode(" << show(ids) << ")\n  ours " << escape(got) << "\n  HF   " << c["decode"].dump();
+        ADD_FAILURE() << name << " decode(" << show(ids) << ")\n  ours " << escape(got) << "\n  HF   "
+                      << c["decode"].dump();
       if (got_skip != c["decode_skip"] && ++bad <= 8)
         ADD_FAILURE() << name << " decode(" << show(ids_sp) << ", skip_special_tokens)\n  ours " << escape(got_skip)
                       << "\n  HF   " << c["decode_skip"].dump();
@@ -100,7 +102,8 @@ class TokenizerVsHF : public ::testing::Test {
       auto ids = c["ids"].get<std::vector<int32_t>>();
       std::string got = t->decode(ids, false), got_skip = t->decode(ids, true);
       if (got != c["text"] && ++bad <= 8)
-        ADD_FAILURE() << name << " decode(" << show(ids) << ")\n  ours " << escape(got) << "\n  HF   " << c["text"].dump();
+        ADD_FAILURE() << name << " decode(" << show(ids) << ")\n  ours " << escape(got) << "\n  HF   "
+                      << c["text"].dump();
       if (got_skip != c["text_skip"] && ++bad <= 8)
         ADD_FAILURE() << name << " decode(" << show(ids) << ", skip)\n  ours " << escape(got_skip) << "\n  HF   "
                       << c["text_skip"].dump();
@@ -148,9 +151,9 @@ class TokenizerVsHF : public ::testing::Test {
   static inline json goldens_;
 };
 
-#define TOKENIZER_FIXTURE_TESTS(NAME)                                          \
-  TEST_F(TokenizerVsHF, NAME##_EncodeEqualsHF) { check_encode(#NAME); }       \
-  TEST_F(TokenizerVsHF, NAME##_DecodeEqualsHF) { check_decode(#NAME); }       \
+#define TOKENIZER_FIXTURE_TESTS(NAME)                                   \
+  TEST_F(TokenizerVsHF, NAME##_EncodeEqualsHF) { check_encode(#NAME); } \
+  TEST_F(TokenizerVsHF, NAME##_DecodeEqualsHF) { check_decode(#NAME); } \
   TEST_F(TokenizerVsHF, NAME##_SpecialTokensAndTemplates) { check_specials(#NAME); }
 
 TOKENIZER_FIXTURE_TESTS(sp_model)
@@ -173,7 +176,9 @@ TEST_F(TokenizerVsHF, FilePathsLoadLikeTheirDirectory) {
   const json& sp = fixture("sp_model");
   auto c = tok::load_tokenizer(stdfs::path(sp["dir"].get<std::string>()) / "tokenizer.model");
   for (const auto& cs : sp["cases"])
-    if (cs["text"] == "Hello world") { EXPECT_EQ(c->encode("Hello world", true), cs["ids_special"].get<std::vector<int32_t>>()); }
+    if (cs["text"] == "Hello world") {
+      EXPECT_EQ(c->encode("Hello world", true), cs["ids_special"].get<std::vector<int32_t>>());
+    }
 }
 
 // Many threads on one tokenizer (shared BPE cache) give the same ids as one thread.
@@ -195,9 +200,7 @@ TEST_F(TokenizerVsHF, EncodeBatchIsThreadSafe) {
 std::string load_error(const stdfs::path& p) {
   try {
     tok::load_tokenizer(p);
-  } catch (const qlora::UserError& e) {
-    return e.what();
-  }
+  } catch (const qlora::UserError& e) { return e.what(); }
   return "(no error)";
 }
 
@@ -205,7 +208,8 @@ void write(const stdfs::path& p, const std::string& s) { std::ofstream(p, std::i
 
 TEST(TokenizerErrors, MissingPathOrFiles) {
   stdfs::path d = temp_dir();
-  EXPECT_NE(load_error(d / "nope").find("nope: no such file or directory"), std::string::npos) << load_error(d / "nope");
+  EXPECT_NE(load_error(d / "nope").find("nope: no such file or directory"), std::string::npos)
+      << load_error(d / "nope");
   std::string e = load_error(d);
   EXPECT_NE(e.find(d.string() + ": no tokenizer.json or tokenizer.model"), std::string::npos) << e;
   write(d / "vocab.txt", "x");
@@ -225,7 +229,9 @@ TEST(TokenizerErrors, BadTokenizerJson) {
 
   write(d / "tokenizer.json", R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]}})");
   e = load_error(d);
-  EXPECT_NE(e.find("tokenizer.json: model.merges[0]: \"a b\" makes \"ab\", missing from model.vocab"), std::string::npos) << e;
+  EXPECT_NE(e.find("tokenizer.json: model.merges[0]: \"a b\" makes \"ab\", missing from model.vocab"),
+            std::string::npos)
+      << e;
 
   write(d / "tokenizer.json", R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [["a", "c"]]}})");
   e = load_error(d);
@@ -234,7 +240,9 @@ TEST(TokenizerErrors, BadTokenizerJson) {
   write(d / "tokenizer.json",
         R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "Punctuation"}})");
   e = load_error(d);
-  EXPECT_NE(e.find("tokenizer.json: pre_tokenizer: pre_tokenizer type \"Punctuation\" is not supported"), std::string::npos) << e;
+  EXPECT_NE(e.find("tokenizer.json: pre_tokenizer: pre_tokenizer type \"Punctuation\" is not supported"),
+            std::string::npos)
+      << e;
 
   write(d / "tokenizer.json", R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
         "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(unclosed"}, "behavior": "Isolated"}})");

@@ -95,14 +95,16 @@ TEST_F(TrainE2E, CorruptNewestCheckpointFallsBackToPreviousGood) {
   auto cfg = write_config(d, "save_steps: 2\n");
   ASSERT_EQ(train(cfg, "--test-stop-after-step 6").code, 0);
   {
-    std::fstream f(d / "run/checkpoints/checkpoint-000006/adapter_model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    std::fstream f(d / "run/checkpoints/checkpoint-000006/adapter_model.safetensors",
+                   std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(100);
     f.put('\x7f');
   }
   test::ProcResult r = train(cfg, "--resume");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("checkpoint-000006: checksum mismatch"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("resumed from " + (d / "run/checkpoints/checkpoint-000004").string()), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("resumed from " + (d / "run/checkpoints/checkpoint-000004").string()), std::string::npos)
+      << r.output;
 }
 
 TEST_F(TrainE2E, ResumeWithChangedConfigNamesTheChangeAndRefuses) {

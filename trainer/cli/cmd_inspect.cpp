@@ -111,17 +111,27 @@ int run_inspect(const InspectArgs& a) {
     json ot = json::array();
     for (const auto& t : s.other_tensors) ot.push_back({{"name", t.name}, {"shape", t.shape}});
     j["other_tensors"] = ot;
-    j["parameters"] = {{"total", s.total_parameters},       {"linear", s.linear_parameters},
-                       {"embedding", s.embedding_parameters}, {"norm", s.norm_parameters},
+    j["parameters"] = {{"total", s.total_parameters},
+                       {"linear", s.linear_parameters},
+                       {"embedding", s.embedding_parameters},
+                       {"norm", s.norm_parameters},
                        {"bias", s.bias_parameters}};
     auto mem = [](const model::NF4Memory& m) {
-      return json{{"codes_bytes", m.codes_bytes}, {"stats_bytes", m.stats_bytes}, {"rest_16bit_bytes", m.rest_bytes},
-                  {"total_bytes", m.total()}, {"bits_per_linear_weight", m.bits_per_linear_weight}};
+      return json{{"codes_bytes", m.codes_bytes},
+                  {"stats_bytes", m.stats_bytes},
+                  {"rest_16bit_bytes", m.rest_bytes},
+                  {"total_bytes", m.total()},
+                  {"bits_per_linear_weight", m.bits_per_linear_weight}};
     };
-    j["memory"] = {{"bytes_16bit", s.bytes_16bit}, {"nf4_blocksize", s.blocksize},
-                   {"nf4_double_quant", mem(s.nf4_dq)}, {"nf4", mem(s.nf4)}};
-    j["checkpoint"] = {{"files", ck.files().size()}, {"bytes", ck.total_bytes()}, {"bytes_by_dtype", dtype_bytes},
-                       {"bnb_4bit_linears", bnb_linears}, {"problems", problems}};
+    j["memory"] = {{"bytes_16bit", s.bytes_16bit},
+                   {"nf4_blocksize", s.blocksize},
+                   {"nf4_double_quant", mem(s.nf4_dq)},
+                   {"nf4", mem(s.nf4)}};
+    j["checkpoint"] = {{"files", ck.files().size()},
+                       {"bytes", ck.total_bytes()},
+                       {"bytes_by_dtype", dtype_bytes},
+                       {"bnb_4bit_linears", bnb_linears},
+                       {"problems", problems}};
     std::cout << j.dump(2) << "\n";
     return problems.empty() ? 0 : 2;
   }
@@ -139,12 +149,13 @@ int run_inspect(const InspectArgs& a) {
   if (c.o_bias) bias += bias.empty() ? "o" : ",o";
   if (c.mlp_bias) bias += bias.empty() ? "gate,up,down" : ",gate,up,down";
   o << "tied embeddings: " << (c.tie_word_embeddings ? "yes" : "no") << ", biases: " << (bias.empty() ? "none" : bias)
-    << ", qk-norm: " << (c.qk_norm ? "yes" : "no") << ", sliding window: "
-    << (c.sliding_window ? std::to_string(*c.sliding_window) : std::string("none")) << "\n";
+    << ", qk-norm: " << (c.qk_norm ? "yes" : "no")
+    << ", sliding window: " << (c.sliding_window ? std::to_string(*c.sliding_window) : std::string("none")) << "\n";
   o << "weights: " << c.torch_dtype;
   if (c.quantization)
-    o << ", bitsandbytes 4-bit " << c.quantization->quant_type << (c.quantization->double_quant ? " (double quant)" : "")
-      << ", " << bnb_linears << " linear layers stored in NF4";
+    o << ", bitsandbytes 4-bit " << c.quantization->quant_type
+      << (c.quantization->double_quant ? " (double quant)" : "") << ", " << bnb_linears
+      << " linear layers stored in NF4";
   o << "; " << ck.files().size() << " safetensors file" << (ck.files().size() == 1 ? "" : "s") << ", "
     << fs::format_bytes(ck.total_bytes()) << "\n\n";
 
@@ -163,7 +174,8 @@ int run_inspect(const InspectArgs& a) {
 
   o << "\nparameters:\n";
   o << "  total                " << grouped(s.total_parameters) << "\n";
-  o << "  linear (quantizable) " << grouped(s.linear_parameters) << " (" << pct(s.linear_parameters, s.total_parameters) << ")\n";
+  o << "  linear (quantizable) " << grouped(s.linear_parameters) << " (" << pct(s.linear_parameters, s.total_parameters)
+    << ")\n";
   o << "  embeddings           " << grouped(s.embedding_parameters) << " ("
     << (c.tie_word_embeddings ? "embed_tokens, tied lm_head" : "embed_tokens + lm_head") << ")\n";
   o << "  norms                " << grouped(s.norm_parameters) << "\n";
@@ -180,7 +192,8 @@ int run_inspect(const InspectArgs& a) {
   };
   line("NF4, double quant (default)     ", s.nf4_dq);
   line("NF4, float32 absmax             ", s.nf4);
-  o << "  (blocksize " << s.blocksize << "; double quantization stores absmax as uint8 + a float32 scale per 256 blocks)\n";
+  o << "  (blocksize " << s.blocksize
+    << "; double quantization stores absmax as uint8 + a float32 scale per 256 blocks)\n";
 
   if (!problems.empty()) {
     o << "\ncheckpoint problems (" << problems.size() << "):\n";

@@ -11,11 +11,11 @@
 namespace qlora::cli {
 
 struct TrainArgs {
-  std::string config;                 // CONFIG.yaml
-  std::vector<std::string> set;       // --set key=value overrides
-  bool resume = false;                // --resume given
-  std::string resume_path;            // --resume PATH (empty: newest complete checkpoint)
-  bool allow_config_change = false;   // --allow-config-change
+  std::string config;                // CONFIG.yaml
+  std::vector<std::string> set;      // --set key=value overrides
+  bool resume = false;               // --resume given
+  std::string resume_path;           // --resume PATH (empty: newest complete checkpoint)
+  bool allow_config_change = false;  // --allow-config-change
   // Hidden, for the tests (train::FaultInjection): --test-nonfinite-steps 3,4,
   // --test-stop-after-step N.
   std::vector<int64_t> test_nonfinite_steps;
@@ -24,20 +24,20 @@ struct TrainArgs {
 int run_train(const TrainArgs& a);
 
 struct ExportArgs {
-  std::string checkpoint;             // checkpoint, run directory or PEFT adapter directory
-  std::string format = "peft";        // peft | merged | gguf-adapter
-  std::string out;                    // output directory
-  std::string base_model;             // override the base model recorded in the checkpoint
-  std::string merge_into = "dequant"; // dequant | original
-  std::string dtype;                  // bf16 | fp16 | fp32; empty: fp32 (peft), bf16 (merged), fp16 (gguf)
+  std::string checkpoint;              // checkpoint, run directory or PEFT adapter directory
+  std::string format = "peft";         // peft | merged | gguf-adapter
+  std::string out;                     // output directory
+  std::string base_model;              // override the base model recorded in the checkpoint
+  std::string merge_into = "dequant";  // dequant | original
+  std::string dtype;                   // bf16 | fp16 | fp32; empty: fp32 (peft), bf16 (merged), fp16 (gguf)
   std::string max_shard_size = "5GB";
   bool force = false;
 };
 int run_export(const ExportArgs& a);
 
 struct QuantizeArgs {
-  std::string model;                  // HF model directory
-  std::string out;                    // output directory (bnb-4bit checkpoint)
+  std::string model;  // HF model directory
+  std::string out;    // output directory (bnb-4bit checkpoint)
   int blocksize = 64;
   bool double_quant = true;
   std::string compute_dtype = "bfloat16";
@@ -51,13 +51,13 @@ struct GenerateArgs {
   std::string prompt;
   bool chat = false;
   int max_new_tokens = 128;
-  double temperature = 0.0;           // 0 = greedy
+  double temperature = 0.0;  // 0 = greedy
   int top_k = 0;
   double top_p = 1.0;
   unsigned long long seed = 0;
   std::string device = "auto";
-  bool load_in_4bit = false;          // quantize the base to NF4 (the default without an adapter is 16-bit)
-  bool ignore_eos = false;            // always generate max_new_tokens (benchmarks)
+  bool load_in_4bit = false;  // quantize the base to NF4 (the default without an adapter is 16-bit)
+  bool ignore_eos = false;    // always generate max_new_tokens (benchmarks)
 };
 int run_generate(const GenerateArgs& a);
 
@@ -65,7 +65,7 @@ struct EvalArgs {
   std::string model;
   std::string adapter;
   std::string data;
-  std::string type = "text";          // dataset type: text | alpaca | chat | prompt_completion
+  std::string type = "text";  // dataset type: text | alpaca | chat | prompt_completion
   int sequence_len = 2048;
   int batch_size = 1;
   std::string device = "auto";

@@ -18,7 +18,8 @@ InferenceModel load_inference_model(const std::string& model_dir, const std::str
   InferenceModel r;
   std::string what;
   if (adapter.empty()) {
-    if (model_dir.empty()) user_error("--model: required (or give --adapter with a checkpoint that names its base model)");
+    if (model_dir.empty())
+      user_error("--model: required (or give --adapter with a checkpoint that names its base model)");
     model::ModelLoadOptions o;
     o.device = device;
     o.quantize = load_in_4bit;
@@ -46,9 +47,9 @@ InferenceModel load_inference_model(const std::string& model_dir, const std::str
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   char buf[1024];
   std::snprintf(buf, sizeof buf, "%s (%s, %lld layers, %s base, %s)%s on %s, loaded in %.1f s",
-               r.model_dir.string().c_str(), m.config.model_type.c_str(), static_cast<long long>(m.layers.size()),
-               m.layers.empty() || !m.layers[0].q_proj.nf4 ? "16-bit" : "NF4",
-               c10::toString(m.compute_dtype), what.c_str(), m.device.str().c_str(), s);
+                r.model_dir.string().c_str(), m.config.model_type.c_str(), static_cast<long long>(m.layers.size()),
+                m.layers.empty() || !m.layers[0].q_proj.nf4 ? "16-bit" : "NF4", c10::toString(m.compute_dtype),
+                what.c_str(), m.device.str().c_str(), s);
   r.description = buf;
   return r;
 }

@@ -23,7 +23,7 @@ struct InferenceModel {
 // --model DIR (may be empty when the adapter names its base), --adapter PATH (checkpoint, run
 // directory or PEFT directory; empty: none). Without an adapter the base is held 16-bit unless
 // load_in_4bit; with one, as it was trained (NF4 for a plain PEFT directory). Prints nothing.
-InferenceModel load_inference_model(const std::string& model_dir, const std::string& adapter,
-                                    const std::string& device, bool load_in_4bit);
+InferenceModel load_inference_model(const std::string& model_dir, const std::string& adapter, const std::string& device,
+                                    bool load_in_4bit);
 
 }  // namespace qlora::cli

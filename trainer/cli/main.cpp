@@ -1,10 +1,10 @@
 // qlora: fine-tune LLMs with QLoRA. Entry point: declares every subcommand and option (the only
 // TU that includes CLI11), runs the chosen subcommand, and maps errors to exit codes:
 // 0 ok, 2 bad input (UserError or a usage error), 1 internal failure, 3 not implemented.
-#include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
 #include <torch/cuda.h>
 #include <torch/version.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <functional>
@@ -25,9 +25,7 @@ void print_version() {
   int n = 0;
   try {
     n = torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0;
-  } catch (const std::exception&) {
-    n = 0;
-  }
+  } catch (const std::exception&) { n = 0; }
   if (n > 0)
     std::printf("GPU: %d visible\n", n);
   else
@@ -55,8 +53,7 @@ int main(int argc, char** argv) {
   auto* t = app.add_subcommand("train", "Fine-tune from a YAML config (QLoRA or LoRA)");
   t->add_option("config", train.config, "Config file (YAML)")->required();
   t->add_option("--set", train.set, "Override a config key: --set key=value (repeatable)");
-  t->add_option("--resume", train.resume_path,
-                "Resume from the newest complete checkpoint of the run, or from PATH")
+  t->add_option("--resume", train.resume_path, "Resume from the newest complete checkpoint of the run, or from PATH")
       ->expected(0, 1);
   t->add_flag("--allow-config-change", train.allow_config_change,
               "Resume even if the config differs from the checkpoint's");
@@ -65,8 +62,7 @@ int main(int argc, char** argv) {
                 "Make the gradients of these steps NaN (comma-separated)")
       ->delimiter(',')
       ->group("");
-  t->add_option("--test-stop-after-step", train.test_stop_after_step,
-                "Stop after this step as a stop signal would")
+  t->add_option("--test-stop-after-step", train.test_stop_after_step, "Stop after this step as a stop signal would")
       ->group("");
   t->callback([&] {
     train.resume = t->count("--resume") > 0;
@@ -121,11 +117,13 @@ int main(int argc, char** argv) {
 
   // generate
   GenerateArgs g;
-  auto* gc = app.add_subcommand("generate", "Generate text with a model (and optionally an adapter), streamed to stdout");
+  auto* gc =
+      app.add_subcommand("generate", "Generate text with a model (and optionally an adapter), streamed to stdout");
   gc->add_option("--model", g.model, "HF model directory (default: the base the adapter names)");
   gc->add_option("--adapter", g.adapter, "Checkpoint, run directory (its latest checkpoint) or PEFT adapter directory");
   gc->add_option("--prompt", g.prompt, "Prompt text (with --chat: one user message)");
-  gc->add_flag("--chat", g.chat, "Chat with the model's chat template; without --prompt, one user message per stdin line");
+  gc->add_flag("--chat", g.chat,
+               "Chat with the model's chat template; without --prompt, one user message per stdin line");
   gc->add_option("--max-new-tokens", g.max_new_tokens, "Most tokens to generate (stops earlier at EOS)");
   gc->add_option("--temperature", g.temperature, "Sampling temperature (0 = greedy)");
   gc->add_option("--top-k", g.top_k, "Top-k sampling (0 = off)");
@@ -140,7 +138,8 @@ int main(int argc, char** argv) {
   EvalArgs ev;
   auto* ec = app.add_subcommand("eval", "Loss and perplexity of a model (and adapter) on a dataset");
   ec->add_option("--model", ev.model, "HF model directory (default: the base the adapter names)");
-  ec->add_option("--adapter", ev.adapter, "Checkpoint, run directory (its latest checkpoint) or PEFT adapter directory");
+  ec->add_option("--adapter", ev.adapter,
+                 "Checkpoint, run directory (its latest checkpoint) or PEFT adapter directory");
   ec->add_option("--data", ev.data, "Dataset file (JSONL or JSON)")->required();
   ec->add_option("--type", ev.type, "Dataset type: text | alpaca | chat | prompt_completion");
   ec->add_option("--sequence-len", ev.sequence_len, "Tokens per sequence (longer samples are truncated)");
@@ -159,9 +158,7 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& err) {
-    return app.exit(err);
-  } catch (const CLI::CallForAllHelp& err) {
+  } catch (const CLI::CallForHelp& err) { return app.exit(err); } catch (const CLI::CallForAllHelp& err) {
     return app.exit(err);
   } catch (const CLI::ParseError& err) {
     app.exit(err);

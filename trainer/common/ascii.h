@@ -10,9 +10,7 @@ constexpr bool ascii_is_lower(char c) { return c >= 'a' && c <= 'z'; }
 constexpr bool ascii_is_upper(char c) { return c >= 'A' && c <= 'Z'; }
 constexpr bool ascii_is_alpha(char c) { return ascii_is_lower(c) || ascii_is_upper(c); }
 constexpr bool ascii_is_alnum(char c) { return ascii_is_digit(c) || ascii_is_alpha(c); }
-constexpr bool ascii_is_xdigit(char c) {
-  return ascii_is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
+constexpr bool ascii_is_xdigit(char c) { return ascii_is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
 // Space, \t, \n, \v, \f, \r (C's isspace).
 constexpr bool ascii_is_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
 

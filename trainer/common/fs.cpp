@@ -31,16 +31,15 @@ void fsync_path(const stdfs::path& path) {
   int err = errno;
   ::close(fd);
   // Some file systems refuse fsync on directories (EINVAL); that is not a data-loss risk.
-  if (rc != 0 && err != EINVAL)
-    throw std::system_error(err, std::generic_category(), "fsync " + path.string());
+  if (rc != 0 && err != EINVAL) throw std::system_error(err, std::generic_category(), "fsync " + path.string());
 }
 
 stdfs::path temp_sibling(const stdfs::path& final_path) {
   static std::atomic<uint64_t> counter{0};
   stdfs::path dir = final_path.parent_path();
   if (dir.empty()) dir = ".";
-  std::string name = "." + final_path.filename().string() + ".tmp-" + std::to_string(::getpid()) +
-                     "-" + std::to_string(counter++);
+  std::string name =
+      "." + final_path.filename().string() + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
   return dir / name;
 }
 

@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <charconv>
 #include <climits>
-#include <string>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 
 #include "trainer/common/ascii.h"
 
@@ -37,8 +37,8 @@ bool underflows(std::string_view num, char exp_char, long long digit_scale) {
   const size_t point = std::min(mant.find('.'), mant.size());
   const size_t first = mant.find_first_not_of("0.");
   // Position of the leading digit relative to the units place (0 for "1.5", -1 for "0.15").
-  const long long lead = first < point ? static_cast<long long>(point - first) - 1
-                                       : -static_cast<long long>(first - point);
+  const long long lead =
+      first < point ? static_cast<long long>(point - first) - 1 : -static_cast<long long>(first - point);
   return exp + lead * digit_scale < 0;
 }
 
@@ -46,15 +46,19 @@ bool underflows(std::string_view num, char exp_char, long long digit_scale) {
 
 std::optional<int64_t> parse_c_int(std::string_view s, size_t* used) {
   size_t i = skip_space(s), start = i;
-  if (i < s.size() && s[i] == '+') start = ++i;
-  else if (i < s.size() && s[i] == '-') ++i;
+  if (i < s.size() && s[i] == '+')
+    start = ++i;
+  else if (i < s.size() && s[i] == '-')
+    ++i;
   if (i >= s.size() || !ascii_is_digit(s[i])) return std::nullopt;
   int64_t v = 0;
   const auto r = std::from_chars(s.data() + start, s.data() + s.size(), v);
   if (r.ec != std::errc()) return std::nullopt;
   const size_t end = static_cast<size_t>(r.ptr - s.data());
-  if (used) *used = end;
-  else if (end != s.size()) return std::nullopt;
+  if (used)
+    *used = end;
+  else if (end != s.size())
+    return std::nullopt;
   return v;
 }
 
@@ -64,16 +68,15 @@ std::optional<double> parse_c_double(std::string_view s) {
   if (i < s.size() && (s[i] == '+' || s[i] == '-')) neg = s[i++] == '-';
   std::string_view num = s.substr(i);
   // from_chars takes a '-' of its own, and after "0x" a '-', "inf" or "nan" too: strtod does not
-  const bool hex = num.size() > 2 && num[0] == '0' && (num[1] == 'x' || num[1] == 'X') &&
-                   (ascii_is_xdigit(num[2]) || num[2] == '.');
+  const bool hex =
+      num.size() > 2 && num[0] == '0' && (num[1] == 'x' || num[1] == 'X') && (ascii_is_xdigit(num[2]) || num[2] == '.');
   if (num.empty() || num[0] == '-') return std::nullopt;
   if (hex) num.remove_prefix(2);
   double v = 0;
   const auto r = std::from_chars(num.data(), num.data() + num.size(), v,
                                  hex ? std::chars_format::hex : std::chars_format::general);
   if (r.ec == std::errc::invalid_argument || r.ptr != num.data() + num.size()) return std::nullopt;
-  if (r.ec == std::errc::result_out_of_range)
-    v = underflows(num, hex ? 'p' : 'e', hex ? 4 : 1) ? 0.0 : HUGE_VAL;
+  if (r.ec == std::errc::result_out_of_range) v = underflows(num, hex ? 'p' : 'e', hex ? 4 : 1) ? 0.0 : HUGE_VAL;
   return neg ? -v : v;
 }
 

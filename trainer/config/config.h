@@ -12,24 +12,24 @@
 namespace qlora::config {
 
 struct QuantizationConfig {
-  std::string quant_type = "nf4";       // only nf4
-  bool double_quant = true;             // bnb_4bit_use_double_quant
-  int64_t blocksize = 64;               // 32..4096, power of two
-  std::string compute_dtype = "auto";   // auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
+  std::string quant_type = "nf4";      // only nf4
+  bool double_quant = true;            // bnb_4bit_use_double_quant
+  int64_t blocksize = 64;              // 32..4096, power of two
+  std::string compute_dtype = "auto";  // auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
 };
 
 struct LoraConfig {
-  std::string adapter = "qlora";        // qlora (NF4 base) | lora (16-bit base)
-  int64_t r = 8;                        // lora_r
-  double alpha = 16;                    // lora_alpha
-  double dropout = 0.05;                // lora_dropout
+  std::string adapter = "qlora";            // qlora (NF4 base) | lora (16-bit base)
+  int64_t r = 8;                            // lora_r
+  double alpha = 16;                        // lora_alpha
+  double dropout = 0.05;                    // lora_dropout
   std::vector<std::string> target_modules;  // lora_target_modules, e.g. q_proj, v_proj
-  bool target_linear = false;           // lora_target_linear: every linear layer of the decoder
-  bool use_rslora = false;              // scaling alpha/sqrt(r) instead of alpha/r
+  bool target_linear = false;               // lora_target_linear: every linear layer of the decoder
+  bool use_rslora = false;                  // scaling alpha/sqrt(r) instead of alpha/r
 };
 
 struct OptimizerConfig {
-  std::string optimizer = "adamw";      // adamw | adamw_8bit (paged_ prefixes accepted: paging on)
+  std::string optimizer = "adamw";  // adamw | adamw_8bit (paged_ prefixes accepted: paging on)
   double learning_rate = 2e-4;
   double weight_decay = 0.0;
   double adam_beta1 = 0.9;
@@ -39,37 +39,37 @@ struct OptimizerConfig {
   std::string lr_scheduler = "cosine";  // cosine | linear | constant
   int64_t warmup_steps = 0;             // or warmup_ratio (exactly one may be set)
   std::optional<double> warmup_ratio;
-  bool paged = false;                   // page optimizer state between device and host (YAML:
-                                        // the paged_ prefix of `optimizer`)
-  std::string device_budget = "auto";   // optimizer_device_budget: auto | a size like "512MB"
+  bool paged = false;                  // page optimizer state between device and host (YAML:
+                                       // the paged_ prefix of `optimizer`)
+  std::string device_budget = "auto";  // optimizer_device_budget: auto | a size like "512MB"
 };
 
 struct TrainConfig {
-  std::string config_path;              // the file this came from (for messages)
-  std::string base_model;               // HF model directory
-  std::string tokenizer;                // tokenizer directory (default: base_model)
+  std::string config_path;  // the file this came from (for messages)
+  std::string base_model;   // HF model directory
+  std::string tokenizer;    // tokenizer directory (default: base_model)
   QuantizationConfig quantization;
   LoraConfig lora;
   OptimizerConfig optim;
-  DataSpec data;                        // datasets, sequence_len, packing, val split, ...
+  DataSpec data;  // datasets, sequence_len, packing, val split, ...
 
   int64_t micro_batch_size = 1;
   int64_t gradient_accumulation_steps = 1;
-  std::optional<int64_t> num_epochs;    // exactly one of num_epochs / max_steps
+  std::optional<int64_t> num_epochs;  // exactly one of num_epochs / max_steps
   std::optional<int64_t> max_steps;
   bool gradient_checkpointing = false;
   uint64_t seed = 42;
-  std::string device = "auto";          // auto | cpu | cuda
-  int64_t max_nonfinite_steps = 10;     // stop after this many skipped (NaN/Inf) steps in a row
+  std::string device = "auto";       // auto | cpu | cuda
+  int64_t max_nonfinite_steps = 10;  // stop after this many skipped (NaN/Inf) steps in a row
 
   std::string output_dir = "runs/out";
-  int64_t save_steps = 0;               // 0: only at the end
-  int64_t save_total_limit = 0;         // 0: keep all
-  int64_t eval_steps = 0;               // 0: only at the end
-  bool eval_on_start = false;           // also evaluate before the first step (HF's name)
-  bool eval_exact_match = false;        // eval also greedy-generates each sample's answer and
-                                        // reports exact-match accuracy
-  int64_t eval_max_new_tokens = 64;     // generation budget per sample for exact match
+  int64_t save_steps = 0;            // 0: only at the end
+  int64_t save_total_limit = 0;      // 0: keep all
+  int64_t eval_steps = 0;            // 0: only at the end
+  bool eval_on_start = false;        // also evaluate before the first step (HF's name)
+  bool eval_exact_match = false;     // eval also greedy-generates each sample's answer and
+                                     // reports exact-match accuracy
+  int64_t eval_max_new_tokens = 64;  // generation budget per sample for exact match
   int64_t logging_steps = 1;
 };
 

@@ -14,9 +14,9 @@ namespace qlora::config {
 //   chat              {"messages": [{"role", "content"}]}   (alias: chat_template)
 //   prompt_completion {"prompt", "completion"}               (alias: input_output)
 struct DatasetSpec {
-  std::string path;                      // .jsonl (one object per line) or .json (array)
+  std::string path;  // .jsonl (one object per line) or .json (array)
   std::string type = "alpaca";
-  std::string field = "text";            // text: the field holding the text
+  std::string field = "text";  // text: the field holding the text
   std::string field_instruction = "instruction";
   std::string field_input = "input";
   std::string field_output = "output";
@@ -45,7 +45,7 @@ struct DataSpec {
   // value is read as JSON when it parses (false, 3, [..]) and as a plain string otherwise. Setting
   // date_string keeps templates that print today's date (Llama 3.2) reproducible across days.
   std::map<std::string, std::string> chat_template_kwargs;
-  uint64_t seed = 42;                      // shuffling and the validation split
+  uint64_t seed = 42;  // shuffling and the validation split
 };
 
 }  // namespace qlora::config

@@ -152,16 +152,16 @@ struct Ctx {
     std::string written;  // the key path as the user wrote it
     YAML::Mark mark;
   };
-  std::map<std::string, Seen> seen;    // canonical key path -> first place it was set
-  std::optional<bool> load_in_4bit;    // no struct field: checked against adapter
+  std::map<std::string, Seen> seen;  // canonical key path -> first place it was set
+  std::optional<bool> load_in_4bit;  // no struct field: checked against adapter
 
   std::string where(const std::string& path, const YAML::Mark& mark) const {
     // the longest override that covers the path (equal, or a section above it)
     const std::string* best = nullptr;
     size_t best_len = 0;
     for (const auto& [k, text] : overrides) {
-      const bool covers = path == k || (path.size() > k.size() && path.compare(0, k.size(), k) == 0 &&
-                                        path[k.size()] == '.');
+      const bool covers =
+          path == k || (path.size() > k.size() && path.compare(0, k.size(), k) == 0 && path[k.size()] == '.');
       if (covers && k.size() >= best_len) {
         best = &text;
         best_len = k.size();
@@ -285,7 +285,10 @@ template <class S, class A>
 Field<S> int_field(std::string key, A acc, int64_t min, ChangeKind ck) {
   Field<S> f = make<S>(std::move(key), ck);
   const std::string what = min == 1 ? "a positive integer" : min == 0 ? "a non-negative integer" : "an integer";
-  f.reset = [acc](S& s) { S d; acc(s) = acc(d); };
+  f.reset = [acc](S& s) {
+    S d;
+    acc(s) = acc(d);
+  };
   f.read = [acc, min, what](S& s, const YAML::Node& n, const In& in) { acc(s) = read_int(n, in, min, what); };
   f.write = [acc](const S& s) { return plain(std::to_string(acc(const_cast<S&>(s)))); };
   return f;
@@ -309,8 +312,13 @@ template <class S, class A>
 Field<S> num_field(std::string key, A acc, double lo, bool lo_open, double hi, bool hi_open, std::string what,
                    ChangeKind ck) {
   Field<S> f = make<S>(std::move(key), ck);
-  f.reset = [acc](S& s) { S d; acc(s) = acc(d); };
-  f.read = [=](S& s, const YAML::Node& n, const In& in) { acc(s) = read_number(n, in, lo, lo_open, hi, hi_open, what); };
+  f.reset = [acc](S& s) {
+    S d;
+    acc(s) = acc(d);
+  };
+  f.read = [=](S& s, const YAML::Node& n, const In& in) {
+    acc(s) = read_number(n, in, lo, lo_open, hi, hi_open, what);
+  };
   f.write = [acc](const S& s) { return plain(fmt_double(acc(const_cast<S&>(s)))); };
   return f;
 }
@@ -320,7 +328,9 @@ Field<S> opt_num_field(std::string key, A acc, double lo, bool lo_open, double h
                        ChangeKind ck) {
   Field<S> f = make<S>(std::move(key), ck);
   f.reset = [acc](S& s) { acc(s).reset(); };
-  f.read = [=](S& s, const YAML::Node& n, const In& in) { acc(s) = read_number(n, in, lo, lo_open, hi, hi_open, what); };
+  f.read = [=](S& s, const YAML::Node& n, const In& in) {
+    acc(s) = read_number(n, in, lo, lo_open, hi, hi_open, what);
+  };
   f.write = [acc](const S& s) {
     const auto& v = acc(const_cast<S&>(s));
     return v ? plain(fmt_double(*v)) : null_val();
@@ -331,7 +341,10 @@ Field<S> opt_num_field(std::string key, A acc, double lo, bool lo_open, double h
 template <class S, class A>
 Field<S> bool_field(std::string key, A acc, ChangeKind ck) {
   Field<S> f = make<S>(std::move(key), ck);
-  f.reset = [acc](S& s) { S d; acc(s) = acc(d); };
+  f.reset = [acc](S& s) {
+    S d;
+    acc(s) = acc(d);
+  };
   f.read = [acc](S& s, const YAML::Node& n, const In& in) { acc(s) = read_bool(n, in); };
   f.write = [acc](const S& s) { return plain(acc(const_cast<S&>(s)) ? "true" : "false"); };
   return f;
@@ -340,7 +353,10 @@ Field<S> bool_field(std::string key, A acc, ChangeKind ck) {
 template <class S, class A>
 Field<S> string_field(std::string key, A acc, ChangeKind ck) {
   Field<S> f = make<S>(std::move(key), ck);
-  f.reset = [acc](S& s) { S d; acc(s) = acc(d); };
+  f.reset = [acc](S& s) {
+    S d;
+    acc(s) = acc(d);
+  };
   f.read = [acc](S& s, const YAML::Node& n, const In& in) { acc(s) = read_string(n, in); };
   f.write = [acc](const S& s) { return str(acc(const_cast<S&>(s))); };
   return f;
@@ -350,7 +366,10 @@ template <class S, class A>
 Field<S> enum_field(std::string key, A acc, std::vector<std::string> names, std::map<std::string, std::string> aliases,
                     ChangeKind ck) {
   Field<S> f = make<S>(std::move(key), ck);
-  f.reset = [acc](S& s) { S d; acc(s) = acc(d); };
+  f.reset = [acc](S& s) {
+    S d;
+    acc(s) = acc(d);
+  };
   f.read = [=](S& s, const YAML::Node& n, const In& in) { acc(s) = read_enum(n, in, names, aliases); };
   f.write = [acc](const S& s) { return str(acc(const_cast<S&>(s))); };
   return f;
@@ -382,9 +401,11 @@ const Schema<QuantizationConfig>& quant_schema() {
   constexpr auto I = ChangeKind::Incompatible;
   static const Schema<Q> s = [] {
     Schema<Q> v;
-    v.push_back(with_aliases(enum_field<Q>("quant_type", [](Q& q) -> std::string& { return q.quant_type; }, {"nf4"}, {}, I),
+    v.push_back(with_aliases(enum_field<Q>(
+                                 "quant_type", [](Q& q) -> std::string& { return q.quant_type; }, {"nf4"}, {}, I),
                              {"bnb_4bit_quant_type"}));
-    v.push_back(with_aliases(bool_field<Q>("double_quant", [](Q& q) -> bool& { return q.double_quant; }, I),
+    v.push_back(with_aliases(bool_field<Q>(
+                                 "double_quant", [](Q& q) -> bool& { return q.double_quant; }, I),
                              {"bnb_4bit_use_double_quant"}));
     Field<Q> bs = make<Q>("blocksize", I);
     bs.reset = [](Q& q) { q.blocksize = Q{}.blocksize; };
@@ -397,10 +418,9 @@ const Schema<QuantizationConfig>& quant_schema() {
     bs.write = [](const Q& q) { return plain(std::to_string(q.blocksize)); };
     v.push_back(with_aliases(bs, {"bnb_4bit_blocksize"}));
     v.push_back(with_aliases(
-        enum_field<Q>("compute_dtype", [](Q& q) -> std::string& { return q.compute_dtype; },
-                      {"auto", "bf16", "fp16", "fp32"},
-                      {{"bfloat16", "bf16"}, {"float16", "fp16"}, {"half", "fp16"}, {"float32", "fp32"}, {"float", "fp32"}},
-                      I),
+        enum_field<Q>(
+            "compute_dtype", [](Q& q) -> std::string& { return q.compute_dtype; }, {"auto", "bf16", "fp16", "fp32"},
+            {{"bfloat16", "bf16"}, {"float16", "fp16"}, {"half", "fp16"}, {"float32", "fp32"}, {"float", "fp32"}}, I),
         {"bnb_4bit_compute_dtype"}));
     return v;
   }();
@@ -413,21 +433,29 @@ const Schema<config::DatasetSpec>& dataset_schema() {
   constexpr auto I = ChangeKind::Incompatible;
   static const Schema<D> s = [] {
     Schema<D> v;
-    v.push_back(string_field<D>("path", [](D& d) -> std::string& { return d.path; }, I));
-    v.push_back(enum_field<D>("type", [](D& d) -> std::string& { return d.type; },
-                              {"text", "alpaca", "chat", "prompt_completion"},
-                              {{"completion", "text"}, {"chat_template", "chat"}, {"input_output", "prompt_completion"}},
-                              I));
-    v.push_back(string_field<D>("field", [](D& d) -> std::string& { return d.field; }, I));
-    v.push_back(string_field<D>("field_instruction", [](D& d) -> std::string& { return d.field_instruction; }, I));
-    v.push_back(string_field<D>("field_input", [](D& d) -> std::string& { return d.field_input; }, I));
-    v.push_back(string_field<D>("field_output", [](D& d) -> std::string& { return d.field_output; }, I));
-    v.push_back(string_field<D>("field_messages", [](D& d) -> std::string& { return d.field_messages; }, I));
-    v.push_back(string_field<D>("message_field_role", [](D& d) -> std::string& { return d.message_field_role; }, I));
-    v.push_back(
-        string_field<D>("message_field_content", [](D& d) -> std::string& { return d.message_field_content; }, I));
-    v.push_back(string_field<D>("field_prompt", [](D& d) -> std::string& { return d.field_prompt; }, I));
-    v.push_back(string_field<D>("field_completion", [](D& d) -> std::string& { return d.field_completion; }, I));
+    v.push_back(string_field<D>(
+        "path", [](D& d) -> std::string& { return d.path; }, I));
+    v.push_back(enum_field<D>(
+        "type", [](D& d) -> std::string& { return d.type; }, {"text", "alpaca", "chat", "prompt_completion"},
+        {{"completion", "text"}, {"chat_template", "chat"}, {"input_output", "prompt_completion"}}, I));
+    v.push_back(string_field<D>(
+        "field", [](D& d) -> std::string& { return d.field; }, I));
+    v.push_back(string_field<D>(
+        "field_instruction", [](D& d) -> std::string& { return d.field_instruction; }, I));
+    v.push_back(string_field<D>(
+        "field_input", [](D& d) -> std::string& { return d.field_input; }, I));
+    v.push_back(string_field<D>(
+        "field_output", [](D& d) -> std::string& { return d.field_output; }, I));
+    v.push_back(string_field<D>(
+        "field_messages", [](D& d) -> std::string& { return d.field_messages; }, I));
+    v.push_back(string_field<D>(
+        "message_field_role", [](D& d) -> std::string& { return d.message_field_role; }, I));
+    v.push_back(string_field<D>(
+        "message_field_content", [](D& d) -> std::string& { return d.message_field_content; }, I));
+    v.push_back(string_field<D>(
+        "field_prompt", [](D& d) -> std::string& { return d.field_prompt; }, I));
+    v.push_back(string_field<D>(
+        "field_completion", [](D& d) -> std::string& { return d.field_completion; }, I));
     return v;
   }();
   return s;
@@ -463,7 +491,8 @@ void read_map(S& s, const YAML::Node& map, const Schema<S>& schema, const std::s
     const std::string path = prefix + key;
     const Field<S>* f = find_field(schema, key);
     if (!f)
-      user_error(ctx.where(path, k.Mark()), ": unknown key ", quote_text(path), suggestion(key, key_names(schema), prefix));
+      user_error(ctx.where(path, k.Mark()), ": unknown key ", quote_text(path),
+                 suggestion(key, key_names(schema), prefix));
     const std::string canonical = f->canonical.empty() ? prefix + f->key : f->canonical;
     if (auto seen = ctx.seen.find(canonical); seen != ctx.seen.end())
       ctx.fail(path, k.Mark(),
@@ -500,10 +529,13 @@ const Schema<TrainConfig>& top_schema() {
   constexpr auto Sch = ChangeKind::Schedule;
   static const Schema<T> s = [] {
     Schema<T> v;
-    v.push_back(string_field<T>("base_model", [](T& c) -> std::string& { return c.base_model; }, I));
-    v.push_back(with_aliases(string_field<T>("tokenizer", [](T& c) -> std::string& { return c.tokenizer; }, I),
+    v.push_back(string_field<T>(
+        "base_model", [](T& c) -> std::string& { return c.base_model; }, I));
+    v.push_back(with_aliases(string_field<T>(
+                                 "tokenizer", [](T& c) -> std::string& { return c.tokenizer; }, I),
                              {"tokenizer_config"}));
-    v.push_back(enum_field<T>("adapter", [](T& c) -> std::string& { return c.lora.adapter; }, {"qlora", "lora"}, {}, I));
+    v.push_back(enum_field<T>(
+        "adapter", [](T& c) -> std::string& { return c.lora.adapter; }, {"qlora", "lora"}, {}, I));
     {
       Field<T> f = make<T>("load_in_4bit", I);
       f.reset = [](T&) {};
@@ -538,20 +570,29 @@ const Schema<TrainConfig>& top_schema() {
       f.read = [qf](T& c, const YAML::Node& n, const In& in) { qf->read(c.quantization, n, in); };
       v.push_back(f);
     }
-    v.push_back(int_field<T>("lora_r", [](T& c) -> int64_t& { return c.lora.r; }, 1, I));
-    v.push_back(num_field<T>("lora_alpha", [](T& c) -> double& { return c.lora.alpha; }, 0, true, 1e300, false,
-                             "a positive number", I));
-    v.push_back(num_field<T>("lora_dropout", [](T& c) -> double& { return c.lora.dropout; }, 0, false, 1, true,
-                             "a number in [0, 1)", I));
-    v.push_back(list_field<T>("lora_target_modules", [](T& c) -> std::vector<std::string>& { return c.lora.target_modules; }, I));
-    v.push_back(bool_field<T>("lora_target_linear", [](T& c) -> bool& { return c.lora.target_linear; }, I));
-    v.push_back(bool_field<T>("use_rslora", [](T& c) -> bool& { return c.lora.use_rslora; }, I));
+    v.push_back(int_field<T>(
+        "lora_r", [](T& c) -> int64_t& { return c.lora.r; }, 1, I));
+    v.push_back(num_field<T>(
+        "lora_alpha", [](T& c) -> double& { return c.lora.alpha; }, 0, true, 1e300, false, "a positive number", I));
+    v.push_back(num_field<T>(
+        "lora_dropout", [](T& c) -> double& { return c.lora.dropout; }, 0, false, 1, true, "a number in [0, 1)", I));
+    v.push_back(list_field<T>(
+        "lora_target_modules", [](T& c) -> std::vector<std::string>& { return c.lora.target_modules; }, I));
+    v.push_back(bool_field<T>(
+        "lora_target_linear", [](T& c) -> bool& { return c.lora.target_linear; }, I));
+    v.push_back(bool_field<T>(
+        "use_rslora", [](T& c) -> bool& { return c.lora.use_rslora; }, I));
 
-    v.push_back(int_field<T>("sequence_len", [](T& c) -> int64_t& { return c.data.sequence_len; }, 1, I));
-    v.push_back(bool_field<T>("sample_packing", [](T& c) -> bool& { return c.data.sample_packing; }, I));
-    v.push_back(bool_field<T>("train_on_inputs", [](T& c) -> bool& { return c.data.train_on_inputs; }, I));
-    v.push_back(bool_field<T>("skip_invalid", [](T& c) -> bool& { return c.data.skip_invalid; }, I));
-    v.push_back(string_field<T>("chat_template", [](T& c) -> std::string& { return c.data.chat_template; }, I));
+    v.push_back(int_field<T>(
+        "sequence_len", [](T& c) -> int64_t& { return c.data.sequence_len; }, 1, I));
+    v.push_back(bool_field<T>(
+        "sample_packing", [](T& c) -> bool& { return c.data.sample_packing; }, I));
+    v.push_back(bool_field<T>(
+        "train_on_inputs", [](T& c) -> bool& { return c.data.train_on_inputs; }, I));
+    v.push_back(bool_field<T>(
+        "skip_invalid", [](T& c) -> bool& { return c.data.skip_invalid; }, I));
+    v.push_back(string_field<T>(
+        "chat_template", [](T& c) -> std::string& { return c.data.chat_template; }, I));
     {
       // Extra template variables (e.g. date_string), name -> scalar (read as JSON when it parses).
       Field<T> f = make<T>("chat_template_kwargs", I);
@@ -575,7 +616,8 @@ const Schema<TrainConfig>& top_schema() {
       };
       v.push_back(f);
     }
-    v.push_back(bool_field<T>("pad_to_sequence_len", [](T& c) -> bool& { return c.data.pad_to_sequence_len; }, H));
+    v.push_back(bool_field<T>(
+        "pad_to_sequence_len", [](T& c) -> bool& { return c.data.pad_to_sequence_len; }, H));
     {
       Field<T> f = make<T>("datasets", I);
       f.sub = Sub::DatasetList;
@@ -603,14 +645,18 @@ const Schema<TrainConfig>& top_schema() {
       if (f.key == "test_datasets")
         f.write = [write_datasets](const T& c) { return write_datasets(c.data.test_datasets); };
     }
-    v.push_back(num_field<T>("val_set_size", [](T& c) -> double& { return c.data.val_set_size; }, 0, false, 1, true,
-                             "a fraction in [0, 1)", I));
+    v.push_back(num_field<T>(
+        "val_set_size", [](T& c) -> double& { return c.data.val_set_size; }, 0, false, 1, true, "a fraction in [0, 1)",
+        I));
 
-    v.push_back(int_field<T>("micro_batch_size", [](T& c) -> int64_t& { return c.micro_batch_size; }, 1, I));
-    v.push_back(int_field<T>("gradient_accumulation_steps",
-                             [](T& c) -> int64_t& { return c.gradient_accumulation_steps; }, 1, I));
-    v.push_back(opt_int_field<T>("num_epochs", [](T& c) -> std::optional<int64_t>& { return c.num_epochs; }, 1, Sch));
-    v.push_back(opt_int_field<T>("max_steps", [](T& c) -> std::optional<int64_t>& { return c.max_steps; }, 1, Sch));
+    v.push_back(int_field<T>(
+        "micro_batch_size", [](T& c) -> int64_t& { return c.micro_batch_size; }, 1, I));
+    v.push_back(int_field<T>(
+        "gradient_accumulation_steps", [](T& c) -> int64_t& { return c.gradient_accumulation_steps; }, 1, I));
+    v.push_back(opt_int_field<T>(
+        "num_epochs", [](T& c) -> std::optional<int64_t>& { return c.num_epochs; }, 1, Sch));
+    v.push_back(opt_int_field<T>(
+        "max_steps", [](T& c) -> std::optional<int64_t>& { return c.max_steps; }, 1, Sch));
 
     using O = OptimizerConfig;
     {
@@ -648,25 +694,33 @@ const Schema<TrainConfig>& top_schema() {
       f.write = [](const T& c) { return str(c.optim.device_budget); };
       v.push_back(f);
     }
-    v.push_back(num_field<T>("learning_rate", [](T& c) -> double& { return c.optim.learning_rate; }, 0, true, 1e300,
-                             false, "a positive number", I));
-    v.push_back(enum_field<T>("lr_scheduler", [](T& c) -> std::string& { return c.optim.lr_scheduler; },
-                              {"cosine", "linear", "constant"}, {{"constant_with_warmup", "constant"}}, I));
-    v.push_back(int_field<T>("warmup_steps", [](T& c) -> int64_t& { return c.optim.warmup_steps; }, 0, I));
-    v.push_back(opt_num_field<T>("warmup_ratio", [](T& c) -> std::optional<double>& { return c.optim.warmup_ratio; }, 0,
-                                 false, 1, true, "a fraction in [0, 1)", I));
-    v.push_back(num_field<T>("weight_decay", [](T& c) -> double& { return c.optim.weight_decay; }, 0, false, 1e300,
-                             false, "a non-negative number", I));
-    v.push_back(num_field<T>("max_grad_norm", [](T& c) -> double& { return c.optim.max_grad_norm; }, 0, false, 1e300,
-                             false, "a non-negative number (0 disables clipping)", I));
-    v.push_back(num_field<T>("adam_beta1", [](T& c) -> double& { return c.optim.adam_beta1; }, 0, false, 1, true,
-                             "a number in [0, 1)", I));
-    v.push_back(num_field<T>("adam_beta2", [](T& c) -> double& { return c.optim.adam_beta2; }, 0, false, 1, true,
-                             "a number in [0, 1)", I));
-    v.push_back(num_field<T>("adam_epsilon", [](T& c) -> double& { return c.optim.adam_epsilon; }, 0, true, 1e300,
-                             false, "a positive number", I));
+    v.push_back(num_field<T>(
+        "learning_rate", [](T& c) -> double& { return c.optim.learning_rate; }, 0, true, 1e300, false,
+        "a positive number", I));
+    v.push_back(enum_field<T>(
+        "lr_scheduler", [](T& c) -> std::string& { return c.optim.lr_scheduler; }, {"cosine", "linear", "constant"},
+        {{"constant_with_warmup", "constant"}}, I));
+    v.push_back(int_field<T>(
+        "warmup_steps", [](T& c) -> int64_t& { return c.optim.warmup_steps; }, 0, I));
+    v.push_back(opt_num_field<T>(
+        "warmup_ratio", [](T& c) -> std::optional<double>& { return c.optim.warmup_ratio; }, 0, false, 1, true,
+        "a fraction in [0, 1)", I));
+    v.push_back(num_field<T>(
+        "weight_decay", [](T& c) -> double& { return c.optim.weight_decay; }, 0, false, 1e300, false,
+        "a non-negative number", I));
+    v.push_back(num_field<T>(
+        "max_grad_norm", [](T& c) -> double& { return c.optim.max_grad_norm; }, 0, false, 1e300, false,
+        "a non-negative number (0 disables clipping)", I));
+    v.push_back(num_field<T>(
+        "adam_beta1", [](T& c) -> double& { return c.optim.adam_beta1; }, 0, false, 1, true, "a number in [0, 1)", I));
+    v.push_back(num_field<T>(
+        "adam_beta2", [](T& c) -> double& { return c.optim.adam_beta2; }, 0, false, 1, true, "a number in [0, 1)", I));
+    v.push_back(num_field<T>(
+        "adam_epsilon", [](T& c) -> double& { return c.optim.adam_epsilon; }, 0, true, 1e300, false,
+        "a positive number", I));
 
-    v.push_back(bool_field<T>("gradient_checkpointing", [](T& c) -> bool& { return c.gradient_checkpointing; }, H));
+    v.push_back(bool_field<T>(
+        "gradient_checkpointing", [](T& c) -> bool& { return c.gradient_checkpointing; }, H));
     {
       Field<T> f = make<T>("seed", I);
       f.reset = [](T& c) { c.seed = T{}.seed; };
@@ -690,15 +744,24 @@ const Schema<TrainConfig>& top_schema() {
       f.write = [](const T& c) { return str(c.device); };
       v.push_back(f);
     }
-    v.push_back(int_field<T>("max_nonfinite_steps", [](T& c) -> int64_t& { return c.max_nonfinite_steps; }, 1, H));
-    v.push_back(string_field<T>("output_dir", [](T& c) -> std::string& { return c.output_dir; }, H));
-    v.push_back(int_field<T>("save_steps", [](T& c) -> int64_t& { return c.save_steps; }, 0, H));
-    v.push_back(int_field<T>("save_total_limit", [](T& c) -> int64_t& { return c.save_total_limit; }, 0, H));
-    v.push_back(int_field<T>("eval_steps", [](T& c) -> int64_t& { return c.eval_steps; }, 0, H));
-    v.push_back(bool_field<T>("eval_on_start", [](T& c) -> bool& { return c.eval_on_start; }, H));
-    v.push_back(bool_field<T>("eval_exact_match", [](T& c) -> bool& { return c.eval_exact_match; }, H));
-    v.push_back(int_field<T>("eval_max_new_tokens", [](T& c) -> int64_t& { return c.eval_max_new_tokens; }, 1, H));
-    v.push_back(int_field<T>("logging_steps", [](T& c) -> int64_t& { return c.logging_steps; }, 1, H));
+    v.push_back(int_field<T>(
+        "max_nonfinite_steps", [](T& c) -> int64_t& { return c.max_nonfinite_steps; }, 1, H));
+    v.push_back(string_field<T>(
+        "output_dir", [](T& c) -> std::string& { return c.output_dir; }, H));
+    v.push_back(int_field<T>(
+        "save_steps", [](T& c) -> int64_t& { return c.save_steps; }, 0, H));
+    v.push_back(int_field<T>(
+        "save_total_limit", [](T& c) -> int64_t& { return c.save_total_limit; }, 0, H));
+    v.push_back(int_field<T>(
+        "eval_steps", [](T& c) -> int64_t& { return c.eval_steps; }, 0, H));
+    v.push_back(bool_field<T>(
+        "eval_on_start", [](T& c) -> bool& { return c.eval_on_start; }, H));
+    v.push_back(bool_field<T>(
+        "eval_exact_match", [](T& c) -> bool& { return c.eval_exact_match; }, H));
+    v.push_back(int_field<T>(
+        "eval_max_new_tokens", [](T& c) -> int64_t& { return c.eval_max_new_tokens; }, 1, H));
+    v.push_back(int_field<T>(
+        "logging_steps", [](T& c) -> int64_t& { return c.logging_steps; }, 1, H));
     return v;
   }();
   return s;
@@ -726,8 +789,7 @@ void erase_spellings(YAML::Node& map, const Field<S>& f) {
   std::vector<std::string> names = f.aliases;
   names.push_back(f.key);
   for (const std::string& n : names)
-    while (map[n].IsDefined() && map.remove(n)) {
-    }
+    while (map[n].IsDefined() && map.remove(n)) {}
 }
 
 // Ensures map[key] is a mapping (or a sequence when `seq`) and returns it.
@@ -748,9 +810,7 @@ void apply_override(YAML::Node& root, const std::string& text, Ctx& ctx) {
   YAML::Node value;
   try {
     value = YAML::Load(text.substr(eq + 1));
-  } catch (const YAML::Exception& e) {
-    user_error(where, ": ", key, ": the value is not valid YAML (", e.msg, ")");
-  }
+  } catch (const YAML::Exception& e) { user_error(where, ": ", key, ": the value is not valid YAML (", e.msg, ")"); }
   const std::vector<std::string> segs = split_dots(key);
   for (const auto& s : segs)
     if (s.empty()) user_error(where, ": expected a key path like lora_r or quantization.blocksize");
@@ -846,13 +906,15 @@ void finish(TrainConfig& c, Ctx& ctx) {
   if (c.optim.warmup_ratio && c.optim.warmup_steps > 0)
     ctx.fail_key("warmup_ratio", "set either warmup_steps or warmup_ratio, not both");
   if (c.lora.target_modules.empty() && !c.lora.target_linear)
-    ctx.fail_key("lora_target_modules", "required: the modules to adapt (e.g. [q_proj, v_proj]), or lora_target_linear: true");
+    ctx.fail_key("lora_target_modules",
+                 "required: the modules to adapt (e.g. [q_proj, v_proj]), or lora_target_linear: true");
   if (ctx.load_in_4bit) {
     if (!ctx.was_set("adapter")) {
       c.lora.adapter = *ctx.load_in_4bit ? "qlora" : "lora";
     } else if (*ctx.load_in_4bit != (c.lora.adapter == "qlora")) {
-      ctx.fail_key("load_in_4bit", *ctx.load_in_4bit ? "true contradicts adapter: lora (use adapter: qlora for a 4-bit base)"
-                                                     : "false contradicts adapter: qlora (qlora loads the base in 4 bit)");
+      ctx.fail_key("load_in_4bit", *ctx.load_in_4bit
+                                       ? "true contradicts adapter: lora (use adapter: qlora for a 4-bit base)"
+                                       : "false contradicts adapter: qlora (qlora loads the base in 4 bit)");
     }
   }
   if (c.data.val_set_size > 0 && !c.data.test_datasets.empty())
@@ -1000,8 +1062,10 @@ std::vector<ConfigChange> diff_configs(const TrainConfig& saved, const TrainConf
     if (before == after) continue;
     const Leaf& leaf = ia != a.end() ? ia->second : ib->second;
     ChangeKind kind = ChangeKind::Incompatible;
-    if (ia != a.end() && ib != b.end()) kind = leaf.field->change(ia->second.val, ib->second.val);
-    else kind = leaf.field->change(Val{}, Val{});
+    if (ia != a.end() && ib != b.end())
+      kind = leaf.field->change(ia->second.val, ib->second.val);
+    else
+      kind = leaf.field->change(Val{}, Val{});
     out.push_back({k, before, after, kind});
   }
   return out;

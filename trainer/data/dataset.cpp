@@ -24,9 +24,7 @@ uint64_t splitmix64(uint64_t& state) {
 uint64_t uniform(uint64_t& state, uint64_t bound) {
   uint64_t limit = UINT64_MAX - UINT64_MAX % bound;
   uint64_t x;
-  do {
-    x = splitmix64(state);
-  } while (x >= limit);
+  do { x = splitmix64(state); } while (x >= limit);
   return x % bound;
 }
 
@@ -55,9 +53,7 @@ FileResult load_file(const config::DatasetSpec& ds, const config::DataSpec& spec
     for (int64_t i = 0; i < n; ++i) {
       try {
         built[i] = builder.build(batch[i]);
-      } catch (const UserError& e) {
-        errors[i] = e.what();
-      } catch (...) {
+      } catch (const UserError& e) { errors[i] = e.what(); } catch (...) {
         internal[i] = std::current_exception();
       }
     }
@@ -85,9 +81,9 @@ FileResult load_file(const config::DatasetSpec& ds, const config::DataSpec& spec
   if (res.records == 0 && res.skipped == 0) user_error(ds.path, ": the dataset is empty");
   if (res.records == 0) user_error(ds.path, ": no valid record (", res.skipped, " skipped as invalid)");
   if (res.samples.empty())
-    user_error(ds.path, ": no trainable tokens in its ", res.records - res.skipped,
-               " samples (every label is masked", spec.train_on_inputs ? "" : " with train_on_inputs: false",
-               ", or truncated away at sequence_len ", spec.sequence_len, ")");
+    user_error(ds.path, ": no trainable tokens in its ", res.records - res.skipped, " samples (every label is masked",
+               spec.train_on_inputs ? "" : " with train_on_inputs: false", ", or truncated away at sequence_len ",
+               spec.sequence_len, ")");
   return res;
 }
 
@@ -124,7 +120,8 @@ std::shared_ptr<PackedData> pack(std::vector<Sample>& samples, bool packing, int
       h *= 0x100000001B3ull;
     }
   };
-  for (size_t i = 0; i < p->input_ids.size(); ++i) mix((static_cast<uint64_t>(static_cast<uint32_t>(p->input_ids[i])) << 32) | static_cast<uint32_t>(p->labels[i]));
+  for (size_t i = 0; i < p->input_ids.size(); ++i)
+    mix((static_cast<uint64_t>(static_cast<uint32_t>(p->input_ids[i])) << 32) | static_cast<uint32_t>(p->labels[i]));
   for (int64_t b : p->row_begin) mix(static_cast<uint64_t>(b));
   for (int64_t b : p->sample_begin) mix(static_cast<uint64_t>(b));
   p->fingerprint = h;
@@ -183,8 +180,7 @@ Datasets build_datasets(const config::DataSpec& spec, const tok::Tokenizer& toke
       if (log && r.truncated)
         log(ds.path + ": truncated " + std::to_string(r.truncated) + " samples longer than sequence_len " +
             std::to_string(spec.sequence_len));
-      if (log && r.dropped)
-        log(ds.path + ": dropped " + std::to_string(r.dropped) + " samples without trained tokens");
+      if (log && r.dropped) log(ds.path + ": dropped " + std::to_string(r.dropped) + " samples without trained tokens");
       for (auto& s : r.samples) all.push_back(std::move(s));
     }
     return all;

@@ -20,7 +20,7 @@ struct PackedData {
   std::vector<int64_t> sample_begin;       // each sample's first token (global index), ascending
   int32_t pad_id = 0;                      // the tokenizer's pad, else its EOS, else 0
   int64_t sequence_len = 0;
-  uint64_t fingerprint = 0;                // hash of the rows (ids, labels, boundaries)
+  uint64_t fingerprint = 0;  // hash of the rows (ids, labels, boundaries)
   int64_t num_rows() const { return row_begin.empty() ? 0 : static_cast<int64_t>(row_begin.size()) - 1; }
   int64_t num_samples() const { return static_cast<int64_t>(sample_begin.size()); }
 };
@@ -33,7 +33,7 @@ struct DataStats {
   int64_t train_samples = 0, val_samples = 0;
   int64_t train_rows = 0, val_rows = 0;
   int64_t train_tokens = 0, train_target_tokens = 0;
-  std::string summary() const;     // one line for the log
+  std::string summary() const;  // one line for the log
 };
 
 struct Datasets {

@@ -43,8 +43,8 @@ std::string alpaca_prompt(const std::string& instruction, const std::string& inp
          instruction + "\n\n### Input:\n" + input + "\n\n### Response:\n";
 }
 
-SampleBuilder::SampleBuilder(const config::DatasetSpec& dataset, const config::DataSpec& spec, const tok::Tokenizer& tokenizer,
-                             const tok::ChatTemplate* chat)
+SampleBuilder::SampleBuilder(const config::DatasetSpec& dataset, const config::DataSpec& spec,
+                             const tok::Tokenizer& tokenizer, const tok::ChatTemplate* chat)
     : ds_(dataset),
       type_(canonical_type(dataset.type, dataset.path)),
       train_on_inputs_(spec.train_on_inputs),
@@ -92,9 +92,7 @@ SampleBuilder::Text SampleBuilder::prepare_chat(const Record& r) const {
   tok::ChatTemplate::Rendered rendered;
   try {
     rendered = chat_->render_for_training(jinja::Value(std::move(messages)), extra);
-  } catch (const UserError& e) {
-    user_error(r.where, ": ", e.what());
-  }
+  } catch (const UserError& e) { user_error(r.where, ": ", e.what()); }
   Text t;
   t.text = std::move(rendered.text);
   t.trained = std::move(rendered.assistant_spans);

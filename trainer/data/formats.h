@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "trainer/data/records.h"
 #include "trainer/config/data_spec.h"
+#include "trainer/data/records.h"
 #include "trainer/tokenizer/chat_template.h"
 #include "trainer/tokenizer/tokenizer.h"
 

@@ -55,8 +55,12 @@ Batch collate(const PackedData& data, const std::vector<int64_t>& rows, int64_t 
 }
 
 nlohmann::json LoaderState::to_json() const {
-  return {{"epoch", epoch}, {"position", position}, {"seed", seed}, {"num_rows", num_rows},
-          {"micro_batch_size", micro_batch_size}, {"data_fingerprint", data_fingerprint}};
+  return {{"epoch", epoch},
+          {"position", position},
+          {"seed", seed},
+          {"num_rows", num_rows},
+          {"micro_batch_size", micro_batch_size},
+          {"data_fingerprint", data_fingerprint}};
 }
 
 LoaderState LoaderState::from_json(const nlohmann::json& j) {
@@ -123,11 +127,12 @@ Batch DataLoader::next() {
 
 void DataLoader::restore(const LoaderState& s) {
   if (s.num_rows != state_.num_rows)
-    user_error("data cursor: saved for ", s.num_rows, " rows of training data, but the data now has ",
-               state_.num_rows, " (dataset, tokenizer, sequence_len or packing changed?)");
+    user_error("data cursor: saved for ", s.num_rows, " rows of training data, but the data now has ", state_.num_rows,
+               " (dataset, tokenizer, sequence_len or packing changed?)");
   if (s.data_fingerprint != state_.data_fingerprint)
-    user_error("data cursor: saved for different training data (dataset files, tokenizer, sequence_len or packing "
-               "changed), so the position cannot be restored");
+    user_error(
+        "data cursor: saved for different training data (dataset files, tokenizer, sequence_len or packing "
+        "changed), so the position cannot be restored");
   if (s.seed != state_.seed) user_error("data cursor: saved with seed ", s.seed, ", the run uses ", state_.seed);
   if (s.micro_batch_size != state_.micro_batch_size)
     user_error("data cursor: saved with micro_batch_size ", s.micro_batch_size, ", the run uses ",

@@ -15,7 +15,7 @@
 namespace qlora::data {
 
 struct Batch {
-  at::Tensor input_ids;     // int64 [B, T]; padding is the pad id (else EOS)
+  at::Tensor input_ids;  // int64 [B, T]; padding is the pad id (else EOS)
   // int64 [B, T], the HF convention: labels[b, t] is the target of the prediction made at t - 1
   // (the loss compares logits[:, :-1] with labels[:, 1:]); -100 = ignored (prompt, padding). The
   // first token of every sample is -100, so no prediction crosses a packed-sample boundary.
@@ -35,8 +35,8 @@ Batch collate(const PackedData& data, const std::vector<int64_t>& rows, int64_t 
 
 // Where the loader is: checkpoints save it (to_json) and restore it.
 struct LoaderState {
-  uint64_t epoch = 0;     // current epoch, from 0
-  int64_t position = 0;   // rows of this epoch's order already served
+  uint64_t epoch = 0;    // current epoch, from 0
+  int64_t position = 0;  // rows of this epoch's order already served
   // What the position refers to, checked on restore.
   uint64_t seed = 0;
   int64_t num_rows = 0;

@@ -13,7 +13,7 @@
 namespace qlora::data {
 
 struct MarkedTokens {
-  std::vector<int32_t> ids;    // encode(text, add_special_tokens=false)
+  std::vector<int32_t> ids;     // encode(text, add_special_tokens=false)
   std::vector<uint8_t> marked;  // 1 where the token overlaps a span
 };
 

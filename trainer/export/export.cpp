@@ -47,7 +47,8 @@ bool is_within(const stdfs::path& inner, const stdfs::path& outer) {
 // directory holding the adapter or the base (--force would delete them).
 void check_out(const ExportOptions& o, const std::vector<stdfs::path>& sources) {
   if (o.out.empty()) user_error("--out: an output directory is required");
-  if (stdfs::exists(o.out) && !stdfs::is_directory(o.out)) user_error(o.out.string(), ": exists and is not a directory");
+  if (stdfs::exists(o.out) && !stdfs::is_directory(o.out))
+    user_error(o.out.string(), ": exists and is not a directory");
   for (const stdfs::path& s : sources)
     if (!s.empty() && stdfs::exists(s) && is_within(s, o.out))
       user_error(o.out.string(), ": the output directory must not be or contain the input ", s.string());
@@ -69,7 +70,8 @@ stdfs::path base_dir(const ExportOptions& o, const run::AdapterSource& src, bool
   }
   if (!stdfs::is_regular_file(b / "config.json")) {
     if (required || !o.base_model.empty())
-      user_error(from, ": ", b.string(), " is not a Hugging Face model directory (no config.json); give the base with --base-model");
+      user_error(from, ": ", b.string(),
+                 " is not a Hugging Face model directory (no config.json); give the base with --base-model");
     return {};
   }
   return b;
@@ -136,8 +138,10 @@ ExportReport export_peft(const ExportOptions& o, const run::AdapterSource& src) 
   }
   check_out(o, {src.dir});
   io::PeftAdapterConfig cfg = src.peft;
-  if (!o.base_model.empty()) cfg.base_model_name_or_path = o.base_model.string();
-  else if (src.train) cfg.base_model_name_or_path = src.base_model.string();
+  if (!o.base_model.empty())
+    cfg.base_model_name_or_path = o.base_model.string();
+  else if (src.train)
+    cfg.base_model_name_or_path = src.base_model.string();
   fs::StagedDir staged(o.out, /*replace_existing=*/stdfs::exists(o.out));
   io::write_peft_adapter(staged.path(), cfg, src.tensors, rep.dtype);
   staged.commit();
@@ -203,7 +207,7 @@ std::vector<OutTensor> merged_tensors(const model::ModelConfig& c) {
       const std::string path = model::linear_module_path(i, mod);
       const std::vector<int64_t> shape = model::linear_shape(c, mod);
       v.push_back({path + ".weight", shape, path});
-      const bool bias = (mod == "o_proj") ? c.o_bias
+      const bool bias = (mod == "o_proj")                                         ? c.o_bias
                         : (mod == "q_proj" || mod == "k_proj" || mod == "v_proj") ? c.qkv_bias
                                                                                   : c.mlp_bias;
       if (bias) v.push_back({path + ".bias", {shape[0]}, ""});
@@ -220,9 +224,9 @@ std::vector<OutTensor> merged_tensors(const model::ModelConfig& c) {
 }
 
 bool is_tokenizer_file(const std::string& n) {
-  static const std::set<std::string> names = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+  static const std::set<std::string> names = {"tokenizer.model",         "tokenizer.json",    "tokenizer_config.json",
                                               "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
-                                              "chat_template.json", "vocab.json", "merges.txt"};
+                                              "chat_template.json",      "vocab.json",        "merges.txt"};
   return names.count(n) > 0;
 }
 
@@ -245,21 +249,24 @@ class MergedWriter {
         user_error("--merge-into original: ", ck_.dir().string(),
                    " is a 4-bit checkpoint; its original 16-bit weights are not there (give them with --base-model)");
       if (hold.nf4)
-        std::fprintf(stderr,
-                     "warning: --merge-into original: this adapter learned to correct the NF4-quantized weights; merged "
-                     "into the original 16-bit weights the quantization error comes back uncorrected, which usually "
-                     "makes the merged model worse than base+adapter. The default (dequant) merges into the weights "
-                     "it was trained against.\n");
+        std::fprintf(
+            stderr,
+            "warning: --merge-into original: this adapter learned to correct the NF4-quantized weights; merged "
+            "into the original 16-bit weights the quantization error comes back uncorrected, which usually "
+            "makes the merged model worse than base+adapter. The default (dequant) merges into the weights "
+            "it was trained against.\n");
       quantize_ = false;
     } else if (o_.merge_into == "dequant") {
       quantize_ = hold.nf4 && !bnb;  // a bnb checkpoint is dequantized as it is
       if (!hold.nf4) {
-        std::fprintf(stderr, "note: the adapter was trained on the 16-bit base (adapter: lora); merging into those weights\n");
-      } else if (!hold.known && !bnb) {
         std::fprintf(stderr,
-                     "note: %s does not say how the base was held while training; assuming NF4 (blocksize 64, double "
-                     "quantization) as qlora trains. Use --merge-into original for an adapter trained on the 16-bit base.\n",
-                     (src_.dir / io::kPeftConfigFile).string().c_str());
+                     "note: the adapter was trained on the 16-bit base (adapter: lora); merging into those weights\n");
+      } else if (!hold.known && !bnb) {
+        std::fprintf(
+            stderr,
+            "note: %s does not say how the base was held while training; assuming NF4 (blocksize 64, double "
+            "quantization) as qlora trains. Use --merge-into original for an adapter trained on the 16-bit base.\n",
+            (src_.dir / io::kPeftConfigFile).string().c_str());
       }
       blocksize_ = hold.blocksize;
       double_quant_ = hold.double_quant;
@@ -374,9 +381,7 @@ class MergedWriter {
     nlohmann::ordered_json cfg;
     try {
       cfg = nlohmann::ordered_json::parse(fs::read_file(p));
-    } catch (const nlohmann::json::exception& e) {
-      user_error(p.string(), ": not valid JSON: ", e.what());
-    }
+    } catch (const nlohmann::json::exception& e) { user_error(p.string(), ": not valid JSON: ", e.what()); }
     cfg.erase("quantization_config");
     cfg.erase("_pre_quantization_dtype");
     const std::string dtype_name(io::float_dtype_name(dtype_).value());  // "bfloat16", ...
@@ -402,7 +407,8 @@ class MergedWriter {
     for (size_t i = 0; i < from.size(); ++i) {
       for (const auto& e : stdfs::directory_iterator(from[i])) {
         const std::string n = e.path().filename().string();
-        if (!e.is_regular_file() || io::is_hf_weight_file(e.path()) || n == "config.json" || n.empty() || n[0] == '.') continue;
+        if (!e.is_regular_file() || io::is_hf_weight_file(e.path()) || n == "config.json" || n.empty() || n[0] == '.')
+          continue;
         if (i > 0 && !is_tokenizer_file(n)) continue;
         stdfs::copy_file(e.path(), dir / n, stdfs::copy_options::overwrite_existing);
         if (std::find(rep.files.begin(), rep.files.end(), n) == rep.files.end()) rep.files.push_back(n);
@@ -451,20 +457,23 @@ void check_adapter_matches_base(const run::AdapterSource& src, const model::Mode
   const std::string base = mc.path.string();
   std::map<std::string, std::vector<int64_t>> shapes;  // module path -> [out, in]
   for (int64_t i = 0; i < mc.num_hidden_layers; ++i)
-    for (const auto& mod : model::linear_module_names()) shapes[model::linear_module_path(i, mod)] = model::linear_shape(mc, mod);
+    for (const auto& mod : model::linear_module_names())
+      shapes[model::linear_module_path(i, mod)] = model::linear_shape(mc, mod);
   const int64_t r = src.peft.r;
   std::set<std::string> have_a, have_b;
   for (const auto& [k, v] : src.tensors) {
     const std::optional<io::PeftLoraKey> key = io::parse_peft_lora_key(k);
     if (!key)
-      user_error(file, ": ", k, ": not a LoRA key (expected base_model.model.<module>.lora_A.weight or .lora_B.weight)");
+      user_error(file, ": ", k,
+                 ": not a LoRA key (expected base_model.model.<module>.lora_A.weight or .lora_B.weight)");
     const std::string& module = key->module;
     const bool a = key->which == 'A';
     const auto it = shapes.find(module);
     if (it == shapes.end())
       user_error(file, ": ", k, ": the base (", base, ") has no linear module ", module,
                  " (an adapter made for another base model?)");
-    const std::vector<int64_t> want = a ? std::vector<int64_t>{r, it->second[1]} : std::vector<int64_t>{it->second[0], r};
+    const std::vector<int64_t> want =
+        a ? std::vector<int64_t>{r, it->second[1]} : std::vector<int64_t>{it->second[0], r};
     if (v.sizes().vec() != want)
       user_error(file, ": ", k, ": shape ", v.sizes(), ", but the base (", base, ") with r=", r, " needs ",
                  at::IntArrayRef(want), " (an adapter made for another base model?)");

@@ -25,29 +25,29 @@
 #include <string>
 #include <vector>
 
-#include "trainer/run/adapter_source.h"
 #include "trainer/model/model_config.h"
+#include "trainer/run/adapter_source.h"
 
 namespace qlora::exporter {
 
 struct ExportOptions {
-  std::filesystem::path checkpoint;      // checkpoint, run directory or PEFT directory
-  std::filesystem::path out;             // output directory
-  std::filesystem::path base_model;      // empty: the base the adapter records
-  std::string format = "peft";           // peft | merged | gguf-adapter
-  std::string merge_into = "dequant";    // dequant | original (merged)
-  std::optional<at::ScalarType> dtype;   // default: fp32 (peft), bf16 (merged), fp16 (gguf-adapter)
+  std::filesystem::path checkpoint;             // checkpoint, run directory or PEFT directory
+  std::filesystem::path out;                    // output directory
+  std::filesystem::path base_model;             // empty: the base the adapter records
+  std::string format = "peft";                  // peft | merged | gguf-adapter
+  std::string merge_into = "dequant";           // dequant | original (merged)
+  std::optional<at::ScalarType> dtype;          // default: fp32 (peft), bf16 (merged), fp16 (gguf-adapter)
   uint64_t max_shard_bytes = 5'000'000'000ull;  // merged; "5GB" as transformers counts it
-  bool force = false;                    // replace a non-empty OUT
+  bool force = false;                           // replace a non-empty OUT
 };
 
 struct ExportReport {
-  std::filesystem::path adapter_dir;     // the checkpoint the adapter came from
-  std::filesystem::path base_model;      // the base used (merged, gguf-adapter; peft when checked)
-  at::ScalarType dtype = at::kFloat;     // dtype of the written tensors
-  std::vector<std::string> files;        // written files, relative to OUT
-  uint64_t tensor_bytes = 0;             // bytes of tensor data written
-  int64_t merged_modules = 0;            // linears that received B @ A (merged)
+  std::filesystem::path adapter_dir;  // the checkpoint the adapter came from
+  std::filesystem::path base_model;   // the base used (merged, gguf-adapter; peft when checked)
+  at::ScalarType dtype = at::kFloat;  // dtype of the written tensors
+  std::vector<std::string> files;     // written files, relative to OUT
+  uint64_t tensor_bytes = 0;          // bytes of tensor data written
+  int64_t merged_modules = 0;         // linears that received B @ A (merged)
 };
 
 // A positive byte size in the forms parse_byte_size (trainer/common/bytes.h) reads: "5GB"

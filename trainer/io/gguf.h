@@ -44,9 +44,9 @@ struct LoraTensor {
 struct GgufLoraOptions {
   std::string architecture = "llama";  // llama (Llama, Mistral), qwen2, qwen3
   float alpha = 16;
-  int64_t n_head = 0;                  // for the llama q/k permutation
+  int64_t n_head = 0;  // for the llama q/k permutation
   int64_t n_head_kv = 0;
-  at::ScalarType dtype = at::kHalf;    // F32 | F16 | BF16 in the file
+  at::ScalarType dtype = at::kHalf;  // F32 | F16 | BF16 in the file
 };
 
 // Writes a llama.cpp LoRA adapter GGUF: general.type=adapter, adapter.type=lora,

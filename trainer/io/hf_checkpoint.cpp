@@ -24,9 +24,7 @@ HfCheckpoint::HfCheckpoint(const stdfs::path& dir) : dir_(dir) {
       nlohmann::json j;
       try {
         j = nlohmann::json::parse(fs::read_file(index));
-      } catch (const nlohmann::json::exception& e) {
-        user_error(index.string(), ": not valid JSON: ", e.what());
-      }
+      } catch (const nlohmann::json::exception& e) { user_error(index.string(), ": not valid JSON: ", e.what()); }
       if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
         user_error(index.string(), ": weight_map: expected an object {tensor name: shard file}");
       std::map<std::string, size_t> shard_ix;
@@ -35,8 +33,9 @@ HfCheckpoint::HfCheckpoint(const stdfs::path& dir) : dir_(dir) {
         if (!it.value().is_string())
           user_error(index.string(), ": weight_map.", it.key(), ": expected a shard file name");
         const std::string shard = it.value().get<std::string>();
-        if (shard.find('/') != std::string::npos || shard == ".." )
-          user_error(index.string(), ": weight_map.", it.key(), ": shard \"", shard, "\" must be a file in the model directory");
+        if (shard.find('/') != std::string::npos || shard == "..")
+          user_error(index.string(), ": weight_map.", it.key(), ": shard \"", shard,
+                     "\" must be a file in the model directory");
         if (!shard_ix.count(shard)) {
           const stdfs::path sp = dir / shard;
           if (!stdfs::exists(sp)) user_error(index.string(), ": shard \"", shard, "\" (for ", it.key(), ") is missing");
@@ -52,12 +51,14 @@ HfCheckpoint::HfCheckpoint(const stdfs::path& dir) : dir_(dir) {
     } else if (stdfs::exists(single)) {
       files_.push_back(std::make_unique<SafetensorsFile>(single));
     } else {
-      for (const char* pickle : {"pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "consolidated.00.pth"}) {
+      for (const char* pickle :
+           {"pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "consolidated.00.pth"}) {
         if (stdfs::exists(dir / pickle))
           user_error((dir / pickle).string(),
                      ": pickle checkpoints are not loaded (they can run code); convert to safetensors first, "
                      "e.g. python -c \"from transformers import AutoModelForCausalLM as M; "
-                     "M.from_pretrained('", d, "').save_pretrained('", d, "-safetensors')\"");
+                     "M.from_pretrained('",
+                     d, "').save_pretrained('", d, "-safetensors')\"");
       }
       user_error(d, ": no model.safetensors or model.safetensors.index.json found");
     }

@@ -24,7 +24,8 @@ std::string peft_lora_key(std::string_view module_path, char which) {
 std::optional<PeftLoraKey> parse_peft_lora_key(std::string_view key) {
   const bool a = key.ends_with(kSuffixA), b = key.ends_with(kSuffixB);
   if (!key.starts_with(kPrefix) || (!a && !b) || key.size() <= kPrefix.size() + kSuffixA.size()) return std::nullopt;
-  return PeftLoraKey{std::string(key.substr(kPrefix.size(), key.size() - kPrefix.size() - kSuffixA.size())), a ? 'A' : 'B'};
+  return PeftLoraKey{std::string(key.substr(kPrefix.size(), key.size() - kPrefix.size() - kSuffixA.size())),
+                     a ? 'A' : 'B'};
 }
 
 std::string peft_adapter_config_json(const PeftAdapterConfig& c) {
@@ -58,9 +59,7 @@ PeftAdapterConfig read_peft_adapter_config(const std::filesystem::path& dir) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(fs::read_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    user_error(p, ": not valid JSON: ", e.what());
-  }
+  } catch (const nlohmann::json::exception& e) { user_error(p, ": not valid JSON: ", e.what()); }
   if (!j.is_object()) user_error(p, ": expected a JSON object");
   auto str = [&](const char* k, const std::string& def) -> std::string {
     if (!j.contains(k) || j[k].is_null()) return def;
@@ -72,12 +71,14 @@ PeftAdapterConfig read_peft_adapter_config(const std::filesystem::path& dir) {
     if (!j[k].is_number()) user_error(p, ": ", k, ": expected a number");
     return j[k].get<double>();
   };
-  if (str("peft_type", "LORA") != "LORA") user_error(p, ": peft_type: only LORA adapters are supported, got ", str("peft_type", ""));
+  if (str("peft_type", "LORA") != "LORA")
+    user_error(p, ": peft_type: only LORA adapters are supported, got ", str("peft_type", ""));
   if (j.value("use_dora", false)) user_error(p, ": use_dora: DoRA adapters are not supported");
   if (j.contains("modules_to_save") && !j["modules_to_save"].is_null() && !j["modules_to_save"].empty())
     user_error(p, ": modules_to_save: adapters that also train full modules are not supported");
   for (const char* k : {"rank_pattern", "alpha_pattern"})
-    if (j.contains(k) && j[k].is_object() && !j[k].empty()) user_error(p, ": ", k, ": per-module ranks are not supported");
+    if (j.contains(k) && j[k].is_object() && !j[k].empty())
+      user_error(p, ": ", k, ": per-module ranks are not supported");
   if (j.value("fan_in_fan_out", false)) user_error(p, ": fan_in_fan_out: only false is supported");
   PeftAdapterConfig c;
   c.base_model_name_or_path = str("base_model_name_or_path", "");

@@ -65,7 +65,8 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
   uint64_t n = 0;
   std::memcpy(&n, base, 8);  // little-endian host
   if (n > kMaxHeader) user_error(p, ": safetensors header length ", n, " exceeds the 100000000-byte limit");
-  if (8 + n > fsize) user_error(p, ": safetensors header length ", n, " runs past the end of the file (", fsize, " bytes)");
+  if (8 + n > fsize)
+    user_error(p, ": safetensors header length ", n, " runs past the end of the file (", fsize, " bytes)");
   if (n == 0 || base[8] != '{') user_error(p, ": safetensors header does not start with '{'");
   // Parse once; a callback sees every top-level key so duplicates (which nlohmann::json would
   // silently collapse) are rejected as the reference reader does.
@@ -81,9 +82,7 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
   };
   try {
     h = nlohmann::json::parse(reinterpret_cast<const char*>(base + 8), reinterpret_cast<const char*>(base + 8 + n), cb);
-  } catch (const nlohmann::json::exception& e) {
-    user_error(p, ": safetensors header is not valid JSON: ", e.what());
-  }
+  } catch (const nlohmann::json::exception& e) { user_error(p, ": safetensors header is not valid JSON: ", e.what()); }
   if (!dup.empty()) user_error(p, ": duplicate tensor name \"", dup, "\" in the safetensors header");
   if (!h.is_object()) user_error(p, ": safetensors header is not a JSON object");
   for (auto it = h.begin(); it != h.end(); ++it) {
@@ -120,8 +119,8 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
     unsigned __int128 want = static_cast<unsigned __int128>(isz);
     for (int64_t s : t.shape) want *= static_cast<unsigned __int128>(s);
     if (want != static_cast<unsigned __int128>(t.end - t.begin))
-      user_error(p, ": tensor \"", key, "\": ", t.end - t.begin, " bytes for shape and dtype ", t.dtype,
-                 " that need ", static_cast<uint64_t>(want));
+      user_error(p, ": tensor \"", key, "\": ", t.end - t.begin, " bytes for shape and dtype ", t.dtype, " that need ",
+                 static_cast<uint64_t>(want));
     tensors_.push_back(std::move(t));
   }
   std::sort(tensors_.begin(), tensors_.end(), [](const TensorInfo& a, const TensorInfo& b) {
@@ -135,7 +134,8 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
     pos = t.end;
   }
   if (8 + n + pos != fsize)
-    user_error(p, ": file is ", fsize, " bytes but the header describes ", 8 + n + pos, " (truncated or trailing data)");
+    user_error(p, ": file is ", fsize, " bytes but the header describes ", 8 + n + pos,
+               " (truncated or trailing data)");
   data_ = base + 8 + n;
   for (size_t i = 0; i < tensors_.size(); ++i) index_[tensors_[i].name] = i;
 }
@@ -166,7 +166,8 @@ at::Tensor SafetensorsFile::tensor(std::string_view name) const {
     return out;
   }
   auto keep = map_;
-  return at::from_blob(const_cast<uint8_t*>(ptr), t->shape, [keep](void*) {}, opts);
+  return at::from_blob(
+      const_cast<uint8_t*>(ptr), t->shape, [keep](void*) {}, opts);
 }
 
 void release_mapped_pages(std::span<const uint8_t> bytes) {
@@ -217,7 +218,8 @@ std::string make_header(const std::map<std::string, std::string>& metadata,
 
 void SafetensorsWriter::write(const std::filesystem::path& path) const {
   std::vector<std::tuple<std::string, std::string, std::vector<int64_t>, uint64_t>> ts;
-  for (const auto& [name, t] : entries_) ts.emplace_back(name, safetensors_dtype_name(t.scalar_type()), t.sizes().vec(), t.nbytes());
+  for (const auto& [name, t] : entries_)
+    ts.emplace_back(name, safetensors_dtype_name(t.scalar_type()), t.sizes().vec(), t.nbytes());
   const std::string header = make_header(metadata_, ts);
 
   fs::AtomicFile f(path);
@@ -248,8 +250,8 @@ void SafetensorsStreamWriter::add(const std::string& name, const at::Tensor& t) 
   TORCH_CHECK(next_ < entries_.size(), "SafetensorsStreamWriter: more tensors than planned (", name, ")");
   const Entry& e = entries_[next_];
   TORCH_CHECK(e.name == name && e.dtype == t.scalar_type() && t.sizes().vec() == e.shape,
-              "SafetensorsStreamWriter: expected ", e.name, " ", e.dtype, " ", at::IntArrayRef(e.shape), ", got ", name, " ",
-              t.scalar_type(), " ", t.sizes());
+              "SafetensorsStreamWriter: expected ", e.name, " ", e.dtype, " ", at::IntArrayRef(e.shape), ", got ", name,
+              " ", t.scalar_type(), " ", t.sizes());
   at::Tensor c = t.detach().cpu().contiguous();
   file_.write(c.data_ptr(), c.nbytes());
   ++next_;

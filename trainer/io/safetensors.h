@@ -23,7 +23,7 @@ namespace qlora::io {
 
 struct TensorInfo {
   std::string name;
-  std::string dtype;            // "F32", "BF16", "U8", ... as written in the file
+  std::string dtype;  // "F32", "BF16", "U8", ... as written in the file
   std::vector<int64_t> shape;
   uint64_t begin = 0, end = 0;  // byte offsets into the data buffer, end exclusive
   int64_t numel() const;

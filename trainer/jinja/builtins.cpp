@@ -3,8 +3,8 @@
 #include "trainer/jinja/builtins.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -23,19 +23,20 @@ namespace qlora::jinja {
 
 const std::unordered_set<std::string>& known_filters() {
   static const std::unordered_set<std::string> s = {
-      "abs", "attr", "capitalize", "center", "count", "d", "default", "dictsort", "e", "escape", "first",
-      "float", "indent", "int", "items", "join", "last", "length", "list", "lower", "map", "max", "min",
-      "reject", "rejectattr", "replace", "reverse", "round", "safe", "select", "selectattr", "sort", "string",
-      "sum", "title", "tojson", "trim", "unique", "upper"};
+      "abs",        "attr",  "capitalize", "center", "count",      "d",       "default", "dictsort", "e",    "escape",
+      "first",      "float", "indent",     "int",    "items",      "join",    "last",    "length",   "list", "lower",
+      "map",        "max",   "min",        "reject", "rejectattr", "replace", "reverse", "round",    "safe", "select",
+      "selectattr", "sort",  "string",     "sum",    "title",      "tojson",  "trim",    "unique",   "upper"};
   return s;
 }
 
 const std::unordered_set<std::string>& known_tests() {
   static const std::unordered_set<std::string> s = {
-      "boolean", "callable", "defined", "divisibleby", "eq", "equalto", "==", "even", "false", "filter", "float",
-      "ge", ">=", "gt", "greaterthan", ">", "in", "integer", "iterable", "le", "<=", "lower", "lt", "lessthan", "<",
-      "mapping", "ne", "!=", "none", "number", "odd", "sameas", "sequence", "string", "test", "true", "undefined",
-      "upper"};
+      "boolean",  "callable", "defined",  "divisibleby", "eq",        "equalto", "==",          "even",
+      "false",    "filter",   "float",    "ge",          ">=",        "gt",      "greaterthan", ">",
+      "in",       "integer",  "iterable", "le",          "<=",        "lower",   "lt",          "lessthan",
+      "<",        "mapping",  "ne",       "!=",          "none",      "number",  "odd",         "sameas",
+      "sequence", "string",   "test",     "true",        "undefined", "upper"};
   return s;
 }
 
@@ -301,9 +302,7 @@ Value apply_filter(const std::string& name, const Value& v, CallArgs& a) {
     try {
       out = v.to_json(indent, indent_str, b.has(3) && b[3].truthy(), seps ? &item_sep : nullptr,
                       seps ? &key_sep : nullptr);
-    } catch (const UserError& e) {
-      value_error(e.what());
-    }
+    } catch (const UserError& e) { value_error(e.what()); }
     if (b.has(0) && b[0].truthy()) out = ascii_escape_json(out);
     return Value(std::move(out));
   }
@@ -411,8 +410,8 @@ Value apply_filter(const std::string& name, const Value& v, CallArgs& a) {
     std::string by = b.has(1) ? b[1].to_string() : "key";
     if (by != "key" && by != "value") value_error("You can only sort by either \"key\" or \"value\"");
     ValueList items = dict_items(v).list();
-    sort_values(items, [&](const Value& x) { return sort_key(x.list()[by == "key" ? 0 : 1], cs); },
-                b.has(2) && b[2].truthy());
+    sort_values(
+        items, [&](const Value& x) { return sort_key(x.list()[by == "key" ? 0 : 1], cs); }, b.has(2) && b[2].truthy());
     return Value(std::move(items));
   }
   if (name == "sort") {
@@ -420,8 +419,9 @@ Value apply_filter(const std::string& name, const Value& v, CallArgs& a) {
     ValueList items = iterate(v);
     bool cs = b.has(1) && b[1].truthy();
     bool has_attr = b.has(2) && !b[2].is_none();
-    sort_values(items, [&](const Value& x) { return sort_key(has_attr ? get_path(x, b[2]) : x, cs); },
-                b.has(0) && b[0].truthy());
+    sort_values(
+        items, [&](const Value& x) { return sort_key(has_attr ? get_path(x, b[2]) : x, cs); },
+        b.has(0) && b[0].truthy());
     return Value(std::move(items));
   }
   if (name == "unique") {
@@ -502,8 +502,10 @@ Value apply_filter(const std::string& name, const Value& v, CallArgs& a) {
     const Value* attribute = nullptr;
     const Value* dflt = nullptr;
     for (const auto& [k, val] : a.kwargs) {
-      if (k == "attribute") attribute = &val;
-      else if (k == "default") dflt = &val;
+      if (k == "attribute")
+        attribute = &val;
+      else if (k == "default")
+        dflt = &val;
     }
     if (attribute) {
       for (const auto& x : iterate(v)) {

@@ -122,8 +122,7 @@ class Lexer {
     p += space_run(p);
     if (src_.compare(p, 3, "raw") != 0) return std::string::npos;
     p += 3;
-    if (p < src_.size() && (ascii_is_alnum(src_[p]) || src_[p] == '_'))
-      return std::string::npos;
+    if (p < src_.size() && (ascii_is_alnum(src_[p]) || src_[p] == '_')) return std::string::npos;
     p += space_run(p);
     if (src_.compare(p, 3, "-%}") == 0) return p + 3 + space_run(p + 3);
     if (src_.compare(p, 2, "%}") == 0) return p + 2;
@@ -215,7 +214,9 @@ class Lexer {
           }
         }
       }
-      if (pos_ >= n) fail(line_, variable ? "unexpected end of template, expected '}}'" : "unexpected end of template, expected '%}'");
+      if (pos_ >= n)
+        fail(line_,
+             variable ? "unexpected end of template, expected '}}'" : "unexpected end of template, expected '%}'");
       size_t ws = space_run(pos_);
       if (ws) {
         advance_to(pos_ + ws);
@@ -259,8 +260,8 @@ class Lexer {
     const size_t n = src_.size();
     auto digits = [&](size_t q) {  // (\d+_)*\d+
       size_t s = q;
-      while (q < n && (ascii_is_digit(src_[q]) ||
-                       (src_[q] == '_' && q + 1 < n && ascii_is_digit(src_[q + 1]) && q > s)))
+      while (q < n &&
+             (ascii_is_digit(src_[q]) || (src_[q] == '_' && q + 1 < n && ascii_is_digit(src_[q + 1]) && q > s)))
         ++q;
       return q;
     };
@@ -295,8 +296,9 @@ class Lexer {
         fail(line_, "float literal out of range: " + text);
       push(Tok::Float, text, Value(d));
     } else {
-      if (clean.size() > 1 && clean[0] == '0' && (clean[1] == 'x' || clean[1] == 'X' || clean[1] == 'o' ||
-                                                    clean[1] == 'O' || clean[1] == 'b' || clean[1] == 'B'))
+      if (clean.size() > 1 && clean[0] == '0' &&
+          (clean[1] == 'x' || clean[1] == 'X' || clean[1] == 'o' || clean[1] == 'O' || clean[1] == 'b' ||
+           clean[1] == 'B'))
         fail(line_, "unsupported: non-decimal integer literal");
       const std::optional<int64_t> v = parse_c_int(clean);
       if (!v) fail(line_, "integer literal out of range: " + text);
@@ -373,8 +375,6 @@ class Lexer {
 
 }  // namespace
 
-std::vector<Token> lex(std::string_view source, const std::string& origin) {
-  return Lexer(source, origin).run();
-}
+std::vector<Token> lex(std::string_view source, const std::string& origin) { return Lexer(source, origin).run(); }
 
 }  // namespace qlora::jinja

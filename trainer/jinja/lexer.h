@@ -16,7 +16,7 @@ struct Token {
   Tok type;
   std::string text;  // Text content, name, operator, or the string literal's value
   int line;
-  Value value;       // Int / Float literal
+  Value value;  // Int / Float literal
 };
 
 // The tokens of `source`, ending with Eof. Errors are UserError "<origin> line N: ...".

@@ -94,7 +94,7 @@ Value string_method(const std::string& name, const Value& self, CallArgs& a) {
     if (name == "isupper") return Value(py_isupper(s));
     if (name == "islower") return Value(py_islower(s));
     for (char32_t c : u) {
-      bool ok = name == "isdigit" ? unicode::py_isdigit(c)
+      bool ok = name == "isdigit"   ? unicode::py_isdigit(c)
                 : name == "isalpha" ? unicode::py_isalpha(c)
                 : name == "isspace" ? unicode::py_isspace(c)
                                     : unicode::py_isalnum(c);
@@ -107,22 +107,22 @@ Value string_method(const std::string& name, const Value& self, CallArgs& a) {
 
 bool is_string_method(const std::string& n) {
   static const std::unordered_set<std::string> s = {
-      "strip", "lstrip", "rstrip", "split", "rsplit", "startswith", "endswith", "upper", "lower", "title",
-      "capitalize", "replace", "find", "rfind", "index", "rindex", "count", "join", "splitlines", "isdigit",
-      "isalpha", "isspace", "isalnum", "isupper", "islower"};
+      "strip",      "lstrip",     "rstrip",  "split",   "rsplit",  "startswith", "endswith", "upper", "lower",
+      "title",      "capitalize", "replace", "find",    "rfind",   "index",      "rindex",   "count", "join",
+      "splitlines", "isdigit",    "isalpha", "isspace", "isalnum", "isupper",    "islower"};
   return s.count(n) > 0;
 }
 
 bool is_unsupported_method(const Value& obj, const std::string& n) {
   if (obj.is_string()) {
-    static const std::unordered_set<std::string> s = {"format", "format_map", "encode", "center", "ljust", "rjust",
-                                                      "zfill", "partition", "rpartition", "expandtabs", "translate",
-                                                      "casefold", "swapcase", "removeprefix", "removesuffix"};
+    static const std::unordered_set<std::string> s = {
+        "format",     "format_map", "encode",    "center",   "ljust",    "rjust",        "zfill",       "partition",
+        "rpartition", "expandtabs", "translate", "casefold", "swapcase", "removeprefix", "removesuffix"};
     return s.count(n) > 0;
   }
   if (obj.is_list()) {
-    static const std::unordered_set<std::string> s = {"append", "extend", "insert", "pop", "remove", "sort",
-                                                      "reverse", "clear", "copy"};
+    static const std::unordered_set<std::string> s = {"append", "extend",  "insert", "pop", "remove",
+                                                      "sort",   "reverse", "clear",  "copy"};
     return s.count(n) > 0;
   }
   if (obj.is_dict()) {

@@ -128,8 +128,7 @@ bool contains(const Value& container, const Value& item) {
       for (const auto& v : container.list())
         if (v.equals(item)) return true;
       return false;
-    case Value::Kind::Dict:
-      return item.is_string() && container.dict().find(item.str()) != nullptr;
+    case Value::Kind::Dict: return item.is_string() && container.dict().find(item.str()) != nullptr;
     default: value_error("argument of type '", container.type_name(), "' is not iterable");
   }
 }

@@ -78,9 +78,7 @@ class Renderer {
   Flow exec(const Stmt& s, const FramePtr& f) {
     try {
       return exec_impl(s, f);
-    } catch (const ValueError& e) {
-      fail(s.line, e.what());
-    }
+    } catch (const ValueError& e) { fail(s.line, e.what()); }
   }
 
   Flow exec_impl(const Stmt& s, const FramePtr& f) {
@@ -98,7 +96,8 @@ class Renderer {
         if (!s.attr.empty()) {
           const Value* ns = f->lookup(s.targets[0]);
           if (!ns || !ns->is_namespace()) fail(s.line, "cannot assign attribute on non-namespace object");
-          if (!s.attr.empty() && s.attr[0] == '_') fail(s.line, "cannot store underscore-prefixed attributes on a namespace");
+          if (!s.attr.empty() && s.attr[0] == '_')
+            fail(s.line, "cannot store underscore-prefixed attributes on a namespace");
           const_cast<Value*>(ns)->mutable_dict().set(s.attr, v);
         } else {
           assign(s, v, *f);
@@ -115,7 +114,8 @@ class Renderer {
       case Stmt::Macro: {
         const Stmt* m = &s;
         FramePtr closure = f;
-        f->vars[s.text] = Value::function(s.text, [this, m, closure](CallArgs& a) { return call_macro(*m, closure, a); });
+        f->vars[s.text] =
+            Value::function(s.text, [this, m, closure](CallArgs& a) { return call_macro(*m, closure, a); });
         return Flow::Normal;
       }
       case Stmt::Break: return Flow::Break;
@@ -247,9 +247,7 @@ class Renderer {
   Value eval(const Expr& e, const FramePtr& f) {
     try {
       return eval_impl(e, f);
-    } catch (const ValueError& err) {
-      fail(e.line, err.what());
-    }
+    } catch (const ValueError& err) { fail(e.line, err.what()); }
   }
 
   CallArgs eval_args(const Expr& e, const FramePtr& f, size_t skip) {
@@ -312,7 +310,8 @@ class Renderer {
       case Expr::Pos: {
         Value v = eval(*e.args[0], f);
         if (v.is_undefined()) undefined_error(v);
-        if (!v.is_number()) value_error("bad operand type for unary ", e.kind == Expr::Neg ? "-" : "+", ": '", v.type_name(), "'");
+        if (!v.is_number())
+          value_error("bad operand type for unary ", e.kind == Expr::Neg ? "-" : "+", ": '", v.type_name(), "'");
         if (e.kind == Expr::Pos) return is_integral(v) ? Value(v.as_int()) : v;
         return is_integral(v) ? Value(-v.as_int()) : Value(-v.as_float());
       }
@@ -356,9 +355,7 @@ class Renderer {
     CallArgs a = eval_args(chain, f, 1);
     try {
       return apply_filter(chain.name, inner, a);
-    } catch (const ValueError& err) {
-      fail(chain.line, err.what());
-    }
+    } catch (const ValueError& err) { fail(chain.line, err.what()); }
   }
 
   const Template::Program& prog_;

@@ -37,10 +37,14 @@ std::string format_datetime(const std::string& fmt, const std::tm& tm, int micro
     bool swap = false;   // '#'
     for (; i < fmt.size(); ++i) {
       const char f = fmt[i];
-      if (f == '-' || f == '_' || f == '0') pad = f;
-      else if (f == '^') upper = true;
-      else if (f == '#') swap = true;
-      else break;
+      if (f == '-' || f == '_' || f == '0')
+        pad = f;
+      else if (f == '^')
+        upper = true;
+      else if (f == '#')
+        swap = true;
+      else
+        break;
     }
     size_t width = 0;
     bool has_width = false;

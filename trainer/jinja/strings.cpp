@@ -40,16 +40,19 @@ ValueList py_split(const std::string& s, const Value& sep, int64_t maxsplit, boo
         size_t end = u.size();
         while (end > rest && unicode::py_isspace(u[end - 1])) --end;
         for (int64_t k = 0; k < maxsplit; ++k)
-          out.emplace_back(unicode::utf8_encode(std::u32string_view(u).substr(words[k].first, words[k].second - words[k].first)));
+          out.emplace_back(
+              unicode::utf8_encode(std::u32string_view(u).substr(words[k].first, words[k].second - words[k].first)));
         out.emplace_back(unicode::utf8_encode(std::u32string_view(u).substr(rest, end - rest)));
         return out;
       }
       size_t first_kept = words.size() - maxsplit;
       size_t begin = 0;
       while (begin < u.size() && unicode::py_isspace(u[begin])) ++begin;
-      out.emplace_back(unicode::utf8_encode(std::u32string_view(u).substr(begin, words[first_kept - 1].second - begin)));
+      out.emplace_back(
+          unicode::utf8_encode(std::u32string_view(u).substr(begin, words[first_kept - 1].second - begin)));
       for (size_t k = first_kept; k < words.size(); ++k)
-        out.emplace_back(unicode::utf8_encode(std::u32string_view(u).substr(words[k].first, words[k].second - words[k].first)));
+        out.emplace_back(
+            unicode::utf8_encode(std::u32string_view(u).substr(words[k].first, words[k].second - words[k].first)));
       return out;
     }
     for (auto [b, e] : words) out.emplace_back(unicode::utf8_encode(std::u32string_view(u).substr(b, e - b)));

@@ -16,8 +16,7 @@ inline std::string rstrip_ws(const std::string& s) { return str_strip(s, nullptr
 // str.split/rsplit: sep None or Undefined splits on whitespace runs; maxsplit < 0 is no limit.
 ValueList py_split(const std::string& s, const Value& sep, int64_t maxsplit, bool from_right);
 // str.replace; count < 0 replaces all.
-std::string py_replace(const std::string& s, const std::string& old, const std::string& neu,
-                       int64_t count);
+std::string py_replace(const std::string& s, const std::string& old, const std::string& neu, int64_t count);
 // str.startswith/endswith with a string or a tuple of strings.
 bool affix_match(const std::string& s, const Value& affix, bool prefix);
 // str.islower/isupper: no code point of the other case or titlecase, at least one of this case.

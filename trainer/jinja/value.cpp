@@ -158,7 +158,6 @@ std::string Value::type_name() const {
 
 // ---- printing ---------------------------------------------------------------------------------
 
-
 // Python str.isprintable for the code points a chat string may plausibly hold.
 static bool py_printable(char32_t c) {
   if (c < 0x20 || (c >= 0x7F && c <= 0xA0) || c == 0xAD) return false;
@@ -328,8 +327,7 @@ struct JsonWriter {
         out += '}';
         return;
       }
-      default:
-        user_error("Object of type ", v.type_name(), " is not JSON serializable");
+      default: user_error("Object of type ", v.type_name(), " is not JSON serializable");
     }
   }
 };

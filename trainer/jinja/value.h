@@ -80,12 +80,12 @@ class Value {
   bool as_bool() const { return i_ != 0; }
   int64_t as_int() const { return kind_ == Kind::Float ? static_cast<int64_t>(f_) : i_; }  // bool → 0/1
   double as_float() const { return kind_ == Kind::Float ? f_ : static_cast<double>(i_); }
-  const std::string& str() const;          // String only
-  const ValueList& list() const;           // List only
-  ValueList& mutable_list();               // List only (for builders)
-  const ValueDict& dict() const;           // Dict or Namespace
-  ValueDict& mutable_dict();               // Dict or Namespace (namespaces are shared by reference)
-  const Function& fn() const;              // Function only
+  const std::string& str() const;  // String only
+  const ValueList& list() const;   // List only
+  ValueList& mutable_list();       // List only (for builders)
+  const ValueDict& dict() const;   // Dict or Namespace
+  ValueDict& mutable_dict();       // Dict or Namespace (namespaces are shared by reference)
+  const Function& fn() const;      // Function only
   const std::string& undefined_hint() const;
 
   // Python truthiness (Undefined is false).

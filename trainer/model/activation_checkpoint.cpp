@@ -13,7 +13,7 @@ using torch::autograd::variable_list;
 // The backward node of one checkpointed block. Its next edges are (x, params...).
 struct CheckpointBackward : public torch::autograd::Node {
   BlockFn fn;
-  at::Tensor x;                        // the block input (detached value)
+  at::Tensor x;  // the block input (detached value)
   bool x_requires_grad = false;
   std::vector<at::Tensor> params;
   std::optional<at::Generator> replay;  // generator state before the forward
@@ -81,7 +81,8 @@ at::Tensor checkpointed(const BlockFn& fn, const at::Tensor& x, const std::vecto
   }
   torch::autograd::edge_list edges;
   edges.push_back(x.requires_grad() ? torch::autograd::impl::gradient_edge(x) : torch::autograd::Edge());
-  for (const auto& p : params) edges.push_back(p.requires_grad() ? torch::autograd::impl::gradient_edge(p) : torch::autograd::Edge());
+  for (const auto& p : params)
+    edges.push_back(p.requires_grad() ? torch::autograd::impl::gradient_edge(p) : torch::autograd::Edge());
   node->set_next_edges(std::move(edges));
   torch::autograd::set_history(y, node);
   return y;

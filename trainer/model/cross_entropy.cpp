@@ -57,7 +57,8 @@ at::Tensor chunked_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor&
                                      int64_t chunk_tokens) {
   TORCH_CHECK(hidden.dim() == 2 && weight.dim() == 2 && hidden.size(1) == weight.size(1),
               "chunked_cross_entropy_sum: expected hidden [N, H] and weight [V, H]");
-  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == hidden.size(0), "chunked_cross_entropy_sum: targets must be [N]");
+  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == hidden.size(0),
+              "chunked_cross_entropy_sum: targets must be [N]");
   TORCH_CHECK(chunk_tokens > 0, "chunked_cross_entropy_sum: chunk_tokens must be positive");
   return ChunkedCrossEntropy::apply(hidden, weight, targets.to(at::kLong), chunk_tokens);
 }

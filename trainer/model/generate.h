@@ -21,7 +21,7 @@ struct GenerateOptions {
   double top_p = 1.0;             // 1: off
   std::vector<int32_t> stop_ids;  // e.g. EOS; the stop token is returned but ends generation
   uint64_t seed = 0;
-  bool use_cache = true;          // false: re-run the whole sequence every step (for comparison)
+  bool use_cache = true;  // false: re-run the whole sequence every step (for comparison)
 };
 
 // The new tokens (without the prompt). The model is used in eval mode (no dropout, no grad).

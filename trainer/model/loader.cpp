@@ -16,8 +16,7 @@ namespace {
 
 class Loader {
  public:
-  Loader(const std::filesystem::path& dir, const ModelLoadOptions& opts)
-      : ck_(dir), opts_(opts) {}
+  Loader(const std::filesystem::path& dir, const ModelLoadOptions& opts) : ck_(dir), opts_(opts) {}
 
   Model load() {
     Model m;
@@ -42,7 +41,7 @@ class Loader {
         L.k_norm = take16(p + "self_attn.k_norm.weight", {c.head_dim});
       }
       for (const auto& mod : linear_module_names()) {
-        const bool bias = (mod == "o_proj") ? c.o_bias
+        const bool bias = (mod == "o_proj")                                         ? c.o_bias
                           : (mod == "q_proj" || mod == "k_proj" || mod == "v_proj") ? c.qkv_bias
                                                                                     : c.mlp_bias;
         Linear* l = nullptr;
@@ -106,8 +105,8 @@ class Loader {
     if (quant::is_bnb_4bit(ck_, prefix)) {
       kernels::NF4Tensor q = quant::read_bnb_nf4(ck_, prefix);
       if (q.shape != shape)
-        user_error(where(prefix + (std::string(".weight") + quant::kBnbNf4StateSuffix)), ": shape ", at::IntArrayRef(q.shape), ", expected ",
-                   at::IntArrayRef(shape));
+        user_error(where(prefix + (std::string(".weight") + quant::kBnbNf4StateSuffix)), ": shape ",
+                   at::IntArrayRef(q.shape), ", expected ", at::IntArrayRef(shape));
       if (opts_.quantize)
         l.nf4 = q.to(opts_.device);
       else
@@ -150,8 +149,6 @@ ModelLoadOptions ModelLoadOptions::from_train_config(const config::TrainConfig& 
   return o;
 }
 
-Model load_model(const std::filesystem::path& dir, const ModelLoadOptions& opts) {
-  return Loader(dir, opts).load();
-}
+Model load_model(const std::filesystem::path& dir, const ModelLoadOptions& opts) { return Loader(dir, opts).load(); }
 
 }  // namespace qlora::model

@@ -37,7 +37,8 @@ double lora_scaling(const config::LoraConfig& cfg) {
 void validate_lora_config(const config::LoraConfig& cfg) {
   if (cfg.r <= 0) user_error("lora_r: expected a positive integer, got ", cfg.r);
   if (!(cfg.alpha > 0)) user_error("lora_alpha: expected a positive number, got ", cfg.alpha);
-  if (!(cfg.dropout >= 0.0 && cfg.dropout < 1.0)) user_error("lora_dropout: expected a value in [0, 1), got ", cfg.dropout);
+  if (!(cfg.dropout >= 0.0 && cfg.dropout < 1.0))
+    user_error("lora_dropout: expected a value in [0, 1), got ", cfg.dropout);
   if (!cfg.target_linear && cfg.target_modules.empty())
     user_error("lora_target_modules: empty (name the modules, e.g. [q_proj, v_proj], or set lora_target_linear: true)");
 }

@@ -25,8 +25,8 @@ struct PeftAdapterConfig;
 namespace qlora::model {
 
 struct LoraAdapter {
-  at::Tensor A;          // lora_A.weight [r, in], requires grad
-  at::Tensor B;          // lora_B.weight [out, r], requires grad
+  at::Tensor A;  // lora_A.weight [r, in], requires grad
+  at::Tensor B;  // lora_B.weight [out, r], requires grad
   double scaling = 1.0;
   double dropout = 0.0;  // probability; applied to the adapter's input only while training
 

@@ -21,8 +21,8 @@ std::vector<int64_t> with_last(at::IntArrayRef sizes, int64_t last) {
 // Next edges: (x, A, B).
 struct LoraLinearBackward : public torch::autograd::Node {
   const kernels::NF4Tensor* nf4 = nullptr;
-  at::Tensor weight;            // 16-bit base (when no nf4)
-  at::Tensor xd, h, A, B;       // dropout(x) [M, in], h [M, r], the adapter (detached)
+  at::Tensor weight;       // 16-bit base (when no nf4)
+  at::Tensor xd, h, A, B;  // dropout(x) [M, in], h [M, r], the adapter (detached)
   double scaling = 1.0, p = 0.0;
   uint64_t seed = 0;
   std::vector<int64_t> x_sizes;
@@ -52,9 +52,7 @@ struct LoraLinearBackward : public torch::autograd::Node {
     return out;
   }
 
-  void release_variables() override {
-    weight = xd = h = A = B = at::Tensor();
-  }
+  void release_variables() override { weight = xd = h = A = B = at::Tensor(); }
 };
 
 }  // namespace

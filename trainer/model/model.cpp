@@ -31,8 +31,8 @@ at::Tensor attention_mask(const at::Tensor& segment_ids, int64_t T, std::optiona
   if (!segment_ids.defined() && !window_bites) return {};
   at::Tensor i = at::arange(T, at::TensorOptions().dtype(at::kLong).device(dev)).unsqueeze(1);
   at::Tensor j = i.view({1, T});
-  at::Tensor m = j <= i;                                    // causal
-  if (window_bites) m = m.logical_and((i - j) < *window);   // kv > q - window
+  at::Tensor m = j <= i;                                   // causal
+  if (window_bites) m = m.logical_and((i - j) < *window);  // kv > q - window
   m = m.view({1, 1, T, T});
   if (segment_ids.defined()) {
     at::Tensor s = segment_ids.to(dev);
@@ -53,13 +53,13 @@ at::Tensor cached_attention_mask(int64_t past, int64_t T, std::optional<int64_t>
 }
 
 struct BlockInputs {
-  at::Tensor cos, sin;              // [B, T, head_dim]
+  at::Tensor cos, sin;                // [B, T, head_dim]
   at::Tensor mask_full, mask_window;  // see attention_mask
-  KVCache* cache = nullptr;         // forward_cached: append to / attend over this cache
+  KVCache* cache = nullptr;           // forward_cached: append to / attend over this cache
   // Packed rows (forward_loss): the hidden state is [N, H] with row i at flat position rows[i]
   // of the [B, T] batch (padding left out); attention scatters q, k, v back to [B, T] (zeros
   // elsewhere) and gathers its output at out_flat. Undefined: the hidden state is [B, T, H].
-  at::Tensor rows;                  // int64 [N]
+  at::Tensor rows;  // int64 [N]
   int64_t B = 0, T = 0;
   // After this block's attention keep only these rows (indices into rows; their flat positions
   // in out_flat), else all of rows. Set for the last block: only the rows the loss reads.
@@ -241,8 +241,8 @@ LossSum Model::forward_loss(const at::Tensor& input_ids, const at::Tensor& label
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   auto lopt = at::TensorOptions().dtype(at::kLong).device(device);
   at::Tensor ids = input_ids.to(device, at::kLong);
-  at::Tensor pos = position_ids.defined() ? position_ids.to(device, at::kLong)
-                                          : at::arange(T, lopt).unsqueeze(0).expand({B, T});
+  at::Tensor pos =
+      position_ids.defined() ? position_ids.to(device, at::kLong) : at::arange(T, lopt).unsqueeze(0).expand({B, T});
   TORCH_CHECK(pos.sizes() == ids.sizes(), "Model::forward_loss: position_ids must have the shape of input_ids");
   at::Tensor seg = segment_ids.defined() ? segment_ids.to(device, at::kLong) : at::Tensor();
   at::Tensor real = attention_mask.defined() ? attention_mask.to(device) != 0 : at::Tensor();
@@ -321,9 +321,9 @@ at::Tensor segments_from_positions(const at::Tensor& position_ids) {
 at::Tensor Model::logits(const at::Tensor& hidden) const { return at::matmul(hidden, lm_head.t()); }
 
 LossSum Model::loss(const at::Tensor& hidden, const at::Tensor& labels) const {
-  TORCH_CHECK(hidden.dim() == 3 && labels.dim() == 2 && hidden.size(0) == labels.size(0) &&
-                  hidden.size(1) == labels.size(1),
-              "Model::loss: expected hidden [B, T, H] and labels [B, T]");
+  TORCH_CHECK(
+      hidden.dim() == 3 && labels.dim() == 2 && hidden.size(0) == labels.size(0) && hidden.size(1) == labels.size(1),
+      "Model::loss: expected hidden [B, T, H] and labels [B, T]");
   const int64_t H = hidden.size(2);
   at::Tensor h = hidden.slice(1, 0, -1).reshape({-1, H});
   at::Tensor y = labels.to(hidden.device(), at::kLong).slice(1, 1).reshape({-1});
@@ -359,7 +359,8 @@ void Model::load_lora_weights(const std::map<std::string, at::Tensor>& values, c
   for (auto& p : lora_parameters()) mine[p.name] = p.param;
   for (const auto& [k, v] : values) {
     auto it = mine.find(k);
-    if (it == mine.end()) user_error(source, ": ", k, ": not a LoRA tensor of this model (wrong target modules or rank?)");
+    if (it == mine.end())
+      user_error(source, ": ", k, ": not a LoRA tensor of this model (wrong target modules or rank?)");
     if (v.sizes() != it->second.sizes())
       user_error(source, ": ", k, ": shape ", v.sizes(), " does not match the model's ", it->second.sizes());
   }
@@ -376,8 +377,7 @@ std::vector<std::string> Model::lora_target_modules() const {
     for (const auto& L : layers) {
       bool hit = false;
       for (const Linear* l : L.linears())
-        if (l->lora && l->name.size() > m.size() && l->name.ends_with(m))
-          hit = true;
+        if (l->lora && l->name.size() > m.size() && l->name.ends_with(m)) hit = true;
       if (hit) {
         out.push_back(m);
         break;

@@ -32,7 +32,7 @@ namespace qlora::model {
 // One projection: a frozen base weight (NF4 or 16-bit), an optional frozen bias and an optional
 // LoRA adapter. y = base(x) + bias + B(A(dropout(x))) * scaling.
 struct Linear {
-  std::string name;                       // HF module path, e.g. "model.layers.0.self_attn.q_proj"
+  std::string name;  // HF module path, e.g. "model.layers.0.self_attn.q_proj"
   int64_t in_features = 0, out_features = 0;
   std::optional<kernels::NF4Tensor> nf4;  // quantized base weight [out, in] (QLoRA)
   at::Tensor weight;                      // 16-bit base weight [out, in] (plain LoRA), when !nf4
@@ -58,11 +58,11 @@ struct DecoderLayer {
 struct ModelLoadOptions {
   at::Device device = at::kCPU;
   std::optional<at::ScalarType> compute_dtype;  // default: bf16 on CUDA, fp32 on CPU
-  bool quantize = true;       // NF4 base linears (QLoRA); false: 16-bit linears (plain LoRA)
-  int64_t blocksize = 64;     // NF4 blocksize when quantizing while loading
-  bool double_quant = true;   // double-quantize the NF4 absmax statistics
-  std::optional<config::LoraConfig> lora;  // adapters to create (none: base model only)
-  uint64_t seed = 42;         // LoRA init (A) and the dropout generator
+  bool quantize = true;                         // NF4 base linears (QLoRA); false: 16-bit linears (plain LoRA)
+  int64_t blocksize = 64;                       // NF4 blocksize when quantizing while loading
+  bool double_quant = true;                     // double-quantize the NF4 absmax statistics
+  std::optional<config::LoraConfig> lora;       // adapters to create (none: base model only)
+  uint64_t seed = 42;                           // LoRA init (A) and the dropout generator
 
   // From the run config: quantize iff adapter == "qlora"; compute_dtype "auto" -> default.
   static ModelLoadOptions from_train_config(const config::TrainConfig& cfg, at::Device device);
@@ -73,8 +73,8 @@ struct ModelLoadOptions {
 // dtype (after k_norm and RoPE), of which the first `length` positions are valid.
 struct KVCache {
   std::vector<at::Tensor> k, v;
-  int64_t length = 0;    // tokens cached (the position of the next token)
-  int64_t reserve = 0;   // capacity to allocate on first use (0: grow as needed)
+  int64_t length = 0;   // tokens cached (the position of the next token)
+  int64_t reserve = 0;  // capacity to allocate on first use (0: grow as needed)
   void clear() {
     k.clear();
     v.clear();
@@ -96,11 +96,11 @@ class Model {
   at::Device device = at::kCPU;
   at::ScalarType compute_dtype = at::kFloat;
 
-  at::Tensor embed_tokens;          // [vocab, hidden]
+  at::Tensor embed_tokens;  // [vocab, hidden]
   std::vector<DecoderLayer> layers;
-  at::Tensor norm;                  // [hidden]
-  at::Tensor lm_head;               // [vocab, hidden]; the same tensor as embed_tokens when tied
-  at::Tensor inv_freq;              // float32 [head_dim / 2]
+  at::Tensor norm;      // [hidden]
+  at::Tensor lm_head;   // [vocab, hidden]; the same tensor as embed_tokens when tied
+  at::Tensor inv_freq;  // float32 [head_dim / 2]
 
   // Switches the trainer sets.
   bool training = false;                // LoRA dropout active

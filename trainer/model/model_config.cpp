@@ -99,8 +99,8 @@ void read_rope(const Reader& top, ModelConfig& c) {
     c.rope.high_freq_factor = r.get_double("high_freq_factor", 4.0);
     if (!(c.rope.high_freq_factor > c.rope.low_freq_factor))
       user_error(r.where, "high_freq_factor: must be greater than low_freq_factor");
-    c.rope.original_max_position_embeddings =
-        r.get_int("original_max_position_embeddings", top.get_int("original_max_position_embeddings", c.max_position_embeddings));
+    c.rope.original_max_position_embeddings = r.get_int(
+        "original_max_position_embeddings", top.get_int("original_max_position_embeddings", c.max_position_embeddings));
   }
 }
 
@@ -111,11 +111,13 @@ void read_quantization(const Reader& top, ModelConfig& c) {
   Reader r{q, top.where + "quantization_config."};
   const std::string method = r.get_string("quant_method", "bitsandbytes");
   if (method != "bitsandbytes")
-    user_error(r.where, "quant_method: \"", method, "\" checkpoints are not supported (only bitsandbytes 4-bit nf4); "
+    user_error(r.where, "quant_method: \"", method,
+               "\" checkpoints are not supported (only bitsandbytes 4-bit nf4); "
                "load the original 16-bit model instead");
   if (r.get_bool("load_in_8bit", false))
     user_error(r.where, "load_in_8bit: 8-bit bitsandbytes checkpoints are not supported (only 4-bit nf4)");
-  if (!r.get_bool("load_in_4bit", false)) user_error(r.where, "load_in_4bit: expected true for a bitsandbytes checkpoint");
+  if (!r.get_bool("load_in_4bit", false))
+    user_error(r.where, "load_in_4bit: expected true for a bitsandbytes checkpoint");
   BnbQuantConfig b;
   b.quant_type = r.get_string("bnb_4bit_quant_type", "fp4");  // bitsandbytes' default is fp4
   if (b.quant_type != "nf4")
@@ -165,9 +167,7 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::exception& e) {
-    user_error(path.string(), ": not valid JSON: ", e.what());
-  }
+  } catch (const json::exception& e) { user_error(path.string(), ": not valid JSON: ", e.what()); }
   if (!j.is_object()) user_error(path.string(), ": expected a JSON object");
   Reader r{j, path.string() + ": "};
   ModelConfig c;
@@ -187,13 +187,15 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   if (c.model_type.empty()) c.model_type = from_arch;
   if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2" && c.model_type != "qwen3") {
     if (c.model_type.empty())
-      user_error(r.where, "model_type: missing and architectures names none of the supported families (", kSupported, ")");
+      user_error(r.where, "model_type: missing and architectures names none of the supported families (", kSupported,
+                 ")");
     user_error(r.where, "model_type: \"", c.model_type, "\"", arch.empty() ? "" : " (" + arch + ")",
                " is not supported; supported architectures: ", kSupported);
   }
   if (!arch.empty() && from_arch != c.model_type)
     user_error(r.where, "architectures: \"", arch, "\" is not supported for model_type \"", c.model_type,
-               "\" (expected a ", c.model_type, " causal LM: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM or Qwen3ForCausalLM)");
+               "\" (expected a ", c.model_type,
+               " causal LM: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM or Qwen3ForCausalLM)");
 
   c.vocab_size = r.get_int("vocab_size");
   c.hidden_size = r.get_int("hidden_size");
@@ -201,9 +203,12 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   c.num_hidden_layers = r.get_int("num_hidden_layers");
   c.num_attention_heads = r.get_int("num_attention_heads");
   c.num_key_value_heads = r.get_int("num_key_value_heads", c.num_attention_heads);
-  for (auto [k, v] : {std::pair{"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size},
-                      {"intermediate_size", c.intermediate_size}, {"num_hidden_layers", c.num_hidden_layers},
-                      {"num_attention_heads", c.num_attention_heads}, {"num_key_value_heads", c.num_key_value_heads}})
+  for (auto [k, v] : {std::pair{"vocab_size", c.vocab_size},
+                      {"hidden_size", c.hidden_size},
+                      {"intermediate_size", c.intermediate_size},
+                      {"num_hidden_layers", c.num_hidden_layers},
+                      {"num_attention_heads", c.num_attention_heads},
+                      {"num_key_value_heads", c.num_key_value_heads}})
     if (v <= 0) user_error(r.where, k, ": expected a positive integer, got ", v);
   if (c.num_attention_heads % c.num_key_value_heads != 0)
     user_error(r.where, "num_key_value_heads: ", c.num_key_value_heads, " does not divide num_attention_heads ",
@@ -212,11 +217,12 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
     c.head_dim = r.get_int("head_dim");
   } else {
     if (c.hidden_size % c.num_attention_heads != 0)
-      user_error(r.where, "head_dim: missing, and hidden_size ", c.hidden_size, " is not a multiple of num_attention_heads ",
-                 c.num_attention_heads);
+      user_error(r.where, "head_dim: missing, and hidden_size ", c.hidden_size,
+                 " is not a multiple of num_attention_heads ", c.num_attention_heads);
     c.head_dim = c.hidden_size / c.num_attention_heads;
   }
-  if (c.head_dim <= 0 || c.head_dim % 2 != 0) user_error(r.where, "head_dim: expected a positive even integer, got ", c.head_dim);
+  if (c.head_dim <= 0 || c.head_dim % 2 != 0)
+    user_error(r.where, "head_dim: expected a positive even integer, got ", c.head_dim);
   c.max_position_embeddings = r.get_int("max_position_embeddings", 2048);
   c.rms_norm_eps = r.get_double("rms_norm_eps", 1e-6);
   c.hidden_act = r.get_string("hidden_act", "silu");
@@ -284,7 +290,8 @@ ModelConfig read_model_config(const std::filesystem::path& dir_or_file) {
   std::filesystem::path p = dir_or_file;
   if (!std::filesystem::exists(p)) user_error(p.string(), ": not a model directory (does not exist)");
   if (std::filesystem::is_directory(p)) p /= "config.json";
-  if (!std::filesystem::exists(p)) user_error(p.string(), ": missing (a Hugging Face model directory has a config.json)");
+  if (!std::filesystem::exists(p))
+    user_error(p.string(), ": missing (a Hugging Face model directory has a config.json)");
   return parse_model_config(fs::read_file(p), p);
 }
 

@@ -74,8 +74,9 @@ ModelSummary summarize(const ModelConfig& c, int64_t blocksize) {
   const int64_t rest = 2 * (s.total_parameters - s.linear_parameters);
   for (NF4Memory* m : {&s.nf4_dq, &s.nf4}) {
     m->rest_bytes = rest;
-    m->bits_per_linear_weight =
-        s.linear_parameters ? 8.0 * static_cast<double>(m->codes_bytes + m->stats_bytes) / static_cast<double>(s.linear_parameters) : 0;
+    m->bits_per_linear_weight = s.linear_parameters ? 8.0 * static_cast<double>(m->codes_bytes + m->stats_bytes) /
+                                                          static_cast<double>(s.linear_parameters)
+                                                    : 0;
   }
   return s;
 }

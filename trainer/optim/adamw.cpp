@@ -105,14 +105,14 @@ struct AdamW::Impl {
   std::vector<std::vector<std::pair<int64_t, int64_t>>> param_segs;  // param -> (page, seg)
   PageLayout layout32, layout8;
   int64_t page_bytes = 0;
-  int64_t resident = 0;          // pages[0, resident) are resident in slots [0, resident)
-  std::vector<int64_t> streamed; // page indices that stream (in visit order)
+  int64_t resident = 0;           // pages[0, resident) are resident in slots [0, resident)
+  std::vector<int64_t> streamed;  // page indices that stream (in visit order)
   int64_t stream_slots = 0;
-  int64_t visit = 0;             // streamed-page visits so far (selects the slot)
+  int64_t visit = 0;  // streamed-page visits so far (selects the slot)
   std::unique_ptr<CopyQueue> queue;
   std::vector<std::unique_ptr<CopyMark>> in_marks;  // per streaming slot: its page has arrived
   at::Tensor slots_buf, host_buf;
-  at::Tensor map_m, map_v;       // dynamic maps on the device
+  at::Tensor map_m, map_v;  // dynamic maps on the device
   PagingStats stats;
 
   Impl(const AdamWOptions& o, at::Device d) : opt(o), device(d) {}
@@ -147,7 +147,8 @@ struct AdamW::Impl {
           if (p.flat >= hi) break;
           const int64_t b = std::max(lo, p.flat), e = std::min(hi, p.flat + p.numel);
           if (b >= e) continue;
-          param_segs[members[k]].emplace_back(static_cast<int64_t>(pages.size()), static_cast<int64_t>(page.segs.size()));
+          param_segs[members[k]].emplace_back(static_cast<int64_t>(pages.size()),
+                                              static_cast<int64_t>(page.segs.size()));
           page.segs.push_back({members[k], b - p.flat, e - b, b - lo});
         }
         pages.push_back(std::move(page));
@@ -215,9 +216,11 @@ struct AdamW::Impl {
     switch (f) {
       case Field::P: return f32(page_buf, l.off_p + 4 * s.page_off, s.len);
       case Field::M:
-        return page.is8bit ? page_buf.narrow(0, l.off_m + s.page_off, s.len) : f32(page_buf, l.off_m + 4 * s.page_off, s.len);
+        return page.is8bit ? page_buf.narrow(0, l.off_m + s.page_off, s.len)
+                           : f32(page_buf, l.off_m + 4 * s.page_off, s.len);
       case Field::V:
-        return page.is8bit ? page_buf.narrow(0, l.off_v + s.page_off, s.len) : f32(page_buf, l.off_v + 4 * s.page_off, s.len);
+        return page.is8bit ? page_buf.narrow(0, l.off_v + s.page_off, s.len)
+                           : f32(page_buf, l.off_v + 4 * s.page_off, s.len);
       case Field::AbsmaxM: return f32(page_buf, l.off_am + 4 * (s.page_off / kBlock), ceil_div(s.len, kBlock));
       case Field::AbsmaxV: return f32(page_buf, l.off_av + 4 * (s.page_off / kBlock), ceil_div(s.len, kBlock));
     }
@@ -414,9 +417,7 @@ void AdamW::load_state_dict(const OptimizerState& state) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(state.json);
-  } catch (const std::exception& e) {
-    user_error("optimizer state: invalid JSON (", e.what(), ")");
-  }
+  } catch (const std::exception& e) { user_error("optimizer state: invalid JSON (", e.what(), ")"); }
   if (!j.is_object() || j.value("format", "") != "qlora.adamw.v1")
     user_error("optimizer state: expected format \"qlora.adamw.v1\"");
   if (!j.contains("params") || !j["params"].is_array() || !j.contains("step") || !j["step"].is_number_integer())
@@ -498,8 +499,8 @@ std::string AdamW::describe() const {
     }
   }
   std::ostringstream os;
-  os << (I.opt.paging.enabled ? "paged " : "") << "AdamW over " << I.params.size() << " parameters ("
-     << (e8 + e32) << " elements; ";
+  os << (I.opt.paging.enabled ? "paged " : "") << "AdamW over " << I.params.size() << " parameters (" << (e8 + e32)
+     << " elements; ";
   if (n8) os << n8 << " with 8-bit state" << (n32 ? ", " : "");
   if (n32) os << n32 << " with fp32 state";
   os << "): " << I.pages.size() << " pages of " << fs::format_bytes(static_cast<uint64_t>(I.page_bytes)) << " on "

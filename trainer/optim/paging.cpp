@@ -18,9 +18,9 @@ namespace qlora::optim {
 std::string PagingStats::to_string() const {
   std::ostringstream os;
   os << pages << " pages of " << fs::format_bytes(static_cast<uint64_t>(page_bytes)) << " (" << resident_pages
-     << " resident, " << streamed_pages << " streamed through " << streaming_slots << " slots); moved "
-     << pages_in << " in / " << pages_out << " out ("
-     << fs::format_bytes(static_cast<uint64_t>(bytes_in + bytes_out)) << "), stalled " << stall_seconds << " s";
+     << " resident, " << streamed_pages << " streamed through " << streaming_slots << " slots); moved " << pages_in
+     << " in / " << pages_out << " out (" << fs::format_bytes(static_cast<uint64_t>(bytes_in + bytes_out))
+     << "), stalled " << stall_seconds << " s";
   return os.str();
 }
 
@@ -48,9 +48,9 @@ class CpuCopyQueue final : public CopyQueue {
   std::unique_ptr<CopyMark> new_mark() override { return std::make_unique<Mark>(); }
 
   void copy(const at::Tensor& dst, const at::Tensor& src) override {
-    TORCH_CHECK(dst.is_cpu() && src.is_cpu() && dst.nbytes() == src.nbytes() && dst.is_contiguous() &&
-                    src.is_contiguous(),
-                "CpuCopyQueue: copies contiguous host buffers of equal size");
+    TORCH_CHECK(
+        dst.is_cpu() && src.is_cpu() && dst.nbytes() == src.nbytes() && dst.is_contiguous() && src.is_contiguous(),
+        "CpuCopyQueue: copies contiguous host buffers of equal size");
     {
       std::lock_guard<std::mutex> lk(mu_);
       jobs_.push_back({static_cast<uint8_t*>(dst.data_ptr()), static_cast<const uint8_t*>(src.data_ptr()),

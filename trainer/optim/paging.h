@@ -18,21 +18,21 @@ namespace qlora::optim {
 
 // How optimizer state is placed.
 struct PagingOptions {
-  bool enabled = false;                  // false: every page stays on the compute device
-  std::optional<int64_t> device_budget;  // bytes of device memory for state; nullopt = auto
-  int64_t page_bytes = int64_t{2} << 20; // page size; shrunk when the budget holds fewer than 2
+  bool enabled = false;                   // false: every page stays on the compute device
+  std::optional<int64_t> device_budget;   // bytes of device memory for state; nullopt = auto
+  int64_t page_bytes = int64_t{2} << 20;  // page size; shrunk when the budget holds fewer than 2
 };
 
 // Counters for logs (cumulative since construction).
 struct PagingStats {
-  int64_t pages = 0;           // pages of state in total
-  int64_t page_bytes = 0;      // bytes per page (after any shrinking for a small budget)
-  int64_t resident_pages = 0;  // pages that never leave the device
-  int64_t streamed_pages = 0;  // pages that live on the host and stream every step
-  int64_t streaming_slots = 0; // device slots the streamed pages rotate through
+  int64_t pages = 0;                    // pages of state in total
+  int64_t page_bytes = 0;               // bytes per page (after any shrinking for a small budget)
+  int64_t resident_pages = 0;           // pages that never leave the device
+  int64_t streamed_pages = 0;           // pages that live on the host and stream every step
+  int64_t streaming_slots = 0;          // device slots the streamed pages rotate through
   int64_t pages_in = 0, pages_out = 0;  // host -> device, device -> host copies
   int64_t bytes_in = 0, bytes_out = 0;
-  double stall_seconds = 0;    // time the update waited for a page to arrive
+  double stall_seconds = 0;       // time the update waited for a page to arrive
   std::string to_string() const;  // one line for the log
 };
 

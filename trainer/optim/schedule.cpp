@@ -24,9 +24,7 @@ double LRSchedule::lr_at(int64_t step) const {
     const double rest = static_cast<double>(std::max<int64_t>(1, total_steps - warmup_steps));
     switch (kind) {
       case ScheduleKind::Constant: factor = 1.0; break;
-      case ScheduleKind::Linear:
-        factor = std::max(0.0, static_cast<double>(total_steps - step) / rest);
-        break;
+      case ScheduleKind::Linear: factor = std::max(0.0, static_cast<double>(total_steps - step) / rest); break;
       case ScheduleKind::Cosine:
       default: {
         const double progress = static_cast<double>(step - warmup_steps) / rest;

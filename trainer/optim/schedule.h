@@ -23,7 +23,7 @@ struct LRSchedule {
   ScheduleKind kind = ScheduleKind::Cosine;
   double learning_rate = 2e-4;  // the peak (after warmup)
   int64_t warmup_steps = 0;
-  int64_t total_steps = 1;      // optimizer steps in the whole run
+  int64_t total_steps = 1;  // optimizer steps in the whole run
 
   // The learning rate for the optimizer step that follows `step` completed steps.
   double lr_at(int64_t step) const;

@@ -95,14 +95,13 @@ kernels::NF4Tensor read_bnb_nf4(const io::HfCheckpoint& ckpt, const std::string&
 
   // quant_state JSON
   at::Tensor sb = need(state_key);
-  if (sb.scalar_type() != at::kByte || sb.dim() != 1) user_error(where(state_key), ": expected uint8 [n] bytes of JSON");
+  if (sb.scalar_type() != at::kByte || sb.dim() != 1)
+    user_error(where(state_key), ": expected uint8 [n] bytes of JSON");
   const std::string text(static_cast<const char*>(sb.contiguous().data_ptr()), static_cast<size_t>(sb.numel()));
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    user_error(where(state_key), ": not valid JSON: ", e.what());
-  }
+  } catch (const nlohmann::json::exception& e) { user_error(where(state_key), ": not valid JSON: ", e.what()); }
   if (!j.is_object()) user_error(where(state_key), ": expected a JSON object");
   auto field = [&](const char* k) -> const nlohmann::json& {
     if (!j.contains(k)) user_error(where(state_key), ": missing field \"", k, "\"");
@@ -124,7 +123,8 @@ kernels::NF4Tensor read_bnb_nf4(const io::HfCheckpoint& ckpt, const std::string&
   const nlohmann::json& shape = field("shape");
   if (!shape.is_array() || shape.empty()) user_error(where(state_key), ": shape: expected a list of sizes");
   for (const auto& s : shape) {
-    if (!s.is_number_integer() || s.get<int64_t>() < 0) user_error(where(state_key), ": shape: expected non-negative integers");
+    if (!s.is_number_integer() || s.get<int64_t>() < 0)
+      user_error(where(state_key), ": shape: expected non-negative integers");
     w.shape.push_back(s.get<int64_t>());
   }
   const int64_t n = w.numel(), nb = w.nblocks();
@@ -142,10 +142,12 @@ kernels::NF4Tensor read_bnb_nf4(const io::HfCheckpoint& ckpt, const std::string&
 
   at::Tensor absmax = need(p + ".absmax");
   if (absmax.numel() != nb)
-    user_error(where(p + ".absmax"), ": expected ", nb, " entries (one per block of ", w.blocksize, "), got ", absmax.numel());
+    user_error(where(p + ".absmax"), ": expected ", nb, " entries (one per block of ", w.blocksize, "), got ",
+               absmax.numel());
   const bool dq = ckpt.contains(p + ".nested_absmax") || j.contains("nested_offset");
   if (dq) {
-    if (absmax.scalar_type() != at::kByte) user_error(where(p + ".absmax"), ": expected uint8 codes (double quantization)");
+    if (absmax.scalar_type() != at::kByte)
+      user_error(where(p + ".absmax"), ": expected uint8 codes (double quantization)");
     if (!field("nested_blocksize").is_number_integer() || j["nested_blocksize"].get<int64_t>() != nf4::kNestedBlocksize)
       user_error(where(state_key), ": nested_blocksize: only 256 is supported");
     if (j.contains("nested_dtype") && j["nested_dtype"] != "float32")

@@ -65,9 +65,7 @@ QuantizeReport quantize_hf_checkpoint(const QuantizeOptions& opt) {
   nlohmann::ordered_json cfg;
   try {
     cfg = nlohmann::ordered_json::parse(fs::read_file(cfg_path));
-  } catch (const nlohmann::json::exception& e) {
-    user_error(cfg_path.string(), ": not valid JSON: ", e.what());
-  }
+  } catch (const nlohmann::json::exception& e) { user_error(cfg_path.string(), ": not valid JSON: ", e.what()); }
   if (!cfg.is_object()) user_error(cfg_path.string(), ": expected a JSON object");
   if (cfg.contains("quantization_config"))
     user_error(cfg_path.string(), ": quantization_config: the model is already quantized (",
@@ -82,7 +80,8 @@ QuantizeReport quantize_hf_checkpoint(const QuantizeOptions& opt) {
   io::HfCheckpoint in(opt.model);
   const std::vector<std::string> names = in.names();
   for (const std::string& n : names)
-    if (n.ends_with(kBnbNf4StateSuffix)) user_error(in.file_of(n).path().string(), ": ", n, ": the weights are already 4-bit");
+    if (n.ends_with(kBnbNf4StateSuffix))
+      user_error(in.file_of(n).path().string(), ": ", n, ": the weights are already 4-bit");
 
   // Plan shards in name order (a module's entries stay together: they share a prefix).
   std::vector<uint64_t> bytes;

@@ -21,16 +21,16 @@ struct QuantizeOptions {
   std::filesystem::path out;    // output directory
   int64_t blocksize = 64;
   bool double_quant = true;
-  std::string compute_dtype = "bfloat16";   // bnb_4bit_compute_dtype
-  uint64_t max_shard_bytes = 5ull << 30;    // like save_pretrained's default max_shard_size
-  bool force = false;                       // replace a non-empty output directory
+  std::string compute_dtype = "bfloat16";  // bnb_4bit_compute_dtype
+  uint64_t max_shard_bytes = 5ull << 30;   // like save_pretrained's default max_shard_size
+  bool force = false;                      // replace a non-empty output directory
 };
 
 struct QuantizeReport {
-  int64_t quantized = 0;       // tensors turned into NF4
-  int64_t copied = 0;          // tensors copied unchanged
-  uint64_t bytes_in = 0;       // tensor bytes read
-  uint64_t bytes_out = 0;      // tensor bytes written
+  int64_t quantized = 0;   // tensors turned into NF4
+  int64_t copied = 0;      // tensors copied unchanged
+  uint64_t bytes_in = 0;   // tensor bytes read
+  uint64_t bytes_out = 0;  // tensor bytes written
   int shards = 0;
 };
 

@@ -16,7 +16,9 @@ bool is_adapter_dir(const stdfs::path& p) {
 }
 
 stdfs::path resolve_dir(const stdfs::path& path) {
-  if (!stdfs::exists(path)) user_error(path.string(), ": no such file or directory (expected a checkpoint, a run directory or a PEFT adapter directory)");
+  if (!stdfs::exists(path))
+    user_error(path.string(),
+               ": no such file or directory (expected a checkpoint, a run directory or a PEFT adapter directory)");
   if (is_adapter_dir(path)) {
     if (stdfs::exists(path / kManifestFile)) {
       if (auto why = verify_checkpoint(path)) user_error(path.string(), ": checkpoint is not intact: ", *why);
@@ -30,7 +32,9 @@ stdfs::path resolve_dir(const stdfs::path& path) {
     for (const auto& w : warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
     if (ck) return *ck;
   }
-  user_error(path.string(), ": expected a checkpoint directory, a run directory with checkpoints, or a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)");
+  user_error(path.string(),
+             ": expected a checkpoint directory, a run directory with checkpoints, or a PEFT adapter directory "
+             "(adapter_config.json + adapter_model.safetensors)");
 }
 
 }  // namespace
@@ -62,8 +66,9 @@ model::ModelLoadOptions adapter_load_options(const AdapterSource& src, c10::Devi
 model::Model load_model_with_adapter(const stdfs::path& model_dir, const AdapterSource& src,
                                      const model::ModelLoadOptions& opts) {
   const stdfs::path dir = model_dir.empty() ? src.base_model : model_dir;
-  if (dir.empty()) user_error(src.dir.string(), "/", kAdapterConfigFile,
-                             ": base_model_name_or_path is empty; give the base model with --model");
+  if (dir.empty())
+    user_error(src.dir.string(), "/", kAdapterConfigFile,
+               ": base_model_name_or_path is empty; give the base model with --model");
   model::Model m = model::load_model(dir, opts);
   m.load_lora_weights(src.tensors, (src.dir / kAdapterWeightsFile).string(), /*strict=*/true);
   return m;

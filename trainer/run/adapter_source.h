@@ -22,11 +22,11 @@
 namespace qlora::run {
 
 struct AdapterSource {
-  std::filesystem::path dir;                     // the directory holding the adapter files
-  io::PeftAdapterConfig peft;                    // its adapter_config.json
-  std::optional<config::TrainConfig> train;      // config.yaml when `dir` is a qlora checkpoint
-  std::filesystem::path base_model;              // from config.yaml, else base_model_name_or_path
-  std::map<std::string, at::Tensor> tensors;     // adapter_model.safetensors (PEFT keys)
+  std::filesystem::path dir;                  // the directory holding the adapter files
+  io::PeftAdapterConfig peft;                 // its adapter_config.json
+  std::optional<config::TrainConfig> train;   // config.yaml when `dir` is a qlora checkpoint
+  std::filesystem::path base_model;           // from config.yaml, else base_model_name_or_path
+  std::map<std::string, at::Tensor> tensors;  // adapter_model.safetensors (PEFT keys)
 };
 
 // Resolves PATH (checkpoint, run directory or PEFT directory) and reads the adapter. UserError

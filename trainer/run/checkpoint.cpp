@@ -76,9 +76,7 @@ std::optional<std::string> verify_checkpoint(const stdfs::path& ckpt) {
   nlohmann::json m;
   try {
     m = nlohmann::json::parse(fs::read_file(mp));
-  } catch (const std::exception& e) {
-    return std::string("manifest.json unreadable: ") + e.what();
-  }
+  } catch (const std::exception& e) { return std::string("manifest.json unreadable: ") + e.what(); }
   if (!m.contains("files") || !m["files"].is_object()) return "manifest.json has no file list";
   for (auto it = m["files"].begin(); it != m["files"].end(); ++it) {
     const stdfs::path f = ckpt / it.key();
@@ -88,9 +86,7 @@ std::optional<std::string> verify_checkpoint(const stdfs::path& ckpt) {
     if (stdfs::file_size(f, ec) != want) return "size mismatch in " + it.key();
     try {
       if (sha256_file(f) != it.value().value("sha256", std::string())) return "checksum mismatch in " + it.key();
-    } catch (const std::exception& e) {
-      return std::string("unreadable ") + it.key();
-    }
+    } catch (const std::exception& e) { return std::string("unreadable ") + it.key(); }
   }
   return std::nullopt;
 }

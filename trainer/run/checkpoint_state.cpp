@@ -1,8 +1,8 @@
 #include "trainer/run/checkpoint_state.h"
 
 #include <ATen/ATen.h>
-#include <nlohmann/json.hpp>
 #include <torch/autograd.h>
+#include <nlohmann/json.hpp>
 
 #include <map>
 #include <string>
@@ -19,9 +19,8 @@
 
 namespace qlora::run {
 
-stdfs::path save_checkpoint(const stdfs::path& checkpoints_dir, const config::TrainConfig& cfg,
-                            const model::Model& m, const optim::AdamW& opt,
-                            const data::DataLoader& loader, const TrainerState& ts) {
+stdfs::path save_checkpoint(const stdfs::path& checkpoints_dir, const config::TrainConfig& cfg, const model::Model& m,
+                            const optim::AdamW& opt, const data::DataLoader& loader, const TrainerState& ts) {
   CheckpointWriter w(checkpoints_dir, ts.global_step);
   // Adapter: the fp32 masters under PEFT keys, loadable by PEFT as it is.
   std::map<std::string, at::Tensor> adapter;
@@ -57,8 +56,7 @@ stdfs::path save_checkpoint(const stdfs::path& checkpoints_dir, const config::Tr
 }
 
 TrainerState restore_checkpoint(const stdfs::path& ckpt, model::Model& m, optim::AdamW& opt,
-                                const std::vector<at::Tensor>& params,
-                                data::DataLoader& loader) {
+                                const std::vector<at::Tensor>& params, data::DataLoader& loader) {
   optim::OptimizerState os;
   io::SafetensorsFile of(ckpt / kOptimizerTensorsFile);
   for (const auto& t : of.tensors()) os.tensors[t.name] = of.tensor(t.name).clone();

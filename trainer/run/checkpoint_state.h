@@ -35,17 +35,15 @@ struct TrainerState {
 
 // Writes checkpoint-<global_step> under `checkpoints_dir` out of place and publishes it
 // (run/checkpoint.h), keeping cfg.save_total_limit checkpoints. Returns its final path.
-std::filesystem::path save_checkpoint(const std::filesystem::path& checkpoints_dir,
-                                      const config::TrainConfig& cfg, const model::Model& m,
-                                      const optim::AdamW& opt, const data::DataLoader& loader,
+std::filesystem::path save_checkpoint(const std::filesystem::path& checkpoints_dir, const config::TrainConfig& cfg,
+                                      const model::Model& m, const optim::AdamW& opt, const data::DataLoader& loader,
                                       const TrainerState& ts);
 
 // Restores the optimizer (and copies its masters into `params`, the tensors it was built from,
 // in its order), the model's dropout generator, the default CPU generator and the loader
 // position from the checkpoint `ckpt`; returns the counters.
-TrainerState restore_checkpoint(const std::filesystem::path& ckpt, model::Model& m,
-                                optim::AdamW& opt, const std::vector<at::Tensor>& params,
-                                data::DataLoader& loader);
+TrainerState restore_checkpoint(const std::filesystem::path& ckpt, model::Model& m, optim::AdamW& opt,
+                                const std::vector<at::Tensor>& params, data::DataLoader& loader);
 
 // The config a checkpoint was saved with (its config.yaml).
 config::TrainConfig read_checkpoint_config(const std::filesystem::path& ckpt);

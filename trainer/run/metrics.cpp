@@ -27,16 +27,22 @@ void put(std::FILE* f, const nlohmann::json& j) {
 }  // namespace
 
 void MetricsLog::log_step(const StepMetrics& m) {
-  nlohmann::json j = {{"step", m.step},           {"epoch", m.epoch},
-                      {"loss", m.loss}, {"lr", m.lr},
-                      {"grad_norm", m.grad_norm}, {"tokens", m.tokens},
-                      {"tokens_per_s", m.tokens_per_s}, {"elapsed_s", m.elapsed_s},
-                      {"memory_bytes", m.memory_bytes}, {"skipped_steps", m.skipped_steps}};
+  nlohmann::json j = {{"step", m.step},
+                      {"epoch", m.epoch},
+                      {"loss", m.loss},
+                      {"lr", m.lr},
+                      {"grad_norm", m.grad_norm},
+                      {"tokens", m.tokens},
+                      {"tokens_per_s", m.tokens_per_s},
+                      {"elapsed_s", m.elapsed_s},
+                      {"memory_bytes", m.memory_bytes},
+                      {"skipped_steps", m.skipped_steps}};
   put(f_, j);
 }
 
 void MetricsLog::log_eval(const EvalMetrics& m) {
-  nlohmann::json j = {{"step", m.step}, {"eval_loss", m.loss}, {"eval_perplexity", m.perplexity}, {"eval_tokens", m.tokens}};
+  nlohmann::json j = {
+      {"step", m.step}, {"eval_loss", m.loss}, {"eval_perplexity", m.perplexity}, {"eval_tokens", m.tokens}};
   if (m.accuracy) j["eval_accuracy"] = *m.accuracy;
   put(f_, j);
 }

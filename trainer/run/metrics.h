@@ -17,11 +17,11 @@ struct StepMetrics {
   double loss = 0;
   double lr = 0;
   double grad_norm = 0;
-  int64_t tokens = 0;            // target tokens in this optimizer step
-  double tokens_per_s = 0;       // input tokens per second over the step
+  int64_t tokens = 0;       // target tokens in this optimizer step
+  double tokens_per_s = 0;  // input tokens per second over the step
   double elapsed_s = 0;
-  uint64_t memory_bytes = 0;     // peak device memory (GPU) or peak RSS (CPU)
-  int64_t skipped_steps = 0;     // non-finite steps skipped so far
+  uint64_t memory_bytes = 0;  // peak device memory (GPU) or peak RSS (CPU)
+  int64_t skipped_steps = 0;  // non-finite steps skipped so far
 };
 
 struct EvalMetrics {

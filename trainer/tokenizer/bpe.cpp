@@ -6,8 +6,8 @@
 #include <mutex>
 
 #include "trainer/common/error.h"
-#include "trainer/tokenizer/model.h"
 #include "trainer/tokenizer/byte_level.h"
+#include "trainer/tokenizer/model.h"
 #include "trainer/unicode/utf8.h"
 
 namespace qlora::tok {

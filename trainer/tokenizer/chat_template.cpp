@@ -144,7 +144,8 @@ ChatTemplate ChatTemplate::resolve(const std::string& choice, const Tokenizer& t
   }
   if (auto it = named.find(choice); it != named.end())
     return ChatTemplate(it->second, "the tokenizer's chat template \"" + choice + "\"", tokenizer.special());
-  if (auto src = builtin_source(choice)) return ChatTemplate(*src, "built-in chat template " + choice, tokenizer.special());
+  if (auto src = builtin_source(choice))
+    return ChatTemplate(*src, "built-in chat template " + choice, tokenizer.special());
   if (choice.find("{{") != std::string::npos || choice.find("{%") != std::string::npos)
     return ChatTemplate(choice, "chat_template", tokenizer.special());
   user_error("chat_template: unknown template \"", choice, "\" (expected one of ", names_list(),
@@ -182,7 +183,8 @@ static jinja::Value normalize_messages(const jinja::Value& messages) {
   return jinja::Value(std::move(out));
 }
 
-ChatTemplate::Vars ChatTemplate::vars(const jinja::Value& messages, bool add_generation_prompt, const Vars& extra) const {
+ChatTemplate::Vars ChatTemplate::vars(const jinja::Value& messages, bool add_generation_prompt,
+                                      const Vars& extra) const {
   Vars v = special_;
   // transformers always passes these two, None unless given.
   v["tools"] = jinja::Value(nullptr);
@@ -249,9 +251,7 @@ std::optional<ChatTemplate::Span> ChatTemplate::locate_by_sentinel(const jinja::
       }
     }
     return Span(begin, reply_end + tail.size());
-  } catch (const UserError&) {
-    return std::nullopt;
-  }
+  } catch (const UserError&) { return std::nullopt; }
 }
 
 ChatTemplate::Rendered ChatTemplate::render_for_training(const jinja::Value& messages, const Vars& extra) const {

@@ -39,7 +39,7 @@ class ChatTemplate {
   std::string render(const jinja::Value& messages, bool add_generation_prompt, const Vars& extra = {}) const;
 
   struct Rendered {
-    std::string text;                  // the whole conversation, add_generation_prompt false
+    std::string text;                   // the whole conversation, add_generation_prompt false
     std::vector<Span> assistant_spans;  // what the model learns to write, in order
   };
   // The conversation and its assistant spans. With {% generation %} blocks in the template, the
@@ -55,8 +55,8 @@ class ChatTemplate {
 
  private:
   Vars vars(const jinja::Value& messages, bool add_generation_prompt, const Vars& extra) const;
-  std::optional<Span> locate_by_sentinel(const jinja::ValueList& all, size_t i, const std::string& text,
-                                         size_t cursor, const Vars& extra) const;
+  std::optional<Span> locate_by_sentinel(const jinja::ValueList& all, size_t i, const std::string& text, size_t cursor,
+                                         const Vars& extra) const;
 
   jinja::Template tmpl_;
   Vars special_;

@@ -42,15 +42,15 @@ json read_json(const stdfs::path& p) {
   std::string text = read_text(p);
   try {
     return json::parse(text);
-  } catch (const json::parse_error& e) {
-    user_error(p.string(), ": not valid JSON (", e.what(), ")");
-  }
+  } catch (const json::parse_error& e) { user_error(p.string(), ": not valid JSON (", e.what(), ")"); }
 }
 
 // Typed accessors that turn a wrong type into one UserError line naming file and key.
 struct Ctx {
   std::string file;
-  [[noreturn]] void fail(const std::string& key, const std::string& what) const { user_error(file, ": ", key, ": ", what); }
+  [[noreturn]] void fail(const std::string& key, const std::string& what) const {
+    user_error(file, ": ", key, ": ", what);
+  }
   const json& obj(const json& j, const std::string& key) const {
     if (!j.is_object()) fail(key, "expected an object");
     return j;
@@ -112,7 +112,8 @@ std::unique_ptr<Normalizer> parse_normalizer(const Ctx& c, const json& j, const 
     std::vector<std::unique_ptr<Normalizer>> parts;
     const json& arr = j.value("normalizers", json::array());
     for (size_t k = 0; k < arr.size(); ++k)
-      if (auto n = parse_normalizer(c, arr[k], key + ".normalizers[" + std::to_string(k) + "]")) parts.push_back(std::move(n));
+      if (auto n = parse_normalizer(c, arr[k], key + ".normalizers[" + std::to_string(k) + "]"))
+        parts.push_back(std::move(n));
     return make_sequence_normalizer(std::move(parts));
   }
   if (t == "NFC") return make_nfc_normalizer(unicode::NormalForm::NFC);
@@ -125,9 +126,11 @@ std::unique_ptr<Normalizer> parse_normalizer(const Ctx& c, const json& j, const 
     auto [pat, is_regex] = pattern_of(c, j.value("pattern", json()), key + ".pattern");
     return make_replace_normalizer(pat, is_regex, c.str(j, "content", key));
   }
-  if (t == "Strip") return make_strip_normalizer(c.flag(j, "strip_left", key, true), c.flag(j, "strip_right", key, true));
-  c.fail(key, "normalizer type \"" + t + "\" is not supported (NFC, NFD, NFKC, NFKD, Lowercase, Prepend, "
-                                         "Replace, Strip, Sequence are)");
+  if (t == "Strip")
+    return make_strip_normalizer(c.flag(j, "strip_left", key, true), c.flag(j, "strip_right", key, true));
+  c.fail(key, "normalizer type \"" + t +
+                  "\" is not supported (NFC, NFD, NFKC, NFKD, Lowercase, Prepend, "
+                  "Replace, Strip, Sequence are)");
 }
 
 SplitBehavior behavior_of(const Ctx& c, const json& j, const std::string& key) {
@@ -163,8 +166,9 @@ std::unique_ptr<PreTokenizer> parse_pre_tokenizer(const Ctx& c, const json& j, c
   if (t == "Digits") return make_digits_pre_tokenizer(c.flag(j, "individual_digits", key, false));
   if (t == "Whitespace") return make_whitespace_pre_tokenizer(false);
   if (t == "WhitespaceSplit") return make_whitespace_pre_tokenizer(true);
-  c.fail(key, "pre_tokenizer type \"" + t + "\" is not supported (ByteLevel, Split, Metaspace, Digits, "
-                                            "Whitespace, WhitespaceSplit, Sequence are)");
+  c.fail(key, "pre_tokenizer type \"" + t +
+                  "\" is not supported (ByteLevel, Split, Metaspace, Digits, "
+                  "Whitespace, WhitespaceSplit, Sequence are)");
 }
 
 std::unique_ptr<Decoder> parse_decoder(const Ctx& c, const json& j, const std::string& key) {
@@ -174,13 +178,15 @@ std::unique_ptr<Decoder> parse_decoder(const Ctx& c, const json& j, const std::s
     std::vector<std::unique_ptr<Decoder>> parts;
     const json& arr = j.value("decoders", json::array());
     for (size_t k = 0; k < arr.size(); ++k)
-      if (auto d = parse_decoder(c, arr[k], key + ".decoders[" + std::to_string(k) + "]")) parts.push_back(std::move(d));
+      if (auto d = parse_decoder(c, arr[k], key + ".decoders[" + std::to_string(k) + "]"))
+        parts.push_back(std::move(d));
     return make_sequence_decoder(std::move(parts));
   }
   if (t == "ByteLevel") return make_byte_level_decoder();
   if (t == "ByteFallback") return make_byte_fallback_decoder();
   if (t == "Fuse") return make_fuse_decoder();
-  if (t == "Strip") return make_strip_decoder(c.str(j, "content", key), c.integer(j, "start", key, 0), c.integer(j, "stop", key, 0));
+  if (t == "Strip")
+    return make_strip_decoder(c.str(j, "content", key), c.integer(j, "start", key, 0), c.integer(j, "stop", key, 0));
   if (t == "Metaspace")
     return make_metaspace_decoder(c.str_or(j, "replacement", key, "\xE2\x96\x81"), scheme_of(c, j, key));
   if (t == "Replace") {
@@ -188,8 +194,9 @@ std::unique_ptr<Decoder> parse_decoder(const Ctx& c, const json& j, const std::s
     if (is_regex) c.fail(key + ".pattern", "Replace decoders with a Regex pattern are not supported");
     return make_replace_decoder(pat, c.str(j, "content", key));
   }
-  c.fail(key, "decoder type \"" + t + "\" is not supported (ByteLevel, ByteFallback, Fuse, Strip, Metaspace, "
-                                      "Replace, Sequence are)");
+  c.fail(key, "decoder type \"" + t +
+                  "\" is not supported (ByteLevel, ByteFallback, Fuse, Strip, Metaspace, "
+                  "Replace, Sequence are)");
 }
 
 // Post-processor of a single sequence as (prefix ids, suffix ids).
@@ -239,8 +246,9 @@ void parse_post_processor(const Ctx& c, const json& j, const std::string& key, s
     suf.push_back(id_of("sep"));
     return;
   }
-  c.fail(key, "post_processor type \"" + t + "\" is not supported (TemplateProcessing, ByteLevel, "
-                                             "RobertaProcessing, BertProcessing, Sequence are)");
+  c.fail(key, "post_processor type \"" + t +
+                  "\" is not supported (TemplateProcessing, ByteLevel, "
+                  "RobertaProcessing, BertProcessing, Sequence are)");
 }
 
 AddedToken added_token_of(const Ctx& c, const json& j, const std::string& key, int32_t id) {
@@ -348,7 +356,9 @@ TokenizerConfig read_config(const stdfs::path& dir) {
     Ctx c{stm.string()};
     json j = read_json(stm);
     c.obj(j, "(top level)");
-    for (auto [k, dst] : {std::pair{"bos_token", &cfg.bos}, {"eos_token", &cfg.eos}, {"unk_token", &cfg.unk},
+    for (auto [k, dst] : {std::pair{"bos_token", &cfg.bos},
+                          {"eos_token", &cfg.eos},
+                          {"unk_token", &cfg.unk},
                           {"pad_token", &cfg.pad}}) {
       if (!j.contains(k) || j[k].is_null()) continue;
       AddedToken t = added_token_of(c, j[k], k, -1);
@@ -453,7 +463,7 @@ void finish_with_config(PipelineTokenizer& tk, const TokenizerConfig& cfg, const
 // The Llama stages transformers' LlamaTokenizer sets (tokenization_llama.py).
 void set_llama_stages(PipelineTokenizer& tk, const TokenizerConfig& cfg) {
   const bool add_prefix_space = cfg.add_prefix_space.value_or(true);
-  PrependScheme scheme = !add_prefix_space          ? PrependScheme::Never
+  PrependScheme scheme = !add_prefix_space            ? PrependScheme::Never
                          : cfg.legacy.value_or(false) ? PrependScheme::Always
                                                       : PrependScheme::First;
   const std::string meta = "\xE2\x96\x81";  // ▁
@@ -525,9 +535,7 @@ std::unique_ptr<Tokenizer> load_tokenizer_json(const stdfs::path& file, const To
   auto tk = std::make_unique<PipelineTokenizer>();
   try {
     tk->model = std::make_unique<BpeModel>(std::move(vocab), merges, opt);
-  } catch (const UserError& e) {
-    user_error(file.string(), ": ", e.what());
-  }
+  } catch (const UserError& e) { user_error(file.string(), ": ", e.what()); }
   std::unique_ptr<PostProcessor> file_post;
   {
     std::vector<int32_t> pre, suf;

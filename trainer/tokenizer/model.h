@@ -50,8 +50,7 @@ struct BpeOptions {
 class BpeModel final : public Model {
  public:
   // Throws UserError (without a file name) when a merge names a token the vocab lacks.
-  BpeModel(StringMap<int32_t> vocab, const std::vector<std::pair<std::string, std::string>>& merges,
-           BpeOptions opt);
+  BpeModel(StringMap<int32_t> vocab, const std::vector<std::pair<std::string, std::string>>& merges, BpeOptions opt);
 
   // Pre-tokens arrive as raw bytes instead of byte-level characters: the model maps each byte to
   // its GPT-2 alphabet token itself (only on a cache miss). Set by the pipeline when ByteLevel is

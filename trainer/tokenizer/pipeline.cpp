@@ -31,8 +31,8 @@ using unicode::utf8_valid;
 Regex::Regex(const std::string& pattern) {
   int err = 0;
   PCRE2_SIZE off = 0;
-  auto* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP,
-                             &err, &off, nullptr);
+  auto* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP, &err,
+                             &off, nullptr);
   if (!code) {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(err, msg, sizeof msg);
@@ -195,7 +195,9 @@ class StripNormalizer final : public Normalizer {
 
 }  // namespace
 
-std::unique_ptr<Normalizer> make_nfc_normalizer(unicode::NormalForm f) { return std::make_unique<UnicodeNormalizer>(f); }
+std::unique_ptr<Normalizer> make_nfc_normalizer(unicode::NormalForm f) {
+  return std::make_unique<UnicodeNormalizer>(f);
+}
 std::unique_ptr<Normalizer> make_sequence_normalizer(std::vector<std::unique_ptr<Normalizer>> p) {
   return std::make_unique<SequenceNormalizer>(std::move(p));
 }
@@ -416,7 +418,8 @@ class MetaspacePre final : public PreTokenizer {
     size_t i = 0;
     rc = utf8_next(rep_, i);
     split_spans(pt, [&](std::string_view piece, std::vector<Range>& r) {
-      char_ranges(piece, [rc](char32_t c) { return c == rc; }, r);
+      char_ranges(
+          piece, [rc](char32_t c) { return c == rc; }, r);
       apply_behavior(r, SplitBehavior::MergedWithNext);
     });
   }

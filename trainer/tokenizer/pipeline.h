@@ -159,8 +159,7 @@ enum class PrependScheme { Always, Never, First };
 std::unique_ptr<PreTokenizer> make_byte_level_pre_tokenizer(bool add_prefix_space, bool use_regex);
 std::unique_ptr<PreTokenizer> make_split_pre_tokenizer(std::string pattern, bool is_regex, SplitBehavior behavior,
                                                        bool invert);
-std::unique_ptr<PreTokenizer> make_metaspace_pre_tokenizer(std::string replacement, PrependScheme scheme,
-                                                           bool split);
+std::unique_ptr<PreTokenizer> make_metaspace_pre_tokenizer(std::string replacement, PrependScheme scheme, bool split);
 std::unique_ptr<PreTokenizer> make_digits_pre_tokenizer(bool individual_digits);
 std::unique_ptr<PreTokenizer> make_whitespace_pre_tokenizer(bool split_only);  // WhitespaceSplit if true
 std::unique_ptr<PreTokenizer> make_sequence_pre_tokenizer(std::vector<std::unique_ptr<PreTokenizer>> parts);

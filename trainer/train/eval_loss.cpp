@@ -18,8 +18,7 @@ LossTotal eval_loss(model::Model& m, const std::shared_ptr<const data::PackedDat
   for (int64_t i = 0; i < n; ++i) {
     data::Batch b = loader.next();
     model::LossSum l = m.forward_loss(b.input_ids.to(m.device), b.labels.to(m.device), b.position_ids.to(m.device),
-                                      b.segment_ids.to(m.device),
-                                      b.segment_ids.to(m.device) != 0);
+                                      b.segment_ids.to(m.device), b.segment_ids.to(m.device) != 0);
     t.sum += l.sum.item<double>();
     t.count += l.count.item<int64_t>();
   }

@@ -11,8 +11,8 @@
 namespace qlora::train {
 
 struct LossTotal {
-  double sum = 0;     // summed token loss
-  int64_t count = 0;  // target tokens
+  double sum = 0;       // summed token loss
+  int64_t count = 0;    // target tokens
   double mean() const;  // sum / count (NaN when there are no targets)
 };
 

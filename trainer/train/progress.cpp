@@ -42,11 +42,10 @@ void Progress::update(const run::StepMetrics& m) {
     std::fflush(stdout);
     bar_shown_ = true;
   } else if (m.step % every_ == 0 || m.step == total_ || m.step == 1) {
-    std::snprintf(line, sizeof line,
-                  "step %lld/%lld loss %.4f lr %.3e grad_norm %.3f %.0f tok/s elapsed %s ETA %s mem %s\n",
-                  static_cast<long long>(m.step), static_cast<long long>(total_), m.loss, m.lr, m.grad_norm,
-                  m.tokens_per_s, format_duration(m.elapsed_s).c_str(), format_duration(eta).c_str(),
-                  fs::format_bytes(m.memory_bytes).c_str());
+    std::snprintf(
+        line, sizeof line, "step %lld/%lld loss %.4f lr %.3e grad_norm %.3f %.0f tok/s elapsed %s ETA %s mem %s\n",
+        static_cast<long long>(m.step), static_cast<long long>(total_), m.loss, m.lr, m.grad_norm, m.tokens_per_s,
+        format_duration(m.elapsed_s).c_str(), format_duration(eta).c_str(), fs::format_bytes(m.memory_bytes).c_str());
     std::fputs(line, stdout);
     std::fflush(stdout);
   }
@@ -66,8 +65,8 @@ void Progress::finish() {
   std::fflush(stdout);
 }
 
-std::string loss_curve_svg(const std::vector<run::StepMetrics>& steps,
-                           const std::vector<run::EvalMetrics>& evals, const std::string& title) {
+std::string loss_curve_svg(const std::vector<run::StepMetrics>& steps, const std::vector<run::EvalMetrics>& evals,
+                           const std::string& title) {
   const double W = 720, H = 420, L = 70, R = 20, T = 40, B = 50;
   double xmin = 0, xmax = 1, ymin = INFINITY, ymax = -INFINITY;
   for (const auto& s : steps)
@@ -133,8 +132,8 @@ std::string loss_curve_svg(const std::vector<run::StepMetrics>& steps,
   o << "<line x1=\"" << W - R - 150 << "\" x2=\"" << W - R - 130 << "\" y1=\"" << T + 15 << "\" y2=\"" << T + 15
     << "\" stroke=\"#1f77b4\" stroke-width=\"2\"/><text x=\"" << W - R - 125 << "\" y=\"" << T + 19
     << "\">train loss</text>\n";
-  o << "<circle cx=\"" << W - R - 140 << "\" cy=\"" << T + 33 << "\" r=\"4\" fill=\"#d62728\"/><text x=\"" << W - R - 125
-    << "\" y=\"" << T + 37 << "\">eval loss</text>\n";
+  o << "<circle cx=\"" << W - R - 140 << "\" cy=\"" << T + 33 << "\" r=\"4\" fill=\"#d62728\"/><text x=\""
+    << W - R - 125 << "\" y=\"" << T + 37 << "\">eval loss</text>\n";
   o << "</svg>\n";
   return o.str();
 }

@@ -27,8 +27,8 @@ class Progress {
 };
 
 // Loss-curve SVG: training loss per step (line) and eval loss (points).
-std::string loss_curve_svg(const std::vector<run::StepMetrics>& steps,
-                           const std::vector<run::EvalMetrics>& evals, const std::string& title);
+std::string loss_curve_svg(const std::vector<run::StepMetrics>& steps, const std::vector<run::EvalMetrics>& evals,
+                           const std::string& title);
 
 // "01:23" or "1:02:03".
 std::string format_duration(double seconds);

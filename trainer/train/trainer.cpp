@@ -2,9 +2,9 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <nlohmann/json.hpp>
 #include <torch/autograd.h>
 #include <torch/cuda.h>
+#include <nlohmann/json.hpp>
 
 #ifdef QLORA_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -46,9 +46,7 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 uint64_t memory_in_use_peak(const at::Device& dev) {
 #ifdef QLORA_WITH_CUDA
@@ -63,8 +61,8 @@ uint64_t memory_in_use_peak(const at::Device& dev) {
 void warn(const std::string& s) { std::fprintf(stderr, "qlora: warning: %s\n", s.c_str()); }
 
 // Loss and perplexity over a validation set, and exact-match accuracy of generated answers.
-run::EvalMetrics evaluate(model::Model& m, const std::shared_ptr<const data::PackedData>& val,
-                          int64_t micro_batch, const config::TrainConfig& cfg, const tok::Tokenizer& tk, int64_t step) {
+run::EvalMetrics evaluate(model::Model& m, const std::shared_ptr<const data::PackedData>& val, int64_t micro_batch,
+                          const config::TrainConfig& cfg, const tok::Tokenizer& tk, int64_t step) {
   at::NoGradGuard no_grad;
   const bool was = m.training;
   m.training = false;
@@ -143,8 +141,8 @@ struct Session {
   run::MetricsHistory hist;  // step and eval losses so far, for the loss plot
   std::unique_ptr<run::MetricsLog> metrics;
   std::unique_ptr<Progress> progress;
-  int64_t last_saved = -1;           // step of the newest checkpoint this process wrote or resumed
-  Clock::time_point t_loop;          // the loop's start; elapsed_s adds the time before a resume
+  int64_t last_saved = -1;   // step of the newest checkpoint this process wrote or resumed
+  Clock::time_point t_loop;  // the loop's start; elapsed_s adds the time before a resume
   double elapsed_before = 0;
 
   bool has_val() const { return ds.val && ds.val->num_rows() > 0; }
@@ -161,7 +159,8 @@ void check_resume_config(const config::TrainConfig& cfg, const TrainOptions& opt
     if (c.kind == config::ChangeKind::Harmless) {
       harmless += (harmless.empty() ? "" : ", ") + d;
     } else {
-      blocking += (blocking.empty() ? "" : ", ") + d + (c.kind == config::ChangeKind::Schedule ? " [changes the LR schedule]" : "");
+      blocking += (blocking.empty() ? "" : ", ") + d +
+                  (c.kind == config::ChangeKind::Schedule ? " [changes the LR schedule]" : "");
     }
   }
   if (!blocking.empty() && !opt.allow_config_change)
@@ -200,11 +199,12 @@ void setup_model(Session& s) {
   s.params = s.m.lora_parameters();
   int64_t trainable = 0;
   for (const auto& p : s.params) trainable += p.param.numel();
-  std::printf("model: %s, %lld layers, %s on %s in %s (%s frozen base, %s), %lld trainable LoRA parameters; loaded in %.1fs\n",
-              s.m.config.model_type.c_str(), static_cast<long long>(s.m.layers.size()), cfg.base_model.c_str(),
-              s.device.str().c_str(), c10::toString(s.m.compute_dtype),
-              fs::format_bytes(static_cast<uint64_t>(s.m.base_nbytes())).c_str(),
-              cfg.lora.adapter == "qlora" ? "NF4" : "16-bit", static_cast<long long>(trainable), seconds_since(t_load));
+  std::printf(
+      "model: %s, %lld layers, %s on %s in %s (%s frozen base, %s), %lld trainable LoRA parameters; loaded in %.1fs\n",
+      s.m.config.model_type.c_str(), static_cast<long long>(s.m.layers.size()), cfg.base_model.c_str(),
+      s.device.str().c_str(), c10::toString(s.m.compute_dtype),
+      fs::format_bytes(static_cast<uint64_t>(s.m.base_nbytes())).c_str(),
+      cfg.lora.adapter == "qlora" ? "NF4" : "16-bit", static_cast<long long>(trainable), seconds_since(t_load));
 
   std::vector<optim::NamedParam> np;
   for (const auto& p : s.params) {
@@ -238,8 +238,8 @@ void resume(Session& s, const stdfs::path& ckpt) {
   s.ts = run::restore_checkpoint(ckpt, s.m, *s.adamw, s.param_tensors, *s.loader);
   s.hist = run::truncate_metrics(run::metrics_file(s.run_dir), s.ts.global_step);
   s.last_saved = s.ts.global_step;
-  std::printf("resumed from %s at step %lld/%lld\n", ckpt.string().c_str(),
-              static_cast<long long>(s.ts.global_step), static_cast<long long>(s.total_steps));
+  std::printf("resumed from %s at step %lld/%lld\n", ckpt.string().c_str(), static_cast<long long>(s.ts.global_step),
+              static_cast<long long>(s.total_steps));
 }
 
 // ---- loop --------------------------------------------------------------------------------------
@@ -258,12 +258,14 @@ void start_loop(Session& s, const stdfs::path& resumed_from) {
   const bool resumed = !resumed_from.empty();
   s.metrics = std::make_unique<run::MetricsLog>(run::metrics_file(s.run_dir), /*append=*/resumed);
   if (resumed)
-    s.metrics->log_event("resume", nlohmann::json({{"step", s.ts.global_step}, {"from", resumed_from.string()}}).dump());
-  std::printf("training: %lld steps (%lld per epoch), micro_batch_size %lld x gradient_accumulation_steps %lld, "
-              "lr %.3g %s, warmup %lld\n",
-              static_cast<long long>(s.total_steps), static_cast<long long>(s.steps_per_epoch),
-              static_cast<long long>(cfg.micro_batch_size), static_cast<long long>(cfg.gradient_accumulation_steps),
-              s.sched.learning_rate, cfg.optim.lr_scheduler.c_str(), static_cast<long long>(s.sched.warmup_steps));
+    s.metrics->log_event("resume",
+                         nlohmann::json({{"step", s.ts.global_step}, {"from", resumed_from.string()}}).dump());
+  std::printf(
+      "training: %lld steps (%lld per epoch), micro_batch_size %lld x gradient_accumulation_steps %lld, "
+      "lr %.3g %s, warmup %lld\n",
+      static_cast<long long>(s.total_steps), static_cast<long long>(s.steps_per_epoch),
+      static_cast<long long>(cfg.micro_batch_size), static_cast<long long>(cfg.gradient_accumulation_steps),
+      s.sched.learning_rate, cfg.optim.lr_scheduler.c_str(), static_cast<long long>(s.sched.warmup_steps));
   std::fflush(stdout);
 
   s.progress = std::make_unique<Progress>(s.total_steps, cfg.logging_steps, s.opt.force_plain_progress);
@@ -280,8 +282,8 @@ void start_loop(Session& s, const stdfs::path& resumed_from) {
 
 // One optimizer step's gradients and numbers, before the update.
 struct StepResult {
-  double loss = NAN;                // mean token loss over the accumulated batch
-  double grad_norm = NAN;           // before clipping
+  double loss = NAN;       // mean token loss over the accumulated batch
+  double grad_norm = NAN;  // before clipping
   double lr = 0;
   int64_t targets = 0, tokens = 0;  // target and input tokens of the accumulated batch
   std::vector<at::Tensor> grads;    // clipped; undefined for a parameter without a gradient
@@ -327,8 +329,10 @@ bool apply_step(Session& s, const StepResult& r) {
                         std::to_string(ts.consecutive_nonfinite) + " in a row)");
     if (ts.consecutive_nonfinite >= s.cfg.max_nonfinite_steps) {
       s.progress->finish();
-      std::fprintf(stderr, "qlora: error: training diverged: %lld non-finite steps in a row (max_nonfinite_steps); "
-                   "the last checkpoint holds the last finite state\n", static_cast<long long>(ts.consecutive_nonfinite));
+      std::fprintf(stderr,
+                   "qlora: error: training diverged: %lld non-finite steps in a row (max_nonfinite_steps); "
+                   "the last checkpoint holds the last finite state\n",
+                   static_cast<long long>(ts.consecutive_nonfinite));
       return false;
     }
   } else {
@@ -397,8 +401,8 @@ void finish(Session& s, Clock::time_point t_start) {
   run_eval(s, step);
   if (s.last_saved != step) save(s);
   const stdfs::path plot = run::loss_plot_file(s.run_dir);
-  fs::write_file_atomic(plot, loss_curve_svg(s.hist.steps, s.hist.evals,
-                                             "qlora: " + stdfs::path(s.cfg.config_path).filename().string()));
+  fs::write_file_atomic(
+      plot, loss_curve_svg(s.hist.steps, s.hist.evals, "qlora: " + stdfs::path(s.cfg.config_path).filename().string()));
   const optim::PagingStats ps = s.adamw->stats();
   std::printf("done: %lld steps in %s (%lld skipped); optimizer paging: %s\n", static_cast<long long>(step),
               format_duration(seconds_since(t_start)).c_str(), static_cast<long long>(s.ts.skipped_steps),

@@ -20,9 +20,9 @@ struct FaultInjection {
 
 struct TrainOptions {
   bool resume = false;
-  std::string resume_path;           // a checkpoint or a run directory; empty: the config's run
-  bool allow_config_change = false;  // resume even if model/data/optimization keys changed
-  bool force_plain_progress = false; // plain lines even on a terminal
+  std::string resume_path;            // a checkpoint or a run directory; empty: the config's run
+  bool allow_config_change = false;   // resume even if model/data/optimization keys changed
+  bool force_plain_progress = false;  // plain lines even on a terminal
   FaultInjection faults;
 };
 

@@ -25,8 +25,8 @@ void append_mapped(std::string& out, std::string_view s, Mapping m) {
     case Mapping::Lower: icu::CaseMap::utf8ToLower("", 0, in, sink, nullptr, st); break;
     case Mapping::Upper: icu::CaseMap::utf8ToUpper("", 0, in, sink, nullptr, st); break;
     case Mapping::Title:
-      icu::CaseMap::utf8ToTitle("", U_TITLECASE_WHOLE_STRING | U_TITLECASE_NO_BREAK_ADJUSTMENT |
-                                        U_TITLECASE_NO_LOWERCASE,
+      icu::CaseMap::utf8ToTitle("",
+                                U_TITLECASE_WHOLE_STRING | U_TITLECASE_NO_BREAK_ADJUSTMENT | U_TITLECASE_NO_LOWERCASE,
                                 nullptr, in, sink, nullptr, st);
       break;
   }
@@ -50,9 +50,7 @@ void append_mapped(std::string& out, char32_t c, Mapping m) {
 // and not followed by one (case-ignorable ones skipped both ways) becomes final sigma.
 void append_lower_at(std::string& out, const std::u32string& u, size_t i) {
   if (u[i] != 0x3A3) return append_mapped(out, u[i], Mapping::Lower);
-  auto ignorable = [](char32_t c) {
-    return u_hasBinaryProperty(UChar32(c), UCHAR_CASE_IGNORABLE) != 0;
-  };
+  auto ignorable = [](char32_t c) { return u_hasBinaryProperty(UChar32(c), UCHAR_CASE_IGNORABLE) != 0; };
   size_t j = i;
   while (j > 0 && ignorable(u[j - 1])) --j;
   bool final = j > 0 && is_cased(u[j - 1]);

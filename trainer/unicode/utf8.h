@@ -11,9 +11,7 @@ namespace qlora::unicode {
 // Decodes the code point at s[i] and advances i. Invalid bytes decode as U+FFFD, one byte each.
 char32_t utf8_next(std::string_view s, size_t& i);
 // Byte length of the UTF-8 sequence that starts with `lead` (1 for ASCII and invalid bytes).
-inline int utf8_seq_len(unsigned char lead) {
-  return lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4;
-}
+inline int utf8_seq_len(unsigned char lead) { return lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4; }
 void utf8_append(std::string& out, char32_t cp);
 bool utf8_valid(std::string_view s);
 // Offset of the first byte of the first ill-formed sequence, or npos when s is valid UTF-8.

@@ -94,8 +94,8 @@ inline std::string layer_prefix(int64_t i) { return "model.layers." + std::to_st
 // Every tensor the model has, with its shape.
 inline std::map<std::string, std::vector<int64_t>> llama_shapes(const LlamaConfig& c) {
   std::map<std::string, std::vector<int64_t>> s;
-  const int64_t h = c.hidden_size, q = c.num_attention_heads * c.head_dim,
-                kv = c.num_key_value_heads * c.head_dim, m = c.intermediate_size;
+  const int64_t h = c.hidden_size, q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim,
+                m = c.intermediate_size;
   s["model.embed_tokens.weight"] = {c.vocab_size, h};
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string p = layer_prefix(i);
@@ -144,7 +144,7 @@ inline std::pair<at::Tensor, at::Tensor> rope_cos_sin(const LlamaConfig& c, int6
   const int64_t d = c.head_dim;
   auto inv_freq = 1.0 / at::pow(c.rope_theta, at::arange(0, d, 2, at::kLong).to(at::kFloat) / double(d));
   auto pos = at::arange(n, at::kLong).to(at::kFloat);
-  auto freqs = at::outer(pos, inv_freq);  // [n, d/2]
+  auto freqs = at::outer(pos, inv_freq);   // [n, d/2]
   auto emb = at::cat({freqs, freqs}, -1);  // [n, d]
   return {emb.cos(), emb.sin()};
 }
@@ -160,7 +160,7 @@ inline at::Tensor llama_logits(const Weights& w, const LlamaConfig& c, const at:
   auto W = [&](const std::string& n) -> const at::Tensor& { return w.at(n); };
   auto x = at::embedding(W("model.embed_tokens.weight"), input_ids);  // [B, T, hidden]
   auto [cos, sin] = rope_cos_sin(c, T);                               // [T, D]
-  if (position_ids.defined()) {  // [B, 1, T, D]: broadcast over heads
+  if (position_ids.defined()) {                                       // [B, 1, T, D]: broadcast over heads
     cos = cos.index_select(0, position_ids.reshape({-1})).view({B, 1, T, D});
     sin = sin.index_select(0, position_ids.reshape({-1})).view({B, 1, T, D});
   }

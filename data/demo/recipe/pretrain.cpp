@@ -49,10 +49,10 @@ struct TrainSettings {
   int64_t warmup_steps = 100;  // linear warmup from 0
   double weight_decay = 0.1;   // on matrices (linear, embedding) only, not on norms
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
-  double grad_clip = 1.0;      // global L2 norm
-  uint64_t seed = 1234;        // init and shuffling
-  int64_t val_lines = 2000;    // last lines of the corpus held out
-  int64_t eval_every = 200;    // steps between validation losses (and at the end)
+  double grad_clip = 1.0;    // global L2 norm
+  uint64_t seed = 1234;      // init and shuffling
+  int64_t val_lines = 2000;  // last lines of the corpus held out
+  int64_t eval_every = 200;  // steps between validation losses (and at the end)
   int64_t log_every = 20;
 
   static TrainSettings from_json(const json& j) {
@@ -93,13 +93,20 @@ Args parse_args(int argc, char** argv) {
     std::string k = argv[i];
     if (i + 1 >= argc) usage();
     std::string v = argv[++i];
-    if (k == "--config") a.config = v;
-    else if (k == "--corpus") a.corpus = v;
-    else if (k == "--tokenizer") a.tokenizer = v;
-    else if (k == "--out") a.out = v;
-    else if (k == "--threads") a.threads = std::stoi(v);
-    else if (k == "--steps") a.steps = std::stoll(v);
-    else usage();
+    if (k == "--config")
+      a.config = v;
+    else if (k == "--corpus")
+      a.corpus = v;
+    else if (k == "--tokenizer")
+      a.tokenizer = v;
+    else if (k == "--out")
+      a.out = v;
+    else if (k == "--threads")
+      a.threads = std::stoi(v);
+    else if (k == "--steps")
+      a.steps = std::stoll(v);
+    else
+      usage();
   }
   if (a.config.empty() || a.corpus.empty() || a.tokenizer.empty() || a.out.empty()) usage();
   return a;
@@ -206,8 +213,7 @@ struct AdamW {
   int64_t t = 0;
 
   explicit AdamW(const demo::Weights& w) {
-    for (const auto& [n, p] : w)
-      state[n] = {at::zeros_like(p), at::zeros_like(p), n.find("norm") == std::string::npos};
+    for (const auto& [n, p] : w) state[n] = {at::zeros_like(p), at::zeros_like(p), n.find("norm") == std::string::npos};
   }
   void step(demo::Weights& w, const TrainSettings& s, double lr) {
     c10::NoGradGuard ng;
@@ -256,8 +262,10 @@ void export_hf(const demo::Weights& w, const demo::LlamaConfig& c, const stdfs::
   for (const auto& [n, p] : w) writer.add(n, p.detach().to(at::kBFloat16).contiguous());
   writer.write(out / "model.safetensors");
   qlora::fs::write_file_atomic(out / "config.json", c.to_hf_json().dump(2) + "\n");
-  json gen = {{"bos_token_id", c.bos_token_id}, {"eos_token_id", c.eos_token_id},
-              {"pad_token_id", c.pad_token_id}, {"do_sample", false}};
+  json gen = {{"bos_token_id", c.bos_token_id},
+              {"eos_token_id", c.eos_token_id},
+              {"pad_token_id", c.pad_token_id},
+              {"do_sample", false}};
   qlora::fs::write_file_atomic(out / "generation_config.json", gen.dump(2) + "\n");
 }
 
@@ -294,8 +302,8 @@ int run(const Args& args) {
     nparam += p.numel();
   }
   AdamW opt(w);
-  std::printf("demo_pretrain: %.2fM parameters, %zu train docs (%lld tokens), %zu val docs, %d threads\n",
-              nparam / 1e6, docs.size(), (long long)ntok, val.size(), args.threads);
+  std::printf("demo_pretrain: %.2fM parameters, %zu train docs (%lld tokens), %zu val docs, %d threads\n", nparam / 1e6,
+              docs.size(), (long long)ntok, val.size(), args.threads);
 
   Packed rows;  // the current epoch's packed rows
   int64_t row = 0, epoch = 0;
@@ -332,8 +340,7 @@ int run(const Args& args) {
       loss_n = 0;
     }
     if ((step + 1) % s.eval_every == 0 || step + 1 == s.steps) {
-      std::printf("step %lld val_loss %.4f\n", (long long)(step + 1),
-                  eval_loss(w, c, val_rows, s.batch_size));
+      std::printf("step %lld val_loss %.4f\n", (long long)(step + 1), eval_loss(w, c, val_rows, s.batch_size));
       std::fflush(stdout);
       export_hf(w, c, args.out);  // also a snapshot: a stopped run leaves its latest weights
     }

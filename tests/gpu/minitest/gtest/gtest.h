@@ -53,7 +53,8 @@ struct Msg {
 template <class T, class = void>
 struct printable : std::false_type {};
 template <class T>
-struct printable<T, std::void_t<decltype(std::declval<std::ostream&>() << std::declval<const T&>())>> : std::true_type {};
+struct printable<T, std::void_t<decltype(std::declval<std::ostream&>() << std::declval<const T&>())>> : std::true_type {
+};
 
 template <class T>
 std::string show(const T& v) {
@@ -105,10 +106,10 @@ bool cmp(const A& a, const B& b, Op op, const char* ea, const char* eb, const ch
 #define MT_CAT2_(a, b) a##b
 #define MT_CAT_(a, b) MT_CAT2_(a, b)
 
-#define TEST(suite, name)                                                                          \
-  static void MT_CAT_(mt_test_, MT_CAT_(suite, MT_CAT_(_, name)))();                               \
-  static ::minitest::Registrar MT_CAT_(mt_reg_, MT_CAT_(suite, MT_CAT_(_, name)))(                 \
-      #suite, #name, &MT_CAT_(mt_test_, MT_CAT_(suite, MT_CAT_(_, name))));                        \
+#define TEST(suite, name)                                                          \
+  static void MT_CAT_(mt_test_, MT_CAT_(suite, MT_CAT_(_, name)))();               \
+  static ::minitest::Registrar MT_CAT_(mt_reg_, MT_CAT_(suite, MT_CAT_(_, name)))( \
+      #suite, #name, &MT_CAT_(mt_test_, MT_CAT_(suite, MT_CAT_(_, name))));        \
   static void MT_CAT_(mt_test_, MT_CAT_(suite, MT_CAT_(_, name)))()
 
 #define MT_BOOL_(cond, text, on_fail) \
@@ -117,33 +118,33 @@ bool cmp(const A& a, const B& b, Op op, const char* ea, const char* eb, const ch
   else                                \
     on_fail ::minitest::Failure{__FILE__, __LINE__, text} = ::minitest::Msg()
 
-#define MT_CMP_(a, b, op, on_fail)                                                                     \
-  if (std::string mt_what_; ::minitest::cmp((a), (b), [](const auto& x, const auto& y) { return x op y; }, \
-                                            #a, #b, #op, mt_what_))                                     \
-    ;                                                                                                  \
-  else                                                                                                 \
+#define MT_CMP_(a, b, op, on_fail)                                                                           \
+  if (std::string mt_what_;                                                                                  \
+      ::minitest::cmp((a), (b), [](const auto& x, const auto& y) { return x op y; }, #a, #b, #op, mt_what_)) \
+    ;                                                                                                        \
+  else                                                                                                       \
     on_fail ::minitest::Failure{__FILE__, __LINE__, mt_what_} = ::minitest::Msg()
 
 #define EXPECT_TRUE(c) MT_BOOL_(c, "Expected true: " #c, )
 #define EXPECT_FALSE(c) MT_BOOL_(!(c), "Expected false: " #c, )
-#define ASSERT_TRUE(c) MT_BOOL_(c, "Expected true: " #c, return)
-#define ASSERT_FALSE(c) MT_BOOL_(!(c), "Expected false: " #c, return)
+#define ASSERT_TRUE(c) MT_BOOL_(c, "Expected true: " #c, return )
+#define ASSERT_FALSE(c) MT_BOOL_(!(c), "Expected false: " #c, return )
 #define EXPECT_EQ(a, b) MT_CMP_(a, b, ==, )
 #define EXPECT_NE(a, b) MT_CMP_(a, b, !=, )
 #define EXPECT_LT(a, b) MT_CMP_(a, b, <, )
 #define EXPECT_LE(a, b) MT_CMP_(a, b, <=, )
 #define EXPECT_GT(a, b) MT_CMP_(a, b, >, )
 #define EXPECT_GE(a, b) MT_CMP_(a, b, >=, )
-#define ASSERT_EQ(a, b) MT_CMP_(a, b, ==, return)
-#define ASSERT_NE(a, b) MT_CMP_(a, b, !=, return)
-#define ASSERT_LT(a, b) MT_CMP_(a, b, <, return)
-#define ASSERT_LE(a, b) MT_CMP_(a, b, <=, return)
-#define ASSERT_GT(a, b) MT_CMP_(a, b, >, return)
-#define ASSERT_GE(a, b) MT_CMP_(a, b, >=, return)
+#define ASSERT_EQ(a, b) MT_CMP_(a, b, ==, return )
+#define ASSERT_NE(a, b) MT_CMP_(a, b, !=, return )
+#define ASSERT_LT(a, b) MT_CMP_(a, b, <, return )
+#define ASSERT_LE(a, b) MT_CMP_(a, b, <=, return )
+#define ASSERT_GT(a, b) MT_CMP_(a, b, >, return )
+#define ASSERT_GE(a, b) MT_CMP_(a, b, >=, return )
 #define EXPECT_NEAR(a, b, tol) \
   MT_BOOL_(std::fabs(double(a) - double(b)) <= double(tol), "Expected near: " #a " vs " #b " within " #tol, )
 #define ASSERT_NEAR(a, b, tol) \
-  MT_BOOL_(std::fabs(double(a) - double(b)) <= double(tol), "Expected near: " #a " vs " #b " within " #tol, return)
+  MT_BOOL_(std::fabs(double(a) - double(b)) <= double(tol), "Expected near: " #a " vs " #b " within " #tol, return )
 #define ADD_FAILURE() ::minitest::Failure{__FILE__, __LINE__, "Failed"} = ::minitest::Msg()
 #define GTEST_SKIP() return ::minitest::Skip{} = ::minitest::Msg()
 #define SCOPED_TRACE(s) ::minitest::Trace MT_CAT_(mt_trace_, __LINE__)(s)
