@@ -530,3 +530,32 @@ TEST(Config, ShippedConfigsParse) {
     EXPECT_TRUE(r.optim.paged) << name;
   }
 }
+
+// Where each key came from, for messages of the layers that check the config later.
+TEST(Config, OriginsNameFileLineOrOverride) {
+  const TrainConfig c = parse(std::string(kMinimal) + "quantization:\n  blocksize: 128\nmemory_check: false\n",
+                              {"lora_r=4", "datasets.0.type=text"});
+  EXPECT_EQ(c.where("base_model"), "configs/x.yaml:1");
+  EXPECT_EQ(c.where("lora_target_modules"), "configs/x.yaml:5");
+  EXPECT_EQ(c.where("quantization.blocksize"), "configs/x.yaml:8");
+  EXPECT_EQ(c.where("datasets.0.path"), "configs/x.yaml:3");
+  EXPECT_EQ(c.where("datasets.0.type"), "--set datasets.0.type=text");
+  EXPECT_EQ(c.where("lora_r"), "--set lora_r=4");
+  EXPECT_EQ(c.where("sequence_len"), "configs/x.yaml");  // not set: the file
+  EXPECT_FALSE(c.memory_check);
+  EXPECT_TRUE(parse(kMinimal).memory_check);
+  EXPECT_EQ(error_of(std::string(kMinimal) + "memory_check: maybe\n"),
+            "configs/x.yaml:7: memory_check: expected true or false, got \"maybe\"");
+
+  EXPECT_EQ(config::locate_message(c, "lora_target_modules: \"x\" matches no linear layer"),
+            "configs/x.yaml:5: lora_target_modules: \"x\" matches no linear layer");
+  EXPECT_EQ(config::locate_message(c, "sequence_len: expected at least 2, got 1"),
+            "configs/x.yaml: sequence_len: expected at least 2, got 1");
+  EXPECT_EQ(config::locate_message(c, "datasets.0.type: bad"), "--set datasets.0.type=text: datasets.0.type: bad");
+  EXPECT_EQ(config::locate_message(c, "chat_template line 1: unexpected end"),
+            "configs/x.yaml: chat_template line 1: unexpected end");
+  // not a key: a file name, a path, an unknown word
+  for (const char* m :
+       {"tokenizer.json: not valid JSON", "/m/config.json: vocab_size: missing", "data cursor: x", "lora_r", ""})
+    EXPECT_EQ(config::locate_message(c, m), m);
+}

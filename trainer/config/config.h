@@ -3,6 +3,7 @@
 // Key names are Axolotl's / HF's (base_model, lora_r, micro_batch_size, ...).
 #pragma once
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -71,6 +72,16 @@ struct TrainConfig {
                                      // reports exact-match accuracy
   int64_t eval_max_new_tokens = 64;  // generation budget per sample for exact match
   int64_t logging_steps = 1;
+  bool memory_check = true;  // refuse a run whose memory estimate exceeds the memory available
+                             // (trainer/train/memory_estimate.h); false: warn and try anyway
+
+  // Where each key the user set came from: key path (lora_r, quantization.blocksize,
+  // datasets.0.path) -> "FILE:LINE" or "--set key=value". Filled by the loader.
+  std::map<std::string, std::string> origins;
+
+  // The place to name in a message about `key`: where it (or the section holding it) was set,
+  // else the config file. E.g. "configs/x.yaml:12".
+  std::string where(const std::string& key) const;
 };
 
 }  // namespace qlora::config

@@ -762,6 +762,8 @@ const Schema<TrainConfig>& top_schema() {
         "eval_max_new_tokens", [](T& c) -> int64_t& { return c.eval_max_new_tokens; }, 1, H));
     v.push_back(int_field<T>(
         "logging_steps", [](T& c) -> int64_t& { return c.logging_steps; }, 1, H));
+    v.push_back(bool_field<T>(
+        "memory_check", [](T& c) -> bool& { return c.memory_check; }, H));
     return v;
   }();
   return s;
@@ -929,6 +931,8 @@ void finish(TrainConfig& c, Ctx& ctx) {
   for (auto& d : c.data.datasets) d.path = absolute_path(d.path);
   for (auto& d : c.data.test_datasets) d.path = absolute_path(d.path);
   c.data.seed = c.seed;
+  for (const auto& [canonical, seen] : ctx.seen) c.origins[canonical] = ctx.where(canonical, seen.mark);
+  for (const auto& [canonical, text] : ctx.overrides) c.origins.emplace(canonical, text);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1032,6 +1036,30 @@ TrainConfig parse_config(const std::string& yaml_text, const std::string& source
 
 TrainConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
   return parse_config(fs::read_file(path), path, overrides);
+}
+
+std::string TrainConfig::where(const std::string& key) const {
+  // the key itself, else the nearest section above it that was set (datasets.0, datasets)
+  std::string k = key;
+  for (;;) {
+    if (auto it = origins.find(k); it != origins.end()) return it->second;
+    const size_t dot = k.rfind('.');
+    if (dot == std::string::npos) return config_path;
+    k.resize(dot);
+  }
+}
+
+std::string locate_message(const TrainConfig& cfg, const std::string& message) {
+  size_t n = 0;
+  while (n < message.size() && (ascii_is_alnum(message[n]) || message[n] == '_' || message[n] == '.')) ++n;
+  // "KEY: ..." or, from the Jinja parser, "chat_template line N: ..."
+  if (n == 0 || (message.compare(n, 1, ":") != 0 && message.compare(n, 6, " line ") != 0)) return message;
+  const std::string key = message.substr(0, n);
+  const size_t dot = key.find('.');
+  const Field<TrainConfig>* f = find_field(top_schema(), key.substr(0, dot));
+  // a file name like tokenizer.json is not a key path: only sections have sub-keys
+  if (!f || (dot != std::string::npos && f->sub == Sub::None)) return message;
+  return cfg.where(key) + ": " + message;
 }
 
 std::string to_yaml(const TrainConfig& cfg) { return val_text(config_val(cfg)) + "\n"; }

@@ -22,6 +22,8 @@
 //   max_nonfinite_steps, output_dir, save_steps, save_total_limit, eval_steps, logging_steps,
 //   val_set_size, datasets / test_datasets (lists of {path, type, field...}), chat_template.
 //
+//   memory_check.
+//
 // A key set to null (or left empty) takes its default. Relative paths (base_model, tokenizer,
 // output_dir, dataset paths) resolve against the current working directory, as in Axolotl and
 // the HF tools, and are stored absolute, so the resolved config in a run directory means the same
@@ -42,6 +44,11 @@ TrainConfig load_config(const std::string& path, const std::vector<std::string>&
 // The same from YAML text; `source` names it in messages (a path, or e.g. "demo.yaml").
 TrainConfig parse_config(const std::string& yaml_text, const std::string& source,
                          const std::vector<std::string>& overrides = {});
+
+// A message from a deeper layer that starts with a config key path ("lora_target_modules: ...",
+// "sequence_len: ...", "datasets.0.type: ...", "chat_template line 3: ...") gets the place that key was set in front
+// ("configs/x.yaml:12: lora_target_modules: ..."); any other message is returned as it is.
+std::string locate_message(const TrainConfig& cfg, const std::string& message);
 
 // Every key with its effective value, as YAML that parse_config reads back to the same config.
 std::string to_yaml(const TrainConfig& cfg);
