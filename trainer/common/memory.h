@@ -1,5 +1,9 @@
-// Process memory: handing freed heap pages back to the system.
+// Process memory: handing freed heap pages back to the system, how much memory the machine can
+// still give this process, and a limit on how much it may take.
 #pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
 
 namespace qlora {
 
@@ -10,5 +14,24 @@ namespace qlora {
 // stayed resident beyond the final model without this. Called after each such tensor while a
 // checkpoint streams through.
 void trim_heap();
+
+// Host memory this process can still take without the kernel reclaiming memory it cannot
+// reclaim: MemAvailable of /proc/meminfo, lowered to the room left under the cgroup's memory
+// limit when one is set (cgroup v2 memory.max - memory.current, or v1 memory.limit_in_bytes -
+// memory.usage_in_bytes). `source` says which bound applied. nullopt where neither can be read.
+struct HostMemory {
+  uint64_t available = 0;
+  std::string source;  // "MemAvailable" or "cgroup memory limit"
+};
+std::optional<HostMemory> host_memory_available();
+
+// Caps the process's data segment (RLIMIT_DATA: heap and private writable mappings) at `bytes`
+// beyond what it uses now, so that an allocation past it fails with an error the program can
+// report instead of the kernel's OOM killer ending the process with SIGKILL. False (and no
+// change) where the limit cannot be set or a sanitizer that reserves shadow memory is built in.
+bool limit_process_memory(uint64_t bytes);
+
+// Puts back the limit limit_process_memory replaced (so the error report can allocate).
+void lift_process_memory_limit();
 
 }  // namespace qlora

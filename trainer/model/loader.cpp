@@ -138,9 +138,10 @@ ModelLoadOptions ModelLoadOptions::from_train_config(const config::TrainConfig& 
   ModelLoadOptions o;
   o.device = device;
   if (cfg.quantization.compute_dtype != "auto")
-    o.compute_dtype = parse_dtype_name(cfg.quantization.compute_dtype, cfg.config_path + ": compute_dtype");
+    o.compute_dtype = parse_dtype_name(cfg.quantization.compute_dtype,
+                                       cfg.where("quantization.compute_dtype") + ": quantization.compute_dtype");
   if (cfg.lora.adapter != "qlora" && cfg.lora.adapter != "lora")
-    user_error(cfg.config_path, ": adapter: expected qlora or lora, got \"", cfg.lora.adapter, "\"");
+    user_error(cfg.where("adapter"), ": adapter: expected qlora or lora, got \"", cfg.lora.adapter, "\"");
   o.quantize = cfg.lora.adapter == "qlora";
   o.blocksize = cfg.quantization.blocksize;
   o.double_quant = cfg.quantization.double_quant;

@@ -75,8 +75,9 @@ std::vector<std::string> resolve_lora_targets(const config::LoraConfig& cfg, con
       if (!hit) {
         std::string avail;
         for (const auto& m : linear_module_names()) avail += (avail.empty() ? "" : ", ") + m;
-        user_error("lora_target_modules: \"", t, "\" matches no linear layer of this ", mc.model_type,
-                   " model (its linear layers: ", avail, ")");
+        user_error("lora_target_modules: \"", t, "\" matches no linear layer of ",
+                   mc.architecture.empty() ? mc.model_type + " models" : mc.architecture, " (its layers have ", avail,
+                   ")");
       }
     }
   }

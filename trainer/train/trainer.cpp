@@ -10,14 +10,21 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <exception>
 #include <memory>
+#include <new>
 
+#include "trainer/common/bytes.h"
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
+#include "trainer/common/memory.h"
 #include "trainer/config/load.h"
 #include "trainer/data/dataset.h"
 #include "trainer/data/formats.h"
@@ -32,9 +39,11 @@
 #include "trainer/run/checkpoint_state.h"
 #include "trainer/run/layout.h"
 #include "trainer/run/metrics.h"
+#include "trainer/tokenizer/chat_template.h"
 #include "trainer/tokenizer/tokenizer.h"
 #include "trainer/train/eval_loss.h"
 #include "trainer/train/from_config.h"
+#include "trainer/train/preflight.h"
 #include "trainer/train/progress.h"
 #include "trainer/train/signals.h"
 #include "trainer/train/step.h"
@@ -142,6 +151,7 @@ struct Session {
   std::unique_ptr<run::MetricsLog> metrics;
   std::unique_ptr<Progress> progress;
   int64_t last_saved = -1;   // step of the newest checkpoint this process wrote or resumed
+  stdfs::path resume_from;   // the checkpoint to resume from; empty for a fresh run
   Clock::time_point t_loop;  // the loop's start; elapsed_s adds the time before a resume
   double elapsed_before = 0;
 
@@ -170,24 +180,45 @@ void check_resume_config(const config::TrainConfig& cfg, const TrainOptions& opt
   if (!harmless.empty()) std::printf("config changes since the checkpoint (harmless): %s\n", harmless.c_str());
 }
 
-// Picks the checkpoint to resume from (checking its config), or refuses a fresh run into a run
-// directory with checkpoints; then creates the run directory and writes its config.yaml.
-// Returns the checkpoint, empty for a fresh run.
-stdfs::path prepare_run_dir(const config::TrainConfig& cfg, const TrainOptions& opt) {
+// The output directory must be one the run can create and write: checked before anything is
+// written, so that a run that cannot start leaves it as it was.
+void check_output_dir(const config::TrainConfig& cfg) {
   const stdfs::path run_dir = cfg.output_dir;
-  stdfs::path resume_from;
+  std::error_code ec;
+  if (stdfs::exists(run_dir, ec) && !stdfs::is_directory(run_dir, ec))
+    user_error(cfg.where("output_dir"), ": output_dir: ", run_dir.string(), " exists and is not a directory");
+  stdfs::path p = run_dir;  // the nearest existing ancestor must be a writable directory
+  while (!p.empty() && !stdfs::exists(p, ec) && p.has_parent_path() && p.parent_path() != p) p = p.parent_path();
+  if (!stdfs::is_directory(p, ec))
+    user_error(cfg.where("output_dir"), ": output_dir: cannot create ", run_dir.string(), ": ", p.string(),
+               " is not a directory");
+  if (::access(p.c_str(), W_OK | X_OK) != 0)
+    user_error(cfg.where("output_dir"), ": output_dir: cannot create or write ", run_dir.string(), ": ", p.string(),
+               " is not writable");
+}
+
+// Picks the checkpoint to resume from (checking its config), or refuses a fresh run into a run
+// directory with checkpoints. Reads only. Returns the checkpoint, empty for a fresh run.
+stdfs::path pick_checkpoint(const config::TrainConfig& cfg, const TrainOptions& opt) {
+  const stdfs::path run_dir = cfg.output_dir;
   if (opt.resume) {
-    resume_from = run::pick_resume_checkpoint(run_dir, opt.resume_path, warn);
-    check_resume_config(cfg, opt, resume_from);
-  } else if (!run::list_checkpoints(run::checkpoints_dir(run_dir)).empty()) {
-    user_error(cfg.config_path, ": output_dir ", run_dir.string(),
-               " already holds checkpoints of a run; pass --resume to continue it, or choose another output_dir");
+    const stdfs::path ckpt = run::pick_resume_checkpoint(run_dir, opt.resume_path, warn);
+    check_resume_config(cfg, opt, ckpt);
+    return ckpt;
   }
+  if (!run::list_checkpoints(run::checkpoints_dir(run_dir)).empty())
+    user_error(cfg.where("output_dir"), ": output_dir: ", run_dir.string(),
+               " already holds checkpoints of a run; pass --resume to continue it, or choose another output_dir");
+  return {};
+}
+
+// Once the run is known to start: creates the run directory and writes its config.yaml.
+void commit_run_dir(const config::TrainConfig& cfg) {
+  const stdfs::path run_dir = cfg.output_dir;
   std::error_code ec;
   stdfs::create_directories(run_dir, ec);
-  if (ec) user_error(cfg.config_path, ": output_dir: cannot create ", run_dir.string(), ": ", ec.message());
+  if (ec) user_error(cfg.where("output_dir"), ": output_dir: cannot create ", run_dir.string(), ": ", ec.message());
   fs::write_file_atomic(run::config_file(run_dir), config::to_yaml(cfg));
-  return resume_from;
 }
 
 // Base model with LoRA, its trainable parameters, and the optimizer over them.
@@ -216,36 +247,86 @@ void setup_model(Session& s) {
   std::printf("optimizer: %s\n", s.adamw->describe().c_str());
 }
 
-// Tokenizer, datasets, model and optimizer, data loader and schedule.
+// What a step of setup is doing, for the out-of-memory message.
+std::string g_phase = "starting";
+std::string g_last_checkpoint;  // the newest complete checkpoint of the run, if any
+
+// Runs `f`; a UserError from a deeper layer that names a config key ("sequence_len: ...")
+// gets the config file and line of that key in front.
+template <class F>
+auto located(const config::TrainConfig& cfg, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const UserError& e) {
+    const std::string m = config::locate_message(cfg, e.what());
+    if (m == e.what()) throw;
+    throw UserError(m);
+  }
+}
+
+// Every check of the config that reads the model's config.json: target modules, shapes,
+// memory. Nothing is loaded yet.
+void check_against_model(Session& s) {
+  const config::TrainConfig& cfg = s.cfg;
+  const model::ModelConfig mc = model::read_model_config(cfg.base_model);
+  located(cfg, [&] {
+    model::resolve_lora_targets(cfg.lora, mc);
+    return 0;
+  });
+  check_shapes(cfg, mc);
+  check_memory(cfg, mc, s.device);
+}
+
+// Tokenizer, datasets, model and optimizer, data loader and schedule; on resume, the
+// checkpoint's state. Writes nothing.
 void setup(Session& s) {
   const config::TrainConfig& cfg = s.cfg;
+  g_phase = "checking the config";
+  check_output_dir(cfg);
+  s.resume_from = pick_checkpoint(cfg, s.opt);
+  check_against_model(s);
+  g_phase = "loading the tokenizer and the datasets";
   const std::string tok_path = cfg.tokenizer.empty() ? cfg.base_model : cfg.tokenizer;
   s.tk = tok::load_tokenizer(tok_path);
-  s.ds = data::build_datasets(cfg.data, *s.tk, [](const std::string& l) { std::printf("%s\n", l.c_str()); });
-  setup_model(s);
-  s.loader = std::make_unique<data::DataLoader>(s.ds.train, cfg.micro_batch_size, cfg.seed, /*shuffle=*/true,
-                                                cfg.data.pad_to_sequence_len);
+  if (!cfg.data.chat_template.empty())  // a chat template the config names parses, chat data or not
+    located(cfg, [&] { return tok::ChatTemplate::resolve(cfg.data.chat_template, *s.tk); });
+  s.ds = located(cfg, [&] {
+    return data::build_datasets(cfg.data, *s.tk, [](const std::string& l) { std::printf("%s\n", l.c_str()); });
+  });
+  g_phase = "loading the model";
+  located(cfg, [&] {
+    setup_model(s);
+    return 0;
+  });
+  s.loader = located(cfg, [&] {
+    return std::make_unique<data::DataLoader>(s.ds.train, cfg.micro_batch_size, cfg.seed, /*shuffle=*/true,
+                                              cfg.data.pad_to_sequence_len);
+  });
   const int64_t accum = cfg.gradient_accumulation_steps;
   s.steps_per_epoch = std::max<int64_t>(1, (s.loader->batches_per_epoch() + accum - 1) / accum);
   s.total_steps = cfg.max_steps ? *cfg.max_steps : *cfg.num_epochs * s.steps_per_epoch;
   s.sched = lr_schedule(cfg.optim, s.total_steps);
+  if (!s.resume_from.empty()) {
+    g_phase = "restoring the checkpoint";
+    s.ts = run::restore_checkpoint(s.resume_from, s.m, *s.adamw, s.param_tensors, *s.loader);
+  }
 }
 
 // ---- resume ------------------------------------------------------------------------------------
 
-// Restores the checkpoint's state and keeps metrics.jsonl up to its step.
-void resume(Session& s, const stdfs::path& ckpt) {
-  s.ts = run::restore_checkpoint(ckpt, s.m, *s.adamw, s.param_tensors, *s.loader);
+// Keeps metrics.jsonl up to the restored checkpoint's step.
+void resume(Session& s) {
   s.hist = run::truncate_metrics(run::metrics_file(s.run_dir), s.ts.global_step);
   s.last_saved = s.ts.global_step;
-  std::printf("resumed from %s at step %lld/%lld\n", ckpt.string().c_str(), static_cast<long long>(s.ts.global_step),
-              static_cast<long long>(s.total_steps));
+  std::printf("resumed from %s at step %lld/%lld\n", s.resume_from.string().c_str(),
+              static_cast<long long>(s.ts.global_step), static_cast<long long>(s.total_steps));
 }
 
 // ---- loop --------------------------------------------------------------------------------------
 
 void run_eval(Session& s, int64_t step) {
   if (!s.has_val()) return;
+  g_phase = "evaluating";
   run::EvalMetrics e = evaluate(s.m, s.ds.val, s.cfg.micro_batch_size, s.cfg, *s.tk, step);
   s.metrics->log_eval(e);
   s.hist.evals.push_back(e);
@@ -367,8 +448,10 @@ void log_step(Session& s, const StepResult& r, Clock::time_point t_step) {
 }
 
 void save(Session& s) {
+  g_phase = "saving " + run::checkpoint_name(s.ts.global_step);
   run::save_checkpoint(s.ckpt_dir(), s.cfg, s.m, *s.adamw, *s.loader, s.ts);
   s.last_saved = s.ts.global_step;
+  g_last_checkpoint = (s.ckpt_dir() / run::checkpoint_name(s.last_saved)).string();
 }
 
 // The cadence after each step: eval every eval_steps (the last step's eval is finish's), a
@@ -386,6 +469,7 @@ enum class LoopEnd { Done, Stopped, Diverged };
 LoopEnd train_loop(Session& s) {
   while (s.ts.global_step < s.total_steps) {
     const auto t_step = Clock::now();
+    g_phase = "training step " + std::to_string(s.ts.global_step + 1);
     const StepResult r = compute_step(s);
     if (!apply_step(s, r)) return LoopEnd::Diverged;
     log_step(s, r, t_step);
@@ -413,18 +497,83 @@ void finish(Session& s, Clock::time_point t_start) {
               (s.ckpt_dir() / run::checkpoint_name(step)).string().c_str());
 }
 
-}  // namespace
+// ---- out of memory ---------------------------------------------------------------------------
 
-int run_training(const config::TrainConfig& cfg, const TrainOptions& opt) {
-  const auto t_start = Clock::now();
-  Session s(cfg, opt, model::resolve_device(cfg.device, cfg.config_path + ": device"));
-  at::manual_seed(cfg.seed);
-  install_stop_handlers();
+// The bytes an allocation failure reports ("... tried to allocate N bytes ..."), 0 if none.
+uint64_t bytes_in_message(const std::string& m) {
+  const size_t at = m.find("allocate ");
+  if (at == std::string::npos) return 0;
+  size_t i = at + 9, n = 0;
+  while (i + n < m.size() && m[i + n] >= '0' && m[i + n] <= '9') ++n;
+  return n ? parse_byte_size(m.substr(i, n)).value_or(0) : 0;
+}
 
-  const stdfs::path resume_from = prepare_run_dir(cfg, opt);
-  setup(s);
-  if (opt.resume) resume(s, resume_from);
-  start_loop(s, resume_from);
+// The exception in flight as an allocation failure: its message, or nullopt for anything else.
+// LibTorch's CPU allocator throws c10::OutOfMemoryError (or a c10::Error saying it "can't
+// allocate memory"); operator new throws std::bad_alloc.
+std::optional<std::string> allocation_failure(std::exception_ptr ep) {
+  try {
+    std::rethrow_exception(ep);
+  } catch (const c10::OutOfMemoryError& e) {
+    return std::string(e.what_without_backtrace());
+  } catch (const c10::Error& e) {
+    const std::string m = e.what_without_backtrace();
+    if (m.find("can't allocate memory") != std::string::npos || m.find("not enough memory") != std::string::npos ||
+        m.find("out of memory") != std::string::npos)
+      return m;
+  } catch (const std::bad_alloc&) { return std::string("std::bad_alloc"); } catch (...) {
+  }
+  return std::nullopt;
+}
+
+void report_out_of_memory(const std::string& what) {
+  lift_process_memory_limit();
+  const uint64_t n = bytes_in_message(what);
+  std::string m = "qlora: error: out of memory while " + g_phase;
+  if (n) m += ": tried to allocate " + std::to_string(n) + " bytes";
+  m += g_last_checkpoint.empty() ? "; no checkpoint was written"
+                                 : "; the last checkpoint is intact: " + g_last_checkpoint;
+  m += "; lower micro_batch_size or sequence_len, or set gradient_checkpointing: true\n";
+  // one write: this may run from a terminate handler
+  if (::write(STDERR_FILENO, m.data(), m.size()) < 0) {}
+}
+
+std::terminate_handler g_previous_terminate = nullptr;
+
+// An allocation failure inside an OpenMP region cannot propagate and ends in std::terminate: it
+// still gets the one-line message and exit code 1 instead of an abort.
+[[noreturn]] void on_terminate() {
+  lift_process_memory_limit();
+  if (std::exception_ptr ep = std::current_exception()) {
+    if (auto what = allocation_failure(ep)) {
+      std::fflush(stdout);
+      report_out_of_memory(*what);
+      std::_Exit(1);
+    }
+  }
+  if (g_previous_terminate) g_previous_terminate();
+  std::abort();
+}
+
+// QLORA_TEST_MEMORY_LIMIT=SIZE (a test hook): the process may take SIZE more memory once the
+// loop starts, so that an allocation in a step fails the way it does on a full machine.
+void apply_test_memory_limit() {
+  const char* v = std::getenv("QLORA_TEST_MEMORY_LIMIT");
+  if (!v || !*v) return;
+  const std::optional<uint64_t> b = parse_byte_size(v);
+  if (!b) user_error("QLORA_TEST_MEMORY_LIMIT: expected a size like 64MB, got \"", v, "\"");
+  if (!limit_process_memory(*b)) warn("QLORA_TEST_MEMORY_LIMIT: cannot limit memory in this build");
+}
+
+int train(Session& s, Clock::time_point t_start) {
+  const config::TrainConfig& cfg = s.cfg;
+  setup(s);  // every check; nothing is written before this returns
+  commit_run_dir(cfg);
+  if (!s.resume_from.empty()) resume(s);
+  if (s.last_saved >= 0) g_last_checkpoint = s.resume_from.string();
+  g_phase = "evaluating";
+  start_loop(s, s.resume_from);
+  apply_test_memory_limit();
 
   const LoopEnd end = train_loop(s);
   if (end == LoopEnd::Diverged) return 1;
@@ -437,6 +586,26 @@ int run_training(const config::TrainConfig& cfg, const TrainOptions& opt) {
   }
   finish(s, t_start);
   return 0;
+}
+
+}  // namespace
+
+int run_training(const config::TrainConfig& cfg, const TrainOptions& opt) {
+  const auto t_start = Clock::now();
+  Session s(cfg, opt, model::resolve_device(cfg.device, cfg.where("device") + ": device"));
+  at::manual_seed(cfg.seed);
+  install_stop_handlers();
+  g_previous_terminate = std::set_terminate(on_terminate);
+  try {
+    return train(s, t_start);
+  } catch (...) {
+    lift_process_memory_limit();  // the message needs a little memory
+    auto what = allocation_failure(std::current_exception());
+    if (!what) throw;
+    std::fflush(stdout);
+    report_out_of_memory(*what);
+    return 1;
+  }
 }
 
 }  // namespace qlora::train
