@@ -151,7 +151,11 @@ void check_memory(const config::TrainConfig& cfg, const model::ModelConfig& mc, 
     avail = h->available;
     source = h->source;
   }
-  if (e.total() <= avail) return;
+  if (e.total() <= avail) {
+    std::printf("memory: the run needs %s; %s available (%s)\n", e.describe().c_str(), fs::format_bytes(avail).c_str(),
+                source.c_str());
+    return;
+  }
 
   const uint64_t act = e.activations + e.logits, w = e.weights + e.transient;
   std::string key, advice;

@@ -501,11 +501,12 @@ void finish(Session& s, Clock::time_point t_start) {
 
 // The bytes an allocation failure reports ("... tried to allocate N bytes ..."), 0 if none.
 uint64_t bytes_in_message(const std::string& m) {
-  const size_t at = m.find("allocate ");
-  if (at == std::string::npos) return 0;
-  size_t i = at + 9, n = 0;
-  while (i + n < m.size() && m[i + n] >= '0' && m[i + n] <= '9') ++n;
-  return n ? parse_byte_size(m.substr(i, n)).value_or(0) : 0;
+  for (size_t at = m.find("allocate "); at != std::string::npos; at = m.find("allocate ", at + 1)) {
+    size_t n = 0;
+    while (at + 9 + n < m.size() && m[at + 9 + n] >= '0' && m[at + 9 + n] <= '9') ++n;
+    if (n) return parse_byte_size(m.substr(at + 9, n)).value_or(0);
+  }
+  return 0;
 }
 
 // The exception in flight as an allocation failure: its message, or nullopt for anything else.

@@ -1,6 +1,8 @@
 // The training run behind `qlora train CONFIG [--set k=v] [--resume [PATH]]`, in four parts:
-// setup (run directory, tokenizer, datasets, model (NF4 + LoRA), paged AdamW, schedule), resume
-// (restore a checkpoint, run/checkpoint_state.h), the loop {micro-batches, loss normalized by the
+// setup (every check first: output directory, resume checkpoint and its config, the model's
+// config.json against the config and the memory bound (preflight.h), tokenizer, chat template,
+// datasets; then the model (NF4 + LoRA), paged AdamW, schedule, and on resume the checkpoint's
+// state, run/checkpoint_state.h), and only then the run directory and its config.yaml; the loop {micro-batches, loss normalized by the
 // target tokens of the whole accumulated batch, clip, step, schedule, log, eval, checkpoint}, and
 // finish (final eval, checkpoint, loss plot).
 #pragma once
@@ -26,7 +28,8 @@ struct TrainOptions {
   FaultInjection faults;
 };
 
-// Returns the process exit code (0 also when stopped by SIGINT/SIGTERM after checkpointing).
+// Returns the process exit code (0 also when stopped by SIGINT/SIGTERM after checkpointing; 1
+// after an allocation failure, reported in one line).
 int run_training(const config::TrainConfig& cfg, const TrainOptions& opt);
 
 }  // namespace qlora::train
