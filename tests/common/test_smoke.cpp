@@ -33,3 +33,20 @@ TEST(Smoke, UnknownOptionIsUsageErrorExit2) {
   ProcResult r = run_qlora("--no-such-flag");
   EXPECT_EQ(r.code, 2) << r.output;
 }
+
+TEST(Smoke, UsageErrorsAreOneLineNamingTheSubcommandsHelp) {
+  struct Case {
+    const char* args;
+    const char* says;
+  };
+  for (const Case& c : {Case{"train", "config"}, Case{"train a.yaml --no-such-flag", "--no-such-flag"},
+                        Case{"export ckpt --out o --format nope", "nope"}, Case{"eval --batch-size x", "x"}}) {
+    ProcResult r = run_qlora(c.args);
+    EXPECT_EQ(r.code, 2) << c.args << ": " << r.output;
+    EXPECT_EQ(r.output.rfind("qlora: error: ", 0), 0u) << c.args << ": " << r.output;
+    EXPECT_EQ(r.output.find('\n'), r.output.size() - 1) << c.args << ": " << r.output;
+    EXPECT_NE(r.output.find(c.says), std::string::npos) << c.args << ": " << r.output;
+    const std::string sub = std::string(c.args).substr(0, std::string(c.args).find(' '));
+    EXPECT_NE(r.output.find("run 'qlora " + sub + " --help'"), std::string::npos) << c.args << ": " << r.output;
+  }
+}

@@ -5,6 +5,8 @@
 
 #include <cstring>
 #include <fstream>
+#include <limits>
+#include <span>
 
 #include "tests/common/harness.h"
 #include "trainer/common/error.h"
@@ -187,4 +189,92 @@ TEST(HfCheckpoint, IndexNamingMissingShardIsAnError) {
     io::HfCheckpoint ck(d);
     FAIL();
   } catch (const UserError& e) { EXPECT_NE(std::string(e.what()).find("missing"), std::string::npos) << e.what(); }
+}
+
+// Shapes whose element count or byte size does not fit 64 bits (even beside a zero dimension,
+// where the byte size is 0), dimensions past int64, offsets past the buffer: refused when the
+// header is read, naming the file and the tensor, never later as an internal error.
+TEST(SafetensorsHeader, ShapesWhoseSizeOverflowsAreRejectedWhenTheHeaderIsRead) {
+  auto d = test::temp_dir();
+  struct Case {
+    std::string name, header, data, msg;
+  };
+  const std::string p62 = "4611686018427387904";  // 2^62
+  const std::string p63 = "9223372036854775808";  // 2^63, past int64
+  std::vector<Case> cases = {
+      // 8 * (2^62)^3 wraps a 128-bit product to 0, which "matches" data_offsets [0, 0].
+      {"wrap128", R"({"t":{"dtype":"F64","shape":[)" + p62 + "," + p62 + "," + p62 + R"(],"data_offsets":[0,0]}})", "",
+       "too many elements"},
+      {"zero_beside_huge", R"({"t":{"dtype":"F32","shape":[0,)" + p62 + "," + p62 + R"(],"data_offsets":[0,0]}})", "",
+       "too many elements"},
+      {"dim_past_int64", R"({"t":{"dtype":"U8","shape":[0,)" + p63 + R"(],"data_offsets":[0,0]}})", "",
+       "non-negative integers"},
+      {"bytes_overflow", R"({"t":{"dtype":"F32","shape":[)" + p62 + R"(],"data_offsets":[0,4]}})", std::string(4, '\0'),
+       "overflows a 64-bit byte size"},
+      {"negative_dim", R"({"t":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", std::string(4, '\0'),
+       "non-negative integers"},
+      {"offset_past_buffer", R"({"t":{"dtype":"U8","shape":[)" + p62 + R"(],"data_offsets":[0,)" + p62 + "]}}",
+       std::string(4, '\0'), "run past the"},
+  };
+  for (const auto& c : cases) {
+    auto p = d / (c.name + ".safetensors");
+    write_raw(p, c.header, c.data);
+    try {
+      io::SafetensorsFile f(p);
+      ADD_FAILURE() << c.name << ": accepted";
+    } catch (const UserError& e) {
+      const std::string m = e.what();
+      EXPECT_NE(m.find(c.msg), std::string::npos) << c.name << ": " << m;
+      EXPECT_NE(m.find(p.string() + ": tensor \"t\""), std::string::npos) << c.name << ": " << m;
+    }
+  }
+  // A very long tensor name is echoed shortened, not in full.
+  const std::string long_name(5000, 'x');
+  write_raw(d / "long.safetensors", "{\"" + long_name + R"(":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})",
+            std::string(4, '\0'));
+  try {
+    io::SafetensorsFile f(d / "long.safetensors");
+    ADD_FAILURE() << "accepted";
+  } catch (const UserError& e) {
+    EXPECT_LT(std::string(e.what()).size(), 400u) << e.what();
+    EXPECT_NE(std::string(e.what()).find("(5000 bytes)"), std::string::npos) << e.what();
+  }
+}
+
+// Non-finite weights: every float dtype's NaN and infinity is found at its element, in one pass
+// over the bytes; HfCheckpoint refuses to hand out such a tensor, naming the file and tensor.
+TEST(HfCheckpoint, NonFiniteWeightsAreRefusedNamingFileTensorAndElement) {
+  for (at::ScalarType st : {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble}) {
+    SCOPED_TRACE(c10::toString(st));
+    at::Tensor t = at::randn({3000}).to(st);
+    const std::string dt = st == at::kFloat ? "F32" : st == at::kBFloat16 ? "BF16" : st == at::kHalf ? "F16" : "F64";
+    auto bytes = [&] { return std::span<const uint8_t>(static_cast<const uint8_t*>(t.data_ptr()), t.nbytes()); };
+    EXPECT_FALSE(io::find_nonfinite(dt, bytes()).has_value());
+    t[2500] = std::numeric_limits<double>::infinity();
+    EXPECT_EQ(io::find_nonfinite(dt, bytes()).value_or(""), "Inf at element 2500");
+    t[17] = std::numeric_limits<double>::quiet_NaN();
+    EXPECT_EQ(io::find_nonfinite(dt, bytes()).value_or(""), "NaN at element 17");
+    // The largest finite value is not flagged.
+    t[17] = 1;
+    t[2500] = st == at::kHalf ? 65504.0 : st == at::kBFloat16 ? 3.3895313892515355e38 : 1e38;
+    EXPECT_FALSE(io::find_nonfinite(dt, bytes()).has_value()) << *io::find_nonfinite(dt, bytes());
+  }
+  EXPECT_FALSE(io::find_nonfinite("I32", {}).has_value());
+
+  auto d = test::temp_dir();
+  at::Tensor w = at::randn({4, 8}).to(at::kBFloat16);
+  w.view({-1})[17] = std::numeric_limits<float>::quiet_NaN();
+  io::SafetensorsWriter sw;
+  sw.add("model.layers.0.mlp.up_proj.weight", w);
+  sw.add("model.norm.weight", at::ones({8}));
+  sw.write(d / "model.safetensors");
+  io::HfCheckpoint ck(d);
+  EXPECT_NO_THROW(ck.tensor("model.norm.weight"));
+  try {
+    ck.tensor("model.layers.0.mlp.up_proj.weight");
+    ADD_FAILURE() << "accepted";
+  } catch (const UserError& e) {
+    EXPECT_EQ(std::string(e.what()), (d / "model.safetensors").string() +
+                                         ": model.layers.0.mlp.up_proj.weight: non-finite values (NaN at element 17)");
+  }
 }

@@ -55,6 +55,10 @@ TEST(Inspect, ProblemsAndBadInputExitTwo) {
   test::ProcResult r = test::run_qlora("inspect " + test::quote(d.string()));
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.output.find("model.norm.weight: missing"), std::string::npos) << r.output;
+  EXPECT_NE(
+      r.output.find("qlora: error: " + d.string() + ": 1 checkpoint problem, the first: model.norm.weight: missing\n"),
+      std::string::npos)
+      << r.output;
   r = test::run_qlora("inspect " + test::quote((d / "nope").string()));
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.output.find("nope: not a model directory (does not exist)"), std::string::npos) << r.output;

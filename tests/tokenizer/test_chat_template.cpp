@@ -597,4 +597,81 @@ TEST(ChatTemplate, AssistantSpansCoverReplyAndEndOfTurn) {
   EXPECT_EQ(spans_text(templates::kChatMLGeneration), (std::vector<std::string>{"A1<|im_end|>", "A2 <|im_end|>"}));
 }
 
+// Messages the template leaves out: an error when the template never names the role, a warning
+// (once per role) when it names it and still renders nothing; published templates render every
+// message of an ordinary conversation.
+TEST(ChatTemplate, MessagesLeftOutByTheTemplateAreReported) {
+  tok::SpecialTokens sp;
+  sp.bos_token = "<s>";
+  sp.eos_token = "</s>";
+  std::vector<std::string> warnings;
+  auto warn = [&](const std::string& w) { warnings.push_back(w); };
+  auto check = [&](const tok::ChatTemplate& t, const json& conv) {
+    jinja::Value m = jinja::Value::from_json(conv);
+    auto r = t.render_for_training(m);
+    t.check_rendered_messages(m, r.text, {}, "messages", warn);
+  };
+  const json ordinary = json::array({msg("system", "Be brief."), msg("user", "  What is 2+2?  "),
+                                     msg("assistant", "4."), msg("user", "And 3+3?"), msg("assistant", "6.")});
+  for (const char* src : {templates::kLlama3, templates::kLlama31, templates::kQwen25, templates::kQwen3,
+                          templates::kChatML, templates::kSmolLM2}) {
+    tok::ChatTemplate t(src, "t", sp);
+    EXPECT_NO_THROW(check(t, ordinary)) << src;
+    EXPECT_TRUE(warnings.empty()) << warnings.front() << "\n" << src;
+    warnings.clear();
+  }
+  // Mistral v0.3 writes the system prompt into the last message only when that is a user turn: a
+  // training conversation that ends with the reply loses it, as with transformers. A warning.
+  {
+    tok::ChatTemplate t(templates::kMistralV3, "t", sp);
+    EXPECT_NO_THROW(check(t, ordinary));
+    ASSERT_EQ(warnings.size(), 1u);
+    EXPECT_NE(warnings[0].find("messages[0]: the chat template (t) renders nothing for \"system\""), std::string::npos)
+        << warnings[0];
+    warnings.clear();
+  }
+  tok::ChatTemplate gemma(templates::kGemma, "t", sp);
+  EXPECT_NO_THROW(check(gemma, json::array({msg("user", "Hi"), msg("assistant", "Hello.")})));
+  // Tool results: Llama 3.1, Qwen2.5 and Mistral v0.3 render role "tool".
+  for (const char* src : {templates::kLlama31, templates::kQwen25}) {
+    tok::ChatTemplate t(src, "t", sp);
+    EXPECT_NO_THROW(
+        check(t, json::array({msg("user", "Weather?"), msg("tool", "sunny, 21 C"), msg("assistant", "Sunny.")})))
+        << src;
+  }
+  EXPECT_TRUE(warnings.empty()) << warnings.front();
+
+  // Only user and assistant turns are written: a "tool" message would vanish.
+  const char* two_roles =
+      "{% for m in messages %}{% if m['role'] == 'user' %}[U]{{ m['content'] }}{% elif m['role'] == 'assistant' %}"
+      "[A]{{ m['content'] }}</s>{% endif %}{% endfor %}";
+  tok::ChatTemplate t2(two_roles, "tokenizer_config.json", sp);
+  const json with_tool = json::array({msg("user", "Weather?"), msg("tool", "sunny"), msg("assistant", "Sunny.")});
+  try {
+    check(t2, with_tool);
+    ADD_FAILURE() << "no error for a role the template ignores";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("messages[1].role: \"tool\""), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("tokenizer_config.json"), std::string::npos) << e.what();
+  }
+  // Empty content leaves nothing to lose: no error.
+  EXPECT_NO_THROW(check(t2, json::array({msg("user", "Hi"), msg("tool", " "), msg("assistant", "Hello.")})));
+
+  // A template that names "system" and deliberately renders nothing for it: one warning in all.
+  const char* no_system =
+      "{% for m in messages %}{% if m['role'] == 'system' %}{% elif m['role'] == 'user' %}[U]{{ m['content'] }}"
+      "{% else %}[A]{{ m['content'] }}</s>{% endif %}{% endfor %}";
+  tok::ChatTemplate t3(no_system, "t3", sp);
+  const json sys = json::array({msg("system", "Be brief."), msg("user", "Hi"), msg("assistant", "Hello.")});
+  EXPECT_NO_THROW(check(t3, sys));
+  EXPECT_NO_THROW(check(t3, sys));
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("messages[0]"), std::string::npos) << warnings[0];
+  EXPECT_NE(warnings[0].find("\"system\""), std::string::npos) << warnings[0];
+  // Content the template rewrites (trim, reasoning dropped) is found through the marker render.
+  EXPECT_NO_THROW(check(tok::ChatTemplate(templates::kQwen3, "t", sp),
+                        json::array({msg("user", "U1"), msg("assistant", "<think>\nr1\n</think>\n\nA1"),
+                                     msg("user", "U2"), msg("assistant", "A2")})));
+}
+
 }  // namespace

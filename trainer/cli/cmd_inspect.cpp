@@ -62,6 +62,15 @@ std::vector<std::string> check_checkpoint(const io::HfCheckpoint& ck, const mode
   return problems;
 }
 
+// The exit status: 2 with the usual one error line when the checkpoint has problems.
+int report_problems(const std::string& model, const std::vector<std::string>& problems) {
+  if (problems.empty()) return 0;
+  std::cout.flush();
+  std::fprintf(stderr, "qlora: error: %s: %zu checkpoint problem%s, the first: %s\n", model.c_str(), problems.size(),
+               problems.size() == 1 ? "" : "s", problems[0].c_str());
+  return 2;
+}
+
 }  // namespace
 
 int run_inspect(const InspectArgs& a) {
@@ -133,7 +142,7 @@ int run_inspect(const InspectArgs& a) {
                        {"bnb_4bit_linears", bnb_linears},
                        {"problems", problems}};
     std::cout << j.dump(2) << "\n";
-    return problems.empty() ? 0 : 2;
+    return report_problems(a.model, problems);
   }
 
   auto& o = std::cout;
@@ -199,9 +208,8 @@ int run_inspect(const InspectArgs& a) {
     o << "\ncheckpoint problems (" << problems.size() << "):\n";
     for (size_t i = 0; i < problems.size() && i < 10; ++i) o << "  " << problems[i] << "\n";
     if (problems.size() > 10) o << "  ... and " << problems.size() - 10 << " more\n";
-    return 2;
   }
-  return 0;
+  return report_problems(a.model, problems);
 }
 
 }  // namespace qlora::cli

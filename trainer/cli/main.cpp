@@ -161,7 +161,13 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForHelp& err) { return app.exit(err); } catch (const CLI::CallForAllHelp& err) {
     return app.exit(err);
   } catch (const CLI::ParseError& err) {
-    app.exit(err);
+    if (err.get_exit_code() == 0) return app.exit(err);
+    // A usage error: one line, like every other error, pointing at the subcommand's help.
+    std::string help = "qlora";
+    for (const CLI::App* sub : app.get_subcommands()) help += " " + sub->get_name();
+    std::string what = first_line(err.what());
+    while (!what.empty() && (what.back() == ' ' || what.back() == '.')) what.pop_back();
+    std::fprintf(stderr, "qlora: error: %s; run '%s --help'\n", what.c_str(), help.c_str());
     return 2;
   }
 

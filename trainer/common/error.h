@@ -8,6 +8,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace qlora {
 
@@ -24,6 +25,16 @@ std::string concat(Args&&... args) {
   return os.str();
 }
 }  // namespace detail
+
+// A value from the user's input as it is echoed in a message: at most `max` bytes, else its
+// start (cut at a UTF-8 character boundary) followed by "..." and its length, so a message stays
+// one readable line whatever was given.
+inline std::string shorten(std::string_view s, size_t max = 80) {
+  if (s.size() <= max) return std::string(s);
+  size_t cut = max > 3 ? max - 3 : 0;
+  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;
+  return std::string(s.substr(0, cut)) + "... (" + std::to_string(s.size()) + " bytes)";
+}
 
 // Throws UserError with the arguments streamed together.
 template <class... Args>

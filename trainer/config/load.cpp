@@ -96,7 +96,7 @@ bool ambiguous_plain(const std::string& s) {
 
 std::string quote_text(const std::string& s) {
   std::string o = "\"";
-  for (char c : s) {
+  for (char c : shorten(s)) {
     if (c == '"' || c == '\\') o += '\\';
     o += c;
   }
@@ -110,7 +110,7 @@ std::string shown(const YAML::Node& n) {
   if (n.IsMap()) return "a mapping";
   const std::string& s = n.Scalar();
   double d;
-  if (n.Tag() != "!" && (parse_double_text(s, &d) || is_bool_word(s))) return s;
+  if (n.Tag() != "!" && (parse_double_text(s, &d) || is_bool_word(s))) return shorten(s);
   return quote_text(s);
 }
 

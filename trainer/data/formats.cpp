@@ -1,5 +1,6 @@
 #include "trainer/data/formats.h"
 
+#include <cstdio>
 #include <stdexcept>
 
 #include "trainer/common/error.h"
@@ -91,7 +92,11 @@ SampleBuilder::Text SampleBuilder::prepare_chat(const Record& r) const {
     extra["tools"] = jinja::Value::from_json(*tools);
   tok::ChatTemplate::Rendered rendered;
   try {
-    rendered = chat_->render_for_training(jinja::Value(std::move(messages)), extra);
+    const jinja::Value msgs(std::move(messages));
+    rendered = chat_->render_for_training(msgs, extra);
+    chat_->check_rendered_messages(msgs, rendered.text, extra, ds_.field_messages, [&](const std::string& w) {
+      std::fprintf(stderr, "qlora: warning: %s: %s\n", r.where.c_str(), w.c_str());
+    });
   } catch (const UserError& e) { user_error(r.where, ": ", e.what()); }
   Text t;
   t.text = std::move(rendered.text);

@@ -133,7 +133,7 @@ ExportReport export_peft(const ExportOptions& o, const run::AdapterSource& src) 
     check_adapter_matches_base(src, model::read_model_config(base));
     rep.base_model = base;
   } else {
-    std::fprintf(stderr, "warning: base model %s not found; the adapter's shapes were not checked against it\n",
+    std::fprintf(stderr, "qlora: warning: base model %s not found; the adapter's shapes were not checked against it\n",
                  src.base_model.string().c_str());
   }
   check_out(o, {src.dir});
@@ -251,7 +251,7 @@ class MergedWriter {
       if (hold.nf4)
         std::fprintf(
             stderr,
-            "warning: --merge-into original: this adapter learned to correct the NF4-quantized weights; merged "
+            "qlora: warning: --merge-into original: this adapter learned to correct the NF4-quantized weights; merged "
             "into the original 16-bit weights the quantization error comes back uncorrected, which usually "
             "makes the merged model worse than base+adapter. The default (dequant) merges into the weights "
             "it was trained against.\n");

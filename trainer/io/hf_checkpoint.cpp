@@ -88,7 +88,12 @@ const SafetensorsFile& HfCheckpoint::file_of(std::string_view name) const {
 
 const TensorInfo& HfCheckpoint::info(std::string_view name) const { return *file_of(name).find(name); }
 
-at::Tensor HfCheckpoint::tensor(std::string_view name) const { return file_of(name).tensor(name); }
+at::Tensor HfCheckpoint::tensor(std::string_view name) const {
+  const SafetensorsFile& f = file_of(name);
+  if (auto where = find_nonfinite(f.find(name)->dtype, f.bytes(name)))
+    user_error(f.path().string(), ": ", name, ": non-finite values (", *where, ")");
+  return f.tensor(name);
+}
 
 uint64_t HfCheckpoint::total_bytes() const {
   uint64_t b = 0;

@@ -28,7 +28,9 @@ class HfCheckpoint {
   std::vector<std::string> names() const;
   bool contains(std::string_view name) const { return where_.find(name) != where_.end(); }
   const TensorInfo& info(std::string_view name) const;
-  // Zero-copy CPU view (read-only memory; clone() to own).
+  // Zero-copy CPU view (read-only memory; clone() to own). UserError "FILE: NAME: non-finite
+  // values (NaN at element 17)" for a float tensor holding a NaN or infinity: no weight of a
+  // usable model is one, and quantizing or computing with it would hide or spread it.
   at::Tensor tensor(std::string_view name) const;
   // The shard file holding `name`.
   const SafetensorsFile& file_of(std::string_view name) const;

@@ -6,9 +6,11 @@
 #include <unistd.h>
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <set>
@@ -22,6 +24,12 @@ namespace qlora::io {
 
 namespace {
 constexpr uint64_t kMaxHeader = 100'000'000;
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string o = "[";
+  for (size_t i = 0; i < shape.size(); ++i) o += (i ? ", " : "") + std::to_string(shape[i]);
+  return o + "]";
+}
 }  // namespace
 
 int64_t TensorInfo::numel() const {
@@ -83,7 +91,7 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
   try {
     h = nlohmann::json::parse(reinterpret_cast<const char*>(base + 8), reinterpret_cast<const char*>(base + 8 + n), cb);
   } catch (const nlohmann::json::exception& e) { user_error(p, ": safetensors header is not valid JSON: ", e.what()); }
-  if (!dup.empty()) user_error(p, ": duplicate tensor name \"", dup, "\" in the safetensors header");
+  if (!dup.empty()) user_error(p, ": duplicate tensor name \"", shorten(dup), "\" in the safetensors header");
   if (!h.is_object()) user_error(p, ": safetensors header is not a JSON object");
   for (auto it = h.begin(); it != h.end(); ++it) {
     const std::string& key = it.key();
@@ -91,7 +99,7 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
     if (key == "__metadata__") {
       if (!v.is_object()) user_error(p, ": __metadata__ must be an object of strings");
       for (auto m = v.begin(); m != v.end(); ++m) {
-        if (!m.value().is_string()) user_error(p, ": __metadata__.", m.key(), ": expected a string");
+        if (!m.value().is_string()) user_error(p, ": __metadata__.", shorten(m.key()), ": expected a string");
         metadata_[m.key()] = m.value().get<std::string>();
       }
       continue;
@@ -99,28 +107,41 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
     TensorInfo t;
     t.name = key;
     if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets"))
-      user_error(p, ": tensor \"", key, "\": expected {dtype, shape, data_offsets}");
-    if (!v["dtype"].is_string()) user_error(p, ": tensor \"", key, "\": dtype must be a string");
+      user_error(p, ": tensor \"", shorten(key), "\": expected {dtype, shape, data_offsets}");
+    if (!v["dtype"].is_string()) user_error(p, ": tensor \"", shorten(key), "\": dtype must be a string");
     t.dtype = v["dtype"].get<std::string>();
     const int64_t isz = safetensors_itemsize(t.dtype);
-    if (isz == 0) user_error(p, ": tensor \"", key, "\": unknown dtype \"", t.dtype, "\"");
-    if (!v["shape"].is_array()) user_error(p, ": tensor \"", key, "\": shape must be an array");
+    if (isz == 0) user_error(p, ": tensor \"", shorten(key), "\": unknown dtype \"", shorten(t.dtype), "\"");
+    if (!v["shape"].is_array()) user_error(p, ": tensor \"", shorten(key), "\": shape must be an array");
     for (const auto& d : v["shape"]) {
-      if (!d.is_number_unsigned()) user_error(p, ": tensor \"", key, "\": shape entries must be non-negative integers");
+      if (!d.is_number_unsigned() || d.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+        user_error(p, ": tensor \"", shorten(key), "\": shape entries must be non-negative integers, got ",
+                   d.dump().substr(0, 40));
       t.shape.push_back(d.get<int64_t>());
     }
     const auto& off = v["data_offsets"];
     if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
-      user_error(p, ": tensor \"", key, "\": data_offsets must be [begin, end]");
+      user_error(p, ": tensor \"", shorten(key), "\": data_offsets must be [begin, end]");
     t.begin = off[0].get<uint64_t>();
     t.end = off[1].get<uint64_t>();
-    if (t.end < t.begin) user_error(p, ": tensor \"", key, "\": data_offsets end < begin");
-    // numel * itemsize, guarding overflow
-    unsigned __int128 want = static_cast<unsigned __int128>(isz);
-    for (int64_t s : t.shape) want *= static_cast<unsigned __int128>(s);
-    if (want != static_cast<unsigned __int128>(t.end - t.begin))
-      user_error(p, ": tensor \"", key, "\": ", t.end - t.begin, " bytes for shape and dtype ", t.dtype, " that need ",
-                 static_cast<uint64_t>(want));
+    if (t.end < t.begin) user_error(p, ": tensor \"", shorten(key), "\": data_offsets end < begin");
+    if (t.end > fsize - 8 - n)
+      user_error(p, ": tensor \"", shorten(key), "\": data_offsets [", t.begin, ", ", t.end, "] run past the ",
+                 fsize - 8 - n, "-byte data buffer");
+    // Elements and bytes must be addressable (no dimension product or byte size past int64, even
+    // beside a zero dimension) before they are compared with the offsets.
+    int64_t elems = 1;
+    for (int64_t s : t.shape)
+      if (s != 0 && __builtin_mul_overflow(elems, s, &elems))
+        user_error(p, ": tensor \"", shorten(key), "\": shape ", shape_text(t.shape), " has too many elements");
+    int64_t nbytes = 0;
+    if (__builtin_mul_overflow(elems, isz, &nbytes))
+      user_error(p, ": tensor \"", shorten(key), "\": shape ", shape_text(t.shape), " of ", t.dtype,
+                 " overflows a 64-bit byte size");
+    if (t.numel() == 0) nbytes = 0;
+    if (static_cast<uint64_t>(nbytes) != t.end - t.begin)
+      user_error(p, ": tensor \"", shorten(key), "\": ", t.end - t.begin, " bytes for shape ", shape_text(t.shape),
+                 " and dtype ", t.dtype, " that need ", nbytes);
     tensors_.push_back(std::move(t));
   }
   std::sort(tensors_.begin(), tensors_.end(), [](const TensorInfo& a, const TensorInfo& b) {
@@ -129,11 +150,11 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
   uint64_t pos = 0;
   for (const auto& t : tensors_) {
     if (t.begin != pos)
-      user_error(p, ": tensor \"", t.name, "\" starts at byte ", t.begin, " of the data buffer, expected ", pos,
-                 t.begin > pos ? " (hole)" : " (overlap)");
+      user_error(p, ": tensor \"", shorten(t.name), "\" starts at byte ", t.begin, " of the data buffer, expected ",
+                 pos, t.begin > pos ? " (hole)" : " (overlap)");
     pos = t.end;
   }
-  if (8 + n + pos != fsize)
+  if (pos != fsize - 8 - n)
     user_error(p, ": file is ", fsize, " bytes but the header describes ", 8 + n + pos,
                " (truncated or trailing data)");
   data_ = base + 8 + n;
@@ -168,6 +189,43 @@ at::Tensor SafetensorsFile::tensor(std::string_view name) const {
   auto keep = map_;
   return at::from_blob(
       const_cast<uint8_t*>(ptr), t->shape, [keep](void*) {}, opts);
+}
+
+namespace {
+// Element i's exponent bits all set (NaN or infinity); the mantissa tells which.
+template <class U, U kExp, U kMant>
+std::optional<std::string> scan_nonfinite(const uint8_t* data, int64_t n) {
+  std::atomic<int64_t> first{n};
+  at::parallel_for(0, n, int64_t{1} << 20, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e && i < first.load(std::memory_order_relaxed); ++i) {
+      U v;
+      std::memcpy(&v, data + i * sizeof(U), sizeof(U));
+      if ((v & kExp) == kExp) {
+        int64_t cur = first.load();
+        while (i < cur && !first.compare_exchange_weak(cur, i)) {}
+        return;
+      }
+    }
+  });
+  const int64_t i = first.load();
+  if (i == n) return std::nullopt;
+  U v;
+  std::memcpy(&v, data + i * sizeof(U), sizeof(U));
+  return std::string((v & kMant) ? "NaN" : "Inf") + " at element " + std::to_string(i);
+}
+}  // namespace
+
+std::optional<std::string> find_nonfinite(std::string_view dtype, std::span<const uint8_t> bytes) {
+  const uint8_t* d = bytes.data();
+  if (dtype == "F32") return scan_nonfinite<uint32_t, 0x7f800000u, 0x007fffffu>(d, bytes.size() / 4);
+  if (dtype == "BF16") return scan_nonfinite<uint16_t, 0x7f80, 0x007f>(d, bytes.size() / 2);
+  if (dtype == "F16") return scan_nonfinite<uint16_t, 0x7c00, 0x03ff>(d, bytes.size() / 2);
+  if (dtype == "F64")
+    return scan_nonfinite<uint64_t, 0x7ff0000000000000ull, 0x000fffffffffffffull>(d, bytes.size() / 8);
+  if (dtype == "F8_E5M2") return scan_nonfinite<uint8_t, 0x7c, 0x03>(d, bytes.size());
+  // E4M3 (fn) has no infinity; its only NaN is S.1111.111.
+  if (dtype == "F8_E4M3") return scan_nonfinite<uint8_t, 0x7f, 0x7f>(d, bytes.size());
+  return std::nullopt;
 }
 
 void release_mapped_pages(std::span<const uint8_t> bytes) {

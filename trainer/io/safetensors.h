@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -34,6 +35,11 @@ struct TensorInfo {
 // consumed (whole pages inside the span only; the page cache keeps them, a later read faults them
 // back in), so streaming through a checkpoint does not grow the RSS by the whole file.
 void release_mapped_pages(std::span<const uint8_t> bytes);
+
+// The first NaN or infinity in `bytes`, tensor data of safetensors dtype `dtype` ("F32", "BF16",
+// "F16", "F64", "F8_E4M3", "F8_E5M2"), as "NaN at element 17"; nullopt when every element is
+// finite or the dtype is not a float. One pass over the bytes (threads share it), no copy.
+std::optional<std::string> find_nonfinite(std::string_view dtype, std::span<const uint8_t> bytes);
 
 class SafetensorsFile {
  public:

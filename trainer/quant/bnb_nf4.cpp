@@ -108,7 +108,7 @@ kernels::NF4Tensor read_bnb_nf4(const io::HfCheckpoint& ckpt, const std::string&
     return j[k];
   };
   if (!field("quant_type").is_string() || j["quant_type"] != "nf4")
-    user_error(where(state_key), ": quant_type: only \"nf4\" is supported, got ", j["quant_type"].dump());
+    user_error(where(state_key), ": quant_type: only \"nf4\" is supported, got ", shorten(j["quant_type"].dump()));
   if (!field("blocksize").is_number_integer()) user_error(where(state_key), ": blocksize: expected an integer");
   kernels::NF4Tensor w;
   w.blocksize = j["blocksize"].get<int64_t>();
@@ -132,8 +132,8 @@ kernels::NF4Tensor read_bnb_nf4(const io::HfCheckpoint& ckpt, const std::string&
   // packed codes: uint8 [(n+1)/2, 1] (other quant_storage dtypes hold the same bytes)
   at::Tensor packed = need(p);
   if (packed.nbytes() != static_cast<size_t>((n + 1) / 2))
-    user_error(where(p), ": expected ", (n + 1) / 2, " bytes of packed codes for shape ", shape.dump(), ", got ",
-               packed.nbytes());
+    user_error(where(p), ": expected ", (n + 1) / 2, " bytes of packed codes for shape ", shorten(shape.dump()),
+               ", got ", packed.nbytes());
   w.packed = packed.contiguous().view(-1).view(at::kByte).clone();
 
   at::Tensor qmap = need(p + ".quant_map");
@@ -151,7 +151,8 @@ kernels::NF4Tensor read_bnb_nf4(const io::HfCheckpoint& ckpt, const std::string&
     if (!field("nested_blocksize").is_number_integer() || j["nested_blocksize"].get<int64_t>() != nf4::kNestedBlocksize)
       user_error(where(state_key), ": nested_blocksize: only 256 is supported");
     if (j.contains("nested_dtype") && j["nested_dtype"] != "float32")
-      user_error(where(state_key), ": nested_dtype: only \"float32\" is supported, got ", j["nested_dtype"].dump());
+      user_error(where(state_key), ": nested_dtype: only \"float32\" is supported, got ",
+                 shorten(j["nested_dtype"].dump()));
     if (!field("nested_offset").is_number()) user_error(where(state_key), ": nested_offset: expected a number");
     // Some published checkpoints hold a bf16-rounded offset; it is read as the float32 it is.
     w.nested_offset = static_cast<float>(j["nested_offset"].get<double>());

@@ -1,10 +1,13 @@
 #include "trainer/run/adapter_source.h"
 
+#include <ATen/ATen.h>
+
 #include <cstdio>
 
 #include "trainer/common/error.h"
 #include "trainer/config/load.h"
 #include "trainer/run/checkpoint.h"
+#include "trainer/run/checkpoint_state.h"
 #include "trainer/run/layout.h"
 
 namespace qlora::run {
@@ -21,15 +24,15 @@ stdfs::path resolve_dir(const stdfs::path& path) {
                ": no such file or directory (expected a checkpoint, a run directory or a PEFT adapter directory)");
   if (is_adapter_dir(path)) {
     if (stdfs::exists(path / kManifestFile)) {
-      if (auto why = verify_checkpoint(path)) user_error(path.string(), ": checkpoint is not intact: ", *why);
+      if (auto why = check_checkpoint(path)) user_error(*why, " (checkpoint not usable)");
     }
     return path;
   }
   for (const stdfs::path& ckdir : {checkpoints_dir(path), path}) {
     if (!stdfs::is_directory(ckdir)) continue;
     std::vector<std::string> warnings;
-    auto ck = find_resume_checkpoint(ckdir, &warnings);
-    for (const auto& w : warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+    auto ck = find_resume_checkpoint(ckdir, &warnings, check_checkpoint);
+    for (const auto& w : warnings) std::fprintf(stderr, "qlora: warning: %s\n", w.c_str());
     if (ck) return *ck;
   }
   user_error(path.string(),
@@ -50,6 +53,14 @@ AdapterSource read_adapter_source(const stdfs::path& path) {
     s.base_model = s.peft.base_model_name_or_path;
   }
   s.tensors = io::read_peft_adapter_tensors(s.dir);
+  // A plain PEFT directory has no manifest or optimizer to check against: at least every tensor
+  // must be floating point and finite (the model checks names and shapes when it loads them).
+  const std::string file = (s.dir / kAdapterWeightsFile).string();
+  for (const auto& [k, t] : s.tensors) {
+    if (!at::isFloatingType(t.scalar_type()))
+      user_error(file, ": ", k, ": expected floating-point weights, got ", c10::toString(t.scalar_type()));
+    if (t.numel() && !at::isfinite(t).all().item<bool>()) user_error(file, ": ", k, ": non-finite values");
+  }
   return s;
 }
 

@@ -7,6 +7,7 @@
 
 #include "trainer/common/error.h"
 #include "trainer/common/sha256.h"
+#include "trainer/run/checkpoint_state.h"
 #include "trainer/run/layout.h"
 
 namespace qlora::run {
@@ -106,13 +107,15 @@ std::vector<stdfs::path> list_checkpoints(const stdfs::path& checkpoints_dir) {
 }
 
 std::optional<stdfs::path> find_resume_checkpoint(const stdfs::path& checkpoints_dir,
-                                                  std::vector<std::string>* warnings) {
+                                                  std::vector<std::string>* warnings, const CheckpointCheck& check) {
   // The newest intact checkpoint. `latest` names the same one after a clean save; it is not
   // needed for correctness (a crash between publishing a checkpoint and updating `latest`
   // leaves a complete, newer checkpoint, which is the right one to resume from).
   for (const auto& c : list_checkpoints(checkpoints_dir)) {
-    if (auto why = verify_checkpoint(c)) {
-      if (warnings) warnings->push_back(c.string() + ": " + *why + "; skipped");
+    std::optional<std::string> why = check ? check(c) : verify_checkpoint(c);
+    if (why && !check) *why = c.string() + ": " + *why;
+    if (why) {
+      if (warnings) warnings->push_back(*why + "; skipped");
       continue;
     }
     return c;
@@ -129,12 +132,12 @@ stdfs::path pick_resume_checkpoint(const stdfs::path& run_dir, const stdfs::path
                                    const std::function<void(const std::string&)>& warn) {
   stdfs::path where = resume_path.empty() ? checkpoints_dir(run_dir) : resume_path;
   if (stdfs::exists(where / kManifestFile)) {
-    if (auto why = verify_checkpoint(where)) user_error(where.string(), ": cannot resume: ", *why);
+    if (auto why = check_checkpoint(where)) user_error(*why, " (cannot resume from this checkpoint)");
     return where;
   }
   if (stdfs::is_directory(checkpoints_dir(where))) where = checkpoints_dir(where);
   std::vector<std::string> warnings;
-  auto found = find_resume_checkpoint(where, &warnings);
+  auto found = find_resume_checkpoint(where, &warnings, check_checkpoint);
   for (const auto& w : warnings) warn(w);
   if (!found) user_error(where.string(), ": no complete checkpoint to resume from");
   return *found;

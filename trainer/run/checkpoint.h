@@ -48,18 +48,24 @@ std::optional<std::string> verify_checkpoint(const stdfs::path& ckpt);
 // first (by step). Temporary directories are not listed.
 std::vector<stdfs::path> list_checkpoints(const stdfs::path& checkpoints_dir);
 
-// The checkpoint to resume from: `latest` if intact, else the newest intact one; each skipped
-// one is reported through `warnings`. nullopt when none is usable.
+// A check of one checkpoint: nullopt if usable, else one line saying why (naming the checkpoint
+// or the file in it).
+using CheckpointCheck = std::function<std::optional<std::string>(const stdfs::path&)>;
+
+// The checkpoint to resume from: the newest one that passes `check` (empty: verify_checkpoint,
+// the manifest only); each skipped one is reported through `warnings`. nullopt when none is usable.
 std::optional<stdfs::path> find_resume_checkpoint(const stdfs::path& checkpoints_dir,
-                                                  std::vector<std::string>* warnings);
+                                                  std::vector<std::string>* warnings,
+                                                  const CheckpointCheck& check = {});
 
 // Step recorded in a checkpoint's manifest.
 int64_t checkpoint_step(const stdfs::path& ckpt);
 
 // The checkpoint `qlora train --resume [PATH]` continues from. `resume_path` empty: the run
 // directory's newest intact checkpoint. Else PATH is a checkpoint (it must be intact), a run
-// directory, or a checkpoints directory. Skipped checkpoints are reported through `warn` as they
-// are found; UserError when none is usable.
+// directory, or a checkpoints directory. Checkpoints are checked in full (check_checkpoint in
+// run/checkpoint_state.h: manifest and contents); skipped ones are reported through `warn`;
+// UserError naming the file when a named checkpoint is not usable, or when none is.
 stdfs::path pick_resume_checkpoint(const stdfs::path& run_dir, const stdfs::path& resume_path,
                                    const std::function<void(const std::string&)>& warn);
 

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
+#include <string>
 #include <vector>
 
 namespace qlora::config {
@@ -39,9 +41,24 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& checkpoints_d
                                       const model::Model& m, const optim::AdamW& opt, const data::DataLoader& loader,
                                       const TrainerState& ts);
 
+// Why an intact checkpoint (its files match manifest.json) still cannot be used, as one line
+// "FILE: what is wrong" naming the file inside `ckpt`, or nullopt. Checks what needs no model:
+// every JSON file parses with the fields and types it must have; counters are in range and agree
+// with each other (trainer_state.json's step with the manifest's, the optimizer's step, and the
+// data loader's epoch and position); optimizer tensors have exactly the names, dtypes and shapes
+// optimizer.json and the optimizer kind of config.yaml call for; the adapter holds exactly the
+// optimizer's parameters (rank and target modules as adapter_config.json says, float32, equal to
+// the optimizer's masters); RNG states have the generator's size; float values are finite.
+std::optional<std::string> check_checkpoint_contents(const std::filesystem::path& ckpt);
+
+// verify_checkpoint (manifest, sizes, checksums) and then check_checkpoint_contents.
+std::optional<std::string> check_checkpoint(const std::filesystem::path& ckpt);
+
 // Restores the optimizer (and copies its masters into `params`, the tensors it was built from,
 // in its order), the model's dropout generator, the default CPU generator and the loader
-// position from the checkpoint `ckpt`; returns the counters.
+// position from the checkpoint `ckpt`; returns the counters. Everything is checked before any
+// state changes: check_checkpoint_contents, then the optimizer state against the model's LoRA
+// parameters and the loader position against the data; UserError naming the checkpoint file.
 TrainerState restore_checkpoint(const std::filesystem::path& ckpt, model::Model& m, optim::AdamW& opt,
                                 const std::vector<at::Tensor>& params, data::DataLoader& loader);
 

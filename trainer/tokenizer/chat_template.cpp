@@ -1,6 +1,8 @@
 // Chat templates: resolution (own / built-in / inline), rendering, assistant spans.
 #include "trainer/tokenizer/chat_template.h"
 
+#include <mutex>
+#include <set>
 #include <stdexcept>
 
 #include "trainer/common/error.h"
@@ -111,8 +113,13 @@ std::string names_list() {
 
 }  // namespace
 
+struct ChatTemplate::Warned {
+  std::mutex mu;
+  std::set<std::string> roles;
+};
+
 ChatTemplate::ChatTemplate(std::string_view source, std::string origin, const SpecialTokens& special)
-    : tmpl_(source, std::move(origin)) {
+    : tmpl_(source, std::move(origin)), source_(source), warned_(std::make_shared<Warned>()) {
   if (!special.bos_token.empty()) special_["bos_token"] = jinja::Value(special.bos_token);
   if (!special.eos_token.empty()) special_["eos_token"] = jinja::Value(special.eos_token);
   if (!special.unk_token.empty()) special_["unk_token"] = jinja::Value(special.unk_token);
@@ -315,6 +322,56 @@ ChatTemplate::Rendered ChatTemplate::render_for_training(const jinja::Value& mes
     cursor = span->second;
   }
   return r;
+}
+
+namespace {
+std::string trimmed(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
+}
+}  // namespace
+
+void ChatTemplate::check_rendered_messages(const jinja::Value& messages, const std::string& rendered, const Vars& extra,
+                                           const std::string& field,
+                                           const std::function<void(const std::string&)>& warn) const {
+  if (!messages.is_list()) return;
+  const jinja::ValueList& all = messages.list();
+  for (size_t i = 0; i < all.size(); ++i) {
+    const jinja::Value& m = all[i];
+    if (!m.is_dict()) continue;
+    const jinja::Value* content = m.dict().find("content");
+    const jinja::Value* role = m.dict().find("role");
+    if (!content || !content->is_string() || !role || !role->is_string()) continue;
+    const std::string text = trimmed(content->str());
+    if (text.empty() || rendered.find(text) != std::string::npos) continue;
+    // Not there as written (the template may rewrite content): render with a marker instead.
+    const std::string marker = "\x1fqlora-message-" + std::to_string(i) + "\x1f";
+    jinja::ValueList copy = all;
+    jinja::ValueDict d = m.dict();
+    d.set("content", jinja::Value(marker));
+    copy[i] = jinja::Value(std::move(d));
+    std::string with_marker;
+    try {
+      with_marker = tmpl_.render(vars(jinja::Value(std::move(copy)), false, extra)).text;
+    } catch (const UserError&) {
+      continue;  // cannot tell; the conversation itself rendered
+    }
+    if (with_marker.find(marker) != std::string::npos) continue;
+    const std::string& r = role->str();
+    const bool named =
+        source_.find("'" + r + "'") != std::string::npos || source_.find('"' + r + '"') != std::string::npos;
+    if (!named)
+      user_error(field, "[", i, "].role: \"", shorten(r), "\": this role is not handled by the chat template (",
+                 tmpl_.origin(), "): the message would be left out of the rendered conversation");
+    {
+      std::lock_guard<std::mutex> lock(warned_->mu);
+      if (!warned_->roles.insert(r).second) continue;
+    }
+    if (warn)
+      warn(field + "[" + std::to_string(i) + "]: the chat template (" + tmpl_.origin() + ") renders nothing for \"" +
+           shorten(r) + "\" messages; they are left out (reported once)");
+  }
 }
 
 }  // namespace qlora::tok

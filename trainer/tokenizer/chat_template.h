@@ -5,6 +5,8 @@
 // The rendered text already holds every special token the model expects (BOS included, when the
 // template writes it): it is tokenized WITHOUT adding special tokens again (see trainer/data).
 #pragma once
+#include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -51,6 +53,17 @@ class ChatTemplate {
   // if an assistant message cannot be located.
   Rendered render_for_training(const jinja::Value& messages, const Vars& extra = {}) const;
 
+  // Whether every message of `messages` made it into `rendered` (their rendering): a message
+  // with text content that is neither in the text (as is or trimmed) nor shows up when its
+  // content is replaced by a marker was left out by the template. If the template's source never
+  // names that message's role (as a quoted string), the template does not handle the role:
+  // UserError "FIELD[i].role: \"R\": ...". If it does name it, leaving the message out is the
+  // template's choice (e.g. a system prompt it does not support): `warn` is called once per role
+  // and template with one line.
+  // `field` names the message list in messages (the data file's key, e.g. "messages").
+  void check_rendered_messages(const jinja::Value& messages, const std::string& rendered, const Vars& extra,
+                               const std::string& field, const std::function<void(const std::string&)>& warn) const;
+
   const jinja::Template& jinja() const { return tmpl_; }
 
  private:
@@ -59,7 +72,10 @@ class ChatTemplate {
                                          const Vars& extra) const;
 
   jinja::Template tmpl_;
+  std::string source_;
   Vars special_;
+  struct Warned;                    // roles already reported by check_rendered_messages
+  std::shared_ptr<Warned> warned_;  // (shared by copies)
 };
 
 }  // namespace qlora::tok
