@@ -13,6 +13,7 @@
 #include "trainer/data/dataset.h"
 #include "trainer/data/formats.h"
 #include "trainer/data/loader.h"
+#include "trainer/data/records.h"
 #include "trainer/data/tokenize.h"
 
 using namespace qlora;
@@ -301,7 +302,48 @@ TEST(Files, MalformedLinesFailWithFileAndLineOrAreSkippedAndCounted) {
   EXPECT_EQ(first_error(""), e_path + ": the dataset is empty");
   EXPECT_EQ(first_error("\n  \n"), e_path + ": the dataset is empty");
   EXPECT_EQ(user_error_of([&] { build_datasets(one_dataset((dir / "missing.jsonl").string(), "text"), tk); }),
-            (dir / "missing.jsonl").string() + ": cannot open dataset file");
+            (dir / "missing.jsonl").string() + ": no such file (expected a dataset file, .jsonl or .json)");
+  EXPECT_EQ(user_error_of([&] { build_datasets(one_dataset(dir.string(), "text"), tk); }),
+            dir.string() + ": is a directory; expected a dataset file (.jsonl or .json)");
+}
+
+TEST(Files, LinesOfAnyLengthAreReadWholeUpToTheLimit) {
+  auto dir = qlora::test::temp_dir();
+  // Line lengths around the reader's 64 KiB chunk (a line is the text + 11 bytes of JSON): each
+  // record's text must come back whole, on its line.
+  std::vector<size_t> lens = {1, 65500, 65523, 65524, 65525, 65535, 131058, 131059, 131060, 200000};
+  std::string content;
+  std::vector<std::string> texts;
+  for (size_t n : lens) {
+    std::string t(n, 'a');
+    for (size_t i = 0; i < n; i += 97) t[i] = static_cast<char>('b' + i % 20);
+    texts.push_back(t);
+    content += json{{"text", t}}.dump() + "\n";
+  }
+  std::string path = write(dir / "long.jsonl", content.substr(0, content.size() - 1));  // last line: no '\n'
+  std::vector<Record> got;
+  read_records(path, false, nullptr, [&](std::vector<Record>& rs) {
+    for (auto& r : rs) got.push_back(r);
+  });
+  ASSERT_EQ(got.size(), texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    EXPECT_EQ(got[i].value["text"].get<std::string>(), texts[i]) << "line " << i + 1;
+    EXPECT_EQ(got[i].where, path + ":" + std::to_string(i + 1));
+  }
+  // A line longer than the limit is an error naming its line (or skipped and counted), and the
+  // lines after it are still read.
+  std::string good = json{{"text", "x"}}.dump();
+  std::string huge = json{{"text", std::string(kMaxLineBytes, 'z')}}.dump();
+  std::string hp = write(dir / "huge.jsonl", good + "\n" + huge + "\n" + good + "\n");
+  EXPECT_EQ(user_error_of([&] { read_records(hp, false, nullptr, [](std::vector<Record>&) {}); }),
+            hp + ":2: the line is " + std::to_string(huge.size()) + " bytes long; a record may have at most 64 MiB");
+  int64_t skipped = 0;
+  std::vector<std::string> where;
+  read_records(hp, true, &skipped, [&](std::vector<Record>& rs) {
+    for (auto& r : rs) where.push_back(r.where);
+  });
+  EXPECT_EQ(skipped, 1);
+  EXPECT_EQ(where, (std::vector<std::string>{hp + ":1", hp + ":3"}));
 }
 
 TEST(Files, JsonArrayFilesNameTheElementLine) {

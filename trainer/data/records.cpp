@@ -10,6 +10,8 @@
 
 namespace qlora::data {
 
+namespace stdfs = std::filesystem;
+
 namespace {
 
 using ojson = nlohmann::ordered_json;
@@ -77,6 +79,37 @@ std::vector<size_t> array_element_offsets(const std::string& text, size_t open) 
   return starts;
 }
 
+// Reads one line (without its '\n') into `line`; false at the end of the input. A line longer
+// than `limit` bytes is read to its end but not kept: `*too_long` says so and `*length` has its
+// length, so one huge line costs no more memory than the limit.
+bool read_line(std::istream& in, std::string& line, size_t limit, bool* too_long, size_t* length) {
+  line.clear();
+  *too_long = false;
+  *length = 0;
+  char buf[1 << 16];
+  bool any = false;
+  for (;;) {
+    in.getline(buf, sizeof buf);
+    const auto n = static_cast<size_t>(in.gcount());
+    const bool full = in.fail() && !in.eof() && n == sizeof buf - 1;  // no '\n' within the buffer yet
+    if (n == 0 && !any && in.fail()) return false;
+    any = true;
+    const size_t kept = full || in.eof() ? n : n - 1;  // gcount counts the extracted '\n'
+    *length += kept;
+    if (*length > limit) {
+      *too_long = true;
+      line.clear();
+    } else {
+      line.append(buf, kept);
+    }
+    if (!full) {
+      in.clear(in.eof() ? std::ios::eofbit : std::ios::goodbit);
+      return true;
+    }
+    in.clear();  // a full buffer set failbit; the line goes on
+  }
+}
+
 }  // namespace
 
 std::string json_type(const ojson& j) {
@@ -97,6 +130,9 @@ void read_records(const std::filesystem::path& path, bool skip_invalid, int64_t*
                   const std::function<void(std::vector<Record>&)>& fn, size_t chunk) {
   const std::string name = path.string();
   std::ifstream in(path, std::ios::binary);
+  std::error_code ec;
+  if (stdfs::is_directory(path, ec)) user_error(name, ": is a directory; expected a dataset file (.jsonl or .json)");
+  if (!stdfs::exists(path, ec)) user_error(name, ": no such file (expected a dataset file, .jsonl or .json)");
   if (!in) user_error(name, ": cannot open dataset file");
   auto bad = [&](size_t line, const std::string& what) {
     if (!skip_invalid) user_error(name, ":", line, ": ", what);
@@ -155,8 +191,15 @@ void read_records(const std::filesystem::path& path, bool skip_invalid, int64_t*
 
   std::string line;
   size_t lineno = 0;
-  while (std::getline(in, line)) {
+  bool too_long = false;
+  size_t length = 0;
+  while (read_line(in, line, kMaxLineBytes, &too_long, &length)) {
     ++lineno;
+    if (too_long) {
+      bad(lineno, "the line is " + std::to_string(length) + " bytes long; a record may have at most " +
+                      std::to_string(kMaxLineBytes >> 20) + " MiB");
+      continue;
+    }
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (lineno == 1 && line.starts_with("\xEF\xBB\xBF")) line.erase(0, 3);
     if (std::all_of(line.begin(), line.end(), ascii_is_space)) continue;

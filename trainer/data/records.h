@@ -14,11 +14,15 @@ struct Record {
   std::string where;             // "path:line", the prefix of every message about it
 };
 
+// The longest line of a JSON Lines file: a longer one is an error (or skipped), never read whole.
+inline constexpr size_t kMaxLineBytes = size_t{64} << 20;
+
 // Reads `path` in chunks of records and calls `fn` with each chunk, in file order.
 // Format: .jsonl is JSON Lines; .json is a JSON array when it starts with '[', else JSON Lines
 // (as HF datasets reads it). Blank lines are skipped.
-// Malformed input is a UserError "path:line: what is wrong" (invalid UTF-8, bad JSON, not an
-// object), or, with skip_invalid, skipped and added to *skipped.
+// A path that does not exist or is a directory is a UserError naming it as such. Malformed
+// input is a UserError "path:line: what is wrong" (invalid UTF-8, bad JSON, not an object, a
+// line longer than kMaxLineBytes), or, with skip_invalid, skipped and added to *skipped.
 void read_records(const std::filesystem::path& path, bool skip_invalid, int64_t* skipped,
                   const std::function<void(std::vector<Record>&)>& fn, size_t chunk = 2048);
 

@@ -12,6 +12,15 @@ namespace qlora::io {
 
 namespace stdfs = std::filesystem;
 
+std::string json_error_text(const std::exception& e) {
+  std::string m = e.what();
+  if (m.starts_with("[json.exception.")) {
+    const size_t p = m.find("] ");
+    if (p != std::string::npos) m.erase(0, p + 2);
+  }
+  return m;
+}
+
 HfCheckpoint::HfCheckpoint(const stdfs::path& dir) : dir_(dir) {
   const std::string d = dir.string();
   if (stdfs::is_regular_file(dir) && dir.extension() == ".safetensors") {
@@ -24,7 +33,9 @@ HfCheckpoint::HfCheckpoint(const stdfs::path& dir) : dir_(dir) {
       nlohmann::json j;
       try {
         j = nlohmann::json::parse(fs::read_file(index));
-      } catch (const nlohmann::json::exception& e) { user_error(index.string(), ": not valid JSON: ", e.what()); }
+      } catch (const nlohmann::json::exception& e) {
+        user_error(index.string(), ": not valid JSON: ", json_error_text(e));
+      }
       if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
         user_error(index.string(), ": weight_map: expected an object {tensor name: shard file}");
       std::map<std::string, size_t> shard_ix;

@@ -5,12 +5,20 @@
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
 #include "trainer/io/dtype.h"
+#include "trainer/io/hf_checkpoint.h"
 
 namespace qlora::model {
 
 namespace {
 
 using json = nlohmann::json;
+
+// A value for a message: its JSON text, cut short so a huge value is not echoed whole.
+std::string shown(const json& v) {
+  std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
+  if (s.size() > 64) s = s.substr(0, 60) + " ...";
+  return s;
+}
 
 struct Reader {
   const json& j;
@@ -27,24 +35,24 @@ struct Reader {
     if (v.is_number_integer()) return v.get<int64_t>();
     if (v.is_number_float() && v.get<double>() == static_cast<double>(static_cast<int64_t>(v.get<double>())))
       return static_cast<int64_t>(v.get<double>());
-    user_error(where, key, ": expected an integer, got ", v.dump());
+    user_error(where, key, ": expected an integer, got ", shown(v));
   }
   double get_double(const char* key, double def) const {
     if (!has(key)) return def;
     const json& v = j.at(key);
-    if (!v.is_number()) user_error(where, key, ": expected a number, got ", v.dump());
+    if (!v.is_number()) user_error(where, key, ": expected a number, got ", shown(v));
     return v.get<double>();
   }
   bool get_bool(const char* key, bool def) const {
     if (!has(key)) return def;
     const json& v = j.at(key);
-    if (!v.is_boolean()) user_error(where, key, ": expected true or false, got ", v.dump());
+    if (!v.is_boolean()) user_error(where, key, ": expected true or false, got ", shown(v));
     return v.get<bool>();
   }
   std::string get_string(const char* key, const std::string& def) const {
     if (!has(key)) return def;
     const json& v = j.at(key);
-    if (!v.is_string()) user_error(where, key, ": expected a string, got ", v.dump());
+    if (!v.is_string()) user_error(where, key, ": expected a string, got ", shown(v));
     return v.get<std::string>();
   }
   std::optional<int64_t> get_opt_int(const char* key) const {
@@ -77,7 +85,7 @@ void read_rope(const Reader& top, ModelConfig& c) {
   }
   c.rope.theta = top.get_double("rope_theta", 10000.0);
   if (!params) return;
-  if (!params->is_object()) user_error(top.where, pname, ": expected an object, got ", params->dump());
+  if (!params->is_object()) user_error(top.where, pname, ": expected an object, got ", shown(*params));
   for (auto it = params->begin(); it != params->end(); ++it)
     if (it.value().is_object())
       user_error(top.where, pname, ".", it.key(), ": per-layer-type RoPE parameters are not supported");
@@ -167,7 +175,7 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::exception& e) { user_error(path.string(), ": not valid JSON: ", e.what()); }
+  } catch (const json::exception& e) { user_error(path.string(), ": not valid JSON: ", io::json_error_text(e)); }
   if (!j.is_object()) user_error(path.string(), ": expected a JSON object");
   Reader r{j, path.string() + ": "};
   ModelConfig c;
@@ -178,7 +186,7 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   if (r.has("architectures")) {
     const json& a = j.at("architectures");
     if (!a.is_array() || a.empty() || !a[0].is_string())
-      user_error(r.where, "architectures: expected a list with one class name, got ", a.dump());
+      user_error(r.where, "architectures: expected a list with one class name, got ", shown(a));
     arch = a[0].get<std::string>();
   }
   c.model_type = r.get_string("model_type", "");
