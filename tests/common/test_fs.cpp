@@ -65,3 +65,27 @@ TEST(Fs, StagedDirPublishesOnlyOnCommit) {
   EXPECT_EQ(slurp(d / "out" / "y"), "4");
   EXPECT_EQ(entries(d), 1u);
 }
+
+TEST(Fs, PublicPathNamesWhatAStagedFileBecomes) {
+  const std::filesystem::path staged = fs::temp_sibling("/runs/a/checkpoints/checkpoint-000004");
+  EXPECT_NE(staged.filename().string(), "checkpoint-000004");
+  EXPECT_EQ(fs::public_path(staged / "adapter_model.safetensors"),
+            std::filesystem::path("/runs/a/checkpoints/checkpoint-000004/adapter_model.safetensors"));
+  // Names that only look similar stay as they are.
+  for (const char* p :
+       {"/x/.hidden", "/x/.a.tmp-", "/x/.a.tmp-1", "/x/.a.tmp-1-", "/x/.a.tmp-1-2x", "/x/a.tmp-1-2", "rel/.tmp-1-2"})
+    EXPECT_EQ(fs::public_path(p), std::filesystem::path(p)) << p;
+}
+
+TEST(Fs, ErrorsWhileStagingNameTheFinalPathNotTheStagingFolder) {
+  auto d = test::temp_dir();
+  fs::StagedDir s(d / "out");
+  try {
+    fs::write_file_atomic(s.path() / "missing_subdir" / "x.json", "{}");
+    FAIL() << "expected UserError";
+  } catch (const UserError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find((d / "out" / "missing_subdir" / "x.json").string() + ": "), std::string::npos) << m;
+    EXPECT_EQ(m.find(".tmp-"), std::string::npos) << m;
+  }
+}

@@ -43,9 +43,35 @@ stdfs::path temp_sibling(const stdfs::path& final_path) {
   return dir / name;
 }
 
+namespace {
+// ".<name>.tmp-<pid>-<n>" -> "<name>"; any other component unchanged.
+std::string public_component(const std::string& c) {
+  const size_t t = c.rfind(".tmp-");
+  if (c.size() < 2 || c[0] != '.' || t == std::string::npos || t < 2) return c;
+  size_t i = t + 5, digits = 0, dashes = 0;
+  for (; i < c.size(); ++i) {
+    if (c[i] >= '0' && c[i] <= '9') {
+      ++digits;
+    } else if (c[i] == '-' && digits > 0 && dashes == 0) {
+      ++dashes;
+      digits = 0;
+    } else {
+      return c;
+    }
+  }
+  return (dashes == 1 && digits > 0) ? c.substr(1, t - 1) : c;
+}
+}  // namespace
+
+stdfs::path public_path(const stdfs::path& path) {
+  stdfs::path out;
+  for (const auto& c : path) out /= public_component(c.string());
+  return out;
+}
+
 AtomicFile::AtomicFile(stdfs::path path) : path_(std::move(path)), tmp_(temp_sibling(path_)) {
   fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd_ < 0) user_error(path_.string(), ": cannot write: ", std::strerror(errno));
+  if (fd_ < 0) user_error(public_path(path_).string(), ": cannot write: ", std::strerror(errno));
 }
 
 AtomicFile::~AtomicFile() {
@@ -61,7 +87,7 @@ void AtomicFile::write(const void* data, size_t n) {
     const ssize_t w = ::write(fd_, c, n);
     if (w < 0) {
       if (errno == EINTR) continue;
-      user_error(path_.string(), ": write failed: ", std::strerror(errno));  // the destructor unlinks
+      user_error(public_path(path_).string(), ": write failed: ", std::strerror(errno));  // the destructor unlinks
     }
     c += w;
     n -= static_cast<size_t>(w);
@@ -74,16 +100,20 @@ void AtomicFile::commit() {
   if (::fsync(fd) != 0 || ::close(fd) != 0) {
     const int err = errno;
     ::unlink(tmp_.c_str());
-    user_error(path_.string(), ": write failed: ", std::strerror(err));
+    user_error(public_path(path_).string(), ": write failed: ", std::strerror(err));
   }
   std::error_code ec;
   stdfs::rename(tmp_, path_, ec);
   if (ec) {
     ::unlink(tmp_.c_str());
-    user_error(path_.string(), ": cannot rename into place: ", ec.message());
+    user_error(public_path(path_).string(), ": cannot rename into place: ", ec.message());
   }
   const stdfs::path dir = path_.parent_path();
-  fsync_path(dir.empty() ? stdfs::path(".") : dir);
+  try {
+    fsync_path(dir.empty() ? stdfs::path(".") : dir);
+  } catch (const std::system_error& e) {
+    user_error(public_path(path_).string(), ": write failed: ", e.code().message());
+  }
 }
 
 void write_file_atomic(const stdfs::path& path, std::string_view bytes) {
@@ -103,7 +133,7 @@ StagedDir::StagedDir(stdfs::path final_dir, bool replace_existing)
   tmp_ = temp_sibling(final_);
   std::error_code ec;
   stdfs::create_directory(tmp_, ec);
-  if (ec) user_error(tmp_.string(), ": cannot create directory: ", ec.message());
+  if (ec) user_error(public_path(final_).string(), ": cannot create directory: ", ec.message());
 }
 
 StagedDir::~StagedDir() {
@@ -114,10 +144,14 @@ StagedDir::~StagedDir() {
 }
 
 void StagedDir::commit() {
-  for (const auto& e : stdfs::recursive_directory_iterator(tmp_)) {
-    if (e.is_regular_file()) fsync_path(e.path());
+  try {
+    for (const auto& e : stdfs::recursive_directory_iterator(tmp_)) {
+      if (e.is_regular_file()) fsync_path(e.path());
+    }
+    fsync_path(tmp_);
+  } catch (const std::system_error& e) {  // filesystem_error too
+    user_error(public_path(final_).string(), ": write failed: ", e.code().message());
   }
-  fsync_path(tmp_);
   std::error_code ec;
   if (stdfs::exists(final_)) {
     if (!replace_) user_error(final_.string(), ": already exists");

@@ -39,11 +39,17 @@ void fsync_path(const stdfs::path& path);
 // A unique sibling name for building `final_path` out of place: "<dir>/.<name>.tmp-<pid>-<n>".
 stdfs::path temp_sibling(const stdfs::path& final_path);
 
+// The path the user knows: every component named like a temp_sibling (".<name>.tmp-<pid>-<n>")
+// becomes <name> again, so errors about a file being staged name the file it will become
+// ("run/checkpoints/checkpoint-000004/adapter_model.safetensors"), never the staging folder.
+stdfs::path public_path(const stdfs::path& path);
+
 // Builds a directory out of place and publishes it with one rename.
 //   StagedDir out(final_dir);   // creates the temporary sibling
 //   ... write into out.path() ...
 //   out.commit();               // fsyncs every file and the dir, renames over final_dir
-// If commit() is never called the temporary directory is removed.
+// If commit() is never called the temporary directory is removed. Errors (a full disk included)
+// are UserErrors naming final_dir or the file inside it, never the temporary name.
 class StagedDir {
  public:
   explicit StagedDir(stdfs::path final_dir, bool replace_existing = false);

@@ -410,7 +410,9 @@ class MergedWriter {
         if (!e.is_regular_file() || io::is_hf_weight_file(e.path()) || n == "config.json" || n.empty() || n[0] == '.')
           continue;
         if (i > 0 && !is_tokenizer_file(n)) continue;
-        stdfs::copy_file(e.path(), dir / n, stdfs::copy_options::overwrite_existing);
+        std::error_code ec;
+        stdfs::copy_file(e.path(), dir / n, stdfs::copy_options::overwrite_existing, ec);
+        if (ec) user_error(fs::public_path(dir / n).string(), ": cannot copy ", e.path().string(), ": ", ec.message());
         if (std::find(rep.files.begin(), rep.files.end(), n) == rep.files.end()) rep.files.push_back(n);
       }
     }
