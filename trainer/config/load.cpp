@@ -31,7 +31,15 @@ struct Val {
   std::vector<std::string> items;                // List (strings)
   std::vector<std::pair<std::string, Val>> map;  // Map
   std::vector<Val> seq;                          // Seq (of Map)
+  // Declared here, defaulted below, where Val is complete (clang needs it for `map`).
+  Val();
+  Val(Kind k, std::string t, std::vector<std::string> i, std::vector<std::pair<std::string, Val>> m,
+      std::vector<Val> s);
 };
+Val::Val() = default;
+Val::Val(Kind k, std::string t, std::vector<std::string> i, std::vector<std::pair<std::string, Val>> m,
+         std::vector<Val> s)
+    : kind(k), text(std::move(t)), items(std::move(i)), map(std::move(m)), seq(std::move(s)) {}
 
 Val plain(std::string s) { return {Val::Plain, std::move(s), {}, {}, {}}; }
 Val str(std::string s) { return {Val::Str, std::move(s), {}, {}, {}}; }
