@@ -3,6 +3,9 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <cmath>
+#include <cstdint>
+
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
 #include "trainer/io/safetensors.h"
@@ -68,26 +71,31 @@ PeftAdapterConfig read_peft_adapter_config(const std::filesystem::path& dir) {
   };
   auto num = [&](const char* k, double def) -> double {
     if (!j.contains(k) || j[k].is_null()) return def;
-    if (!j[k].is_number()) user_error(p, ": ", k, ": expected a number");
+    if (!j[k].is_number() || !std::isfinite(j[k].get<double>())) user_error(p, ": ", k, ": expected a number");
     return j[k].get<double>();
+  };
+  auto flag = [&](const char* k) -> bool {
+    if (!j.contains(k) || j[k].is_null()) return false;
+    if (!j[k].is_boolean()) user_error(p, ": ", k, ": expected true or false");
+    return j[k].get<bool>();
   };
   if (str("peft_type", "LORA") != "LORA")
     user_error(p, ": peft_type: only LORA adapters are supported, got ", str("peft_type", ""));
-  if (j.value("use_dora", false)) user_error(p, ": use_dora: DoRA adapters are not supported");
+  if (flag("use_dora")) user_error(p, ": use_dora: DoRA adapters are not supported");
   if (j.contains("modules_to_save") && !j["modules_to_save"].is_null() && !j["modules_to_save"].empty())
     user_error(p, ": modules_to_save: adapters that also train full modules are not supported");
   for (const char* k : {"rank_pattern", "alpha_pattern"})
     if (j.contains(k) && j[k].is_object() && !j[k].empty())
       user_error(p, ": ", k, ": per-module ranks are not supported");
-  if (j.value("fan_in_fan_out", false)) user_error(p, ": fan_in_fan_out: only false is supported");
+  if (flag("fan_in_fan_out")) user_error(p, ": fan_in_fan_out: only false is supported");
   PeftAdapterConfig c;
   c.base_model_name_or_path = str("base_model_name_or_path", "");
   const double r = num("r", 8);
-  if (r <= 0 || r != static_cast<int64_t>(r)) user_error(p, ": r: expected a positive integer");
+  if (!(r > 0 && r <= INT32_MAX) || r != std::floor(r)) user_error(p, ": r: expected a positive integer");
   c.r = static_cast<int64_t>(r);
   c.lora_alpha = num("lora_alpha", 8);
   c.lora_dropout = num("lora_dropout", 0);
-  c.use_rslora = j.value("use_rslora", false);
+  c.use_rslora = flag("use_rslora");
   if (!j.contains("target_modules")) user_error(p, ": target_modules: missing");
   const auto& t = j["target_modules"];
   if (t.is_string()) {
