@@ -42,7 +42,9 @@ json read_json(const stdfs::path& p) {
   std::string text = read_text(p);
   try {
     return json::parse(text);
-  } catch (const json::parse_error& e) { user_error(p.string(), ": not valid JSON (", e.what(), ")"); }
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
+    user_error(p.string(), ": not valid JSON (", e.what(), ")");
+  }
 }
 
 // Typed accessors that turn a wrong type into one UserError line naming file and key.
