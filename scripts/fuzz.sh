@@ -84,7 +84,7 @@ case "${1:-}" in
         failed+=("$t")
         tail -n 40 "$build/smoke-$t.log"
       else
-        grep -E '^#[0-9]+ *DONE' "$build/smoke-$t.log" | tail -n 1 | sed "s/^/fuzz: $t: /"
+        { grep -E '^#[0-9]+[[:space:]]+DONE' "$build/smoke-$t.log" || true; } | tail -n 1 | sed "s/^/fuzz: $t: /"
       fi
       rm -rf "$work"
     done
