@@ -54,8 +54,13 @@ run_target() {  # TARGET CORPUS_DIR [extra libFuzzer args...]
   case "$t" in safetensors | peft | manifest) args+=(-detect_leaks=0) ;; esac
   local dirs=("$work" "$fuzzdir/corpus/$t")
   [ -d "$fuzzdir/regressions/$t" ] && dirs+=("$fuzzdir/regressions/$t")
-  UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}" \
-    "$exe" "${args[@]}" "$@" "${dirs[@]}"
+  # The files the target writes, in a folder of this run's own (RAM when /dev/shm exists).
+  local tmp rc=0
+  tmp="$(mktemp -d "$([ -d /dev/shm ] && echo /dev/shm || echo "${TMPDIR:-/tmp}")/qlora-fuzz.XXXXXX")"
+  QLORA_FUZZ_TMP="$tmp" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}" \
+    "$exe" "${args[@]}" "$@" "${dirs[@]}" || rc=$?
+  rm -rf "$tmp"
+  return "$rc"
 }
 
 case "${1:-}" in

@@ -35,12 +35,16 @@ void guarded(const char* what, F&& fn) {
   }
 }
 
-// A private directory for the files a target writes (on /dev/shm when it exists: the readers
-// under test take paths), removed at exit.
+// A private directory for the files a target writes (the readers under test take paths), under
+// $QLORA_FUZZ_TMP (scripts/fuzz.sh points it at a folder of its own and removes it afterwards:
+// a run that crashes or is killed leaves its files), else /dev/shm, else the temp directory;
+// removed at a normal exit.
 inline const std::filesystem::path& scratch_dir() {
   static const std::filesystem::path dir = [] {
-    std::string base =
-        std::filesystem::is_directory("/dev/shm") ? "/dev/shm" : std::filesystem::temp_directory_path().string();
+    const char* env = std::getenv("QLORA_FUZZ_TMP");
+    std::string base = env && *env                                 ? std::string(env)
+                       : std::filesystem::is_directory("/dev/shm") ? "/dev/shm"
+                                                                   : std::filesystem::temp_directory_path().string();
     std::string tmpl = base + "/qlora-fuzz-XXXXXX";
     if (!mkdtemp(tmpl.data())) {
       std::perror("fuzz: mkdtemp");
