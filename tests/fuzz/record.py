@@ -32,14 +32,16 @@ def parse(log_path):
     if done:
         m = done[-1]
         r.update(cov=int(m.group(3)), ft=int(m.group(4)), corpus_units=int(m.group(5)), corpus_size=m.group(6))
-    for key, name in (("number_executed_units", "runs"), ("average_exec_per_sec", "exec_per_sec"),
+    if done:  # a run that ends on a finding prints no totals: its last status line counts
+        r["runs"], r["exec_per_sec"] = int(done[-1].group(1)), int(done[-1].group(7))
+    for key, name in (("number_of_executed_units", "runs"), ("average_exec_per_sec", "exec_per_sec"),
                       ("peak_rss_mb", "peak_rss_mb"), ("slowest_unit_time_sec", "slowest_unit_s")):
         m = re.search(r"^stat::%s:\s*(\d+)" % key, text, re.M)
         if m:
             r[name] = int(m.group(1))
     m = re.search(r"^Done (\d+) runs in (\d+) second", text, re.M)
     if m:
-        r["seconds"] = int(m.group(2))
+        r["runs"], r["seconds"] = int(m.group(1)), int(m.group(2))
     m = re.search(r"^INFO: Seed: (\d+)", text, re.M)
     if m:
         r["seed"] = int(m.group(1))
