@@ -15,7 +15,8 @@ req="$here/requirements.txt"
 debs=(build-essential cmake ninja-build pkg-config ccache git
       libyaml-cpp-dev libcli11-dev libsentencepiece-dev sentencepiece
       nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev libicu-dev
-      python3-venv)
+      python3-venv
+      clang libclang-rt-14-dev)  # scripts/fuzz.sh: clang with libFuzzer and the sanitizer runtimes
 
 missing=()
 for p in "${debs[@]}"; do

@@ -31,7 +31,15 @@ struct Val {
   std::vector<std::string> items;                // List (strings)
   std::vector<std::pair<std::string, Val>> map;  // Map
   std::vector<Val> seq;                          // Seq (of Map)
+  // Declared here, defaulted below, where Val is complete (clang needs it for `map`).
+  Val();
+  Val(Kind k, std::string t, std::vector<std::string> i, std::vector<std::pair<std::string, Val>> m,
+      std::vector<Val> s);
 };
+Val::Val() = default;
+Val::Val(Kind k, std::string t, std::vector<std::string> i, std::vector<std::pair<std::string, Val>> m,
+         std::vector<Val> s)
+    : kind(k), text(std::move(t)), items(std::move(i)), map(std::move(m)), seq(std::move(s)) {}
 
 Val plain(std::string s) { return {Val::Plain, std::move(s), {}, {}, {}}; }
 Val str(std::string s) { return {Val::Str, std::move(s), {}, {}, {}}; }
@@ -946,10 +954,17 @@ Val config_val(const TrainConfig& c) {
   return m;
 }
 
+// Text that a plain scalar would not carry back as itself: ambiguous words, and leading or
+// trailing whitespace or control characters (a plain scalar is trimmed, "\r" ends its line).
+bool needs_quotes(const std::string& s) {
+  if (ambiguous_plain(s) || ascii_is_space(s.front()) || ascii_is_space(s.back())) return true;
+  return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
+}
+
 void emit_scalar(YAML::Emitter& out, const Val& v) {
   if (v.kind == Val::Null)
     out << YAML::Null;
-  else if (v.kind == Val::Str && ambiguous_plain(v.text))
+  else if (v.kind == Val::Str && needs_quotes(v.text))
     out << YAML::DoubleQuoted << v.text;
   else
     out << v.text;

@@ -174,6 +174,8 @@ void read_records(const std::filesystem::path& path, bool skip_invalid, int64_t*
       all = ojson::parse(text.begin() + bom, text.end());
     } catch (const nlohmann::json::parse_error& e) {
       user_error(name, ":", line_of(text, e.byte == 0 ? 0 : e.byte - 1 + bom), ": ", parse_message(e, false));
+    } catch (const nlohmann::json::exception& e) {  // a number out of range (1e400): no position given
+      user_error(name, ": ", parse_message(e, false));
     }
     std::vector<size_t> starts = array_element_offsets(text, text.find('['));
     for (size_t i = 0; i < all.size(); ++i) {
@@ -210,7 +212,7 @@ void read_records(const std::filesystem::path& path, bool skip_invalid, int64_t*
     ojson j;
     try {
       j = ojson::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
       bad(lineno, parse_message(e, true));
       continue;
     }

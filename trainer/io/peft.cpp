@@ -3,6 +3,9 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <cmath>
+#include <cstdint>
+
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
 #include "trainer/io/safetensors.h"
@@ -68,7 +71,7 @@ PeftAdapterConfig read_peft_adapter_config(const std::filesystem::path& dir) {
   };
   auto num = [&](const char* k, double def) -> double {
     if (!j.contains(k) || j[k].is_null()) return def;
-    if (!j[k].is_number()) user_error(p, ": ", k, ": expected a number");
+    if (!j[k].is_number() || !std::isfinite(j[k].get<double>())) user_error(p, ": ", k, ": expected a number");
     return j[k].get<double>();
   };
   auto flag = [&](const char* k) -> bool {

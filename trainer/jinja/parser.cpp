@@ -25,6 +25,20 @@ class Parser {
     fail(line, "unsupported construct in chat template: " + what);
   }
 
+  // Expressions and blocks nest at most this deep: the parser and the renderer recurse once per
+  // level, so a deeper template would overflow the stack instead of being refused.
+  static constexpr int kMaxNesting = 100;
+  struct Nest {
+    Parser& p;
+    Nest(Parser& parser, int line) : p(parser) {
+      if (++p.nest_ > kMaxNesting) {
+        --p.nest_;
+        p.fail(line, "nested more than " + std::to_string(kMaxNesting) + " levels deep");
+      }
+    }
+    ~Nest() { --p.nest_; }
+  };
+
   const Token& cur() const { return t_[i_]; }
   const Token& peek(size_t k = 1) const { return t_[std::min(i_ + k, t_.size() - 1)]; }
   bool is_op(const char* op) const { return cur().type == Tok::Op && cur().text == op; }
@@ -120,6 +134,7 @@ class Parser {
   }
 
   StmtPtr parse_statement() {
+    Nest nest(*this, cur().line);
     const Token& kw = cur();
     if (kw.type != Tok::Name) fail(kw.line, "expected a statement name after '{%', got " + describe(kw));
     const std::string& k = kw.text;
@@ -406,6 +421,7 @@ class Parser {
 
   ExprPtr parse_unary(bool with_filter) {
     int line = cur().line;
+    Nest nest(*this, line);
     ExprPtr node;
     if (is_op("-") || is_op("+")) {
       auto e = make(is_op("-") ? Expr::Neg : Expr::Pos, line);
@@ -627,6 +643,7 @@ class Parser {
   size_t i_ = 0;
   const std::string& origin_;
   int loop_depth_ = 0;
+  int nest_ = 0;
   bool has_generation_ = false;
 };
 

@@ -113,9 +113,12 @@ class Renderer {
       }
       case Stmt::Macro: {
         const Stmt* m = &s;
-        FramePtr closure = f;
+        // The frame holds the macro, so the macro holds its frame weakly (a shared_ptr both ways
+        // would never be freed); the renderer keeps the frame alive until the render ends.
+        macro_frames_.push_back(f);
+        std::weak_ptr<Frame> closure = f;
         f->vars[s.text] =
-            Value::function(s.text, [this, m, closure](CallArgs& a) { return call_macro(*m, closure, a); });
+            Value::function(s.text, [this, m, closure](CallArgs& a) { return call_macro(*m, closure.lock(), a); });
         return Flow::Normal;
       }
       case Stmt::Break: return Flow::Break;
@@ -363,6 +366,7 @@ class Renderer {
   std::string* main_ = nullptr;
   std::vector<std::pair<size_t, size_t>>* spans_ = nullptr;
   int depth_ = 0;
+  std::vector<FramePtr> macro_frames_;  // frames that define macros, alive for the whole render
 };
 
 }  // namespace

@@ -78,15 +78,24 @@ std::optional<std::string> verify_checkpoint(const stdfs::path& ckpt) {
   try {
     m = nlohmann::json::parse(fs::read_file(mp));
   } catch (const std::exception& e) { return std::string("manifest.json unreadable: ") + e.what(); }
-  if (!m.contains("files") || !m["files"].is_object()) return "manifest.json has no file list";
+  if (!m.is_object() || !m.contains("files") || !m["files"].is_object()) return "manifest.json has no file list";
+  if (!m.contains("step") || !m["step"].is_number_integer() || m["step"].get<int64_t>() < 0)
+    return "manifest.json has no step (a non-negative integer)";
   for (auto it = m["files"].begin(); it != m["files"].end(); ++it) {
-    const stdfs::path f = ckpt / it.key();
+    // Names are plain paths inside the checkpoint, as commit() writes them.
+    const stdfs::path rel = stdfs::path(it.key()).lexically_normal();
+    if (it.key().empty() || rel.is_absolute() || rel.empty() || *rel.begin() == ".." || *rel.begin() == ".")
+      return "manifest.json names a file outside the checkpoint: \"" + it.key() + "\"";
+    const auto& e = it.value();
+    if (!e.is_object() || !e.contains("bytes") || !e["bytes"].is_number_unsigned() || !e.contains("sha256") ||
+        !e["sha256"].is_string())
+      return "manifest.json: " + it.key() + ": expected {sha256, bytes}";
+    const stdfs::path f = ckpt / rel;
     std::error_code ec;
     if (!stdfs::is_regular_file(f, ec)) return "missing file " + it.key();
-    const uint64_t want = it.value().value("bytes", uint64_t{0});
-    if (stdfs::file_size(f, ec) != want) return "size mismatch in " + it.key();
+    if (stdfs::file_size(f, ec) != e["bytes"].get<uint64_t>()) return "size mismatch in " + it.key();
     try {
-      if (sha256_file(f) != it.value().value("sha256", std::string())) return "checksum mismatch in " + it.key();
+      if (sha256_file(f) != e["sha256"].get<std::string>()) return "checksum mismatch in " + it.key();
     } catch (const std::exception& e) { return std::string("unreadable ") + it.key(); }
   }
   return std::nullopt;
@@ -124,8 +133,11 @@ std::optional<stdfs::path> find_resume_checkpoint(const stdfs::path& checkpoints
 }
 
 int64_t checkpoint_step(const stdfs::path& ckpt) {
-  auto m = nlohmann::json::parse(fs::read_file(ckpt / kManifestFile));
-  return m.at("step").get<int64_t>();
+  const stdfs::path mp = ckpt / kManifestFile;
+  const auto m = nlohmann::json::parse(fs::read_file(mp), nullptr, /*allow_exceptions=*/false);
+  if (!m.is_object() || !m.contains("step") || !m["step"].is_number_integer() || m["step"].get<int64_t>() < 0)
+    user_error(mp.string(), ": step: expected a non-negative integer");
+  return m["step"].get<int64_t>();
 }
 
 stdfs::path pick_resume_checkpoint(const stdfs::path& run_dir, const stdfs::path& resume_path,

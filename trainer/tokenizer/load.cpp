@@ -30,6 +30,8 @@ using json = nlohmann::json;
 
 namespace {
 
+constexpr int64_t kMaxVocabId = (int64_t{1} << 24) - 1;
+
 std::string read_text(const stdfs::path& p) {
   std::ifstream f(p, std::ios::binary);
   if (!f) user_error(p.string(), ": cannot read the file");
@@ -42,7 +44,9 @@ json read_json(const stdfs::path& p) {
   std::string text = read_text(p);
   try {
     return json::parse(text);
-  } catch (const json::parse_error& e) { user_error(p.string(), ": not valid JSON (", e.what(), ")"); }
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
+    user_error(p.string(), ": not valid JSON (", e.what(), ")");
+  }
 }
 
 // Typed accessors that turn a wrong type into one UserError line naming file and key.
@@ -495,6 +499,10 @@ std::unique_ptr<Tokenizer> load_tokenizer_json(const stdfs::path& file, const To
   vocab.reserve(m["vocab"].size());
   for (auto& [tok, id] : m["vocab"].items()) {
     if (!id.is_number_integer()) c.fail("model.vocab", "id of \"" + tok + "\" is not an integer");
+    // The model keeps a table indexed by id: ids past 2^24 (vocabularies are far smaller) would
+    // make it gigabytes large.
+    if (id.get<int64_t>() < 0 || id.get<int64_t>() > kMaxVocabId)
+      c.fail("model.vocab", "id of \"" + tok + "\" is outside 0.." + std::to_string(kMaxVocabId));
     vocab.emplace(tok, id.get<int32_t>());
   }
   std::vector<std::pair<std::string, std::string>> merges;
