@@ -31,8 +31,6 @@ WRITES_FIRST = "config.yaml is rewritten before data, model and tokenizer are ch
 
 
 def case(area, file, key, expect, pending=None, name=None, late=None):
-    if late is None and area in ("data", "model", "tokenizer"):
-        late = WRITES_FIRST
 
     def wrap(fn):
         CASES.append(Case(name or fn.__name__, area, fn, file, key, expect, pending, late))
@@ -233,12 +231,12 @@ def config_missing_base_model(ctx):
     return train(ctx, {"base_model": None})
 
 
-@case("config", "nonexistent-model", "base_model", None, pending=LATE)
+@case("config", "nonexistent-model", "base_model", None)
 def config_base_model_missing(ctx):
     return train(ctx, {"base_model": ctx.path("nonexistent-model")})
 
 
-@case("config", "no-such-data.jsonl", None, "no such file", late=WRITES_FIRST)
+@case("config", "no-such-data.jsonl", None, "no such file")
 def config_dataset_path_missing(ctx):
     return train(ctx, {"datasets": "\n  - path: no-such-data.jsonl\n    type: alpaca"})
 
@@ -253,7 +251,7 @@ def config_dataset_without_path(ctx):
     return train(ctx, {"datasets": "\n  - type: alpaca"})
 
 
-@case("config", "no-tokenizer", "tokenizer", None, pending=LATE)
+@case("config", "no-tokenizer", "tokenizer", None)
 def config_tokenizer_missing(ctx):
     return train(ctx, {"tokenizer": ctx.path("no-tokenizer")})
 
@@ -264,27 +262,27 @@ def config_output_dir_is_file(ctx):
     return ["train", ctx.write("cfg.yaml", ctx.fx.config_text(f))]
 
 
-@case("config", "cfg.yaml", "lora_target_modules", "no_such_proj", pending=LATE)
+@case("config", "cfg.yaml", "lora_target_modules", "no_such_proj")
 def config_target_modules_match_nothing(ctx):
     return train(ctx, {"lora_target_linear": None, "lora_target_modules": "[no_such_proj]"})
 
 
-@case("config", "cfg.yaml", line("chat_template"), "template", pending=LATE)
+@case("config", "cfg.yaml", line("chat_template"), "template")
 def config_chat_template_does_not_parse(ctx):
     return train(ctx, {"chat_template": "'{% for m in messages %}{{ m.content }'"})
 
 
-@case("config", "cfg.yaml", line("sequence_len"), "at least", pending=LATE)
+@case("config", "cfg.yaml", line("sequence_len"), "at least")
 def config_sequence_len_below_minimum(ctx):
     return train(ctx, {"sequence_len": "1"})
 
 
-@case("config", "cfg.yaml", line("lora_r"), "lora_r", pending=MEM)
+@case("config", "cfg.yaml", line("lora_r"), "lora_r")
 def config_lora_r_above_layer_dims(ctx):
     return train(ctx, {"lora_r": "100000"})
 
 
-@case("config", "cfg.yaml", line("chat_template"), "chat_template", pending=LATE)
+@case("config", "cfg.yaml", line("chat_template"), "chat_template")
 def config_chat_template_unknown_name(ctx):
     return train(ctx, {"chat_template": "no_such_template",
                        "datasets": "\n  - path: %s\n    type: chat" % ctx.fx.chat})
@@ -487,7 +485,7 @@ def data_chat_role_rejected_by_template(ctx):
     return data_case(ctx, "\n".join(ls) + "\n", name="chat.jsonl", type_="chat", over={"chat_template": "mistral"})
 
 
-@case("data", "chat.jsonl", "chat.jsonl:3", "wizard", pending=ROLE)
+@case("data", "chat.jsonl", "chat.jsonl:3", "wizard")
 def data_chat_role_the_template_drops(ctx):
     ls = open(ctx.fx.chat).read().splitlines()
     r = json.loads(ls[2])
@@ -562,7 +560,7 @@ def model_header_length_past_eof(ctx):
     return train_model(ctx)
 
 
-@case("model", "model.safetensors", None, "JSON", pending=JSONMSG)
+@case("model", "model.safetensors", None, "JSON")
 def model_header_not_json(ctx):
     p = os.path.join(model(ctx), "model.safetensors")
     with open(p, "r+b") as fh:
@@ -622,7 +620,7 @@ def model_shape_disagrees_with_offsets(ctx):
     return train_model(ctx)
 
 
-@case("model", "model.safetensors", Q0, "overflow", pending=OVERFLOW)
+@case("model", "model.safetensors", Q0, "overflow")
 def model_shape_overflows(ctx):
     p = os.path.join(model(ctx), "model.safetensors")
     h, data = st_read(p)
@@ -710,7 +708,7 @@ def model_config_negative_vocab_size(ctx):
     return train_model(ctx)
 
 
-@case("model", "model.safetensors", Q0, "NaN", pending=NAN)
+@case("model", "model.safetensors", Q0, "NaN")
 def model_nan_weights(ctx):
     model(ctx)
 
@@ -761,7 +759,7 @@ def model_index_shard_outside_directory(ctx):
 # tokenizer files (in the copy of the model directory)
 
 
-@case("tokenizer", "tokenizer.json", None, "JSON", pending=JSONMSG)
+@case("tokenizer", "tokenizer.json", None, "JSON")
 def tokenizer_json_broken(ctx):
     p = os.path.join(model(ctx), "tokenizer.json")
     with open(p, "r+b") as fh:
@@ -787,14 +785,14 @@ def tokenizer_files_missing(ctx):
     return train_model(ctx)
 
 
-@case("tokenizer", "tokenizer_config.json", None, "JSON", pending=JSONMSG)
+@case("tokenizer", "tokenizer_config.json", None, "JSON")
 def tokenizer_config_not_json(ctx):
     with open(os.path.join(model(ctx), "tokenizer_config.json"), "w") as fh:
         fh.write("{'single': 'quotes'}")
     return train_model(ctx)
 
 
-@case("tokenizer", "tokenizer_config.json", "chat_template", "template", pending=LATE)
+@case("tokenizer", "tokenizer_config.json", "chat_template", "template")
 def tokenizer_config_bad_chat_template(ctx):
     edit_json(os.path.join(model(ctx), "tokenizer_config.json"),
               lambda j: j.update(chat_template="{% for m in messages %}{{ m.content }"))
@@ -832,7 +830,7 @@ def ckpt_case(ctx, mutate, fix_manifest=True):
     return ["train", ctx.config(checkpoints=True), "--resume", cp]
 
 
-@case("checkpoint", "trainer_state.json", None, "JSON", pending=CKPT)
+@case("checkpoint", "trainer_state.json", None, "JSON")
 def checkpoint_trainer_state_not_json(ctx):
     def m(cp):
         with open(os.path.join(cp, "trainer_state.json"), "a") as fh:
@@ -840,7 +838,7 @@ def checkpoint_trainer_state_not_json(ctx):
     return ckpt_case(ctx, m)
 
 
-@case("checkpoint", "rng_state.safetensors", None, "size", pending=CKPT)
+@case("checkpoint", "rng_state.safetensors", None, "size")
 def checkpoint_rng_state_wrong_size(ctx):
     def m(cp):
         import torch
@@ -853,7 +851,7 @@ def checkpoint_rng_state_wrong_size(ctx):
     return ckpt_case(ctx, m)
 
 
-@case("checkpoint", "optimizer.safetensors", None, "optimizer", pending=CKPT)
+@case("checkpoint", "optimizer.safetensors", None, "optimizer")
 def checkpoint_optimizer_tensor_renamed(ctx):
     def m(cp):
         from safetensors.torch import load_file, save_file
@@ -865,7 +863,7 @@ def checkpoint_optimizer_tensor_renamed(ctx):
     return ckpt_case(ctx, m)
 
 
-@case("checkpoint", "optimizer.safetensors", None, "shape", pending=CKPT)
+@case("checkpoint", "optimizer.safetensors", None, "shape")
 def checkpoint_optimizer_tensor_wrong_shape(ctx):
     def m(cp):
         from safetensors.torch import load_file, save_file
@@ -877,7 +875,7 @@ def checkpoint_optimizer_tensor_wrong_shape(ctx):
     return ckpt_case(ctx, m)
 
 
-@case("checkpoint", "optimizer.safetensors", None, "dtype", pending=CKPT)
+@case("checkpoint", "optimizer.safetensors", None, "dtype")
 def checkpoint_optimizer_tensor_wrong_dtype(ctx):
     def m(cp):
         import torch
@@ -890,7 +888,7 @@ def checkpoint_optimizer_tensor_wrong_dtype(ctx):
     return ckpt_case(ctx, m)
 
 
-@case("checkpoint", "trainer_state.json", None, "step", pending=CKPT)
+@case("checkpoint", "trainer_state.json", None, "step")
 def checkpoint_step_disagrees_with_data_position(ctx):
     def m(cp):
         p = os.path.join(cp, "trainer_state.json")
@@ -925,7 +923,7 @@ def checkpoint_file_missing(ctx):
     return ckpt_case(ctx, lambda cp: os.remove(os.path.join(cp, "optimizer.json")), fix_manifest=False)
 
 
-@case("checkpoint", "adapter_config.json", "r", "expected", pending=CKPT)
+@case("checkpoint", "adapter_config.json", "r", "expected")
 def checkpoint_adapter_config_wrong_type(ctx):
     return ckpt_case(ctx, lambda cp: edit_json(os.path.join(cp, "adapter_config.json"), lambda j: j.update(r="four")))
 
@@ -938,7 +936,7 @@ def export(ctx, *args):
     return ["export", ctx.run_dir()] + list(args)
 
 
-@case("export", "--format", "--format", "peft", pending=CLI)
+@case("export", "--format", "--format", "peft")
 def export_bad_format(ctx):
     return export(ctx, "--format", "onnx", "--out", ctx.path("out"))
 
@@ -959,7 +957,7 @@ def export_missing_checkpoint(ctx):
     return ["export", ctx.path("no-such-run"), "--format", "peft", "--out", ctx.path("out")]
 
 
-@case("export", "--dtype", "--dtype", "bf16", pending=CLI)
+@case("export", "--dtype", "--dtype", "bf16")
 def export_bad_dtype(ctx):
     return export(ctx, "--format", "merged", "--dtype", "fp8", "--out", ctx.path("out"))
 
@@ -969,7 +967,7 @@ def export_bad_max_shard_size(ctx):
     return export(ctx, "--format", "merged", "--max-shard-size", "huge", "--out", ctx.path("out"))
 
 
-@case("export", "--merge-into", "--merge-into", "original", pending=CLI)
+@case("export", "--merge-into", "--merge-into", "original")
 def export_bad_merge_into(ctx):
     return export(ctx, "--format", "merged", "--merge-into", "whatever", "--out", ctx.path("out"))
 
@@ -979,7 +977,7 @@ def export_base_model_missing(ctx):
     return export(ctx, "--format", "merged", "--base-model", ctx.path("no-model"), "--out", ctx.path("out"))
 
 
-@case("generate", "adapter_config.json", None, "JSON", pending=JSONMSG)
+@case("generate", "adapter_config.json", None, "JSON")
 def generate_adapter_garbage(ctx):
     ctx.write("garbage/adapter_model.safetensors", b"\x00" * 100)
     ctx.write("garbage/adapter_config.json", "not json")
@@ -1001,7 +999,7 @@ def generate_top_p_above_one(ctx):
     return ["generate", "--model", ctx.fx.model, "--prompt", "hi", "--top-p", "1.5"]
 
 
-@case("generate", "--max-new-tokens", "--max-new-tokens", "expected", pending=CLI)
+@case("generate", "--max-new-tokens", "--max-new-tokens", "expected")
 def generate_max_new_tokens_not_a_number(ctx):
     return ["generate", "--model", ctx.fx.model, "--prompt", "hi", "--max-new-tokens", "many"]
 
@@ -1054,18 +1052,18 @@ def inspect_missing_directory(ctx):
     return ["inspect", ctx.path("no-model")]
 
 
-@case("inspect", "model.safetensors", "lm_head.weight", "missing", pending="inspect exits non-zero on problems")
+@case("inspect", "model.safetensors", "lm_head.weight", "missing")
 def inspect_reports_problem(ctx):
     model(ctx)
     save_model_tensors(ctx, lambda sd, torch: sd.pop("lm_head.weight"))
     return ["inspect", ctx.path("model")]
 
 
-@case("cli", "--no-such-flag", "--no-such-flag", "option", pending=CLI)
+@case("cli", "--no-such-flag", "--no-such-flag", "option")
 def cli_unknown_option(ctx):
     return train(ctx, args=["--no-such-flag"])
 
 
-@case("cli", "trian", "trian", "subcommand", pending=CLI)
+@case("cli", "trian", "trian", "subcommand")
 def cli_unknown_subcommand(ctx):
     return ["trian", "cfg.yaml"]

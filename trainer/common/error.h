@@ -36,6 +36,17 @@ inline std::string shorten(std::string_view s, size_t max = 80) {
   return std::string(s.substr(0, cut)) + "... (" + std::to_string(s.size()) + " bytes)";
 }
 
+// The message of a JSON library exception without its "[json.exception.parse_error.101] " id:
+// what a user is shown of a file that is not valid JSON.
+inline std::string json_error_text(const std::exception& e) {
+  std::string m = e.what();
+  if (m.starts_with("[json.exception.")) {
+    const size_t p = m.find("] ");
+    if (p != std::string::npos) m.erase(0, p + 2);
+  }
+  return m;
+}
+
 // Throws UserError with the arguments streamed together.
 template <class... Args>
 [[noreturn]] void user_error(Args&&... args) {

@@ -381,7 +381,7 @@ class MergedWriter {
     nlohmann::ordered_json cfg;
     try {
       cfg = nlohmann::ordered_json::parse(fs::read_file(p));
-    } catch (const nlohmann::json::exception& e) { user_error(p.string(), ": not valid JSON: ", e.what()); }
+    } catch (const nlohmann::json::exception& e) { user_error(p.string(), ": not valid JSON: ", json_error_text(e)); }
     cfg.erase("quantization_config");
     cfg.erase("_pre_quantization_dtype");
     const std::string dtype_name(io::float_dtype_name(dtype_).value());  // "bfloat16", ...

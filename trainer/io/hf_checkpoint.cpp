@@ -12,15 +12,6 @@ namespace qlora::io {
 
 namespace stdfs = std::filesystem;
 
-std::string json_error_text(const std::exception& e) {
-  std::string m = e.what();
-  if (m.starts_with("[json.exception.")) {
-    const size_t p = m.find("] ");
-    if (p != std::string::npos) m.erase(0, p + 2);
-  }
-  return m;
-}
-
 HfCheckpoint::HfCheckpoint(const stdfs::path& dir) : dir_(dir) {
   const std::string d = dir.string();
   if (stdfs::is_regular_file(dir) && dir.extension() == ".safetensors") {

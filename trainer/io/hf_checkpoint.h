@@ -45,10 +45,6 @@ class HfCheckpoint {
   std::map<std::string, size_t, std::less<>> where_;  // tensor name -> index into files_
 };
 
-// The message of a JSON library error without its exception id ("[json.exception.parse_error.101] "),
-// for the one-line errors about config.json and index files.
-std::string json_error_text(const std::exception& e);
-
 // Shards as save_pretrained cuts them: in order, a tensor opens a new shard when it would push a
 // non-empty shard past `max_shard_bytes` (a single tensor larger than the limit stands alone).
 // `bytes[i]` is tensor i's size; the result lists each shard's tensor indices (at least one shard).

@@ -62,7 +62,7 @@ PeftAdapterConfig read_peft_adapter_config(const std::filesystem::path& dir) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(fs::read_file(path));
-  } catch (const nlohmann::json::exception& e) { user_error(p, ": not valid JSON: ", e.what()); }
+  } catch (const nlohmann::json::exception& e) { user_error(p, ": not valid JSON: ", json_error_text(e)); }
   if (!j.is_object()) user_error(p, ": expected a JSON object");
   auto str = [&](const char* k, const std::string& def) -> std::string {
     if (!j.contains(k) || j[k].is_null()) return def;

@@ -90,7 +90,9 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
   };
   try {
     h = nlohmann::json::parse(reinterpret_cast<const char*>(base + 8), reinterpret_cast<const char*>(base + 8 + n), cb);
-  } catch (const nlohmann::json::exception& e) { user_error(p, ": safetensors header is not valid JSON: ", e.what()); }
+  } catch (const nlohmann::json::exception& e) {
+    user_error(p, ": safetensors header is not valid JSON: ", json_error_text(e));
+  }
   if (!dup.empty()) user_error(p, ": duplicate tensor name \"", shorten(dup), "\" in the safetensors header");
   if (!h.is_object()) user_error(p, ": safetensors header is not a JSON object");
   for (auto it = h.begin(); it != h.end(); ++it) {

@@ -81,7 +81,7 @@ std::vector<int32_t> stop_ids_of(const std::filesystem::path& model_dir, const M
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(fs::read_file(gc));
-    } catch (const nlohmann::json::exception& e) { user_error(gc.string(), ": not valid JSON: ", e.what()); }
+    } catch (const nlohmann::json::exception& e) { user_error(gc.string(), ": not valid JSON: ", json_error_text(e)); }
     if (j.is_object() && j.contains("eos_token_id")) add_ids(j["eos_token_id"], ids);
   }
   if (tokenizer && tokenizer->special().eos_id) ids.push_back(*tokenizer->special().eos_id);

@@ -175,7 +175,7 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::exception& e) { user_error(path.string(), ": not valid JSON: ", io::json_error_text(e)); }
+  } catch (const json::exception& e) { user_error(path.string(), ": not valid JSON: ", json_error_text(e)); }
   if (!j.is_object()) user_error(path.string(), ": expected a JSON object");
   Reader r{j, path.string() + ": "};
   ModelConfig c;

@@ -417,7 +417,7 @@ void AdamW::load_state_dict(const OptimizerState& state) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(state.json);
-  } catch (const std::exception& e) { user_error("optimizer state: invalid JSON (", e.what(), ")"); }
+  } catch (const std::exception& e) { user_error("optimizer state: invalid JSON (", json_error_text(e), ")"); }
   if (!j.is_object() || j.value("format", "") != "qlora.adamw.v1")
     user_error("optimizer state: expected format \"qlora.adamw.v1\"");
   if (!j.contains("params") || !j["params"].is_array() || !j.contains("step") || !j["step"].is_number_integer())

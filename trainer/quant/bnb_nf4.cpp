@@ -101,7 +101,9 @@ kernels::NF4Tensor read_bnb_nf4(const io::HfCheckpoint& ckpt, const std::string&
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) { user_error(where(state_key), ": not valid JSON: ", e.what()); }
+  } catch (const nlohmann::json::exception& e) {
+    user_error(where(state_key), ": not valid JSON: ", json_error_text(e));
+  }
   if (!j.is_object()) user_error(where(state_key), ": expected a JSON object");
   auto field = [&](const char* k) -> const nlohmann::json& {
     if (!j.contains(k)) user_error(where(state_key), ": missing field \"", k, "\"");

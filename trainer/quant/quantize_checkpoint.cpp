@@ -65,7 +65,9 @@ QuantizeReport quantize_hf_checkpoint(const QuantizeOptions& opt) {
   nlohmann::ordered_json cfg;
   try {
     cfg = nlohmann::ordered_json::parse(fs::read_file(cfg_path));
-  } catch (const nlohmann::json::exception& e) { user_error(cfg_path.string(), ": not valid JSON: ", e.what()); }
+  } catch (const nlohmann::json::exception& e) {
+    user_error(cfg_path.string(), ": not valid JSON: ", json_error_text(e));
+  }
   if (!cfg.is_object()) user_error(cfg_path.string(), ": expected a JSON object");
   if (cfg.contains("quantization_config"))
     user_error(cfg_path.string(), ": quantization_config: the model is already quantized (",

@@ -77,7 +77,7 @@ std::optional<std::string> verify_checkpoint(const stdfs::path& ckpt) {
   nlohmann::json m;
   try {
     m = nlohmann::json::parse(fs::read_file(mp));
-  } catch (const std::exception& e) { return std::string("manifest.json unreadable: ") + e.what(); }
+  } catch (const std::exception& e) { return "manifest.json unreadable: " + json_error_text(e); }
   if (!m.is_object() || !m.contains("files") || !m["files"].is_object()) return "manifest.json has no file list";
   if (!m.contains("step") || !m["step"].is_number_integer() || m["step"].get<int64_t>() < 0)
     return "manifest.json has no step (a non-negative integer)";

@@ -39,7 +39,7 @@ constexpr int64_t kMaxCounter = int64_t{1} << 48;  // above this a step or row c
 json parse_json_file(const stdfs::path& f) {
   try {
     return json::parse(fs::read_file(f));
-  } catch (const json::exception& e) { bad(f, std::string("not valid JSON (") + e.what() + ")"); }
+  } catch (const json::exception& e) { bad(f, "not valid JSON (" + json_error_text(e) + ")"); }
 }
 
 const json& member(const json& j, const char* key, const stdfs::path& f, const std::string& prefix = "") {

@@ -45,7 +45,7 @@ json read_json(const stdfs::path& p) {
   try {
     return json::parse(text);
   } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
-    user_error(p.string(), ": not valid JSON (", e.what(), ")");
+    user_error(p.string(), ": not valid JSON (", json_error_text(e), ")");
   }
 }
 
