@@ -499,14 +499,19 @@ void finish(Session& s, Clock::time_point t_start) {
 
 // ---- out of memory ---------------------------------------------------------------------------
 
-// The bytes an allocation failure reports ("... tried to allocate N bytes ..."), 0 if none.
-uint64_t bytes_in_message(const std::string& m) {
+// The size an allocation failure reports: "N bytes" from the CPU allocator ("you tried to
+// allocate N bytes"), "2.00 GiB" from CUDA's ("Tried to allocate 2.00 GiB"); empty if none.
+std::string size_in_message(const std::string& m) {
   for (size_t at = m.find("allocate "); at != std::string::npos; at = m.find("allocate ", at + 1)) {
-    size_t n = 0;
-    while (at + 9 + n < m.size() && m[at + 9 + n] >= '0' && m[at + 9 + n] <= '9') ++n;
-    if (n) return parse_byte_size(m.substr(at + 9, n)).value_or(0);
+    const size_t b = at + 9;
+    size_t e = b;
+    while (e < m.size() && ((m[e] >= '0' && m[e] <= '9') || m[e] == '.')) ++e;
+    if (e == b || e >= m.size() || m[e] != ' ') continue;
+    size_t u = e + 1;
+    while (u < m.size() && ((m[u] >= 'a' && m[u] <= 'z') || (m[u] >= 'A' && m[u] <= 'Z'))) ++u;
+    if (u > e + 1) return m.substr(b, u - b);
   }
-  return 0;
+  return "";
 }
 
 // The exception in flight as an allocation failure: its message, or nullopt for anything else.
@@ -529,9 +534,9 @@ std::optional<std::string> allocation_failure(std::exception_ptr ep) {
 
 void report_out_of_memory(const std::string& what) {
   lift_process_memory_limit();
-  const uint64_t n = bytes_in_message(what);
+  const std::string size = size_in_message(what);
   std::string m = "qlora: error: out of memory while " + g_phase;
-  if (n) m += ": tried to allocate " + std::to_string(n) + " bytes";
+  if (!size.empty()) m += ": tried to allocate " + size;
   m += g_last_checkpoint.empty() ? "; no checkpoint was written"
                                  : "; the last checkpoint is intact: " + g_last_checkpoint;
   m += "; lower micro_batch_size or sequence_len, or set gradient_checkpointing: true\n";

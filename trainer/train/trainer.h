@@ -2,9 +2,9 @@
 // setup (every check first: output directory, resume checkpoint and its config, the model's
 // config.json against the config and the memory bound (preflight.h), tokenizer, chat template,
 // datasets; then the model (NF4 + LoRA), paged AdamW, schedule, and on resume the checkpoint's
-// state, run/checkpoint_state.h), and only then the run directory and its config.yaml; the loop {micro-batches, loss normalized by the
-// target tokens of the whole accumulated batch, clip, step, schedule, log, eval, checkpoint}, and
-// finish (final eval, checkpoint, loss plot).
+// state, run/checkpoint_state.h), and only then the run directory and its config.yaml; the loop
+// {micro-batches, loss normalized by the target tokens of the whole accumulated batch, clip, step,
+// schedule, log, eval, checkpoint}, and finish (final eval, checkpoint, loss plot).
 #pragma once
 #include <cstdint>
 #include <string>
