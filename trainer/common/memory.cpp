@@ -75,6 +75,8 @@ std::optional<HostMemory> host_memory_available() {
   return out;
 }
 
+uint64_t swap_free_bytes() { return read_kb_line("/proc/meminfo", "SwapFree:").value_or(0); }
+
 bool limit_process_memory(uint64_t bytes) {
 #if defined(QLORA_SANITIZER_SHADOW)
   (void)bytes;

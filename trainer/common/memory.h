@@ -25,6 +25,9 @@ struct HostMemory {
 };
 std::optional<HostMemory> host_memory_available();
 
+// Free swap (SwapFree of /proc/meminfo), 0 where it cannot be read.
+uint64_t swap_free_bytes();
+
 // Caps the process's data segment (RLIMIT_DATA: heap and private writable mappings) at `bytes`
 // beyond what it uses now, so that an allocation past it fails with an error the program can
 // report instead of the kernel's OOM killer ending the process with SIGKILL. False (and no

@@ -149,7 +149,7 @@ ExportReport export_peft(const ExportOptions& o, const run::AdapterSource& src) 
   for (const auto& [k, v] : src.tensors) rep.tensor_bytes += v.numel() * c10::elementSize(rep.dtype);
   if (base_holding(src).nf4)
     std::fprintf(stderr,
-                 "note: this adapter was trained against the NF4-quantized base; load the base in 4-bit "
+                 "qlora: note: this adapter was trained against the NF4-quantized base; load the base in 4-bit "
                  "(BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=\"nf4\")) to reproduce its numerics\n");
   return rep;
 }
@@ -260,11 +260,11 @@ class MergedWriter {
       quantize_ = hold.nf4 && !bnb;  // a bnb checkpoint is dequantized as it is
       if (!hold.nf4) {
         std::fprintf(stderr,
-                     "note: the adapter was trained on the 16-bit base (adapter: lora); merging into those weights\n");
+                     "qlora: note: the adapter was trained on the 16-bit base (adapter: lora); merging into those weights\n");
       } else if (!hold.known && !bnb) {
         std::fprintf(
             stderr,
-            "note: %s does not say how the base was held while training; assuming NF4 (blocksize 64, double "
+            "qlora: note: %s does not say how the base was held while training; assuming NF4 (blocksize 64, double "
             "quantization) as qlora trains. Use --merge-into original for an adapter trained on the 16-bit base.\n",
             (src_.dir / io::kPeftConfigFile).string().c_str());
       }

@@ -571,8 +571,20 @@ void apply_test_memory_limit() {
   if (!limit_process_memory(*b)) warn("QLORA_TEST_MEMORY_LIMIT: cannot limit memory in this build");
 }
 
+// A run on the CPU may not take more memory than the machine can give it (MemAvailable plus free
+// swap, or the room under a cgroup limit): past that, an allocation fails and ends the run with the
+// one-line message above, where the kernel's out-of-memory killer would end it with a silent
+// SIGKILL. memory_check: false leaves the process unlimited.
+void limit_to_available_memory(const Session& s) {
+  if (!s.device.is_cpu() || !s.cfg.memory_check || std::getenv("QLORA_TEST_MEMORY_LIMIT")) return;
+  const std::optional<HostMemory> h = host_memory_available();
+  if (!h) return;
+  limit_process_memory(h->available + (h->source == "MemAvailable" ? swap_free_bytes() : 0));
+}
+
 int train(Session& s, Clock::time_point t_start) {
   const config::TrainConfig& cfg = s.cfg;
+  limit_to_available_memory(s);
   setup(s);  // every check; nothing is written before this returns
   commit_run_dir(cfg);
   if (!s.resume_from.empty()) resume(s);
