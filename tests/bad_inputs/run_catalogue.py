@@ -12,10 +12,7 @@ Before the command every file under the case directory (inputs, a previous run d
 its checkpoints, an existing export) is hashed; after it the file list and the hashes must be
 identical. The fixture directory is hashed once and checked again at the end.
 
-Cases marked `pending` depend on behaviour not fixed yet: they run and are reported as "pending"
-when they fail, without failing the catalogue; cases marked `late` must pass every check but the
-last one (their bad input is found only after the run directory's config.yaml was rewritten),
-which is reported the same way. Every other case must pass.
+Every case must pass.
 Cases are in cases.py.
 """
 import argparse
@@ -172,13 +169,11 @@ class Fixture:
 class Case:
     """One bad input. `setup(ctx)` prepares the case directory and returns the argument list
     (after the executable). `file`, `key` and `expect` are fragments the error line must hold
-    (`expect` case-insensitively); a callable is given ctx and returns the fragment. `pending`
-    excuses any failure of the case for now, `late` only a change to the files (the bad input is
-    found only after the run directory was written)."""
+    (`expect` case-insensitively); a callable is given ctx and returns the fragment."""
 
-    def __init__(self, name, area, setup, file, key, expect, pending=None, late=None):
+    def __init__(self, name, area, setup, file, key, expect):
         self.name, self.area, self.setup = name, area, setup
-        self.file, self.key, self.expect, self.pending, self.late = file, key, expect, pending, late
+        self.file, self.key, self.expect = file, key, expect
 
 
 class Ctx:
@@ -292,8 +287,7 @@ def main():
         sys.exit("the catalogue holds %d cases, fewer than 60" % len(all_cases))
     if a.list:
         for c in all_cases:
-            mark = "  (pending: %s)" % c.pending if c.pending else "  (late: %s)" % c.late if c.late else ""
-            print("%-12s %-45s%s" % (c.area, c.name, mark))
+            print("%-12s %s" % (c.area, c.name))
         print(len(all_cases), "cases")
         return 0
     selected = [c for c in all_cases if a.k in c.name]
@@ -321,7 +315,7 @@ def main():
         print("the control case was not caught as expected: missing %r in %r" % (missing, problems))
         return 1
     shutil.rmtree(ctl.dir)
-    failed, pending_failed, pending_passed, passed = [], [], [], 0
+    failed, passed = [], 0
     for c in selected:
         ctx = Ctx(fx, os.path.join(case_root, c.name))
         os.makedirs(ctx.dir)
@@ -331,18 +325,9 @@ def main():
             problems, shown, dt = ["setup failed: %r" % e], "", 0.0
         else:
             problems, shown, dt = check(c, ctx, args, qlora, a.timeout)
-        only_files = bool(problems) and all(p.startswith("files changed: ") for p in problems)
-        if only_files and c.late and not c.pending:
-            pending_failed.append(c.name)
-            status = "pending (%s)" % c.late
-        elif not problems:
+        if not problems:
             passed += 1
-            if c.pending:
-                pending_passed.append(c.name)
-            status = "ok" if not c.pending else "ok (marked pending: %s)" % c.pending
-        elif c.pending:
-            pending_failed.append(c.name)
-            status = "pending (%s)" % c.pending
+            status = "ok"
         else:
             failed.append(c.name)
             status = "FAIL"
@@ -354,12 +339,7 @@ def main():
     changes = diff(fixture_before, snapshot(fx.dir))
     if changes:
         failed.append("fixture directory changed: " + "; ".join(changes[:6]))
-    print("\n%d cases: %d passed, %d failed, %d pending (failing, marked), %.0f s in all" %
-          (len(selected), passed, len(failed), len(pending_failed), time.time() - t0))
-    if pending_passed:
-        print("marked pending but passing: " + ", ".join(pending_passed))
-    if pending_failed:
-        print("pending: " + ", ".join(pending_failed))
+    print("\n%d cases: %d passed, %d failed, %.0f s in all" % (len(selected), passed, len(failed), time.time() - t0))
     if failed:
         print("FAILED: " + ", ".join(failed))
         return 1

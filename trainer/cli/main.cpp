@@ -38,6 +38,45 @@ std::string first_line(const std::string& s) {
   return nl == std::string::npos ? s : s.substr(0, nl);
 }
 
+// A usage error in the words of every other error: the option or argument, then what was
+// expected. CLI11's own first line where no better wording is known.
+std::string usage_message(const CLI::ParseError& err, const CLI::App& app, int argc, char** argv) {
+  std::string what = first_line(err.what());
+  while (!what.empty() && (what.back() == ' ' || what.back() == '.')) what.pop_back();
+  const CLI::App* cmd = &app;  // the innermost subcommand given
+  for (const CLI::App* sub = &app; sub;) {
+    const auto subs = sub->get_subcommands();
+    sub = subs.empty() ? nullptr : subs.front();
+    if (sub) cmd = sub;
+  }
+  if (const std::string conv = "Could not convert: "; what.starts_with(conv)) {
+    const size_t eq = what.find(" = ", conv.size());
+    if (eq != std::string::npos) {
+      const std::string name = what.substr(conv.size(), eq - conv.size()), value = what.substr(eq + 3);
+      std::string type = "a value of another kind";
+      if (const CLI::Option* o = cmd->get_option_no_throw(name)) {
+        const std::string t = o->get_type_name();
+        if (t == "INT") type = "an integer";
+        if (t == "UINT") type = "a non-negative integer";
+        if (t == "FLOAT") type = "a number";
+      }
+      return name + ": expected " + type + ", got \"" + value + "\"";
+    }
+  }
+  if (dynamic_cast<const CLI::ExtrasError*>(&err)) {
+    if (cmd == &app && argc > 1 && argv[1][0] != '-') {
+      std::string names;
+      for (const CLI::App* sub : app.get_subcommands({})) names += (names.empty() ? "" : ", ") + sub->get_name();
+      return std::string(argv[1]) + ": unknown subcommand (expected one of " + names + ")";
+    }
+    const size_t colon = what.find(": ");
+    const std::string extra = colon == std::string::npos ? what : what.substr(colon + 2);
+    if (extra.starts_with("-")) return extra + ": unknown option";
+    return extra + ": unexpected argument";
+  }
+  return what;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -165,8 +204,7 @@ int main(int argc, char** argv) {
     // A usage error: one line, like every other error, pointing at the subcommand's help.
     std::string help = "qlora";
     for (const CLI::App* sub : app.get_subcommands()) help += " " + sub->get_name();
-    std::string what = first_line(err.what());
-    while (!what.empty() && (what.back() == ' ' || what.back() == '.')) what.pop_back();
+    const std::string what = usage_message(err, app, argc, argv);
     std::fprintf(stderr, "qlora: error: %s; run '%s --help'\n", what.c_str(), help.c_str());
     return 2;
   }

@@ -138,6 +138,15 @@ std::vector<std::string> ChatTemplate::builtin_names() {
   return v;
 }
 
+namespace {
+// The tokenizer's own template as messages name it: the file it came from, and its name.
+std::string own_label(const Tokenizer& tokenizer, const std::string& name) {
+  std::string l =
+      tokenizer.chat_template_origin().empty() ? "the tokenizer's chat template" : tokenizer.chat_template_origin();
+  return name.empty() ? l : l + " \"" + name + "\"";
+}
+}  // namespace
+
 ChatTemplate ChatTemplate::resolve(const std::string& choice, const Tokenizer& tokenizer) {
   const auto& named = tokenizer.named_chat_templates();
   if (choice.empty()) {
@@ -147,10 +156,10 @@ ChatTemplate ChatTemplate::resolve(const std::string& choice, const Tokenizer& t
       user_error("chat_template: the tokenizer has no default chat template; set chat_template to one of ",
                  own.empty() ? "" : own + " (the tokenizer's), ", names_list(), " (or to Jinja text)");
     }
-    return ChatTemplate(tokenizer.chat_template(), "the tokenizer's chat template", tokenizer.special());
+    return ChatTemplate(tokenizer.chat_template(), own_label(tokenizer, ""), tokenizer.special());
   }
   if (auto it = named.find(choice); it != named.end())
-    return ChatTemplate(it->second, "the tokenizer's chat template \"" + choice + "\"", tokenizer.special());
+    return ChatTemplate(it->second, own_label(tokenizer, choice), tokenizer.special());
   if (auto src = builtin_source(choice))
     return ChatTemplate(*src, "built-in chat template " + choice, tokenizer.special());
   if (choice.find("{{") != std::string::npos || choice.find("{%") != std::string::npos)

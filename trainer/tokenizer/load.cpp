@@ -285,6 +285,7 @@ struct TokenizerConfig {
   std::vector<AddedToken> added_tokens_decoder, extra_special;
   std::string chat_template;
   std::map<std::string, std::string> named_templates;
+  std::string chat_template_origin;  // the file (and key) the templates came from
 };
 
 TokenizerConfig read_config(const stdfs::path& dir) {
@@ -339,6 +340,7 @@ TokenizerConfig read_config(const stdfs::path& dir) {
         }
     }
     if (auto it = j.find("chat_template"); it != j.end() && !it->is_null()) {
+      cfg.chat_template_origin = c.file + ": chat_template";
       if (it->is_string()) {
         cfg.chat_template = it->get<std::string>();
       } else if (it->is_array()) {
@@ -378,6 +380,9 @@ TokenizerConfig read_config(const stdfs::path& dir) {
   if (stdfs::is_directory(dir / "additional_chat_templates", ec))
     for (const auto& e : stdfs::directory_iterator(dir / "additional_chat_templates"))
       if (e.path().extension() == ".jinja") files[e.path().stem().string()] = read_text(e.path());
+  if (!files.empty())
+    cfg.chat_template_origin =
+        (files.count("default") ? dir / "chat_template.jinja" : dir / "additional_chat_templates").string();
   if (files.size() == 1 && files.count("default")) {
     cfg.chat_template = files["default"];
     cfg.named_templates.clear();
@@ -460,6 +465,7 @@ void finish_with_config(PipelineTokenizer& tk, const TokenizerConfig& cfg, const
   sp.add_eos_token = sp.eos_id && std::find(suf.begin(), suf.end(), *sp.eos_id) != suf.end();
 
   tk.chat_template_text() = cfg.chat_template;
+  tk.chat_template_origin_text() = cfg.chat_template_origin;
   tk.named_templates() = cfg.named_templates;
   tk.finish();
 }

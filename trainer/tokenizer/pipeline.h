@@ -136,6 +136,7 @@ class PipelineTokenizer final : public Tokenizer {
   std::unique_ptr<Decoder> decoder;
   SpecialTokens& special_tokens() { return special_; }
   std::string& chat_template_text() { return chat_template_; }
+  std::string& chat_template_origin_text() { return chat_template_origin_; }
   std::map<std::string, std::string>& named_templates() { return named_chat_templates_; }
   // Builds the added-token matchers and, when the last pre-tokenizer step is a ByteLevel
   // mapping, moves that mapping into the BPE model (behind its cache).

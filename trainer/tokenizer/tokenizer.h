@@ -49,10 +49,14 @@ class Tokenizer {
   // All named templates when tokenizer_config.json holds a list of {name, template}
   // (chat_template() is then the one named "default", empty if none is).
   const std::map<std::string, std::string>& named_chat_templates() const { return named_chat_templates_; }
+  // Where the templates were read ("DIR/tokenizer_config.json: chat_template" or
+  // "DIR/chat_template.jinja"), for messages about them.
+  const std::string& chat_template_origin() const { return chat_template_origin_; }
 
  protected:
   SpecialTokens special_;
   std::string chat_template_;
+  std::string chat_template_origin_;
   std::map<std::string, std::string> named_chat_templates_;
 };
 
