@@ -4,6 +4,7 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 
+#include <mutex>
 #include <vector>
 
 namespace qlora::model {
@@ -93,7 +94,14 @@ at::Tensor lora_linear(const at::Tensor& x, const kernels::NF4Tensor* nf4, const
   torch::autograd::edge_list edges;
   for (const at::Tensor* t : {&x, &lora.A, &lora.B})
     edges.push_back(t->requires_grad() ? torch::autograd::impl::gradient_edge(*t) : torch::autograd::Edge());
-  node->set_next_edges(std::move(edges));
+  {
+    // Row shards build their nodes side by side on the same A and B; linking a node marks the
+    // shared gradient accumulators as having a parent (a plain write inside torch), so the links
+    // are made one at a time.
+    static std::mutex link_mutex;
+    const std::lock_guard<std::mutex> lock(link_mutex);
+    node->set_next_edges(std::move(edges));
+  }
   torch::autograd::set_history(y, node);
   return y;
 }
