@@ -141,7 +141,8 @@ TEST(Nf4Isa, VectorTablesMatchScalar) {
         if (rng() % 13 == 0) s = 3e38f;    // overflow to inf in bf16 / fp16
       }
       for (Elem t : {Elem::F32, Elem::BF16, Elem::F16}) {
-        std::vector<uint32_t> d0(len, 0xDEADBEEF), d1(len, 0x12345678);
+        // One element more than written: data() is never null, even for len 0 (memcmp's contract).
+        std::vector<uint32_t> d0(len + 1, 0xDEADBEEF), d1(len + 1, 0x12345678);
         ref.dequant(packed.data(), e0, len, sc.data(), bs, d0.data(), t);
         isa.dequant(packed.data(), e0, len, sc.data(), bs, d1.data(), t);
         const size_t bytes = len * (t == Elem::F32 ? 4 : 2);
