@@ -387,6 +387,8 @@ def case_a_launcher_2_and_3_vs_1():
         assert re.search(rf"^distributed: world size {w}\b", out, re.M), \
             f"{w} processes: no 'distributed: world size {w}' line\n{pw.tail()}"
         assert out.count("distributed: world size") == 1, f"{w} processes: the start line is not printed once"
+        steps_printed = len(re.findall(r"^step \d+/", pw.stdout, re.M))
+        assert steps_printed == SHORT_STEPS, f"{w} processes: {steps_printed} progress lines for {SHORT_STEPS} steps"
         m = compare_metrics(os.path.join(d1, "run"), os.path.join(dw, "run"), f"{w} processes vs 1")
         t = compare_adapters(adapter(os.path.join(d1, "run"), SHORT_STEPS),
                              adapter(os.path.join(dw, "run"), SHORT_STEPS), f"{w} processes vs 1")
@@ -542,8 +544,50 @@ def case_f_resume_other_world_size():
     print(f"   resumed with 1 process vs 2 processes: metrics {m:.3g}, adapter {t:.3g}")
 
 
+def case_g_worker_hangs():
+    """SIGSTOP one worker mid-run (a hang, its sockets stay open): the launcher exits non-zero
+    within ddp_timeout (+ margin), an error line names the rank, nothing is left running."""
+    d = case_dir("hang")
+    cfg = write_config(d, G_TOTAL // 2, LONG_STEPS, 4)
+    run_dir = os.path.join(d, "run")
+    p = Proc(qlora_train(cfg, 2), os.path.join(d, "train"))
+    wait_for_step(p, run_dir, 2)
+    ranks = worker_ranks(p.pid)
+    assert sorted(ranks) == [0, 1], f"launcher children by RANK: {ranks}"
+    os.kill(ranks[1], signal.SIGSTOP)
+    t_stop = time.monotonic()
+    rc = p.wait(timeout=DDP_TIMEOUT + EXIT_MARGIN)
+    took = time.monotonic() - t_stop
+    assert rc != 0, f"launcher exited 0 after a worker hung\n{p.tail()}"
+    deadline = time.monotonic() + 5
+    while any(alive(x) for x in ranks.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [r_ for r_, x in ranks.items() if alive(x)]
+    assert not left, f"ranks {left} still there after the launcher exited"
+    errs = error_lines(p.stderr)
+    assert any(re.search(r"\brank 1\b", l) for l in errs), f"no error line names rank 1:\n{p.tail()}"
+    step, ckpt = latest_checkpoint(run_dir)
+    check_manifest(ckpt)
+    print(f"   rank 1 stopped (SIGSTOP): launcher exit {rc} after {took:.1f}s (ddp_timeout {DDP_TIMEOUT}); "
+          f"{errs[0]!r}")
+
+
+def case_h_launcher_usage():
+    """Launcher options out of range: exit 2, one error line naming the option, nothing written."""
+    d = case_dir("usage")
+    cfg = write_config(d, G_TOTAL // 2, SHORT_STEPS, 2)
+    for extra, option in ((["--nproc-per-node", "0"], "--nproc-per-node"),
+                          (["--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "2",
+                            "--master-addr", "127.0.0.1", "--master-port", str(free_port())], "--node-rank")):
+        p = run([ARGS.qlora, "train", cfg] + extra, os.path.join(d, "usage"), expect_rc=2, timeout=60)
+        errs = error_lines(p.stderr)
+        assert len(errs) == 1 and option in errs[0], f"{' '.join(extra)}: expected one error naming {option}\n{p.tail()}"
+        assert not os.path.exists(os.path.join(d, "run")), f"{' '.join(extra)}: the run directory was created"
+        print(f"   {' '.join(extra)}: {errs[0]!r}")
+
+
 CASES = [case_a_launcher_2_and_3_vs_1, case_b_torchrun, case_c_two_nodes, case_d_worker_killed,
-         case_e_sigterm, case_f_resume_other_world_size]
+         case_e_sigterm, case_f_resume_other_world_size, case_g_worker_hangs, case_h_launcher_usage]
 
 
 def main():
