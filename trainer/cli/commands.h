@@ -20,6 +20,14 @@ struct TrainArgs {
   // --test-stop-after-step N.
   std::vector<int64_t> test_nonfinite_steps;
   int64_t test_stop_after_step = 0;
+  // The launcher (dist/launch.h): any of these given starts workers instead of training here.
+  bool launcher = false;
+  int nproc_per_node = 1;
+  int nnodes = 1;
+  int node_rank = 0;
+  std::string master_addr;
+  int master_port = 0;
+  std::vector<std::string> argv;  // the command line after the program name
 };
 int run_train(const TrainArgs& a);
 

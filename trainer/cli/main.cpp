@@ -96,6 +96,16 @@ int main(int argc, char** argv) {
       ->expected(0, 1);
   t->add_flag("--allow-config-change", train.allow_config_change,
               "Resume even if the config differs from the checkpoint's");
+  t->add_option("--nproc-per-node", train.nproc_per_node,
+                "Data-parallel: start this many worker processes on this machine (docs/distributed.md)")
+      ->group("Distributed");
+  t->add_option("--nnodes", train.nnodes, "Data-parallel: number of machines (default 1)")->group("Distributed");
+  t->add_option("--node-rank", train.node_rank, "Data-parallel: this machine's index, 0 to nnodes-1")
+      ->group("Distributed");
+  t->add_option("--master-addr", train.master_addr, "Data-parallel: address of node 0, which hosts the store")
+      ->group("Distributed");
+  t->add_option("--master-port", train.master_port, "Data-parallel: port of the store on node 0 (default: a free one)")
+      ->group("Distributed");
   // Fault injection for the tests; an empty group keeps them out of --help.
   t->add_option("--test-nonfinite-steps", train.test_nonfinite_steps,
                 "Make the gradients of these steps NaN (comma-separated)")
@@ -105,6 +115,10 @@ int main(int argc, char** argv) {
       ->group("");
   t->callback([&] {
     train.resume = t->count("--resume") > 0;
+    train.launcher = t->count("--nproc-per-node") + t->count("--nnodes") + t->count("--node-rank") +
+                         t->count("--master-addr") + t->count("--master-port") >
+                     0;
+    train.argv.assign(argv + 1, argv + argc);
     action = [&] { return run_train(train); };
   });
 

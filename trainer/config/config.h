@@ -74,6 +74,10 @@ struct TrainConfig {
   int64_t logging_steps = 1;
   bool memory_check = true;  // refuse a run whose memory estimate exceeds the memory available
                              // (trainer/train/memory_estimate.h); false: warn and try anyway
+  // Data-parallel runs (docs/distributed.md): the c10d backend (auto: gloo on the CPU, nccl on
+  // CUDA) and how long a collective waits for the other ranks, in seconds.
+  std::string ddp_backend = "auto";
+  int64_t ddp_timeout = 1800;
 
   // Where each key the user set came from: key path (lora_r, quantization.blocksize,
   // datasets.0.path) -> "FILE:LINE" or "--set key=value". Filled by the loader.

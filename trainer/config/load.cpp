@@ -772,6 +772,10 @@ const Schema<TrainConfig>& top_schema() {
         "logging_steps", [](T& c) -> int64_t& { return c.logging_steps; }, 1, H));
     v.push_back(bool_field<T>(
         "memory_check", [](T& c) -> bool& { return c.memory_check; }, H));
+    v.push_back(enum_field<T>(
+        "ddp_backend", [](T& c) -> std::string& { return c.ddp_backend; }, {"auto", "gloo", "nccl"}, {}, H));
+    v.push_back(int_field<T>(
+        "ddp_timeout", [](T& c) -> int64_t& { return c.ddp_timeout; }, 1, H));
     return v;
   }();
   return s;

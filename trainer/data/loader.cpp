@@ -125,6 +125,14 @@ Batch DataLoader::next() {
   return collate(*data_, rows, pad_to_sequence_len_ ? data_->sequence_len : 0);
 }
 
+void DataLoader::skip() {
+  if (state_.position >= state_.num_rows) {
+    ++state_.epoch;
+    state_.position = 0;
+  }
+  state_.position = std::min(state_.position + state_.micro_batch_size, state_.num_rows);
+}
+
 void DataLoader::restore(const LoaderState& s) {
   if (s.num_rows != state_.num_rows)
     user_error("data cursor: saved for ", s.num_rows, " rows of training data, but the data now has ", state_.num_rows,

@@ -58,6 +58,9 @@ class DataLoader {
   // The next micro-batch. An epoch's last batch may be smaller; the next call starts the next
   // epoch with a new permutation.
   Batch next();
+  // Moves past the micro-batch next() would return, without collating it (the micro-batches of a
+  // global batch that other ranks train).
+  void skip();
 
   int64_t batches_per_epoch() const;
   uint64_t epoch() const { return state_.epoch; }

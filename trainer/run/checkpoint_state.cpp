@@ -105,6 +105,7 @@ ParsedTrainerState parse_trainer_state(const stdfs::path& f, int64_t accum) {
   }
   if (j.contains("micro_batch_offset"))
     p.micro_batch_offset = int_in(j["micro_batch_offset"], "micro_batch_offset", f, -kMaxCounter, kMaxCounter);
+  if (j.contains("world_size")) ts.world_size = int_in(j["world_size"], "world_size", f, 1, 1 << 20);
   const json& l = member(j, "loader", f);
   if (!l.is_object()) bad(f, "loader: expected an object");
   // Range first (LoaderState reads unsigned fields, where a negative number would wrap).
@@ -122,16 +123,17 @@ ParsedTrainerState parse_trainer_state(const stdfs::path& f, int64_t accum) {
   try {
     p.loader = data::LoaderState::from_json(l);
   } catch (const UserError& e) { bad(f, e.what()); }
-  // Every optimizer step drew gradient_accumulation_steps micro-batches (the offset records a
-  // change of gradient_accumulation_steps on an earlier resume).
+  // Every optimizer step drew gradient_accumulation_steps x world_size micro-batches (the offset
+  // records a change of either on an earlier resume).
   const __int128 served = micro_batches_served(p.loader);
-  const __int128 expected = static_cast<__int128>(ts.global_step) * accum + p.micro_batch_offset;
+  const __int128 expected = static_cast<__int128>(ts.global_step) * accum * ts.world_size + p.micro_batch_offset;
   if (served != expected)
     bad(f, "global_step " + std::to_string(ts.global_step) + " disagrees with the data position (loader.epoch " +
                std::to_string(p.loader.epoch) + ", loader.position " + std::to_string(pos) + " of " +
                std::to_string(rows) + " rows: " + std::to_string(static_cast<int64_t>(served)) +
                " micro-batches served, expected " + std::to_string(static_cast<int64_t>(expected)) +
-               " with gradient_accumulation_steps " + std::to_string(accum) + ")");
+               " with gradient_accumulation_steps " + std::to_string(accum) +
+               (ts.world_size > 1 ? " x world_size " + std::to_string(ts.world_size) : std::string()) + ")");
   return p;
 }
 
@@ -312,9 +314,11 @@ stdfs::path write_checkpoint(const stdfs::path& checkpoints_dir, const config::T
                       {"loader", loader.state().to_json()}};
   // Micro-batches served beyond global_step * gradient_accumulation_steps: non-zero only after a
   // resume changed gradient_accumulation_steps (checked on restore).
-  const int64_t offset = static_cast<int64_t>(micro_batches_served(loader.state()) -
-                                              static_cast<__int128>(ts.global_step) * cfg.gradient_accumulation_steps);
+  const int64_t offset =
+      static_cast<int64_t>(micro_batches_served(loader.state()) -
+                           static_cast<__int128>(ts.global_step) * cfg.gradient_accumulation_steps * ts.world_size);
   if (offset != 0) j["micro_batch_offset"] = offset;
+  if (ts.world_size > 1) j["world_size"] = ts.world_size;
   fs::write_file_atomic(w.path() / kTrainerStateFile, j.dump(2) + "\n");
   fs::write_file_atomic(config_file(w.path()), config::to_yaml(cfg));
   w.commit(cfg.save_total_limit);
@@ -401,6 +405,11 @@ TrainerState restore_checkpoint(const stdfs::path& ckpt, model::Model& m, optim:
     cpu_gen.set_state(rf.tensor("cpu_generator").clone());
   }
   return pts.ts;
+}
+
+TrainerState read_trainer_state(const stdfs::path& ckpt) {
+  const config::TrainConfig saved = read_checkpoint_config(ckpt);
+  return parse_trainer_state(ckpt / kTrainerStateFile, saved.gradient_accumulation_steps).ts;
 }
 
 config::TrainConfig read_checkpoint_config(const stdfs::path& ckpt) {

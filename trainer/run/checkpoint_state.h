@@ -33,6 +33,9 @@ struct TrainerState {
   int64_t skipped_steps = 0;          // non-finite steps skipped so far
   int64_t consecutive_nonfinite = 0;  // non-finite steps in a row just before global_step
   double elapsed_s = 0;               // training loop time, summed over resumes
+  // Data-parallel processes that trained the steps since the last resume: every optimizer step
+  // drew gradient_accumulation_steps x world_size micro-batches (written when > 1).
+  int64_t world_size = 1;
 };
 
 // Writes checkpoint-<global_step> under `checkpoints_dir` out of place and publishes it
@@ -61,6 +64,10 @@ std::optional<std::string> check_checkpoint(const std::filesystem::path& ckpt);
 // parameters and the loader position against the data; UserError naming the checkpoint file.
 TrainerState restore_checkpoint(const std::filesystem::path& ckpt, model::Model& m, optim::AdamW& opt,
                                 const std::vector<at::Tensor>& params, data::DataLoader& loader);
+
+// The counters of a checkpoint (its trainer_state.json, checked as check_checkpoint_contents
+// does); UserError naming the file.
+TrainerState read_trainer_state(const std::filesystem::path& ckpt);
 
 // The config a checkpoint was saved with (its config.yaml).
 config::TrainConfig read_checkpoint_config(const std::filesystem::path& ckpt);

@@ -4,14 +4,26 @@
 
 #include <atomic>
 #include <csignal>
+#include <cstdint>
 #include <cstdlib>
+#include <ctime>
 
 namespace qlora::train {
 
 namespace {
 std::atomic<int> g_signals{0};
+std::atomic<bool> g_merge_repeats{false};
+std::atomic<int64_t> g_first_ns{0};
+
+int64_t now_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);  // async-signal-safe
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
 
 void on_signal(int sig) {
+  if (g_signals.load() >= 1 && g_merge_repeats.load() && now_ns() - g_first_ns.load() < 1000000000) return;
+  if (g_signals.load() == 0) g_first_ns.store(now_ns());
   if (g_signals.fetch_add(1) >= 1) {
     // Second signal: the user insists. No checkpoint.
     const char msg[] = "\nqlora: second signal, exiting without a checkpoint\n";
@@ -25,7 +37,8 @@ void on_signal(int sig) {
 }
 }  // namespace
 
-void install_stop_handlers() {
+void install_stop_handlers(bool merge_repeats) {
+  g_merge_repeats.store(merge_repeats);
   struct sigaction sa {};
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);

@@ -4,7 +4,9 @@
 
 namespace qlora::train {
 
-void install_stop_handlers();
+// merge_repeats (distributed runs): a signal within a second of the first counts as the same
+// request, since a terminal's Ctrl-C can reach a worker both directly and through its launcher.
+void install_stop_handlers(bool merge_repeats = false);
 bool stop_requested();
 void clear_stop_request();  // for tests
 

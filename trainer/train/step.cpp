@@ -23,17 +23,18 @@ model::LossSum shard_loss(model::Model& m, const data::Batch& b, int64_t r0, int
 }  // namespace
 
 double forward_backward(model::Model& m, const data::Batch& b, double denom, int64_t shards,
-                        const std::vector<at::Tensor>& params) {
+                        const std::vector<at::Tensor>& params, uint64_t dropout_seed) {
   const int64_t rows = b.input_ids.size(0);
   shards = std::clamp<int64_t>(shards, 1, std::max<int64_t>(rows, 1));
+  at::Generator micro_gen = at::make_generator<at::CPUGeneratorImpl>(dropout_seed);
   if (shards == 1) {
-    model::LossSum l = shard_loss(m, b, 0, rows, nullptr);
+    model::LossSum l = shard_loss(m, b, 0, rows, &micro_gen);
     (l.sum / denom).backward();
     return l.sum.item<double>();
   }
   std::vector<at::Generator> gens;
   for (int64_t s = 0; s < shards; ++s)
-    gens.push_back(at::make_generator<at::CPUGeneratorImpl>(model::dropout_seed(&m.dropout_generator)));
+    gens.push_back(at::make_generator<at::CPUGeneratorImpl>(model::dropout_seed(&micro_gen)));
   std::vector<std::vector<at::Tensor>> grads(shards);
   std::vector<double> loss(shards, 0.0);
   // One task per shard; kernels called inside run single-threaded (nested regions run inline).

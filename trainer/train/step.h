@@ -4,11 +4,12 @@
 // are cut into `shards` runs of consecutive rows, and each OpenMP thread runs forward_loss and
 // backward for its shards with single-threaded kernels inside (nested parallel regions run
 // inline): data parallelism inside the step, which keeps two or more cores busy on models whose
-// matrices are too small for intra-op threads to pay. Each shard's LoRA dropout seeds come from
-// its own generator, seeded from the model's dropout_generator in shard order, and the shards'
-// gradients are added in shard order: for a given thread count the result is deterministic
-// (bit-identical runs and resumes), and it equals the unsharded step to float rounding
-// (tests/train).
+// matrices are too small for intra-op threads to pay. The micro-batch's LoRA dropout comes from
+// a generator seeded with `dropout_seed` (the trainer draws one seed per micro-batch of the
+// global batch, the same on every rank of a distributed run); with shards, each shard's
+// generator is seeded from it in shard order, and the shards' gradients are added in shard
+// order: for a given thread count the result is deterministic (bit-identical runs and resumes),
+// and it equals the unsharded step to float rounding (tests/train).
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -22,6 +23,6 @@ namespace qlora::train {
 // Runs the micro-batch, adds d(loss_sum / denom)/dp into every params[i].grad() (accumulating
 // over calls, as backward() does) and returns the summed token loss of the micro-batch.
 double forward_backward(model::Model& m, const data::Batch& b, double denom, int64_t shards,
-                        const std::vector<at::Tensor>& params);
+                        const std::vector<at::Tensor>& params, uint64_t dropout_seed);
 
 }  // namespace qlora::train

@@ -25,10 +25,12 @@
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
 #include "trainer/common/memory.h"
+#include "trainer/common/sha256.h"
 #include "trainer/config/load.h"
 #include "trainer/data/dataset.h"
 #include "trainer/data/formats.h"
 #include "trainer/data/loader.h"
+#include "trainer/dist/dist.h"
 #include "trainer/model/device.h"
 #include "trainer/model/generate.h"
 #include "trainer/model/model.h"
@@ -130,7 +132,7 @@ struct Session {
   Session(const config::TrainConfig& c, const TrainOptions& o, at::Device d)
       : cfg(c), opt(o), device(d), run_dir(c.output_dir) {}
 
-  const config::TrainConfig& cfg;
+  config::TrainConfig cfg;  // a resume onto another world size may change gradient_accumulation_steps
   const TrainOptions& opt;
   at::Device device;
   stdfs::path run_dir;
@@ -145,6 +147,11 @@ struct Session {
   int64_t steps_per_epoch = 0, total_steps = 0;
   optim::LRSchedule sched;
   int64_t shards = 1;  // row shards per micro-batch (step.h)
+  // Data-parallel runs: the process group (null for one process), this rank, the world size.
+  std::unique_ptr<dist::Group> group;
+  int rank = 0;
+  int world_size = 1;
+  bool stop_agreed = false;  // every rank saw the stop request of this step (after_step)
 
   run::TrainerState ts;
   run::MetricsHistory hist;  // step and eval losses so far, for the loss plot
@@ -156,15 +163,19 @@ struct Session {
   double elapsed_before = 0;
 
   bool has_val() const { return ds.val && ds.val->num_rows() > 0; }
+  bool is_main() const { return rank == 0; }  // the rank that writes files and reports
   stdfs::path ckpt_dir() const { return run::checkpoints_dir(run_dir); }
 };
 
 // A resumed run's config against the checkpoint's: harmless changes are printed; others refuse
 // the resume unless --allow-config-change (then a warning).
-void check_resume_config(const config::TrainConfig& cfg, const TrainOptions& opt, const stdfs::path& ckpt) {
+// global_batch_kept: gradient_accumulation_steps changed with the world size (keep_global_batch).
+void check_resume_config(const config::TrainConfig& cfg, const TrainOptions& opt, const stdfs::path& ckpt,
+                         bool global_batch_kept) {
   const config::TrainConfig saved = run::read_checkpoint_config(ckpt);
   std::string blocking, harmless;
   for (const auto& c : config::diff_configs(saved, cfg)) {
+    if (global_batch_kept && c.key == "gradient_accumulation_steps") continue;
     std::string d = c.key + " (" + c.before + " -> " + c.after + ")";
     if (c.kind == config::ChangeKind::Harmless) {
       harmless += (harmless.empty() ? "" : ", ") + d;
@@ -197,13 +208,62 @@ void check_output_dir(const config::TrainConfig& cfg) {
                " is not writable");
 }
 
+// A resume with another number of processes keeps the global batch (micro_batch_size x
+// gradient_accumulation_steps x world size) when it can: gradient_accumulation_steps is scaled
+// and a line says so. When the new world size does not divide the checkpoint's micro-batches
+// per step the resume is refused, unless --allow-config-change (then the global batch changes).
+// Returns true when the global batch is kept (a change of gradient_accumulation_steps is then
+// no change of the run).
+bool keep_global_batch(Session& s, const stdfs::path& ckpt) {
+  const run::TrainerState saved = run::read_trainer_state(ckpt);
+  const config::TrainConfig saved_cfg = run::read_checkpoint_config(ckpt);
+  const int64_t per_step = saved_cfg.gradient_accumulation_steps * saved.world_size;
+  const int64_t w = s.world_size;
+  if (saved.world_size == w) return false;
+  if (s.cfg.gradient_accumulation_steps * w == per_step && saved_cfg.micro_batch_size == s.cfg.micro_batch_size) {
+    std::printf("world size %lld -> %lld: the global batch stays %lld micro-batches of %lld per step\n",
+                static_cast<long long>(saved.world_size), static_cast<long long>(w), static_cast<long long>(per_step),
+                static_cast<long long>(saved_cfg.micro_batch_size));
+    return true;
+  }
+  if (s.cfg.gradient_accumulation_steps != saved_cfg.gradient_accumulation_steps) return false;
+  const std::string was = "the checkpoint " + ckpt.filename().string() + " was trained by " +
+                          std::to_string(saved.world_size) + " process" + (saved.world_size == 1 ? "" : "es") +
+                          " with gradient_accumulation_steps " + std::to_string(saved_cfg.gradient_accumulation_steps) +
+                          " (" + std::to_string(per_step) + " micro-batches of " +
+                          std::to_string(saved_cfg.micro_batch_size) + " per step)";
+  if (per_step % w != 0) {
+    if (s.opt.allow_config_change) {
+      warn(was + "; " + std::to_string(w) + " processes cannot keep that global batch; continuing with " +
+           std::to_string(s.cfg.gradient_accumulation_steps * w) + " micro-batches per step (--allow-config-change)");
+      return false;
+    }
+    user_error(s.cfg.where("gradient_accumulation_steps"), ": cannot resume with world size ", w, ": ", was, ", and ",
+               per_step, " is not divisible by ", w,
+               "; resume with a world size that divides it, or pass --allow-config-change to change the global "
+               "batch");
+  }
+  const int64_t accum = per_step / w;
+  std::printf(
+      "world size %lld -> %lld: gradient_accumulation_steps %lld -> %lld keeps the global batch of %lld "
+      "micro-batches of %lld per step\n",
+      static_cast<long long>(saved.world_size), static_cast<long long>(w),
+      static_cast<long long>(s.cfg.gradient_accumulation_steps), static_cast<long long>(accum),
+      static_cast<long long>(per_step), static_cast<long long>(saved_cfg.micro_batch_size));
+  s.cfg.gradient_accumulation_steps = accum;
+  return true;
+}
+
 // Picks the checkpoint to resume from (checking its config), or refuses a fresh run into a run
 // directory with checkpoints. Reads only. Returns the checkpoint, empty for a fresh run.
-stdfs::path pick_checkpoint(const config::TrainConfig& cfg, const TrainOptions& opt) {
+stdfs::path pick_checkpoint(Session& s) {
+  const config::TrainConfig& cfg = s.cfg;
+  const TrainOptions& opt = s.opt;
   const stdfs::path run_dir = cfg.output_dir;
   if (opt.resume) {
     const stdfs::path ckpt = run::pick_resume_checkpoint(run_dir, opt.resume_path, warn);
-    check_resume_config(cfg, opt, ckpt);
+    const bool kept = keep_global_batch(s, ckpt);
+    check_resume_config(cfg, opt, ckpt, kept);
     return ckpt;
   }
   if (!run::list_checkpoints(run::checkpoints_dir(run_dir)).empty())
@@ -237,6 +297,12 @@ void setup_model(Session& s) {
       fs::format_bytes(static_cast<uint64_t>(s.m.base_nbytes())).c_str(),
       cfg.lora.adapter == "qlora" ? "NF4" : "16-bit", static_cast<long long>(trainable), seconds_since(t_load));
 
+  if (s.group) {  // every rank starts from rank 0's LoRA weights (checked by digest after setup)
+    at::NoGradGuard ng;
+    std::vector<at::Tensor> w;
+    for (const auto& p : s.params) w.push_back(p.param.detach());
+    s.group->broadcast(w, 0);
+  }
   std::vector<optim::NamedParam> np;
   for (const auto& p : s.params) {
     np.push_back({p.name, p.param.detach()});
@@ -277,13 +343,43 @@ void check_against_model(Session& s) {
   check_memory(cfg, mc, s.device);
 }
 
+// SHA-256 of the training state every rank must hold identically: the LoRA weights, the
+// optimizer state and the dropout generator.
+std::string state_digest(const Session& s) {
+  Sha256 h;
+  auto add = [&](const at::Tensor& t) {
+    const at::Tensor c = t.detach().cpu().contiguous();
+    h.update(c.data_ptr(), c.nbytes());
+  };
+  for (const auto& p : s.params) add(p.param);
+  const optim::OptimizerState os = s.adamw->state_dict();
+  for (const auto& [k, t] : os.tensors) {
+    h.update(k.data(), k.size());
+    add(t);
+  }
+  h.update(os.json.data(), os.json.size());
+  add(s.m.dropout_generator.get_state());
+  return h.hex_digest();
+}
+
+// Every rank's state against rank 0's (a collective); `when` names the moment for the error.
+void check_same_state(Session& s, const std::string& when) {
+  if (!s.group) return;
+  const std::string mine = state_digest(s);
+  const std::string root = s.group->broadcast_string(mine, 0);
+  const double differs = s.group->all_reduce_max(mine == root ? 0.0 : 1.0);
+  if (differs > 0)
+    throw std::runtime_error("rank " + std::to_string(s.rank) + ": the LoRA weights, optimizer or dropout state " +
+                             (mine == root ? "of another rank" : "of this rank") + " differ from rank 0's " + when);
+}
+
 // Tokenizer, datasets, model and optimizer, data loader and schedule; on resume, the
 // checkpoint's state. Writes nothing.
 void setup(Session& s) {
   const config::TrainConfig& cfg = s.cfg;
   g_phase = "checking the config";
   check_output_dir(cfg);
-  s.resume_from = pick_checkpoint(cfg, s.opt);
+  s.resume_from = pick_checkpoint(s);
   check_against_model(s);
   g_phase = "loading the tokenizer and the datasets";
   const std::string tok_path = cfg.tokenizer.empty() ? cfg.base_model : cfg.tokenizer;
@@ -302,7 +398,7 @@ void setup(Session& s) {
     return std::make_unique<data::DataLoader>(s.ds.train, cfg.micro_batch_size, cfg.seed, /*shuffle=*/true,
                                               cfg.data.pad_to_sequence_len);
   });
-  const int64_t accum = cfg.gradient_accumulation_steps;
+  const int64_t accum = cfg.gradient_accumulation_steps * s.world_size;  // micro-batches per step
   s.steps_per_epoch = std::max<int64_t>(1, (s.loader->batches_per_epoch() + accum - 1) / accum);
   s.total_steps = cfg.max_steps ? *cfg.max_steps : *cfg.num_epochs * s.steps_per_epoch;
   s.sched = lr_schedule(cfg.optim, s.total_steps);
@@ -310,13 +406,15 @@ void setup(Session& s) {
     g_phase = "restoring the checkpoint";
     s.ts = run::restore_checkpoint(s.resume_from, s.m, *s.adamw, s.param_tensors, *s.loader);
   }
+  s.ts.world_size = s.world_size;
+  check_same_state(s, s.resume_from.empty() ? "at the start" : "after restoring " + s.resume_from.string());
 }
 
 // ---- resume ------------------------------------------------------------------------------------
 
 // Keeps metrics.jsonl up to the restored checkpoint's step.
 void resume(Session& s) {
-  s.hist = run::truncate_metrics(run::metrics_file(s.run_dir), s.ts.global_step);
+  if (s.is_main()) s.hist = run::truncate_metrics(run::metrics_file(s.run_dir), s.ts.global_step);
   s.last_saved = s.ts.global_step;
   std::printf("resumed from %s at step %lld/%lld\n", s.resume_from.string().c_str(),
               static_cast<long long>(s.ts.global_step), static_cast<long long>(s.total_steps));
@@ -324,11 +422,12 @@ void resume(Session& s) {
 
 // ---- loop --------------------------------------------------------------------------------------
 
+// Rank 0 evaluates; the other ranks wait for it in their next collective (within ddp_timeout).
 void run_eval(Session& s, int64_t step) {
-  if (!s.has_val()) return;
+  if (!s.has_val() || !s.is_main()) return;
   g_phase = "evaluating";
   run::EvalMetrics e = evaluate(s.m, s.ds.val, s.cfg.micro_batch_size, s.cfg, *s.tk, step);
-  s.metrics->log_eval(e);
+  if (s.metrics) s.metrics->log_eval(e);
   s.hist.evals.push_back(e);
   s.progress->message(describe_eval(e));
 }
@@ -337,16 +436,17 @@ void run_eval(Session& s, int64_t step) {
 void start_loop(Session& s, const stdfs::path& resumed_from) {
   const config::TrainConfig& cfg = s.cfg;
   const bool resumed = !resumed_from.empty();
-  s.metrics = std::make_unique<run::MetricsLog>(run::metrics_file(s.run_dir), /*append=*/resumed);
-  if (resumed)
+  if (s.is_main()) s.metrics = std::make_unique<run::MetricsLog>(run::metrics_file(s.run_dir), /*append=*/resumed);
+  if (resumed && s.metrics)
     s.metrics->log_event("resume",
                          nlohmann::json({{"step", s.ts.global_step}, {"from", resumed_from.string()}}).dump());
   std::printf(
-      "training: %lld steps (%lld per epoch), micro_batch_size %lld x gradient_accumulation_steps %lld, "
+      "training: %lld steps (%lld per epoch), micro_batch_size %lld x gradient_accumulation_steps %lld%s, "
       "lr %.3g %s, warmup %lld\n",
       static_cast<long long>(s.total_steps), static_cast<long long>(s.steps_per_epoch),
       static_cast<long long>(cfg.micro_batch_size), static_cast<long long>(cfg.gradient_accumulation_steps),
-      s.sched.learning_rate, cfg.optim.lr_scheduler.c_str(), static_cast<long long>(s.sched.warmup_steps));
+      s.world_size > 1 ? (" x " + std::to_string(s.world_size) + " processes").c_str() : "", s.sched.learning_rate,
+      cfg.optim.lr_scheduler.c_str(), static_cast<long long>(s.sched.warmup_steps));
   std::fflush(stdout);
 
   s.progress = std::make_unique<Progress>(s.total_steps, cfg.logging_steps, s.opt.force_plain_progress);
@@ -370,24 +470,75 @@ struct StepResult {
   std::vector<at::Tensor> grads;    // clipped; undefined for a parameter without a gradient
 };
 
-// Forward and backward over gradient_accumulation_steps micro-batches, then clipping.
+// Forward and backward over the global batch's micro-batches, then clipping. The global batch is
+// gradient_accumulation_steps x world_size micro-batches in the loader's order, each with its own
+// dropout seed drawn from the model's dropout generator (the same draws on every rank); rank r
+// trains micro-batches [r G, (r + 1) G) and skips the others. Target tokens, loss and gradients
+// are summed over the ranks, so the step is the single-process step over the same batch.
 StepResult compute_step(Session& s) {
   StepResult r;
-  // Gather the accumulated batch first: the loss is normalized by its total target tokens.
+  const int64_t accum = s.cfg.gradient_accumulation_steps;
+  const int64_t first = s.rank * accum, last = first + accum;
+  // Gather this rank's micro-batches first: the loss is normalized by the global batch's target
+  // tokens.
   std::vector<data::Batch> micro;
-  for (int64_t a = 0; a < s.cfg.gradient_accumulation_steps; ++a) {
+  std::vector<uint64_t> seeds;
+  for (int64_t k = 0; k < accum * s.world_size; ++k) {
+    const uint64_t seed = model::dropout_seed(&s.m.dropout_generator);
+    if (k < first || k >= last) {
+      s.loader->skip();
+      continue;
+    }
     micro.push_back(s.loader->next());
+    seeds.push_back(seed);
     r.targets += micro.back().num_target_tokens;
     r.tokens += micro.back().num_tokens;
   }
+  int64_t local_targets = r.targets;
+  if (s.group) {
+    const std::vector<double> t =
+        s.group->all_reduce_sum({static_cast<double>(r.targets), static_cast<double>(r.tokens)});
+    r.targets = static_cast<int64_t>(t[0]);
+    r.tokens = static_cast<int64_t>(t[1]);
+  }
+  // The micro-batches' gradients are summed in float64 on the CPU (float32 on a GPU), across the
+  // micro-batches and then across the ranks: sums of float32 values in float64 are exact in
+  // practice, so the step does not depend on how the micro-batches are split over processes.
+  const at::ScalarType acc_dtype = s.device.is_cpu() ? at::kDouble : at::kFloat;
   double loss_sum = 0;
   for (auto& p : s.params) p.param.mutable_grad() = at::Tensor();
-  if (r.targets > 0) {
-    for (auto& b : micro)
-      loss_sum += forward_backward(s.m, b, static_cast<double>(r.targets), s.shards, s.param_tensors);
+  std::vector<at::Tensor> acc(s.params.size());
+  if (r.targets > 0 && local_targets > 0) {
+    for (size_t i = 0; i < micro.size(); ++i) {
+      loss_sum += forward_backward(s.m, micro[i], static_cast<double>(r.targets), s.shards, s.param_tensors, seeds[i]);
+      at::NoGradGuard ng;
+      for (size_t j = 0; j < s.params.size(); ++j) {
+        at::Tensor& g = s.params[j].param.mutable_grad();
+        if (!g.defined()) continue;
+        if (acc[j].defined()) {
+          acc[j].add_(g);
+        } else {
+          acc[j] = g.to(acc_dtype, /*non_blocking=*/false, /*copy=*/true);
+        }
+        g = at::Tensor();
+      }
+    }
   }
+  if (s.group) {
+    // One sum over the ranks: the gradients in flat buckets, then the loss with the stop votes.
+    for (size_t j = 0; j < acc.size(); ++j)
+      if (!acc[j].defined())
+        acc[j] = at::zeros(s.params[j].param.sizes(), s.params[j].param.options().dtype(acc_dtype));
+    s.group->all_reduce_sum(acc);
+    const std::vector<double> l = s.group->all_reduce_sum({loss_sum, stop_requested() ? 1.0 : 0.0});
+    loss_sum = l[0];
+    s.stop_agreed = l[1] > 0;
+  } else {
+    s.stop_agreed = stop_requested();
+  }
+  for (size_t j = 0; j < acc.size(); ++j)
+    r.grads.push_back(acc[j].defined() ? acc[j].to(s.params[j].param.scalar_type()) : at::Tensor());
   r.loss = r.targets > 0 ? loss_sum / r.targets : NAN;
-  for (auto& p : s.params) r.grads.push_back(p.param.grad().defined() ? p.param.grad().contiguous() : at::Tensor());
   const auto& nonfinite = s.opt.faults.nonfinite_steps;
   if (std::find(nonfinite.begin(), nonfinite.end(), s.ts.global_step + 1) != nonfinite.end())
     for (auto& g : r.grads)
@@ -442,14 +593,17 @@ void log_step(Session& s, const StepResult& r, Clock::time_point t_step) {
   sm.elapsed_s = s.ts.elapsed_s;
   sm.memory_bytes = memory_in_use_peak(s.device);
   sm.skipped_steps = s.ts.skipped_steps;
-  s.metrics->log_step(sm);
+  if (s.metrics) s.metrics->log_step(sm);
   s.hist.steps.push_back(sm);
   s.progress->update(sm);
 }
 
+// Rank 0 writes the checkpoint; in a distributed run every rank first checks that its state is
+// rank 0's (so the one checkpoint holds every rank's weights, optimizer and dropout state).
 void save(Session& s) {
   g_phase = "saving " + run::checkpoint_name(s.ts.global_step);
-  run::save_checkpoint(s.ckpt_dir(), s.cfg, s.m, *s.adamw, *s.loader, s.ts);
+  check_same_state(s, "at step " + std::to_string(s.ts.global_step));
+  if (s.is_main()) run::save_checkpoint(s.ckpt_dir(), s.cfg, s.m, *s.adamw, *s.loader, s.ts);
   s.last_saved = s.ts.global_step;
   g_last_checkpoint = (s.ckpt_dir() / run::checkpoint_name(s.last_saved)).string();
 }
@@ -459,7 +613,7 @@ void save(Session& s) {
 bool after_step(Session& s) {
   const int64_t step = s.ts.global_step;
   if (s.cfg.eval_steps > 0 && step % s.cfg.eval_steps == 0 && step < s.total_steps) run_eval(s, step);
-  const bool stop = stop_requested() || step == s.opt.faults.stop_after_step;
+  const bool stop = s.stop_agreed || step == s.opt.faults.stop_after_step;
   if ((s.cfg.save_steps > 0 && step % s.cfg.save_steps == 0) || stop) save(s);
   return stop;
 }
@@ -472,6 +626,7 @@ LoopEnd train_loop(Session& s) {
     g_phase = "training step " + std::to_string(s.ts.global_step + 1);
     const StepResult r = compute_step(s);
     if (!apply_step(s, r)) return LoopEnd::Diverged;
+    if (s.group) s.group->heartbeat(s.ts.global_step);
     log_step(s, r, t_step);
     if (after_step(s)) return LoopEnd::Stopped;
   }
@@ -482,8 +637,9 @@ LoopEnd train_loop(Session& s) {
 
 void finish(Session& s, Clock::time_point t_start) {
   const int64_t step = s.ts.global_step;
-  run_eval(s, step);
   if (s.last_saved != step) save(s);
+  if (!s.is_main()) return;  // the other ranks are done; rank 0 evaluates and reports
+  run_eval(s, step);
   const stdfs::path plot = run::loss_plot_file(s.run_dir);
   fs::write_file_atomic(
       plot, loss_curve_svg(s.hist.steps, s.hist.evals, "qlora: " + stdfs::path(s.cfg.config_path).filename().string()));
@@ -586,7 +742,7 @@ int train(Session& s, Clock::time_point t_start) {
   const config::TrainConfig& cfg = s.cfg;
   limit_to_available_memory(s);
   setup(s);  // every check; nothing is written before this returns
-  commit_run_dir(cfg);
+  if (s.is_main()) commit_run_dir(cfg);
   if (!s.resume_from.empty()) resume(s);
   if (s.last_saved >= 0) g_last_checkpoint = s.resume_from.string();
   g_phase = "evaluating";
@@ -606,16 +762,59 @@ int train(Session& s, Clock::time_point t_start) {
   return 0;
 }
 
+// A distributed run's process group, before anything else: the device is cuda:LOCAL_RANK on
+// CUDA, the backend ddp_backend (auto: gloo on the CPU, nccl on CUDA). Rank 0 prints the world.
+void join_world(Session& s) {
+  const dist::World& w = *s.opt.world;
+  const config::TrainConfig& cfg = s.cfg;
+  s.rank = w.rank;
+  s.world_size = w.world_size;
+  if (s.device.is_cuda() && w.local_world_size > 1) {
+    if (cfg.device.starts_with("cuda:"))
+      user_error(cfg.where("device"), ": device: ", cfg.device, " names one GPU, but ", w.local_world_size,
+                 " processes run on this machine; use cuda (or auto): each rank takes cuda:LOCAL_RANK");
+    s.device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(w.local_rank));
+  }
+  std::string backend = cfg.ddp_backend;
+  if (backend == "auto") backend = s.device.is_cuda() ? "nccl" : "gloo";
+  if (backend == "nccl" && !s.device.is_cuda())
+    user_error(cfg.where("ddp_backend"), ": ddp_backend: nccl needs CUDA, but this run trains on ", s.device.str(),
+               "; use gloo or auto");
+  if (!dist::backend_available(backend))
+    user_error(cfg.where("ddp_backend"), ": ddp_backend: ", backend, " is not available in this build");
+  s.group = dist::Group::connect(w, backend, s.device, std::chrono::seconds(cfg.ddp_timeout));
+  if (s.is_main())
+    std::printf("distributed: world size %d (%d node%s x %d process%s), backend %s, store %s%s, ddp_timeout %llds\n",
+                w.world_size, w.num_nodes(), w.num_nodes() == 1 ? "" : "s", w.local_world_size,
+                w.local_world_size == 1 ? "" : "es", backend.c_str(), s.group->store_address().c_str(),
+                w.agent_store ? " (launcher's)" : " (hosted by rank 0)", static_cast<long long>(cfg.ddp_timeout));
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 int run_training(const config::TrainConfig& cfg, const TrainOptions& opt) {
   const auto t_start = Clock::now();
   Session s(cfg, opt, model::resolve_device(cfg.device, cfg.where("device") + ": device"));
   at::manual_seed(cfg.seed);
-  install_stop_handlers();
+  install_stop_handlers(/*merge_repeats=*/opt.world.has_value());
   g_previous_terminate = std::set_terminate(on_terminate);
   try {
+    if (opt.world) join_world(s);
     return train(s, t_start);
+  } catch (const dist::CollectiveError& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "qlora: error: %s%s\n", e.what(),
+                 g_last_checkpoint.empty() ? "" : ("; the last checkpoint is intact: " + g_last_checkpoint).c_str());
+    return 1;
+  } catch (const std::exception& e) {
+    if (s.group) s.group->mark_failed(e.what());  // the other ranks name this one and why
+    lift_process_memory_limit();
+    auto what = allocation_failure(std::current_exception());
+    if (!what) throw;
+    std::fflush(stdout);
+    report_out_of_memory(*what);
+    return 1;
   } catch (...) {
     lift_process_memory_limit();  // the message needs a little memory
     auto what = allocation_failure(std::current_exception());

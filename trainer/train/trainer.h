@@ -7,10 +7,12 @@
 // schedule, log, eval, checkpoint}, and finish (final eval, checkpoint, loss plot).
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "trainer/config/config.h"
+#include "trainer/dist/dist.h"
 
 namespace qlora::train {
 
@@ -26,6 +28,10 @@ struct TrainOptions {
   bool allow_config_change = false;   // resume even if model/data/optimization keys changed
   bool force_plain_progress = false;  // plain lines even on a terminal
   FaultInjection faults;
+  // A data-parallel worker's place in the job (torchrun's environment); nullopt: one process.
+  // See docs/distributed.md: rank 0 writes everything, every rank trains its slice of each
+  // global batch of micro_batch_size x gradient_accumulation_steps x world size.
+  std::optional<dist::World> world;
 };
 
 // Returns the process exit code (0 also when stopped by SIGINT/SIGTERM after checkpointing; 1
