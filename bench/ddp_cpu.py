@@ -21,7 +21,11 @@ tokens_per_s (input tokens per second of the step, as rank 0 logs it).
 Peak RSS per rank: VmHWM of every process of the run (the launcher, each worker by its RANK),
 read from /proc/PID/status every 20 ms until the process exits (VmHWM only grows, so the last
 reading is the peak up to 20 ms before the exit); the 1-process run is read the same way.
-Each configuration runs `--repeats` times; the median tokens/s and the largest peaks are reported.
+RSS counts the pages of the shared libraries each process touched (LibTorch's are hundreds of MiB,
+the same page-cache pages in every process), so the per-rank peaks do not add up to the machine's
+use; the largest RssAnon seen in the same readings (the process's private memory: heap, tensors)
+is reported beside it. Each configuration runs `--repeats` times; the median tokens/s and the
+largest peaks are reported.
 
 usage: ~/.cache/qlora/venv/bin/python bench/ddp_cpu.py [--models demo,big] [--cases 1px2t,1px1t,2px1t] [--repeats 3]
        [--demo-steps 40] [--big-steps 12] [--skip 3] [--out bench/results/ddp_cpu.json]
@@ -93,15 +97,19 @@ def proc_tree(pid):
     return out
 
 
-def read_hwm(pid):
+def read_mem(pid):
+    """(VmHWM, RssAnon) in bytes, or None when the process is gone."""
+    hwm = anon = None
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+                    hwm = int(line.split()[1]) * 1024
+                elif line.startswith("RssAnon:"):
+                    anon = int(line.split()[1]) * 1024
     except OSError:
-        pass
-    return None
+        return None
+    return None if hwm is None or anon is None else (hwm, anon)
 
 
 def read_rank(pid):
@@ -116,7 +124,7 @@ def read_rank(pid):
 
 
 def run_once(cmd, env, timeout=1800):
-    """Runs cmd; returns (stdout, wall seconds, {pid: (rank or None, peak VmHWM)})."""
+    """Runs cmd; returns (stdout, wall seconds, {pid: (rank or None, peak VmHWM, peak RssAnon seen)})."""
     peaks, stop = {}, threading.Event()
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -125,13 +133,13 @@ def run_once(cmd, env, timeout=1800):
     def poll():
         while not stop.is_set():
             for q in proc_tree(p.pid):
-                h = read_hwm(q)
-                if h is None:
+                m = read_mem(q)
+                if m is None:
                     continue
-                rank, old = peaks.get(q, (None, 0))
+                rank, old_hwm, old_anon = peaks.get(q, (None, 0, 0))
                 if rank is None and q != p.pid:
                     rank = read_rank(q)
-                peaks[q] = (rank, max(old, h))
+                peaks[q] = (rank, max(old_hwm, m[0]), max(old_anon, m[1]))
             stop.wait(0.02)
 
     th = threading.Thread(target=poll, daemon=True)
@@ -164,20 +172,22 @@ def run_case(label, nproc, threads, model_dir, steps, skip, work):
     assert len(rows) == steps, f"{label}: {len(rows)} step lines, expected {steps}"
     tokens = [r["tokens"] for r in rows]
     span = rows[-1]["elapsed_s"] - rows[skip - 1]["elapsed_s"]
-    per_rank = {}
-    launcher = None
-    for pid, (rank, hwm) in peaks.items():
+    per_rank, anon_rank = {}, {}
+    launcher = launcher_anon = None
+    for pid, (rank, hwm, anon) in peaks.items():
         if nproc == 1 and pid == min(peaks):
-            per_rank[0] = hwm
-        elif rank is not None:
+            rank = 0
+        if rank is not None:
             per_rank[rank] = max(per_rank.get(rank, 0), hwm)
+            anon_rank[rank] = max(anon_rank.get(rank, 0), anon)
         elif nproc > 1 and pid == min(peaks):
-            launcher = hwm
+            launcher, launcher_anon = hwm, anon
     start = next((l for l in stdout.splitlines() if l.startswith("distributed:")), None)
     return {"tokens_per_s": sum(tokens[skip:]) / span, "tokens": tokens, "wall_s": wall,
             "logged_input_tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows[skip:]),
             "train_loop_s": rows[-1]["elapsed_s"], "peak_rss_bytes_per_rank": [per_rank.get(r) for r in range(nproc)],
-            "launcher_peak_rss_bytes": launcher, "rank0_memory_bytes_logged": max(r["memory_bytes"] for r in rows),
+            "peak_rss_anon_bytes_per_rank": [anon_rank.get(r) for r in range(nproc)],
+            "launcher_peak_rss_bytes": launcher, "launcher_peak_rss_anon_bytes": launcher_anon, "rank0_memory_bytes_logged": max(r["memory_bytes"] for r in rows),
             "loss": [r["loss"] for r in rows], "loadavg_before": load, "start_line": start}
 
 
@@ -223,7 +233,10 @@ def main():
                        "logged_input_tokens_per_s": statistics.median(r["logged_input_tokens_per_s"] for r in reps),
                        "peak_rss_bytes_per_rank": [max(r["peak_rss_bytes_per_rank"][k] or 0 for r in reps)
                                                    for k in range(nproc)],
+                       "peak_rss_anon_bytes_per_rank": [max(r["peak_rss_anon_bytes_per_rank"][k] or 0 for r in reps)
+                                                        for k in range(nproc)],
                        "launcher_peak_rss_bytes": max((r["launcher_peak_rss_bytes"] or 0) for r in reps) or None,
+                       "launcher_peak_rss_anon_bytes": max((r["launcher_peak_rss_anon_bytes"] or 0) for r in reps) or None,
                        "rank0_memory_bytes_logged": max(r["rank0_memory_bytes_logged"] for r in reps),
                        "wall_s_runs": [r["wall_s"] for r in reps],
                        "train_loop_s_runs": [r["train_loop_s"] for r in reps],
@@ -235,8 +248,11 @@ def main():
                 res["tokens_per_step_equal_to_1p"] = reps[0]["tokens"] == base_tokens
                 out["runs"].append(res)
                 print(f"{name} {label}: {res['target_tokens_per_s']:.0f} target tok/s (runs {', '.join('%.0f' % t for t in tps)}), "
-                      f"peak RSS per rank {[round(x / 2**20) for x in res['peak_rss_bytes_per_rank']]} MiB"
-                      + (f", launcher {res['launcher_peak_rss_bytes'] / 2**20:.0f} MiB" if res["launcher_peak_rss_bytes"] else "")
+                      f"peak RSS per rank {[round(x / 2**20) for x in res['peak_rss_bytes_per_rank']]} MiB "
+                      f"(anonymous {[round(x / 2**20) for x in res['peak_rss_anon_bytes_per_rank']]} MiB)"
+                      + (f", launcher {res['launcher_peak_rss_bytes'] / 2**20:.0f} MiB "
+                         f"(anonymous {res['launcher_peak_rss_anon_bytes'] / 2**20:.0f} MiB)"
+                         if res["launcher_peak_rss_bytes"] else "")
                       + f", same tokens per step as 1p: {res['tokens_per_step_equal_to_1p']}", flush=True)
             one = next((r for r in out["runs"] if r["model"] == name and r["case"] == "1p x 2t"), None)
             two = next((r for r in out["runs"] if r["model"] == name and r["case"] == "2p x 1t"), None)
@@ -244,7 +260,9 @@ def main():
                 continue
             out.setdefault("comparisons", {})[name] = {
                 "2p_x_1t_vs_1p_x_2t_tokens_per_s_ratio": two["target_tokens_per_s"] / one["target_tokens_per_s"],
-                "2p_total_peak_rss_vs_1p_ratio": sum(two["peak_rss_bytes_per_rank"]) / one["peak_rss_bytes_per_rank"][0]}
+                "2p_total_peak_rss_vs_1p_ratio": sum(two["peak_rss_bytes_per_rank"]) / one["peak_rss_bytes_per_rank"][0],
+                "2p_total_peak_rss_anon_vs_1p_ratio":
+                    sum(two["peak_rss_anon_bytes_per_rank"]) / one["peak_rss_anon_bytes_per_rank"][0]}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if os.path.exists(a.out):  # hand-written interpretation is kept across reruns

@@ -10,8 +10,16 @@ the same global batch and must give the same run. "Same" is measured as
     equal, the same steps;
   - the final adapter (checkpoints/checkpoint-NNNNNN/adapter_model.safetensors, read with the
     safetensors package): the same tensor names, shapes and dtypes, and for each tensor
-    max|a-b| / max|a| <= 1e-6 (a tensor that is all zeros in both passes).
+    max|a-b| / max|a| <= 1e-6 (a is the yardstick's tensor; where it is all zeros, b must be too).
 Resuming with the same world size must be bit-identical (the adapter file's bytes).
+
+Cases: (a) --nproc-per-node 2 and 3 vs 1 process; (b) torchrun --no-python; (c) two launchers as
+two nodes (--nnodes 2 --node-rank 0/1); (d) a worker SIGKILLed mid-run: the rest exit within
+ddp_timeout naming the rank, the newest checkpoint is intact, --resume completes bit-identical to
+an uninterrupted run; (e) SIGTERM to the launcher: exit 0, a checkpoint at the stop step, the
+resumed run bit-identical; (f) resume of a 2-process checkpoint with 1 process (the global batch
+kept, same result) and with 4 (refused, exit 2, one line, nothing changed); (g) a hung worker
+(SIGSTOP); (h) launcher options out of range.
 
 Every case is its own function (case_*); reference runs they share are made once, on first use.
 Every child runs in its own session with a timeout; on a failure or timeout its whole process tree
@@ -347,6 +355,16 @@ def worker_ranks(launcher_pid):
     return out
 
 
+def assert_printed_once(out, what):
+    """Only rank 0 prints progress: no stdout line comes twice (once per rank)."""
+    seen, twice = set(), []
+    for line in out.splitlines():
+        if line.strip() and line in seen:
+            twice.append(line)
+        seen.add(line)
+    assert not twice, f"{what}: printed more than once (by more than one rank): {twice[:3]}"
+
+
 def error_lines(text):
     return [l for l in text.splitlines() if l.startswith("qlora: error:")]
 
@@ -391,6 +409,7 @@ def case_a_launcher_2_and_3_vs_1():
         assert re.search(rf"^distributed: world size {w}\b", out, re.M), \
             f"{w} processes: no 'distributed: world size {w}' line\n{pw.tail()}"
         assert out.count("distributed: world size") == 1, f"{w} processes: the start line is not printed once"
+        assert_printed_once(pw.stdout, f"{w} processes")
         steps_printed = len(re.findall(r"^step \d+/", pw.stdout, re.M))
         assert steps_printed == SHORT_STEPS, f"{w} processes: {steps_printed} progress lines for {SHORT_STEPS} steps"
         m = compare_metrics(os.path.join(d1, "run"), os.path.join(dw, "run"), f"{w} processes vs 1")
@@ -417,6 +436,7 @@ def case_b_torchrun():
     p = run(cmd, os.path.join(d, "train"))
     out = p.stdout + p.stderr
     assert re.search(r"^distributed: world size 2\b", out, re.M), f"no 'distributed: world size 2' line\n{p.tail()}"
+    assert_printed_once(p.stdout, "torchrun")
     m = compare_metrics(os.path.join(d2, "run"), os.path.join(d, "run"), "torchrun vs --nproc-per-node 2")
     t = compare_adapters(adapter(os.path.join(d2, "run"), SHORT_STEPS), adapter(os.path.join(d, "run"), SHORT_STEPS),
                          "torchrun vs --nproc-per-node 2")
@@ -436,7 +456,8 @@ def case_c_two_nodes():
     assert rc0 == 0 and rc1 == 0, f"node exits {rc0}, {rc1}\nnode 0:\n{p0.tail()}\nnode 1:\n{p1.tail()}"
     assert re.search(r"^distributed: world size 2\b", p0.stdout + p0.stderr, re.M), \
         f"node 0: no 'distributed: world size 2' line\n{p0.tail()}"
-    assert "distributed: world size" not in p1.stdout + p1.stderr, "node 1 printed the start line too"
+    assert not p1.stdout.strip(), f"node 1 (rank 1) printed on stdout:\n{p1.stdout[:2000]}"
+    assert_printed_once(p0.stdout, "two nodes, node 0")
     m = compare_metrics(os.path.join(d2, "run"), os.path.join(d, "run"), "two nodes vs one")
     t = compare_adapters(adapter(os.path.join(d2, "run"), SHORT_STEPS), adapter(os.path.join(d, "run"), SHORT_STEPS),
                          "two nodes vs one")
@@ -504,6 +525,7 @@ def case_e_sigterm():
     assert step == stopped, f"newest checkpoint is step {step}, the last step logged {stopped}"
     check_manifest(ckpt)
     assert not error_lines(p.stderr), p.tail()
+    assert_printed_once(p.stdout, "SIGTERM")
     print(f"   SIGTERM: exit 0, checkpoint at step {step}")
     run(qlora_train(cfg, 2, ["--resume"]), os.path.join(d, "resume"))
     assert sha(adapter(run_dir, LONG_STEPS)) == sha(adapter(os.path.join(dref, "run"), LONG_STEPS)), \
