@@ -526,6 +526,8 @@ def case_e_sigterm():
     check_manifest(ckpt)
     assert not error_lines(p.stderr), p.tail()
     assert_printed_once(p.stdout, "SIGTERM")
+    notices = len(re.findall(r"stop requested", p.stdout + p.stderr))
+    assert notices <= 1, f"SIGTERM: the stop notice is printed {notices} times (once per rank)\n{p.tail()}"
     print(f"   SIGTERM: exit 0, checkpoint at step {step}")
     run(qlora_train(cfg, 2, ["--resume"]), os.path.join(d, "resume"))
     assert sha(adapter(run_dir, LONG_STEPS)) == sha(adapter(os.path.join(dref, "run"), LONG_STEPS)), \
