@@ -181,9 +181,12 @@ int launch(const LaunchOptions& o) {
           failed_at = Clock::now();
           std::fprintf(stderr, "qlora: error: rank %d (pid %d) %s", rank, static_cast<int>(pid),
                        describe_status(status).c_str());
-          if (!live.empty())
-            std::fprintf(stderr, "; the other %zu worker%s get ddp_timeout (%llds) to stop", live.size(),
-                         live.size() == 1 ? "" : "s", static_cast<long long>(o.timeout.count()));
+          if (live.size() == 1)
+            std::fprintf(stderr, "; the other worker gets ddp_timeout (%llds) to stop",
+                         static_cast<long long>(o.timeout.count()));
+          if (live.size() > 1)
+            std::fprintf(stderr, "; the other %zu workers get ddp_timeout (%llds) to stop", live.size(),
+                         static_cast<long long>(o.timeout.count()));
           std::fprintf(stderr, "\n");
           std::fflush(stderr);
         }

@@ -226,7 +226,9 @@ bool keep_global_batch(Session& s, const stdfs::path& ckpt) {
                 static_cast<long long>(saved_cfg.micro_batch_size));
     return true;
   }
-  if (s.cfg.gradient_accumulation_steps != saved_cfg.gradient_accumulation_steps) return false;
+  // --allow-config-change with a gradient_accumulation_steps of the user's own: theirs stands.
+  if (s.opt.allow_config_change && s.cfg.gradient_accumulation_steps != saved_cfg.gradient_accumulation_steps)
+    return false;
   const std::string was = "the checkpoint " + ckpt.filename().string() + " was trained by " +
                           std::to_string(saved.world_size) + " process" + (saved.world_size == 1 ? "" : "es") +
                           " with gradient_accumulation_steps " + std::to_string(saved_cfg.gradient_accumulation_steps) +
