@@ -342,7 +342,7 @@ void check_against_model(Session& s) {
     return 0;
   });
   check_shapes(cfg, mc);
-  check_memory(cfg, mc, s.device);
+  check_memory(cfg, mc, s.device, s.opt.world ? s.opt.world->local_world_size : 1);
 }
 
 // SHA-256 of the training state every rank must hold identically: the LoRA weights, the
