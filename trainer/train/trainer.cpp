@@ -809,6 +809,12 @@ int run_training(const config::TrainConfig& cfg, const TrainOptions& opt) {
     std::fprintf(stderr, "qlora: error: %s%s\n", e.what(),
                  g_last_checkpoint.empty() ? "" : ("; the last checkpoint is intact: " + g_last_checkpoint).c_str());
     return 1;
+  } catch (const UserError& e) {
+    if (!s.group) throw;
+    s.group->mark_failed(e.what());  // the other ranks name this one and why
+    // A bad input every rank sees (the config, a checkpoint) is reported once, by rank 0.
+    if (s.rank > 0 && s.group->failure_of(0, std::chrono::seconds(3)) == std::string(e.what())) return 2;
+    throw;
   } catch (const std::exception& e) {
     if (s.group) s.group->mark_failed(e.what());  // the other ranks name this one and why
     lift_process_memory_limit();
