@@ -190,6 +190,34 @@ def config_bad_device_budget(ctx):
     return train(ctx, {"optimizer_device_budget": "lots"})
 
 
+@case("config", "cfg.yaml", line("ddp_backend"), "expected")
+def config_bad_ddp_backend(ctx):
+    return train(ctx, {"ddp_backend": "mpi"})
+
+
+@case("config", "cfg.yaml", line("ddp_timeout"), "positive")
+def config_zero_ddp_timeout(ctx):
+    return train(ctx, {"ddp_timeout": "0"})
+
+
+# The launcher's options (qlora train CONFIG --nproc-per-node N ...), refused before any worker
+# starts.
+@case("launch", "--nproc-per-node", None, "at least 1")
+def launch_zero_processes(ctx):
+    return train(ctx, args=["--nproc-per-node", "0"])
+
+
+@case("launch", "--node-rank", None, "expected 0 to 1")
+def launch_node_rank_out_of_range(ctx):
+    return train(ctx, args=["--nnodes", "2", "--node-rank", "2", "--master-addr", "127.0.0.1",
+                            "--master-port", "29999"])
+
+
+@case("launch", "--nnodes", None, "--master-addr and --master-port")
+def launch_nodes_without_master(ctx):
+    return train(ctx, args=["--nnodes", "2", "--node-rank", "1"])
+
+
 @case("config", "cfg.yaml", "num_epochs", "max_steps")
 def config_epochs_and_max_steps(ctx):
     return train(ctx, {"num_epochs": "1"})

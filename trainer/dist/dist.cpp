@@ -156,9 +156,14 @@ std::unique_ptr<Group> Group::connect(const World& w, const std::string& backend
 
 namespace {
 
+// The first line of a transport error, without gloo's "[source/file.cc:123] " prefix.
 std::string first_line(const std::exception& e) {
   std::string m = e.what();
   if (auto nl = m.find('\n'); nl != std::string::npos) m.resize(nl);
+  if (m.starts_with("[")) {
+    const size_t close = m.find("] ");
+    if (close != std::string::npos && m.substr(0, close).find(".cc:") != std::string::npos) m.erase(0, close + 2);
+  }
   return m;
 }
 
@@ -264,6 +269,22 @@ void Group::mark_failed(const std::string& why) {
   try {
     impl_->store->set("failed/" + std::to_string(world_.rank), why.substr(0, 400));
   } catch (const std::exception&) {}
+}
+
+std::optional<std::string> Group::failure_of(int r, std::chrono::milliseconds wait) {
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  try {
+    impl_->store->setTimeout(std::chrono::seconds(3));
+    const std::string k = "failed/" + std::to_string(r);
+    for (;;) {
+      if (impl_->store->check({k})) {
+        const std::vector<uint8_t> v = impl_->store->get(k);
+        return std::string(v.begin(), v.end());
+      }
+      if (std::chrono::steady_clock::now() > deadline) return std::nullopt;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  } catch (const std::exception&) { return std::nullopt; }
 }
 
 std::string Group::describe_failure(const std::string& what) {

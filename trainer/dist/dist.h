@@ -90,6 +90,8 @@ class Group {
   void heartbeat(int64_t step);
   // Records that this rank is leaving because of `why` (best effort).
   void mark_failed(const std::string& why);
+  // What rank `r` recorded with mark_failed, waiting up to `wait` for it; nullopt if nothing.
+  std::optional<std::string> failure_of(int r, std::chrono::milliseconds wait);
   // A one-line description of a failed collective: which ranks stopped (heartbeats behind this
   // rank's, or marked failed), and the transport's own message.
   std::string describe_failure(const std::string& what);

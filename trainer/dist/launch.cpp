@@ -156,8 +156,11 @@ int launch(const LaunchOptions& o) {
   int forwarded = 0;
   using Clock = std::chrono::steady_clock;
   std::optional<Clock::time_point> failed_at;
+  bool failure_named = false;
   int stop_stage = 0;  // 1: SIGTERM sent after a failure, 2: SIGKILL sent
-  const auto grace = o.timeout + std::chrono::seconds(15);
+  // After a failure the others fail their next collective at once (a peer that exited) or within
+  // ddp_timeout (a peer that hangs); a worker still there after that is the one that hangs.
+  const auto grace = o.timeout;
   while (!live.empty()) {
     const int n = g_signal_count.load();
     if (n > forwarded) {
@@ -177,13 +180,19 @@ int launch(const LaunchOptions& o) {
       const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
       if (!ok) {
         if (result == 0) result = exit_code(status);
-        if (!failed_at) {
-          failed_at = Clock::now();
+        // Exit code 2: the worker reported a bad input in its own one-line error; nothing to add.
+        const bool reported = WIFEXITED(status) && WEXITSTATUS(status) == 2;
+        if (!failed_at) failed_at = Clock::now();
+        if (!reported && !failure_named) {
+          failure_named = true;
           std::fprintf(stderr, "qlora: error: rank %d (pid %d) %s", rank, static_cast<int>(pid),
                        describe_status(status).c_str());
-          if (!live.empty())
-            std::fprintf(stderr, "; the other %zu worker%s get ddp_timeout (%llds) to stop", live.size(),
-                         live.size() == 1 ? "" : "s", static_cast<long long>(o.timeout.count()));
+          if (live.size() == 1)
+            std::fprintf(stderr, "; the other worker gets ddp_timeout (%llds) to stop",
+                         static_cast<long long>(o.timeout.count()));
+          if (live.size() > 1)
+            std::fprintf(stderr, "; the other %zu workers get ddp_timeout (%llds) to stop", live.size(),
+                         static_cast<long long>(o.timeout.count()));
           std::fprintf(stderr, "\n");
           std::fflush(stderr);
         }
@@ -194,10 +203,13 @@ int launch(const LaunchOptions& o) {
     if (failed_at) {
       const auto since = Clock::now() - *failed_at;
       if (stop_stage == 0 && since > grace) {
-        say("stopping the remaining workers (SIGTERM)");
+        std::string ranks;
+        for (const auto& [p, r] : live) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
+        say("error: rank" + std::string(live.size() == 1 ? " " : "s ") + ranks +
+            " still running ddp_timeout after the failure (hung?); stopping (SIGTERM, then SIGKILL)");
         for (const auto& [p, r] : live) ::kill(p, SIGTERM);
         stop_stage = 1;
-      } else if (stop_stage == 1 && since > grace + std::chrono::seconds(10)) {
+      } else if (stop_stage == 1 && since > grace + std::chrono::seconds(5)) {
         for (const auto& [p, r] : live) ::kill(p, SIGKILL);
         stop_stage = 2;
       }

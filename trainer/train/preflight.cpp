@@ -128,8 +128,12 @@ MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::Mode
   return e;
 }
 
-void check_memory(const config::TrainConfig& cfg, const model::ModelConfig& mc, at::Device device) {
+void check_memory(const config::TrainConfig& cfg, const model::ModelConfig& mc, at::Device device, int processes) {
   const MemoryEstimate e = estimate_memory(cfg, mc, device);
+  const uint64_t sharing = device.is_cuda() ? 1 : static_cast<uint64_t>(std::max(1, processes));
+  const std::string per = sharing > 1 ? " per process, " + fs::format_bytes(e.total() * sharing) + " for the " +
+                                            std::to_string(sharing) + " processes on this machine"
+                                      : "";
   uint64_t avail = 0;
   std::string source;
   if (device.is_cuda()) {
@@ -151,9 +155,9 @@ void check_memory(const config::TrainConfig& cfg, const model::ModelConfig& mc, 
     avail = h->available;
     source = h->source;
   }
-  if (e.total() <= avail) {
-    std::printf("memory: the run needs %s; %s available (%s)\n", e.describe().c_str(), fs::format_bytes(avail).c_str(),
-                source.c_str());
+  if (e.total() * sharing <= avail) {
+    std::printf("memory: the run needs %s%s; %s available (%s)\n", e.describe().c_str(), per.c_str(),
+                fs::format_bytes(avail).c_str(), source.c_str());
     return;
   }
 
@@ -170,7 +174,7 @@ void check_memory(const config::TrainConfig& cfg, const model::ModelConfig& mc, 
     key = "base_model";
     advice = cfg.lora.adapter == "qlora" ? "choose a smaller model" : "use adapter: qlora or a smaller model";
   }
-  const std::string msg = cfg.where(key) + ": " + key + ": this run needs " + e.describe() + " but " +
+  const std::string msg = cfg.where(key) + ": " + key + ": this run needs " + e.describe() + per + " but " +
                           fs::format_bytes(avail) + " is available (" + source + "); " + advice;
   if (cfg.memory_check) user_error(msg, ", or set memory_check: false to try anyway");
   std::fprintf(stderr, "qlora: warning: %s (memory_check: false: trying anyway)\n", msg.c_str());

@@ -42,7 +42,8 @@ MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::Mode
 // Refuses (UserError naming the config key that weighs most) a run whose estimate exceeds the
 // memory available: free device memory on CUDA; on the CPU, MemAvailable or the room under the
 // cgroup limit. memory_check: false turns the refusal into a warning. Prints nothing when the
-// available memory cannot be read.
-void check_memory(const config::TrainConfig& cfg, const model::ModelConfig& mc, at::Device device);
+// available memory cannot be read. `processes` (data-parallel workers on this machine) share
+// the host memory on the CPU: the bound is counted once per process there.
+void check_memory(const config::TrainConfig& cfg, const model::ModelConfig& mc, at::Device device, int processes = 1);
 
 }  // namespace qlora::train

@@ -226,7 +226,9 @@ bool keep_global_batch(Session& s, const stdfs::path& ckpt) {
                 static_cast<long long>(saved_cfg.micro_batch_size));
     return true;
   }
-  if (s.cfg.gradient_accumulation_steps != saved_cfg.gradient_accumulation_steps) return false;
+  // --allow-config-change with a gradient_accumulation_steps of the user's own: theirs stands.
+  if (s.opt.allow_config_change && s.cfg.gradient_accumulation_steps != saved_cfg.gradient_accumulation_steps)
+    return false;
   const std::string was = "the checkpoint " + ckpt.filename().string() + " was trained by " +
                           std::to_string(saved.world_size) + " process" + (saved.world_size == 1 ? "" : "es") +
                           " with gradient_accumulation_steps " + std::to_string(saved_cfg.gradient_accumulation_steps) +
@@ -340,7 +342,7 @@ void check_against_model(Session& s) {
     return 0;
   });
   check_shapes(cfg, mc);
-  check_memory(cfg, mc, s.device);
+  check_memory(cfg, mc, s.device, s.opt.world ? s.opt.world->local_world_size : 1);
 }
 
 // SHA-256 of the training state every rank must hold identically: the LoRA weights, the
@@ -807,6 +809,12 @@ int run_training(const config::TrainConfig& cfg, const TrainOptions& opt) {
     std::fprintf(stderr, "qlora: error: %s%s\n", e.what(),
                  g_last_checkpoint.empty() ? "" : ("; the last checkpoint is intact: " + g_last_checkpoint).c_str());
     return 1;
+  } catch (const UserError& e) {
+    if (!s.group) throw;
+    s.group->mark_failed(e.what());  // the other ranks name this one and why
+    // A bad input every rank sees (the config, a checkpoint) is reported once, by rank 0.
+    if (s.rank > 0 && s.group->failure_of(0, std::chrono::seconds(3)) == std::string(e.what())) return 2;
+    throw;
   } catch (const std::exception& e) {
     if (s.group) s.group->mark_failed(e.what());  // the other ranks name this one and why
     lift_process_memory_limit();
