@@ -51,7 +51,7 @@ DDP_TIMEOUT = 20       # seconds, the config's ddp_timeout in every run
 RUN_TIMEOUT = 300      # seconds, the limit for any one command
 EXIT_MARGIN = 30       # seconds beyond ddp_timeout for the survivors of a killed rank to exit
 HANG_TIMEOUT = 8       # ddp_timeout of the run with a hung worker (the survivors wait for it in full)
-LAUNCHER_MARGIN = 40   # seconds beyond ddp_timeout for the launcher to end a hung worker after the
+LAUNCHER_MARGIN = 20   # seconds beyond ddp_timeout for the launcher to end a hung worker after the
                        # first worker exits (it sends SIGTERM, which a stopped process never acts
                        # on, and SIGKILL some seconds later)
 
