@@ -535,8 +535,6 @@ StepResult compute_step(Session& s) {
     const std::vector<double> l = s.group->all_reduce_sum({loss_sum, stop_requested() ? 1.0 : 0.0});
     loss_sum = l[0];
     s.stop_agreed = l[1] > 0;
-  } else {
-    s.stop_agreed = stop_requested();
   }
   for (size_t j = 0; j < acc.size(); ++j)
     r.grads.push_back(acc[j].defined() ? acc[j].to(s.params[j].param.scalar_type()) : at::Tensor());
@@ -615,7 +613,8 @@ void save(Session& s) {
 bool after_step(Session& s) {
   const int64_t step = s.ts.global_step;
   if (s.cfg.eval_steps > 0 && step % s.cfg.eval_steps == 0 && step < s.total_steps) run_eval(s, step);
-  const bool stop = s.stop_agreed || step == s.opt.faults.stop_after_step;
+  // A distributed run stops where every rank agreed to (the vote in compute_step).
+  const bool stop = (s.group ? s.stop_agreed : stop_requested()) || step == s.opt.faults.stop_after_step;
   if ((s.cfg.save_steps > 0 && step % s.cfg.save_steps == 0) || stop) save(s);
   return stop;
 }
