@@ -35,6 +35,7 @@ std::string error_of(const Env& env) {
 
 TEST(World, FromTorchrunEnvironment) {
   EXPECT_FALSE(world_of({}).has_value());
+  EXPECT_FALSE(world_of({{"RANK", "0"}, {"WORLD_SIZE", "1"}}).has_value());  // one process, no store
   const Env env = {{"RANK", "3"},
                    {"WORLD_SIZE", "4"},
                    {"LOCAL_RANK", "1"},

@@ -20,8 +20,8 @@ namespace qlora::cli {
 
 namespace {
 
-// The worker's command line: ours without the launcher's options.
-std::vector<std::string> worker_args(const std::vector<std::string>& argv) {
+// The worker's command line: ours without the launcher's options (which go to `launcher`).
+std::vector<std::string> worker_args(const std::vector<std::string>& argv, std::string* launcher) {
   static const char* const kLauncher[] = {"--nproc-per-node", "--nnodes", "--node-rank", "--master-addr",
                                           "--master-port"};
   std::vector<std::string> out;
@@ -31,11 +31,13 @@ std::vector<std::string> worker_args(const std::vector<std::string>& argv) {
       const std::string opt = o;
       if (argv[i] == opt) {
         skip = true;
-        ++i;  // and its value
+        *launcher += (launcher->empty() ? "" : " ") + opt;
+        if (++i < argv.size()) *launcher += " " + argv[i];  // and its value
         break;
       }
       if (argv[i].rfind(opt + "=", 0) == 0) {
         skip = true;
+        *launcher += (launcher->empty() ? "" : " ") + argv[i];
         break;
       }
     }
@@ -65,7 +67,7 @@ int launch_workers(const TrainArgs& a, const config::TrainConfig& cfg) {
   std::error_code ec;
   lo.executable = std::filesystem::read_symlink("/proc/self/exe", ec).string();
   if (ec) throw std::runtime_error("cannot find this executable (/proc/self/exe): " + ec.message());
-  lo.worker_args = worker_args(a.argv);
+  lo.worker_args = worker_args(a.argv, &lo.launch_options);
   for (char** e = environ; e && *e; ++e) lo.environment.emplace_back(*e);
   lo.timeout = std::chrono::seconds(cfg.ddp_timeout);
   return dist::launch(lo);
@@ -83,6 +85,7 @@ int run_train(const TrainArgs& a) {
   o.faults.nonfinite_steps = a.test_nonfinite_steps;
   o.faults.stop_after_step = a.test_stop_after_step;
   o.world = dist::World::from_env([](const char* k) { return std::getenv(k); });
+  if (const char* lo = std::getenv("QLORA_LAUNCH_OPTIONS"); lo && o.world) o.launch_options = lo;
   if (o.world && o.world->rank > 0) {
     // Rank 0 reports the run; the others print only warnings and errors (stderr).
     std::fflush(stdout);

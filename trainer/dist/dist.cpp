@@ -54,6 +54,7 @@ std::optional<World> World::from_env(const std::function<const char*(const char*
     user_error("environment: LOCAL_RANK is not set and RANK=", w.rank,
                " is not below LOCAL_WORLD_SIZE=", w.local_world_size);
   const char* addr = env("MASTER_ADDR");
+  if (w.world_size == 1 && (!addr || !*addr)) return std::nullopt;  // RANK=0 WORLD_SIZE=1: one process
   if (!addr || !*addr)
     user_error("environment: MASTER_ADDR is not set (WORLD_SIZE=", w.world_size,
                "): the address of the rendezvous store is needed");

@@ -43,8 +43,8 @@ struct World {
   int num_nodes() const { return local_world_size > 0 ? (world_size + local_world_size - 1) / local_world_size : 1; }
 
   // From the variables torchrun sets, read through `env` (the command line passes getenv; the
-  // library reads no environment itself). nullopt when RANK and WORLD_SIZE are both unset (a
-  // plain single-process run). A variable that is set but malformed or inconsistent is a
+  // library reads no environment itself). nullopt when RANK and WORLD_SIZE are both unset, or
+  // WORLD_SIZE is 1 and no MASTER_ADDR is set (a plain single-process run). A variable that is set but malformed or inconsistent is a
   // UserError naming it ("environment: RANK=7: expected a rank below WORLD_SIZE=2").
   static std::optional<World> from_env(const std::function<const char*(const char*)>& env);
 };

@@ -104,7 +104,8 @@ int launch(const LaunchOptions& o) {
                                       "MASTER_PORT=",
                                       "TORCHELASTIC_USE_AGENT_STORE=",
                                       "TORCHELASTIC_RESTART_COUNT=",
-                                      "OMP_NUM_THREADS="};
+                                      "OMP_NUM_THREADS=",
+                                      "QLORA_LAUNCH_OPTIONS="};
   for (const auto& e : o.environment) {
     bool ours = false;
     for (const char* k : kOurs) ours = ours || e.rfind(k, 0) == 0;
@@ -126,6 +127,7 @@ int launch(const LaunchOptions& o) {
     env.push_back("TORCHELASTIC_USE_AGENT_STORE=True");
     env.push_back("TORCHELASTIC_RESTART_COUNT=0");
     env.push_back("OMP_NUM_THREADS=" + std::to_string(o.threads_per_worker));
+    env.push_back("QLORA_LAUNCH_OPTIONS=" + o.launch_options);
     std::vector<char*> envp, argv;
     for (auto& e : env) envp.push_back(e.data());
     envp.push_back(nullptr);

@@ -29,6 +29,8 @@ struct LaunchOptions {
   std::string executable;                // the worker program
   std::vector<std::string> worker_args;  // its arguments (argv[1:])
   std::vector<std::string> environment;  // the launcher's environment, "KEY=VALUE"
+  std::string launch_options;            // as given ("--nproc-per-node 2"), told to the workers
+                                         // (QLORA_LAUNCH_OPTIONS) for their "resume with:" line
   std::chrono::seconds timeout{1800};
 };
 

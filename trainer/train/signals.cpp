@@ -13,6 +13,7 @@ namespace qlora::train {
 namespace {
 std::atomic<int> g_signals{0};
 std::atomic<bool> g_merge_repeats{false};
+std::atomic<bool> g_quiet{false};
 std::atomic<int64_t> g_first_ns{0};
 
 int64_t now_ns() {
@@ -27,18 +28,22 @@ void on_signal(int sig) {
   if (g_signals.fetch_add(1) >= 1) {
     // Second signal: the user insists. No checkpoint.
     const char msg[] = "\nqlora: second signal, exiting without a checkpoint\n";
-    ssize_t r = ::write(STDERR_FILENO, msg, sizeof msg - 1);
-    (void)r;
+    if (!g_quiet.load()) {
+      ssize_t r = ::write(STDERR_FILENO, msg, sizeof msg - 1);
+      (void)r;
+    }
     std::_Exit(128 + sig);
   }
+  if (g_quiet.load()) return;
   const char msg[] = "\nqlora: stop requested; finishing this step and saving a checkpoint (signal again to abort)\n";
   ssize_t r = ::write(STDERR_FILENO, msg, sizeof msg - 1);
   (void)r;
 }
 }  // namespace
 
-void install_stop_handlers(bool merge_repeats) {
+void install_stop_handlers(bool merge_repeats, bool quiet) {
   g_merge_repeats.store(merge_repeats);
+  g_quiet.store(quiet);
   struct sigaction sa {};
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);

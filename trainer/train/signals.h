@@ -6,7 +6,8 @@ namespace qlora::train {
 
 // merge_repeats (distributed runs): a signal within a second of the first counts as the same
 // request, since a terminal's Ctrl-C can reach a worker both directly and through its launcher.
-void install_stop_handlers(bool merge_repeats = false);
+// quiet: say nothing (the ranks of a distributed run other than rank 0).
+void install_stop_handlers(bool merge_repeats = false, bool quiet = false);
 bool stop_requested();
 void clear_stop_request();  // for tests
 

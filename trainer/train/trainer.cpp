@@ -754,9 +754,12 @@ int train(Session& s, Clock::time_point t_start) {
   if (end == LoopEnd::Diverged) return 1;
   s.progress->finish();
   if (end == LoopEnd::Stopped) {
-    std::printf("stopped at step %lld/%lld; checkpoint %s\nresume with: qlora train %s --resume\n",
-                static_cast<long long>(s.ts.global_step), static_cast<long long>(s.total_steps),
-                (s.ckpt_dir() / run::checkpoint_name(s.ts.global_step)).string().c_str(), cfg.config_path.c_str());
+    std::string again = "qlora train " + cfg.config_path + " --resume";
+    if (!s.opt.launch_options.empty()) again += " " + s.opt.launch_options;
+    if (s.opt.world && s.opt.launch_options.empty()) again = "the same torchrun command with " + again;
+    std::printf("stopped at step %lld/%lld; checkpoint %s\nresume with: %s\n", static_cast<long long>(s.ts.global_step),
+                static_cast<long long>(s.total_steps),
+                (s.ckpt_dir() / run::checkpoint_name(s.ts.global_step)).string().c_str(), again.c_str());
     return 0;
   }
   finish(s, t_start);
@@ -798,7 +801,7 @@ int run_training(const config::TrainConfig& cfg, const TrainOptions& opt) {
   const auto t_start = Clock::now();
   Session s(cfg, opt, model::resolve_device(cfg.device, cfg.where("device") + ": device"));
   at::manual_seed(cfg.seed);
-  install_stop_handlers(/*merge_repeats=*/opt.world.has_value());
+  install_stop_handlers(/*merge_repeats=*/opt.world.has_value(), /*quiet=*/opt.world && opt.world->rank > 0);
   g_previous_terminate = std::set_terminate(on_terminate);
   try {
     if (opt.world) join_world(s);

@@ -32,6 +32,9 @@ struct TrainOptions {
   // See docs/distributed.md: rank 0 writes everything, every rank trains its slice of each
   // global batch of micro_batch_size x gradient_accumulation_steps x world size.
   std::optional<dist::World> world;
+  // How this worker was launched, for the "resume with:" line: qlora's launcher options
+  // ("--nproc-per-node 2"), or torchrun (world set, no launcher options).
+  std::string launch_options;
 };
 
 // Returns the process exit code (0 also when stopped by SIGINT/SIGTERM after checkpointing; 1
