@@ -17,7 +17,7 @@ Cases: (a) --nproc-per-node 2 and 3 vs 1 process; (b) torchrun --no-python; (c) 
 two nodes (--nnodes 2 --node-rank 0/1); (d) a worker SIGKILLed mid-run: the rest exit within
 ddp_timeout naming the rank, the newest checkpoint is intact, --resume completes bit-identical to
 an uninterrupted run; (e) SIGTERM to the launcher: exit 0, a checkpoint at the stop step, the
-resumed run bit-identical; (f) resume of a 2-process checkpoint with 1 process (the global batch
+printed resume command gives a run bit-identical to an uninterrupted one; (f) resume of a 2-process checkpoint with 1 process (the global batch
 kept, same result) and with 4 (refused, exit 2, one line, nothing changed); (g) a hung worker
 (SIGSTOP); (h) launcher options out of range.
 
@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -507,8 +508,9 @@ def case_d_worker_killed():
 
 
 def case_e_sigterm():
-    """SIGTERM to the launcher: exit 0 with a checkpoint at the stop step; the resumed run's final
-    adapter equals an uninterrupted 2-process run's bit for bit."""
+    """SIGTERM to the launcher: exit 0 with a checkpoint at the stop step, the stop notice and
+    progress printed once; the 'resume with:' command it prints (the launcher's options included)
+    completes the run, whose final adapter equals an uninterrupted 2-process run's bit for bit."""
     dref = ref_long2()[0]
     d = case_dir("sigterm")
     cfg = write_config(d, G_TOTAL // 2, LONG_STEPS, 4)
@@ -528,8 +530,13 @@ def case_e_sigterm():
     check_manifest(ckpt)
     assert not error_lines(p.stderr), p.tail()
     assert_printed_once(p.stdout, "SIGTERM")
-    print(f"   SIGTERM: exit 0, checkpoint at step {step}")
-    run(qlora_train(cfg, 2, ["--resume"]), os.path.join(d, "resume"))
+    hint = re.search(r"^resume with: (.*)$", p.stdout + p.stderr, re.M)
+    assert hint, f"SIGTERM: no 'resume with:' line\n{p.tail()}"
+    resume = shlex.split(hint.group(1))
+    assert resume[:2] == ["qlora", "train"] and "--resume" in resume and "--nproc-per-node" in resume, \
+        f"SIGTERM: the resume command does not restart the launcher: {hint.group(1)!r}"
+    print(f"   SIGTERM: exit 0, checkpoint at step {step}; {hint.group(0)!r}")
+    run([ARGS.qlora] + resume[1:], os.path.join(d, "resume"))  # the command it printed
     assert sha(adapter(run_dir, LONG_STEPS)) == sha(adapter(os.path.join(dref, "run"), LONG_STEPS)), \
         "the resumed run's final adapter differs from the uninterrupted run's"
     compare_metrics(os.path.join(dref, "run"), run_dir, "resumed after SIGTERM vs uninterrupted")
