@@ -561,10 +561,11 @@ bool apply_step(Session& s, const StepResult& r) {
                         std::to_string(ts.consecutive_nonfinite) + " in a row)");
     if (ts.consecutive_nonfinite >= s.cfg.max_nonfinite_steps) {
       s.progress->finish();
-      std::fprintf(stderr,
-                   "qlora: error: training diverged: %lld non-finite steps in a row (max_nonfinite_steps); "
-                   "the last checkpoint holds the last finite state\n",
-                   static_cast<long long>(ts.consecutive_nonfinite));
+      if (s.is_main())  // every rank of a distributed run takes the same decision; one says so
+        std::fprintf(stderr,
+                     "qlora: error: training diverged: %lld non-finite steps in a row (max_nonfinite_steps); "
+                     "the last checkpoint holds the last finite state\n",
+                     static_cast<long long>(ts.consecutive_nonfinite));
       return false;
     }
   } else {
