@@ -166,10 +166,13 @@ int launch(const LaunchOptions& o) {
   while (!live.empty()) {
     const int n = g_signal_count.load();
     if (n > forwarded) {
-      const int sig = g_last_signal.load();
+      // SIGHUP (a closed terminal) would end a worker on the spot: it gets SIGTERM instead.
+      const int sig = g_last_signal.load() == SIGHUP ? SIGTERM : g_last_signal.load();
       for (const auto& [p, r] : live) ::kill(p, sig);
       if (forwarded == 0)
-        say("received signal " + std::to_string(sig) + "; passed on to the workers (they checkpoint and exit)");
+        say("received signal " + std::to_string(g_last_signal.load()) +
+            (sig != g_last_signal.load() ? " (SIGHUP)" : "") + "; passed on to the workers" +
+            (sig != g_last_signal.load() ? " as SIGTERM" : "") + " (they checkpoint and exit)");
       forwarded = n;
     }
     int status = 0;

@@ -5,8 +5,9 @@
 // MASTER_PORT, TORCHELASTIC_USE_AGENT_STORE=True, TORCHELASTIC_RESTART_COUNT=0, and
 // OMP_NUM_THREADS), hosts the rendezvous store on node 0 (on a free port when single-node and
 // none is given), and watches the workers:
-//   - SIGINT/SIGTERM/SIGHUP to the launcher is passed on to every worker once (the workers finish
-//     the step, checkpoint and exit 0); a second one is passed on too (they exit at once);
+//   - SIGINT/SIGTERM/SIGHUP to the launcher is passed on to every worker once (SIGHUP as SIGTERM;
+//     the workers finish the step, checkpoint and exit 0); a second one is passed on too (they
+//     exit at once);
 //   - a worker that exits non-zero or is killed is reported on stderr naming its rank; the others
 //     get `timeout` (ddp_timeout) plus a margin to exit on their own, then SIGTERM, then SIGKILL;
 //   - workers are in their own process group and die with the launcher (PR_SET_PDEATHSIG).

@@ -778,6 +778,11 @@ void join_world(Session& s) {
     if (cfg.device.starts_with("cuda:"))
       user_error(cfg.where("device"), ": device: ", cfg.device, " names one GPU, but ", w.local_world_size,
                  " processes run on this machine; use cuda (or auto): each rank takes cuda:LOCAL_RANK");
+    const int64_t gpus = static_cast<int64_t>(torch::cuda::device_count());
+    if (w.local_rank >= gpus)
+      user_error("LOCAL_RANK ", w.local_rank, ": this machine has ", gpus, " visible GPU", gpus == 1 ? "" : "s",
+                 " for its ", w.local_world_size, " processes; each rank trains on cuda:LOCAL_RANK, so start at most ",
+                 gpus, " processes per machine (--nproc-per-node)");
     s.device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(w.local_rank));
   }
   std::string backend = cfg.ddp_backend;
