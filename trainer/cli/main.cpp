@@ -32,16 +32,10 @@ void print_version() {
     std::printf("GPU: none visible\n");
 }
 
-// First line of a c10::Error, without the C++ stack trace.
-std::string first_line(const std::string& s) {
-  auto nl = s.find('\n');
-  return nl == std::string::npos ? s : s.substr(0, nl);
-}
-
 // A usage error in the words of every other error: the option or argument, then what was
 // expected. CLI11's own first line where no better wording is known.
 std::string usage_message(const CLI::ParseError& err, const CLI::App& app, int argc, char** argv) {
-  std::string what = first_line(err.what());
+  std::string what = qlora::first_line(err.what());
   while (!what.empty() && (what.back() == ' ' || what.back() == '.')) what.pop_back();
   const CLI::App* cmd = &app;  // the innermost subcommand given
   for (const CLI::App* sub = &app; sub;) {
@@ -237,7 +231,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "qlora: error: %s\n", err.what());
     return 2;
   } catch (const c10::Error& err) {
-    std::fprintf(stderr, "qlora: internal error: %s\n", first_line(err.what_without_backtrace()).c_str());
+    std::fprintf(stderr, "qlora: internal error: %s\n", qlora::first_line(err.what_without_backtrace()).c_str());
     return 1;
   } catch (const std::exception& err) {
     std::fprintf(stderr, "qlora: internal error: %s\n", err.what());

@@ -47,6 +47,9 @@ inline std::string json_error_text(const std::exception& e) {
   return m;
 }
 
+// The first line of a message: c10 errors append a C++ stack trace, some libraries more detail.
+inline std::string first_line(std::string_view s) { return std::string(s.substr(0, s.find('\n'))); }
+
 // Throws UserError with the arguments streamed together.
 template <class... Args>
 [[noreturn]] void user_error(Args&&... args) {

@@ -116,8 +116,7 @@ std::unique_ptr<Group> Group::connect(const World& w, const std::string& backend
   try {
     im.tcp = c10::make_intrusive<c10d::TCPStore>(w.master_addr, o);
   } catch (const std::exception& e) {
-    std::string m = e.what();
-    if (auto nl = m.find('\n'); nl != std::string::npos) m.resize(nl);
+    const std::string m = first_line(e.what());
     throw CollectiveError("rank " + std::to_string(w.rank) + ": cannot reach the rendezvous store at " +
                           g->store_address() + " within ddp_timeout (" + std::to_string(timeout.count()) + "s): " + m);
   }
@@ -146,8 +145,7 @@ std::unique_ptr<Group> Group::connect(const World& w, const std::string& backend
       im.pg = make_nccl_group(im.store, w.rank, w.world_size, timeout, device);
     }
   } catch (const UserError&) { throw; } catch (const std::exception& e) {
-    std::string m = e.what();
-    if (auto nl = m.find('\n'); nl != std::string::npos) m.resize(nl);
+    const std::string m = first_line(e.what());
     throw CollectiveError("rank " + std::to_string(w.rank) + ": the " + backend + " process group of " +
                           std::to_string(w.world_size) + " ranks did not form within ddp_timeout (" +
                           std::to_string(timeout.count()) + "s; store " + g->store_address() + "): " + m);
@@ -158,9 +156,8 @@ std::unique_ptr<Group> Group::connect(const World& w, const std::string& backend
 namespace {
 
 // The first line of a transport error, without gloo's "[source/file.cc:123] " prefix.
-std::string first_line(const std::exception& e) {
-  std::string m = e.what();
-  if (auto nl = m.find('\n'); nl != std::string::npos) m.resize(nl);
+std::string transport_message(const std::exception& e) {
+  std::string m = first_line(e.what());
   if (m.starts_with("[")) {
     const size_t close = m.find("] ");
     if (close != std::string::npos && m.substr(0, close).find(".cc:") != std::string::npos) m.erase(0, close + 2);
@@ -171,13 +168,13 @@ std::string first_line(const std::exception& e) {
 }  // namespace
 
 // Runs one collective; a failure becomes a CollectiveError naming the ranks that stopped.
-#define QLORA_COLLECTIVE(what, ...)                                                      \
-  do {                                                                                   \
-    try {                                                                                \
-      __VA_ARGS__;                                                                       \
-    } catch (const CollectiveError&) { throw; } catch (const std::exception& e) {        \
-      throw CollectiveError(describe_failure(std::string(what) + ": " + first_line(e))); \
-    }                                                                                    \
+#define QLORA_COLLECTIVE(what, ...)                                                             \
+  do {                                                                                          \
+    try {                                                                                       \
+      __VA_ARGS__;                                                                              \
+    } catch (const CollectiveError&) { throw; } catch (const std::exception& e) {               \
+      throw CollectiveError(describe_failure(std::string(what) + ": " + transport_message(e))); \
+    }                                                                                           \
   } while (0)
 
 void Group::all_reduce_sum(const std::vector<at::Tensor>& tensors, int64_t bucket_bytes) {

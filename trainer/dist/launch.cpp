@@ -75,8 +75,7 @@ int launch(const LaunchOptions& o) {
     try {
       store = c10::make_intrusive<c10d::TCPStore>(addr, so);
     } catch (const std::exception& e) {
-      std::string m = e.what();
-      if (auto nl = m.find('\n'); nl != std::string::npos) m.resize(nl);
+      const std::string m = first_line(e.what());
       user_error("--master-port ", port, ": cannot host the rendezvous store on port ", port, ": ", m);
     }
     port = store->getPort();

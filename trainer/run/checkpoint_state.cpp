@@ -334,7 +334,7 @@ stdfs::path write_checkpoint(const stdfs::path& checkpoints_dir, const config::T
     const size_t end = what.find_first_of("/: ", p);
     what.replace(p, (end == std::string::npos ? what.size() : end) - p, name);
   }
-  if (auto nl = what.find('\n'); nl != std::string::npos) what.resize(nl);
+  what = first_line(what);
   if (what.starts_with(final_path.string())) user_error(what, " (checkpoint not written)");
   user_error(final_path.string(), ": cannot write this checkpoint (", what, ")");
 }
@@ -357,9 +357,7 @@ std::optional<std::string> check_checkpoint_contents(const stdfs::path& ckpt) {
   } catch (const UserError& e) { return std::string(e.what()); } catch (const std::exception& e) {
     // Anything a malformed file provokes deeper down (a JSON type error, a torch check) is still
     // the checkpoint's fault: report it as such, never as an internal error.
-    std::string w = e.what();
-    if (auto nl = w.find('\n'); nl != std::string::npos) w.resize(nl);
-    return ckpt.string() + ": malformed checkpoint (" + w + ")";
+    return ckpt.string() + ": malformed checkpoint (" + first_line(e.what()) + ")";
   }
   return std::nullopt;
 }
