@@ -10,6 +10,7 @@
 #include "kernels/cpu/nf4_cpu_isa.h"
 #include "kernels/dropout.h"
 #include "kernels/nf4.h"
+#include "kernels/step_profile.h"
 #ifdef QLORA_WITH_CUDA
 #include "kernels/cuda/nf4_cuda_ops.h"
 #endif
@@ -50,6 +51,7 @@ at::Tensor nf4_absmax(const NF4Tensor& w) {
 }
 
 at::Tensor nf4_dequantize(const NF4Tensor& w, at::ScalarType dtype) {
+  profile::Scope prof(profile::Part::dequantize);
   if (w.device().is_cpu()) return cpu::nf4_dequantize_cpu(w, dtype);
 #ifdef QLORA_WITH_CUDA
   if (w.device().is_cuda()) return cuda_ops::nf4_dequantize_cuda(w, dtype);
@@ -67,6 +69,7 @@ void nf4_dequantize_into(const NF4Tensor& w, at::Tensor& out) {
 }
 
 at::Tensor nf4_linear(const at::Tensor& x, const NF4Tensor& w) {
+  profile::Scope prof(profile::Part::base_gemm);
   if (x.is_cpu()) return cpu::nf4_linear_cpu(x, w);
 #ifdef QLORA_WITH_CUDA
   if (x.is_cuda()) return cuda_ops::nf4_linear_cuda(x, w);
@@ -75,6 +78,7 @@ at::Tensor nf4_linear(const at::Tensor& x, const NF4Tensor& w) {
 }
 
 at::Tensor nf4_linear_grad_input(const at::Tensor& dy, const NF4Tensor& w) {
+  profile::Scope prof(profile::Part::base_gemm);
   if (dy.is_cpu()) return cpu::nf4_linear_grad_input_cpu(dy, w);
 #ifdef QLORA_WITH_CUDA
   if (dy.is_cuda()) return cuda_ops::nf4_linear_grad_input_cuda(dy, w);

@@ -15,6 +15,7 @@
 #include <mutex>
 
 #include "kernels/cuda/nf4_cuda.h"
+#include "kernels/step_profile.h"
 
 namespace qlora::kernels::cuda_ops {
 
@@ -82,6 +83,7 @@ at::Tensor nf4_dequantize_cuda(const NF4Tensor& w, at::ScalarType dtype) {
 }
 
 void nf4_dequantize_into_cuda(const NF4Tensor& w, at::Tensor& out) {
+  profile::Scope prof(profile::Part::dequantize);
   const cuda::OutType t = out_type(out.scalar_type(), "nf4_dequantize");
   TORCH_CHECK(out.is_cuda() && out.device() == w.device() && out.is_contiguous() && out.numel() == w.numel(),
               "nf4_dequantize_into: out must be contiguous on the weight's device with ", w.numel(), " elements");

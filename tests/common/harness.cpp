@@ -7,6 +7,7 @@
 #include <array>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 
 namespace qlora::test {
 
@@ -37,8 +38,19 @@ std::string quote(const std::string& s) {
   return q + "'";
 }
 
+namespace {
+// The paths compiled into the test executables, each overridable from the environment so that a
+// test binary built here can run on another machine (scripts/gpu-check.sh carries them to the
+// GPU machine): QLORA_TEST_PYTHON, QLORA_SOURCE_DIR, QLORA_TEST_BINARY_DIR, QLORA_EXE.
+std::string path_setting(const char* env, const char* built_in) {
+  const char* v = std::getenv(env);
+  return v && *v ? std::string(v) : std::string(built_in);
+}
+}  // namespace
+
 ProcResult run_python(const std::string& script, const std::vector<std::string>& args, bool expect_ok) {
-  std::string cmd = std::string(QLORA_TEST_PYTHON) + " " + quote((source_dir() / "tests/python" / script).string());
+  std::string cmd = quote(path_setting("QLORA_TEST_PYTHON", QLORA_TEST_PYTHON)) + " " +
+                    quote((source_dir() / "tests/python" / script).string());
   for (const auto& a : args) cmd += " " + quote(a);
   // Reference libraries must never reach for a model hub.
   ProcResult r = run("HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false " + cmd);
@@ -53,15 +65,15 @@ stdfs::path temp_dir(const std::string& tag) {
   if (!tag.empty()) name += "." + tag;
   for (char& c : name)
     if (c == '/') c = '_';
-  stdfs::path d = stdfs::path(QLORA_TEST_BINARY_DIR) / "tmp" /
+  stdfs::path d = stdfs::path(path_setting("QLORA_TEST_BINARY_DIR", QLORA_TEST_BINARY_DIR)) / "tmp" /
                   (name + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
   stdfs::remove_all(d);
   stdfs::create_directories(d);
   return d;
 }
 
-stdfs::path qlora_exe() { return QLORA_EXE; }
-stdfs::path source_dir() { return QLORA_SOURCE_DIR; }
+stdfs::path qlora_exe() { return path_setting("QLORA_EXE", QLORA_EXE); }
+stdfs::path source_dir() { return path_setting("QLORA_SOURCE_DIR", QLORA_SOURCE_DIR); }
 
 ProcResult run_qlora(const std::string& args) { return run(quote(qlora_exe().string()) + " " + args); }
 

@@ -355,3 +355,40 @@ TEST_F(TrainE2E, AllocationFailureMidRunIsAClearErrorAndKeepsTheLastCheckpoint) 
   EXPECT_EQ(ok.code, 0) << ok.output;
   EXPECT_NE(ok.output.find("resumed from " + (ckpts / "checkpoint-000002").string()), std::string::npos) << ok.output;
 }
+
+// profiler_steps: the profiled steps are timed part by part into profile_breakdown.json, and the
+// run's numbers are those of a run without the profiler.
+TEST_F(TrainE2E, ProfilerStepsWriteABreakdownAndChangeNoNumbers) {
+  auto a = test::temp_dir("plain");
+  auto b = test::temp_dir("profiled");
+  const std::string extra = "optimizer: paged_adamw\noptimizer_device_budget: 4KB\ngradient_checkpointing: true\n";
+  test::ProcResult ra = train(write_config(a, extra));
+  ASSERT_EQ(ra.code, 0) << ra.output;
+  test::ProcResult rb = train(write_config(b, extra + "profiler_steps: 3\nprofiler_steps_start: 2\n"));
+  ASSERT_EQ(rb.code, 0) << rb.output;
+  EXPECT_EQ(losses(a / "run"), losses(b / "run"));
+  EXPECT_FALSE(stdfs::exists(a / "run/profile_breakdown.json"));
+  ASSERT_TRUE(stdfs::exists(b / "run/profile_breakdown.json")) << rb.output;
+  EXPECT_EQ(lines_starting(rb.output, "profile: steps 3-5,").size(), 1u) << rb.output;
+  const auto j = nlohmann::json::parse(fs::read_file(b / "run/profile_breakdown.json"));
+  EXPECT_EQ(j["steps"], 3);
+  EXPECT_EQ(j["steps_profiled"], nlohmann::json::array({3, 5}));
+  EXPECT_EQ(j["device"], "cpu");
+  const double step_s = j["step_s"].get<double>();
+  double sum = 0;
+  for (auto& [k, v] : j["parts"].items()) {
+    EXPECT_GE(v.get<double>(), 0.0) << k;
+    sum += v.get<double>();
+  }
+  // One thread: the parts and the unattributed rest make the step; CPU row shards side by side
+  // add their thread times (ctest runs with 2 threads).
+  const int threads = j["threads"].get<int>();
+  EXPECT_GE(threads, 1);
+  EXPECT_NEAR(j["parts_sum_s"].get<double>(), sum, 1e-9);
+  EXPECT_LE(sum, step_s * threads * 1.0001);
+  if (threads == 1) EXPECT_NEAR(j["unattributed_s"].get<double>(), step_s - sum, 1e-9);
+  // Each part the step has was seen (on the CPU dequantization is fused into the GEMM tiles).
+  for (const char* p : {"base_gemm", "lora", "attention", "norm_rope_act", "loss", "optimizer", "paging", "other"})
+    EXPECT_GT(j["parts"][p].get<double>(), 0.0) << p;
+  EXPECT_TRUE(j["plain_step_s"].is_number());  // steps 1-2 ran unprofiled
+}

@@ -78,6 +78,10 @@ struct TrainConfig {
   // CUDA) and how long a collective waits for the other ranks, in seconds.
   std::string ddp_backend = "auto";
   int64_t ddp_timeout = 1800;
+  // Step-time breakdown (docs/gpu.md): profile profiler_steps steps after the first
+  // profiler_steps_start, writing profile_breakdown.json into the run directory. 0: off.
+  int64_t profiler_steps = 0;
+  int64_t profiler_steps_start = 0;
 
   // Where each key the user set came from: key path (lora_r, quantization.blocksize,
   // datasets.0.path) -> "FILE:LINE" or "--set key=value". Filled by the loader.

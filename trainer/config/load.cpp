@@ -776,6 +776,10 @@ const Schema<TrainConfig>& top_schema() {
         "ddp_backend", [](T& c) -> std::string& { return c.ddp_backend; }, {"auto", "gloo", "nccl"}, {}, H));
     v.push_back(int_field<T>(
         "ddp_timeout", [](T& c) -> int64_t& { return c.ddp_timeout; }, 1, H));
+    v.push_back(int_field<T>(
+        "profiler_steps", [](T& c) -> int64_t& { return c.profiler_steps; }, 0, H));
+    v.push_back(int_field<T>(
+        "profiler_steps_start", [](T& c) -> int64_t& { return c.profiler_steps_start; }, 0, H));
     return v;
   }();
   return s;

@@ -7,6 +7,8 @@
 #include <mutex>
 #include <vector>
 
+#include "kernels/step_profile.h"
+
 namespace qlora::model {
 
 namespace {
@@ -67,6 +69,7 @@ at::Tensor lora_linear(const at::Tensor& x, const kernels::NF4Tensor* nf4, const
     const at::Tensor x2 = x.detach().reshape({-1, K}).contiguous();
     y = nf4 ? kernels::nf4_linear(x2, *nf4) : at::mm(x2, weight.t());
     if (bias.defined()) y.add_(bias);
+    kernels::profile::Scope prof(kernels::profile::Part::lora);
     xd = dropout_p > 0.0 ? kernels::hashed_dropout(x2, dropout_p, seed) : x2;
     const at::Tensor A = lora.A.detach(), B = lora.B.detach();
     h = at::mm(xd, A.t());

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/step_profile.h"
 #include "trainer/common/error.h"
 #include "trainer/io/peft.h"
 #include "trainer/model/activation_checkpoint.h"
@@ -17,8 +18,12 @@ namespace qlora::model {
 
 namespace {
 
+using kernels::profile::Part;
+using kernels::profile::Scope;
+
 // transformers' RMSNorm: fp32 x * rsqrt(mean(x²) + eps), cast back, times weight.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  Scope prof(Part::norm_rope_act);
   at::Tensor xf = x.to(at::kFloat);
   at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
   return w * (xf * at::rsqrt(var + eps)).to(x.scalar_type());
@@ -104,8 +109,11 @@ at::Tensor self_attention(const Model& m, const DecoderLayer& L, int64_t layer, 
     q = rms_norm(q, L.q_norm, c.rms_norm_eps);
     k = rms_norm(k, L.k_norm, c.rms_norm_eps);
   }
-  q = apply_rope(q.transpose(1, 2), in.cos, in.sin);  // [B, heads, T, D]
-  k = apply_rope(k.transpose(1, 2), in.cos, in.sin);
+  {
+    Scope prof(Part::norm_rope_act);
+    q = apply_rope(q.transpose(1, 2), in.cos, in.sin);  // [B, heads, T, D]
+    k = apply_rope(k.transpose(1, 2), in.cos, in.sin);
+  }
   v = v.transpose(1, 2);
   if (in.cache) std::tie(k, v) = cache_append(*in.cache, layer, k, v);
   const at::Tensor& mask = c.window_of(layer) ? in.mask_window : in.mask_full;
@@ -121,9 +129,12 @@ at::Tensor self_attention(const Model& m, const DecoderLayer& L, int64_t layer, 
     v = v.repeat_interleave(groups, 1);
     gqa = false;
   }
-  at::Tensor o = mask.defined()
-                     ? at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, scale, gqa)
-                     : at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, /*is_causal=*/true, scale, gqa);
+  at::Tensor o;
+  {
+    Scope prof(Part::attention);
+    o = mask.defined() ? at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, scale, gqa)
+                       : at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, /*is_causal=*/true, scale, gqa);
+  }
   o = o.transpose(1, 2).reshape({B, T, c.q_out()});
   if (packed) o = o.view({B * T, c.q_out()}).index_select(0, in.out_flat.defined() ? in.out_flat : in.rows);
   return L.o_proj.forward(o, training, gen);
@@ -136,7 +147,12 @@ at::Tensor decoder_layer(const Model& m, int64_t layer, const at::Tensor& x, con
   const at::Tensor a = self_attention(m, L, layer, rms_norm(x, L.input_layernorm, eps), in, training, gen);
   at::Tensor h = (in.out_rows.defined() ? x.index_select(0, in.out_rows) : x) + a;
   at::Tensor n = rms_norm(h, L.post_attention_layernorm, eps);
-  at::Tensor act = at::silu(L.gate_proj.forward(n, training, gen)) * L.up_proj.forward(n, training, gen);
+  at::Tensor gate = L.gate_proj.forward(n, training, gen), up = L.up_proj.forward(n, training, gen);
+  at::Tensor act;
+  {
+    Scope prof(Part::norm_rope_act);
+    act = at::silu(gate) * up;
+  }
   return h + L.down_proj.forward(act, training, gen);
 }
 
@@ -177,6 +193,7 @@ at::Tensor run_layers(Model& m, at::Tensor x, const BlockInputs& in, const Block
 
 // Summed cross-entropy of hidden [N, H] (rows with a target) against targets [N].
 LossSum cross_entropy(const Model& m, const at::Tensor& hidden, const at::Tensor& targets) {
+  Scope prof(Part::loss);
   TORCH_CHECK(targets.min().item<int64_t>() >= 0 && targets.max().item<int64_t>() < m.lm_head.size(0),
               "Model::loss: a label is outside [0, vocab_size) and is not -100");
   LossSum out;

@@ -24,6 +24,7 @@
 
 #include "kernels/adamw.h"
 #include "kernels/ops.h"
+#include "kernels/step_profile.h"
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
 
@@ -358,7 +359,10 @@ void AdamW::step(double lr, const std::vector<at::Tensor>& grads, const std::vec
     const int64_t s = I.visit % I.stream_slots;
     const Impl::Page& page = I.pages[I.streamed[I.visit % ns]];
     const at::Tensor slot = I.slot_page(I.resident + s);
-    I.queue->compute_wait(*I.in_marks[s]);
+    {
+      kernels::profile::Scope prof(kernels::profile::Part::paging);
+      I.queue->compute_wait(*I.in_marks[s]);
+    }
     I.run_page(page, slot, h, g, out);
     I.queue->copies_wait_compute();
     I.queue->copy(I.host_page(page.host), slot);

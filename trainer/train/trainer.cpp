@@ -21,6 +21,7 @@
 #include <memory>
 #include <new>
 
+#include "kernels/step_profile.h"
 #include "trainer/common/bytes.h"
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
@@ -543,7 +544,10 @@ StepResult compute_step(Session& s) {
   if (std::find(nonfinite.begin(), nonfinite.end(), s.ts.global_step + 1) != nonfinite.end())
     for (auto& g : r.grads)
       if (g.defined()) g.fill_(NAN);
-  r.grad_norm = optim::clip_grad_norm_(r.grads, s.cfg.optim.max_grad_norm);
+  {
+    kernels::profile::Scope prof(kernels::profile::Part::optimizer);
+    r.grad_norm = optim::clip_grad_norm_(r.grads, s.cfg.optim.max_grad_norm);
+  }
   r.lr = s.sched.lr_at(s.ts.global_step);
   return r;
 }
@@ -571,6 +575,7 @@ bool apply_step(Session& s, const StepResult& r) {
   } else {
     ts.consecutive_nonfinite = 0;
     at::NoGradGuard ng;
+    kernels::profile::Scope prof(kernels::profile::Part::optimizer);
     s.adamw->step(r.lr, r.grads, s.compute);
   }
   for (auto& p : s.params) p.param.mutable_grad() = at::Tensor();
@@ -622,16 +627,95 @@ bool after_step(Session& s) {
 
 enum class LoopEnd { Done, Stopped, Diverged };
 
+// profiler_steps: the steps after the first profiler_steps_start are timed part by part
+// (kernels/step_profile.h); rank 0 writes profile_breakdown.json into the run directory.
+struct StepProfiler {
+  int64_t first = 0, last = -1;  // global steps profiled (1-based, inclusive); none when last < first
+  bool on = false;
+  int64_t steps = 0, tokens = 0;
+  std::vector<double> plain_s;  // wall time of the steps before, for the profiler's own overhead
+
+  explicit StepProfiler(const config::TrainConfig& c) {
+    if (c.profiler_steps <= 0) return;
+    first = c.profiler_steps_start + 1;
+    last = c.profiler_steps_start + c.profiler_steps;
+  }
+  void before_step(const Session& s) {
+    if (!on && s.ts.global_step + 1 == first) {
+      kernels::profile::begin(s.device);
+      on = true;
+    }
+  }
+  void after_step(Session& s, const StepResult& r, double seconds) {
+    if (!on) {
+      if (s.ts.global_step < first) plain_s.push_back(seconds);
+      return;
+    }
+    ++steps;
+    tokens += r.tokens;
+    if (s.ts.global_step >= last) finish(s);
+  }
+  void finish(Session& s) {
+    if (!on) return;
+    on = false;
+    const kernels::profile::Breakdown b = kernels::profile::end();
+    if (!s.is_main() || steps == 0) return;
+    const double step_s = b.wall_s / static_cast<double>(steps);
+    nlohmann::json parts = nlohmann::json::object();
+    double attributed = 0;
+    for (size_t i = 0; i < b.seconds.size(); ++i) {
+      parts[kernels::profile::part_name(static_cast<kernels::profile::Part>(i))] = b.seconds[i] / steps;
+      attributed += b.seconds[i] / steps;
+    }
+    std::vector<double> plain = plain_s;
+    std::sort(plain.begin(), plain.end());
+    nlohmann::json j = {
+        {"device", s.device.str()},
+        {"steps_profiled", {first, first + steps - 1}},
+        {"steps", steps},
+        {"tokens_per_step", tokens / steps},
+        {"step_s", step_s},
+        {"parts", parts},
+        {"parts_sum_s", attributed},
+        {"threads", b.threads},
+        {"unattributed_s", b.threads <= 1 ? nlohmann::json(step_s - attributed) : nlohmann::json(nullptr)},
+        {"plain_step_s", plain.empty() ? nlohmann::json(nullptr) : nlohmann::json(plain[plain.size() / 2])},
+        {"frames_per_step", b.frames / steps},
+        {"note",
+         "seconds per step, exclusive; the device is synchronized at every frame, so step_s exceeds plain_step_s "
+         "(the median unprofiled step before); unattributed_s is host work between frames (data, bookkeeping); "
+         "with threads > 1 (CPU row shards side by side) the parts are thread time and may sum past step_s"}};
+    const stdfs::path f = s.run_dir / "profile_breakdown.json";
+    fs::write_file_atomic(f, j.dump(1) + "\n");
+    std::string line = "profile: steps " + std::to_string(first) + "-" + std::to_string(first + steps - 1) + ", " +
+                       std::to_string(step_s) + " s/step:";
+    for (auto& [k, v] : parts.items())
+      if (v.get<double>() > 0)
+        line += " " + k + " " + std::to_string(static_cast<int>(100 * v.get<double>() / attributed + 0.5)) + "%";
+    s.progress->message(line + " (" + f.string() + ")");
+  }
+};
+
 LoopEnd train_loop(Session& s) {
+  StepProfiler prof(s.cfg);
   while (s.ts.global_step < s.total_steps) {
     const auto t_step = Clock::now();
     g_phase = "training step " + std::to_string(s.ts.global_step + 1);
+    prof.before_step(s);
     const StepResult r = compute_step(s);
-    if (!apply_step(s, r)) return LoopEnd::Diverged;
+    if (!apply_step(s, r)) {
+      prof.finish(s);
+      return LoopEnd::Diverged;
+    }
+    prof.after_step(s, r, seconds_since(t_step));
     if (s.group) s.group->heartbeat(s.ts.global_step);
     log_step(s, r, t_step);
-    if (after_step(s)) return LoopEnd::Stopped;
+    if (after_step(s)) {
+      prof.finish(s);
+      return LoopEnd::Stopped;
+    }
   }
+  prof.finish(s);
   return LoopEnd::Done;
 }
 
