@@ -14,7 +14,8 @@ every linear layer, gradient checkpointing, paged AdamW 32-bit, lr 2e-4 (constan
               LoraConfig all-linear, bitsandbytes PagedAdamW32bit, grad-norm clipping 1.0 as in
               qlora), in one subprocess so that an out-of-memory or a crash cannot end the bench
   paging      qlora at the chosen M with the optimizer state resident, then forced over a 16 MB
-              device budget (most pages stream from host memory): step time and per-step losses
+              device budget (most of the ~0.5 GB of state streams from host memory; 128 KiB on the
+              tiny shape): median step time, overhead, and whether the per-step losses are equal
   context     qlora at batch 1: the longest sequence_len that trains (doubling, then bisection)
 
 Every run trains `warmup + measured` steps on full rows (no padding, no packing, no mask); tokens/s
@@ -24,9 +25,12 @@ micro-batches in one process (the model is loaded once) and resets the peak coun
 
   python bench/e2e_gpu.py --qlora build/qlora --work DIR --out RESULT.json
       [--device cuda|cpu] [--shape llama3-8b|tiny] [--seq N] [--budget-s S]
-      [--skip-hf] [--skip-context] [--skip-paging]
+      [--max-micro-batch N] [--context-max N] [--skip-hf] [--skip-context] [--skip-paging]
 
---shape tiny is a few-MB model on the same code path, for a dry run on a CPU (default --seq 256).
+DIR holds the model (5.7 GB on the 8B shape, reused by a later call with the same shape), the data,
+the run directories (checkpoints removed after each run) and the logs; keep it out of anything that
+is copied back. --shape tiny is a few-MB model on the same code path, for a dry run on a CPU
+(default --seq 256; the HF side then computes in fp32, as qlora's CPU path does).
 --budget-s bounds the whole bench (model writing included); each part gets a share of what is left
 and a run that would not end inside its part's share is not started (recorded as skipped).
 Exit 0 when the bench ran (an out-of-memory is a result); 1 when a run failed for another reason
@@ -393,6 +397,10 @@ class Bench:
     def __init__(self, a):
         self.a = a
         self.plan = dict(PLAN[a.shape])
+        if a.max_micro_batch:
+            self.plan["max_mb"] = a.max_micro_batch
+        if a.context_max:
+            self.plan["ctx_max"] = a.context_max
         self.seq = a.seq or self.plan["seq"]
         self.work = os.path.abspath(a.work)
         self.model_dir = os.path.join(self.work, "model")
@@ -517,6 +525,8 @@ class Bench:
             rec["status"] = "error"
         if rec["status"] != "ok":
             rec["stderr_tail"] = err[-1500:]
+        # the final checkpoint (adapter, optimizer state: about 0.5 GB on the 8B shape) is not needed
+        shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
         log(f"  -> {rec['status']} in {rec['wall_s']:.1f}s"
             + (f", {rec['tokens_per_s']:.0f} tok/s, peak {rec['peak_memory_bytes'] / 2**30:.2f} GiB"
                if rec["status"] == "ok" else ""))
@@ -882,7 +892,7 @@ def table(res):
                      f"x{ra['peak_memory_at_equal_micro_batch']:.2f}")
     prof = res.get("profile", {})
     if prof.get("breakdown"):
-        parts = prof["breakdown"].get("parts", {})
+        parts = {k: v for k, v in (prof["breakdown"].get("parts") or {}).items() if isinstance(v, (int, float))}
         tot = sum(parts.values()) or 1.0
         lines.append("qlora step profile: " + ", ".join(
             f"{k} {100 * v / tot:.0f}%" for k, v in sorted(parts.items(), key=lambda kv: -kv[1])))
@@ -935,6 +945,9 @@ def main():
     ap.add_argument("--shape", default="llama3-8b", choices=sorted(SHAPES))
     ap.add_argument("--seq", type=int, default=None, help="sequence length (default 2048; tiny: 256)")
     ap.add_argument("--budget-s", type=float, default=300.0, help="wall-clock bound of the whole bench")
+    ap.add_argument("--max-micro-batch", type=int, default=None, help="micro-batch search cap (default 256; tiny: 4)")
+    ap.add_argument("--context-max", type=int, default=None,
+                    help="context search cap in tokens (default 1048576; tiny: 4096)")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-context", action="store_true")
     ap.add_argument("--skip-paging", action="store_true")
