@@ -282,6 +282,20 @@ def hf_worker(a):
         from bnb_fp32 import fp32_linear4bit_on_cpu  # bitsandbytes' 4-bit CPU path in fp32 on every CPU
         fp32_linear4bit_on_cpu()
     t_import = time.perf_counter() - t0
+    # transformers loads a bitsandbytes checkpoint only when it finds the package's metadata (a
+    # bitsandbytes-*.dist-info next to the package on sys.path); say so before a failed load does
+    env = {"event": "env", "bitsandbytes_file": bitsandbytes.__file__}
+    try:
+        import importlib.metadata
+        env["bitsandbytes_metadata_version"] = importlib.metadata.version("bitsandbytes")
+    except Exception as e:  # noqa: BLE001
+        env["bitsandbytes_metadata_version"] = f"not found ({type(e).__name__})"
+    try:
+        from transformers.utils import is_bitsandbytes_available
+        env["transformers_sees_bitsandbytes"] = bool(is_bitsandbytes_available())
+    except Exception as e:  # noqa: BLE001
+        env["transformers_sees_bitsandbytes"] = f"{type(e).__name__}: {e}"[:300]
+    emit(env)
     dtype = torch.bfloat16 if cuda else torch.float32  # qlora's compute_dtype auto: bf16 on GPU, fp32 on CPU
     t1 = time.perf_counter()
     model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -461,6 +475,7 @@ class Bench:
         text = self.qlora_config(run_dir, data, seq, mb, steps, extra)
         with open(cfg_path, "w") as f:
             f.write(text)
+        self.res.setdefault("qlora_config_first_run", text)  # the others differ in the keys in "extra" and M/seq/steps
         rec = {"run": name, "micro_batch": mb, "seq": seq, "steps": steps, "config": cfg_path, "extra": extra}
         log(f"qlora {name}: M={mb} seq={seq} steps={steps} {extra or ''}")
         t = time.perf_counter()
@@ -641,6 +656,7 @@ class Bench:
                 lines.append(json.loads(line[7:]))
         err = open(err_p, errors="replace").read()
         h = {"exit_code": rc, "wall_s": time.perf_counter() - t, "log": err_p}
+        h["env"] = next((x for x in lines if x.get("event") == "env"), None)
         h["load"] = next((x for x in lines if x.get("event") == "loaded"), None)
         runs = [x for x in lines if "micro_batch" in x]
         for r in runs:
