@@ -64,6 +64,8 @@ cudart="$(dirname "$torch_lib")/../nvidia/cu13/lib/libcudart.so.13"
 
 bnb="$("$py" -c 'import os, bitsandbytes; print(os.path.dirname(bitsandbytes.__file__))' 2>/dev/null)"
 cp -r "$bnb" "$stage/py/bitsandbytes"
+# Its metadata too: transformers looks for the installed distribution before it loads a 4-bit model.
+cp -r "$(dirname "$bnb")"/bitsandbytes-*.dist-info "$stage/py/"
 find "$stage/py" -name __pycache__ -prune -exec rm -rf {} +
 find "$stage/py/bitsandbytes" -maxdepth 1 -name 'libbitsandbytes_*.so' \
   ! -name 'libbitsandbytes_cpu.so' ! -name 'libbitsandbytes_cuda130.so' -delete

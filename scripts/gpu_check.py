@@ -341,7 +341,7 @@ def step_bench_gpu(c):
         c.record("bench_gpu", "skipped", 0, summary="no GPU (dry run)")
         return
     out = os.path.join(a.out, "bench_gpu.json")
-    rc, secs, tail = c.run("bench_gpu", [exe, "--out", out, "--quick"], min(240, c.remaining()))
+    rc, secs, tail = c.run("bench_gpu", [exe, "--out", out, "--quick"], min(90, c.remaining() - 60))
     c.record("bench_gpu", "pass" if rc == 0 else "fail", secs, rc=rc, summary=f"JSON {out}" if rc == 0 else tail[-300:])
 
 
@@ -361,12 +361,29 @@ def step_bench_e2e(c):
     if a.dry_run:
         cmd += ["--shape", "tiny"]
     rc, secs, tail = c.run("bench_e2e", cmd, budget + 60)
-    info = {}
+    info, summary, ok = {}, tail.strip().splitlines()[-1][:200] if tail.strip() else "", rc == 0
     if os.path.exists(out):
         info["result_file"] = out
-    c.record("bench_e2e", "pass" if rc == 0 else "fail", secs, rc=rc,
-             summary=tail.strip().splitlines()[-1][:200] if tail.strip() else "", **info,
-             **({} if rc == 0 else {"log_tail": tail}))
+        j = json.load(open(out))
+        r = j.get("ratios") or {}
+        ctx = (j.get("context") or {}).get("longest")
+        bits = []
+        if r.get("tokens_per_s_at_best_micro_batch"):
+            bits.append(f"qlora/HF tokens/s x{r['tokens_per_s_at_best_micro_batch']:.2f}, "
+                        f"peak memory x{r.get('peak_memory_at_best_micro_batch') or float('nan'):.2f}")
+        if ctx:
+            bits.append(f"longest context {ctx}")
+        if j.get("skipped"):
+            bits.append(f"{len(j['skipped'])} parts skipped")
+        summary = "; ".join(bits) or summary
+        info.update(skipped=j.get("skipped"), errors=j.get("errors"))
+        # The dry run must exercise every part (a part skipped for time proves nothing).
+        if a.dry_run and (j.get("skipped") or j.get("errors")):
+            ok = False
+    else:
+        ok = False
+    c.record("bench_e2e", "pass" if ok else "fail", secs, rc=rc, summary=summary, **info,
+             **({} if ok else {"log_tail": tail}))
 
 
 STEPS = [("gpu_tests", step_gpu_tests, 30), ("cpu_isa", step_cpu_isa, 30), ("demo", step_demo, 60),
