@@ -16,7 +16,8 @@ every linear layer, gradient checkpointing, paged AdamW 32-bit, lr 2e-4 (constan
   paging      qlora at the chosen M with the optimizer state resident, then forced over a 16 MB
               device budget (most of the ~0.5 GB of state streams from host memory; 128 KiB on the
               tiny shape): median step time, overhead, and whether the per-step losses are equal
-  context     qlora at batch 1: the longest sequence_len that trains (doubling, then bisection)
+  context     qlora at batch 1: the longest sequence_len that trains (doubling, then bisection), with
+              gradient_checkpointing: offload (block inputs in pinned host memory)
 
 Every run trains `warmup + measured` steps on full rows (no padding, no packing, no mask); tokens/s
 is the median over the measured steps, peak memory is the peak of device memory allocated (CUDA) or
@@ -749,7 +750,9 @@ class Bench:
             if self.clock.left() <= 1:
                 stop = f"time budget before {length}"
                 return None
-            rec = self.qlora_trial(f"context-{length}", length, 1, 2, nocheck)
+            # Long contexts with the checkpointed block inputs in pinned host memory, as the
+            # long-context recipes run them (gradient_checkpointing: offload).
+            rec = self.qlora_trial(f"context-{length}", length, 1, 2, {**nocheck, "gradient_checkpointing": "offload"})
             trials.append(rec)
             if rec["status"] == "ok":
                 ok_len, last = length, rec

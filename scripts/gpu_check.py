@@ -13,6 +13,8 @@ and a table is printed last):
               fp32 (and in bf16, which sets the tolerance, below); final exact-match accuracy
   resume      the device run again, stopped by SIGTERM part way and resumed with --resume: the
               steps after the stop against the uninterrupted run
+  offload     gradient_checkpointing: offload (block inputs in pinned host memory) against plain
+              checkpointing on the device: the same losses; peak device memory of each
   export      PEFT and merged export of the device run, then `qlora generate` on the device with
               the adapter and with the merged model
   bench_gpu   bin/bench_gpu: NF4 dequantize and linear against dense (kernel benchmark)
@@ -180,24 +182,26 @@ def step_cpu_isa(c):
 
 
 def demo_args(c, out_dir, device, extra=()):
-    """`qlora train configs/demo.yaml` with the overrides of this check."""
+    """`qlora train configs/demo.yaml` with the overrides of this check (a later KEY=VALUE wins)."""
     a = c.a
-    args = [os.path.join(a.bin, "qlora"), "train", "configs/demo.yaml", "--set", f"output_dir={out_dir}",
-            "--set", "logging_steps=1", "--set", f"device={device}"]
+    sets = {"output_dir": out_dir, "logging_steps": "1", "device": device}
     if a.dry_run:
-        args += ["--set", "max_steps=8", "--set", "warmup_steps=2", "--set", "eval_steps=4", "--set", "save_steps=4",
-                 "--set", f"test_datasets.0.path={c.small_eval}"]
+        sets.update({"max_steps": "8", "warmup_steps": "2", "eval_steps": "4", "save_steps": "4",
+                     "test_datasets.0.path": c.small_eval})
     for e in extra:
-        args += ["--set", e]
+        k, v = e.split("=", 1)
+        sets[k] = v
+    args = [os.path.join(a.bin, "qlora"), "train", "configs/demo.yaml"]
+    for k, v in sets.items():
+        args += ["--set", f"{k}={v}"]
     return args
 
 
 def step_demo(c):
     a = c.a
-    if a.dry_run:
-        c.small_eval = os.path.join(a.work, "eval-small.jsonl")
-        with open(os.path.join(a.repo, "data/demo/eval.jsonl")) as f, open(c.small_eval, "w") as g:
-            g.writelines(f.readlines()[:8])
+    c.small_eval = os.path.join(a.work, "eval-small.jsonl")
+    with open(os.path.join(a.repo, "data/demo/eval.jsonl")) as f, open(c.small_eval, "w") as g:
+        g.writelines(f.readlines()[:8])
     runs = {"cpu_fp32": os.path.join(a.work, "demo-cpu-fp32"), "cpu_bf16": os.path.join(a.work, "demo-cpu-bf16"),
             "device": os.path.join(a.work, "demo-device")}
     for d in runs.values():
@@ -297,6 +301,32 @@ def step_resume(c):
              **({} if ok else {"log_tail": tail2}))
 
 
+def step_offload(c):
+    """gradient_checkpointing: offload against true on the device: the same losses."""
+    a = c.a
+    steps = 4 if a.dry_run else 20
+    extra = ["quantization.compute_dtype=bf16"] if a.device == "cpu" else []
+    extra += [f"max_steps={steps}", "eval_on_start=false", "save_steps=0", f"test_datasets.0.path={c.small_eval}"]
+    t = now()
+    got, rcs = {}, []
+    for mode in ("true", "offload"):
+        run = os.path.join(a.work, f"demo-ckpt-{mode}")
+        shutil.rmtree(run, ignore_errors=True)
+        rc, _, tail = c.run(f"offload_{mode}", demo_args(c, run, a.device, extra + [f"gradient_checkpointing={mode}"]), 300)
+        rcs.append(rc)
+        got[mode] = metrics(run)[0]
+    common = sorted(set(got["true"]) & set(got["offload"]))
+    diffs = [abs(got["true"][s]["loss"] - got["offload"][s]["loss"]) for s in common]
+    identical = bool(common) and all(d == 0 for d in diffs)
+    peak = {m: max((v["memory_bytes"] for v in got[m].values()), default=None) for m in got}
+    ok = rcs == [0, 0] and len(common) == steps and max(diffs) <= 2 ** -7 * got["true"][common[-1]]["loss"]
+    c.record("offload", "pass" if ok else "fail", now() - t, rc=rcs, steps_compared=len(common),
+             bit_identical=identical, max_abs_diff=max(diffs) if diffs else None, peak_memory_bytes=peak,
+             summary=f"{len(common)} steps, " + ("bit-identical" if identical else f"max |d| {max(diffs) if diffs else '?'}")
+             + f"; peak memory {peak.get('true')} vs {peak.get('offload')} bytes",
+             **({} if ok else {"log_tail": tail}))
+
+
 def step_export(c):
     a = c.a
     run = c.demo_runs["device"]
@@ -387,7 +417,7 @@ def step_bench_e2e(c):
 
 
 STEPS = [("gpu_tests", step_gpu_tests, 30), ("cpu_isa", step_cpu_isa, 30), ("demo", step_demo, 60),
-         ("resume", step_resume, 40), ("export", step_export, 30), ("bench_gpu", step_bench_gpu, 40),
+         ("resume", step_resume, 40), ("offload", step_offload, 30), ("export", step_export, 30), ("bench_gpu", step_bench_gpu, 40),
          ("bench_e2e", step_bench_e2e, 60)]
 
 
@@ -409,7 +439,7 @@ def main():
     for name, fn, need in STEPS:
         if only and name not in only:
             continue
-        if name in ("resume", "export") and c.steps.get("demo", {}).get("status") != "pass":
+        if name in ("resume", "offload", "export") and c.steps.get("demo", {}).get("status") != "pass":
             c.record(name, "skipped", 0, summary="needs the demo step")
             continue
         if c.remaining() < need:

@@ -198,6 +198,25 @@ optimizer: adamw_bnb_8bit
 }
 
 // Wrong types and out-of-range values: file:line: key: expected ..., got ...
+// gradient_checkpointing: offload (Axolotl's spelling) is checkpointing with the block inputs in
+// host memory; it survives the resolved-YAML round trip and --set.
+TEST(Config, GradientCheckpointingOffload) {
+  const std::string m = kMinimal;
+  const TrainConfig off = parse(m + "gradient_checkpointing: offload\n");
+  EXPECT_TRUE(off.gradient_checkpointing);
+  EXPECT_TRUE(off.activation_offload);
+  const TrainConfig on = parse(m + "gradient_checkpointing: true\n");
+  EXPECT_TRUE(on.gradient_checkpointing);
+  EXPECT_FALSE(on.activation_offload);
+  EXPECT_FALSE(parse(m).gradient_checkpointing);
+  EXPECT_NE(config::to_yaml(off).find("gradient_checkpointing: offload\n"), std::string::npos);
+  const TrainConfig back = parse(config::to_yaml(off));
+  EXPECT_TRUE(back.activation_offload);
+  const TrainConfig set = parse(m + "gradient_checkpointing: offload\n", {"gradient_checkpointing=false"});
+  EXPECT_FALSE(set.gradient_checkpointing);
+  EXPECT_FALSE(set.activation_offload);
+}
+
 TEST(Config, TypeAndRangeErrors) {
   const std::string m = kMinimal;  // 6 lines: the key under test is on line 7
   EXPECT_EQ(error_of(m + "lora_r: abc\n"), "configs/x.yaml:7: lora_r: expected a positive integer, got \"abc\"");
@@ -237,6 +256,8 @@ TEST(Config, TypeAndRangeErrors) {
   EXPECT_EQ(error_of(m + "device: tpu\n"), "configs/x.yaml:7: device: expected auto, cpu, cuda or cuda:N, got \"tpu\"");
   EXPECT_EQ(error_of(m + "optimizer_device_budget: lots\n"),
             "configs/x.yaml:7: optimizer_device_budget: expected auto or a size like 512MB or 2GiB, got \"lots\"");
+  EXPECT_EQ(error_of(m + "gradient_checkpointing: maybe\n"),
+            "configs/x.yaml:7: gradient_checkpointing: expected true, false or offload, got \"maybe\"");
   EXPECT_EQ(error_of(m + "lora_target_linear: 1\n"),
             "configs/x.yaml:7: lora_target_linear: expected true or false, got 1");
   EXPECT_EQ(error_of("base_model: m\nlora_target_modules: [a, [b]]\n"),

@@ -265,8 +265,9 @@ TEST(Checkpointing, GradsEqualWithoutAndDropoutReplays) {
 // forward_loss (padding left out, last block pruned to the label rows, plain causal attention
 // when each row is one sample) against loss(forward()) on the same batch: loss and every LoRA
 // gradient. Batches: packed rows (two segments, no padding), right padding, and both at once;
-// NF4 and 16-bit bases; with and without checkpointing. Padding positions hold junk ids and
-// labels that must not count.
+// NF4 and 16-bit bases; with and without checkpointing; packed rows through the block-diagonal
+// mask and through per-sequence (variable-length) attention; llama and qwen3 (q/k norms).
+// Padding positions hold junk ids and labels that must not count.
 TEST(ForwardLoss, EqualsForwardThenLoss) {
   const int64_t T = 12;
   test::Batch packed = test::make_batch(61, T, 5);
@@ -295,26 +296,58 @@ TEST(ForwardLoss, EqualsForwardThenLoss) {
        {Case{"packed", packed, at::Tensor()}, Case{"padded", padded, pad_mask}, Case{"mixed", mixed, mixed_mask}}) {
     for (bool quantize : {true, false}) {
       for (bool ckpt : {false, true}) {
-        SCOPED_TRACE(std::string(c.name) + (quantize ? " nf4" : " 16-bit") + (ckpt ? " checkpointed" : ""));
-        model::Model m = load("llama", quantize, lora_cfg(4, 8, {"all-linear"}), 42);
-        randomize_b(m, 3);
-        m.training = true;
-        m.gradient_checkpointing = ckpt;
-        test::Batch ref = c.b;
-        if (c.mask.defined()) ref.labels = ref.labels.masked_fill(c.mask == 0, -100);
-        const double want = step(m, ref);
-        std::map<std::string, at::Tensor> g;
-        for (auto& p : m.lora_parameters()) g[p.name] = p.param.grad().clone();
-        at::Tensor want_count = m.loss(m.forward(ref.input_ids, ref.position_ids, ref.segment_ids), ref.labels).count;
+        for (int varlen : {0, 1}) {  // packed rows: block-diagonal mask, or attention per sequence
+          for (const char* family : {"llama", "qwen3"}) {  // qwen3: q/k norms on [N, heads, D] too
+            if (!quantize && std::string(family) == "qwen3") continue;
+            SCOPED_TRACE(std::string(c.name) + (quantize ? " nf4" : " 16-bit") + (ckpt ? " checkpointed" : "") +
+                         (varlen ? " varlen" : " mask") + " " + family);
+            model::Model m = load(family, quantize, lora_cfg(4, 8, {"all-linear"}), 42);
+            randomize_b(m, 3);
+            m.training = true;
+            m.gradient_checkpointing = ckpt;
+            m.varlen_attention = varlen;
+            test::Batch ref = c.b;
+            if (c.mask.defined()) ref.labels = ref.labels.masked_fill(c.mask == 0, -100);
+            const double want = step(m, ref);
+            std::map<std::string, at::Tensor> g;
+            for (auto& p : m.lora_parameters()) g[p.name] = p.param.grad().clone();
+            at::Tensor want_count =
+                m.loss(m.forward(ref.input_ids, ref.position_ids, ref.segment_ids), ref.labels).count;
 
-        for (auto& p : m.lora_parameters()) p.param.mutable_grad() = at::Tensor();
-        model::LossSum l = m.forward_loss(c.b.input_ids, c.b.labels, c.b.position_ids, c.b.segment_ids, c.mask);
-        l.sum.backward();
-        EXPECT_EQ(l.count.item<int64_t>(), want_count.item<int64_t>());
-        EXPECT_NEAR(l.sum.item<double>(), want, 1e-5 * std::abs(want));
-        for (auto& p : m.lora_parameters()) EXPECT_LE(test::rel_err(p.param.grad(), g[p.name]), 1e-5) << p.name;
+            for (auto& p : m.lora_parameters()) p.param.mutable_grad() = at::Tensor();
+            model::LossSum l = m.forward_loss(c.b.input_ids, c.b.labels, c.b.position_ids, c.b.segment_ids, c.mask);
+            l.sum.backward();
+            EXPECT_EQ(l.count.item<int64_t>(), want_count.item<int64_t>());
+            EXPECT_NEAR(l.sum.item<double>(), want, 1e-5 * std::abs(want));
+            for (auto& p : m.lora_parameters()) EXPECT_LE(test::rel_err(p.param.grad(), g[p.name]), 1e-5) << p.name;
+          }
+        }
       }
     }
+  }
+}
+
+// gradient_checkpointing: offload holds each block's input outside the block (pinned host memory
+// on a GPU; a separate tensor on the CPU) and copies it back for the recompute: the same loss and
+// gradients, bit for bit, as plain checkpointing (dropout on, so the replayed masks matter too).
+TEST(ForwardLoss, OffloadedCheckpointsEqualCheckpoints) {
+  test::Batch b = test::make_batch(61, 12, 5);
+  std::map<std::string, at::Tensor> want;
+  double want_loss = 0;
+  for (bool offload : {false, true}) {
+    model::Model m = load("llama", true, lora_cfg(4, 8, {"all-linear"}, false, 0.1), 42);
+    randomize_b(m, 3);
+    m.training = true;
+    m.gradient_checkpointing = true;
+    m.checkpoint_offload = offload;
+    const double loss = step_forward_loss(m, b);
+    if (!offload) {
+      want_loss = loss;
+      for (auto& p : m.lora_parameters()) want[p.name] = p.param.grad().clone();
+      continue;
+    }
+    EXPECT_EQ(loss, want_loss);
+    for (auto& p : m.lora_parameters()) EXPECT_TRUE(at::equal(p.param.grad(), want[p.name])) << p.name;
   }
 }
 

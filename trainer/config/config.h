@@ -59,6 +59,7 @@ struct TrainConfig {
   std::optional<int64_t> num_epochs;  // exactly one of num_epochs / max_steps
   std::optional<int64_t> max_steps;
   bool gradient_checkpointing = false;
+  bool activation_offload = false;  // gradient_checkpointing: offload (block inputs in host memory)
   uint64_t seed = 42;
   std::string device = "auto";       // auto | cpu | cuda
   int64_t max_nonfinite_steps = 10;  // stop after this many skipped (NaN/Inf) steps in a row

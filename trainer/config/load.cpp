@@ -727,8 +727,33 @@ const Schema<TrainConfig>& top_schema() {
         "adam_epsilon", [](T& c) -> double& { return c.optim.adam_epsilon; }, 0, true, 1e300, false,
         "a positive number", I));
 
-    v.push_back(bool_field<T>(
-        "gradient_checkpointing", [](T& c) -> bool& { return c.gradient_checkpointing; }, H));
+    {
+      // true | false | offload (Axolotl's spelling: checkpointed block inputs kept in host memory)
+      Field<T> f = make<T>("gradient_checkpointing", H);
+      f.reset = [](T& c) {
+        c.gradient_checkpointing = false;
+        c.activation_offload = false;
+      };
+      f.read = [](T& c, const YAML::Node& n, const In& in) {
+        if (n.IsScalar() && lower(trim(n.Scalar())) == "offload") {
+          c.gradient_checkpointing = c.activation_offload = true;
+          return;
+        }
+        if (n.IsScalar()) {
+          const std::string s = lower(trim(n.Scalar()));
+          if (s == "true" || s == "yes" || s == "on" || s == "false" || s == "no" || s == "off") {
+            c.gradient_checkpointing = read_bool(n, in);
+            c.activation_offload = false;
+            return;
+          }
+        }
+        in.expected("true, false or offload", n);
+      };
+      f.write = [](const T& c) {
+        return plain(c.activation_offload ? "offload" : c.gradient_checkpointing ? "true" : "false");
+      };
+      v.push_back(f);
+    }
     {
       Field<T> f = make<T>("seed", I);
       f.reset = [](T& c) { c.seed = T{}.seed; };

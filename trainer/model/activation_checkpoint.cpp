@@ -13,7 +13,9 @@ using torch::autograd::variable_list;
 // The backward node of one checkpointed block. Its next edges are (x, params...).
 struct CheckpointBackward : public torch::autograd::Node {
   BlockFn fn;
-  at::Tensor x;  // the block input (detached value)
+  at::Tensor x;                  // the block input (detached value); in host memory when offloaded
+  at::Device device = at::kCPU;  // where x lives in the forward
+  bool offloaded = false;
   bool x_requires_grad = false;
   std::vector<at::Tensor> params;
   std::optional<at::Generator> replay;  // generator state before the forward
@@ -25,7 +27,8 @@ struct CheckpointBackward : public torch::autograd::Node {
     variable_list out(1 + params.size());
     if (!grads[0].defined()) return out;
     at::Tensor y;
-    at::Tensor xd = x.detach().requires_grad_(x_requires_grad);
+    at::Tensor xd =
+        (offloaded ? x.to(device, /*non_blocking=*/true, /*copy=*/true) : x.detach()).requires_grad_(x_requires_grad);
     {
       at::AutoGradMode enable(true);
       at::Generator* g = replay ? &*replay : nullptr;
@@ -63,14 +66,23 @@ struct CheckpointBackward : public torch::autograd::Node {
 }  // namespace
 
 at::Tensor checkpointed(const BlockFn& fn, const at::Tensor& x, const std::vector<at::Tensor>& params,
-                        at::Generator* gen) {
+                        at::Generator* gen, bool offload) {
   bool any = x.requires_grad();
   for (const auto& p : params) any = any || p.requires_grad();
   if (!at::GradMode::is_enabled() || !any) return fn(x, gen);
 
   auto node = std::shared_ptr<CheckpointBackward>(new CheckpointBackward(), torch::autograd::deleteNode);
   node->fn = fn;
-  node->x = x.detach();
+  node->device = x.device();
+  node->offloaded = offload;
+  if (!offload) {
+    node->x = x.detach();
+  } else if (x.is_cuda()) {
+    node->x = at::empty(x.sizes(), x.options().device(at::kCPU).pinned_memory(true));
+    node->x.copy_(x.detach(), /*non_blocking=*/true);
+  } else {
+    node->x = x.detach().clone();
+  }
   node->x_requires_grad = x.requires_grad();
   node->params = params;
   if (gen && gen->defined()) node->replay = gen->clone();

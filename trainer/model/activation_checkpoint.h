@@ -17,7 +17,11 @@ using BlockFn = std::function<at::Tensor(const at::Tensor& x, at::Generator* gen
 // same), then passes gradients to x and to `params` (the block's trainable tensors; their
 // .grad accumulates as usual). Activations held between forward and backward: x only.
 // Without grad mode, or when neither x nor any param requires grad, it is simply fn(x, gen).
+// offload: x is held in host memory between forward and backward (page-locked, copied without
+// blocking the host on the compute stream, so the copy runs after the kernels that made x and
+// before anything reuses its memory), and copied back to x's device before the recompute. On the
+// CPU the held copy is a separate tensor, so the same code runs there.
 at::Tensor checkpointed(const BlockFn& fn, const at::Tensor& x, const std::vector<at::Tensor>& params,
-                        at::Generator* gen);
+                        at::Generator* gen, bool offload = false);
 
 }  // namespace qlora::model

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "kernels/step_profile.h"
+#include "kernels/varlen_attention.h"
 #include "trainer/common/error.h"
 #include "trainer/io/peft.h"
 #include "trainer/model/activation_checkpoint.h"
@@ -69,6 +70,9 @@ struct BlockInputs {
   // After this block's attention keep only these rows (indices into rows; their flat positions
   // in out_flat), else all of rows. Set for the last block: only the rows the loss reads.
   at::Tensor out_rows, out_flat;
+  // Variable-length attention over the rows (Model::varlen_attention): the sequences' starts in
+  // rows, then N; cos/sin are then [1, N, head_dim] for the rows, and no mask is built.
+  std::vector<int64_t> cu_seqlens;
 };
 
 // Writes k, v [B, kv_heads, T, D] at positions cache.length.. of layer `layer` (growing the
@@ -97,6 +101,30 @@ std::pair<at::Tensor, at::Tensor> cache_append(KVCache& cache, int64_t layer, co
 at::Tensor self_attention(const Model& m, const DecoderLayer& L, int64_t layer, const at::Tensor& h,
                           const BlockInputs& in, bool training, at::Generator* gen) {
   const ModelConfig& c = m.config;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+  if (!in.cu_seqlens.empty()) {  // the rows as sequences laid end to end: [N, heads, D]
+    const int64_t N = h.size(0), D = c.head_dim;
+    at::Tensor q = L.q_proj.forward(h, training, gen).view({N, c.num_attention_heads, D});
+    at::Tensor k = L.k_proj.forward(h, training, gen).view({N, c.num_key_value_heads, D});
+    at::Tensor v = L.v_proj.forward(h, training, gen).view({N, c.num_key_value_heads, D});
+    if (c.qk_norm) {
+      q = rms_norm(q, L.q_norm, c.rms_norm_eps);
+      k = rms_norm(k, L.k_norm, c.rms_norm_eps);
+    }
+    {
+      Scope prof(Part::norm_rope_act);  // apply_rope takes [1, heads, N, D] with cos/sin [1, N, D]
+      q = apply_rope(q.transpose(0, 1).unsqueeze(0), in.cos, in.sin).squeeze(0).transpose(0, 1);
+      k = apply_rope(k.transpose(0, 1).unsqueeze(0), in.cos, in.sin).squeeze(0).transpose(0, 1);
+    }
+    at::Tensor o;
+    {
+      Scope prof(Part::attention);
+      o = kernels::varlen_causal_attention(q, k, v, in.cu_seqlens, scale);
+    }
+    o = o.reshape({N, c.q_out()});
+    if (in.out_rows.defined()) o = o.index_select(0, in.out_rows);
+    return L.o_proj.forward(o, training, gen);
+  }
   const bool packed = in.rows.defined();
   const int64_t B = packed ? in.B : h.size(0), T = packed ? in.T : h.size(1), D = c.head_dim;
   auto unpack = [&](const at::Tensor& t) {
@@ -117,7 +145,6 @@ at::Tensor self_attention(const Model& m, const DecoderLayer& L, int64_t layer, 
   v = v.transpose(1, 2);
   if (in.cache) std::tie(k, v) = cache_append(*in.cache, layer, k, v);
   const at::Tensor& mask = c.window_of(layer) ? in.mask_window : in.mask_full;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   bool gqa = c.num_key_value_heads != c.num_attention_heads;
   if (gqa && q.is_cuda() && (mask.defined() || q.scalar_type() == at::kFloat)) {
     // Only CUDA's flash kernel (fp16/bf16, no mask) broadcasts kv heads; with a mask or in fp32
@@ -167,6 +194,38 @@ BlockInputs block_inputs(const Model& m, const at::Tensor& pos, const at::Tensor
   return in;
 }
 
+// The sequences of packed rows for variable-length attention: runs of real tokens (rows, flat
+// positions in [B, T]) of one row and one segment id, as starts into rows then N; empty when
+// the model's setting, the device or the shapes say the block-diagonal mask instead.
+std::vector<int64_t> sequences_in_rows(const Model& m, const at::Tensor& rows, const at::Tensor& seg, int64_t B,
+                                       int64_t T) {
+  if (m.varlen_attention == 0) return {};
+  const at::Tensor r = rows.to(at::kCPU, at::kLong).contiguous();
+  const at::Tensor s =
+      seg.defined() ? seg.reshape({-1}).index_select(0, rows).to(at::kCPU, at::kLong).contiguous() : at::Tensor();
+  const int64_t* rp = r.data_ptr<int64_t>();
+  const int64_t* sp = s.defined() ? s.data_ptr<int64_t>() : nullptr;
+  const int64_t N = r.numel();
+  std::vector<int64_t> cu{0};
+  int64_t max_len = 0;
+  double squares = 0;
+  for (int64_t i = 1; i <= N; ++i) {
+    if (i == N || rp[i] / T != rp[i - 1] / T || (sp && sp[i] != sp[i - 1])) {
+      const int64_t len = i - cu.back();
+      max_len = std::max(max_len, len);
+      squares += static_cast<double>(len) * static_cast<double>(len);
+      cu.push_back(i);
+    }
+  }
+  // A sliding window shorter than a sequence needs the mask.
+  if (m.config.sliding_window && *m.config.sliding_window < max_len) return {};
+  if (m.varlen_attention == 1) return cu;
+  if (m.device.is_cuda()) return cu;  // fp32 on CUDA takes the per-sequence loop; still no mask
+  const bool pays =
+      T >= 128 && squares <= 0.5 * static_cast<double>(B) * static_cast<double>(T) * static_cast<double>(T);
+  return pays ? cu : std::vector<int64_t>();
+}
+
 // The decoder blocks over x (checkpointed when the model says so); the last block gets last_in.
 at::Tensor run_layers(Model& m, at::Tensor x, const BlockInputs& in, const BlockInputs& last_in,
                       at::Generator* dropout_gen = nullptr) {
@@ -183,7 +242,7 @@ at::Tensor run_layers(Model& m, at::Tensor x, const BlockInputs& in, const Block
           params.push_back(l->lora->A);
           params.push_back(l->lora->B);
         }
-      x = checkpointed(fn, x, params, gen);
+      x = checkpointed(fn, x, params, gen, m.checkpoint_offload);
     } else {
       x = fn(x, gen);
     }
@@ -284,7 +343,14 @@ LossSum Model::forward_loss(const at::Tensor& input_ids, const at::Tensor& label
     at::Tensor other = seg != seg.slice(1, 0, 1);
     causal = !(real.defined() ? other.logical_and(real) : other).any().item<bool>();
   }
-  BlockInputs in = block_inputs(*this, pos, causal ? at::Tensor() : seg);
+  std::vector<int64_t> cu = causal ? std::vector<int64_t>() : sequences_in_rows(*this, rows, seg, B, T);
+  BlockInputs in;
+  if (!cu.empty()) {
+    std::tie(in.cos, in.sin) = rope_cos_sin(inv_freq, pos.reshape({1, -1}).index_select(1, rows), compute_dtype);
+    in.cu_seqlens = std::move(cu);
+  } else {
+    in = block_inputs(*this, pos, causal ? at::Tensor() : seg);
+  }
   in.rows = rows;
   in.B = B;
   in.T = T;

@@ -105,9 +105,15 @@ class Model {
   // Switches the trainer sets.
   bool training = false;                // LoRA dropout active
   bool gradient_checkpointing = false;  // recompute each decoder block in backward
+  bool checkpoint_offload = false;      // ... and keep each block's input in (pinned) host memory
   int64_t ce_chunk_tokens = 0;          // tokens per cross-entropy chunk; 0: default for the vocab;
                                         // < 0: unchunked (all fp32 logits at once; for comparison)
   at::Generator dropout_generator;      // CPU; draws one LoRA dropout seed per call (seeded at load)
+  // forward_loss on rows that pack several sequences (segment_ids, or padding inside a row):
+  // attention per sequence over the unpadded tokens (kernels/varlen_attention.h) instead of a
+  // [B, 1, T, T] block-diagonal mask. -1: auto (always on CUDA in fp16/bf16; on the CPU when
+  // T >= 128 and the sequences' squared lengths sum to at most half of B T^2); 0: never; 1: always.
+  int varlen_attention = -1;
 
   // input_ids [B, T] (int64). position_ids [B, T]: default 0..T-1 per row. segment_ids [B, T]
   // (any integer type): packed samples; a token attends only to earlier tokens with the same

@@ -119,9 +119,15 @@ MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::Mode
 
   const double layer_tok = (6 * H + 3 * Qo + 2 * KVo + 4 * I) * cb;  // one layer, one token
   const double adapted_layer_tok = L > 0 ? adapted_act / L : 0;
-  const double saved = cfg.gradient_checkpointing ? T * L * H * cb + T * (layer_tok + adapted_layer_tok)
+  // Offloaded checkpoints keep the block inputs in host memory, not on the GPU.
+  const double inputs = cfg.activation_offload && device.is_cuda() ? 0 : T * L * H * cb;
+  const double saved = cfg.gradient_checkpointing ? inputs + T * (layer_tok + adapted_layer_tok)
                                                   : T * (L * layer_tok + adapted_act);
-  const double scores = 2 * 4 * B * static_cast<double>(mc.num_attention_heads) * S * S;
+  // The CPU's attention may hold fp32 scores [B, heads, S, S]; CUDA's flash and memory-efficient
+  // kernels keep none, only a boolean mask [B, 1, S, S] where a sliding window is shorter than S.
+  const bool window_bites = mc.sliding_window && static_cast<double>(*mc.sliding_window) < S;
+  const double scores = device.is_cuda() ? (window_bites ? B * S * S : 0.0)
+                                         : 2 * 4 * B * static_cast<double>(mc.num_attention_heads) * S * S;
   e.activations = to_bytes(saved + scores + 2 * T * (layer_tok + adapted_layer_tok));
   const double chunk = std::min(T, static_cast<double>(model::default_ce_chunk_tokens(mc.vocab_size)));
   e.logits = to_bytes(3 * 4 * chunk * V + T * H * 4);

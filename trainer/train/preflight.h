@@ -26,9 +26,10 @@ void check_shapes(const config::TrainConfig& cfg, const model::ModelConfig& mc);
 //   activations  what backward keeps: per token and layer, the norms, residuals, q/k/v (before
 //                and after RoPE), the attention output, gate/up/activation/product of the MLP and
 //                each adapted layer's input and r outputs; with gradient_checkpointing only each
-//                layer's input plus one layer's full set. Plus, for one layer at a time, the
-//                attention score matrix (fp32, twice) and the activation gradients of one layer
-//                (twice its activations)
+//                layer's input (on a GPU none with gradient_checkpointing: offload) plus one
+//                layer's full set. Plus, for one layer at a time, on the CPU the attention score
+//                matrix (fp32, twice; on a GPU only a mask where a sliding window bites) and the
+//                activation gradients of one layer (twice its activations)
 //   logits       one chunk of fp32 logits of the chunked cross-entropy (three copies: logits,
 //                softmax, gradient) and the gradient of the final hidden states
 //   transient    the largest weight in fp32, twice (the copy being quantized while loading)

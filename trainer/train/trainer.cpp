@@ -290,6 +290,7 @@ void setup_model(Session& s) {
   const auto t_load = Clock::now();
   s.m = model::load_model(cfg.base_model, model::ModelLoadOptions::from_train_config(cfg, s.device));
   s.m.gradient_checkpointing = cfg.gradient_checkpointing;
+  s.m.checkpoint_offload = cfg.activation_offload;
   s.params = s.m.lora_parameters();
   int64_t trainable = 0;
   for (const auto& p : s.params) trainable += p.param.numel();
