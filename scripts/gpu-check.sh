@@ -18,7 +18,7 @@
 #                                        shapes (tests/gpu_check_dry_run runs this)
 #   scripts/gpu-check.sh --kernels-only  only the source build of the kernel tests and bench_gpu
 # Env: OUT (default <work>/out), QLORA_GPU_WORK (default /tmp/qlora-gpu-check), QLORA_GPU_BUDGET_S
-#      (seconds for every step together; default 480, 240 for --dry-run), QLORA_GPU_PYTHON
+#      (seconds for every step together; default 480, 400 for --dry-run), QLORA_GPU_PYTHON
 #      (default python3), BUILD_DIR (--dry-run: the build to bundle), QLORA_CUDA_ARCHS (90).
 # Exit status: 0 when every step that ran passed.
 set -uo pipefail
@@ -76,7 +76,7 @@ if [ $mode = dry ]; then
   py="${QLORA_GPU_PYTHON:-$HOME/.cache/qlora/venv/bin/python}"
   bundle="$work/qlora-bundle.tar.xz"
   device=cpu
-  budget="${QLORA_GPU_BUDGET_S:-240}"
+  budget="${QLORA_GPU_BUDGET_S:-400}"
   QLORA_BUNDLE_XZ_LEVEL=0 "$root/scripts/gpu-bundle.sh" --no-build --out "$bundle" || exit 1
 fi
 (nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv 2>&1 || true) \

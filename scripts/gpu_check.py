@@ -54,6 +54,7 @@ class Check:
         self.order = []
         self.logs = os.path.join(a.work, "logs")
         os.makedirs(self.logs, exist_ok=True)
+        self.machine = machine()
 
     def remaining(self):
         return self.a.budget_s - (now() - self.t0)
@@ -62,6 +63,16 @@ class Check:
         self.steps[name] = dict(status=status, seconds=round(seconds, 1), **info)
         self.order.append(name)
         print(f"[gpu-check] {name}: {status} ({seconds:.0f} s) {info.get('summary', '')}", flush=True)
+        self.save()  # after every step: a call cut off at its time limit still leaves the steps done
+
+    def save(self):
+        result = dict(device=self.a.device, dry_run=self.a.dry_run, seconds=round(now() - self.t0, 1),
+                      machine=self.machine, steps={k: self.steps[k] for k in self.order})
+        tmp = os.path.join(self.a.out, "gpu_check.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(tmp, os.path.join(self.a.out, "gpu_check.json"))
+        return result
 
     def env(self, **extra):
         e = dict(os.environ)
@@ -211,8 +222,10 @@ def step_demo(c):
     t = now()
     # The two CPU references run side by side (half the cores each) while the device trains.
     procs = {}
-    for name, extra in (("cpu_fp32", ["quantization.compute_dtype=fp32"]),
-                        ("cpu_bf16", ["quantization.compute_dtype=bf16"])):
+    # The references need the losses only: no evaluation on the way, the last one on 8 examples.
+    quiet = ["eval_on_start=false", "eval_steps=0", f"test_datasets.0.path={c.small_eval}"]
+    for name, extra in (("cpu_fp32", ["quantization.compute_dtype=fp32"] + quiet),
+                        ("cpu_bf16", ["quantization.compute_dtype=bf16"] + quiet)):
         log = open(os.path.join(c.logs, f"demo_{name}.log"), "w")
         procs[name] = (subprocess.Popen(demo_args(c, runs[name], "cpu", extra), stdout=log, stderr=subprocess.STDOUT,
                                         cwd=a.repo, env=c.env(OMP_NUM_THREADS=threads)), log)
@@ -244,8 +257,8 @@ def step_demo(c):
             worst = (s, d / tol, d, tol)
     acc = {k: (m[k][1][-1].get("eval_accuracy") if m[k][1] else None) for k in runs}
     loss_ok = worst is not None and worst[1] <= 1.0 and len(rows) == len(ref)
-    acc_ok = a.dry_run or (acc["device"] is not None and acc["cpu_fp32"] is not None
-                           and acc["device"] >= acc["cpu_fp32"] - 0.03)
+    # qlora reaches 100% exact match on the demo on the CPU (README); the device must reach 95%.
+    acc_ok = a.dry_run or (acc["device"] is not None and acc["device"] >= 0.95)
     tps = [dev[s]["tokens_per_s"] for s in sorted(dev)][2:]
     info.update(steps_compared=len(rows), worst_step=worst[0] if worst else None,
                 worst_ratio_to_tol=round(worst[1], 3) if worst else None,
@@ -449,10 +462,7 @@ def main():
             fn(c)
         except Exception as e:  # a broken step must not hide the others' results
             c.record(name, "fail", 0, summary=f"{type(e).__name__}: {e}")
-    result = dict(device=a.device, dry_run=a.dry_run, seconds=round(now() - c.t0, 1), machine=machine(),
-                  steps={k: c.steps[k] for k in c.order})
-    with open(os.path.join(a.out, "gpu_check.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    result = c.save()
     with tarfile.open(os.path.join(a.out, "logs.tar.gz"), "w:gz") as t:
         t.add(c.logs, arcname="logs")
     lines = ["", "==================== gpu-check ====================",
