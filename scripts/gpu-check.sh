@@ -17,6 +17,9 @@
 #                                        like the GPU machine does and runs every step with tiny
 #                                        shapes (tests/gpu_check_dry_run runs this)
 #   scripts/gpu-check.sh --kernels-only  only the source build of the kernel tests and bench_gpu
+#   --only STEP,...                      only these steps of scripts/gpu_check.py, e.g. a first call
+#                                        with gpu_tests,cpu_isa,demo,resume,offload,export and a
+#                                        second with bench_e2e and the whole budget
 # Env: OUT (default <work>/out), QLORA_GPU_WORK (default /tmp/qlora-gpu-check), QLORA_GPU_BUDGET_S
 #      (seconds for every step together; default 480, 400 for --dry-run), QLORA_GPU_PYTHON
 #      (default python3), BUILD_DIR (--dry-run: the build to bundle), QLORA_CUDA_ARCHS (90).
@@ -24,12 +27,16 @@
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mode=device
-case "${1:-}" in
-  --dry-run) mode=dry ;;
-  --kernels-only) mode=kernels ;;
-  "") ;;
-  *) echo "usage: scripts/gpu-check.sh [--dry-run | --kernels-only]" >&2; exit 2 ;;
-esac
+only=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) mode=dry ;;
+    --kernels-only) mode=kernels ;;
+    --only) only="${2:-}"; shift ;;
+    *) echo "usage: scripts/gpu-check.sh [--dry-run | --kernels-only] [--only STEP,STEP...]" >&2; exit 2 ;;
+  esac
+  shift
+done
 work="${QLORA_GPU_WORK:-/tmp/qlora-gpu-check}"
 out="${OUT:-$work/out}"
 mkdir -p "$work" "$out"
@@ -112,4 +119,5 @@ fi
 
 args=(--bin "$unpacked/bin" --repo "$root" --out "$out" --work "$work" --device "$device" --budget-s "$budget")
 [ $mode = dry ] && args+=(--dry-run)
+[ -n "$only" ] && args+=(--only "$only")
 PYTHONUNBUFFERED=1 "$py" "$root/scripts/gpu_check.py" "${args[@]}"
