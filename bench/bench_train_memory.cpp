@@ -20,9 +20,9 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "bench/random_llama.h"
 #include "kernels/ops.h"
 #include "trainer/common/fs.h"
-#include "trainer/io/safetensors.h"
 #include "trainer/model/model.h"
 
 using namespace qlora;
@@ -41,42 +41,7 @@ void reset_peak() {
 }
 
 void write_model(const stdfs::path& dir) {
-  stdfs::create_directories(dir);
-  json c = {{"architectures", {"LlamaForCausalLM"}},
-            {"model_type", "llama"},
-            {"vocab_size", kVocab},
-            {"hidden_size", kHidden},
-            {"intermediate_size", kInter},
-            {"num_hidden_layers", kLayers},
-            {"num_attention_heads", kHeads},
-            {"num_key_value_heads", kKv},
-            {"rms_norm_eps", 1e-5},
-            {"rope_theta", 10000.0},
-            {"max_position_embeddings", 4096},
-            {"tie_word_embeddings", false},
-            {"torch_dtype", "bfloat16"},
-            {"hidden_act", "silu"}};
-  fs::write_file_atomic(dir / "config.json", c.dump(2));
-  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(1);
-  io::SafetensorsWriter w;
-  auto rnd = [&](std::vector<int64_t> s) { return (at::randn(s, g, at::kFloat) * 0.05).to(at::kBFloat16); };
-  w.add("model.embed_tokens.weight", rnd({kVocab, kHidden}));
-  w.add("lm_head.weight", rnd({kVocab, kHidden}));
-  w.add("model.norm.weight", at::ones({kHidden}, at::kBFloat16));
-  const int64_t hd = kHidden / kHeads;
-  for (int64_t l = 0; l < kLayers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    w.add(p + "input_layernorm.weight", at::ones({kHidden}, at::kBFloat16));
-    w.add(p + "post_attention_layernorm.weight", at::ones({kHidden}, at::kBFloat16));
-    w.add(p + "self_attn.q_proj.weight", rnd({kHeads * hd, kHidden}));
-    w.add(p + "self_attn.k_proj.weight", rnd({kKv * hd, kHidden}));
-    w.add(p + "self_attn.v_proj.weight", rnd({kKv * hd, kHidden}));
-    w.add(p + "self_attn.o_proj.weight", rnd({kHidden, kHeads * hd}));
-    w.add(p + "mlp.gate_proj.weight", rnd({kInter, kHidden}));
-    w.add(p + "mlp.up_proj.weight", rnd({kInter, kHidden}));
-    w.add(p + "mlp.down_proj.weight", rnd({kHidden, kInter}));
-  }
-  w.write(dir / "model.safetensors");
+  bench::write_random_llama(dir, {kVocab, kHidden, kInter, kLayers, kHeads, kKv});
 }
 
 int run_one(const std::string& variant, const stdfs::path& dir) {
@@ -149,13 +114,7 @@ int main(int argc, char** argv) {
     runs.push_back(r);
   }
   stdfs::remove_all(dir);
-  std::ifstream cpu("/proc/cpuinfo");
-  std::string line, model_name;
-  while (std::getline(cpu, line))
-    if (line.rfind("model name", 0) == 0) {
-      model_name = line.substr(line.find(':') + 2);
-      break;
-    }
+  const std::string model_name = bench::cpu_model_name();
   json res = {
       {"description",
        "Peak host RSS of one QLoRA training step on CPU (Model::forward_loss + backward, as the trainer runs it), each "
