@@ -123,15 +123,11 @@ int main(int argc, char** argv) {
       {"machine",
        {{"cpu", model_name}, {"cores", ::sysconf(_SC_NPROCESSORS_ONLN)}, {"cpu_kernels", kernels::cpu_isa_name()}}},
       {"model",
-       {{"vocab_size", kVocab},
-        {"hidden_size", kHidden},
-        {"intermediate_size", kInter},
-        {"num_hidden_layers", kLayers},
-        {"num_attention_heads", kHeads},
-        {"num_key_value_heads", kKv},
-        {"base", "NF4 (double quant)"},
-        {"lora", "r=16, all linear"},
-        {"compute_dtype", "float32"}}},
+       [] {
+         nlohmann::json m = bench::shape_json({kVocab, kHidden, kInter, kLayers, kHeads, kKv});
+         m.update({{"base", "NF4 (double quant)"}, {"lora", "r=16, all linear"}, {"compute_dtype", "float32"}});
+         return m;
+       }()},
       {"batch", {{"micro_batch_size", kBatch}, {"sequence_len", kSeq}}},
       {"command", "cmake --build build --target bench_train_memory && build/bench/bench_train_memory"},
       {"runs", runs}};

@@ -134,14 +134,11 @@ int main(int argc, char** argv) {
                 {"threads", at::get_num_threads()},
                 {"cpu_kernels", kernels::cpu_isa_name()}}},
               {"model",
-               {{"vocab_size", kVocab},
-                {"hidden_size", kHidden},
-                {"intermediate_size", kInter},
-                {"num_hidden_layers", kLayers},
-                {"num_attention_heads", kHeads},
-                {"num_key_value_heads", kKv},
-                {"base", "NF4 (double quant)"},
-                {"lora", "r=16, all linear"}}},
+               [] {
+                 nlohmann::json m = bench::shape_json({kVocab, kHidden, kInter, kLayers, kHeads, kKv});
+                 m.update({{"base", "NF4 (double quant)"}, {"lora", "r=16, all linear"}});
+                 return m;
+               }()},
               {"batch", {{"micro_batch_size", kBatch}, {"sample_lengths", "uniform 32-256"}}},
               {"command", "cmake --build build --target bench_varlen_cpu && build/bench/bench_varlen_cpu"},
               {"rows", rows}};

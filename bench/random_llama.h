@@ -57,6 +57,12 @@ inline void write_random_llama(const std::filesystem::path& dir, const LlamaShap
   w.write(dir / "model.safetensors");
 }
 
+// The shape as the results files describe the model (config.json's names).
+inline nlohmann::json shape_json(const LlamaShape& s) {
+  return {{"vocab_size", s.vocab},         {"hidden_size", s.hidden},        {"intermediate_size", s.intermediate},
+          {"num_hidden_layers", s.layers}, {"num_attention_heads", s.heads}, {"num_key_value_heads", s.kv_heads}};
+}
+
 // "model name" from /proc/cpuinfo, or "".
 inline std::string cpu_model_name() {
   std::ifstream cpu("/proc/cpuinfo");
