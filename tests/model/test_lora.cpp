@@ -205,6 +205,12 @@ TEST(Lora, GradientsEqualPeftOnQwen2) {
   check_against_peft({"qwen2", /*quantize=*/true, 4, 16, {"all-linear"}, false, /*checkpointing=*/true, 0});
 }
 
+TEST(Lora, GradientsEqualPeftOnPhi3FusedProjections) {
+  // all-linear is qkv_proj, o_proj, gate_up_proj, down_proj: one adapter on each fused module.
+  check_against_peft({"phi3", /*quantize=*/true, 4, 8, {"all-linear"}, false, /*checkpointing=*/true, 0});
+  check_against_peft({"phi3", /*quantize=*/false, 2, 4, {"qkv_proj", "gate_up_proj"}, false, false, 5});
+}
+
 TEST(Lora, BadTargetsAndValuesAreUserErrors) {
   auto msg = [](const config::LoraConfig& c) {
     try {
@@ -297,8 +303,9 @@ TEST(ForwardLoss, EqualsForwardThenLoss) {
     for (bool quantize : {true, false}) {
       for (bool ckpt : {false, true}) {
         for (int varlen : {0, 1}) {  // packed rows: block-diagonal mask, or attention per sequence
-          for (const char* family : {"llama", "qwen3"}) {  // qwen3: q/k norms on [N, heads, D] too
-            if (!quantize && std::string(family) == "qwen3") continue;
+          // qwen3: q/k norms on [N, heads, D] too; phi3: fused projections, partial rotary, longrope
+          for (const char* family : {"llama", "qwen3", "phi3"}) {
+            if (!quantize && std::string(family) != "llama") continue;
             SCOPED_TRACE(std::string(c.name) + (quantize ? " nf4" : " 16-bit") + (ckpt ? " checkpointed" : "") +
                          (varlen ? " varlen" : " mask") + " " + family);
             model::Model m = load(family, quantize, lora_cfg(4, 8, {"all-linear"}), 42);

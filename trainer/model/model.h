@@ -50,9 +50,13 @@ struct DecoderLayer {
   at::Tensor q_norm, k_norm;              // [head_dim] (qwen3), else undefined
   Linear q_proj, k_proj, v_proj, o_proj;  // self_attn
   Linear gate_proj, up_proj, down_proj;   // mlp
+  Linear qkv_proj, gate_up_proj;          // phi3's fused projections (q, k, v and gate, up unused)
 
+  // The projections this architecture has (those with a name), in module order.
   std::vector<Linear*> linears();
   std::vector<const Linear*> linears() const;
+  // The projection with short name `name` (q_proj, qkv_proj, ...); nullptr for none.
+  Linear* linear(const std::string& name);
 };
 
 struct ModelLoadOptions {
@@ -98,9 +102,10 @@ class Model {
 
   at::Tensor embed_tokens;  // [vocab, hidden]
   std::vector<DecoderLayer> layers;
-  at::Tensor norm;      // [hidden]
-  at::Tensor lm_head;   // [vocab, hidden]; the same tensor as embed_tokens when tied
-  at::Tensor inv_freq;  // float32 [head_dim / 2]
+  at::Tensor norm;           // [hidden]
+  at::Tensor lm_head;        // [vocab, hidden]; the same tensor as embed_tokens when tied
+  at::Tensor inv_freq;       // float32 [rotary_dim / 2]
+  at::Tensor long_inv_freq;  // longrope: for sequences past original_max_position_embeddings
 
   // Switches the trainer sets.
   bool training = false;                // LoRA dropout active

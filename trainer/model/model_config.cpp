@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
+
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
 #include "trainer/io/dtype.h"
@@ -61,13 +63,14 @@ struct Reader {
   }
 };
 
-const char* kSupported = "llama, mistral, qwen2, qwen3";
+const char* kSupported = "llama, mistral, qwen2, qwen3, phi3";
 
 std::string model_type_of_architecture(const std::string& a) {
   if (a == "LlamaForCausalLM") return "llama";
   if (a == "MistralForCausalLM") return "mistral";
   if (a == "Qwen2ForCausalLM") return "qwen2";
   if (a == "Qwen3ForCausalLM") return "qwen3";
+  if (a == "Phi3ForCausalLM") return "phi3";
   return "";
 }
 
@@ -84,7 +87,16 @@ void read_rope(const Reader& top, ModelConfig& c) {
     pname = "rope_scaling";
   }
   c.rope.theta = top.get_double("rope_theta", 10000.0);
-  if (!params) return;
+  c.rope.rotary_dim = c.head_dim;
+  if (!params) {
+    const double prf = top.get_double("partial_rotary_factor", 1.0);
+    const auto rot = static_cast<int64_t>(static_cast<double>(c.head_dim) * prf);
+    if (!(prf > 0 && prf <= 1) || rot < 2 || rot % 2 != 0)
+      user_error(top.where, "partial_rotary_factor: expected a factor in (0, 1] giving an even number of rotary ",
+                 "dimensions of head_dim ", c.head_dim, ", got ", prf);
+    c.rope.rotary_dim = rot;
+    return;
+  }
   if (!params->is_object()) user_error(top.where, pname, ": expected an object, got ", shown(*params));
   for (auto it = params->begin(); it != params->end(); ++it)
     if (it.value().is_object())
@@ -92,11 +104,19 @@ void read_rope(const Reader& top, ModelConfig& c) {
   Reader r{*params, top.where + pname + "."};
   c.rope.theta = r.get_double("rope_theta", c.rope.theta);
   std::string type = r.get_string("rope_type", r.get_string("type", "default"));
-  if (type != "default" && type != "linear" && type != "llama3")
-    user_error(top.where, pname, ".rope_type: \"", type, "\" is not supported (expected default, linear or llama3)");
+  // Phi3Config reads the older "su" and "yarn" spellings as longrope.
+  if (c.model_type == "phi3" && (type == "su" || type == "yarn")) type = "longrope";
+  if (type != "default" && type != "linear" && type != "llama3" && !(type == "longrope" && c.model_type == "phi3"))
+    user_error(top.where, pname, ".rope_type: \"", type, "\" is not supported (expected default, linear or llama3",
+               c.model_type == "phi3" ? ", or longrope for phi3)" : ")");
   c.rope.type = type;
   const double prf = r.get_double("partial_rotary_factor", top.get_double("partial_rotary_factor", 1.0));
-  if (prf != 1.0) user_error(top.where, pname, ".partial_rotary_factor: only 1.0 is supported, got ", prf);
+  // transformers: dim = int(head_dim * partial_rotary_factor).
+  const auto rot = static_cast<int64_t>(static_cast<double>(c.head_dim) * prf);
+  if (!(prf > 0 && prf <= 1) || rot < 2 || rot % 2 != 0)
+    user_error(top.where, pname, ".partial_rotary_factor: expected a factor in (0, 1] giving an even number of ",
+               "rotary dimensions of head_dim ", c.head_dim, ", got ", prf);
+  c.rope.rotary_dim = rot;
   if (type == "linear" || type == "llama3") {
     if (!r.has("factor")) user_error(r.where, "factor: missing (required for rope_type ", type, ")");
     c.rope.factor = r.get_double("factor", 1.0);
@@ -109,6 +129,32 @@ void read_rope(const Reader& top, ModelConfig& c) {
       user_error(r.where, "high_freq_factor: must be greater than low_freq_factor");
     c.rope.original_max_position_embeddings = r.get_int(
         "original_max_position_embeddings", top.get_int("original_max_position_embeddings", c.max_position_embeddings));
+  }
+  if (type == "longrope") {
+    // Phi3Config's default for the pretraining length is 4096.
+    const int64_t orig =
+        r.get_int("original_max_position_embeddings", top.get_int("original_max_position_embeddings", 4096));
+    if (orig <= 1) user_error(r.where, "original_max_position_embeddings: expected an integer above 1, got ", orig);
+    c.rope.original_max_position_embeddings = orig;
+    for (const char* key : {"short_factor", "long_factor"}) {
+      if (!r.has(key)) user_error(r.where, key, ": missing (required for rope_type longrope)");
+      const json& f = params->at(key);
+      std::vector<double>& out = std::string(key) == "short_factor" ? c.rope.short_factor : c.rope.long_factor;
+      if (f.is_array())
+        for (const auto& x : f)
+          if (x.is_number()) out.push_back(x.get<double>());
+      if (!f.is_array() || out.size() != f.size() || static_cast<int64_t>(out.size()) != rot / 2)
+        user_error(r.where, key, ": expected a list of ", rot / 2, " numbers (one per rotary frequency)");
+    }
+    // transformers: factor defaults to max_position_embeddings / original_max_position_embeddings,
+    // and the cos/sin scale to sqrt(1 + ln(factor) / ln(original)) when factor > 1.
+    const double factor =
+        r.get_double("factor", static_cast<double>(c.max_position_embeddings) / static_cast<double>(orig));
+    c.rope.factor = factor;
+    c.rope.attention_factor =
+        r.has("attention_factor")
+            ? r.get_double("attention_factor", 1.0)
+            : (factor <= 1.0 ? 1.0 : std::sqrt(1.0 + std::log(factor) / std::log(static_cast<double>(orig))));
   }
 }
 
@@ -157,18 +203,33 @@ std::optional<int64_t> ModelConfig::window_of(int64_t layer) const {
   return sliding_window;
 }
 
-std::string linear_module_path(int64_t layer, const std::string& module) {
-  const bool attn = module == "q_proj" || module == "k_proj" || module == "v_proj" || module == "o_proj";
-  return "model.layers." + std::to_string(layer) + (attn ? ".self_attn." : ".mlp.") + module;
+std::string layer_prefix(int64_t layer) { return "model.layers." + std::to_string(layer) + "."; }
+
+std::vector<LinearSpec> layer_linears(const ModelConfig& c) {
+  const int64_t H = c.hidden_size, I = c.intermediate_size;
+  std::vector<LinearSpec> v;
+  if (c.fused_qkv) {
+    v.push_back({"qkv_proj", "self_attn.qkv_proj", c.q_out() + 2 * c.kv_out(), H, c.qkv_bias});
+  } else {
+    v.push_back({"q_proj", "self_attn.q_proj", c.q_out(), H, c.qkv_bias});
+    v.push_back({"k_proj", "self_attn.k_proj", c.kv_out(), H, c.qkv_bias});
+    v.push_back({"v_proj", "self_attn.v_proj", c.kv_out(), H, c.qkv_bias});
+  }
+  v.push_back({"o_proj", "self_attn.o_proj", H, c.q_out(), c.o_bias});
+  if (c.fused_gate_up) {
+    v.push_back({"gate_up_proj", "mlp.gate_up_proj", 2 * I, H, c.mlp_bias});
+  } else {
+    v.push_back({"gate_proj", "mlp.gate_proj", I, H, c.mlp_bias});
+    v.push_back({"up_proj", "mlp.up_proj", I, H, c.mlp_bias});
+  }
+  v.push_back({"down_proj", "mlp.down_proj", H, I, c.mlp_bias});
+  return v;
 }
 
-std::vector<int64_t> linear_shape(const ModelConfig& c, const std::string& m) {
-  if (m == "q_proj") return {c.q_out(), c.hidden_size};
-  if (m == "k_proj" || m == "v_proj") return {c.kv_out(), c.hidden_size};
-  if (m == "o_proj") return {c.hidden_size, c.q_out()};
-  if (m == "gate_proj" || m == "up_proj") return {c.intermediate_size, c.hidden_size};
-  if (m == "down_proj") return {c.hidden_size, c.intermediate_size};
-  TORCH_CHECK(false, "linear_shape: unknown module ", m);
+const LinearSpec* find_linear(const std::vector<LinearSpec>& specs, const std::string& name) {
+  for (const auto& s : specs)
+    if (s.name == name) return &s;
+  return nullptr;
 }
 
 ModelConfig parse_model_config(const std::string& text, const std::filesystem::path& path) {
@@ -193,7 +254,8 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   c.architecture = arch;
   const std::string from_arch = model_type_of_architecture(arch);
   if (c.model_type.empty()) c.model_type = from_arch;
-  if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2" && c.model_type != "qwen3") {
+  if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2" && c.model_type != "qwen3" &&
+      c.model_type != "phi3") {
     if (c.model_type.empty())
       user_error(r.where, "model_type: missing and architectures names none of the supported families (", kSupported,
                  ")");
@@ -203,7 +265,8 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   if (!arch.empty() && from_arch != c.model_type)
     user_error(r.where, "architectures: \"", arch, "\" is not supported for model_type \"", c.model_type,
                "\" (expected a ", c.model_type,
-               " causal LM: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM or Qwen3ForCausalLM)");
+               " causal LM: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM or "
+               "Phi3ForCausalLM)");
 
   c.vocab_size = r.get_int("vocab_size");
   c.hidden_size = r.get_int("hidden_size");
@@ -248,6 +311,8 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   } else if (c.model_type == "qwen3") {
     c.qkv_bias = c.o_bias = attention_bias;
     c.qk_norm = true;
+  } else if (c.model_type == "phi3") {
+    c.fused_qkv = c.fused_gate_up = true;  // Phi3Attention / Phi3MLP: no biases
   }
 
   // Sliding window, per layer.
@@ -259,7 +324,7 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
     if (c.sliding_window && *c.sliding_window <= 0)
       user_error(r.where, "sliding_window: expected a positive integer, got ", *c.sliding_window);
     if (c.sliding_window) {
-      if (c.model_type == "mistral") {
+      if (c.model_type == "mistral" || c.model_type == "phi3") {
         c.layer_sliding.assign(c.num_hidden_layers, true);
       } else if (r.has("layer_types")) {
         const json& lt = j.at("layer_types");

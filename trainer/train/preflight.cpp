@@ -35,11 +35,10 @@ struct Proj {
 
 std::vector<Proj> projections(const config::TrainConfig& cfg, const model::ModelConfig& mc) {
   std::vector<Proj> out;
-  for (const auto& m : model::linear_module_names()) {
-    const std::vector<int64_t> s = model::linear_shape(mc, m);
-    Proj p{m, static_cast<double>(s[0]), static_cast<double>(s[1]), 0};
+  for (const model::LinearSpec& s : model::layer_linears(mc)) {
+    Proj p{s.name, static_cast<double>(s.out), static_cast<double>(s.in), 0};
     for (int64_t l = 0; l < mc.num_hidden_layers; ++l)
-      p.adapted_layers += model::lora_targets(cfg.lora, model::linear_module_path(l, m));
+      p.adapted_layers += model::lora_targets(cfg.lora, model::layer_prefix(l) + s.path);
     out.push_back(p);
   }
   return out;
@@ -121,8 +120,8 @@ MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::Mode
   const double adapted_layer_tok = L > 0 ? adapted_act / L : 0;
   // Offloaded checkpoints keep the block inputs in host memory, not on the GPU.
   const double inputs = cfg.activation_offload && device.is_cuda() ? 0 : T * L * H * cb;
-  const double saved = cfg.gradient_checkpointing ? inputs + T * (layer_tok + adapted_layer_tok)
-                                                  : T * (L * layer_tok + adapted_act);
+  const double saved =
+      cfg.gradient_checkpointing ? inputs + T * (layer_tok + adapted_layer_tok) : T * (L * layer_tok + adapted_act);
   // The CPU's attention may hold fp32 scores [B, heads, S, S]; CUDA's flash and memory-efficient
   // kernels keep none, only a boolean mask [B, 1, S, S] where a sliding window is shorter than S.
   const bool window_bites = mc.sliding_window && static_cast<double>(*mc.sliding_window) < S;
