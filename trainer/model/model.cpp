@@ -425,6 +425,17 @@ at::Tensor Model::forward_cached(const at::Tensor& input_ids, KVCache& cache) {
   TORCH_CHECK(static_cast<int64_t>(cache.k.size()) == n, "Model::forward_cached: cache of another model");
   TORCH_CHECK(past == 0 || cache.k[0].size(0) == B, "Model::forward_cached: batch size differs from the cache's");
   at::Tensor ids = input_ids.to(device, at::kLong);
+  if (config.rope.type == "longrope") {
+    const int64_t orig = config.rope.original_max_position_embeddings;
+    if (past > 0 && past <= orig && past + T > orig) {
+      at::Tensor all = at::cat({cache.ids, ids}, 1);
+      const int64_t reserve = cache.reserve;
+      cache.clear();
+      cache.reserve = reserve;
+      return forward_cached(all, cache).narrow(1, past, T);
+    }
+    cache.ids = past == 0 ? ids : at::cat({cache.ids, ids}, 1);
+  }
   auto lopt = at::TensorOptions().dtype(at::kLong).device(device);
   at::Tensor pos = at::arange(past, past + T, lopt).unsqueeze(0).expand({B, T});
 

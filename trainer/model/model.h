@@ -79,9 +79,11 @@ struct KVCache {
   std::vector<at::Tensor> k, v;
   int64_t length = 0;   // tokens cached (the position of the next token)
   int64_t reserve = 0;  // capacity to allocate on first use (0: grow as needed)
+  at::Tensor ids;       // longrope only: the tokens cached [B, length], to recompute them (forward_cached)
   void clear() {
     k.clear();
     v.clear();
+    ids = at::Tensor();
     length = 0;
   }
 };
@@ -132,7 +134,9 @@ class Model {
   // cache.length + T - 1 of every row; they attend to the cached keys/values (causal, sliding
   // window as configured) and are appended to the cache. Returns hidden [B, T, hidden] equal (to
   // rounding) to the matching rows of forward() over the whole sequence. No dropout; call under
-  // NoGradGuard.
+  // NoGradGuard. longrope: when the sequence first passes original_max_position_embeddings the
+  // cached keys (short factors) are dropped and the whole sequence runs again with the long
+  // factors, as transformers' generate does.
   at::Tensor forward_cached(const at::Tensor& input_ids, KVCache& cache);
 
   // The loss of a training or eval batch in one pass: the same numbers as
