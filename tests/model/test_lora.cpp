@@ -211,6 +211,34 @@ TEST(Lora, GradientsEqualPeftOnPhi3FusedProjections) {
   check_against_peft({"phi3", /*quantize=*/false, 2, 4, {"qkv_proj", "gate_up_proj"}, false, false, 5});
 }
 
+TEST(Lora, GradientsEqualPeftOnMixturesOfExperts) {
+  // Attention adapters on NF4 experts (mixtral, qwen3_moe); qwen2_moe's shared expert is a
+  // dense MLP PEFT adapts under its own gate_proj / down_proj names.
+  // (PEFT's all-linear would also adapt the routers and the fused expert tensors; ours adapts
+  // attention and shared experts only, so the targets are named.)
+  check_against_peft(
+      {"mixtral", /*quantize=*/true, 4, 8, {"q_proj", "k_proj", "v_proj", "o_proj"}, false, /*checkpointing=*/true, 0});
+  check_against_peft(
+      {"qwen2_moe", /*quantize=*/true, 2, 4, {"q_proj", "v_proj", "gate_proj", "down_proj"}, false, false, 5});
+  check_against_peft({"qwen3_moe", /*quantize=*/false, 3, 6, {"q_proj", "k_proj", "o_proj"}, false, false, 0});
+}
+
+TEST(Lora, ExpertsOfAMixtureAreNotAdapted) {
+  config::LoraConfig all = lora_cfg(4, 8, {"all-linear"});
+  model::Model m = load("qwen2_moe", true, all);
+  for (const model::Linear* l : m.linears())
+    EXPECT_EQ(l->lora.has_value(), l->name.find(".experts.") == std::string::npos) << l->name;
+  EXPECT_EQ(m.lora_target_modules(),
+            (std::vector<std::string>{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}));
+  try {
+    load("mixtral", true, lora_cfg(4, 8, {"q_proj", "w1"}));
+    ADD_FAILURE() << "no error";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("\"w1\" names the experts of a mixture of experts"), std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(Lora, BadTargetsAndValuesAreUserErrors) {
   auto msg = [](const config::LoraConfig& c) {
     try {

@@ -45,6 +45,7 @@ TEST_P(ConfigFamily, MatchesTransformers) {
   EXPECT_EQ(c.o_bias, e["o_bias"].get<bool>());
   EXPECT_EQ(c.mlp_bias, e["mlp_bias"].get<bool>());
   EXPECT_EQ(c.qk_norm, e["qk_norm"].get<bool>());
+  EXPECT_EQ(c.num_experts, e["num_experts"].get<int64_t>());
   ASSERT_EQ(static_cast<int64_t>(e["layer_window"].size()), c.num_hidden_layers);
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     auto w = c.window_of(i);

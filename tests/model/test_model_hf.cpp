@@ -132,6 +132,25 @@ TEST(HfModel, BnbCheckpointLoadsWithoutRequantizing) {
   EXPECT_TRUE(at::equal(d.layers[1].down_proj.weight, m.layers[1].down_proj.base_weight(at::kFloat)));
 }
 
+TEST(HfModel, QuantizedMixtureOfExpertsLoadsAsQuantizedWhileLoading) {
+  // `qlora quantize` of a mixture of experts (experts NF4, routers 16-bit) loads back without
+  // re-quantizing and computes exactly what quantizing while loading computes.
+  for (const char* family : {"mixtral", "qwen2_moe"}) {
+    SCOPED_TRACE(family);
+    const stdfs::path src = test::model_fixtures() / family, out = test::temp_dir("moe_q") / "q";
+    test::ProcResult r = test::run_qlora("quantize --model " + test::quote(src.string()) + " --out " +
+                                         test::quote(out.string()) + " --compute-dtype float32");
+    ASSERT_EQ(r.code, 0) << r.output;
+    model::Model a = model::load_model(src, fp32_options(true)), b = model::load_model(out, fp32_options(true));
+    ASSERT_TRUE(b.layers[0].experts[0].down_proj.nf4.has_value());
+    EXPECT_EQ(b.layers[0].router.scalar_type(), at::kFloat);
+    test::Batch x = test::make_batch(a.config.vocab_size);
+    c10::NoGradGuard ng;
+    EXPECT_TRUE(at::equal(a.logits(a.forward(x.input_ids, x.position_ids, x.segment_ids)),
+                          b.logits(b.forward(x.input_ids, x.position_ids, x.segment_ids))));
+  }
+}
+
 TEST(HfModel, Bf16ComputeIsCloseToFp32) {
   model::ModelLoadOptions o = fp32_options(true);
   model::Model a = model::load_model(test::model_fixtures() / "qwen3", o);

@@ -65,6 +65,25 @@ def build(kind):
                                         "long_factor": [1.0, 2.0, 4.5]},
                           tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
         return tf.Phi3ForCausalLM(c), torch.bfloat16
+    if kind == "mixtral":
+        # 4 experts, 2 per token, GQA, bf16 file (per-expert w1/w3/w2 tensors on disk)
+        c = tf.MixtralConfig(vocab_size=60, hidden_size=32, intermediate_size=24, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                             tie_word_embeddings=False, rope_theta=1e6)
+        return tf.MixtralForCausalLM(c), torch.bfloat16
+    if kind == "qwen2_moe":
+        # 6 experts, 2 per token without renormalization, a shared expert and its sigmoid gate, q,k,v biases
+        c = tf.Qwen2MoeConfig(vocab_size=70, hidden_size=48, intermediate_size=64, moe_intermediate_size=20,
+                              shared_expert_intermediate_size=36, num_experts=6, num_experts_per_tok=2,
+                              norm_topk_prob=False, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, tie_word_embeddings=False)
+        return tf.Qwen2MoeForCausalLM(c), torch.float32
+    if kind == "qwen3_moe":
+        # 8 experts, 3 per token renormalized, q/k norms, explicit head_dim, tied embeddings
+        c = tf.Qwen3MoeConfig(vocab_size=50, hidden_size=32, intermediate_size=40, moe_intermediate_size=16,
+                              num_experts=8, num_experts_per_tok=3, norm_topk_prob=True, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=12, tie_word_embeddings=True)
+        return tf.Qwen3MoeForCausalLM(c), torch.float32
     raise SystemExit(f"unknown kind {kind}")
 
 
@@ -82,7 +101,7 @@ def randomize(model, seed, norm_spread=0.3, bias_scale=0.2, gain=1.2):
             elif "embed_tokens" in name:
                 p.copy_(torch.randn(p.shape, generator=g))
             else:
-                p.copy_(gain * torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
+                p.copy_(gain * torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
 
 
 def expect_of(model):
@@ -90,7 +109,7 @@ def expect_of(model):
     layer = model.model.layers[0]
     att = layer.self_attn
     q = getattr(att, "q_proj", None) or att.qkv_proj
-    gate = getattr(layer.mlp, "gate_proj", None) or layer.mlp.gate_up_proj
+    gate = getattr(layer.mlp, "gate_proj", None) or getattr(layer.mlp, "gate_up_proj", None)
     rope = {}
     if c.rope_parameters.get("rope_type") == "longrope":
         from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
@@ -104,21 +123,23 @@ def expect_of(model):
         "num_key_value_heads": c.num_key_value_heads, "head_dim": att.head_dim,
         "rms_norm_eps": c.rms_norm_eps, "tie_word_embeddings": bool(c.tie_word_embeddings),
         "qkv_bias": q.bias is not None, "o_bias": att.o_proj.bias is not None,
-        "mlp_bias": gate.bias is not None, "qk_norm": hasattr(att, "q_norm"),
+        "mlp_bias": gate is not None and gate.bias is not None, "qk_norm": hasattr(att, "q_norm"),
         # Mistral and Phi3 attention apply config.sliding_window in every layer; Qwen layers keep their own.
         "layer_window": [c.sliding_window if c.model_type in ("mistral", "phi3")
                          else getattr(l.self_attn, "sliding_window", None)
                          for l in model.model.layers],
         "inv_freq": model.model.rotary_emb.inv_freq.tolist(),
         "num_parameters": model.num_parameters(),
-        "linear_parameters": sum(m.weight.numel() for m in model.model.layers.modules()
-                                 if isinstance(m, torch.nn.Linear)),
+        # the projections qlora quantizes: every matrix of the layers but the MoE routers and gates
+        "linear_parameters": sum(p.numel() for n, p in model.model.layers.named_parameters()
+                                 if p.dim() >= 2 and not n.endswith(("mlp.gate.weight", "shared_expert_gate.weight"))),
+        "num_experts": getattr(c, "num_local_experts", None) or getattr(c, "num_experts", None) or 0,
         "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id,
     }
 
 
 def cmd_make(out):
-    for i, kind in enumerate(["llama", "mistral", "qwen2", "qwen3", "phi3"]):
+    for i, kind in enumerate(["llama", "mistral", "qwen2", "qwen3", "phi3", "mixtral", "qwen2_moe", "qwen3_moe"]):
         torch.manual_seed(100 + i)
         model, dtype = build(kind)
         randomize(model, 200 + i)
@@ -148,6 +169,19 @@ def cmd_bnb(src, dst):
 
 def load_model(path, weights):
     from transformers import AutoModelForCausalLM
+    if weights and "experts" in " ".join(load_file(weights).keys()):
+        # Mixtures of experts: the file has the per-expert names of a saved checkpoint, which
+        # from_pretrained (not load_state_dict) converts to transformers' fused expert tensors.
+        import shutil, tempfile
+        d = tempfile.mkdtemp(prefix="weights_")
+        shutil.copy(os.path.join(path, "config.json"), d)
+        sd = load_file(weights)
+        if json.load(open(os.path.join(path, "config.json"))).get("tie_word_embeddings"):
+            sd.pop("lm_head.weight", None)
+        save_file(sd, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+        m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
+        shutil.rmtree(d)
+        return m
     m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
     if weights:
         sd = load_file(weights)

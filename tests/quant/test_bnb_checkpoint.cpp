@@ -334,6 +334,13 @@ TEST(QuantizeCommand, WhichTensorsAreQuantized) {
   EXPECT_FALSE(quant::is_quantized_linear_weight("model.layers.0.self_attn.q_norm.weight", norm));
   io::TensorInfo ints{"", "I64", {4, 4}, 0, 0};
   EXPECT_FALSE(quant::is_quantized_linear_weight("model.layers.0.x.weight", ints));
+  // Mixtures of experts: every expert in NF4, the routers and shared-expert gates 16-bit.
+  EXPECT_TRUE(quant::is_quantized_linear_weight("model.layers.0.block_sparse_moe.experts.7.w2.weight", lin));
+  EXPECT_TRUE(quant::is_quantized_linear_weight("model.layers.0.mlp.experts.3.gate_proj.weight", lin));
+  EXPECT_TRUE(quant::is_quantized_linear_weight("model.layers.0.mlp.shared_expert.gate_proj.weight", lin));
+  EXPECT_FALSE(quant::is_quantized_linear_weight("model.layers.0.block_sparse_moe.gate.weight", lin));
+  EXPECT_FALSE(quant::is_quantized_linear_weight("model.layers.0.mlp.gate.weight", lin));
+  EXPECT_FALSE(quant::is_quantized_linear_weight("model.layers.0.mlp.shared_expert_gate.weight", lin));
 }
 
 }  // namespace

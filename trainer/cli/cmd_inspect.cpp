@@ -120,11 +120,9 @@ int run_inspect(const InspectArgs& a) {
     json ot = json::array();
     for (const auto& t : s.other_tensors) ot.push_back({{"name", t.name}, {"shape", t.shape}});
     j["other_tensors"] = ot;
-    j["parameters"] = {{"total", s.total_parameters},
-                       {"linear", s.linear_parameters},
-                       {"embedding", s.embedding_parameters},
-                       {"norm", s.norm_parameters},
-                       {"bias", s.bias_parameters}};
+    j["parameters"] = {{"total", s.total_parameters},         {"linear", s.linear_parameters},
+                       {"embedding", s.embedding_parameters}, {"norm", s.norm_parameters},
+                       {"bias", s.bias_parameters},           {"router", s.router_parameters}};
     auto mem = [](const model::NF4Memory& m) {
       return json{{"codes_bytes", m.codes_bytes},
                   {"stats_bytes", m.stats_bytes},
@@ -189,6 +187,9 @@ int run_inspect(const InspectArgs& a) {
     << (c.tie_word_embeddings ? "embed_tokens, tied lm_head" : "embed_tokens + lm_head") << ")\n";
   o << "  norms                " << grouped(s.norm_parameters) << "\n";
   if (s.bias_parameters) o << "  biases               " << grouped(s.bias_parameters) << "\n";
+  if (s.router_parameters) o << "  routers (16-bit)     " << grouped(s.router_parameters) << "\n";
+  if (c.is_moe())
+    o << "  experts              " << c.num_experts << " per layer, " << c.num_experts_per_tok << " active per token\n";
 
   char buf[256];
   o << "\nmemory of the weights:\n";

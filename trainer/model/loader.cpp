@@ -41,9 +41,15 @@ class Loader {
         L.q_norm = take16(p + "self_attn.q_norm.weight", {c.head_dim});
         L.k_norm = take16(p + "self_attn.k_norm.weight", {c.head_dim});
       }
+      if (c.is_moe()) {
+        L.experts.resize(c.num_experts);
+        L.router = take16(p + router_path(c) + ".weight", {c.num_experts, H});
+        if (c.shared_expert_intermediate_size > 0)
+          L.shared_expert_gate = take16(p + "mlp.shared_expert_gate.weight", {1, H});
+      }
       for (const LinearSpec& spec : specs) {
-        Linear* l = L.linear(spec.name);
-        TORCH_CHECK(l, "load_model: no member for projection ", spec.name);
+        Linear* l = L.linear_at(spec.path);
+        TORCH_CHECK(l, "load_model: no member for projection ", spec.path);
         load_linear(*l, p + spec.path, {spec.out, spec.in}, spec.bias);
       }
     }

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <mutex>
+#include <set>
 
 #include "trainer/common/error.h"
 #include "trainer/io/peft.h"
@@ -51,6 +52,9 @@ bool all_linear(const config::LoraConfig& cfg) {
   return false;
 }
 
+// An expert of a mixture of experts ("model.layers.N.mlp.experts.E.gate_proj"): never adapted.
+bool is_expert(const std::string& path) { return path.find(".experts.") != std::string::npos; }
+
 bool matches(const std::string& path, const std::string& target) {
   if (path == target) return true;
   return path.size() > target.size() && path.ends_with(target) && path[path.size() - target.size() - 1] == '.';
@@ -58,6 +62,7 @@ bool matches(const std::string& path, const std::string& target) {
 }  // namespace
 
 bool lora_targets(const config::LoraConfig& cfg, const std::string& module_path) {
+  if (is_expert(module_path)) return false;
   if (all_linear(cfg)) return true;
   for (const auto& t : cfg.target_modules)
     if (matches(module_path, t)) return true;
@@ -69,13 +74,19 @@ std::vector<std::string> resolve_lora_targets(const config::LoraConfig& cfg, con
   const std::vector<LinearSpec> specs = layer_linears(mc);
   if (!all_linear(cfg)) {
     for (const auto& t : cfg.target_modules) {
-      bool hit = false;
+      bool hit = false, expert = false;
       for (int64_t l = 0; l < mc.num_hidden_layers && !hit; ++l)
         for (const auto& s : specs)
-          if (matches(layer_prefix(l) + s.path, t)) hit = true;
+          if (matches(layer_prefix(l) + s.path, t)) (is_expert(s.path) ? expert : hit) = true;
+      if (!hit && expert)
+        user_error("lora_target_modules: \"", t,
+                   "\" names the experts of a mixture of experts; LoRA on experts is not supported (adapt the "
+                   "attention projections q_proj, k_proj, v_proj, o_proj)");
       if (!hit) {
         std::string avail;
-        for (const auto& s : specs) avail += (avail.empty() ? "" : ", ") + s.name;
+        std::set<std::string> seen;
+        for (const auto& s : specs)
+          if (!is_expert(s.path) && seen.insert(s.name).second) avail += (avail.empty() ? "" : ", ") + s.name;
         user_error("lora_target_modules: \"", t, "\" matches no linear layer of ",
                    mc.architecture.empty() ? mc.model_type + " models" : mc.architecture, " (its layers have ", avail,
                    ")");
@@ -83,10 +94,15 @@ std::vector<std::string> resolve_lora_targets(const config::LoraConfig& cfg, con
     }
   }
   std::vector<std::string> out;
+  std::set<std::string> seen;
   for (const auto& s : specs) {
+    if (seen.count(s.name)) continue;
     bool any = false;
     for (int64_t l = 0; l < mc.num_hidden_layers && !any; ++l) any = lora_targets(cfg, layer_prefix(l) + s.path);
-    if (any) out.push_back(s.name);
+    if (any) {
+      out.push_back(s.name);
+      seen.insert(s.name);
+    }
   }
   return out;
 }

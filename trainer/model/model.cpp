@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 
 #include "kernels/step_profile.h"
 #include "kernels/varlen_attention.h"
@@ -181,6 +182,60 @@ at::Tensor self_attention(const Model& m, const DecoderLayer& L, int64_t layer, 
   return L.o_proj.forward(o, training, gen);
 }
 
+// SwiGLU: down(silu(gate(x)) * up(x)).
+at::Tensor swiglu(const Linear& gate_proj, const Linear& up_proj, const Linear& down_proj, const at::Tensor& x,
+                  bool training, at::Generator* gen) {
+  at::Tensor gate = gate_proj.forward(x, training, gen);  // gate before up, as transformers calls them
+  at::Tensor up = up_proj.forward(x, training, gen);
+  at::Tensor act;
+  {
+    Scope prof(Part::norm_rope_act);
+    act = at::silu(gate) * up;
+  }
+  return down_proj.forward(act, training, gen);
+}
+
+// A mixture-of-experts MLP over n [..., hidden], as transformers' sparse MoE blocks compute it:
+// router logits in the compute dtype, softmax in fp32, the top k experts per token (weights
+// renormalized when norm_topk_prob; cast to the compute dtype for the qwen families, kept fp32
+// for mixtral), each expert run on its tokens only and added back weighted; qwen2_moe adds
+// sigmoid(shared_expert_gate x) * shared_expert(x).
+at::Tensor moe_mlp(const ModelConfig& c, const DecoderLayer& L, const at::Tensor& n, bool training,
+                   at::Generator* gen) {
+  const int64_t H = c.hidden_size;
+  const at::Tensor x = n.reshape({-1, H});
+  at::Tensor logits = at::linear(x, L.router);
+  at::Tensor probs = at::softmax(logits, -1, at::kFloat);
+  auto [top_w, top_i] = probs.topk(c.num_experts_per_tok, -1);
+  if (c.norm_topk_prob) top_w = top_w / top_w.sum(-1, /*keepdim=*/true);
+  if (c.model_type != "mixtral") top_w = top_w.to(logits.scalar_type());
+  at::Tensor out = at::zeros_like(x);
+  const at::Tensor idx = top_i.to(at::kCPU).contiguous();  // [tokens, k]: which expert, per slot
+  const int64_t* ip = idx.data_ptr<int64_t>();
+  const int64_t tokens = idx.size(0), k = idx.size(1);
+  std::vector<std::vector<int64_t>> tok(c.num_experts), slot(c.num_experts);
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t j = 0; j < k; ++j) {
+      tok[ip[t * k + j]].push_back(t);
+      slot[ip[t * k + j]].push_back(t * k + j);
+    }
+  const at::Tensor w_flat = top_w.reshape({-1});
+  for (int64_t e = 0; e < c.num_experts; ++e) {
+    if (tok[e].empty()) continue;
+    const Expert& E = L.experts[e];
+    const at::Tensor t = at::tensor(tok[e], at::kLong).to(x.device());
+    const at::Tensor w = w_flat.index_select(0, at::tensor(slot[e], at::kLong).to(x.device())).unsqueeze(1);
+    at::Tensor y = swiglu(E.gate_proj, E.up_proj, E.down_proj, x.index_select(0, t), training, gen) * w;
+    out = out.index_add(0, t, y.to(out.scalar_type()));
+  }
+  if (L.shared_expert_gate.defined()) {
+    const Expert& S = L.shared_expert;
+    at::Tensor shared = swiglu(S.gate_proj, S.up_proj, S.down_proj, x, training, gen);
+    out = out + at::sigmoid(at::linear(x, L.shared_expert_gate)) * shared;
+  }
+  return out.view(n.sizes());
+}
+
 at::Tensor decoder_layer(const Model& m, int64_t layer, const at::Tensor& x, const BlockInputs& in, bool training,
                          at::Generator* gen) {
   const DecoderLayer& L = m.layers[layer];
@@ -188,6 +243,7 @@ at::Tensor decoder_layer(const Model& m, int64_t layer, const at::Tensor& x, con
   const at::Tensor a = self_attention(m, L, layer, rms_norm(x, L.input_layernorm, eps), in, training, gen);
   at::Tensor h = (in.out_rows.defined() ? x.index_select(0, in.out_rows) : x) + a;
   at::Tensor n = rms_norm(h, L.post_attention_layernorm, eps);
+  if (m.config.is_moe()) return h + moe_mlp(m.config, L, n, training, gen);
   at::Tensor gate, up;
   if (m.config.fused_gate_up) {  // phi3: gate rows, then up rows
     at::Tensor gu = L.gate_up_proj.forward(n, training, gen);
@@ -321,6 +377,11 @@ std::vector<Linear*> DecoderLayer::linears() {
   std::vector<Linear*> out;
   for (Linear* l : {&q_proj, &k_proj, &v_proj, &qkv_proj, &o_proj, &gate_proj, &up_proj, &gate_up_proj, &down_proj})
     if (!l->name.empty()) out.push_back(l);
+  for (Expert& e : experts)
+    for (Linear* l : {&e.gate_proj, &e.up_proj, &e.down_proj})
+      if (!l->name.empty()) out.push_back(l);
+  for (Linear* l : {&shared_expert.gate_proj, &shared_expert.up_proj, &shared_expert.down_proj})
+    if (!l->name.empty()) out.push_back(l);
   return out;
 }
 std::vector<const Linear*> DecoderLayer::linears() const {
@@ -328,16 +389,30 @@ std::vector<const Linear*> DecoderLayer::linears() const {
   for (Linear* l : const_cast<DecoderLayer*>(this)->linears()) out.push_back(l);
   return out;
 }
-Linear* DecoderLayer::linear(const std::string& name) {
-  if (name == "q_proj") return &q_proj;
-  if (name == "k_proj") return &k_proj;
-  if (name == "v_proj") return &v_proj;
-  if (name == "qkv_proj") return &qkv_proj;
-  if (name == "o_proj") return &o_proj;
-  if (name == "gate_proj") return &gate_proj;
-  if (name == "up_proj") return &up_proj;
-  if (name == "gate_up_proj") return &gate_up_proj;
-  if (name == "down_proj") return &down_proj;
+Linear* DecoderLayer::linear_at(const std::string& path) {
+  static const std::map<std::string, Linear DecoderLayer::*> fixed = {
+      {"self_attn.q_proj", &DecoderLayer::q_proj}, {"self_attn.k_proj", &DecoderLayer::k_proj},
+      {"self_attn.v_proj", &DecoderLayer::v_proj}, {"self_attn.qkv_proj", &DecoderLayer::qkv_proj},
+      {"self_attn.o_proj", &DecoderLayer::o_proj}, {"mlp.gate_proj", &DecoderLayer::gate_proj},
+      {"mlp.up_proj", &DecoderLayer::up_proj},     {"mlp.gate_up_proj", &DecoderLayer::gate_up_proj},
+      {"mlp.down_proj", &DecoderLayer::down_proj}};
+  if (auto it = fixed.find(path); it != fixed.end()) return &(this->*(it->second));
+  auto part = [](Expert& e, const std::string& n) -> Linear* {
+    if (n == "gate_proj" || n == "w1") return &e.gate_proj;
+    if (n == "up_proj" || n == "w3") return &e.up_proj;
+    if (n == "down_proj" || n == "w2") return &e.down_proj;
+    return nullptr;
+  };
+  if (path.starts_with("mlp.shared_expert.")) return part(shared_expert, path.substr(18));
+  for (const char* prefix : {"mlp.experts.", "block_sparse_moe.experts."}) {
+    if (!path.starts_with(prefix)) continue;
+    const std::string rest = path.substr(std::string(prefix).size());
+    const size_t dot = rest.find('.');
+    if (dot == std::string::npos) return nullptr;
+    const int64_t e = std::stoll(rest.substr(0, dot));
+    if (e < 0 || e >= static_cast<int64_t>(experts.size())) return nullptr;
+    return part(experts[e], rest.substr(dot + 1));
+  }
   return nullptr;
 }
 
@@ -519,6 +594,7 @@ void Model::load_lora_weights(const std::map<std::string, at::Tensor>& values, c
 std::vector<std::string> Model::lora_target_modules() const {
   std::vector<std::string> out;
   for (const LinearSpec& s : layer_linears(config)) {
+    if (std::find(out.begin(), out.end(), s.name) != out.end()) continue;
     for (const auto& L : layers) {
       bool hit = false;
       for (const Linear* l : L.linears())
@@ -544,6 +620,8 @@ std::map<std::string, at::Tensor> Model::dequantized_state_dict(at::ScalarType d
     sd[p + "post_attention_layernorm.weight"] = L.post_attention_layernorm.to(dtype);
     if (L.q_norm.defined()) sd[p + "self_attn.q_norm.weight"] = L.q_norm.to(dtype);
     if (L.k_norm.defined()) sd[p + "self_attn.k_norm.weight"] = L.k_norm.to(dtype);
+    if (L.router.defined()) sd[p + router_path(config) + ".weight"] = L.router.to(dtype);
+    if (L.shared_expert_gate.defined()) sd[p + "mlp.shared_expert_gate.weight"] = L.shared_expert_gate.to(dtype);
     for (const Linear* l : L.linears()) {
       sd[l->name + ".weight"] = l->base_weight(dtype);
       if (l->bias.defined()) sd[l->name + ".bias"] = l->bias.to(dtype);
@@ -558,6 +636,8 @@ int64_t Model::base_nbytes() const {
   for (const auto& L : layers) {
     b += L.input_layernorm.nbytes() + L.post_attention_layernorm.nbytes();
     if (L.q_norm.defined()) b += L.q_norm.nbytes() + L.k_norm.nbytes();
+    if (L.router.defined()) b += L.router.nbytes();
+    if (L.shared_expert_gate.defined()) b += L.shared_expert_gate.nbytes();
     for (const Linear* l : L.linears()) {
       b += l->nf4 ? l->nf4->nbytes() : l->weight.nbytes();
       if (l->bias.defined()) b += l->bias.nbytes();

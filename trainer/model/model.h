@@ -1,4 +1,4 @@
-// The Llama-family decoder (llama, mistral, qwen2, qwen3) with NF4 or 16-bit frozen linears and
+// The decoder of the supported families (llama, mistral, qwen2, qwen3, phi3) with NF4 or 16-bit frozen linears and
 // LoRA adapters, loaded from a Hugging Face model directory.
 //
 //   Model m = load_model(dir, opts);              // streams + quantizes tensor by tensor
@@ -44,6 +44,11 @@ struct Linear {
   at::Tensor base_weight(at::ScalarType dtype) const;
 };
 
+// One expert of a mixture of experts: a SwiGLU MLP (mixtral's w1, w3, w2).
+struct Expert {
+  Linear gate_proj, up_proj, down_proj;
+};
+
 struct DecoderLayer {
   at::Tensor input_layernorm;             // [hidden]
   at::Tensor post_attention_layernorm;    // [hidden]
@@ -51,12 +56,19 @@ struct DecoderLayer {
   Linear q_proj, k_proj, v_proj, o_proj;  // self_attn
   Linear gate_proj, up_proj, down_proj;   // mlp
   Linear qkv_proj, gate_up_proj;          // phi3's fused projections (q, k, v and gate, up unused)
+  // Mixture of experts (in place of gate/up/down): the router [experts, hidden] (frozen, 16-bit),
+  // the experts, and qwen2_moe's shared expert with its gate [1, hidden].
+  at::Tensor router;
+  std::vector<Expert> experts;
+  Expert shared_expert;
+  at::Tensor shared_expert_gate;
 
   // The projections this architecture has (those with a name), in module order.
   std::vector<Linear*> linears();
   std::vector<const Linear*> linears() const;
-  // The projection with short name `name` (q_proj, qkv_proj, ...); nullptr for none.
-  Linear* linear(const std::string& name);
+  // The projection at `path` under the layer ("self_attn.q_proj", "mlp.experts.3.down_proj",
+  // "block_sparse_moe.experts.0.w1", ...); nullptr for none.
+  Linear* linear_at(const std::string& path);
 };
 
 struct ModelLoadOptions {

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <set>
 
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
@@ -63,7 +64,7 @@ struct Reader {
   }
 };
 
-const char* kSupported = "llama, mistral, qwen2, qwen3, phi3";
+const char* kSupported = "llama, mistral, qwen2, qwen3, phi3, mixtral, qwen2_moe, qwen3_moe";
 
 std::string model_type_of_architecture(const std::string& a) {
   if (a == "LlamaForCausalLM") return "llama";
@@ -71,6 +72,9 @@ std::string model_type_of_architecture(const std::string& a) {
   if (a == "Qwen2ForCausalLM") return "qwen2";
   if (a == "Qwen3ForCausalLM") return "qwen3";
   if (a == "Phi3ForCausalLM") return "phi3";
+  if (a == "MixtralForCausalLM") return "mixtral";
+  if (a == "Qwen2MoeForCausalLM") return "qwen2_moe";
+  if (a == "Qwen3MoeForCausalLM") return "qwen3_moe";
   return "";
 }
 
@@ -158,6 +162,40 @@ void read_rope(const Reader& top, ModelConfig& c) {
   }
 }
 
+void read_moe(const Reader& r, ModelConfig& c) {
+  const bool mixtral = c.model_type == "mixtral";
+  // Written num_local_experts by Mixtral and by transformers 5, num_experts by the Qwen releases.
+  const char* experts_key = r.has("num_local_experts") || !r.has("num_experts") ? "num_local_experts" : "num_experts";
+  c.num_experts = r.get_int(experts_key);
+  c.num_experts_per_tok = r.get_int("num_experts_per_tok");
+  if (c.num_experts <= 0) user_error(r.where, experts_key, ": expected a positive integer, got ", c.num_experts);
+  if (c.num_experts_per_tok <= 0 || c.num_experts_per_tok > c.num_experts)
+    user_error(r.where, "num_experts_per_tok: expected 1 to ", c.num_experts, ", got ", c.num_experts_per_tok);
+  if (mixtral) {
+    c.moe_intermediate_size = c.intermediate_size;
+    c.norm_topk_prob = true;  // MixtralTopKRouter always renormalizes
+    if (r.get_double("router_jitter_noise", 0.0) != 0.0)
+      user_error(r.where, "router_jitter_noise: only 0 is supported (no noise on the router's input)");
+  } else {
+    c.moe_intermediate_size = r.get_int("moe_intermediate_size");
+    if (c.moe_intermediate_size <= 0)
+      user_error(r.where, "moe_intermediate_size: expected a positive integer, got ", c.moe_intermediate_size);
+    c.norm_topk_prob = r.get_bool("norm_topk_prob", c.model_type == "qwen3_moe");
+    if (c.model_type == "qwen2_moe") {
+      c.shared_expert_intermediate_size = r.get_int("shared_expert_intermediate_size");
+      if (c.shared_expert_intermediate_size <= 0)
+        user_error(r.where, "shared_expert_intermediate_size: expected a positive integer, got ",
+                   c.shared_expert_intermediate_size);
+    }
+    // transformers makes layer i sparse unless it is in mlp_only_layers or (i + 1) is not a
+    // multiple of decoder_sparse_step; only models whose every layer is sparse are supported.
+    if (r.get_int("decoder_sparse_step", 1) != 1)
+      user_error(r.where, "decoder_sparse_step: only 1 is supported (every layer a mixture of experts)");
+    if (r.has("mlp_only_layers") && !(r.j.at("mlp_only_layers").is_array() && r.j.at("mlp_only_layers").empty()))
+      user_error(r.where, "mlp_only_layers: only an empty list is supported (every layer a mixture of experts)");
+  }
+}
+
 void read_quantization(const Reader& top, ModelConfig& c) {
   if (!top.has("quantization_config")) return;
   const json& q = top.j.at("quantization_config");
@@ -205,9 +243,35 @@ std::optional<int64_t> ModelConfig::window_of(int64_t layer) const {
 
 std::string layer_prefix(int64_t layer) { return "model.layers." + std::to_string(layer) + "."; }
 
+std::string router_path(const ModelConfig& c) {
+  if (!c.is_moe()) return "";
+  return c.model_type == "mixtral" ? "block_sparse_moe.gate" : "mlp.gate";
+}
+
 std::vector<LinearSpec> layer_linears(const ModelConfig& c) {
   const int64_t H = c.hidden_size, I = c.intermediate_size;
   std::vector<LinearSpec> v;
+  if (c.is_moe()) {
+    v.push_back({"q_proj", "self_attn.q_proj", c.q_out(), H, c.qkv_bias});
+    v.push_back({"k_proj", "self_attn.k_proj", c.kv_out(), H, c.qkv_bias});
+    v.push_back({"v_proj", "self_attn.v_proj", c.kv_out(), H, c.qkv_bias});
+    v.push_back({"o_proj", "self_attn.o_proj", H, c.q_out(), c.o_bias});
+    const int64_t M = c.moe_intermediate_size;
+    const bool mixtral = c.model_type == "mixtral";
+    for (int64_t e = 0; e < c.num_experts; ++e) {
+      const std::string p = (mixtral ? "block_sparse_moe.experts." : "mlp.experts.") + std::to_string(e) + ".";
+      v.push_back({mixtral ? "w1" : "gate_proj", p + (mixtral ? "w1" : "gate_proj"), M, H, false});
+      v.push_back({mixtral ? "w3" : "up_proj", p + (mixtral ? "w3" : "up_proj"), M, H, false});
+      v.push_back({mixtral ? "w2" : "down_proj", p + (mixtral ? "w2" : "down_proj"), H, M, false});
+    }
+    if (c.shared_expert_intermediate_size > 0) {
+      const int64_t S = c.shared_expert_intermediate_size;
+      v.push_back({"gate_proj", "mlp.shared_expert.gate_proj", S, H, false});
+      v.push_back({"up_proj", "mlp.shared_expert.up_proj", S, H, false});
+      v.push_back({"down_proj", "mlp.shared_expert.down_proj", H, S, false});
+    }
+    return v;
+  }
   if (c.fused_qkv) {
     v.push_back({"qkv_proj", "self_attn.qkv_proj", c.q_out() + 2 * c.kv_out(), H, c.qkv_bias});
   } else {
@@ -254,8 +318,9 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   c.architecture = arch;
   const std::string from_arch = model_type_of_architecture(arch);
   if (c.model_type.empty()) c.model_type = from_arch;
-  if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2" && c.model_type != "qwen3" &&
-      c.model_type != "phi3") {
+  static const std::set<std::string> supported = {"llama", "mistral", "qwen2",     "qwen3",
+                                                  "phi3",  "mixtral", "qwen2_moe", "qwen3_moe"};
+  if (!supported.count(c.model_type)) {
     if (c.model_type.empty())
       user_error(r.where, "model_type: missing and architectures names none of the supported families (", kSupported,
                  ")");
@@ -265,8 +330,8 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   if (!arch.empty() && from_arch != c.model_type)
     user_error(r.where, "architectures: \"", arch, "\" is not supported for model_type \"", c.model_type,
                "\" (expected a ", c.model_type,
-               " causal LM: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM or "
-               "Phi3ForCausalLM)");
+               " causal LM: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "
+               "Phi3ForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM or Qwen3MoeForCausalLM)");
 
   c.vocab_size = r.get_int("vocab_size");
   c.hidden_size = r.get_int("hidden_size");
@@ -308,7 +373,9 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
     c.mlp_bias = r.get_bool("mlp_bias", false);
   } else if (c.model_type == "qwen2") {
     c.qkv_bias = true;  // Qwen2Attention: q,k,v with bias, o without, regardless of attention_bias
-  } else if (c.model_type == "qwen3") {
+  } else if (c.model_type == "qwen2_moe") {
+    c.qkv_bias = r.get_bool("qkv_bias", true);  // Qwen2MoeAttention: q,k,v biases by default
+  } else if (c.model_type == "qwen3" || c.model_type == "qwen3_moe") {
     c.qkv_bias = c.o_bias = attention_bias;
     c.qk_norm = true;
   } else if (c.model_type == "phi3") {
@@ -319,12 +386,11 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   c.layer_sliding.assign(c.num_hidden_layers, false);
   if (c.model_type != "llama") {
     c.sliding_window = r.get_opt_int("sliding_window");
-    if ((c.model_type == "qwen2" || c.model_type == "qwen3") && !r.get_bool("use_sliding_window", false))
-      c.sliding_window.reset();
+    if (c.model_type.starts_with("qwen") && !r.get_bool("use_sliding_window", false)) c.sliding_window.reset();
     if (c.sliding_window && *c.sliding_window <= 0)
       user_error(r.where, "sliding_window: expected a positive integer, got ", *c.sliding_window);
     if (c.sliding_window) {
-      if (c.model_type == "mistral" || c.model_type == "phi3") {
+      if (c.model_type == "mistral" || c.model_type == "phi3" || c.model_type == "mixtral") {
         c.layer_sliding.assign(c.num_hidden_layers, true);
       } else if (r.has("layer_types")) {
         const json& lt = j.at("layer_types");
@@ -342,6 +408,8 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
       }
     }
   }
+
+  if (c.model_type == "mixtral" || c.model_type == "qwen2_moe" || c.model_type == "qwen3_moe") read_moe(r, c);
 
   c.torch_dtype = r.get_string("dtype", r.get_string("torch_dtype", "float32"));
   parse_dtype_name(c.torch_dtype, r.where + (r.has("dtype") ? "dtype" : "torch_dtype"));

@@ -2,7 +2,8 @@
 //
 // Supported model_type / architectures: llama (LlamaForCausalLM), mistral (MistralForCausalLM),
 // qwen2 (Qwen2ForCausalLM), qwen3 (Qwen3ForCausalLM), phi3 (Phi3ForCausalLM: Phi-3, Phi-3.5,
-// Phi-4). Anything else is a UserError naming it.
+// Phi-4), and the mixtures of experts mixtral (MixtralForCausalLM), qwen2_moe
+// (Qwen2MoeForCausalLM), qwen3_moe (Qwen3MoeForCausalLM). Anything else is a UserError naming it.
 // Field names and defaults are transformers' (docs/formats.md §4.1); both the older layout
 // (top-level rope_theta + rope_scaling {"type"|"rope_type": ...}, torch_dtype) and the newer one
 // (rope_parameters {"rope_theta", "rope_type", ...}, dtype) are read.
@@ -70,6 +71,18 @@ struct ModelConfig {
   bool fused_qkv = false;
   bool fused_gate_up = false;
 
+  // Mixture of experts (mixtral, qwen2_moe, qwen3_moe; 0 experts: a dense MLP). Every layer's MLP
+  // is a router [experts, hidden] choosing num_experts_per_tok experts per token (softmax in
+  // fp32, top k, renormalized when norm_topk_prob), each expert a SwiGLU MLP of
+  // moe_intermediate_size; qwen2_moe adds a shared expert (shared_expert_intermediate_size)
+  // scaled by sigmoid(shared_expert_gate x).
+  int64_t num_experts = 0;
+  int64_t num_experts_per_tok = 0;
+  int64_t moe_intermediate_size = 0;
+  int64_t shared_expert_intermediate_size = 0;  // 0: none
+  bool norm_topk_prob = true;
+  bool is_moe() const { return num_experts > 0; }
+
   // Sliding-window attention: the window, and which layers use it (HF layer_types /
   // use_sliding_window + max_window_layers for qwen; every layer for mistral).
   std::optional<int64_t> sliding_window;
@@ -108,8 +121,15 @@ struct LinearSpec {
 };
 
 // The linear projections of a decoder layer of this architecture, in module order: llama and
-// the like q, k, v, o, gate, up, down; phi3 qkv, o, gate_up, down.
+// the like q, k, v, o, gate, up, down; phi3 qkv, o, gate_up, down; a mixture of experts q, k, v,
+// o, then every expert's gate, up, down (mixtral: block_sparse_moe.experts.E.w1, w3, w2; qwen:
+// mlp.experts.E.gate_proj, up_proj, down_proj) and qwen2_moe's mlp.shared_expert.gate_proj,
+// up_proj, down_proj. The routers (mixtral block_sparse_moe.gate, qwen mlp.gate [experts,
+// hidden]) and qwen2_moe's mlp.shared_expert_gate [1, hidden] are kept 16-bit, not listed here.
 std::vector<LinearSpec> layer_linears(const ModelConfig& c);
+
+// The router's tensor name under "model.layers.N." ("" for a dense model).
+std::string router_path(const ModelConfig& c);
 
 // "model.layers.N."
 std::string layer_prefix(int64_t layer);

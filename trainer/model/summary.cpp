@@ -1,5 +1,7 @@
 #include "trainer/model/summary.h"
 
+#include <set>
+
 #include "kernels/nf4.h"
 
 namespace qlora::model {
@@ -37,12 +39,18 @@ ModelSummary summarize(const ModelConfig& c, int64_t blocksize) {
       s.layer_tensors.push_back({"self_attn.k_norm.weight", {c.head_dim}});
     }
   }
+  if (c.is_moe()) {  // routers stay 16-bit
+    s.layer_tensors.push_back({router_path(c) + ".weight", {c.num_experts, H}});
+    if (c.shared_expert_intermediate_size > 0) s.layer_tensors.push_back({"mlp.shared_expert_gate.weight", {1, H}});
+  }
   s.layer_tensors.push_back({"post_attention_layernorm.weight", {H}});
   s.other_tensors.push_back({"model.embed_tokens.weight", {c.vocab_size, H}});
   s.other_tensors.push_back({"model.norm.weight", {H}});
   if (!c.tie_word_embeddings) s.other_tensors.push_back({"lm_head.weight", {c.vocab_size, H}});
 
   const int64_t L = c.num_hidden_layers;
+  std::set<std::string> linear_weights;
+  for (const LinearSpec& l : layer_linears(c)) linear_weights.insert(l.path + ".weight");
   for (const auto& t : s.layer_tensors) {
     const int64_t n = numel(t.shape);
     const bool is_bias = t.name.ends_with(".bias");
@@ -51,6 +59,8 @@ ModelSummary summarize(const ModelConfig& c, int64_t blocksize) {
       s.bias_parameters += L * n;
     } else if (is_norm) {
       s.norm_parameters += L * n;
+    } else if (!linear_weights.count(t.name)) {
+      s.router_parameters += L * n;
     } else {
       s.linear_parameters += L * n;
       for (int64_t l = 0; l < L; ++l) {
@@ -65,7 +75,8 @@ ModelSummary summarize(const ModelConfig& c, int64_t blocksize) {
     else
       s.embedding_parameters += numel(t.shape);
   }
-  s.total_parameters = s.linear_parameters + s.embedding_parameters + s.norm_parameters + s.bias_parameters;
+  s.total_parameters =
+      s.linear_parameters + s.embedding_parameters + s.norm_parameters + s.bias_parameters + s.router_parameters;
   s.bytes_16bit = 2 * s.total_parameters;
   const int64_t rest = 2 * (s.total_parameters - s.linear_parameters);
   for (NF4Memory* m : {&s.nf4_dq, &s.nf4}) {

@@ -31,9 +31,10 @@ struct ModelSummary {
   int64_t embedding_parameters = 0;        // embed_tokens (+ lm_head when untied)
   int64_t norm_parameters = 0;             // RMSNorm weights (incl. q_norm/k_norm)
   int64_t bias_parameters = 0;
-  int64_t bytes_16bit = 0;  // every parameter at 2 bytes
-  NF4Memory nf4_dq;         // NF4, double-quantized statistics
-  NF4Memory nf4;            // NF4, float32 absmax
+  int64_t router_parameters = 0;  // mixture-of-experts routers and shared-expert gates (16-bit)
+  int64_t bytes_16bit = 0;        // every parameter at 2 bytes
+  NF4Memory nf4_dq;               // NF4, double-quantized statistics
+  NF4Memory nf4;                  // NF4, float32 absmax
   int64_t blocksize = 64;
 };
 

@@ -52,6 +52,9 @@ nlohmann::ordered_json quantization_config(const QuantizeOptions& opt) {
 bool is_quantized_linear_weight(const std::string& name, const io::TensorInfo& info) {
   if (info.shape.size() != 2 || !name.ends_with(".weight")) return false;
   if (!io::is_float_weight_dtype(info.dtype)) return false;
+  // Mixture-of-experts routers (mlp.gate, block_sparse_moe.gate) and shared-expert gates stay
+  // 16-bit, as the loader reads them.
+  if (name.ends_with(".gate.weight") || name.ends_with("shared_expert_gate.weight")) return false;
   return name.starts_with("model.layers.");
 }
 

@@ -34,7 +34,9 @@ struct QuantizeReport {
   int shards = 0;
 };
 
-// Whether transformers would hold this tensor as a bnb Linear4bit weight.
+// Whether `qlora quantize` stores this tensor in NF4: every floating matrix of the decoder layers
+// (transformers holds the dense ones as bnb Linear4bit), except mixture-of-experts routers and
+// shared-expert gates, which stay 16-bit.
 bool is_quantized_linear_weight(const std::string& name, const io::TensorInfo& info);
 
 // UserError (one line, naming the path or option) for bad input; never leaves a partial output.
