@@ -272,6 +272,41 @@ TEST_F(Export, Phi3FusedProjectionsLoadInPeftAndTransformers) {
   EXPECT_FALSE(j["merged"]["quantization_config"].get<bool>());
 }
 
+// A mixture of experts (attention adapters, NF4 experts): the merged model (into the dequantized
+// NF4 experts) loads with AutoModelForCausalLM and gives our logits; the PEFT adapter loads with
+// PeftModel on the 16-bit base and equals merging it into the original weights.
+TEST_F(Export, MixtralLoadsInPeftAndTransformers) {
+  const stdfs::path d = test::temp_dir("mixtral_export");
+  stdfs::create_directories(d / "fixture");
+  test::ProcResult r = test::run_python("train_fixture.py", {(d / "fixture").string(), "mixtral"});
+  ASSERT_EQ(r.code, 0) << r.output;
+  train(d, "qlora", d / "fixture");
+  const stdfs::path run = d / "run", base = d / "fixture/model";
+  const stdfs::path ours = our_logits(run, "mixtral");
+  r = run_cli("export " + q(run) + " --format peft --out " + q(d / "peft"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run_cli("export " + q(run) + " --format merged --dtype fp32 --out " + q(d / "merged"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run_cli("export " + q(run) + " --format merged --merge-into original --dtype fp32 --out " + q(d / "orig"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  nlohmann::json checks = nlohmann::json::array();
+  checks.push_back({{"name", "merged"},
+                    {"kind", "merged"},
+                    {"model", (d / "merged").string()},
+                    {"ours", ours.string()},
+                    {"dtype", "float32"}});
+  checks.push_back({{"name", "original"},
+                    {"kind", "merged_vs_peft"},
+                    {"model", (d / "orig").string()},
+                    {"base", base.string()},
+                    {"adapter", (d / "peft").string()}});
+  const nlohmann::json j = judge(checks);
+  std::printf("judge: %s\n", j.dump().c_str());
+  ASSERT_TRUE(j.contains("merged")) << j.dump();
+  EXPECT_LT(j["merged"]["rel"].get<double>(), 1e-4);
+  EXPECT_LT(j["original"]["rel"].get<double>(), 1e-4);
+}
+
 // gguf-adapter through the CLI: read by the gguf package; names, shapes, types, alpha and the
 // llama q/k lora_B permutation checked against the checkpoint's PEFT tensors.
 TEST_F(Export, GgufAdapterReadByGgufPackage) {

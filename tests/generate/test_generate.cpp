@@ -102,7 +102,7 @@ TEST_P(Family, CliPromptPrintsTransformersText) {
   EXPECT_EQ(r.output, c["text"].get<std::string>() + "\n");
 }
 
-INSTANTIATE_TEST_SUITE_P(Generate, Family, ::testing::Values("llama", "mistral", "qwen3", "phi3"));
+INSTANTIATE_TEST_SUITE_P(Generate, Family, ::testing::Values("llama", "mistral", "qwen3", "phi3", "mixtral"));
 
 TEST(Generate, NoCacheLoopGivesTheSameIds) {
   model::Model m = load_fp32(fixtures() / "llama");

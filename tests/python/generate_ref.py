@@ -46,6 +46,10 @@ def build(kind):
                                                               "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.0, 3.5],
                                                               "long_factor": [1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0]},
                                                 **common))
+    if kind == "mixtral":
+        return tf.MixtralForCausalLM(tf.MixtralConfig(hidden_size=48, intermediate_size=64, num_attention_heads=4,
+                                                      num_key_value_heads=2, num_local_experts=4,
+                                                      num_experts_per_tok=2, **common))
     raise SystemExit(kind)
 
 
@@ -73,7 +77,7 @@ def main(out):
     os.makedirs(out, exist_ok=True)
     ref = {"generate": {}, "eval": {}}
     tok = None
-    for i, kind in enumerate(["llama", "mistral", "qwen3", "phi3"]):
+    for i, kind in enumerate(["llama", "mistral", "qwen3", "phi3", "mixtral"]):
         torch.manual_seed(10 + i)
         m = build(kind)
         randomize(m, 20 + i)

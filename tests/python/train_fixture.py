@@ -5,8 +5,9 @@
                   post-processor, pad token, EOS)
   DIR/train.jsonl alpaca records of a toy task (reverse a short word), DIR/eval.jsonl held out
 
-usage: train_fixture.py DIR [ARCH]   ARCH: llama (default) or phi3 (Phi3ForCausalLM: fused qkv_proj and
-                                    gate_up_proj, partial rotary, longrope), same sizes and tokenizer
+usage: train_fixture.py DIR [ARCH]   ARCH: llama (default), phi3 (Phi3ForCausalLM: fused qkv_proj and
+                                    gate_up_proj, partial rotary, longrope) or mixtral (4 experts, 2 per
+                                    token), same sizes and tokenizer
 """
 import json, os, random, sys
 
@@ -61,6 +62,8 @@ elif arch == "phi3":
                                              rope_scaling={"rope_type": "longrope",
                                                            "short_factor": [1.0, 1.1, 1.2, 1.4],
                                                            "long_factor": [1.0, 3.0, 6.0, 9.0]}))
+elif arch == "mixtral":
+    model = tf.MixtralForCausalLM(tf.MixtralConfig(**common, num_local_experts=4, num_experts_per_tok=2))
 else:
     raise SystemExit(f"unknown arch {arch}")
 model.save_pretrained(mdir, safe_serialization=True)
