@@ -104,6 +104,8 @@ MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::Mode
   MemoryEstimate e;
   double weights = V * H * cb * (mc.tie_word_embeddings ? 1 : 2) + (2 * L + 1) * H * cb;
   if (mc.qk_norm) weights += 2 * L * static_cast<double>(mc.head_dim) * cb;
+  if (mc.is_moe())  // routers (and qwen2_moe's shared-expert gates) stay 16-bit
+    weights += L * (static_cast<double>(mc.num_experts) + (mc.shared_expert_intermediate_size > 0 ? 1 : 0)) * H * cb;
   double lora_params = 0, largest = 0, adapted_act = 0;  // adapted_act: per token, all layers
   for (const Proj& p : projections(cfg, mc)) {
     weights += L * (p.in * p.out * per_weight + p.out * cb);  // + a bias, whether or not there is one
@@ -116,7 +118,17 @@ MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::Mode
   // A and B and their gradients in the compute dtype; fp32 master, two moments, clipped gradient
   e.lora = to_bytes(lora_params * (2 * cb + 16));
 
-  const double layer_tok = (6 * H + 3 * Qo + 2 * KVo + 4 * I) * cb;  // one layer, one token
+  // The MLP's intermediates per token: gate, up, activation and product; a mixture of experts has
+  // them for each of its k experts (and the shared expert), plus the token's copy sent to each
+  // expert and each expert's weighted output.
+  double mlp_tok = 4 * I;
+  if (mc.is_moe()) {
+    const double k = static_cast<double>(mc.num_experts_per_tok);
+    mlp_tok = 4 * (k * static_cast<double>(mc.moe_intermediate_size) +
+                   static_cast<double>(mc.shared_expert_intermediate_size)) +
+              2 * k * H + static_cast<double>(mc.num_experts);
+  }
+  const double layer_tok = (6 * H + 3 * Qo + 2 * KVo + mlp_tok) * cb;  // one layer, one token
   const double adapted_layer_tok = L > 0 ? adapted_act / L : 0;
   // Offloaded checkpoints keep the block inputs in host memory, not on the GPU.
   const double inputs = cfg.activation_offload && device.is_cuda() ? 0 : T * L * H * cb;

@@ -24,7 +24,8 @@ void check_shapes(const config::TrainConfig& cfg, const model::ModelConfig& mc);
 //   lora         LoRA A and B, their gradients (compute dtype), the fp32 master copy, AdamW's two
 //                moments (fp32) and a gradient copy for clipping (fp32)
 //   activations  what backward keeps: per token and layer, the norms, residuals, q/k/v (before
-//                and after RoPE), the attention output, gate/up/activation/product of the MLP and
+//                and after RoPE), the attention output, gate/up/activation/product of the MLP (of
+//                each of the k active experts and the shared expert in a mixture of experts) and
 //                each adapted layer's input and r outputs; with gradient_checkpointing only each
 //                layer's input (on a GPU none with gradient_checkpointing: offload) plus one
 //                layer's full set. Plus, for one layer at a time, on the CPU the attention score
