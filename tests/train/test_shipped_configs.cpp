@@ -39,6 +39,27 @@ nlohmann::json published_shapes(const std::string& config_name) {
                 {"tie_word_embeddings", false},
                 {"torch_dtype", "bfloat16"}};
   }
+  if (config_name == "qwen3-30b-a3b-qlora.yaml") {  // Qwen/Qwen3-30B-A3B
+    return json{{"architectures", {"Qwen3MoeForCausalLM"}},
+                {"model_type", "qwen3_moe"},
+                {"hidden_size", 2048},
+                {"intermediate_size", 6144},
+                {"moe_intermediate_size", 768},
+                {"num_experts", 128},
+                {"num_experts_per_tok", 8},
+                {"norm_topk_prob", true},
+                {"decoder_sparse_step", 1},
+                {"mlp_only_layers", json::array()},
+                {"num_hidden_layers", 48},
+                {"num_attention_heads", 32},
+                {"num_key_value_heads", 4},
+                {"head_dim", 128},
+                {"vocab_size", 151936},
+                {"max_position_embeddings", 40960},
+                {"rope_theta", 1000000.0},
+                {"tie_word_embeddings", false},
+                {"torch_dtype", "bfloat16"}};
+  }
   return nullptr;
 }
 
@@ -52,7 +73,8 @@ TEST(ShippedConfigs, StatedMemoryIsThePreflightEstimate) {
     SCOPED_TRACE(e.path().string());
     const std::string text = fs::read_file(e.path());
     std::smatch m;
-    ASSERT_TRUE(std::regex_search(text, m, std::regex(R"(Memory \(preflight estimate on a GPU\): about ([0-9.]+) GiB)")));
+    ASSERT_TRUE(
+        std::regex_search(text, m, std::regex(R"(Memory \(preflight estimate on a GPU\): about ([0-9.]+) GiB)")));
     const double stated = std::stod(m[1].str());
     const config::TrainConfig cfg = config::load_config(e.path().string());
     const model::ModelConfig mc = model::parse_model_config(shapes.dump(), "config.json");
