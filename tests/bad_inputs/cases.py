@@ -720,6 +720,36 @@ def model_config_negative_vocab_size(ctx):
     return train_model(ctx)
 
 
+@case("model", "config.json", "num_local_experts", "missing")
+def model_moe_without_expert_count(ctx):
+    edit_json(os.path.join(model(ctx), "config.json"),
+              lambda j: j.update(model_type="mixtral", architectures=["MixtralForCausalLM"], num_experts_per_tok=2))
+    return train_model(ctx)
+
+
+@case("model", "config.json", "mlp_only_layers", "every layer")
+def model_moe_with_dense_layers(ctx):
+    edit_json(os.path.join(model(ctx), "config.json"),
+              lambda j: j.update(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"], num_experts=4,
+                                 num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=[0]))
+    return train_model(ctx)
+
+
+@case("model", "config.json", "short_factor", "numbers")
+def model_longrope_factor_count(ctx):
+    edit_json(os.path.join(model(ctx), "config.json"),
+              lambda j: (j.pop("rope_parameters", None),
+                         j.update(model_type="phi3", architectures=["Phi3ForCausalLM"],
+                                  rope_scaling={"type": "longrope", "short_factor": ["x"], "long_factor": [1.0]})))
+    return train_model(ctx)
+
+
+@case("model", "config.json", "partial_rotary_factor", "even")
+def model_partial_rotary_odd(ctx):
+    edit_json(os.path.join(model(ctx), "config.json"), lambda j: j.update(partial_rotary_factor=1.5))
+    return train_model(ctx)
+
+
 @case("model", "model.safetensors", Q0, "NaN")
 def model_nan_weights(ctx):
     model(ctx)
