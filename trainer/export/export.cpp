@@ -217,6 +217,10 @@ std::vector<OutTensor> merged_tensors(const model::ModelConfig& c) {
       }
     }
     v.push_back({p + "post_attention_layernorm.weight", {H}, ""});
+    if (c.gemma) {
+      v.push_back({p + "pre_feedforward_layernorm.weight", {H}, ""});
+      v.push_back({p + "post_feedforward_layernorm.weight", {H}, ""});
+    }
   }
   v.push_back({"model.norm.weight", {H}, ""});
   if (!c.tie_word_embeddings) v.push_back({"lm_head.weight", {c.vocab_size, H}, ""});
@@ -259,8 +263,9 @@ class MergedWriter {
     } else if (o_.merge_into == "dequant") {
       quantize_ = hold.nf4 && !bnb;  // a bnb checkpoint is dequantized as it is
       if (!hold.nf4) {
-        std::fprintf(stderr,
-                     "qlora: note: the adapter was trained on the 16-bit base (adapter: lora); merging into those weights\n");
+        std::fprintf(
+            stderr,
+            "qlora: note: the adapter was trained on the 16-bit base (adapter: lora); merging into those weights\n");
       } else if (!hold.known && !bnb) {
         std::fprintf(
             stderr,

@@ -40,6 +40,10 @@ class Loader {
         L.q_norm = take16(p + "self_attn.q_norm.weight", {c.head_dim});
         L.k_norm = take16(p + "self_attn.k_norm.weight", {c.head_dim});
       }
+      if (c.gemma) {
+        L.pre_feedforward_layernorm = take16(p + "pre_feedforward_layernorm.weight", {H});
+        L.post_feedforward_layernorm = take16(p + "post_feedforward_layernorm.weight", {H});
+      }
       for (const auto& mod : linear_module_names()) {
         const bool bias = (mod == "o_proj")                                         ? c.o_bias
                           : (mod == "q_proj" || mod == "k_proj" || mod == "v_proj") ? c.qkv_bias
@@ -64,6 +68,7 @@ class Loader {
       m.lm_head = take16("lm_head.weight", {c.vocab_size, H});
     }
     m.inv_freq = rope_inv_freq(c).to(m.device);
+    if (c.rope_local) m.inv_freq_local = rope_inv_freq(*c.rope_local, c.head_dim).to(m.device);
     // A CPU generator on every device: it draws one seed per dropout call (lora.h).
     m.dropout_generator = at::make_generator<at::CPUGeneratorImpl>(opts_.seed + 1);
     return m;

@@ -1,5 +1,5 @@
-// The Llama-family decoder (llama, mistral, qwen2, qwen3) with NF4 or 16-bit frozen linears and
-// LoRA adapters, loaded from a Hugging Face model directory.
+// The Llama-family decoder (llama, mistral, qwen2, qwen3, and the Gemma 2 / Gemma 3 text variants)
+// with NF4 or 16-bit frozen linears and LoRA adapters, loaded from a Hugging Face model directory.
 //
 //   Model m = load_model(dir, opts);              // streams + quantizes tensor by tensor
 //   at::Tensor h = m.forward(ids, pos, seg);      // [B, T, hidden] after the final norm
@@ -9,7 +9,9 @@
 //
 // Numerics follow transformers (docs/formats.md §4.3): RMSNorm in fp32 then cast and times weight;
 // RoPE rotate_half with cos/sin from fp32; causal GQA attention (scaled_dot_product_attention),
-// SwiGLU MLP. Compute dtype: bf16 on GPU, configurable on CPU (fp32 by default). Embeddings,
+// SwiGLU MLP. Gemma (model_config.h): (1 + weight) RMSNorm cast after the product, scaled
+// embeddings, GeGLU, pre/post norms around attention and MLP, soft-capped attention scores
+// (explicit attention instead of SDPA) and logits, local/global RoPE tables. Compute dtype: bf16 on GPU, configurable on CPU (fp32 by default). Embeddings,
 // norms and lm_head stay unquantized, held in the compute dtype.
 #pragma once
 #include <ATen/core/Generator.h>
@@ -47,7 +49,9 @@ struct Linear {
 struct DecoderLayer {
   at::Tensor input_layernorm;             // [hidden]
   at::Tensor post_attention_layernorm;    // [hidden]
-  at::Tensor q_norm, k_norm;              // [head_dim] (qwen3), else undefined
+  at::Tensor q_norm, k_norm;              // [head_dim] (qwen3, gemma3_text), else undefined
+  at::Tensor pre_feedforward_layernorm;   // [hidden] (gemma), else undefined
+  at::Tensor post_feedforward_layernorm;  // [hidden] (gemma), else undefined
   Linear q_proj, k_proj, v_proj, o_proj;  // self_attn
   Linear gate_proj, up_proj, down_proj;   // mlp
 
@@ -98,9 +102,10 @@ class Model {
 
   at::Tensor embed_tokens;  // [vocab, hidden]
   std::vector<DecoderLayer> layers;
-  at::Tensor norm;      // [hidden]
-  at::Tensor lm_head;   // [vocab, hidden]; the same tensor as embed_tokens when tied
-  at::Tensor inv_freq;  // float32 [head_dim / 2]
+  at::Tensor norm;            // [hidden]
+  at::Tensor lm_head;         // [vocab, hidden]; the same tensor as embed_tokens when tied
+  at::Tensor inv_freq;        // float32 [head_dim / 2]
+  at::Tensor inv_freq_local;  // float32 [head_dim / 2]: sliding layers of gemma3_text, else undefined
 
   // Switches the trainer sets.
   bool training = false;                // LoRA dropout active

@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
+
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
 #include "trainer/io/dtype.h"
@@ -61,14 +63,43 @@ struct Reader {
   }
 };
 
-const char* kSupported = "llama, mistral, qwen2, qwen3";
+const char* kSupported = "llama, mistral, qwen2, qwen3, gemma2, gemma3_text";
 
 std::string model_type_of_architecture(const std::string& a) {
   if (a == "LlamaForCausalLM") return "llama";
   if (a == "MistralForCausalLM") return "mistral";
   if (a == "Qwen2ForCausalLM") return "qwen2";
   if (a == "Qwen3ForCausalLM") return "qwen3";
+  if (a == "Gemma2ForCausalLM") return "gemma2";
+  if (a == "Gemma3ForCausalLM") return "gemma3_text";
   return "";
+}
+
+// One RoPE parameter object (rope_parameters, rope_scaling or one layer type's entry) into rope.
+void read_rope_object(const Reader& top, const json& params, const std::string& pname, int64_t max_pos,
+                      RopeConfig& rope) {
+  if (!params.is_object()) user_error(top.where, pname, ": expected an object, got ", shown(params));
+  Reader r{params, top.where + pname + "."};
+  rope.theta = r.get_double("rope_theta", rope.theta);
+  std::string type = r.get_string("rope_type", r.get_string("type", "default"));
+  if (type != "default" && type != "linear" && type != "llama3")
+    user_error(top.where, pname, ".rope_type: \"", type, "\" is not supported (expected default, linear or llama3)");
+  rope.type = type;
+  const double prf = r.get_double("partial_rotary_factor", top.get_double("partial_rotary_factor", 1.0));
+  if (prf != 1.0) user_error(top.where, pname, ".partial_rotary_factor: only 1.0 is supported, got ", prf);
+  if (type == "linear" || type == "llama3") {
+    if (!r.has("factor")) user_error(r.where, "factor: missing (required for rope_type ", type, ")");
+    rope.factor = r.get_double("factor", 1.0);
+    if (!(rope.factor > 0)) user_error(r.where, "factor: expected a positive number");
+  }
+  if (type == "llama3") {
+    rope.low_freq_factor = r.get_double("low_freq_factor", 1.0);
+    rope.high_freq_factor = r.get_double("high_freq_factor", 4.0);
+    if (!(rope.high_freq_factor > rope.low_freq_factor))
+      user_error(r.where, "high_freq_factor: must be greater than low_freq_factor");
+    rope.original_max_position_embeddings =
+        r.get_int("original_max_position_embeddings", top.get_int("original_max_position_embeddings", max_pos));
+  }
 }
 
 void read_rope(const Reader& top, ModelConfig& c) {
@@ -85,31 +116,53 @@ void read_rope(const Reader& top, ModelConfig& c) {
   }
   c.rope.theta = top.get_double("rope_theta", 10000.0);
   if (!params) return;
-  if (!params->is_object()) user_error(top.where, pname, ": expected an object, got ", shown(*params));
-  for (auto it = params->begin(); it != params->end(); ++it)
-    if (it.value().is_object())
-      user_error(top.where, pname, ".", it.key(), ": per-layer-type RoPE parameters are not supported");
-  Reader r{*params, top.where + pname + "."};
-  c.rope.theta = r.get_double("rope_theta", c.rope.theta);
-  std::string type = r.get_string("rope_type", r.get_string("type", "default"));
-  if (type != "default" && type != "linear" && type != "llama3")
-    user_error(top.where, pname, ".rope_type: \"", type, "\" is not supported (expected default, linear or llama3)");
-  c.rope.type = type;
-  const double prf = r.get_double("partial_rotary_factor", top.get_double("partial_rotary_factor", 1.0));
-  if (prf != 1.0) user_error(top.where, pname, ".partial_rotary_factor: only 1.0 is supported, got ", prf);
-  if (type == "linear" || type == "llama3") {
-    if (!r.has("factor")) user_error(r.where, "factor: missing (required for rope_type ", type, ")");
-    c.rope.factor = r.get_double("factor", 1.0);
-    if (!(c.rope.factor > 0)) user_error(r.where, "factor: expected a positive number");
+  if (params->is_object())
+    for (auto it = params->begin(); it != params->end(); ++it)
+      if (it.value().is_object())
+        user_error(top.where, pname, ".", it.key(), ": per-layer-type RoPE parameters are not supported");
+  read_rope_object(top, *params, pname, c.max_position_embeddings, c.rope);
+}
+
+// Gemma 3: global (full_attention) layers use rope_theta (default 1e6) with the scaling;
+// sliding layers plain RoPE with rope_local_base_freq (default 1e4). Newer files hold both as
+// rope_parameters {"full_attention": {...}, "sliding_attention": {...}}; older ones rope_theta,
+// rope_local_base_freq and rope_scaling (which applies to the global layers only).
+void read_gemma3_rope(const Reader& top, ModelConfig& c) {
+  RopeConfig global, local;
+  global.theta = top.get_double("rope_theta", 1000000.0);
+  local.theta = top.get_double("rope_local_base_freq", 10000.0);
+  if (top.has("rope_parameters")) {
+    const json& p = top.j.at("rope_parameters");
+    if (!p.is_object() || !(p.contains("full_attention") || p.contains("sliding_attention")))
+      user_error(top.where,
+                 "rope_parameters: expected an object keyed by layer type (\"full_attention\", "
+                 "\"sliding_attention\"), got ",
+                 shown(p));
+    for (auto it = p.begin(); it != p.end(); ++it)
+      if (it.key() != "full_attention" && it.key() != "sliding_attention")
+        user_error(top.where, "rope_parameters.", it.key(),
+                   ": unknown layer type (expected full_attention or sliding_attention)");
+    if (p.contains("full_attention") && !p.at("full_attention").is_null())
+      read_rope_object(top, p.at("full_attention"), "rope_parameters.full_attention", c.max_position_embeddings,
+                       global);
+    if (p.contains("sliding_attention") && !p.at("sliding_attention").is_null())
+      read_rope_object(top, p.at("sliding_attention"), "rope_parameters.sliding_attention", c.max_position_embeddings,
+                       local);
+  } else if (top.has("rope_scaling")) {
+    read_rope_object(top, top.j.at("rope_scaling"), "rope_scaling", c.max_position_embeddings, global);
   }
-  if (type == "llama3") {
-    c.rope.low_freq_factor = r.get_double("low_freq_factor", 1.0);
-    c.rope.high_freq_factor = r.get_double("high_freq_factor", 4.0);
-    if (!(c.rope.high_freq_factor > c.rope.low_freq_factor))
-      user_error(r.where, "high_freq_factor: must be greater than low_freq_factor");
-    c.rope.original_max_position_embeddings = r.get_int(
-        "original_max_position_embeddings", top.get_int("original_max_position_embeddings", c.max_position_embeddings));
-  }
+  c.rope = global;
+  c.rope_local = local;
+}
+
+// A softcap value: absent -> the family's default; null -> none; else a positive number.
+std::optional<double> read_softcap(const Reader& r, const char* key, std::optional<double> def) {
+  if (!r.j.contains(key)) return def;
+  const json& v = r.j.at(key);
+  if (v.is_null()) return std::nullopt;
+  if (!v.is_number() || !(v.get<double>() > 0))
+    user_error(r.where, key, ": expected a positive number or null, got ", shown(v));
+  return v.get<double>();
 }
 
 void read_quantization(const Reader& top, ModelConfig& c) {
@@ -157,6 +210,10 @@ std::optional<int64_t> ModelConfig::window_of(int64_t layer) const {
   return sliding_window;
 }
 
+double ModelConfig::attention_scale() const {
+  return 1.0 / std::sqrt(query_pre_attn_scalar > 0 ? query_pre_attn_scalar : static_cast<double>(head_dim));
+}
+
 std::string linear_module_path(int64_t layer, const std::string& module) {
   const bool attn = module == "q_proj" || module == "k_proj" || module == "v_proj" || module == "o_proj";
   return "model.layers." + std::to_string(layer) + (attn ? ".self_attn." : ".mlp.") + module;
@@ -193,7 +250,13 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   c.architecture = arch;
   const std::string from_arch = model_type_of_architecture(arch);
   if (c.model_type.empty()) c.model_type = from_arch;
-  if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2" && c.model_type != "qwen3") {
+  if (c.model_type == "gemma3" || arch == "Gemma3ForConditionalGeneration")
+    user_error(r.where, "model_type: \"gemma3\" (Gemma3ForConditionalGeneration, the multimodal Gemma 3) is not ",
+               "supported; use a text-only Gemma 3 checkpoint (model_type gemma3_text, Gemma3ForCausalLM, e.g. ",
+               "gemma-3-1b) or another supported family (", kSupported, ")");
+  const bool gemma = c.model_type == "gemma2" || c.model_type == "gemma3_text";
+  if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2" && c.model_type != "qwen3" &&
+      !gemma) {
     if (c.model_type.empty())
       user_error(r.where, "model_type: missing and architectures names none of the supported families (", kSupported,
                  ")");
@@ -203,7 +266,8 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   if (!arch.empty() && from_arch != c.model_type)
     user_error(r.where, "architectures: \"", arch, "\" is not supported for model_type \"", c.model_type,
                "\" (expected a ", c.model_type,
-               " causal LM: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM or Qwen3ForCausalLM)");
+               " causal LM: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, ",
+               "Gemma2ForCausalLM or Gemma3ForCausalLM)");
 
   c.vocab_size = r.get_int("vocab_size");
   c.hidden_size = r.get_int("hidden_size");
@@ -221,8 +285,8 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   if (c.num_attention_heads % c.num_key_value_heads != 0)
     user_error(r.where, "num_key_value_heads: ", c.num_key_value_heads, " does not divide num_attention_heads ",
                c.num_attention_heads);
-  if (r.has("head_dim")) {
-    c.head_dim = r.get_int("head_dim");
+  if (r.has("head_dim") || gemma) {
+    c.head_dim = r.get_int("head_dim", 256);  // Gemma's configuration default
   } else {
     if (c.hidden_size % c.num_attention_heads != 0)
       user_error(r.where, "head_dim: missing, and hidden_size ", c.hidden_size,
@@ -231,13 +295,25 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   }
   if (c.head_dim <= 0 || c.head_dim % 2 != 0)
     user_error(r.where, "head_dim: expected a positive even integer, got ", c.head_dim);
-  c.max_position_embeddings = r.get_int("max_position_embeddings", 2048);
+  c.max_position_embeddings = r.get_int("max_position_embeddings", c.model_type == "gemma2" ? 8192
+                                                                   : gemma                  ? 131072
+                                                                                            : 2048);
   c.rms_norm_eps = r.get_double("rms_norm_eps", 1e-6);
-  c.hidden_act = r.get_string("hidden_act", "silu");
-  if (c.hidden_act != "silu" && c.hidden_act != "swish")
-    user_error(r.where, "hidden_act: \"", c.hidden_act, "\" is not supported (expected silu)");
-  c.tie_word_embeddings = r.get_bool("tie_word_embeddings", false);
-  read_rope(r, c);
+  if (gemma) {
+    // transformers' Gemma configurations read hidden_activation (hidden_act is ignored).
+    c.hidden_act = r.get_string("hidden_activation", "gelu_pytorch_tanh");
+    if (c.hidden_act != "gelu_pytorch_tanh")
+      user_error(r.where, "hidden_activation: \"", c.hidden_act, "\" is not supported (expected gelu_pytorch_tanh)");
+  } else {
+    c.hidden_act = r.get_string("hidden_act", "silu");
+    if (c.hidden_act != "silu" && c.hidden_act != "swish")
+      user_error(r.where, "hidden_act: \"", c.hidden_act, "\" is not supported (expected silu)");
+  }
+  c.tie_word_embeddings = r.get_bool("tie_word_embeddings", gemma);
+  if (c.model_type == "gemma3_text")
+    read_gemma3_rope(r, c);
+  else
+    read_rope(r, c);
 
   const bool attention_bias = r.get_bool("attention_bias", false);
   if (c.model_type == "llama") {
@@ -248,6 +324,20 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   } else if (c.model_type == "qwen3") {
     c.qkv_bias = c.o_bias = attention_bias;
     c.qk_norm = true;
+  } else if (gemma) {
+    c.gemma = true;
+    c.qkv_bias = c.o_bias = attention_bias;
+    c.qk_norm = c.model_type == "gemma3_text";
+    c.query_pre_attn_scalar = r.get_double("query_pre_attn_scalar", 256.0);
+    if (!(c.query_pre_attn_scalar > 0))
+      user_error(r.where, "query_pre_attn_scalar: expected a positive number, got ", c.query_pre_attn_scalar);
+    const bool g2 = c.model_type == "gemma2";
+    c.final_logit_softcapping =
+        read_softcap(r, "final_logit_softcapping", g2 ? std::optional<double>(30.0) : std::nullopt);
+    // Gemma3Attention does not pass attn_logit_softcapping to attention: only Gemma 2 caps scores.
+    if (g2) c.attn_logit_softcapping = read_softcap(r, "attn_logit_softcapping", 50.0);
+    if (r.get_bool("use_bidirectional_attention", false))
+      user_error(r.where, "use_bidirectional_attention: bidirectional (embedding) Gemma models are not supported");
   }
 
   // Sliding window, per layer.
@@ -258,7 +348,15 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
       c.sliding_window.reset();
     if (c.sliding_window && *c.sliding_window <= 0)
       user_error(r.where, "sliding_window: expected a positive integer, got ", *c.sliding_window);
-    if (c.sliding_window) {
+    if (gemma && !r.j.contains("sliding_window")) c.sliding_window = 4096;  // Gemma's configuration default
+    if (gemma) {
+      // Gemma 2 alternates sliding and global layers; Gemma 3 files without layer_types give the
+      // older sliding_window_pattern (every N-th layer global, default 6).
+      const int64_t pattern = c.model_type == "gemma2" ? 2 : r.get_int("sliding_window_pattern", 6);
+      if (pattern <= 0) user_error(r.where, "sliding_window_pattern: expected a positive integer, got ", pattern);
+      for (int64_t i = 0; i < c.num_hidden_layers; ++i) c.layer_sliding[i] = (i + 1) % pattern != 0;
+    }
+    if (c.sliding_window || gemma) {
       if (c.model_type == "mistral") {
         c.layer_sliding.assign(c.num_hidden_layers, true);
       } else if (r.has("layer_types")) {
@@ -271,7 +369,7 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
             user_error(r.where, "layer_types[", i, "]: expected \"full_attention\" or \"sliding_attention\"");
           c.layer_sliding[i] = t == "sliding_attention";
         }
-      } else {
+      } else if (!gemma) {
         const int64_t mwl = r.get_int("max_window_layers", c.num_hidden_layers);
         for (int64_t i = 0; i < c.num_hidden_layers; ++i) c.layer_sliding[i] = i >= mwl;
       }

@@ -1,7 +1,8 @@
 // The architecture of a Hugging Face Llama-family checkpoint, read from its config.json.
 //
 // Supported model_type / architectures: llama (LlamaForCausalLM), mistral (MistralForCausalLM),
-// qwen2 (Qwen2ForCausalLM), qwen3 (Qwen3ForCausalLM). Anything else is a UserError naming it.
+// qwen2 (Qwen2ForCausalLM), qwen3 (Qwen3ForCausalLM), gemma2 (Gemma2ForCausalLM), gemma3_text
+// (Gemma3ForCausalLM). Anything else is a UserError naming it.
 // Field names and defaults are transformers' (docs/formats.md §4.1); both the older layout
 // (top-level rope_theta + rope_scaling {"type"|"rope_type": ...}, torch_dtype) and the newer one
 // (rope_parameters {"rope_theta", "rope_type", ...}, dtype) are read.
@@ -38,7 +39,7 @@ struct BnbQuantConfig {
 
 struct ModelConfig {
   std::filesystem::path path;  // the config.json this came from (for messages)
-  std::string model_type;      // llama | mistral | qwen2 | qwen3
+  std::string model_type;      // llama | mistral | qwen2 | qwen3 | gemma2 | gemma3_text
   std::string architecture;    // e.g. LlamaForCausalLM ("" if the file names none)
 
   int64_t vocab_size = 0;
@@ -59,7 +60,16 @@ struct ModelConfig {
   bool qkv_bias = false;
   bool o_bias = false;
   bool mlp_bias = false;
-  bool qk_norm = false;  // qwen3: RMSNorm over head_dim on q and k before RoPE
+  bool qk_norm = false;  // qwen3, gemma3_text: RMSNorm over head_dim on q and k before RoPE
+
+  // Gemma 2 / Gemma 3: RMSNorm computed in fp32 times (1 + weight), then cast; embeddings times
+  // sqrt(hidden_size) (cast to the compute dtype first); GeGLU MLP with tanh GELU; four norms per
+  // layer (input, post-attention, pre-feedforward, post-feedforward).
+  bool gemma = false;
+  double query_pre_attn_scalar = 0;               // attention scale 1/sqrt(this); 0: head_dim
+  std::optional<double> attn_logit_softcapping;   // gemma2: scores = c tanh(scores / c) before the mask
+  std::optional<double> final_logit_softcapping;  // logits = c tanh(logits / c), also in the loss
+  std::optional<RopeConfig> rope_local;           // gemma3_text: RoPE of the sliding layers
 
   // Sliding-window attention: the window, and which layers use it (HF layer_types /
   // use_sliding_window + max_window_layers for qwen; every layer for mistral).
@@ -77,6 +87,12 @@ struct ModelConfig {
   int64_t kv_out() const { return num_key_value_heads * head_dim; }
   // Window used by layer i (nullopt: full causal attention).
   std::optional<int64_t> window_of(int64_t layer) const;
+  // The softmax scale of attention scores: 1/sqrt(query_pre_attn_scalar or head_dim).
+  double attention_scale() const;
+  // Whether layer i rotates q and k with rope_local (a sliding layer of a gemma3_text model).
+  bool uses_local_rope(int64_t layer) const {
+    return rope_local && layer >= 0 && layer < static_cast<int64_t>(layer_sliding.size()) && layer_sliding[layer];
+  }
 };
 
 // Reads DIR/config.json (or the file itself). UserError "PATH: key: what was expected" for a

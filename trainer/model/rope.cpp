@@ -4,14 +4,16 @@
 
 namespace qlora::model {
 
-at::Tensor rope_inv_freq(const ModelConfig& c) {
-  const int64_t d = c.head_dim;
+at::Tensor rope_inv_freq(const ModelConfig& c) { return rope_inv_freq(c.rope, c.head_dim); }
+
+at::Tensor rope_inv_freq(const RopeConfig& rope, int64_t head_dim) {
+  const int64_t d = head_dim;
   at::Tensor exponent = at::arange(0, d, 2, at::kLong).to(at::kFloat) / static_cast<double>(d);
-  at::Tensor inv = 1.0 / at::pow(c.rope.theta, exponent);
-  if (c.rope.type == "linear") return inv / c.rope.factor;
-  if (c.rope.type == "llama3") {
-    const double factor = c.rope.factor, low = c.rope.low_freq_factor, high = c.rope.high_freq_factor;
-    const double old_len = static_cast<double>(c.rope.original_max_position_embeddings);
+  at::Tensor inv = 1.0 / at::pow(rope.theta, exponent);
+  if (rope.type == "linear") return inv / rope.factor;
+  if (rope.type == "llama3") {
+    const double factor = rope.factor, low = rope.low_freq_factor, high = rope.high_freq_factor;
+    const double old_len = static_cast<double>(rope.original_max_position_embeddings);
     const double low_wavelen = old_len / low, high_wavelen = old_len / high;
     at::Tensor wavelen = (2 * M_PI) / inv;
     // wavelen > low_wavelen: inv / factor; wavelen < high_wavelen: inv; between: interpolate.

@@ -12,6 +12,8 @@ namespace qlora::model {
 // (linear: / factor; llama3: frequency-dependent), computed with the same float32 tensor
 // operations as transformers' rope init functions.
 at::Tensor rope_inv_freq(const ModelConfig& c);
+// The same for one RoPE parameter set (e.g. Gemma 3's rope_local) over head_dim.
+at::Tensor rope_inv_freq(const RopeConfig& rope, int64_t head_dim);
 
 // cos, sin [B, T, head_dim] in `dtype` for position_ids [B, T]: emb = cat(freqs, freqs) with
 // freqs = position * inv_freq in float32, then cos/sin in float32 and one cast.

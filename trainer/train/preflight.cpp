@@ -105,6 +105,7 @@ MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::Mode
   MemoryEstimate e;
   double weights = V * H * cb * (mc.tie_word_embeddings ? 1 : 2) + (2 * L + 1) * H * cb;
   if (mc.qk_norm) weights += 2 * L * static_cast<double>(mc.head_dim) * cb;
+  if (mc.gemma) weights += 2 * L * H * cb;               // pre- and post-feedforward norms
   double lora_params = 0, largest = 0, adapted_act = 0;  // adapted_act: per token, all layers
   for (const Proj& p : projections(cfg, mc)) {
     weights += L * (p.in * p.out * per_weight + p.out * cb);  // + a bias, whether or not there is one
@@ -121,8 +122,8 @@ MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::Mode
   const double adapted_layer_tok = L > 0 ? adapted_act / L : 0;
   // Offloaded checkpoints keep the block inputs in host memory, not on the GPU.
   const double inputs = cfg.activation_offload && device.is_cuda() ? 0 : T * L * H * cb;
-  const double saved = cfg.gradient_checkpointing ? inputs + T * (layer_tok + adapted_layer_tok)
-                                                  : T * (L * layer_tok + adapted_act);
+  const double saved =
+      cfg.gradient_checkpointing ? inputs + T * (layer_tok + adapted_layer_tok) : T * (L * layer_tok + adapted_act);
   // The CPU's attention may hold fp32 scores [B, heads, S, S]; CUDA's flash and memory-efficient
   // kernels keep none, only a boolean mask [B, 1, S, S] where a sliding window is shorter than S.
   const bool window_bites = mc.sliding_window && static_cast<double>(*mc.sliding_window) < S;
