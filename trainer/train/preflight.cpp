@@ -127,8 +127,13 @@ MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::Mode
   // The CPU's attention may hold fp32 scores [B, heads, S, S]; CUDA's flash and memory-efficient
   // kernels keep none, only a boolean mask [B, 1, S, S] where a sliding window is shorter than S.
   const bool window_bites = mc.sliding_window && static_cast<double>(*mc.sliding_window) < S;
-  const double scores = device.is_cuda() ? (window_bites ? B * S * S : 0.0)
-                                         : 2 * 4 * B * static_cast<double>(mc.num_attention_heads) * S * S;
+  double scores = device.is_cuda() ? (window_bites ? B * S * S : 0.0)
+                                   : 2 * 4 * B * static_cast<double>(mc.num_attention_heads) * S * S;
+  // Soft-capped attention scores (Gemma 2) are written out on every device: one layer's scores in
+  // the compute dtype after the product, the cap and the mask, the fp32 softmax, and the boolean
+  // mask, held for the backward of the block being recomputed.
+  if (mc.attn_logit_softcapping)
+    scores = (3 * cb + 4) * B * static_cast<double>(mc.num_attention_heads) * S * S + B * S * S;
   e.activations = to_bytes(saved + scores + 2 * T * (layer_tok + adapted_layer_tok));
   const double chunk = std::min(T, static_cast<double>(model::default_ce_chunk_tokens(mc.vocab_size)));
   e.logits = to_bytes(3 * 4 * chunk * V + T * H * 4);
