@@ -103,7 +103,7 @@ TEST_P(Family, CliPromptPrintsTransformersText) {
   EXPECT_EQ(r.output, c["text"].get<std::string>() + "\n");
 }
 
-INSTANTIATE_TEST_SUITE_P(Generate, Family, ::testing::Values("llama", "mistral", "qwen3", "gemma2", "gemma3"));
+INSTANTIATE_TEST_SUITE_P(Generate, Family, ::testing::Values("llama", "mistral", "qwen3", "phi3", "gemma2", "gemma3"));
 
 TEST(Generate, NoCacheLoopGivesTheSameIds) {
   model::Model m = load_fp32(fixtures() / "llama");

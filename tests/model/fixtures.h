@@ -97,7 +97,7 @@ class ModelRef {
 
 inline ProcResult model_ref(const std::vector<std::string>& args) { return ModelRef::get().call(args); }
 
-// DIR with llama/, mistral/, qwen2/, qwen3/, gemma2/, gemma3/ (see model_ref.py "make").
+// DIR with llama/, mistral/, qwen2/, qwen3/, phi3/, gemma2/, gemma3/ (see model_ref.py "make").
 inline const stdfs::path& model_fixtures() {
   static const stdfs::path dir = [] {
     stdfs::path d = temp_dir("model_fixtures");
@@ -120,7 +120,7 @@ inline const stdfs::path& bnb_fixture() {
 }
 
 inline const std::vector<std::string>& families() {
-  static const std::vector<std::string> f = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3"};
+  static const std::vector<std::string> f = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"};
   return f;
 }
 

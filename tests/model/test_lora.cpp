@@ -205,6 +205,12 @@ TEST(Lora, GradientsEqualPeftOnQwen2) {
   check_against_peft({"qwen2", /*quantize=*/true, 4, 16, {"all-linear"}, false, /*checkpointing=*/true, 0});
 }
 
+TEST(Lora, GradientsEqualPeftOnPhi3FusedProjections) {
+  // all-linear is qkv_proj, o_proj, gate_up_proj, down_proj: one adapter on each fused module.
+  check_against_peft({"phi3", /*quantize=*/true, 4, 8, {"all-linear"}, false, /*checkpointing=*/true, 0});
+  check_against_peft({"phi3", /*quantize=*/false, 2, 4, {"qkv_proj", "gate_up_proj"}, false, false, 5});
+}
+
 // Gemma 2: soft-capped attention scores and logits (the chunked loss's own backward through the
 // cap, 5 tokens a chunk), sliding layers, (1 + w) norms, GeGLU, scaled embeddings.
 TEST(Lora, GradientsEqualPeftOnGemma2) {
@@ -308,9 +314,9 @@ TEST(ForwardLoss, EqualsForwardThenLoss) {
     for (bool quantize : {true, false}) {
       for (bool ckpt : {false, true}) {
         for (int varlen : {0, 1}) {  // packed rows: block-diagonal mask, or attention per sequence
-          // qwen3: q/k norms on [N, heads, D] too; gemma2: soft-capped attention (always the mask);
-          // gemma3: local/global RoPE tables
-          for (const char* family : {"llama", "qwen3", "gemma2", "gemma3"}) {
+          // qwen3: q/k norms on [N, heads, D] too; phi3: fused projections, partial rotary, longrope;
+          // gemma2: soft-capped attention (always the mask); gemma3: local/global RoPE tables
+          for (const char* family : {"llama", "qwen3", "phi3", "gemma2", "gemma3"}) {
             if (!quantize && std::string(family) != "llama") continue;
             SCOPED_TRACE(std::string(c.name) + (quantize ? " nf4" : " 16-bit") + (ckpt ? " checkpointed" : "") +
                          (varlen ? " varlen" : " mask") + " " + family);

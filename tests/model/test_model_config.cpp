@@ -58,6 +58,13 @@ TEST_P(ConfigFamily, MatchesTransformers) {
   at::Tensor ours = model::rope_inv_freq(c);
   at::Tensor ref = at::tensor(e["inv_freq"].get<std::vector<double>>(), at::kDouble);
   EXPECT_LE(test::rel_err(ours, ref), 1e-6) << ours << ref;
+  if (e.contains("long_inv_freq")) {  // longrope: the long factors and the cos/sin scale
+    at::Tensor ours_long = model::rope_inv_freq(c, /*long_factors=*/true);
+    at::Tensor ref_long = at::tensor(e["long_inv_freq"].get<std::vector<double>>(), at::kDouble);
+    EXPECT_LE(test::rel_err(ours_long, ref_long), 1e-6) << ours_long << ref_long;
+    EXPECT_NEAR(c.rope.attention_factor, e["attention_factor"].get<double>(), 1e-12);
+    EXPECT_GT(test::rel_err(ours_long, ref), 1e-2);  // the two sets differ: the test sees which is used
+  }
   if (e.contains("attention_scale")) {  // gemma
     EXPECT_TRUE(c.gemma);
     EXPECT_DOUBLE_EQ(c.attention_scale(), e["attention_scale"].get<double>());

@@ -64,7 +64,7 @@ class HfFamily : public ::testing::TestWithParam<std::string> {};
 TEST_P(HfFamily, Fp32LogitsEqualTransformers) {
   const stdfs::path dir = test::model_fixtures() / GetParam();
   model::Model m = model::load_model(dir, fp32_options(/*quantize=*/false));
-  EXPECT_FALSE(m.layers[0].q_proj.nf4.has_value());
+  EXPECT_FALSE(m.layers[0].o_proj.nf4.has_value());
   Compared c = compare_logits(m, dir, test::temp_dir(), /*with_weights=*/false);
   ASSERT_TRUE(c.ref.defined());
   EXPECT_LE(test::rel_err(c.ours, c.ref), 1e-4);
@@ -77,8 +77,8 @@ TEST_P(HfFamily, Fp32LogitsEqualTransformers) {
 TEST_P(HfFamily, NF4LogitsEqualTransformersOnOurDequantizedWeights) {
   const stdfs::path dir = test::model_fixtures() / GetParam();
   model::Model m = model::load_model(dir, fp32_options(/*quantize=*/true));
-  ASSERT_TRUE(m.layers[0].q_proj.nf4.has_value());
-  EXPECT_TRUE(m.layers[0].q_proj.nf4->double_quant());
+  ASSERT_TRUE(m.layers[0].o_proj.nf4.has_value());
+  EXPECT_TRUE(m.layers[0].o_proj.nf4->double_quant());
   Compared c = compare_logits(m, dir, test::temp_dir(), /*with_weights=*/true);
   ASSERT_TRUE(c.ref.defined());
   EXPECT_LE(test::rel_err(c.ours, c.ref), 1e-4);

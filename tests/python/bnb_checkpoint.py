@@ -1,6 +1,6 @@
 """transformers + bitsandbytes (CPU) as the judges of `qlora quantize` (tests/quant/test_bnb_checkpoint.cpp).
 
-  bnb_checkpoint.py make DIR ARCH        tiny random bf16 model (ARCH: llama | qwen2) saved to DIR
+  bnb_checkpoint.py make DIR ARCH        tiny random bf16 model (ARCH: llama | qwen2 | phi3) saved to DIR
   bnb_checkpoint.py compare BASE OURS_DQ OURS_NODQ WORK REPORT.json
       quantizes BASE with transformers itself (BitsAndBytesConfig nf4, with and without double
       quantization), saves those to WORK/ref_dq and WORK/ref_nodq, loads our checkpoints with
@@ -35,6 +35,8 @@ def make(d, arch):
                   num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
     if arch == "llama":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
+    elif arch == "phi3":  # fused qkv_proj and gate_up_proj
+        model = transformers.Phi3ForCausalLM(transformers.Phi3Config(**common, pad_token_id=0))
     else:
         model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common))
     with torch.no_grad():  # larger spread than the default init, so codes use the whole table

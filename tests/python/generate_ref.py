@@ -37,6 +37,16 @@ def build(kind):
     if kind == "qwen3":
         return tf.Qwen3ForCausalLM(tf.Qwen3Config(hidden_size=64, intermediate_size=96, num_attention_heads=4,
                                                   num_key_value_heads=2, head_dim=16, **common))
+    if kind == "phi3":
+        # longrope with a pretraining length of 16: short prompts pass it while generating, and
+        # transformers then recomputes the whole sequence with the long factors
+        return tf.Phi3ForCausalLM(tf.Phi3Config(hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                                                num_key_value_heads=2, max_position_embeddings=64,
+                                                original_max_position_embeddings=16,
+                                                rope_scaling={"rope_type": "longrope",
+                                                              "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.0, 3.5],
+                                                              "long_factor": [1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0]},
+                                                **common))
     if kind == "gemma2":  # sliding window 4 on layers 0 and 2, both soft-caps biting
         return tf.Gemma2ForCausalLM(tf.Gemma2Config(hidden_size=48, intermediate_size=80, num_attention_heads=4,
                                                     num_key_value_heads=2, head_dim=16, num_hidden_layers=3,
@@ -77,7 +87,7 @@ def main(out):
     os.makedirs(out, exist_ok=True)
     ref = {"generate": {}, "eval": {}}
     tok = None
-    for i, kind in enumerate(["llama", "mistral", "qwen3", "gemma2", "gemma3"]):
+    for i, kind in enumerate(["llama", "mistral", "qwen3", "phi3", "gemma2", "gemma3"]):
         torch.manual_seed(10 + i)
         m = build(kind)
         randomize(m, 20 + i)

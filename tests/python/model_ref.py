@@ -55,6 +55,16 @@ def build(kind):
                            num_attention_heads=4, num_key_value_heads=2, head_dim=24, attention_bias=True,
                            tie_word_embeddings=True, rope_theta=1000000.0)
         return tf.Qwen3ForCausalLM(c), torch.float32
+    if kind == "phi3":
+        # fused qkv_proj / gate_up_proj, GQA 6:2, partial rotary (0.75 of head_dim 8), longrope with a
+        # pretraining length (4) the test sequences pass, a sliding window shorter than them, bf16 file
+        c = tf.Phi3Config(vocab_size=64, hidden_size=48, intermediate_size=40, num_hidden_layers=2,
+                          num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=32,
+                          original_max_position_embeddings=4, partial_rotary_factor=0.75, sliding_window=7,
+                          rope_scaling={"rope_type": "longrope", "short_factor": [1.0, 1.25, 1.5],
+                                        "long_factor": [1.0, 2.0, 4.5]},
+                          tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+        return tf.Phi3ForCausalLM(c), torch.bfloat16
     if kind == "gemma2":
         # GQA 4:2, head_dim 20 (heads*head_dim != hidden), sliding window 4 on layers 0 and 2 (shorter than
         # the test sequence), query_pre_attn_scalar != head_dim, attention and final softcaps small enough
@@ -103,16 +113,25 @@ def expect_of(model):
     c = model.config
     layer = model.model.layers[0]
     att = layer.self_attn
-    return {
+    q = getattr(att, "q_proj", None) or att.qkv_proj
+    gate = getattr(layer.mlp, "gate_proj", None) or layer.mlp.gate_up_proj
+    rope = {}
+    if c.rope_parameters.get("rope_type") == "longrope":
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+        orig = c.rope_parameters["original_max_position_embeddings"]
+        long_inv, factor = ROPE_INIT_FUNCTIONS["longrope"](c, None, seq_len=orig + 1)
+        rope = {"long_inv_freq": long_inv.tolist(), "attention_factor": factor}
+    return rope | {
         "model_type": c.model_type,
         "vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
         "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
         "num_key_value_heads": c.num_key_value_heads, "head_dim": att.head_dim,
         "rms_norm_eps": c.rms_norm_eps, "tie_word_embeddings": bool(c.tie_word_embeddings),
-        "qkv_bias": att.q_proj.bias is not None, "o_bias": att.o_proj.bias is not None,
-        "mlp_bias": layer.mlp.gate_proj.bias is not None, "qk_norm": hasattr(att, "q_norm"),
-        # MistralAttention applies config.sliding_window in every layer; Qwen layers keep their own.
-        "layer_window": [c.sliding_window if c.model_type == "mistral" else getattr(l.self_attn, "sliding_window", None)
+        "qkv_bias": q.bias is not None, "o_bias": att.o_proj.bias is not None,
+        "mlp_bias": gate.bias is not None, "qk_norm": hasattr(att, "q_norm"),
+        # Mistral and Phi3 attention apply config.sliding_window in every layer; Qwen layers keep their own.
+        "layer_window": [c.sliding_window if c.model_type in ("mistral", "phi3")
+                         else getattr(l.self_attn, "sliding_window", None)
                          for l in model.model.layers],
         "inv_freq": (model.model.rotary_emb.full_attention_inv_freq if c.model_type == "gemma3_text"
                      else model.model.rotary_emb.inv_freq).tolist(),
@@ -138,7 +157,7 @@ def gemma_expect(model):
 
 
 def cmd_make(out):
-    for i, kind in enumerate(["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3"]):
+    for i, kind in enumerate(["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"]):
         torch.manual_seed(100 + i)
         model, dtype = build(kind)
         randomize(model, 200 + i)

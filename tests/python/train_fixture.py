@@ -5,7 +5,8 @@
                   post-processor, pad token, EOS)
   DIR/train.jsonl alpaca records of a toy task (reverse a short word), DIR/eval.jsonl held out
 
-usage: train_fixture.py DIR
+usage: train_fixture.py DIR [ARCH]   ARCH: llama (default) or phi3 (Phi3ForCausalLM: fused qkv_proj and
+                                    gate_up_proj, partial rotary, longrope), same sizes and tokenizer
 """
 import json, os, random, sys
 
@@ -48,10 +49,19 @@ fast = tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_tok
 fast.save_pretrained(mdir)
 
 torch.manual_seed(0)
-cfg = tf.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                     bos_token_id=tok.token_to_id("<s>"), eos_token_id=tok.token_to_id("</s>"),
-                     pad_token_id=tok.token_to_id("<pad>"), tie_word_embeddings=False)
-model = tf.LlamaForCausalLM(cfg)
+arch = sys.argv[2] if len(sys.argv) > 2 else "llama"
+common = dict(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+              bos_token_id=tok.token_to_id("<s>"), eos_token_id=tok.token_to_id("</s>"),
+              pad_token_id=tok.token_to_id("<pad>"), tie_word_embeddings=False)
+if arch == "llama":
+    model = tf.LlamaForCausalLM(tf.LlamaConfig(**common))
+elif arch == "phi3":
+    model = tf.Phi3ForCausalLM(tf.Phi3Config(**common, original_max_position_embeddings=32, partial_rotary_factor=0.5,
+                                             rope_scaling={"rope_type": "longrope",
+                                                           "short_factor": [1.0, 1.1, 1.2, 1.4],
+                                                           "long_factor": [1.0, 3.0, 6.0, 9.0]}))
+else:
+    raise SystemExit(f"unknown arch {arch}")
 model.save_pretrained(mdir, safe_serialization=True)
 print("ok", tok.get_vocab_size())

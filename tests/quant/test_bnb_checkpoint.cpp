@@ -1,7 +1,7 @@
 // `qlora quantize` and the bitsandbytes 4-bit state-dict entries (trainer/quant/), judged by
-// transformers + bitsandbytes on the CPU (tests/python/bnb_checkpoint.py): tiny random Llama and
-// Qwen2 (biases) models are made at test time, quantized by us and by transformers itself, and
-// both are loaded with from_pretrained.
+// transformers + bitsandbytes on the CPU (tests/python/bnb_checkpoint.py): tiny random Llama,
+// Qwen2 (biases) and Phi-3 (fused projections) models are made at test time, quantized by us and
+// by transformers itself, and both are loaded with from_pretrained.
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -30,6 +30,7 @@ bool bits_equal(const at::Tensor& a, const at::Tensor& b) {
 
 struct Arch {
   std::string name;
+  int64_t linears = 0;  // 4-bit linear modules of its two layers
   stdfs::path base, ours_dq, ours_nodq, work;
   test::ProcResult q_dq, q_nodq, compare;
   nlohmann::json report;
@@ -40,9 +41,10 @@ class BnbCheckpoint : public ::testing::Test {
   static inline std::map<std::string, Arch> archs;
 
   static void SetUpTestSuite() {
-    for (const char* name : {"llama", "qwen2"}) {
+    for (const auto& [name, linears] : {std::pair<const char*, int64_t>{"llama", 14}, {"qwen2", 14}, {"phi3", 8}}) {
       Arch a;
       a.name = name;
+      a.linears = linears;
       a.work = test::temp_dir(std::string("bnb_ckpt_") + name);
       a.base = a.work / "base";
       a.ours_dq = a.work / "ours_dq";
@@ -70,7 +72,8 @@ TEST_F(BnbCheckpoint, QuantizeCommandSucceeds) {
     SCOPED_TRACE(name);
     EXPECT_EQ(a.q_dq.code, 0) << a.q_dq.output;
     EXPECT_EQ(a.q_nodq.code, 0) << a.q_nodq.output;
-    EXPECT_NE(a.q_dq.output.find("quantized 14 linear weights"), std::string::npos) << a.q_dq.output;
+    EXPECT_NE(a.q_dq.output.find("quantized " + std::to_string(a.linears) + " linear weights"), std::string::npos)
+        << a.q_dq.output;
     EXPECT_TRUE(stdfs::exists(a.ours_dq / "model.safetensors"));
     EXPECT_TRUE(stdfs::exists(a.ours_dq / "generation_config.json"));  // other files copied
     ASSERT_EQ(a.compare.code, 0) << a.compare.output;
@@ -84,7 +87,7 @@ TEST_F(BnbCheckpoint, LayoutEqualsTransformersOwn) {
     for (const char* tag : {"dq", "nodq"}) {
       SCOPED_TRACE(name + std::string(" ") + tag);
       const nlohmann::json& r = a.report[tag];
-      EXPECT_EQ(r["linear4bit_modules"], 14);
+      EXPECT_EQ(r["linear4bit_modules"], a.linears);
       EXPECT_EQ(r["linear4bit_modules"], r["ref_linear4bit_modules"]);
       EXPECT_TRUE(r["quantization_config_equal"].get<bool>())
           << r["quantization_config_ours"].dump() << " vs " << r["quantization_config_ref"].dump();
@@ -127,7 +130,7 @@ TEST_F(BnbCheckpoint, DoubleQuantDiffersOnlyInBnbCpuEightBitCodes) {
     EXPECT_LE(r["code_diff"].get<int64_t>(), 2);
     EXPECT_LE(r["q8_diff"].get<double>(), 0.01 * r["q8_total"].get<double>())
         << r["q8_diff"] << " of " << r["q8_total"];
-    EXPECT_EQ(r["swapped_modules"], 14);
+    EXPECT_EQ(r["swapped_modules"], a.linears);
     if (r["code_diff"] == 0) {
       EXPECT_TRUE(r["logits_bit_equal_after_swapping_8bit_codes"].get<bool>())
           << "max abs diff " << r["logits_max_abs_diff_after_swap"];
@@ -153,7 +156,7 @@ TEST_F(BnbCheckpoint, ReaderMatchesBitsandbytesOnTransformersCheckpoints) {
     for (const char* tag : {"dq", "nodq"}) {
       io::HfCheckpoint ref(a.work / (std::string("ref_") + tag));
       const std::vector<std::string> mods = quant::bnb_nf4_modules(ref);
-      EXPECT_EQ(mods.size(), 14u);
+      EXPECT_EQ(static_cast<int64_t>(mods.size()), a.linears);
       for (const std::string& m : mods) {
         kernels::NF4Tensor w = quant::read_bnb_nf4(ref, m);
         EXPECT_EQ(w.double_quant(), std::string(tag) == "dq");
@@ -163,7 +166,7 @@ TEST_F(BnbCheckpoint, ReaderMatchesBitsandbytesOnTransformersCheckpoints) {
         ++checked;
       }
     }
-    EXPECT_EQ(checked, 28);
+    EXPECT_EQ(checked, 2 * a.linears);
   }
 }
 

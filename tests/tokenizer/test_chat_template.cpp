@@ -96,6 +96,9 @@ std::vector<Model> models() {
           {"mistral_v3", kMistralV3, "<s>", "</s>"},
           {"chatml", kChatML, "<s>", "<|im_end|>"},
           {"gemma", kGemma, "<bos>", "<eos>"},
+          {"phi3", kPhi3, "<s>", "<|endoftext|>"},
+          {"phi3_5", kPhi35, "<s>", "<|endoftext|>"},
+          {"phi4", kPhi4, "<|endoftext|>", "<|im_end|>"},
           {"gemma3", kGemma3, "<bos>", "<eos>"},
           {"smollm2", kSmolLM2, "<|im_start|>", "<|im_end|>"},
           {"chatml_generation", kChatMLGeneration, "", "<|im_end|>"}};

@@ -82,8 +82,8 @@ int run_inspect(const InspectArgs& a) {
   int64_t bnb_linears = 0;
   for (const auto& n : ck.names()) dtype_bytes[ck.info(n).dtype] += static_cast<int64_t>(ck.info(n).nbytes());
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-    for (const auto& m : model::linear_module_names())
-      if (quant::is_bnb_4bit(ck, model::linear_module_path(l, m))) ++bnb_linears;
+    for (const model::LinearSpec& m : model::layer_linears(c))
+      if (quant::is_bnb_4bit(ck, model::layer_prefix(l) + m.path)) ++bnb_linears;
   const std::vector<std::string> problems = check_checkpoint(ck, c, s);
 
   std::string rope = c.rope.type;

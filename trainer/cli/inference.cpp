@@ -48,7 +48,7 @@ InferenceModel load_inference_model(const std::string& model_dir, const std::str
   char buf[1024];
   std::snprintf(buf, sizeof buf, "%s (%s, %lld layers, %s base, %s)%s on %s, loaded in %.1f s",
                 r.model_dir.string().c_str(), m.config.model_type.c_str(), static_cast<long long>(m.layers.size()),
-                m.layers.empty() || !m.layers[0].q_proj.nf4 ? "16-bit" : "NF4", c10::toString(m.compute_dtype),
+                m.layers.empty() || !m.layers[0].o_proj.nf4 ? "16-bit" : "NF4", c10::toString(m.compute_dtype),
                 what.c_str(), m.device.str().c_str(), s);
   r.description = buf;
   return r;

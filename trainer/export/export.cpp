@@ -20,6 +20,7 @@
 #include "trainer/io/peft.h"
 #include "trainer/io/safetensors.h"
 #include "trainer/model/lora.h"
+#include "trainer/model/summary.h"
 #include "trainer/quant/bnb_nf4.h"
 #include "trainer/run/layout.h"
 
@@ -111,13 +112,15 @@ std::map<std::string, ModuleLora> lora_by_module(const run::AdapterSource& src) 
   return m;
 }
 
-// Decoder layer index of a "model.layers.N...." module path (for ordering).
+// Decoder layer index of a "model.layers.N...." module path and the module's short name (for
+// ordering: llama.cpp's q, k, v, o, gate, up, down within a layer).
 std::pair<int64_t, std::string> module_order(const std::string& module) {
   int64_t layer = -1;
   size_t used = 0;
   if (module.starts_with("model.layers.")) layer = parse_c_int(std::string_view(module).substr(13), &used).value();
   const std::string shortname = module.substr(module.rfind('.') + 1);
-  const auto& names = model::linear_module_names();
+  static const std::vector<std::string> names = {"q_proj",    "k_proj",  "v_proj",       "qkv_proj", "o_proj",
+                                                 "gate_proj", "up_proj", "gate_up_proj", "down_proj"};
   const auto it = std::find(names.begin(), names.end(), shortname);
   return {layer, std::to_string(it - names.begin())};
 }
@@ -199,33 +202,20 @@ struct OutTensor {
 
 // Every tensor of the merged model, in module order (transformers' state-dict names).
 std::vector<OutTensor> merged_tensors(const model::ModelConfig& c) {
-  const int64_t H = c.hidden_size;
+  const model::ModelSummary s = model::summarize(c);
+  std::set<std::string> linear_weights;
+  for (const model::LinearSpec& l : model::layer_linears(c)) linear_weights.insert(l.path + ".weight");
   std::vector<OutTensor> v;
-  v.push_back({"model.embed_tokens.weight", {c.vocab_size, H}, ""});
+  v.push_back({s.other_tensors[0].name, s.other_tensors[0].shape, ""});  // model.embed_tokens.weight
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    v.push_back({p + "input_layernorm.weight", {H}, ""});
-    for (const auto& mod : model::linear_module_names()) {
-      const std::string path = model::linear_module_path(i, mod);
-      const std::vector<int64_t> shape = model::linear_shape(c, mod);
-      v.push_back({path + ".weight", shape, path});
-      const bool bias = (mod == "o_proj")                                         ? c.o_bias
-                        : (mod == "q_proj" || mod == "k_proj" || mod == "v_proj") ? c.qkv_bias
-                                                                                  : c.mlp_bias;
-      if (bias) v.push_back({path + ".bias", {shape[0]}, ""});
-      if (mod == "o_proj" && c.qk_norm) {
-        v.push_back({p + "self_attn.q_norm.weight", {c.head_dim}, ""});
-        v.push_back({p + "self_attn.k_norm.weight", {c.head_dim}, ""});
-      }
-    }
-    v.push_back({p + "post_attention_layernorm.weight", {H}, ""});
-    if (c.gemma) {
-      v.push_back({p + "pre_feedforward_layernorm.weight", {H}, ""});
-      v.push_back({p + "post_feedforward_layernorm.weight", {H}, ""});
+    const std::string p = model::layer_prefix(i);
+    for (const auto& t : s.layer_tensors) {
+      const bool linear = linear_weights.count(t.name) > 0;
+      v.push_back({p + t.name, t.shape, linear ? p + t.name.substr(0, t.name.size() - 7) : ""});
     }
   }
-  v.push_back({"model.norm.weight", {H}, ""});
-  if (!c.tie_word_embeddings) v.push_back({"lm_head.weight", {c.vocab_size, H}, ""});
+  for (size_t i = 1; i < s.other_tensors.size(); ++i)
+    v.push_back({s.other_tensors[i].name, s.other_tensors[i].shape, ""});
   return v;
 }
 
@@ -465,9 +455,9 @@ void check_adapter_matches_base(const run::AdapterSource& src, const model::Mode
   const std::string file = adapter_file(src);
   const std::string base = mc.path.string();
   std::map<std::string, std::vector<int64_t>> shapes;  // module path -> [out, in]
+  const std::vector<model::LinearSpec> specs = model::layer_linears(mc);
   for (int64_t i = 0; i < mc.num_hidden_layers; ++i)
-    for (const auto& mod : model::linear_module_names())
-      shapes[model::linear_module_path(i, mod)] = model::linear_shape(mc, mod);
+    for (const model::LinearSpec& l : specs) shapes[model::layer_prefix(i) + l.path] = {l.out, l.in};
   const int64_t r = src.peft.r;
   std::set<std::string> have_a, have_b;
   for (const auto& [k, v] : src.tensors) {

@@ -98,13 +98,21 @@ void GgufWriter::write(const std::filesystem::path& path) const {
 
 std::string gguf_tensor_base_name(const std::string& module) {
   static const std::regex re(
-      R"(^model\.layers\.(\d+)\.(self_attn|mlp)\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$)");
+      R"(^model\.layers\.(\d+)\.(self_attn|mlp)\.(q_proj|k_proj|v_proj|qkv_proj|o_proj|gate_proj|up_proj|gate_up_proj|down_proj)$)");
   std::smatch m;
   if (!std::regex_match(module, m, re))
     user_error("gguf-adapter export: module \"", module, "\" is not a decoder linear llama.cpp adapters can target");
   static const std::map<std::string, std::string> names = {
-      {"q_proj", "attn_q"},      {"k_proj", "attn_k"},  {"v_proj", "attn_v"},     {"o_proj", "attn_output"},
-      {"gate_proj", "ffn_gate"}, {"up_proj", "ffn_up"}, {"down_proj", "ffn_down"}};
+      {"q_proj", "attn_q"},
+      {"k_proj", "attn_k"},
+      {"v_proj", "attn_v"},
+      {"o_proj", "attn_output"},
+      {"gate_proj", "ffn_gate"},
+      {"up_proj", "ffn_up"},
+      {"down_proj", "ffn_down"},
+      // phi3: llama.cpp keeps the fused projections (ffn_up holds gate and up rows).
+      {"qkv_proj", "attn_qkv"},
+      {"gate_up_proj", "ffn_up"}};
   return "blk." + m[1].str() + "." + names.at(m[3].str());
 }
 

@@ -31,6 +31,7 @@ class Loader {
 
     m.embed_tokens = take16("model.embed_tokens.weight", {c.vocab_size, H});
     m.layers.resize(c.num_hidden_layers);
+    const std::vector<LinearSpec> specs = layer_linears(c);
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
       DecoderLayer& L = m.layers[i];
       const std::string p = "model.layers." + std::to_string(i) + ".";
@@ -44,19 +45,10 @@ class Loader {
         L.pre_feedforward_layernorm = take16(p + "pre_feedforward_layernorm.weight", {H});
         L.post_feedforward_layernorm = take16(p + "post_feedforward_layernorm.weight", {H});
       }
-      for (const auto& mod : linear_module_names()) {
-        const bool bias = (mod == "o_proj")                                         ? c.o_bias
-                          : (mod == "q_proj" || mod == "k_proj" || mod == "v_proj") ? c.qkv_bias
-                                                                                    : c.mlp_bias;
-        Linear* l = nullptr;
-        if (mod == "q_proj") l = &L.q_proj;
-        if (mod == "k_proj") l = &L.k_proj;
-        if (mod == "v_proj") l = &L.v_proj;
-        if (mod == "o_proj") l = &L.o_proj;
-        if (mod == "gate_proj") l = &L.gate_proj;
-        if (mod == "up_proj") l = &L.up_proj;
-        if (mod == "down_proj") l = &L.down_proj;
-        load_linear(*l, linear_module_path(i, mod), linear_shape(c, mod), bias);
+      for (const LinearSpec& spec : specs) {
+        Linear* l = L.linear(spec.name);
+        TORCH_CHECK(l, "load_model: no member for projection ", spec.name);
+        load_linear(*l, p + spec.path, {spec.out, spec.in}, spec.bias);
       }
     }
     m.norm = take16("model.norm.weight", {H});
@@ -68,6 +60,7 @@ class Loader {
       m.lm_head = take16("lm_head.weight", {c.vocab_size, H});
     }
     m.inv_freq = rope_inv_freq(c).to(m.device);
+    if (c.rope.type == "longrope") m.long_inv_freq = rope_inv_freq(c, /*long_factors=*/true).to(m.device);
     if (c.rope_local) m.inv_freq_local = rope_inv_freq(*c.rope_local, c.head_dim).to(m.device);
     // A CPU generator on every device: it draws one seed per dropout call (lora.h).
     m.dropout_generator = at::make_generator<at::CPUGeneratorImpl>(opts_.seed + 1);

@@ -66,15 +66,16 @@ bool lora_targets(const config::LoraConfig& cfg, const std::string& module_path)
 
 std::vector<std::string> resolve_lora_targets(const config::LoraConfig& cfg, const ModelConfig& mc) {
   validate_lora_config(cfg);
+  const std::vector<LinearSpec> specs = layer_linears(mc);
   if (!all_linear(cfg)) {
     for (const auto& t : cfg.target_modules) {
       bool hit = false;
       for (int64_t l = 0; l < mc.num_hidden_layers && !hit; ++l)
-        for (const auto& m : linear_module_names())
-          if (matches(linear_module_path(l, m), t)) hit = true;
+        for (const auto& s : specs)
+          if (matches(layer_prefix(l) + s.path, t)) hit = true;
       if (!hit) {
         std::string avail;
-        for (const auto& m : linear_module_names()) avail += (avail.empty() ? "" : ", ") + m;
+        for (const auto& s : specs) avail += (avail.empty() ? "" : ", ") + s.name;
         user_error("lora_target_modules: \"", t, "\" matches no linear layer of ",
                    mc.architecture.empty() ? mc.model_type + " models" : mc.architecture, " (its layers have ", avail,
                    ")");
@@ -82,10 +83,10 @@ std::vector<std::string> resolve_lora_targets(const config::LoraConfig& cfg, con
     }
   }
   std::vector<std::string> out;
-  for (const auto& m : linear_module_names()) {
+  for (const auto& s : specs) {
     bool any = false;
-    for (int64_t l = 0; l < mc.num_hidden_layers && !any; ++l) any = lora_targets(cfg, linear_module_path(l, m));
-    if (any) out.push_back(m);
+    for (int64_t l = 0; l < mc.num_hidden_layers && !any; ++l) any = lora_targets(cfg, layer_prefix(l) + s.path);
+    if (any) out.push_back(s.name);
   }
   return out;
 }

@@ -128,6 +128,18 @@ std::pair<at::Tensor, at::Tensor> cache_append(KVCache& cache, int64_t layer, co
   return {ck.narrow(2, 0, need), cv.narrow(2, 0, need)};
 }
 
+// q, k, v [..., q_out], [..., kv_out], [..., kv_out] of h [..., hidden]: three projections, or
+// phi3's one qkv_proj split along its rows.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> project_qkv(const ModelConfig& c, const DecoderLayer& L,
+                                                           const at::Tensor& h, bool training, at::Generator* gen) {
+  if (c.fused_qkv) {
+    at::Tensor qkv = L.qkv_proj.forward(h, training, gen);
+    return {qkv.narrow(-1, 0, c.q_out()), qkv.narrow(-1, c.q_out(), c.kv_out()),
+            qkv.narrow(-1, c.q_out() + c.kv_out(), c.kv_out())};
+  }
+  return {L.q_proj.forward(h, training, gen), L.k_proj.forward(h, training, gen), L.v_proj.forward(h, training, gen)};
+}
+
 at::Tensor self_attention(const Model& m, const DecoderLayer& L, int64_t layer, const at::Tensor& h,
                           const BlockInputs& in, bool training, at::Generator* gen) {
   const ModelConfig& c = m.config;
@@ -137,9 +149,10 @@ at::Tensor self_attention(const Model& m, const DecoderLayer& L, int64_t layer, 
   const at::Tensor& sin = local ? in.sin_local : in.sin;
   if (!in.cu_seqlens.empty()) {  // the rows as sequences laid end to end: [N, heads, D]
     const int64_t N = h.size(0), D = c.head_dim;
-    at::Tensor q = L.q_proj.forward(h, training, gen).view({N, c.num_attention_heads, D});
-    at::Tensor k = L.k_proj.forward(h, training, gen).view({N, c.num_key_value_heads, D});
-    at::Tensor v = L.v_proj.forward(h, training, gen).view({N, c.num_key_value_heads, D});
+    auto [q, k, v] = project_qkv(c, L, h, training, gen);
+    q = q.reshape({N, c.num_attention_heads, D});
+    k = k.reshape({N, c.num_key_value_heads, D});
+    v = v.reshape({N, c.num_key_value_heads, D});
     if (c.qk_norm) {
       q = rms_norm(q, L.q_norm, c);
       k = rms_norm(k, L.k_norm, c);
@@ -163,9 +176,10 @@ at::Tensor self_attention(const Model& m, const DecoderLayer& L, int64_t layer, 
   auto unpack = [&](const at::Tensor& t) {
     return packed ? at::zeros({B * T, t.size(1)}, t.options()).index_copy(0, in.rows, t) : t;
   };
-  at::Tensor q = unpack(L.q_proj.forward(h, training, gen)).view({B, T, c.num_attention_heads, D});
-  at::Tensor k = unpack(L.k_proj.forward(h, training, gen)).view({B, T, c.num_key_value_heads, D});
-  at::Tensor v = unpack(L.v_proj.forward(h, training, gen)).view({B, T, c.num_key_value_heads, D});
+  auto [q, k, v] = project_qkv(c, L, h, training, gen);
+  q = unpack(q).reshape({B, T, c.num_attention_heads, D});
+  k = unpack(k).reshape({B, T, c.num_key_value_heads, D});
+  v = unpack(v).reshape({B, T, c.num_key_value_heads, D});
   if (c.qk_norm) {
     q = rms_norm(q, L.q_norm, c);
     k = rms_norm(k, L.k_norm, c);
@@ -218,7 +232,16 @@ at::Tensor decoder_layer(const Model& m, int64_t layer, const at::Tensor& x, con
   if (c.gemma) a = rms_norm(a, L.post_attention_layernorm, c);
   at::Tensor h = (in.out_rows.defined() ? x.index_select(0, in.out_rows) : x) + a;
   at::Tensor n = rms_norm(h, c.gemma ? L.pre_feedforward_layernorm : L.post_attention_layernorm, c);
-  at::Tensor gate = L.gate_proj.forward(n, training, gen), up = L.up_proj.forward(n, training, gen);
+  at::Tensor gate, up;
+  if (c.fused_gate_up) {  // phi3: gate rows, then up rows
+    at::Tensor gu = L.gate_up_proj.forward(n, training, gen);
+    const int64_t I = c.intermediate_size;
+    gate = gu.narrow(-1, 0, I);
+    up = gu.narrow(-1, I, I);
+  } else {
+    gate = L.gate_proj.forward(n, training, gen);  // gate before up, as transformers calls them
+    up = L.up_proj.forward(n, training, gen);
+  }
   at::Tensor act;
   {
     Scope prof(Part::norm_rope_act);
@@ -229,14 +252,26 @@ at::Tensor decoder_layer(const Model& m, int64_t layer, const at::Tensor& x, con
   return h + mlp;
 }
 
-// RoPE tables for positions pos [B, T] and the attention masks for segments seg (undefined:
-// plain causal).
+// cos, sin for positions pos [B, T] (any shape [.., T]). longrope takes its long factors when
+// the largest position reaches past the pretraining length, for the whole batch (transformers
+// decides per forward call from max(position_ids) + 1), and scales cos and sin.
+std::pair<at::Tensor, at::Tensor> rope_tables(const Model& m, const at::Tensor& pos) {
+  const RopeConfig& r = m.config.rope;
+  if (r.type != "longrope") return rope_cos_sin(m.inv_freq, pos, m.compute_dtype);
+  const bool long_seq = pos.numel() > 0 && pos.max().item<int64_t>() + 1 > r.original_max_position_embeddings &&
+                        m.long_inv_freq.defined();
+  return rope_cos_sin(long_seq ? m.long_inv_freq : m.inv_freq, pos, m.compute_dtype, r.attention_factor);
+}
+
+// The RoPE tables of positions pos into in: the model's, and Gemma 3's local one for sliding layers.
 void set_rope(BlockInputs& in, const Model& m, const at::Tensor& pos) {
-  std::tie(in.cos, in.sin) = rope_cos_sin(m.inv_freq, pos, m.compute_dtype);
+  std::tie(in.cos, in.sin) = rope_tables(m, pos);
   if (m.inv_freq_local.defined())
     std::tie(in.cos_local, in.sin_local) = rope_cos_sin(m.inv_freq_local, pos, m.compute_dtype);
 }
 
+// RoPE tables for positions pos [B, T] and the attention masks for segments seg (undefined:
+// plain causal).
 BlockInputs block_inputs(const Model& m, const at::Tensor& pos, const at::Tensor& seg) {
   const int64_t T = pos.size(1);
   BlockInputs in;
@@ -337,10 +372,27 @@ at::Tensor Linear::base_weight(at::ScalarType dtype) const {
 }
 
 std::vector<Linear*> DecoderLayer::linears() {
-  return {&q_proj, &k_proj, &v_proj, &o_proj, &gate_proj, &up_proj, &down_proj};
+  std::vector<Linear*> out;
+  for (Linear* l : {&q_proj, &k_proj, &v_proj, &qkv_proj, &o_proj, &gate_proj, &up_proj, &gate_up_proj, &down_proj})
+    if (!l->name.empty()) out.push_back(l);
+  return out;
 }
 std::vector<const Linear*> DecoderLayer::linears() const {
-  return {&q_proj, &k_proj, &v_proj, &o_proj, &gate_proj, &up_proj, &down_proj};
+  std::vector<const Linear*> out;
+  for (Linear* l : const_cast<DecoderLayer*>(this)->linears()) out.push_back(l);
+  return out;
+}
+Linear* DecoderLayer::linear(const std::string& name) {
+  if (name == "q_proj") return &q_proj;
+  if (name == "k_proj") return &k_proj;
+  if (name == "v_proj") return &v_proj;
+  if (name == "qkv_proj") return &qkv_proj;
+  if (name == "o_proj") return &o_proj;
+  if (name == "gate_proj") return &gate_proj;
+  if (name == "up_proj") return &up_proj;
+  if (name == "gate_up_proj") return &gate_up_proj;
+  if (name == "down_proj") return &down_proj;
+  return nullptr;
 }
 
 at::Tensor Model::forward(const at::Tensor& input_ids, const at::Tensor& position_ids, const at::Tensor& segment_ids) {
@@ -427,6 +479,17 @@ at::Tensor Model::forward_cached(const at::Tensor& input_ids, KVCache& cache) {
   TORCH_CHECK(static_cast<int64_t>(cache.k.size()) == n, "Model::forward_cached: cache of another model");
   TORCH_CHECK(past == 0 || cache.k[0].size(0) == B, "Model::forward_cached: batch size differs from the cache's");
   at::Tensor ids = input_ids.to(device, at::kLong);
+  if (config.rope.type == "longrope") {
+    const int64_t orig = config.rope.original_max_position_embeddings;
+    if (past > 0 && past <= orig && past + T > orig) {
+      at::Tensor all = at::cat({cache.ids, ids}, 1);
+      const int64_t reserve = cache.reserve;
+      cache.clear();
+      cache.reserve = reserve;
+      return forward_cached(all, cache).narrow(1, past, T);
+    }
+    cache.ids = past == 0 ? ids : at::cat({cache.ids, ids}, 1);
+  }
   auto lopt = at::TensorOptions().dtype(at::kLong).device(device);
   at::Tensor pos = at::arange(past, past + T, lopt).unsqueeze(0).expand({B, T});
 
@@ -516,13 +579,13 @@ void Model::load_lora_weights(const std::map<std::string, at::Tensor>& values, c
 
 std::vector<std::string> Model::lora_target_modules() const {
   std::vector<std::string> out;
-  for (const auto& m : linear_module_names()) {
+  for (const LinearSpec& s : layer_linears(config)) {
     for (const auto& L : layers) {
       bool hit = false;
       for (const Linear* l : L.linears())
-        if (l->lora && l->name.size() > m.size() && l->name.ends_with(m)) hit = true;
+        if (l->lora && l->name.size() > s.name.size() && l->name.ends_with("." + s.name)) hit = true;
       if (hit) {
-        out.push_back(m);
+        out.push_back(s.name);
         break;
       }
     }

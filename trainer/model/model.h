@@ -54,9 +54,13 @@ struct DecoderLayer {
   at::Tensor post_feedforward_layernorm;  // [hidden] (gemma), else undefined
   Linear q_proj, k_proj, v_proj, o_proj;  // self_attn
   Linear gate_proj, up_proj, down_proj;   // mlp
+  Linear qkv_proj, gate_up_proj;          // phi3's fused projections (q, k, v and gate, up unused)
 
+  // The projections this architecture has (those with a name), in module order.
   std::vector<Linear*> linears();
   std::vector<const Linear*> linears() const;
+  // The projection with short name `name` (q_proj, qkv_proj, ...); nullptr for none.
+  Linear* linear(const std::string& name);
 };
 
 struct ModelLoadOptions {
@@ -79,9 +83,11 @@ struct KVCache {
   std::vector<at::Tensor> k, v;
   int64_t length = 0;   // tokens cached (the position of the next token)
   int64_t reserve = 0;  // capacity to allocate on first use (0: grow as needed)
+  at::Tensor ids;       // longrope only: the tokens cached [B, length], to recompute them (forward_cached)
   void clear() {
     k.clear();
     v.clear();
+    ids = at::Tensor();
     length = 0;
   }
 };
@@ -104,7 +110,8 @@ class Model {
   std::vector<DecoderLayer> layers;
   at::Tensor norm;            // [hidden]
   at::Tensor lm_head;         // [vocab, hidden]; the same tensor as embed_tokens when tied
-  at::Tensor inv_freq;        // float32 [head_dim / 2]
+  at::Tensor inv_freq;        // float32 [rotary_dim / 2]
+  at::Tensor long_inv_freq;   // longrope: for sequences past original_max_position_embeddings
   at::Tensor inv_freq_local;  // float32 [head_dim / 2]: sliding layers of gemma3_text, else undefined
 
   // Switches the trainer sets.
@@ -132,7 +139,9 @@ class Model {
   // cache.length + T - 1 of every row; they attend to the cached keys/values (causal, sliding
   // window as configured) and are appended to the cache. Returns hidden [B, T, hidden] equal (to
   // rounding) to the matching rows of forward() over the whole sequence. No dropout; call under
-  // NoGradGuard.
+  // NoGradGuard. longrope: when the sequence first passes original_max_position_embeddings the
+  // cached keys (short factors) are dropped and the whole sequence runs again with the long
+  // factors, as transformers' generate does.
   at::Tensor forward_cached(const at::Tensor& input_ids, KVCache& cache);
 
   // The loss of a training or eval batch in one pass: the same numbers as

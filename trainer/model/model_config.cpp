@@ -63,30 +63,40 @@ struct Reader {
   }
 };
 
-const char* kSupported = "llama, mistral, qwen2, qwen3, gemma2, gemma3_text";
+const char* kSupported = "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text";
 
 std::string model_type_of_architecture(const std::string& a) {
   if (a == "LlamaForCausalLM") return "llama";
   if (a == "MistralForCausalLM") return "mistral";
   if (a == "Qwen2ForCausalLM") return "qwen2";
   if (a == "Qwen3ForCausalLM") return "qwen3";
+  if (a == "Phi3ForCausalLM") return "phi3";
   if (a == "Gemma2ForCausalLM") return "gemma2";
   if (a == "Gemma3ForCausalLM") return "gemma3_text";
   return "";
 }
 
-// One RoPE parameter object (rope_parameters, rope_scaling or one layer type's entry) into rope.
-void read_rope_object(const Reader& top, const json& params, const std::string& pname, int64_t max_pos,
+// One RoPE parameter object (rope_parameters, rope_scaling, or one layer type's entry of Gemma 3's
+// rope_parameters) into rope; c gives the family, head_dim and max_position_embeddings.
+void read_rope_object(const Reader& top, const json& params, const std::string& pname, const ModelConfig& c,
                       RopeConfig& rope) {
   if (!params.is_object()) user_error(top.where, pname, ": expected an object, got ", shown(params));
   Reader r{params, top.where + pname + "."};
   rope.theta = r.get_double("rope_theta", rope.theta);
   std::string type = r.get_string("rope_type", r.get_string("type", "default"));
-  if (type != "default" && type != "linear" && type != "llama3")
-    user_error(top.where, pname, ".rope_type: \"", type, "\" is not supported (expected default, linear or llama3)");
+  // Phi3Config reads the older "su" and "yarn" spellings as longrope.
+  if (c.model_type == "phi3" && (type == "su" || type == "yarn")) type = "longrope";
+  if (type != "default" && type != "linear" && type != "llama3" && !(type == "longrope" && c.model_type == "phi3"))
+    user_error(top.where, pname, ".rope_type: \"", type, "\" is not supported (expected default, linear or llama3",
+               c.model_type == "phi3" ? ", or longrope for phi3)" : ")");
   rope.type = type;
   const double prf = r.get_double("partial_rotary_factor", top.get_double("partial_rotary_factor", 1.0));
-  if (prf != 1.0) user_error(top.where, pname, ".partial_rotary_factor: only 1.0 is supported, got ", prf);
+  // transformers: dim = int(head_dim * partial_rotary_factor).
+  const auto rot = static_cast<int64_t>(static_cast<double>(c.head_dim) * prf);
+  if (!(prf > 0 && prf <= 1) || rot < 2 || rot % 2 != 0)
+    user_error(top.where, pname, ".partial_rotary_factor: expected a factor in (0, 1] giving an even number of ",
+               "rotary dimensions of head_dim ", c.head_dim, ", got ", prf);
+  rope.rotary_dim = rot;
   if (type == "linear" || type == "llama3") {
     if (!r.has("factor")) user_error(r.where, "factor: missing (required for rope_type ", type, ")");
     rope.factor = r.get_double("factor", 1.0);
@@ -97,8 +107,34 @@ void read_rope_object(const Reader& top, const json& params, const std::string& 
     rope.high_freq_factor = r.get_double("high_freq_factor", 4.0);
     if (!(rope.high_freq_factor > rope.low_freq_factor))
       user_error(r.where, "high_freq_factor: must be greater than low_freq_factor");
-    rope.original_max_position_embeddings =
-        r.get_int("original_max_position_embeddings", top.get_int("original_max_position_embeddings", max_pos));
+    rope.original_max_position_embeddings = r.get_int(
+        "original_max_position_embeddings", top.get_int("original_max_position_embeddings", c.max_position_embeddings));
+  }
+  if (type == "longrope") {
+    // Phi3Config's default for the pretraining length is 4096.
+    const int64_t orig =
+        r.get_int("original_max_position_embeddings", top.get_int("original_max_position_embeddings", 4096));
+    if (orig <= 1) user_error(r.where, "original_max_position_embeddings: expected an integer above 1, got ", orig);
+    rope.original_max_position_embeddings = orig;
+    for (const char* key : {"short_factor", "long_factor"}) {
+      if (!r.has(key)) user_error(r.where, key, ": missing (required for rope_type longrope)");
+      const json& f = params.at(key);
+      std::vector<double>& out = std::string(key) == "short_factor" ? rope.short_factor : rope.long_factor;
+      if (f.is_array())
+        for (const auto& x : f)
+          if (x.is_number()) out.push_back(x.get<double>());
+      if (!f.is_array() || out.size() != f.size() || static_cast<int64_t>(out.size()) != rot / 2)
+        user_error(r.where, key, ": expected a list of ", rot / 2, " numbers (one per rotary frequency)");
+    }
+    // transformers: factor defaults to max_position_embeddings / original_max_position_embeddings,
+    // and the cos/sin scale to sqrt(1 + ln(factor) / ln(original)) when factor > 1.
+    const double factor =
+        r.get_double("factor", static_cast<double>(c.max_position_embeddings) / static_cast<double>(orig));
+    rope.factor = factor;
+    rope.attention_factor =
+        r.has("attention_factor")
+            ? r.get_double("attention_factor", 1.0)
+            : (factor <= 1.0 ? 1.0 : std::sqrt(1.0 + std::log(factor) / std::log(static_cast<double>(orig))));
   }
 }
 
@@ -115,12 +151,21 @@ void read_rope(const Reader& top, ModelConfig& c) {
     pname = "rope_scaling";
   }
   c.rope.theta = top.get_double("rope_theta", 10000.0);
-  if (!params) return;
+  c.rope.rotary_dim = c.head_dim;
+  if (!params) {
+    const double prf = top.get_double("partial_rotary_factor", 1.0);
+    const auto rot = static_cast<int64_t>(static_cast<double>(c.head_dim) * prf);
+    if (!(prf > 0 && prf <= 1) || rot < 2 || rot % 2 != 0)
+      user_error(top.where, "partial_rotary_factor: expected a factor in (0, 1] giving an even number of rotary ",
+                 "dimensions of head_dim ", c.head_dim, ", got ", prf);
+    c.rope.rotary_dim = rot;
+    return;
+  }
   if (params->is_object())
     for (auto it = params->begin(); it != params->end(); ++it)
       if (it.value().is_object())
         user_error(top.where, pname, ".", it.key(), ": per-layer-type RoPE parameters are not supported");
-  read_rope_object(top, *params, pname, c.max_position_embeddings, c.rope);
+  read_rope_object(top, *params, pname, c, c.rope);
 }
 
 // Gemma 3: global (full_attention) layers use rope_theta (default 1e6) with the scaling;
@@ -131,6 +176,7 @@ void read_gemma3_rope(const Reader& top, ModelConfig& c) {
   RopeConfig global, local;
   global.theta = top.get_double("rope_theta", 1000000.0);
   local.theta = top.get_double("rope_local_base_freq", 10000.0);
+  global.rotary_dim = local.rotary_dim = c.head_dim;
   if (top.has("rope_parameters")) {
     const json& p = top.j.at("rope_parameters");
     if (!p.is_object() || !(p.contains("full_attention") || p.contains("sliding_attention")))
@@ -143,13 +189,11 @@ void read_gemma3_rope(const Reader& top, ModelConfig& c) {
         user_error(top.where, "rope_parameters.", it.key(),
                    ": unknown layer type (expected full_attention or sliding_attention)");
     if (p.contains("full_attention") && !p.at("full_attention").is_null())
-      read_rope_object(top, p.at("full_attention"), "rope_parameters.full_attention", c.max_position_embeddings,
-                       global);
+      read_rope_object(top, p.at("full_attention"), "rope_parameters.full_attention", c, global);
     if (p.contains("sliding_attention") && !p.at("sliding_attention").is_null())
-      read_rope_object(top, p.at("sliding_attention"), "rope_parameters.sliding_attention", c.max_position_embeddings,
-                       local);
+      read_rope_object(top, p.at("sliding_attention"), "rope_parameters.sliding_attention", c, local);
   } else if (top.has("rope_scaling")) {
-    read_rope_object(top, top.j.at("rope_scaling"), "rope_scaling", c.max_position_embeddings, global);
+    read_rope_object(top, top.j.at("rope_scaling"), "rope_scaling", c, global);
   }
   c.rope = global;
   c.rope_local = local;
@@ -214,18 +258,33 @@ double ModelConfig::attention_scale() const {
   return 1.0 / std::sqrt(query_pre_attn_scalar > 0 ? query_pre_attn_scalar : static_cast<double>(head_dim));
 }
 
-std::string linear_module_path(int64_t layer, const std::string& module) {
-  const bool attn = module == "q_proj" || module == "k_proj" || module == "v_proj" || module == "o_proj";
-  return "model.layers." + std::to_string(layer) + (attn ? ".self_attn." : ".mlp.") + module;
+std::string layer_prefix(int64_t layer) { return "model.layers." + std::to_string(layer) + "."; }
+
+std::vector<LinearSpec> layer_linears(const ModelConfig& c) {
+  const int64_t H = c.hidden_size, I = c.intermediate_size;
+  std::vector<LinearSpec> v;
+  if (c.fused_qkv) {
+    v.push_back({"qkv_proj", "self_attn.qkv_proj", c.q_out() + 2 * c.kv_out(), H, c.qkv_bias});
+  } else {
+    v.push_back({"q_proj", "self_attn.q_proj", c.q_out(), H, c.qkv_bias});
+    v.push_back({"k_proj", "self_attn.k_proj", c.kv_out(), H, c.qkv_bias});
+    v.push_back({"v_proj", "self_attn.v_proj", c.kv_out(), H, c.qkv_bias});
+  }
+  v.push_back({"o_proj", "self_attn.o_proj", H, c.q_out(), c.o_bias});
+  if (c.fused_gate_up) {
+    v.push_back({"gate_up_proj", "mlp.gate_up_proj", 2 * I, H, c.mlp_bias});
+  } else {
+    v.push_back({"gate_proj", "mlp.gate_proj", I, H, c.mlp_bias});
+    v.push_back({"up_proj", "mlp.up_proj", I, H, c.mlp_bias});
+  }
+  v.push_back({"down_proj", "mlp.down_proj", H, I, c.mlp_bias});
+  return v;
 }
 
-std::vector<int64_t> linear_shape(const ModelConfig& c, const std::string& m) {
-  if (m == "q_proj") return {c.q_out(), c.hidden_size};
-  if (m == "k_proj" || m == "v_proj") return {c.kv_out(), c.hidden_size};
-  if (m == "o_proj") return {c.hidden_size, c.q_out()};
-  if (m == "gate_proj" || m == "up_proj") return {c.intermediate_size, c.hidden_size};
-  if (m == "down_proj") return {c.hidden_size, c.intermediate_size};
-  TORCH_CHECK(false, "linear_shape: unknown module ", m);
+const LinearSpec* find_linear(const std::vector<LinearSpec>& specs, const std::string& name) {
+  for (const auto& s : specs)
+    if (s.name == name) return &s;
+  return nullptr;
 }
 
 ModelConfig parse_model_config(const std::string& text, const std::filesystem::path& path) {
@@ -256,7 +315,7 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
                "gemma-3-1b) or another supported family (", kSupported, ")");
   const bool gemma = c.model_type == "gemma2" || c.model_type == "gemma3_text";
   if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2" && c.model_type != "qwen3" &&
-      !gemma) {
+      c.model_type != "phi3" && !gemma) {
     if (c.model_type.empty())
       user_error(r.where, "model_type: missing and architectures names none of the supported families (", kSupported,
                  ")");
@@ -267,7 +326,7 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
     user_error(r.where, "architectures: \"", arch, "\" is not supported for model_type \"", c.model_type,
                "\" (expected a ", c.model_type,
                " causal LM: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, ",
-               "Gemma2ForCausalLM or Gemma3ForCausalLM)");
+               "Phi3ForCausalLM, Gemma2ForCausalLM or Gemma3ForCausalLM)");
 
   c.vocab_size = r.get_int("vocab_size");
   c.hidden_size = r.get_int("hidden_size");
@@ -324,6 +383,8 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   } else if (c.model_type == "qwen3") {
     c.qkv_bias = c.o_bias = attention_bias;
     c.qk_norm = true;
+  } else if (c.model_type == "phi3") {
+    c.fused_qkv = c.fused_gate_up = true;  // Phi3Attention / Phi3MLP: no biases
   } else if (gemma) {
     c.gemma = true;
     c.qkv_bias = c.o_bias = attention_bias;
@@ -357,7 +418,7 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
       for (int64_t i = 0; i < c.num_hidden_layers; ++i) c.layer_sliding[i] = (i + 1) % pattern != 0;
     }
     if (c.sliding_window || gemma) {
-      if (c.model_type == "mistral") {
+      if (c.model_type == "mistral" || c.model_type == "phi3") {
         c.layer_sliding.assign(c.num_hidden_layers, true);
       } else if (r.has("layer_types")) {
         const json& lt = j.at("layer_types");

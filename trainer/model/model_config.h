@@ -1,8 +1,9 @@
 // The architecture of a Hugging Face Llama-family checkpoint, read from its config.json.
 //
 // Supported model_type / architectures: llama (LlamaForCausalLM), mistral (MistralForCausalLM),
-// qwen2 (Qwen2ForCausalLM), qwen3 (Qwen3ForCausalLM), gemma2 (Gemma2ForCausalLM), gemma3_text
-// (Gemma3ForCausalLM). Anything else is a UserError naming it.
+// qwen2 (Qwen2ForCausalLM), qwen3 (Qwen3ForCausalLM), phi3 (Phi3ForCausalLM: Phi-3, Phi-3.5,
+// Phi-4), gemma2 (Gemma2ForCausalLM), gemma3_text (Gemma3ForCausalLM). Anything else is a
+// UserError naming it.
 // Field names and defaults are transformers' (docs/formats.md §4.1); both the older layout
 // (top-level rope_theta + rope_scaling {"type"|"rope_type": ...}, torch_dtype) and the newer one
 // (rope_parameters {"rope_theta", "rope_type", ...}, dtype) are read.
@@ -17,15 +18,19 @@
 
 namespace qlora::model {
 
-// Rotary position embedding parameters. type: "default", "linear" (inv_freq / factor) or
-// "llama3" (frequency-dependent interpolation, docs/formats.md §4.3).
+// Rotary position embedding parameters. type: "default", "linear" (inv_freq / factor), "llama3"
+// (frequency-dependent interpolation) or "longrope" (Phi-3's per-frequency short/long factors,
+// also written "su"; docs/formats.md §4.3).
 struct RopeConfig {
   std::string type = "default";
   double theta = 10000.0;
-  double factor = 1.0;                           // linear, llama3
-  double low_freq_factor = 1.0;                  // llama3
-  double high_freq_factor = 4.0;                 // llama3
-  int64_t original_max_position_embeddings = 0;  // llama3 (defaults to max_position_embeddings)
+  double factor = 1.0;                            // linear, llama3
+  double low_freq_factor = 1.0;                   // llama3
+  double high_freq_factor = 4.0;                  // llama3
+  int64_t original_max_position_embeddings = 0;   // llama3, longrope (defaults to max_position_embeddings)
+  std::vector<double> short_factor, long_factor;  // longrope: one per rotary frequency
+  double attention_factor = 1.0;                  // longrope: cos and sin are scaled by it
+  int64_t rotary_dim = 0;  // leading dims of each head that rotate: head_dim * partial_rotary_factor
 };
 
 // config.json "quantization_config" of a bitsandbytes 4-bit checkpoint (docs/formats.md §2.3).
@@ -61,6 +66,10 @@ struct ModelConfig {
   bool o_bias = false;
   bool mlp_bias = false;
   bool qk_norm = false;  // qwen3, gemma3_text: RMSNorm over head_dim on q and k before RoPE
+  // phi3: q, k, v as one qkv_proj [q_out + 2 kv_out, hidden] and gate, up as one gate_up_proj
+  // [2 intermediate, hidden] (gate rows first).
+  bool fused_qkv = false;
+  bool fused_gate_up = false;
 
   // Gemma 2 / Gemma 3: RMSNorm computed in fp32 times (1 + weight), then cast; embeddings times
   // sqrt(hidden_size) (cast to the compute dtype first); GeGLU MLP with tanh GELU; four norms per
@@ -106,17 +115,22 @@ ModelConfig parse_model_config(const std::string& json_text, const std::filesyst
 // UserError naming `context` otherwise.
 at::ScalarType parse_dtype_name(const std::string& name, const std::string& context);
 
-// The seven linear projections of a decoder layer, in PEFT/HF order of appearance.
-inline const std::vector<std::string>& linear_module_names() {
-  static const std::vector<std::string> names = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
-                                                 "gate_proj", "up_proj", "down_proj"};
-  return names;
-}
+// A linear projection of every decoder layer.
+struct LinearSpec {
+  std::string name;  // the module's own name, which PEFT's target_modules match: q_proj, qkv_proj, ...
+  std::string path;  // under "model.layers.N.": "self_attn.q_proj", "mlp.gate_up_proj"
+  int64_t out = 0, in = 0;
+  bool bias = false;
+};
 
-// "model.layers.N.self_attn.q_proj" / "model.layers.N.mlp.gate_proj" for module q_proj / gate_proj.
-std::string linear_module_path(int64_t layer, const std::string& module);
+// The linear projections of a decoder layer of this architecture, in module order: llama and
+// the like q, k, v, o, gate, up, down; phi3 qkv, o, gate_up, down.
+std::vector<LinearSpec> layer_linears(const ModelConfig& c);
 
-// [out, in] of a projection of this architecture.
-std::vector<int64_t> linear_shape(const ModelConfig& c, const std::string& module);
+// "model.layers.N."
+std::string layer_prefix(int64_t layer);
+
+// The spec of module `name` (q_proj, ...), or nullptr when the architecture has none.
+const LinearSpec* find_linear(const std::vector<LinearSpec>& specs, const std::string& name);
 
 }  // namespace qlora::model

@@ -29,19 +29,15 @@ ModelSummary summarize(const ModelConfig& c, int64_t blocksize) {
   s.blocksize = blocksize;
   const int64_t H = c.hidden_size;
   s.layer_tensors.push_back({"input_layernorm.weight", {H}});
-  for (const auto& m : linear_module_names()) {
-    const bool attn = m == "q_proj" || m == "k_proj" || m == "v_proj" || m == "o_proj";
-    const std::string prefix = attn ? "self_attn." : "mlp.";
-    auto shape = linear_shape(c, m);
-    s.layer_tensors.push_back({prefix + m + ".weight", shape});
-    const bool bias = m == "o_proj" ? c.o_bias : attn ? c.qkv_bias : c.mlp_bias;
-    if (bias) s.layer_tensors.push_back({prefix + m + ".bias", {shape[0]}});
-    if (m == "k_proj" && c.qk_norm) {
+  for (const LinearSpec& l : layer_linears(c)) {
+    s.layer_tensors.push_back({l.path + ".weight", {l.out, l.in}});
+    if (l.bias) s.layer_tensors.push_back({l.path + ".bias", {l.out}});
+    if (l.name == "o_proj" && c.qk_norm) {  // HF's module order: q_norm, k_norm after o_proj
       s.layer_tensors.push_back({"self_attn.q_norm.weight", {c.head_dim}});
       s.layer_tensors.push_back({"self_attn.k_norm.weight", {c.head_dim}});
     }
-    if (m == "o_proj") s.layer_tensors.push_back({"post_attention_layernorm.weight", {H}});
   }
+  s.layer_tensors.push_back({"post_attention_layernorm.weight", {H}});
   if (c.gemma) {
     s.layer_tensors.push_back({"pre_feedforward_layernorm.weight", {H}});
     s.layer_tensors.push_back({"post_feedforward_layernorm.weight", {H}});

@@ -35,11 +35,10 @@ struct Proj {
 
 std::vector<Proj> projections(const config::TrainConfig& cfg, const model::ModelConfig& mc) {
   std::vector<Proj> out;
-  for (const auto& m : model::linear_module_names()) {
-    const std::vector<int64_t> s = model::linear_shape(mc, m);
-    Proj p{m, static_cast<double>(s[0]), static_cast<double>(s[1]), 0};
+  for (const model::LinearSpec& s : model::layer_linears(mc)) {
+    Proj p{s.name, static_cast<double>(s.out), static_cast<double>(s.in), 0};
     for (int64_t l = 0; l < mc.num_hidden_layers; ++l)
-      p.adapted_layers += model::lora_targets(cfg.lora, model::linear_module_path(l, m));
+      p.adapted_layers += model::lora_targets(cfg.lora, model::layer_prefix(l) + s.path);
     out.push_back(p);
   }
   return out;
