@@ -44,7 +44,7 @@ struct BnbQuantConfig {
 
 struct ModelConfig {
   std::filesystem::path path;  // the config.json this came from (for messages)
-  std::string model_type;      // llama | mistral | qwen2 | qwen3 | gemma2 | gemma3_text
+  std::string model_type;      // llama | mistral | qwen2 | qwen3 | phi3 | gemma2 | gemma3_text
   std::string architecture;    // e.g. LlamaForCausalLM ("" if the file names none)
 
   int64_t vocab_size = 0;
