@@ -125,6 +125,8 @@ class Model {
   // attention per sequence over the unpadded tokens (kernels/varlen_attention.h) instead of a
   // [B, 1, T, T] block-diagonal mask. -1: auto (always on CUDA in fp16/bf16; on the CPU when
   // T >= 128 and the sequences' squared lengths sum to at most half of B T^2); 0: never; 1: always.
+  // Never with Gemma 2's soft-capped attention scores, nor where a sliding window is shorter than
+  // a sequence: those take the mask.
   int varlen_attention = -1;
 
   // input_ids [B, T] (int64). position_ids [B, T]: default 0..T-1 per row. segment_ids [B, T]

@@ -81,7 +81,8 @@ struct ModelConfig {
   std::optional<RopeConfig> rope_local;           // gemma3_text: RoPE of the sliding layers
 
   // Sliding-window attention: the window, and which layers use it (HF layer_types /
-  // use_sliding_window + max_window_layers for qwen; every layer for mistral).
+  // use_sliding_window + max_window_layers for qwen; every layer for mistral; layer_types or the
+  // alternating pattern for gemma).
   std::optional<int64_t> sliding_window;
   std::vector<bool> layer_sliding;  // [num_hidden_layers]
 
