@@ -1,5 +1,6 @@
 // Generation with the KV cache and `qlora generate` / `qlora eval` against transformers: greedy ids
 // equal generate(do_sample=False) (16-bit llama, mistral with a sliding window, qwen3 with qk-norm,
+// gemma2 with soft-caps and alternating sliding layers, gemma3 with local/global RoPE,
 // a PEFT LoRA adapter, a bitsandbytes NF4 checkpoint), cached logits equal the no-cache forward at
 // every step, seeded sampling, EOS, eval loss equal to transformers' loss, and bad input.
 #include <c10/core/GradMode.h>
@@ -102,7 +103,8 @@ TEST_P(Family, CliPromptPrintsTransformersText) {
   EXPECT_EQ(r.output, c["text"].get<std::string>() + "\n");
 }
 
-INSTANTIATE_TEST_SUITE_P(Generate, Family, ::testing::Values("llama", "mistral", "qwen3", "phi3", "mixtral"));
+INSTANTIATE_TEST_SUITE_P(Generate, Family,
+                         ::testing::Values("llama", "mistral", "qwen3", "phi3", "gemma2", "gemma3", "mixtral"));
 
 TEST(Generate, NoCacheLoopGivesTheSameIds) {
   model::Model m = load_fp32(fixtures() / "llama");

@@ -120,8 +120,8 @@ inline const stdfs::path& bnb_fixture() {
 }
 
 inline const std::vector<std::string>& families() {
-  static const std::vector<std::string> f = {"llama", "mistral", "qwen2",     "qwen3",
-                                             "phi3",  "mixtral", "qwen2_moe", "qwen3_moe"};
+  static const std::vector<std::string> f = {"llama",  "mistral", "qwen2",   "qwen3",     "phi3",
+                                             "gemma2", "gemma3",  "mixtral", "qwen2_moe", "qwen3_moe"};
   return f;
 }
 

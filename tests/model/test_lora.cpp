@@ -239,6 +239,17 @@ TEST(Lora, ExpertsOfAMixtureAreNotAdapted) {
   }
 }
 
+// Gemma 2: soft-capped attention scores and logits (the chunked loss's own backward through the
+// cap, 5 tokens a chunk), sliding layers, (1 + w) norms, GeGLU, scaled embeddings.
+TEST(Lora, GradientsEqualPeftOnGemma2) {
+  check_against_peft({"gemma2", /*quantize=*/true, 4, 8, {"all-linear"}, false, /*checkpointing=*/true, 5});
+}
+
+// Gemma 3: q/k norms, local and global RoPE tables, final soft-cap, untied lm_head.
+TEST(Lora, GradientsEqualPeftOnGemma3) {
+  check_against_peft({"gemma3", /*quantize=*/false, 3, 6, {"q_proj", "k_proj", "o_proj", "up_proj"}, false, false, 0});
+}
+
 TEST(Lora, BadTargetsAndValuesAreUserErrors) {
   auto msg = [](const config::LoraConfig& c) {
     try {
@@ -331,8 +342,9 @@ TEST(ForwardLoss, EqualsForwardThenLoss) {
     for (bool quantize : {true, false}) {
       for (bool ckpt : {false, true}) {
         for (int varlen : {0, 1}) {  // packed rows: block-diagonal mask, or attention per sequence
-          // qwen3: q/k norms on [N, heads, D] too; phi3: fused projections, partial rotary, longrope
-          for (const char* family : {"llama", "qwen3", "phi3"}) {
+          // qwen3: q/k norms on [N, heads, D] too; phi3: fused projections, partial rotary, longrope;
+          // gemma2: soft-capped attention (always the mask); gemma3: local/global RoPE tables
+          for (const char* family : {"llama", "qwen3", "phi3", "gemma2", "gemma3"}) {
             if (!quantize && std::string(family) != "llama") continue;
             SCOPED_TRACE(std::string(c.name) + (quantize ? " nf4" : " 16-bit") + (ckpt ? " checkpointed" : "") +
                          (varlen ? " varlen" : " mask") + " " + family);
@@ -358,6 +370,33 @@ TEST(ForwardLoss, EqualsForwardThenLoss) {
           }
         }
       }
+    }
+  }
+}
+
+// Gemma 3's two RoPE tables on the per-sequence (variable-length) attention path: with the window
+// widened past every sequence (so that path is taken) it gives the block-diagonal mask path's loss
+// and gradients; Gemma 2's soft-capped attention never takes it (the same numbers either way).
+TEST(ForwardLoss, GemmaVarlenEqualsMask) {
+  test::Batch b = test::make_batch(61, 12, 5);
+  for (const char* family : {"gemma3", "gemma2"}) {
+    SCOPED_TRACE(family);
+    std::map<std::string, at::Tensor> want;
+    double want_loss = 0;
+    for (int varlen : {0, 1}) {
+      model::Model m = load(family, true, lora_cfg(4, 8, {"all-linear"}), 42);
+      m.config.sliding_window = 64;
+      randomize_b(m, 3);
+      m.training = true;
+      m.varlen_attention = varlen;
+      const double loss = step_forward_loss(m, b);
+      if (varlen == 0) {
+        want_loss = loss;
+        for (auto& p : m.lora_parameters()) want[p.name] = p.param.grad().clone();
+        continue;
+      }
+      EXPECT_NEAR(loss, want_loss, 1e-5 * std::abs(want_loss));
+      for (auto& p : m.lora_parameters()) EXPECT_LE(test::rel_err(p.param.grad(), want[p.name]), 1e-5) << p.name;
     }
   }
 }
@@ -449,20 +488,27 @@ TEST(Checkpointing, EvalModeHasNoDropoutAndNoGraph) {
 
 TEST(ChunkedCrossEntropy, EqualsFullCrossEntropy) {
   at::manual_seed(0);
-  for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
-    SCOPED_TRACE(c10::toString(dt));
-    at::Tensor h0 = at::randn({37, 24}).to(dt);
-    at::Tensor w = at::randn({101, 24}).to(dt);
-    at::Tensor y = at::randint(101, {37}, at::kLong);
-    at::Tensor h1 = h0.clone().requires_grad_(true), h2 = h0.clone().requires_grad_(true);
-    at::Tensor a = model::chunked_cross_entropy_sum(h1, w, y, 5);
-    at::Tensor b = model::full_cross_entropy_sum(h2, w, y);
-    EXPECT_EQ(a.scalar_type(), at::kFloat);
-    EXPECT_NEAR(a.item<double>(), b.item<double>(), 1e-5 * std::abs(b.item<double>()));
-    (a * 0.7).backward();
-    (b * 0.7).backward();
-    EXPECT_LE(test::rel_err(h1.grad(), h2.grad()), dt == at::kFloat ? 1e-5 : 1e-2);
-  }
+  // softcap 3: most of the logits (about N(0, 24)) saturate; the cap's gradient is the chunked
+  // backward's own, the full version's is autograd's.
+  for (double softcap : {0.0, 3.0})
+    for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
+      SCOPED_TRACE(std::string(c10::toString(dt)) + " softcap " + std::to_string(softcap));
+      at::Tensor h0 = at::randn({37, 24}).to(dt);
+      at::Tensor w = at::randn({101, 24}).to(dt);
+      at::Tensor y = at::randint(101, {37}, at::kLong);
+      at::Tensor h1 = h0.clone().requires_grad_(true), h2 = h0.clone().requires_grad_(true);
+      at::Tensor a = model::chunked_cross_entropy_sum(h1, w, y, 5, softcap);
+      at::Tensor b = model::full_cross_entropy_sum(h2, w, y, softcap);
+      if (softcap > 0) {  // the cap bites
+        EXPECT_GT(std::abs(b.item<double>() - model::full_cross_entropy_sum(h0, w, y).item<double>()),
+                  0.1 * std::abs(b.item<double>()));
+      }
+      EXPECT_EQ(a.scalar_type(), at::kFloat);
+      EXPECT_NEAR(a.item<double>(), b.item<double>(), 1e-5 * std::abs(b.item<double>()));
+      (a * 0.7).backward();
+      (b * 0.7).backward();
+      EXPECT_LE(test::rel_err(h1.grad(), h2.grad()), dt == at::kFloat ? 1e-5 : 1e-2);
+    }
 }
 
 TEST(ChunkedCrossEntropy, LossIgnoresMaskedLabelsAndCounts) {

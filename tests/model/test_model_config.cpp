@@ -1,6 +1,7 @@
 // trainer/model/model_config against what transformers derives from the same config.json.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "tests/model/fixtures.h"
@@ -65,6 +66,30 @@ TEST_P(ConfigFamily, MatchesTransformers) {
     EXPECT_NEAR(c.rope.attention_factor, e["attention_factor"].get<double>(), 1e-12);
     EXPECT_GT(test::rel_err(ours_long, ref), 1e-2);  // the two sets differ: the test sees which is used
   }
+  if (e.contains("attention_scale")) {  // gemma
+    EXPECT_TRUE(c.gemma);
+    EXPECT_DOUBLE_EQ(c.attention_scale(), e["attention_scale"].get<double>());
+    for (auto [key, ours_cap] : {std::pair{"final_logit_softcapping", c.final_logit_softcapping},
+                                 std::pair{"attn_logit_softcapping", c.attn_logit_softcapping}}) {
+      if (e[key].is_null())
+        EXPECT_FALSE(ours_cap.has_value()) << key;
+      else
+        EXPECT_DOUBLE_EQ(ours_cap.value_or(-1), e[key].get<double>()) << key;
+    }
+  } else {
+    EXPECT_FALSE(c.gemma);
+    EXPECT_DOUBLE_EQ(c.attention_scale(), 1.0 / std::sqrt(static_cast<double>(c.head_dim)));
+  }
+  if (e.contains("inv_freq_local")) {  // gemma3_text: the sliding layers' RoPE
+    ASSERT_TRUE(c.rope_local.has_value());
+    at::Tensor local = model::rope_inv_freq(*c.rope_local, c.head_dim);
+    at::Tensor local_ref = at::tensor(e["inv_freq_local"].get<std::vector<double>>(), at::kDouble);
+    EXPECT_LE(test::rel_err(local, local_ref), 1e-6) << local << local_ref;
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+      EXPECT_EQ(c.uses_local_rope(i), !e["layer_window"][i].is_null()) << "layer " << i;
+  } else {
+    EXPECT_FALSE(c.rope_local.has_value());
+  }
   if (e["bos_token_id"].is_null())
     EXPECT_FALSE(c.bos_token_id);
   else
@@ -120,12 +145,12 @@ TEST(ModelConfig, OlderLayoutReadsTheSame) {
 
 TEST(ModelConfig, UnsupportedArchitectureIsOneClearLine) {
   json j = llama_json();
-  j["model_type"] = "gemma2";
-  j["architectures"] = {"Gemma2ForCausalLM"};
+  j["model_type"] = "gpt_neox";
+  j["architectures"] = {"GPTNeoXForCausalLM"};
   std::string e = error_of(j.dump());
   EXPECT_NE(e.find("x/config.json"), std::string::npos) << e;
-  EXPECT_NE(e.find("gemma2"), std::string::npos) << e;
-  EXPECT_NE(e.find("Gemma2ForCausalLM"), std::string::npos) << e;
+  EXPECT_NE(e.find("gpt_neox"), std::string::npos) << e;
+  EXPECT_NE(e.find("GPTNeoXForCausalLM"), std::string::npos) << e;
   EXPECT_NE(e.find("not supported"), std::string::npos) << e;
   EXPECT_EQ(e.find('\n'), std::string::npos) << e;
 
@@ -167,4 +192,56 @@ TEST(ModelConfig, ReadsBnbQuantizationConfig) {
   ASSERT_TRUE(c.quantization);
   EXPECT_TRUE(c.quantization->double_quant);
   EXPECT_EQ(c.quantization->compute_dtype, "bfloat16");
+}
+
+TEST(ModelConfig, Gemma3OlderLayoutReadsTheSame) {
+  // Gemma 3 files written before per-layer-type rope_parameters: rope_theta (global layers),
+  // rope_local_base_freq (sliding layers), rope_scaling (global only), sliding_window_pattern.
+  json n = json::parse(fs::read_file(test::model_fixtures() / "gemma3" / "config.json"));
+  json old = n;
+  const json rp = old["rope_parameters"];
+  old.erase("rope_parameters");
+  old.erase("layer_types");
+  old["rope_theta"] = rp["full_attention"]["rope_theta"];
+  old["rope_local_base_freq"] = rp["sliding_attention"]["rope_theta"];
+  old["rope_scaling"] = {{"rope_type", "linear"}, {"factor", rp["full_attention"]["factor"]}};
+  old["sliding_window_pattern"] = 3;  // layers 0, 1 sliding, 2 global, 3 sliding: the fixture's layer_types
+  model::ModelConfig a = model::parse_model_config(n.dump(), "new/config.json");
+  model::ModelConfig b = model::parse_model_config(old.dump(), "old/config.json");
+  EXPECT_EQ(a.layer_sliding, b.layer_sliding);
+  EXPECT_EQ(b.rope.type, "linear");
+  EXPECT_TRUE(at::equal(model::rope_inv_freq(a), model::rope_inv_freq(b)));
+  ASSERT_TRUE(b.rope_local.has_value());
+  EXPECT_EQ(b.rope_local->type, "default");
+  EXPECT_TRUE(
+      at::equal(model::rope_inv_freq(*a.rope_local, a.head_dim), model::rope_inv_freq(*b.rope_local, b.head_dim)));
+}
+
+TEST(ModelConfig, GemmaErrorsNameTheKey) {
+  json g = json::parse(fs::read_file(test::model_fixtures() / "gemma3" / "config.json"));
+  json j = g;
+  j["model_type"] = "gemma3";
+  j["architectures"] = {"Gemma3ForConditionalGeneration"};
+  std::string e = error_of(j.dump());
+  EXPECT_NE(e.find("model_type"), std::string::npos) << e;
+  EXPECT_NE(e.find("multimodal"), std::string::npos) << e;
+  EXPECT_NE(e.find("gemma3_text"), std::string::npos) << e;
+  j = g;
+  j["hidden_activation"] = "gelu";
+  EXPECT_NE(error_of(j.dump()).find("hidden_activation"), std::string::npos);
+  j = g;
+  j["use_bidirectional_attention"] = true;
+  EXPECT_NE(error_of(j.dump()).find("use_bidirectional_attention"), std::string::npos);
+  j = g;
+  j["final_logit_softcapping"] = "high";
+  EXPECT_NE(error_of(j.dump()).find("final_logit_softcapping"), std::string::npos);
+  j = g;
+  j["rope_parameters"]["middle_attention"] = {{"rope_type", "default"}};
+  EXPECT_NE(error_of(j.dump()).find("rope_parameters.middle_attention"), std::string::npos);
+  // An explicit null softcap is none (not the family default).
+  json g2 = json::parse(fs::read_file(test::model_fixtures() / "gemma2" / "config.json"));
+  g2["final_logit_softcapping"] = nullptr;
+  EXPECT_FALSE(model::parse_model_config(g2.dump(), "x/config.json").final_logit_softcapping.has_value());
+  g2.erase("final_logit_softcapping");
+  EXPECT_EQ(model::parse_model_config(g2.dump(), "x/config.json").final_logit_softcapping.value_or(0), 30.0);
 }

@@ -1,6 +1,10 @@
 """transformers, PEFT and bitsandbytes (CPU) as the judges of `qlora export` (tests/export).
 
 usage: export_check.py SPEC.json   -> prints "RESULT <one JSON object>" (the facts; the C++ test decides)
+       export_check.py make-gemma DIR
+           DIR/<gemma2|gemma3>/model: model_ref.py's tiny random Gemma 2 / Gemma 3 text models (fp32),
+           DIR/<...>/adapter: a PEFT LoRA adapter (r 4, alpha 8, all linear layers) for it with random
+           lora_B, saved by PEFT
 
 SPEC: {"ids": FILE.safetensors holding "input_ids" [B, T], "checks": [CHECK, ...]}; each check
 reports under its "name":
@@ -95,7 +99,30 @@ def check(c, ids):
     raise SystemExit("unknown check " + k)
 
 
+def make_gemma(out):
+    from peft import LoraConfig, get_peft_model
+    import model_ref
+    for i, kind in enumerate(["gemma2", "gemma3"]):
+        torch.manual_seed(300 + i)
+        m, _ = model_ref.build(kind)
+        model_ref.randomize(m, 400 + i)
+        mdir = os.path.join(out, kind, "model")
+        m.to(torch.float32).save_pretrained(mdir)
+        base = load(mdir)
+        pm = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
+                                             task_type="CAUSAL_LM"))
+        g = torch.Generator().manual_seed(500 + i)
+        with torch.no_grad():
+            for n, p in pm.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(0.3 * torch.randn(p.shape, generator=g))
+        pm.save_pretrained(os.path.join(out, kind, "adapter"))
+
+
 def main():
+    if sys.argv[1] == "make-gemma":
+        make_gemma(sys.argv[2])
+        return
     spec = json.load(open(sys.argv[1]))
     ids = load_file(spec["ids"])["input_ids"].long()
     out = {}

@@ -1,6 +1,7 @@
 """Reference side of the generate/eval tests: transformers (+ PEFT, bitsandbytes) is the judge.
 
-  make DIR   tiny random llama / mistral (sliding window 4) / qwen3 (qk-norm) models with the demo's
+  make DIR   tiny random llama / mistral (sliding window 4) / qwen3 (qk-norm) / gemma2 (soft-caps, sliding
+             layers) / gemma3 (local and global RoPE) models with the demo's
              SentencePiece tokenizer under DIR/<name>/, a random PEFT LoRA adapter for llama
              (DIR/llama_lora), a bitsandbytes NF4 checkpoint of llama (DIR/llama_bnb, no double
              quant), a text dataset (DIR/text.jsonl), and DIR/ref.json with what transformers says:
@@ -46,6 +47,19 @@ def build(kind):
                                                               "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.0, 3.5],
                                                               "long_factor": [1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0]},
                                                 **common))
+    if kind == "gemma2":  # sliding window 4 on layers 0 and 2, both soft-caps biting
+        return tf.Gemma2ForCausalLM(tf.Gemma2Config(hidden_size=48, intermediate_size=80, num_attention_heads=4,
+                                                    num_key_value_heads=2, head_dim=16, num_hidden_layers=3,
+                                                    sliding_window=4, query_pre_attn_scalar=24,
+                                                    attn_logit_softcapping=5.0, final_logit_softcapping=10.0,
+                                                    **{k: v for k, v in common.items() if k != "num_hidden_layers"}))
+    if kind == "gemma3":  # window 3, local RoPE on sliding layers, scaled global RoPE, q/k norms
+        return tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(
+            hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+            sliding_window=3, layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=16,
+            rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 50000.0},
+                             "sliding_attention": {"rope_type": "default", "rope_theta": 500.0}},
+            **common))
     if kind == "mixtral":
         return tf.MixtralForCausalLM(tf.MixtralConfig(hidden_size=48, intermediate_size=64, num_attention_heads=4,
                                                       num_key_value_heads=2, num_local_experts=4,
@@ -77,7 +91,7 @@ def main(out):
     os.makedirs(out, exist_ok=True)
     ref = {"generate": {}, "eval": {}}
     tok = None
-    for i, kind in enumerate(["llama", "mistral", "qwen3", "phi3", "mixtral"]):
+    for i, kind in enumerate(["llama", "mistral", "qwen3", "phi3", "gemma2", "gemma3", "mixtral"]):
         torch.manual_seed(10 + i)
         m = build(kind)
         randomize(m, 20 + i)

@@ -65,6 +65,30 @@ def build(kind):
                                         "long_factor": [1.0, 2.0, 4.5]},
                           tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
         return tf.Phi3ForCausalLM(c), torch.bfloat16
+    if kind == "gemma2":
+        # GQA 4:2, head_dim 20 (heads*head_dim != hidden), sliding window 4 on layers 0 and 2 (shorter than
+        # the test sequence), query_pre_attn_scalar != head_dim, attention and final softcaps small enough
+        # to bite on the randomized weights, tied embeddings, bf16 file
+        c = tf.Gemma2Config(vocab_size=67, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=20, sliding_window=4,
+                            query_pre_attn_scalar=32, attn_logit_softcapping=4.0, final_logit_softcapping=20.0,
+                            rms_norm_eps=1e-6, rope_theta=1000.0, tie_word_embeddings=True,
+                            bos_token_id=2, eos_token_id=1, pad_token_id=0)
+        return tf.Gemma2ForCausalLM(c), torch.bfloat16
+    if kind == "gemma3":
+        # multi-query attention, q/k norms, head_dim 16, layer types sliding/sliding/full/sliding with a window
+        # of 5, local RoPE base 100 on sliding layers and linear scaling (factor 4) on the global one, a final
+        # softcap, untied lm_head, fp32 file
+        c = tf.Gemma3TextConfig(vocab_size=71, hidden_size=40, intermediate_size=56, num_hidden_layers=4,
+                                num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=5,
+                                layer_types=["sliding_attention", "sliding_attention", "full_attention",
+                                             "sliding_attention"],
+                                query_pre_attn_scalar=24, final_logit_softcapping=4.0, tie_word_embeddings=False,
+                                rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0,
+                                                                    "rope_theta": 20000.0},
+                                                 "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}},
+                                bos_token_id=2, eos_token_id=[1, 3], pad_token_id=0)
+        return tf.Gemma3ForCausalLM(c), torch.float32
     if kind == "mixtral":
         # 4 experts, 2 per token, GQA, bf16 file (per-expert w1/w3/w2 tensors on disk)
         c = tf.MixtralConfig(vocab_size=60, hidden_size=32, intermediate_size=24, num_hidden_layers=2,
@@ -128,18 +152,34 @@ def expect_of(model):
         "layer_window": [c.sliding_window if c.model_type in ("mistral", "phi3")
                          else getattr(l.self_attn, "sliding_window", None)
                          for l in model.model.layers],
-        "inv_freq": model.model.rotary_emb.inv_freq.tolist(),
+        "inv_freq": (model.model.rotary_emb.full_attention_inv_freq if c.model_type == "gemma3_text"
+                     else model.model.rotary_emb.inv_freq).tolist(),
         "num_parameters": model.num_parameters(),
         # the projections qlora quantizes: every matrix of the layers but the MoE routers and gates
         "linear_parameters": sum(p.numel() for n, p in model.model.layers.named_parameters()
                                  if p.dim() >= 2 and not n.endswith(("mlp.gate.weight", "shared_expert_gate.weight"))),
         "num_experts": getattr(c, "num_local_experts", None) or getattr(c, "num_experts", None) or 0,
         "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id,
+        **gemma_expect(model),
     }
 
 
+def gemma_expect(model):
+    c = model.config
+    if not c.model_type.startswith("gemma"):
+        return {}
+    e = {"attention_scale": model.model.layers[0].self_attn.scaling,
+         "final_logit_softcapping": c.final_logit_softcapping,
+         # Gemma3Attention does not pass its attn_logit_softcapping on to attention
+         "attn_logit_softcapping": c.attn_logit_softcapping if c.model_type == "gemma2" else None}
+    if c.model_type == "gemma3_text":
+        e["inv_freq_local"] = model.model.rotary_emb.sliding_attention_inv_freq.tolist()
+    return e
+
+
 def cmd_make(out):
-    for i, kind in enumerate(["llama", "mistral", "qwen2", "qwen3", "phi3", "mixtral", "qwen2_moe", "qwen3_moe"]):
+    for i, kind in enumerate(["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "mixtral", "qwen2_moe",
+                              "qwen3_moe"]):
         torch.manual_seed(100 + i)
         model, dtype = build(kind)
         randomize(model, 200 + i)

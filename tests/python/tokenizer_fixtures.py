@@ -7,7 +7,7 @@ writes OUT_DIR/<name>/ (a tokenizer directory) and OUT_DIR/goldens.json:
                  "cases": [{"text", "ids", "ids_special", "decode", "decode_skip", "roundtrip"}],
                  "decode_cases": [{"ids", "text", "text_skip"}]}]}
 Styles: SentencePiece BPE with byte fallback as an HF Llama dir (tokenizer.model only, legacy and
-not; and converted to tokenizer.json, also in the classic Llama-2 layout), GPT-2 byte-level BPE,
+not; and converted to tokenizer.json, also in the classic Llama-2 layout and in Gemma's), GPT-2 byte-level BPE,
 Llama 3 (Split regex + ByteLevel, TemplateProcessing BOS, ignore_merges), Qwen2 (NFC, single
 digits).
 """
@@ -99,6 +99,31 @@ def make_sentencepiece(out, train_lines):
     json.dump(tj, open(os.path.join(d, "tokenizer.json"), "w", encoding="utf-8"), ensure_ascii=False)
     patch_config(d, tokenizer_class="PreTrainedTokenizerFast", add_bos_token=True, add_eos_token=True)
     dirs["sp_json_classic"] = d
+    # The Gemma layout: a Replace-only normalizer (no prefix space), byte fallback, no Strip in
+    # the decoder, BOS added by a TemplateProcessing post-processor, turn markers as specials.
+    d = os.path.join(out, "gemma_json")
+    shutil.copytree(dirs["sp_json"], d)
+    tj = json.load(open(os.path.join(d, "tokenizer.json"), encoding="utf-8"))
+    tj["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+    tj["pre_tokenizer"] = None
+    tj["model"]["unk_token"] = "<unk>"
+    tj["model"]["fuse_unk"] = True
+    tj["model"]["byte_fallback"] = True
+    tj["decoder"] = {"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"}]}
+    tj["post_processor"] = {"type": "TemplateProcessing",
+                            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                                       {"Sequence": {"id": "A", "type_id": 0}}],
+                            "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                                     {"SpecialToken": {"id": "<s>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                            "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}}
+    n = len(tj["model"]["vocab"])
+    for i, t in enumerate(["<start_of_turn>", "<end_of_turn>"]):
+        tj["added_tokens"].append({"id": n + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                                   "normalized": False, "special": True})
+    json.dump(tj, open(os.path.join(d, "tokenizer.json"), "w", encoding="utf-8"), ensure_ascii=False)
+    patch_config(d, tokenizer_class="PreTrainedTokenizerFast", add_bos_token=None, add_eos_token=None, legacy=None)
+    dirs["gemma_json"] = d
     return dirs
 
 
@@ -265,6 +290,7 @@ def main():
     specials = {
         "sp_model": ["<s>", "</s>", "<unk>", "<tool>"], "sp_model_legacy": ["<s>", "</s>", "<unk>", "<tool>"],
         "sp_json": ["<s>", "</s>", "<unk>", "<tool>"], "sp_json_classic": ["<s>", "</s>", "<unk>"],
+        "gemma_json": ["<s>", "</s>", "<start_of_turn>", "<end_of_turn>"],
         "gpt2": ["<|endoftext|>", " <sep>", "qlora"],
         "llama3": ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"],
         "qwen2": ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>"],

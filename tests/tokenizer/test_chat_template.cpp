@@ -99,6 +99,7 @@ std::vector<Model> models() {
           {"phi3", kPhi3, "<s>", "<|endoftext|>"},
           {"phi3_5", kPhi35, "<s>", "<|endoftext|>"},
           {"phi4", kPhi4, "<|endoftext|>", "<|im_end|>"},
+          {"gemma3", kGemma3, "<bos>", "<eos>"},
           {"smollm2", kSmolLM2, "<|im_start|>", "<|im_end|>"},
           {"chatml_generation", kChatMLGeneration, "", "<|im_end|>"}};
 }
@@ -328,6 +329,31 @@ class ChatTemplateRef : public ::testing::Test {
       c.chat = true;
       c.messages = json::array({msg("user", "Hi")});
       c.add_generation_prompt = true;
+      cases_->push_back(c);
+    }
+    // Gemma 3: content as a list of parts (text trimmed, images as <start_of_image>), a system
+    // turn given as parts, and content of another type (the template's own error).
+    for (bool agp : {false, true}) {
+      Case c;
+      c.name = std::string("gemma3/content_parts") + (agp ? "/gen" : "");
+      c.tmpl = templates::kGemma3;
+      c.vars = special_vars(find_model("gemma3"));
+      c.chat = true;
+      c.messages = json::parse(R"([
+        {"role": "system", "content": [{"type": "text", "text": " Answer in French. "}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "  What is this?\n"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Un chat."}]},
+        {"role": "user", "content": "Sûr ?"}])");
+      c.add_generation_prompt = agp;
+      cases_->push_back(c);
+    }
+    {
+      Case c;
+      c.name = "gemma3/content_number";
+      c.tmpl = templates::kGemma3;
+      c.vars = special_vars(find_model("gemma3"));
+      c.chat = true;
+      c.messages = json::parse(R"([{"role": "user", "content": 5}])");
       cases_->push_back(c);
     }
     for (const char* date : {"", "03 Feb 2025"}) {

@@ -60,6 +60,25 @@ nlohmann::json published_shapes(const std::string& config_name) {
                 {"tie_word_embeddings", false},
                 {"torch_dtype", "bfloat16"}};
   }
+  if (config_name == "gemma-2-9b-qlora.yaml") {  // google/gemma-2-9b
+    return json{{"architectures", {"Gemma2ForCausalLM"}},
+                {"model_type", "gemma2"},
+                {"hidden_size", 3584},
+                {"intermediate_size", 14336},
+                {"num_hidden_layers", 42},
+                {"num_attention_heads", 16},
+                {"num_key_value_heads", 8},
+                {"head_dim", 256},
+                {"vocab_size", 256000},
+                {"max_position_embeddings", 8192},
+                {"query_pre_attn_scalar", 256},
+                {"attn_logit_softcapping", 50.0},
+                {"final_logit_softcapping", 30.0},
+                {"sliding_window", 4096},
+                {"rope_theta", 10000.0},
+                {"tie_word_embeddings", true},
+                {"torch_dtype", "float32"}};
+  }
   return nullptr;
 }
 

@@ -386,9 +386,7 @@ TEST_F(TrainE2E, ProfilerStepsWriteABreakdownAndChangeNoNumbers) {
   EXPECT_GE(threads, 1);
   EXPECT_NEAR(j["parts_sum_s"].get<double>(), sum, 1e-9);
   EXPECT_LE(sum, step_s * threads * 1.0001);
-  if (threads == 1) {
-    EXPECT_NEAR(j["unattributed_s"].get<double>(), step_s - sum, 1e-9);
-  }
+  if (threads == 1) { EXPECT_NEAR(j["unattributed_s"].get<double>(), step_s - sum, 1e-9); }
   // Each part the step has was seen (on the CPU dequantization is fused into the GEMM tiles).
   for (const char* p : {"base_gemm", "lora", "attention", "norm_rope_act", "loss", "optimizer", "paging", "other"})
     EXPECT_GT(j["parts"][p].get<double>(), 0.0) << p;

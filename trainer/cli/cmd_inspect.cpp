@@ -3,6 +3,7 @@
 // safetensors headers only.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <map>
@@ -114,6 +115,14 @@ int run_inspect(const InspectArgs& a) {
     j["sliding_window"] = c.sliding_window ? json(*c.sliding_window) : json(nullptr);
     j["torch_dtype"] = c.torch_dtype;
     j["bnb_4bit"] = c.quantization.has_value();
+    if (c.gemma) {
+      auto opt = [](const std::optional<double>& v) { return v ? json(*v) : json(nullptr); };
+      j["gemma"] = {{"query_pre_attn_scalar", c.query_pre_attn_scalar},
+                    {"attn_logit_softcapping", opt(c.attn_logit_softcapping)},
+                    {"final_logit_softcapping", opt(c.final_logit_softcapping)},
+                    {"sliding_layers", std::count(c.layer_sliding.begin(), c.layer_sliding.end(), true)}};
+      if (c.rope_local) j["gemma"]["rope_local"] = {{"type", c.rope_local->type}, {"theta", c.rope_local->theta}};
+    }
     json lt = json::array();
     for (const auto& t : s.layer_tensors) lt.push_back({{"name", t.name}, {"shape", t.shape}});
     j["layer_tensors"] = lt;
@@ -158,6 +167,18 @@ int run_inspect(const InspectArgs& a) {
   o << "tied embeddings: " << (c.tie_word_embeddings ? "yes" : "no") << ", biases: " << (bias.empty() ? "none" : bias)
     << ", qk-norm: " << (c.qk_norm ? "yes" : "no")
     << ", sliding window: " << (c.sliding_window ? std::to_string(*c.sliding_window) : std::string("none")) << "\n";
+  if (c.gemma) {
+    auto cap = [](const std::optional<double>& v) {
+      std::ostringstream s;
+      if (v) s << *v;
+      return v ? s.str() : std::string("none");
+    };
+    o << "gemma: sliding layers " << std::count(c.layer_sliding.begin(), c.layer_sliding.end(), true) << " of "
+      << c.num_hidden_layers << ", query_pre_attn_scalar " << c.query_pre_attn_scalar << ", soft-caps: attention "
+      << cap(c.attn_logit_softcapping) << ", logits " << cap(c.final_logit_softcapping);
+    if (c.rope_local) o << ", local rope theta " << c.rope_local->theta;
+    o << "\n";
+  }
   o << "weights: " << c.torch_dtype;
   if (c.quantization)
     o << ", bitsandbytes 4-bit " << c.quantization->quant_type

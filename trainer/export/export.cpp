@@ -169,7 +169,9 @@ ExportReport export_gguf(const ExportOptions& o, const run::AdapterSource& src) 
   check_out(o, {src.dir, rep.base_model});
   io::GgufLoraOptions g;
   // llama.cpp runs Mistral checkpoints as the llama architecture.
-  g.architecture = (mc.model_type == "llama" || mc.model_type == "mistral") ? "llama" : mc.model_type;
+  g.architecture = (mc.model_type == "llama" || mc.model_type == "mistral") ? "llama"
+                   : mc.model_type == "gemma3_text"                         ? "gemma3"
+                                                                            : mc.model_type;
   g.n_head = mc.num_attention_heads;
   g.n_head_kv = mc.num_key_value_heads;
   g.dtype = rep.dtype;

@@ -9,21 +9,29 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// fp32 logits of a chunk, soft-capped when softcap > 0.
+at::Tensor chunk_logits(const at::Tensor& hidden, const at::Tensor& weight, double softcap) {
+  at::Tensor logits = at::matmul(hidden, weight.t()).to(at::kFloat);
+  if (softcap > 0) logits = at::tanh(logits / softcap) * softcap;
+  return logits;
+}
+
 struct ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntropy> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
-                            const at::Tensor& targets, int64_t chunk) {
+                            const at::Tensor& targets, int64_t chunk, double softcap) {
     TORCH_CHECK(!weight.requires_grad(), "chunked_cross_entropy_sum: the output weight must be frozen");
     const int64_t n = hidden.size(0);
     at::Tensor total = at::zeros({}, hidden.options().dtype(at::kFloat));
     for (int64_t s = 0; s < n; s += chunk) {
       const int64_t e = std::min(n, s + chunk);
-      at::Tensor logits = at::matmul(hidden.slice(0, s, e), weight.t()).to(at::kFloat);  // [c, V]
+      at::Tensor logits = chunk_logits(hidden.slice(0, s, e), weight, softcap);  // [c, V]
       at::Tensor lse = at::logsumexp(logits, 1);
       at::Tensor picked = logits.gather(1, targets.slice(0, s, e).unsqueeze(1)).squeeze(1);
       total.add_((lse - picked).sum());
     }
     ctx->save_for_backward({hidden, weight, targets});
     ctx->saved_data["chunk"] = chunk;
+    ctx->saved_data["softcap"] = softcap;
     return total;
   }
 
@@ -33,38 +41,46 @@ struct ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntrop
     const at::Tensor& weight = saved[1];
     const at::Tensor& targets = saved[2];
     const int64_t chunk = ctx->saved_data["chunk"].toInt();
+    const double softcap = ctx->saved_data["softcap"].toDouble();
     at::Tensor g = grad_outputs[0].to(at::kFloat);
     at::Tensor dh = at::empty_like(hidden);
     const int64_t n = hidden.size(0);
     for (int64_t s = 0; s < n; s += chunk) {
       const int64_t e = std::min(n, s + chunk);
       at::Tensor logits = at::matmul(hidden.slice(0, s, e), weight.t()).to(at::kFloat);
+      at::Tensor t;  // tanh(l / softcap) when capped
+      if (softcap > 0) {
+        t = at::tanh(logits / softcap);
+        logits = t * softcap;
+      }
       // d/dlogits (lse - l[y]) = softmax(l) - onehot(y)
       at::Tensor p = at::softmax(logits, 1);
       logits = at::Tensor();
       at::Tensor y = targets.slice(0, s, e).unsqueeze(1);
       p.scatter_add_(1, y, at::full(y.sizes(), -1.0, p.options()));
+      if (softcap > 0) p.mul_(1 - t.square_());  // d(c tanh(l / c))/dl = 1 - tanh²
       p.mul_(g);
       dh.slice(0, s, e).copy_(at::matmul(p.to(hidden.scalar_type()), weight));
     }
-    return {dh, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dh, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 }  // namespace
 
 at::Tensor chunked_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
-                                     int64_t chunk_tokens) {
+                                     int64_t chunk_tokens, double softcap) {
   TORCH_CHECK(hidden.dim() == 2 && weight.dim() == 2 && hidden.size(1) == weight.size(1),
               "chunked_cross_entropy_sum: expected hidden [N, H] and weight [V, H]");
   TORCH_CHECK(targets.dim() == 1 && targets.size(0) == hidden.size(0),
               "chunked_cross_entropy_sum: targets must be [N]");
   TORCH_CHECK(chunk_tokens > 0, "chunked_cross_entropy_sum: chunk_tokens must be positive");
-  return ChunkedCrossEntropy::apply(hidden, weight, targets.to(at::kLong), chunk_tokens);
+  return ChunkedCrossEntropy::apply(hidden, weight, targets.to(at::kLong), chunk_tokens, softcap);
 }
 
-at::Tensor full_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets) {
-  at::Tensor logits = at::matmul(hidden, weight.t()).to(at::kFloat);
+at::Tensor full_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
+                                  double softcap) {
+  at::Tensor logits = chunk_logits(hidden, weight, softcap);
   return at::cross_entropy_loss(logits, targets.to(at::kLong), /*weight=*/{}, at::Reduction::Sum);
 }
 

@@ -15,12 +15,15 @@ struct LossSum {
 // hidden's dtype then cast to float32 (as transformers does), `chunk_tokens` rows at a time.
 // hidden [N, H] (only rows that have a target), weight [V, H] frozen, targets int64 [N] in [0, V).
 // Backward recomputes each chunk's logits; memory beyond the inputs is one chunk of fp32 logits.
+// softcap > 0: the logits are soft-capped first, l = softcap * tanh(l / softcap) (Gemma's
+// final_logit_softcapping), in the forward and in the gradient.
 at::Tensor chunked_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
-                                     int64_t chunk_tokens);
+                                     int64_t chunk_tokens, double softcap = 0);
 
 // The plain version (all logits at once, autograd through at::cross_entropy): for tests and as
 // the baseline the benchmarks compare against.
-at::Tensor full_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets);
+at::Tensor full_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
+                                  double softcap = 0);
 
 // Default chunk for a vocabulary: ~8 Mi fp32 logits per chunk (32 MiB), in [16, 4096] tokens.
 int64_t default_ce_chunk_tokens(int64_t vocab_size);

@@ -47,6 +47,10 @@ class Loader {
         if (c.shared_expert_intermediate_size > 0)
           L.shared_expert_gate = take16(p + "mlp.shared_expert_gate.weight", {1, H});
       }
+      if (c.gemma) {
+        L.pre_feedforward_layernorm = take16(p + "pre_feedforward_layernorm.weight", {H});
+        L.post_feedforward_layernorm = take16(p + "post_feedforward_layernorm.weight", {H});
+      }
       for (const LinearSpec& spec : specs) {
         Linear* l = L.linear_at(spec.path);
         TORCH_CHECK(l, "load_model: no member for projection ", spec.path);
@@ -63,6 +67,7 @@ class Loader {
     }
     m.inv_freq = rope_inv_freq(c).to(m.device);
     if (c.rope.type == "longrope") m.long_inv_freq = rope_inv_freq(c, /*long_factors=*/true).to(m.device);
+    if (c.rope_local) m.inv_freq_local = rope_inv_freq(*c.rope_local, c.head_dim).to(m.device);
     // A CPU generator on every device: it draws one seed per dropout call (lora.h).
     m.dropout_generator = at::make_generator<at::CPUGeneratorImpl>(opts_.seed + 1);
     return m;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 
 #include "kernels/step_profile.h"
@@ -23,12 +24,40 @@ namespace {
 using kernels::profile::Part;
 using kernels::profile::Scope;
 
-// transformers' RMSNorm: fp32 x * rsqrt(mean(x²) + eps), cast back, times weight.
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+// transformers' RMSNorm: fp32 x * rsqrt(mean(x²) + eps), cast back, times weight. Gemma's:
+// fp32 x * rsqrt(mean(x²) + eps) * (1 + weight in fp32), then cast.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, const ModelConfig& c) {
   Scope prof(Part::norm_rope_act);
   at::Tensor xf = x.to(at::kFloat);
   at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
-  return w * (xf * at::rsqrt(var + eps)).to(x.scalar_type());
+  if (c.gemma) return ((xf * at::rsqrt(var + c.rms_norm_eps)) * (1.0 + w.to(at::kFloat))).to(x.scalar_type());
+  return w * (xf * at::rsqrt(var + c.rms_norm_eps)).to(x.scalar_type());
+}
+
+// Token embeddings; Gemma multiplies them by sqrt(hidden_size) cast to the compute dtype first.
+at::Tensor embed(const Model& m, const at::Tensor& ids) {
+  at::Tensor x = at::embedding(m.embed_tokens, ids);
+  if (!m.config.gemma) return x;
+  const double scale = std::sqrt(static_cast<double>(m.config.hidden_size));
+  return x * at::scalar_tensor(scale, at::TensorOptions().dtype(at::kFloat)).to(x.scalar_type()).to(x.device());
+}
+
+// Attention written out (Gemma 2's soft-capped scores, which SDPA cannot do): q [B, heads, Tq, D],
+// k, v [B, kv_heads, Tk, D]; scores = q k^T * scale, capped to cap * tanh(scores / cap), masked
+// (mask undefined: causal with Tq == Tk), softmax in fp32 and cast back, times v.
+at::Tensor softcapped_attention(const at::Tensor& q, at::Tensor k, at::Tensor v, at::Tensor mask, double scale,
+                                double cap) {
+  const int64_t groups = q.size(1) / k.size(1);
+  if (groups > 1) {
+    k = k.repeat_interleave(groups, 1);
+    v = v.repeat_interleave(groups, 1);
+  }
+  at::Tensor s = at::matmul(q, k.transpose(2, 3)) * scale;
+  s = at::tanh(s / cap) * cap;
+  if (!mask.defined())
+    mask = at::ones({q.size(2), k.size(2)}, at::TensorOptions().dtype(at::kBool).device(q.device())).tril();
+  s = s.masked_fill(mask.logical_not(), -std::numeric_limits<double>::infinity());
+  return at::matmul(at::softmax(s, -1, at::kFloat).to(q.scalar_type()), v);
 }
 
 // Boolean attention mask [B or 1, 1, T, T] (true = attend), or undefined when plain causal
@@ -61,6 +90,7 @@ at::Tensor cached_attention_mask(int64_t past, int64_t T, std::optional<int64_t>
 
 struct BlockInputs {
   at::Tensor cos, sin;                // [B, T, head_dim]
+  at::Tensor cos_local, sin_local;    // the same from Model::inv_freq_local (gemma3_text), else undefined
   at::Tensor mask_full, mask_window;  // see attention_mask
   KVCache* cache = nullptr;           // forward_cached: append to / attend over this cache
   // Packed rows (forward_loss): the hidden state is [N, H] with row i at flat position rows[i]
@@ -114,7 +144,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> project_qkv(const ModelConfig& c,
 at::Tensor self_attention(const Model& m, const DecoderLayer& L, int64_t layer, const at::Tensor& h,
                           const BlockInputs& in, bool training, at::Generator* gen) {
   const ModelConfig& c = m.config;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+  const double scale = c.attention_scale();
+  const bool local = c.uses_local_rope(layer);
+  const at::Tensor& cos = local ? in.cos_local : in.cos;
+  const at::Tensor& sin = local ? in.sin_local : in.sin;
   if (!in.cu_seqlens.empty()) {  // the rows as sequences laid end to end: [N, heads, D]
     const int64_t N = h.size(0), D = c.head_dim;
     auto [q, k, v] = project_qkv(c, L, h, training, gen);
@@ -122,13 +155,13 @@ at::Tensor self_attention(const Model& m, const DecoderLayer& L, int64_t layer, 
     k = k.reshape({N, c.num_key_value_heads, D});
     v = v.reshape({N, c.num_key_value_heads, D});
     if (c.qk_norm) {
-      q = rms_norm(q, L.q_norm, c.rms_norm_eps);
-      k = rms_norm(k, L.k_norm, c.rms_norm_eps);
+      q = rms_norm(q, L.q_norm, c);
+      k = rms_norm(k, L.k_norm, c);
     }
     {
       Scope prof(Part::norm_rope_act);  // apply_rope takes [1, heads, N, D] with cos/sin [1, N, D]
-      q = apply_rope(q.transpose(0, 1).unsqueeze(0), in.cos, in.sin).squeeze(0).transpose(0, 1);
-      k = apply_rope(k.transpose(0, 1).unsqueeze(0), in.cos, in.sin).squeeze(0).transpose(0, 1);
+      q = apply_rope(q.transpose(0, 1).unsqueeze(0), cos, sin).squeeze(0).transpose(0, 1);
+      k = apply_rope(k.transpose(0, 1).unsqueeze(0), cos, sin).squeeze(0).transpose(0, 1);
     }
     at::Tensor o;
     {
@@ -149,17 +182,27 @@ at::Tensor self_attention(const Model& m, const DecoderLayer& L, int64_t layer, 
   k = unpack(k).reshape({B, T, c.num_key_value_heads, D});
   v = unpack(v).reshape({B, T, c.num_key_value_heads, D});
   if (c.qk_norm) {
-    q = rms_norm(q, L.q_norm, c.rms_norm_eps);
-    k = rms_norm(k, L.k_norm, c.rms_norm_eps);
+    q = rms_norm(q, L.q_norm, c);
+    k = rms_norm(k, L.k_norm, c);
   }
   {
     Scope prof(Part::norm_rope_act);
-    q = apply_rope(q.transpose(1, 2), in.cos, in.sin);  // [B, heads, T, D]
-    k = apply_rope(k.transpose(1, 2), in.cos, in.sin);
+    q = apply_rope(q.transpose(1, 2), cos, sin);  // [B, heads, T, D]
+    k = apply_rope(k.transpose(1, 2), cos, sin);
   }
   v = v.transpose(1, 2);
   if (in.cache) std::tie(k, v) = cache_append(*in.cache, layer, k, v);
   const at::Tensor& mask = c.window_of(layer) ? in.mask_window : in.mask_full;
+  if (c.attn_logit_softcapping) {
+    at::Tensor o;
+    {
+      Scope prof(Part::attention);
+      o = softcapped_attention(q, k, v, mask, scale, *c.attn_logit_softcapping);
+    }
+    o = o.transpose(1, 2).reshape({B, T, c.q_out()});
+    if (packed) o = o.view({B * T, c.q_out()}).index_select(0, in.out_flat.defined() ? in.out_flat : in.rows);
+    return L.o_proj.forward(o, training, gen);
+  }
   bool gqa = c.num_key_value_heads != c.num_attention_heads;
   if (gqa && q.is_cuda() && (mask.defined() || q.scalar_type() == at::kFloat)) {
     // Only CUDA's flash kernel (fp16/bf16, no mask) broadcasts kv heads; with a mask or in fp32
@@ -239,15 +282,16 @@ at::Tensor moe_mlp(const ModelConfig& c, const DecoderLayer& L, const at::Tensor
 at::Tensor decoder_layer(const Model& m, int64_t layer, const at::Tensor& x, const BlockInputs& in, bool training,
                          at::Generator* gen) {
   const DecoderLayer& L = m.layers[layer];
-  const double eps = m.config.rms_norm_eps;
-  const at::Tensor a = self_attention(m, L, layer, rms_norm(x, L.input_layernorm, eps), in, training, gen);
+  const ModelConfig& c = m.config;
+  at::Tensor a = self_attention(m, L, layer, rms_norm(x, L.input_layernorm, c), in, training, gen);
+  if (c.gemma) a = rms_norm(a, L.post_attention_layernorm, c);
   at::Tensor h = (in.out_rows.defined() ? x.index_select(0, in.out_rows) : x) + a;
-  at::Tensor n = rms_norm(h, L.post_attention_layernorm, eps);
-  if (m.config.is_moe()) return h + moe_mlp(m.config, L, n, training, gen);
+  at::Tensor n = rms_norm(h, c.gemma ? L.pre_feedforward_layernorm : L.post_attention_layernorm, c);
+  if (c.is_moe()) return h + moe_mlp(c, L, n, training, gen);
   at::Tensor gate, up;
-  if (m.config.fused_gate_up) {  // phi3: gate rows, then up rows
+  if (c.fused_gate_up) {  // phi3: gate rows, then up rows
     at::Tensor gu = L.gate_up_proj.forward(n, training, gen);
-    const int64_t I = m.config.intermediate_size;
+    const int64_t I = c.intermediate_size;
     gate = gu.narrow(-1, 0, I);
     up = gu.narrow(-1, I, I);
   } else {
@@ -257,9 +301,11 @@ at::Tensor decoder_layer(const Model& m, int64_t layer, const at::Tensor& x, con
   at::Tensor act;
   {
     Scope prof(Part::norm_rope_act);
-    act = at::silu(gate) * up;
+    act = (c.gemma ? at::gelu(gate, "tanh") : at::silu(gate)) * up;
   }
-  return h + L.down_proj.forward(act, training, gen);
+  at::Tensor mlp = L.down_proj.forward(act, training, gen);
+  if (c.gemma) mlp = rms_norm(mlp, L.post_feedforward_layernorm, c);
+  return h + mlp;
 }
 
 // cos, sin for positions pos [B, T] (any shape [.., T]). longrope takes its long factors when
@@ -273,12 +319,19 @@ std::pair<at::Tensor, at::Tensor> rope_tables(const Model& m, const at::Tensor& 
   return rope_cos_sin(long_seq ? m.long_inv_freq : m.inv_freq, pos, m.compute_dtype, r.attention_factor);
 }
 
+// The RoPE tables of positions pos into in: the model's, and Gemma 3's local one for sliding layers.
+void set_rope(BlockInputs& in, const Model& m, const at::Tensor& pos) {
+  std::tie(in.cos, in.sin) = rope_tables(m, pos);
+  if (m.inv_freq_local.defined())
+    std::tie(in.cos_local, in.sin_local) = rope_cos_sin(m.inv_freq_local, pos, m.compute_dtype);
+}
+
 // RoPE tables for positions pos [B, T] and the attention masks for segments seg (undefined:
 // plain causal).
 BlockInputs block_inputs(const Model& m, const at::Tensor& pos, const at::Tensor& seg) {
   const int64_t T = pos.size(1);
   BlockInputs in;
-  std::tie(in.cos, in.sin) = rope_tables(m, pos);
+  set_rope(in, m, pos);
   in.mask_full = attention_mask(seg, T, std::nullopt, m.device);
   if (m.config.sliding_window) in.mask_window = attention_mask(seg, T, m.config.sliding_window, m.device);
   return in;
@@ -289,7 +342,7 @@ BlockInputs block_inputs(const Model& m, const at::Tensor& pos, const at::Tensor
 // the model's setting, the device or the shapes say the block-diagonal mask instead.
 std::vector<int64_t> sequences_in_rows(const Model& m, const at::Tensor& rows, const at::Tensor& seg, int64_t B,
                                        int64_t T) {
-  if (m.varlen_attention == 0) return {};
+  if (m.varlen_attention == 0 || m.config.attn_logit_softcapping) return {};  // soft-capping: the mask path
   const at::Tensor r = rows.to(at::kCPU, at::kLong).contiguous();
   const at::Tensor s =
       seg.defined() ? seg.reshape({-1}).index_select(0, rows).to(at::kCPU, at::kLong).contiguous() : at::Tensor();
@@ -347,11 +400,12 @@ LossSum cross_entropy(const Model& m, const at::Tensor& hidden, const at::Tensor
               "Model::loss: a label is outside [0, vocab_size) and is not -100");
   LossSum out;
   out.count = at::scalar_tensor(targets.numel(), at::TensorOptions().dtype(at::kLong));
+  const double softcap = m.config.final_logit_softcapping.value_or(0.0);
   if (m.ce_chunk_tokens < 0) {
-    out.sum = full_cross_entropy_sum(hidden, m.lm_head, targets);
+    out.sum = full_cross_entropy_sum(hidden, m.lm_head, targets, softcap);
   } else {
     const int64_t chunk = m.ce_chunk_tokens > 0 ? m.ce_chunk_tokens : default_ce_chunk_tokens(m.lm_head.size(0));
-    out.sum = chunked_cross_entropy_sum(hidden, m.lm_head, targets, chunk);
+    out.sum = chunked_cross_entropy_sum(hidden, m.lm_head, targets, chunk, softcap);
   }
   return out;
 }
@@ -428,7 +482,7 @@ at::Tensor Model::forward(const at::Tensor& input_ids, const at::Tensor& positio
               "Model::forward: segment_ids must have the shape of input_ids");
 
   const BlockInputs in = block_inputs(*this, pos, segment_ids.defined() ? segment_ids.to(device) : at::Tensor());
-  return rms_norm(run_layers(*this, at::embedding(embed_tokens, ids), in, in), norm, config.rms_norm_eps);
+  return rms_norm(run_layers(*this, embed(*this, ids), in, in), norm, config);
 }
 
 LossSum Model::forward_loss(const at::Tensor& input_ids, const at::Tensor& labels, const at::Tensor& position_ids,
@@ -458,8 +512,8 @@ LossSum Model::forward_loss(const at::Tensor& input_ids, const at::Tensor& label
   at::Tensor keep = (targets != -100).nonzero().squeeze(1);
   if (keep.numel() == 0 || layers.empty()) {  // no target: the plain path (keeps a graph)
     const BlockInputs in = block_inputs(*this, pos, seg);
-    at::Tensor x = at::embedding(embed_tokens, ids);
-    return loss(rms_norm(run_layers(*this, x, in, in, dropout_gen), norm, config.rms_norm_eps), lab);
+    at::Tensor x = embed(*this, ids);
+    return loss(rms_norm(run_layers(*this, x, in, in, dropout_gen), norm, config), lab);
   }
   targets = targets.index_select(0, keep);
 
@@ -472,7 +526,7 @@ LossSum Model::forward_loss(const at::Tensor& input_ids, const at::Tensor& label
   std::vector<int64_t> cu = causal ? std::vector<int64_t>() : sequences_in_rows(*this, rows, seg, B, T);
   BlockInputs in;
   if (!cu.empty()) {
-    std::tie(in.cos, in.sin) = rope_tables(*this, pos.reshape({1, -1}).index_select(1, rows));
+    set_rope(in, *this, pos.reshape({1, -1}).index_select(1, rows));
     in.cu_seqlens = std::move(cu);
   } else {
     in = block_inputs(*this, pos, causal ? at::Tensor() : seg);
@@ -484,8 +538,8 @@ LossSum Model::forward_loss(const at::Tensor& input_ids, const at::Tensor& label
   last.out_rows = keep;
   last.out_flat = rows.index_select(0, keep);
 
-  at::Tensor x = at::embedding(embed_tokens, ids.reshape({-1}).index_select(0, rows));
-  at::Tensor h = rms_norm(run_layers(*this, x, in, last, dropout_gen), norm, config.rms_norm_eps);  // [targets, H]
+  at::Tensor x = embed(*this, ids.reshape({-1}).index_select(0, rows));
+  at::Tensor h = rms_norm(run_layers(*this, x, in, last, dropout_gen), norm, config);  // [targets, H]
   return cross_entropy(*this, h, targets);
 }
 
@@ -516,7 +570,7 @@ at::Tensor Model::forward_cached(const at::Tensor& input_ids, KVCache& cache) {
 
   BlockInputs in;
   in.cache = &cache;
-  std::tie(in.cos, in.sin) = rope_tables(*this, pos);
+  set_rope(in, *this, pos);
   if (past == 0) {  // plain causal attention over the new tokens, as forward()
     in.mask_full = attention_mask({}, T, std::nullopt, device);
     if (config.sliding_window) in.mask_window = attention_mask({}, T, config.sliding_window, device);
@@ -524,10 +578,10 @@ at::Tensor Model::forward_cached(const at::Tensor& input_ids, KVCache& cache) {
     in.mask_full = cached_attention_mask(past, T, std::nullopt, device);
     if (config.sliding_window) in.mask_window = cached_attention_mask(past, T, config.sliding_window, device);
   }
-  at::Tensor x = at::embedding(embed_tokens, ids);
+  at::Tensor x = embed(*this, ids);
   for (int64_t i = 0; i < n; ++i) x = decoder_layer(*this, i, x, in, /*training=*/false, nullptr);
   cache.length = past + T;
-  return rms_norm(x, norm, config.rms_norm_eps);
+  return rms_norm(x, norm, config);
 }
 
 at::Tensor segments_from_positions(const at::Tensor& position_ids) {
@@ -538,7 +592,14 @@ at::Tensor segments_from_positions(const at::Tensor& position_ids) {
   return (diff != 1).to(at::kLong).cumsum(1);
 }
 
-at::Tensor Model::logits(const at::Tensor& hidden) const { return at::matmul(hidden, lm_head.t()); }
+at::Tensor Model::logits(const at::Tensor& hidden) const {
+  at::Tensor l = at::matmul(hidden, lm_head.t());
+  if (config.final_logit_softcapping) {  // in the compute dtype, as transformers
+    const double c = *config.final_logit_softcapping;
+    l = at::tanh(l / c) * c;
+  }
+  return l;
+}
 
 LossSum Model::loss(const at::Tensor& hidden, const at::Tensor& labels) const {
   TORCH_CHECK(
@@ -622,6 +683,10 @@ std::map<std::string, at::Tensor> Model::dequantized_state_dict(at::ScalarType d
     if (L.k_norm.defined()) sd[p + "self_attn.k_norm.weight"] = L.k_norm.to(dtype);
     if (L.router.defined()) sd[p + router_path(config) + ".weight"] = L.router.to(dtype);
     if (L.shared_expert_gate.defined()) sd[p + "mlp.shared_expert_gate.weight"] = L.shared_expert_gate.to(dtype);
+    if (L.pre_feedforward_layernorm.defined()) {
+      sd[p + "pre_feedforward_layernorm.weight"] = L.pre_feedforward_layernorm.to(dtype);
+      sd[p + "post_feedforward_layernorm.weight"] = L.post_feedforward_layernorm.to(dtype);
+    }
     for (const Linear* l : L.linears()) {
       sd[l->name + ".weight"] = l->base_weight(dtype);
       if (l->bias.defined()) sd[l->name + ".bias"] = l->bias.to(dtype);
@@ -638,6 +703,8 @@ int64_t Model::base_nbytes() const {
     if (L.q_norm.defined()) b += L.q_norm.nbytes() + L.k_norm.nbytes();
     if (L.router.defined()) b += L.router.nbytes();
     if (L.shared_expert_gate.defined()) b += L.shared_expert_gate.nbytes();
+    if (L.pre_feedforward_layernorm.defined())
+      b += L.pre_feedforward_layernorm.nbytes() + L.post_feedforward_layernorm.nbytes();
     for (const Linear* l : L.linears()) {
       b += l->nf4 ? l->nf4->nbytes() : l->weight.nbytes();
       if (l->bias.defined()) b += l->bias.nbytes();

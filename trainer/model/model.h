@@ -1,5 +1,6 @@
-// The decoder of the supported families (llama, mistral, qwen2, qwen3, phi3) with NF4 or 16-bit frozen linears and
-// LoRA adapters, loaded from a Hugging Face model directory.
+// The decoder of the supported families (llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text,
+// mixtral, qwen2_moe, qwen3_moe) with NF4 or 16-bit frozen linears and LoRA adapters, loaded from
+// a Hugging Face model directory.
 //
 //   Model m = load_model(dir, opts);              // streams + quantizes tensor by tensor
 //   at::Tensor h = m.forward(ids, pos, seg);      // [B, T, hidden] after the final norm
@@ -9,7 +10,9 @@
 //
 // Numerics follow transformers (docs/formats.md §4.3): RMSNorm in fp32 then cast and times weight;
 // RoPE rotate_half with cos/sin from fp32; causal GQA attention (scaled_dot_product_attention),
-// SwiGLU MLP. Compute dtype: bf16 on GPU, configurable on CPU (fp32 by default). Embeddings,
+// SwiGLU MLP. Gemma (model_config.h): (1 + weight) RMSNorm cast after the product, scaled
+// embeddings, GeGLU, pre/post norms around attention and MLP, soft-capped attention scores
+// (explicit attention instead of SDPA) and logits, local/global RoPE tables. Compute dtype: bf16 on GPU, configurable on CPU (fp32 by default). Embeddings,
 // norms and lm_head stay unquantized, held in the compute dtype.
 #pragma once
 #include <ATen/core/Generator.h>
@@ -52,7 +55,9 @@ struct Expert {
 struct DecoderLayer {
   at::Tensor input_layernorm;             // [hidden]
   at::Tensor post_attention_layernorm;    // [hidden]
-  at::Tensor q_norm, k_norm;              // [head_dim] (qwen3), else undefined
+  at::Tensor q_norm, k_norm;              // [head_dim] (qwen3, gemma3_text), else undefined
+  at::Tensor pre_feedforward_layernorm;   // [hidden] (gemma), else undefined
+  at::Tensor post_feedforward_layernorm;  // [hidden] (gemma), else undefined
   Linear q_proj, k_proj, v_proj, o_proj;  // self_attn
   Linear gate_proj, up_proj, down_proj;   // mlp
   Linear qkv_proj, gate_up_proj;          // phi3's fused projections (q, k, v and gate, up unused)
@@ -116,10 +121,11 @@ class Model {
 
   at::Tensor embed_tokens;  // [vocab, hidden]
   std::vector<DecoderLayer> layers;
-  at::Tensor norm;           // [hidden]
-  at::Tensor lm_head;        // [vocab, hidden]; the same tensor as embed_tokens when tied
-  at::Tensor inv_freq;       // float32 [rotary_dim / 2]
-  at::Tensor long_inv_freq;  // longrope: for sequences past original_max_position_embeddings
+  at::Tensor norm;            // [hidden]
+  at::Tensor lm_head;         // [vocab, hidden]; the same tensor as embed_tokens when tied
+  at::Tensor inv_freq;        // float32 [rotary_dim / 2]
+  at::Tensor long_inv_freq;   // longrope: for sequences past original_max_position_embeddings
+  at::Tensor inv_freq_local;  // float32 [head_dim / 2]: sliding layers of gemma3_text, else undefined
 
   // Switches the trainer sets.
   bool training = false;                // LoRA dropout active
@@ -132,6 +138,8 @@ class Model {
   // attention per sequence over the unpadded tokens (kernels/varlen_attention.h) instead of a
   // [B, 1, T, T] block-diagonal mask. -1: auto (always on CUDA in fp16/bf16; on the CPU when
   // T >= 128 and the sequences' squared lengths sum to at most half of B T^2); 0: never; 1: always.
+  // Never with Gemma 2's soft-capped attention scores, nor where a sliding window is shorter than
+  // a sequence: those take the mask.
   int varlen_attention = -1;
 
   // input_ids [B, T] (int64). position_ids [B, T]: default 0..T-1 per row. segment_ids [B, T]

@@ -64,7 +64,7 @@ struct Reader {
   }
 };
 
-const char* kSupported = "llama, mistral, qwen2, qwen3, phi3, mixtral, qwen2_moe, qwen3_moe";
+const char* kSupported = "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text, mixtral, qwen2_moe, qwen3_moe";
 
 std::string model_type_of_architecture(const std::string& a) {
   if (a == "LlamaForCausalLM") return "llama";
@@ -75,7 +75,71 @@ std::string model_type_of_architecture(const std::string& a) {
   if (a == "MixtralForCausalLM") return "mixtral";
   if (a == "Qwen2MoeForCausalLM") return "qwen2_moe";
   if (a == "Qwen3MoeForCausalLM") return "qwen3_moe";
+  if (a == "Gemma2ForCausalLM") return "gemma2";
+  if (a == "Gemma3ForCausalLM") return "gemma3_text";
   return "";
+}
+
+// One RoPE parameter object (rope_parameters, rope_scaling, or one layer type's entry of Gemma 3's
+// rope_parameters) into rope; c gives the family, head_dim and max_position_embeddings.
+void read_rope_object(const Reader& top, const json& params, const std::string& pname, const ModelConfig& c,
+                      RopeConfig& rope) {
+  if (!params.is_object()) user_error(top.where, pname, ": expected an object, got ", shown(params));
+  Reader r{params, top.where + pname + "."};
+  rope.theta = r.get_double("rope_theta", rope.theta);
+  std::string type = r.get_string("rope_type", r.get_string("type", "default"));
+  // Phi3Config reads the older "su" and "yarn" spellings as longrope.
+  if (c.model_type == "phi3" && (type == "su" || type == "yarn")) type = "longrope";
+  if (type != "default" && type != "linear" && type != "llama3" && !(type == "longrope" && c.model_type == "phi3"))
+    user_error(top.where, pname, ".rope_type: \"", type, "\" is not supported (expected default, linear or llama3",
+               c.model_type == "phi3" ? ", or longrope for phi3)" : ")");
+  rope.type = type;
+  const double prf = r.get_double("partial_rotary_factor", top.get_double("partial_rotary_factor", 1.0));
+  // transformers: dim = int(head_dim * partial_rotary_factor).
+  const auto rot = static_cast<int64_t>(static_cast<double>(c.head_dim) * prf);
+  if (!(prf > 0 && prf <= 1) || rot < 2 || rot % 2 != 0)
+    user_error(top.where, pname, ".partial_rotary_factor: expected a factor in (0, 1] giving an even number of ",
+               "rotary dimensions of head_dim ", c.head_dim, ", got ", prf);
+  rope.rotary_dim = rot;
+  if (type == "linear" || type == "llama3") {
+    if (!r.has("factor")) user_error(r.where, "factor: missing (required for rope_type ", type, ")");
+    rope.factor = r.get_double("factor", 1.0);
+    if (!(rope.factor > 0)) user_error(r.where, "factor: expected a positive number");
+  }
+  if (type == "llama3") {
+    rope.low_freq_factor = r.get_double("low_freq_factor", 1.0);
+    rope.high_freq_factor = r.get_double("high_freq_factor", 4.0);
+    if (!(rope.high_freq_factor > rope.low_freq_factor))
+      user_error(r.where, "high_freq_factor: must be greater than low_freq_factor");
+    rope.original_max_position_embeddings = r.get_int(
+        "original_max_position_embeddings", top.get_int("original_max_position_embeddings", c.max_position_embeddings));
+  }
+  if (type == "longrope") {
+    // Phi3Config's default for the pretraining length is 4096.
+    const int64_t orig =
+        r.get_int("original_max_position_embeddings", top.get_int("original_max_position_embeddings", 4096));
+    if (orig <= 1) user_error(r.where, "original_max_position_embeddings: expected an integer above 1, got ", orig);
+    rope.original_max_position_embeddings = orig;
+    for (const char* key : {"short_factor", "long_factor"}) {
+      if (!r.has(key)) user_error(r.where, key, ": missing (required for rope_type longrope)");
+      const json& f = params.at(key);
+      std::vector<double>& out = std::string(key) == "short_factor" ? rope.short_factor : rope.long_factor;
+      if (f.is_array())
+        for (const auto& x : f)
+          if (x.is_number()) out.push_back(x.get<double>());
+      if (!f.is_array() || out.size() != f.size() || static_cast<int64_t>(out.size()) != rot / 2)
+        user_error(r.where, key, ": expected a list of ", rot / 2, " numbers (one per rotary frequency)");
+    }
+    // transformers: factor defaults to max_position_embeddings / original_max_position_embeddings,
+    // and the cos/sin scale to sqrt(1 + ln(factor) / ln(original)) when factor > 1.
+    const double factor =
+        r.get_double("factor", static_cast<double>(c.max_position_embeddings) / static_cast<double>(orig));
+    rope.factor = factor;
+    rope.attention_factor =
+        r.has("attention_factor")
+            ? r.get_double("attention_factor", 1.0)
+            : (factor <= 1.0 ? 1.0 : std::sqrt(1.0 + std::log(factor) / std::log(static_cast<double>(orig))));
+  }
 }
 
 void read_rope(const Reader& top, ModelConfig& c) {
@@ -101,65 +165,52 @@ void read_rope(const Reader& top, ModelConfig& c) {
     c.rope.rotary_dim = rot;
     return;
   }
-  if (!params->is_object()) user_error(top.where, pname, ": expected an object, got ", shown(*params));
-  for (auto it = params->begin(); it != params->end(); ++it)
-    if (it.value().is_object())
-      user_error(top.where, pname, ".", it.key(), ": per-layer-type RoPE parameters are not supported");
-  Reader r{*params, top.where + pname + "."};
-  c.rope.theta = r.get_double("rope_theta", c.rope.theta);
-  std::string type = r.get_string("rope_type", r.get_string("type", "default"));
-  // Phi3Config reads the older "su" and "yarn" spellings as longrope.
-  if (c.model_type == "phi3" && (type == "su" || type == "yarn")) type = "longrope";
-  if (type != "default" && type != "linear" && type != "llama3" && !(type == "longrope" && c.model_type == "phi3"))
-    user_error(top.where, pname, ".rope_type: \"", type, "\" is not supported (expected default, linear or llama3",
-               c.model_type == "phi3" ? ", or longrope for phi3)" : ")");
-  c.rope.type = type;
-  const double prf = r.get_double("partial_rotary_factor", top.get_double("partial_rotary_factor", 1.0));
-  // transformers: dim = int(head_dim * partial_rotary_factor).
-  const auto rot = static_cast<int64_t>(static_cast<double>(c.head_dim) * prf);
-  if (!(prf > 0 && prf <= 1) || rot < 2 || rot % 2 != 0)
-    user_error(top.where, pname, ".partial_rotary_factor: expected a factor in (0, 1] giving an even number of ",
-               "rotary dimensions of head_dim ", c.head_dim, ", got ", prf);
-  c.rope.rotary_dim = rot;
-  if (type == "linear" || type == "llama3") {
-    if (!r.has("factor")) user_error(r.where, "factor: missing (required for rope_type ", type, ")");
-    c.rope.factor = r.get_double("factor", 1.0);
-    if (!(c.rope.factor > 0)) user_error(r.where, "factor: expected a positive number");
+  if (params->is_object())
+    for (auto it = params->begin(); it != params->end(); ++it)
+      if (it.value().is_object())
+        user_error(top.where, pname, ".", it.key(), ": per-layer-type RoPE parameters are not supported");
+  read_rope_object(top, *params, pname, c, c.rope);
+}
+
+// Gemma 3: global (full_attention) layers use rope_theta (default 1e6) with the scaling;
+// sliding layers plain RoPE with rope_local_base_freq (default 1e4). Newer files hold both as
+// rope_parameters {"full_attention": {...}, "sliding_attention": {...}}; older ones rope_theta,
+// rope_local_base_freq and rope_scaling (which applies to the global layers only).
+void read_gemma3_rope(const Reader& top, ModelConfig& c) {
+  RopeConfig global, local;
+  global.theta = top.get_double("rope_theta", 1000000.0);
+  local.theta = top.get_double("rope_local_base_freq", 10000.0);
+  global.rotary_dim = local.rotary_dim = c.head_dim;
+  if (top.has("rope_parameters")) {
+    const json& p = top.j.at("rope_parameters");
+    if (!p.is_object() || !(p.contains("full_attention") || p.contains("sliding_attention")))
+      user_error(top.where,
+                 "rope_parameters: expected an object keyed by layer type (\"full_attention\", "
+                 "\"sliding_attention\"), got ",
+                 shown(p));
+    for (auto it = p.begin(); it != p.end(); ++it)
+      if (it.key() != "full_attention" && it.key() != "sliding_attention")
+        user_error(top.where, "rope_parameters.", it.key(),
+                   ": unknown layer type (expected full_attention or sliding_attention)");
+    if (p.contains("full_attention") && !p.at("full_attention").is_null())
+      read_rope_object(top, p.at("full_attention"), "rope_parameters.full_attention", c, global);
+    if (p.contains("sliding_attention") && !p.at("sliding_attention").is_null())
+      read_rope_object(top, p.at("sliding_attention"), "rope_parameters.sliding_attention", c, local);
+  } else if (top.has("rope_scaling")) {
+    read_rope_object(top, top.j.at("rope_scaling"), "rope_scaling", c, global);
   }
-  if (type == "llama3") {
-    c.rope.low_freq_factor = r.get_double("low_freq_factor", 1.0);
-    c.rope.high_freq_factor = r.get_double("high_freq_factor", 4.0);
-    if (!(c.rope.high_freq_factor > c.rope.low_freq_factor))
-      user_error(r.where, "high_freq_factor: must be greater than low_freq_factor");
-    c.rope.original_max_position_embeddings = r.get_int(
-        "original_max_position_embeddings", top.get_int("original_max_position_embeddings", c.max_position_embeddings));
-  }
-  if (type == "longrope") {
-    // Phi3Config's default for the pretraining length is 4096.
-    const int64_t orig =
-        r.get_int("original_max_position_embeddings", top.get_int("original_max_position_embeddings", 4096));
-    if (orig <= 1) user_error(r.where, "original_max_position_embeddings: expected an integer above 1, got ", orig);
-    c.rope.original_max_position_embeddings = orig;
-    for (const char* key : {"short_factor", "long_factor"}) {
-      if (!r.has(key)) user_error(r.where, key, ": missing (required for rope_type longrope)");
-      const json& f = params->at(key);
-      std::vector<double>& out = std::string(key) == "short_factor" ? c.rope.short_factor : c.rope.long_factor;
-      if (f.is_array())
-        for (const auto& x : f)
-          if (x.is_number()) out.push_back(x.get<double>());
-      if (!f.is_array() || out.size() != f.size() || static_cast<int64_t>(out.size()) != rot / 2)
-        user_error(r.where, key, ": expected a list of ", rot / 2, " numbers (one per rotary frequency)");
-    }
-    // transformers: factor defaults to max_position_embeddings / original_max_position_embeddings,
-    // and the cos/sin scale to sqrt(1 + ln(factor) / ln(original)) when factor > 1.
-    const double factor =
-        r.get_double("factor", static_cast<double>(c.max_position_embeddings) / static_cast<double>(orig));
-    c.rope.factor = factor;
-    c.rope.attention_factor =
-        r.has("attention_factor")
-            ? r.get_double("attention_factor", 1.0)
-            : (factor <= 1.0 ? 1.0 : std::sqrt(1.0 + std::log(factor) / std::log(static_cast<double>(orig))));
-  }
+  c.rope = global;
+  c.rope_local = local;
+}
+
+// A softcap value: absent -> the family's default; null -> none; else a positive number.
+std::optional<double> read_softcap(const Reader& r, const char* key, std::optional<double> def) {
+  if (!r.j.contains(key)) return def;
+  const json& v = r.j.at(key);
+  if (v.is_null()) return std::nullopt;
+  if (!v.is_number() || !(v.get<double>() > 0))
+    user_error(r.where, key, ": expected a positive number or null, got ", shown(v));
+  return v.get<double>();
 }
 
 void read_moe(const Reader& r, ModelConfig& c) {
@@ -241,6 +292,10 @@ std::optional<int64_t> ModelConfig::window_of(int64_t layer) const {
   return sliding_window;
 }
 
+double ModelConfig::attention_scale() const {
+  return 1.0 / std::sqrt(query_pre_attn_scalar > 0 ? query_pre_attn_scalar : static_cast<double>(head_dim));
+}
+
 std::string layer_prefix(int64_t layer) { return "model.layers." + std::to_string(layer) + "."; }
 
 std::string router_path(const ModelConfig& c) {
@@ -318,8 +373,13 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   c.architecture = arch;
   const std::string from_arch = model_type_of_architecture(arch);
   if (c.model_type.empty()) c.model_type = from_arch;
-  static const std::set<std::string> supported = {"llama", "mistral", "qwen2",     "qwen3",
-                                                  "phi3",  "mixtral", "qwen2_moe", "qwen3_moe"};
+  if (c.model_type == "gemma3" || arch == "Gemma3ForConditionalGeneration")
+    user_error(r.where, "model_type: \"gemma3\" (Gemma3ForConditionalGeneration, the multimodal Gemma 3) is not ",
+               "supported; use a text-only Gemma 3 checkpoint (model_type gemma3_text, Gemma3ForCausalLM, e.g. ",
+               "gemma-3-1b) or another supported family (", kSupported, ")");
+  const bool gemma = c.model_type == "gemma2" || c.model_type == "gemma3_text";
+  static const std::set<std::string> supported = {"llama",  "mistral",     "qwen2",   "qwen3",     "phi3",
+                                                  "gemma2", "gemma3_text", "mixtral", "qwen2_moe", "qwen3_moe"};
   if (!supported.count(c.model_type)) {
     if (c.model_type.empty())
       user_error(r.where, "model_type: missing and architectures names none of the supported families (", kSupported,
@@ -330,8 +390,9 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   if (!arch.empty() && from_arch != c.model_type)
     user_error(r.where, "architectures: \"", arch, "\" is not supported for model_type \"", c.model_type,
                "\" (expected a ", c.model_type,
-               " causal LM: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "
-               "Phi3ForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM or Qwen3MoeForCausalLM)");
+               " causal LM: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, ",
+               "Phi3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM or ",
+               "Qwen3MoeForCausalLM)");
 
   c.vocab_size = r.get_int("vocab_size");
   c.hidden_size = r.get_int("hidden_size");
@@ -349,8 +410,8 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   if (c.num_attention_heads % c.num_key_value_heads != 0)
     user_error(r.where, "num_key_value_heads: ", c.num_key_value_heads, " does not divide num_attention_heads ",
                c.num_attention_heads);
-  if (r.has("head_dim")) {
-    c.head_dim = r.get_int("head_dim");
+  if (r.has("head_dim") || gemma) {
+    c.head_dim = r.get_int("head_dim", 256);  // Gemma's configuration default
   } else {
     if (c.hidden_size % c.num_attention_heads != 0)
       user_error(r.where, "head_dim: missing, and hidden_size ", c.hidden_size,
@@ -359,13 +420,25 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
   }
   if (c.head_dim <= 0 || c.head_dim % 2 != 0)
     user_error(r.where, "head_dim: expected a positive even integer, got ", c.head_dim);
-  c.max_position_embeddings = r.get_int("max_position_embeddings", 2048);
+  c.max_position_embeddings = r.get_int("max_position_embeddings", c.model_type == "gemma2" ? 8192
+                                                                   : gemma                  ? 131072
+                                                                                            : 2048);
   c.rms_norm_eps = r.get_double("rms_norm_eps", 1e-6);
-  c.hidden_act = r.get_string("hidden_act", "silu");
-  if (c.hidden_act != "silu" && c.hidden_act != "swish")
-    user_error(r.where, "hidden_act: \"", c.hidden_act, "\" is not supported (expected silu)");
-  c.tie_word_embeddings = r.get_bool("tie_word_embeddings", false);
-  read_rope(r, c);
+  if (gemma) {
+    // transformers' Gemma configurations read hidden_activation (hidden_act is ignored).
+    c.hidden_act = r.get_string("hidden_activation", "gelu_pytorch_tanh");
+    if (c.hidden_act != "gelu_pytorch_tanh")
+      user_error(r.where, "hidden_activation: \"", c.hidden_act, "\" is not supported (expected gelu_pytorch_tanh)");
+  } else {
+    c.hidden_act = r.get_string("hidden_act", "silu");
+    if (c.hidden_act != "silu" && c.hidden_act != "swish")
+      user_error(r.where, "hidden_act: \"", c.hidden_act, "\" is not supported (expected silu)");
+  }
+  c.tie_word_embeddings = r.get_bool("tie_word_embeddings", gemma);
+  if (c.model_type == "gemma3_text")
+    read_gemma3_rope(r, c);
+  else
+    read_rope(r, c);
 
   const bool attention_bias = r.get_bool("attention_bias", false);
   if (c.model_type == "llama") {
@@ -380,6 +453,20 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
     c.qk_norm = true;
   } else if (c.model_type == "phi3") {
     c.fused_qkv = c.fused_gate_up = true;  // Phi3Attention / Phi3MLP: no biases
+  } else if (gemma) {
+    c.gemma = true;
+    c.qkv_bias = c.o_bias = attention_bias;
+    c.qk_norm = c.model_type == "gemma3_text";
+    c.query_pre_attn_scalar = r.get_double("query_pre_attn_scalar", 256.0);
+    if (!(c.query_pre_attn_scalar > 0))
+      user_error(r.where, "query_pre_attn_scalar: expected a positive number, got ", c.query_pre_attn_scalar);
+    const bool g2 = c.model_type == "gemma2";
+    c.final_logit_softcapping =
+        read_softcap(r, "final_logit_softcapping", g2 ? std::optional<double>(30.0) : std::nullopt);
+    // Gemma3Attention does not pass attn_logit_softcapping to attention: only Gemma 2 caps scores.
+    if (g2) c.attn_logit_softcapping = read_softcap(r, "attn_logit_softcapping", 50.0);
+    if (r.get_bool("use_bidirectional_attention", false))
+      user_error(r.where, "use_bidirectional_attention: bidirectional (embedding) Gemma models are not supported");
   }
 
   // Sliding window, per layer.
@@ -389,7 +476,15 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
     if (c.model_type.starts_with("qwen") && !r.get_bool("use_sliding_window", false)) c.sliding_window.reset();
     if (c.sliding_window && *c.sliding_window <= 0)
       user_error(r.where, "sliding_window: expected a positive integer, got ", *c.sliding_window);
-    if (c.sliding_window) {
+    if (gemma && !r.j.contains("sliding_window")) c.sliding_window = 4096;  // Gemma's configuration default
+    if (gemma) {
+      // Gemma 2 alternates sliding and global layers; Gemma 3 files without layer_types give the
+      // older sliding_window_pattern (every N-th layer global, default 6).
+      const int64_t pattern = c.model_type == "gemma2" ? 2 : r.get_int("sliding_window_pattern", 6);
+      if (pattern <= 0) user_error(r.where, "sliding_window_pattern: expected a positive integer, got ", pattern);
+      for (int64_t i = 0; i < c.num_hidden_layers; ++i) c.layer_sliding[i] = (i + 1) % pattern != 0;
+    }
+    if (c.sliding_window || gemma) {
       if (c.model_type == "mistral" || c.model_type == "phi3" || c.model_type == "mixtral") {
         c.layer_sliding.assign(c.num_hidden_layers, true);
       } else if (r.has("layer_types")) {
@@ -402,7 +497,7 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
             user_error(r.where, "layer_types[", i, "]: expected \"full_attention\" or \"sliding_attention\"");
           c.layer_sliding[i] = t == "sliding_attention";
         }
-      } else {
+      } else if (!gemma) {
         const int64_t mwl = r.get_int("max_window_layers", c.num_hidden_layers);
         for (int64_t i = 0; i < c.num_hidden_layers; ++i) c.layer_sliding[i] = i >= mwl;
       }

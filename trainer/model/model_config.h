@@ -2,8 +2,9 @@
 //
 // Supported model_type / architectures: llama (LlamaForCausalLM), mistral (MistralForCausalLM),
 // qwen2 (Qwen2ForCausalLM), qwen3 (Qwen3ForCausalLM), phi3 (Phi3ForCausalLM: Phi-3, Phi-3.5,
-// Phi-4), and the mixtures of experts mixtral (MixtralForCausalLM), qwen2_moe
-// (Qwen2MoeForCausalLM), qwen3_moe (Qwen3MoeForCausalLM). Anything else is a UserError naming it.
+// Phi-4), gemma2 (Gemma2ForCausalLM), gemma3_text (Gemma3ForCausalLM), and the mixtures of
+// experts mixtral (MixtralForCausalLM), qwen2_moe (Qwen2MoeForCausalLM), qwen3_moe
+// (Qwen3MoeForCausalLM). Anything else is a UserError naming it.
 // Field names and defaults are transformers' (docs/formats.md §4.1); both the older layout
 // (top-level rope_theta + rope_scaling {"type"|"rope_type": ...}, torch_dtype) and the newer one
 // (rope_parameters {"rope_theta", "rope_type", ...}, dtype) are read.
@@ -44,7 +45,7 @@ struct BnbQuantConfig {
 
 struct ModelConfig {
   std::filesystem::path path;  // the config.json this came from (for messages)
-  std::string model_type;      // llama | mistral | qwen2 | qwen3
+  std::string model_type;      // llama | mistral | qwen2 | qwen3 | phi3 | gemma2 | gemma3_text
   std::string architecture;    // e.g. LlamaForCausalLM ("" if the file names none)
 
   int64_t vocab_size = 0;
@@ -65,7 +66,7 @@ struct ModelConfig {
   bool qkv_bias = false;
   bool o_bias = false;
   bool mlp_bias = false;
-  bool qk_norm = false;  // qwen3: RMSNorm over head_dim on q and k before RoPE
+  bool qk_norm = false;  // qwen3, gemma3_text: RMSNorm over head_dim on q and k before RoPE
   // phi3: q, k, v as one qkv_proj [q_out + 2 kv_out, hidden] and gate, up as one gate_up_proj
   // [2 intermediate, hidden] (gate rows first).
   bool fused_qkv = false;
@@ -82,9 +83,18 @@ struct ModelConfig {
   int64_t shared_expert_intermediate_size = 0;  // 0: none
   bool norm_topk_prob = true;
   bool is_moe() const { return num_experts > 0; }
+  // Gemma 2 / Gemma 3: RMSNorm computed in fp32 times (1 + weight), then cast; embeddings times
+  // sqrt(hidden_size) (cast to the compute dtype first); GeGLU MLP with tanh GELU; four norms per
+  // layer (input, post-attention, pre-feedforward, post-feedforward).
+  bool gemma = false;
+  double query_pre_attn_scalar = 0;               // attention scale 1/sqrt(this); 0: head_dim
+  std::optional<double> attn_logit_softcapping;   // gemma2: scores = c tanh(scores / c) before the mask
+  std::optional<double> final_logit_softcapping;  // logits = c tanh(logits / c), also in the loss
+  std::optional<RopeConfig> rope_local;           // gemma3_text: RoPE of the sliding layers
 
   // Sliding-window attention: the window, and which layers use it (HF layer_types /
-  // use_sliding_window + max_window_layers for qwen; every layer for mistral).
+  // use_sliding_window + max_window_layers for qwen; every layer for mistral; layer_types or the
+  // alternating pattern for gemma).
   std::optional<int64_t> sliding_window;
   std::vector<bool> layer_sliding;  // [num_hidden_layers]
 
@@ -99,6 +109,12 @@ struct ModelConfig {
   int64_t kv_out() const { return num_key_value_heads * head_dim; }
   // Window used by layer i (nullopt: full causal attention).
   std::optional<int64_t> window_of(int64_t layer) const;
+  // The softmax scale of attention scores: 1/sqrt(query_pre_attn_scalar or head_dim).
+  double attention_scale() const;
+  // Whether layer i rotates q and k with rope_local (a sliding layer of a gemma3_text model).
+  bool uses_local_rope(int64_t layer) const {
+    return rope_local && layer >= 0 && layer < static_cast<int64_t>(layer_sliding.size()) && layer_sliding[layer];
+  }
 };
 
 // Reads DIR/config.json (or the file itself). UserError "PATH: key: what was expected" for a

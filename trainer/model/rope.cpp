@@ -4,6 +4,13 @@
 
 namespace qlora::model {
 
+at::Tensor rope_inv_freq(const RopeConfig& rope, int64_t head_dim) {
+  ModelConfig c;
+  c.rope = rope;
+  c.head_dim = head_dim;
+  return rope_inv_freq(c);
+}
+
 at::Tensor rope_inv_freq(const ModelConfig& c, bool long_factors) {
   const int64_t d = c.rope.rotary_dim > 0 ? c.rope.rotary_dim : c.head_dim;
   at::Tensor exponent = at::arange(0, d, 2, at::kLong).to(at::kFloat) / static_cast<double>(d);

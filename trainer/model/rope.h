@@ -13,6 +13,8 @@ namespace qlora::model {
 // / long_factor when `long_factors`), computed with the same float32 tensor operations as
 // transformers' rope init functions.
 at::Tensor rope_inv_freq(const ModelConfig& c, bool long_factors = false);
+// The same for one RoPE parameter set (e.g. Gemma 3's rope_local) over head_dim.
+at::Tensor rope_inv_freq(const RopeConfig& rope, int64_t head_dim);
 
 // cos, sin [B, T, d] in `dtype` for position_ids [B, T]: emb = cat(freqs, freqs) with
 // freqs = position * inv_freq in float32, then cos/sin in float32, times `scale` when it is not 1

@@ -44,6 +44,10 @@ ModelSummary summarize(const ModelConfig& c, int64_t blocksize) {
     if (c.shared_expert_intermediate_size > 0) s.layer_tensors.push_back({"mlp.shared_expert_gate.weight", {1, H}});
   }
   s.layer_tensors.push_back({"post_attention_layernorm.weight", {H}});
+  if (c.gemma) {
+    s.layer_tensors.push_back({"pre_feedforward_layernorm.weight", {H}});
+    s.layer_tensors.push_back({"post_feedforward_layernorm.weight", {H}});
+  }
   s.other_tensors.push_back({"model.embed_tokens.weight", {c.vocab_size, H}});
   s.other_tensors.push_back({"model.norm.weight", {H}});
   if (!c.tie_word_embeddings) s.other_tensors.push_back({"lm_head.weight", {c.vocab_size, H}});

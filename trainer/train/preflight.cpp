@@ -106,6 +106,7 @@ MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::Mode
   if (mc.qk_norm) weights += 2 * L * static_cast<double>(mc.head_dim) * cb;
   if (mc.is_moe())  // routers (and qwen2_moe's shared-expert gates) stay 16-bit
     weights += L * (static_cast<double>(mc.num_experts) + (mc.shared_expert_intermediate_size > 0 ? 1 : 0)) * H * cb;
+  if (mc.gemma) weights += 2 * L * H * cb;               // pre- and post-feedforward norms
   double lora_params = 0, largest = 0, adapted_act = 0;  // adapted_act: per token, all layers
   for (const Proj& p : projections(cfg, mc)) {
     weights += L * (p.in * p.out * per_weight + p.out * cb);  // + a bias, whether or not there is one
@@ -137,8 +138,13 @@ MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::Mode
   // The CPU's attention may hold fp32 scores [B, heads, S, S]; CUDA's flash and memory-efficient
   // kernels keep none, only a boolean mask [B, 1, S, S] where a sliding window is shorter than S.
   const bool window_bites = mc.sliding_window && static_cast<double>(*mc.sliding_window) < S;
-  const double scores = device.is_cuda() ? (window_bites ? B * S * S : 0.0)
-                                         : 2 * 4 * B * static_cast<double>(mc.num_attention_heads) * S * S;
+  double scores = device.is_cuda() ? (window_bites ? B * S * S : 0.0)
+                                   : 2 * 4 * B * static_cast<double>(mc.num_attention_heads) * S * S;
+  // Soft-capped attention scores (Gemma 2) are written out on every device: one layer's scores in
+  // the compute dtype after the product, the cap and the mask, the fp32 softmax, and the boolean
+  // mask, held for the backward of the block being recomputed.
+  if (mc.attn_logit_softcapping)
+    scores = (3 * cb + 4) * B * static_cast<double>(mc.num_attention_heads) * S * S + B * S * S;
   e.activations = to_bytes(saved + scores + 2 * T * (layer_tok + adapted_layer_tok));
   const double chunk = std::min(T, static_cast<double>(model::default_ce_chunk_tokens(mc.vocab_size)));
   e.logits = to_bytes(3 * 4 * chunk * V + T * H * 4);
