@@ -1,0 +1,210 @@
+"""Reference side of the GGUF-base tests: the gguf package writes the files, the gguf package and
+transformers are the judges.
+
+  quants DIR            DIR/quants.gguf: one tensor per ggml type (F32, F16, BF16, Q8_0, Q4_0, Q4_1
+                        quantized by gguf.quants; Q4_K, Q5_K, Q6_K as random valid blocks written raw)
+                        and DIR/quants_ref.safetensors: gguf.quants.dequantize of each, fp32
+  model DIR ARCH QTYPE  a tiny random transformers model of ARCH (llama, mistral, qwen2, qwen3)
+                        converted to DIR/model.gguf (2-D weights in QTYPE: F32, F16, BF16, Q8_0,
+                        Q4_0, Q4_1; llama's q/k rows permuted as llama.cpp's converter does; an SPM
+                        vocabulary), then loaded back by AutoModelForCausalLM.from_pretrained(DIR,
+                        gguf_file=...): DIR/ref.safetensors holds its state dict (fp32) and
+                        DIR/ref_config.json the config fields transformers derived
+"""
+import json, os, sys
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+import gguf
+from gguf import GGMLQuantizationType as T
+from gguf.quants import quantize, dequantize
+
+
+def random_kquant_blocks(rng, qtype, n_blocks):
+    """Random bytes with finite, moderate f16 scales in the places the layout keeps them."""
+    _, size = gguf.GGML_QUANT_SIZES[qtype]
+    b = rng.integers(0, 256, size=(n_blocks, size), dtype=np.uint8)
+
+    def f16(n):
+        return (rng.uniform(0.001, 0.05, size=n).astype(np.float16)).view(np.uint8).reshape(n, 2)
+
+    if qtype in (T.Q4_K, T.Q5_K):
+        b[:, 0:2] = f16(n_blocks)  # d
+        b[:, 2:4] = f16(n_blocks)  # dmin
+    elif qtype == T.Q6_K:
+        b[:, 208:210] = f16(n_blocks)
+    return b
+
+
+def cmd_quants(out):
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(7)
+    w = gguf.GGUFWriter(os.path.join(out, "quants.gguf"), "llama")
+    ref = {}
+    rows, cols = 3, 512
+    for qt in (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1):
+        x = rng.standard_normal((rows, cols)).astype(np.float32)
+        if qt == T.F32:
+            q = x
+        elif qt == T.F16:
+            q = x.astype(np.float16)
+        else:
+            q = quantize(x, qt)
+        w.add_tensor(qt.name, q, raw_dtype=qt if qt not in (T.F32, T.F16) else None)
+        ref[qt.name] = torch.from_numpy(dequantize(q, qt).astype(np.float32).reshape(rows, cols).copy())
+    for qt in (T.Q4_K, T.Q5_K, T.Q6_K):
+        blocks = random_kquant_blocks(rng, qt, rows * cols // 256)
+        q = blocks.reshape(rows, -1)
+        w.add_tensor(qt.name, q, raw_dtype=qt)
+        ref[qt.name] = torch.from_numpy(dequantize(q, qt).astype(np.float32).reshape(rows, cols).copy())
+    # a 1-D and a 3-D tensor keep their shapes
+    v = rng.standard_normal(7).astype(np.float32)
+    w.add_tensor("vec", v)
+    ref["vec"] = torch.from_numpy(v.copy())
+    c = rng.standard_normal((2, 3, 64)).astype(np.float32)
+    q = quantize(c, T.Q8_0)
+    w.add_tensor("cube", q, raw_dtype=T.Q8_0)
+    ref["cube"] = torch.from_numpy(dequantize(q, T.Q8_0).astype(np.float32).copy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    save_file(ref, os.path.join(out, "quants_ref.safetensors"))
+    print("ok", len(ref))
+
+
+def tiny_model(arch):
+    import transformers as tf
+    torch.manual_seed(11)
+    common = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, rms_norm_eps=1e-5, max_position_embeddings=128, rope_theta=10000.0,
+                  bos_token_id=1, eos_token_id=2)
+    if arch == "llama":
+        return tf.LlamaForCausalLM(tf.LlamaConfig(**common, tie_word_embeddings=False))
+    if arch == "mistral":
+        return tf.MistralForCausalLM(tf.MistralConfig(**common, sliding_window=None, tie_word_embeddings=False))
+    if arch == "qwen2":
+        return tf.Qwen2ForCausalLM(tf.Qwen2Config(**common, tie_word_embeddings=True))
+    if arch == "qwen3":
+        return tf.Qwen3ForCausalLM(tf.Qwen3Config(**common, tie_word_embeddings=True))
+    raise SystemExit(f"unknown arch {arch}")
+
+
+HF_TO_GGUF = {
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+}
+
+
+def gguf_name(hf):
+    if hf == "model.embed_tokens.weight":
+        return "token_embd.weight"
+    if hf == "model.norm.weight":
+        return "output_norm.weight"
+    if hf == "lm_head.weight":
+        return "output.weight"
+    p = hf.split(".")
+    assert p[0] == "model" and p[1] == "layers", hf
+    mod = ".".join(p[3:-1])
+    return f"blk.{p[2]}.{HF_TO_GGUF[mod]}.{p[-1]}"
+
+
+def permute(w, n_head, n_head_kv):
+    # llama.cpp's converter: HF half-rotation rows -> interleaved pairs
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def spm_vocab(n):
+    toks = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(16)]
+    words = ["▁the", "▁a", "▁of", "▁to", "▁and", "in", "er", "on", "▁t", "re", "at", "en", "▁w", "is", "or", "an"]
+    toks += words
+    i = 0
+    while len(toks) < n:
+        toks.append("▁w" + str(i))
+        i += 1
+    scores = [0.0, 0.0, 0.0] + [0.0] * 16 + [-float(i) for i in range(n - 19)]
+    types = [2, 3, 3] + [6] * 16 + [1] * (n - 19)
+    return toks[:n], scores[:n], types[:n]
+
+
+def cmd_model(out, arch, qtype_name):
+    import transformers as tf
+    os.makedirs(out, exist_ok=True)
+    qt = T[qtype_name]
+    m = tiny_model(arch)
+    c = m.config
+    gguf_arch = "llama" if arch in ("llama", "mistral") else arch
+    path = os.path.join(out, "model.gguf")
+    w = gguf.GGUFWriter(path, gguf_arch)
+    w.add_name(f"{arch}-tiny")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    if arch == "qwen3":
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    else:
+        w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(c.rope_theta if hasattr(c, "rope_theta") else 10000.0)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_file_type(0)
+    toks, scores, types = spm_vocab(c.vocab_size)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(toks)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    sd = m.state_dict()
+    for k, v in sd.items():
+        if k == "lm_head.weight" and c.tie_word_embeddings:
+            continue
+        x = v.float().numpy()
+        name = gguf_name(k)
+        if gguf_arch == "llama" and ".attn_q." in name:
+            x = permute(x, c.num_attention_heads, c.num_attention_heads)
+        if gguf_arch == "llama" and ".attn_k." in name:
+            x = permute(x, c.num_attention_heads, c.num_key_value_heads)
+        if x.ndim == 1 or qt == T.F32:
+            w.add_tensor(name, np.ascontiguousarray(x, dtype=np.float32))
+        elif qt == T.F16:
+            w.add_tensor(name, x.astype(np.float16))
+        else:
+            w.add_tensor(name, quantize(np.ascontiguousarray(x), qt), raw_dtype=qt)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    back = tf.AutoModelForCausalLM.from_pretrained(out, gguf_file="model.gguf", torch_dtype=torch.float32)
+    ref = {k: v.detach().float().contiguous().clone() for k, v in back.state_dict().items()}
+    save_file(ref, os.path.join(out, "ref.safetensors"))
+    bc = back.config
+    fields = {k: getattr(bc, k, None) for k in ("model_type", "vocab_size", "hidden_size", "intermediate_size",
+                                                 "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                                                 "head_dim", "max_position_embeddings", "rms_norm_eps",
+                                                 "tie_word_embeddings", "bos_token_id", "eos_token_id")}
+    rp = getattr(bc, "rope_parameters", None) or {}
+    fields["rope_theta"] = rp.get("rope_theta", getattr(bc, "rope_theta", None))
+    with open(os.path.join(out, "ref_config.json"), "w") as f:
+        json.dump(fields, f)
+    print("ok", len(ref))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "quants":
+        cmd_quants(sys.argv[2])
+    elif sys.argv[1] == "model":
+        cmd_model(sys.argv[2], sys.argv[3], sys.argv[4])
+    else:
+        raise SystemExit(__doc__)
