@@ -13,8 +13,10 @@
 #include "trainer/io/gguf_reader.h"
 #include "trainer/io/safetensors.h"
 #include "trainer/model/gguf_base.h"
+#include "trainer/model/gguf_tokenizer.h"
 #include "trainer/model/model.h"
 #include "trainer/quant/ggml_dequant.h"
+#include "trainer/tokenizer/tokenizer.h"
 
 using namespace qlora;
 
@@ -230,4 +232,48 @@ TEST(GgufBase, HfNamesMapToLlamaCppNames) {
   EXPECT_EQ(*model::gguf_name_of("model.layers.2.mlp.gate_up_proj.weight", "phi3"), "blk.2.ffn_up.weight");
   EXPECT_EQ(*model::gguf_name_of("lm_head.weight", "llama"), "output.weight");
   EXPECT_FALSE(model::gguf_name_of("model.rotary_emb.inv_freq", "llama").has_value());
+}
+
+namespace {
+void check_tokenizer(const std::string& kind) {
+  SCOPED_TRACE(kind);
+  auto d = test::temp_dir("tok_" + kind);
+  test::ProcResult r = test::run_python("gguf_ref.py", {"tokenizer", d.string(), kind});
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto ref = nlohmann::json::parse(fs::read_file(d / "ref.json"));
+  auto tk = model::load_base_tokenizer(d / "model.gguf");
+  const auto& sp = tk->special();
+  auto id_or_null = [](const std::optional<int32_t>& v) { return v ? nlohmann::json(*v) : nlohmann::json(nullptr); };
+  EXPECT_EQ(id_or_null(sp.bos_id), ref["bos_id"]);
+  EXPECT_EQ(id_or_null(sp.eos_id), ref["eos_id"]);
+  EXPECT_EQ(id_or_null(sp.unk_id), ref["unk_id"]);
+  EXPECT_EQ(id_or_null(sp.pad_id), ref["pad_id"]);
+  EXPECT_EQ(tk->vocab_size(), ref["vocab_size"].get<int32_t>());
+  EXPECT_EQ(tk->chat_template(), ref["chat_template"].get<std::string>());
+  const auto& texts = ref["texts"];
+  size_t bad = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const std::string t = texts[i].get<std::string>();
+    for (bool special : {true, false}) {
+      const auto want = ref[special ? "ids_special" : "ids_plain"][i].get<std::vector<int32_t>>();
+      const auto got = tk->encode(t, special);
+      if (got != want && ++bad <= 5)
+        ADD_FAILURE() << "text " << i << " (special " << special << "): \"" << t.substr(0, 60) << "\": " << got.size()
+                      << " ids, transformers " << want.size();
+    }
+  }
+  EXPECT_EQ(bad, 0u) << "of " << 2 * texts.size() << " encodings";
+  EXPECT_GT(texts.size(), 100u);
+}
+}  // namespace
+
+TEST(GgufTokenizer, SentencePieceIdsEqualTransformers) { check_tokenizer("spm"); }
+TEST(GgufTokenizer, ByteLevelBpeIdsEqualTransformers) { check_tokenizer("bpe"); }
+
+TEST(GgufTokenizer, MissingOrUnknownTokenizerIsAUserError) {
+  auto d = test::temp_dir();
+  const auto p = d / "m.gguf";
+  write_bytes(p, tiny_gguf());
+  std::string m = user_error_of([&] { model::load_base_tokenizer(p); });
+  EXPECT_NE(m.find(p.string() + ": tokenizer.ggml.model: missing"), std::string::npos) << m;
 }

@@ -10,6 +10,13 @@ transformers are the judges.
                         vocabulary), then loaded back by AutoModelForCausalLM.from_pretrained(DIR,
                         gguf_file=...): DIR/ref.safetensors holds its state dict (fp32) and
                         DIR/ref_config.json the config fields transformers derived
+  tokenizer DIR KIND    KIND spm: a SentencePiece BPE model (byte fallback, a user-defined symbol)
+                        stored as tokenizer.ggml.model "llama" (pieces, scores, types); KIND bpe: a
+                        byte-level BPE with Qwen2's split, specials and an added token, stored as
+                        "gpt2" (tokens, merges, types, pre "qwen2"); both with a chat template, in
+                        DIR/model.gguf. DIR/ref.json: AutoTokenizer.from_pretrained(DIR, gguf_file=...)
+                        ids of a corpus (with and without special tokens), its special tokens, and
+                        the backend's tokenizer.json (for reading failures)
 """
 import json, os, sys
 
@@ -201,9 +208,100 @@ def cmd_model(out, arch, qtype_name):
     print("ok", len(ref))
 
 
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def minimal_model_keys(w, n_vocab):
+    w.add_context_length(64)
+    w.add_block_count(1)
+    w.add_embedding_length(32)
+    w.add_feed_forward_length(64)
+    w.add_head_count(2)
+    w.add_head_count_kv(2)
+    w.add_layer_norm_rms_eps(1e-5)
+
+
+def cmd_tokenizer(out, kind):
+    import transformers as tf
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import tokcorpus, tokenizer_fixtures as fx
+    os.makedirs(out, exist_ok=True)
+    train = tokcorpus.lines(4242, 400)
+    path = os.path.join(out, "model.gguf")
+    if kind == "spm":
+        import sentencepiece as spm
+        from sentencepiece import sentencepiece_model_pb2 as pb
+        dirs = fx.make_sentencepiece(out, train)
+        sp_file = os.path.join(out, "_sp", "sp.model")
+        proto = pb.ModelProto()
+        proto.ParseFromString(open(sp_file, "rb").read())
+        toks = [p.piece for p in proto.pieces]
+        scores = [p.score for p in proto.pieces]
+        types = [int(p.type) for p in proto.pieces]
+        w = gguf.GGUFWriter(path, "llama")
+        minimal_model_keys(w, len(toks))
+        w.add_tokenizer_model("llama")
+        w.add_token_list(toks)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_unk_token_id(0)
+        w.add_add_bos_token(True)
+        w.add_add_eos_token(False)
+    else:
+        dirs = fx.make_qwen2(out, train)
+        tj = json.load(open(os.path.join(dirs["qwen2"], "tokenizer.json"), encoding="utf-8"))
+        vocab = dict(tj["model"]["vocab"])
+        kinds = {}
+        for a in tj["added_tokens"]:
+            vocab[a["content"]] = a["id"]
+            kinds[a["id"]] = 3 if a["special"] else 4
+        toks = [None] * len(vocab)
+        for t, i in vocab.items():
+            toks[i] = t
+        merges = [" ".join(m) if isinstance(m, list) else m for m in tj["model"]["merges"]]
+        w = gguf.GGUFWriter(path, "qwen2")
+        minimal_model_keys(w, len(toks))
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("qwen2")
+        w.add_token_list(toks)
+        w.add_token_types([kinds.get(i, 1) for i in range(len(toks))])
+        w.add_token_merges(merges)
+        w.add_eos_token_id(vocab["<|im_end|>"])
+        w.add_pad_token_id(vocab["<|endoftext|>"])
+        w.add_bos_token_id(vocab["<|endoftext|>"])
+        w.add_add_bos_token(False)
+    w.add_chat_template(CHAT_TEMPLATE)
+    w.add_tensor("token_embd.weight", np.zeros((len(toks), 32), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    t = tf.AutoTokenizer.from_pretrained(out, gguf_file="model.gguf")
+    texts = fx.hard_corpus()
+    ref = {
+        "texts": texts,
+        "ids_special": [t(x, add_special_tokens=True)["input_ids"] for x in texts],
+        "ids_plain": [t(x, add_special_tokens=False)["input_ids"] for x in texts],
+        "bos_id": t.bos_token_id, "eos_id": t.eos_token_id, "unk_id": t.unk_token_id, "pad_id": t.pad_token_id,
+        "vocab_size": len(t),
+        "chat_template": t.chat_template,
+        "backend": json.loads(t.backend_tokenizer.to_str()),
+    }
+    ref["backend"]["model"].pop("vocab", None)
+    with open(os.path.join(out, "ref.json"), "w", encoding="utf-8") as f:
+        json.dump(ref, f, ensure_ascii=False)
+    print("ok", len(texts))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "quants":
         cmd_quants(sys.argv[2])
+    elif sys.argv[1] == "tokenizer":
+        cmd_tokenizer(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "model":
         cmd_model(sys.argv[2], sys.argv[3], sys.argv[4])
     else:

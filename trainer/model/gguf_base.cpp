@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <map>
 #include <regex>
 #include <set>
 
@@ -61,7 +62,8 @@ std::optional<std::string> gguf_name_of(const std::string& hf, const std::string
   return "blk." + m[1].str() + "." + g + "." + m[3].str();
 }
 
-ModelConfig gguf_model_config(const io::GgufFile& f) {
+namespace {
+nlohmann::json hf_config_of(const io::GgufFile& f) {
   const std::string arch = f.get_string("general.architecture");
   static const std::set<std::string> known = {"llama", "mistral", "qwen2",  "qwen3",
                                               "gemma", "gemma2",  "gemma3", "phi3"};
@@ -122,7 +124,20 @@ ModelConfig gguf_model_config(const io::GgufFile& f) {
     if (e->type == static_cast<uint32_t>(io::GgmlType::F16)) dtype = "float16";
   }
   j["torch_dtype"] = dtype;
-  return parse_model_config(j.dump(), f.path());
+  return j;
+}
+}  // namespace
+
+ModelConfig gguf_model_config(const io::GgufFile& f) { return parse_model_config(hf_config_of(f).dump(), f.path()); }
+
+std::string gguf_hf_config_json(const io::GgufFile& f) {
+  nlohmann::json j = hf_config_of(f);
+  static const std::map<std::string, std::string> cls = {
+      {"llama", "LlamaForCausalLM"},        {"mistral", "MistralForCausalLM"}, {"qwen2", "Qwen2ForCausalLM"},
+      {"qwen3", "Qwen3ForCausalLM"},        {"gemma", "GemmaForCausalLM"},     {"gemma2", "Gemma2ForCausalLM"},
+      {"gemma3_text", "Gemma3ForCausalLM"}, {"phi3", "Phi3ForCausalLM"}};
+  j["architectures"] = {cls.at(j["model_type"].get<std::string>())};
+  return j.dump(2);
 }
 
 namespace {

@@ -29,6 +29,9 @@ namespace qlora::model {
 // an architecture that is not supported.
 ModelConfig gguf_model_config(const io::GgufFile& f);
 
+// The config.json a Hugging Face copy of the GGUF model carries (what gguf_model_config reads).
+std::string gguf_hf_config_json(const io::GgufFile& f);
+
 // HF parameter name -> GGUF tensor name ("model.layers.3.self_attn.q_proj.weight" ->
 // "blk.3.attn_q.weight"), for the families GGUF bases are read for (llama, mistral, qwen2, qwen3,
 // gemma, gemma2, gemma3, phi3); nullopt for a name with no GGUF counterpart.
