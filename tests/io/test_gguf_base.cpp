@@ -2,6 +2,7 @@
 // judged by the gguf package (its writer makes the files, gguf.quants.dequantize the values) and
 // by transformers' own GGUF loading (from_pretrained(dir, gguf_file=...)).
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -10,6 +11,7 @@
 #include "tests/common/harness.h"
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
+#include "trainer/io/gguf.h"
 #include "trainer/io/gguf_reader.h"
 #include "trainer/io/safetensors.h"
 #include "trainer/model/gguf_base.h"
@@ -276,4 +278,113 @@ TEST(GgufTokenizer, MissingOrUnknownTokenizerIsAUserError) {
   write_bytes(p, tiny_gguf());
   std::string m = user_error_of([&] { model::load_base_tokenizer(p); });
   EXPECT_NE(m.find(p.string() + ": tokenizer.ggml.model: missing"), std::string::npos) << m;
+}
+
+// qlora train with base_model: a .gguf file (Q8_0 weights, its own tokenizer), then the PEFT and
+// merged exports; the merged model is judged by transformers + PEFT on the same GGUF.
+TEST(GgufBase, TrainAndExportFromAGgufBase) {
+  auto d = test::temp_dir();
+  ASSERT_EQ(test::run_python("train_fixture.py", {(d / "fix").string()}).code, 0);
+  ASSERT_EQ(
+      test::run_python("gguf_ref.py", {"from-hf", (d / "fix" / "model").string(), (d / "base.gguf").string(), "Q8_0"})
+          .code,
+      0);
+  {
+    std::ofstream o(d / "cfg.yaml");
+    o << "base_model: " << (d / "base.gguf").string() << "\n"
+      << "adapter: qlora\nlora_r: 8\nlora_alpha: 16\nlora_target_linear: true\n"
+      << "sequence_len: 256\nmicro_batch_size: 2\nmax_steps: 4\nlearning_rate: 0.002\n"
+      << "datasets:\n  - path: " << (d / "fix" / "train.jsonl").string() << "\n    type: alpaca\n"
+      << "output_dir: " << (d / "run").string() << "\n";
+  }
+  const std::string q = test::quote(test::qlora_exe().string());
+  test::ProcResult t = test::run(q + " train " + test::quote((d / "cfg.yaml").string()));
+  ASSERT_EQ(t.code, 0) << t.output;
+  EXPECT_NE(t.output.find("step 4/4"), std::string::npos) << t.output;
+  test::ProcResult p = test::run(q + " export " + test::quote((d / "run").string()) + " --format peft --out " +
+                                 test::quote((d / "peft").string()));
+  ASSERT_EQ(p.code, 0) << p.output;
+  const auto ac = nlohmann::json::parse(fs::read_file(d / "peft" / "adapter_config.json"));
+  EXPECT_EQ(ac["base_model_name_or_path"].get<std::string>(), (d / "base.gguf").string());
+  test::ProcResult m =
+      test::run(q + " export " + test::quote((d / "run").string()) +
+                " --format merged --merge-into original --dtype fp32 --out " + test::quote((d / "merged").string()));
+  ASSERT_EQ(m.code, 0) << m.output;
+  test::ProcResult c = test::run_python(
+      "gguf_ref.py", {"check-merged", d.string(), "base.gguf", (d / "peft").string(), (d / "merged").string()});
+  EXPECT_EQ(c.code, 0) << c.output;
+  EXPECT_NE(c.output.find("ok 21"), std::string::npos) << c.output;
+}
+
+namespace {
+// A random llama-shaped F16 GGUF: 8 layers, hidden 1024, intermediate 2816, vocab 32000, untied
+// (about 330 MB; the largest tensors are the 65 MB embeddings, 131 MB once dequantized to fp32).
+void write_big_gguf(const test::stdfs::path& p) {
+  const int64_t V = 32000, H = 1024, I = 2816, L = 8;
+  io::GgufWriter w;
+  w.add_string("general.architecture", "llama");
+  w.add_u32("llama.block_count", L);
+  w.add_u32("llama.embedding_length", H);
+  w.add_u32("llama.feed_forward_length", I);
+  w.add_u32("llama.attention.head_count", 16);
+  w.add_u32("llama.attention.head_count_kv", 16);
+  w.add_u32("llama.vocab_size", V);
+  w.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(1);
+  auto rnd = [&](std::vector<int64_t> s) { return at::randn(s, g, at::kFloat).to(at::kHalf); };
+  w.add_tensor("token_embd.weight", rnd({V, H}));
+  w.add_tensor("output.weight", rnd({V, H}));
+  w.add_tensor("output_norm.weight", rnd({H}).to(at::kFloat));
+  for (int64_t l = 0; l < L; ++l) {
+    const std::string b = "blk." + std::to_string(l) + ".";
+    w.add_tensor(b + "attn_norm.weight", rnd({H}).to(at::kFloat));
+    w.add_tensor(b + "ffn_norm.weight", rnd({H}).to(at::kFloat));
+    for (const char* m : {"attn_q", "attn_k", "attn_v", "attn_output"}) w.add_tensor(b + m + ".weight", rnd({H, H}));
+    w.add_tensor(b + "ffn_gate.weight", rnd({I, H}));
+    w.add_tensor(b + "ffn_up.weight", rnd({I, H}));
+    w.add_tensor(b + "ffn_down.weight", rnd({H, I}));
+  }
+  w.write(p);
+}
+}  // namespace
+
+// Streaming a GGUF into NF4: peak RSS of load_model stays within the NF4 model + one tensor
+// dequantized to fp32 + a fixed allowance, well under the 16-bit file. The load runs in a child
+// process (this binary re-run with QLORA_GGUF_MEMORY_CHILD set), so its peak RSS is its own.
+TEST(GgufBase, LoadPeakIsModelPlusOneTensor) {
+  if (const char* file = std::getenv("QLORA_GGUF_MEMORY_CHILD")) {
+    at::zeros({1});
+    const uint64_t baseline = fs::proc_status_bytes("VmRSS:");
+    model::ModelLoadOptions o;
+    o.compute_dtype = at::kBFloat16;
+    model::Model m = model::load_model(file, o);
+    std::printf("RESULT %llu %llu %lld\n", static_cast<unsigned long long>(baseline),
+                static_cast<unsigned long long>(fs::proc_status_bytes("VmHWM:")),
+                static_cast<long long>(m.base_nbytes()));
+    return;
+  }
+  const auto p = test::temp_dir() / "big.gguf";
+  write_big_gguf(p);
+  uint64_t largest = 0;
+  const uint64_t file_bytes = test::stdfs::file_size(p);
+  {
+    io::GgufFile f(p);
+    for (const auto& t : f.tensors()) largest = std::max<uint64_t>(largest, static_cast<uint64_t>(t.numel()) * 4);
+  }
+  test::ProcResult r = test::run("QLORA_GGUF_MEMORY_CHILD=" + test::quote(p.string()) + " OMP_NUM_THREADS=2 " +
+                                 test::quote(test::stdfs::read_symlink("/proc/self/exe").string()) +
+                                 " --gtest_filter=GgufBase.LoadPeakIsModelPlusOneTensor");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto pos = r.output.find("RESULT ");
+  ASSERT_NE(pos, std::string::npos) << r.output;
+  unsigned long long baseline = 0, peak = 0;
+  long long model_bytes = 0;
+  ASSERT_EQ(std::sscanf(r.output.c_str() + pos, "RESULT %llu %llu %lld", &baseline, &peak, &model_bytes), 3);
+  const double mib = 1024.0 * 1024.0;
+  const uint64_t growth = peak - baseline;
+  const uint64_t allowance = 64ull << 20;  // allocator slack, the fp32 copy of one linear while quantizing
+  std::printf(
+      "gguf load: peak - baseline %.1f MiB; NF4 model %.1f MiB + largest tensor in fp32 %.1f MiB; file %.1f MiB\n",
+      growth / mib, model_bytes / mib, largest / mib, file_bytes / mib);
+  EXPECT_LE(growth, static_cast<uint64_t>(model_bytes) + largest + allowance);
 }

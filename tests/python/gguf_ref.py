@@ -17,6 +17,13 @@ transformers are the judges.
                         DIR/model.gguf. DIR/ref.json: AutoTokenizer.from_pretrained(DIR, gguf_file=...)
                         ids of a corpus (with and without special tokens), its special tokens, and
                         the backend's tokenizer.json (for reading failures)
+  from-hf SRC OUT QTYPE a Llama directory saved by transformers with a byte-level BPE tokenizer.json
+                        (train_fixture.py's) converted to the GGUF file OUT (2-D weights in QTYPE)
+  check-merged DIR GGUF PEFT MERGED
+                        a merged export from a GGUF base against transformers + PEFT: the base from
+                        from_pretrained(DIR, gguf_file=GGUF), the PEFT adapter merged in by
+                        merge_and_unload(); MERGED loaded by from_pretrained must hold the same tensors
+                        (fp32, 1e-5) and its tokenizer give the ids of the GGUF's
 """
 import json, os, sys
 
@@ -139,14 +146,9 @@ def spm_vocab(n):
     return toks[:n], scores[:n], types[:n]
 
 
-def cmd_model(out, arch, qtype_name):
-    import transformers as tf
-    os.makedirs(out, exist_ok=True)
-    qt = T[qtype_name]
-    m = tiny_model(arch)
+def write_model_gguf(m, arch, path, qt, tokenizer_keys):
     c = m.config
     gguf_arch = "llama" if arch in ("llama", "mistral") else arch
-    path = os.path.join(out, "model.gguf")
     w = gguf.GGUFWriter(path, gguf_arch)
     w.add_name(f"{arch}-tiny")
     w.add_context_length(c.max_position_embeddings)
@@ -164,14 +166,7 @@ def cmd_model(out, arch, qtype_name):
     w.add_rope_freq_base(c.rope_theta if hasattr(c, "rope_theta") else 10000.0)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_file_type(0)
-    toks, scores, types = spm_vocab(c.vocab_size)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(toks)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
+    tokenizer_keys(w)
     sd = m.state_dict()
     for k, v in sd.items():
         if k == "lm_head.weight" and c.tie_word_embeddings:
@@ -193,6 +188,23 @@ def cmd_model(out, arch, qtype_name):
     w.write_tensors_to_file()
     w.close()
 
+
+def cmd_model(out, arch, qtype_name):
+    import transformers as tf
+    os.makedirs(out, exist_ok=True)
+    m = tiny_model(arch)
+
+    def spm_keys(w):
+        toks, scores, types = spm_vocab(m.config.vocab_size)
+        w.add_tokenizer_model("llama")
+        w.add_token_list(toks)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_unk_token_id(0)
+
+    write_model_gguf(m, arch, os.path.join(out, "model.gguf"), T[qtype_name], spm_keys)
     back = tf.AutoModelForCausalLM.from_pretrained(out, gguf_file="model.gguf", torch_dtype=torch.float32)
     ref = {k: v.detach().float().contiguous().clone() for k, v in back.state_dict().items()}
     save_file(ref, os.path.join(out, "ref.safetensors"))
@@ -297,9 +309,65 @@ def cmd_tokenizer(out, kind):
     print("ok", len(texts))
 
 
+def cmd_from_hf(src, out, qtype_name):
+    import transformers as tf
+    m = tf.AutoModelForCausalLM.from_pretrained(src, torch_dtype=torch.float32)
+    tj = json.load(open(os.path.join(src, "tokenizer.json"), encoding="utf-8"))
+    tc = json.load(open(os.path.join(src, "tokenizer_config.json"), encoding="utf-8"))
+    vocab = dict(tj["model"]["vocab"])
+    specials = {a["id"] for a in tj["added_tokens"] if a["special"]}
+    for a in tj["added_tokens"]:
+        vocab[a["content"]] = a["id"]
+    toks = [None] * len(vocab)
+    for t, i in vocab.items():
+        toks[i] = t
+
+    def bpe_keys(w):
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(toks)
+        w.add_token_types([3 if i in specials else 1 for i in range(len(toks))])
+        w.add_token_merges([" ".join(x) if isinstance(x, list) else x for x in tj["model"]["merges"]])
+        for key, fn in (("bos_token", w.add_bos_token_id), ("eos_token", w.add_eos_token_id),
+                        ("pad_token", w.add_pad_token_id)):
+            if tc.get(key):
+                fn(vocab[tc[key]])
+        w.add_add_bos_token(True)
+        w.add_chat_template(CHAT_TEMPLATE)
+
+    write_model_gguf(m, "llama", out, T[qtype_name], bpe_keys)
+    print("ok", len(toks))
+
+
+def cmd_check_merged(d, gguf_name, peft_dir, merged):
+    import transformers as tf
+    from peft import PeftModel
+    base = tf.AutoModelForCausalLM.from_pretrained(d, gguf_file=gguf_name, torch_dtype=torch.float32)
+    ref = PeftModel.from_pretrained(base, peft_dir).merge_and_unload().state_dict()
+    got = tf.AutoModelForCausalLM.from_pretrained(merged, torch_dtype=torch.float32).state_dict()
+    assert set(ref) == set(got), (sorted(set(ref) ^ set(got)))
+    worst = 0.0
+    for k in ref:
+        a, b = ref[k].float(), got[k].float()
+        assert a.shape == b.shape, (k, a.shape, b.shape)
+        diff = (a - b).abs().max().item()
+        worst = max(worst, diff)
+        assert diff <= 1e-5 * max(1.0, a.abs().max().item()), (k, diff)
+    t_ref = tf.AutoTokenizer.from_pretrained(d, gguf_file=gguf_name)
+    t_got = tf.AutoTokenizer.from_pretrained(merged)
+    for text in ["Reverse the word.", " abc def", "### Instruction:\nhello"]:
+        assert t_ref(text)["input_ids"] == t_got(text)["input_ids"], text
+    assert t_got.chat_template == t_ref.chat_template
+    print("ok", len(ref), "max diff", worst)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "quants":
         cmd_quants(sys.argv[2])
+    elif sys.argv[1] == "from-hf":
+        cmd_from_hf(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif sys.argv[1] == "check-merged":
+        cmd_check_merged(*sys.argv[2:6])
     elif sys.argv[1] == "tokenizer":
         cmd_tokenizer(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "model":

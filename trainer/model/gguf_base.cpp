@@ -180,6 +180,7 @@ class GgufSource final : public TensorSource {
   at::Tensor tensor(const std::string& n) override {
     const io::GgufTensorInfo& t = info(n);
     at::Tensor x = quant::gguf_tensor_f32(f_, t.name).reshape(shape(n));
+    io::release_mapped_pages(f_.bytes(t.name));  // the stored bytes are consumed: only the fp32 copy stays
     check_finite(x, n);
     if (arch_ == "llama" && x.dim() >= 1) {
       // llama.cpp's converter interleaves the RoPE pairs of q and k rows; back to HF's halves
@@ -217,8 +218,11 @@ class GgufSource final : public TensorSource {
     for (int64_t d = 1; d < w.dim(); ++d) s.push_back(w.size(d));
     return w.reshape(s).transpose(1, 2).reshape(w.sizes()).contiguous();
   }
+  // One pass over the values, no temporaries (the tensor may be the largest of the model).
   void check_finite(const at::Tensor& x, const std::string& n) const {
-    if (!at::isfinite(x).all().item<bool>()) user_error(where(n), ": non-finite values after dequantization");
+    const std::span<const uint8_t> bytes(static_cast<const uint8_t*>(x.const_data_ptr()), x.nbytes());
+    if (const auto bad = io::find_nonfinite("F32", bytes))
+      user_error(where(n), ": non-finite values after dequantization (", *bad, ")");
   }
   io::GgufFile f_;
   ModelConfig config_;
