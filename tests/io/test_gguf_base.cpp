@@ -252,6 +252,7 @@ void check_tokenizer(const std::string& kind) {
   EXPECT_EQ(id_or_null(sp.pad_id), ref["pad_id"]);
   EXPECT_EQ(tk->vocab_size(), ref["vocab_size"].get<int32_t>());
   EXPECT_EQ(tk->chat_template(), ref["chat_template"].get<std::string>());
+  EXPECT_EQ(tk->chat_template_origin(), (d / "model.gguf").string() + ": tokenizer.chat_template");
   const auto& texts = ref["texts"];
   size_t bad = 0;
   for (size_t i = 0; i < texts.size(); ++i) {

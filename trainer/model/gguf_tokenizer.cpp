@@ -13,6 +13,7 @@
 #include "trainer/common/fs.h"
 #include "trainer/io/gguf_reader.h"
 #include "trainer/tokenizer/byte_level.h"
+#include "trainer/tokenizer/pipeline.h"
 #include "trainer/tokenizer/tokenizer.h"
 
 namespace qlora::model {
@@ -289,9 +290,14 @@ std::unique_ptr<tok::Tokenizer> load_base_tokenizer(const std::filesystem::path&
   } cleanup{dir};
   fs::write_file_atomic(dir / "tokenizer.json", files.tokenizer_json);
   fs::write_file_atomic(dir / "tokenizer_config.json", files.tokenizer_config_json);
+  std::unique_ptr<tok::Tokenizer> t;
   try {
-    return tok::load_tokenizer(dir);
+    t = tok::load_tokenizer(dir);
   } catch (const UserError& e) { user_error(path.string(), ": tokenizer.ggml: ", e.what()); }
+  // Messages about the chat template name the GGUF key, not the temporary file.
+  if (auto* p = dynamic_cast<tok::PipelineTokenizer*>(t.get()); p && !p->chat_template().empty())
+    p->chat_template_origin_text() = path.string() + ": tokenizer.chat_template";
+  return t;
 }
 
 }  // namespace qlora::model
