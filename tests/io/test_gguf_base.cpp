@@ -222,6 +222,9 @@ TEST(GgufBase, LlamaQ8_0EqualsTransformers) { check_against_transformers({"llama
 TEST(GgufBase, LlamaQ4_0EqualsTransformers) { check_against_transformers({"llama", "Q4_0"}); }
 TEST(GgufBase, Qwen2Q4_1EqualsTransformers) { check_against_transformers({"qwen2", "Q4_1"}); }
 TEST(GgufBase, Qwen3BF16EqualsTransformers) { check_against_transformers({"qwen3", "BF16"}); }
+TEST(GgufBase, LlamaQ4_KEqualsTransformers) { check_against_transformers({"llama", "Q4_K"}); }
+TEST(GgufBase, Qwen2Q5_KEqualsTransformers) { check_against_transformers({"qwen2", "Q5_K"}); }
+TEST(GgufBase, Qwen3Q6_KEqualsTransformers) { check_against_transformers({"qwen3", "Q6_K"}); }
 TEST(GgufBase, MistralAsLlamaArchF16EqualsTransformers) { check_against_transformers({"mistral", "F16"}); }
 
 TEST(GgufBase, HfNamesMapToLlamaCppNames) {

@@ -6,7 +6,7 @@ transformers are the judges.
                         and DIR/quants_ref.safetensors: gguf.quants.dequantize of each, fp32
   model DIR ARCH QTYPE  a tiny random transformers model of ARCH (llama, mistral, qwen2, qwen3)
                         converted to DIR/model.gguf (2-D weights in QTYPE: F32, F16, BF16, Q8_0,
-                        Q4_0, Q4_1; llama's q/k rows permuted as llama.cpp's converter does; an SPM
+                        Q4_0, Q4_1, or Q4_K/Q5_K/Q6_K as random valid blocks, rows of 256; llama's q/k rows permuted as llama.cpp's converter does; an SPM
                         vocabulary), then loaded back by AutoModelForCausalLM.from_pretrained(DIR,
                         gguf_file=...): DIR/ref.safetensors holds its state dict (fp32) and
                         DIR/ref_config.json the config fields transformers derived
@@ -88,10 +88,15 @@ def cmd_quants(out):
     print("ok", len(ref))
 
 
-def tiny_model(arch):
+KQUANTS = ("Q4_K", "Q5_K", "Q6_K")
+
+
+def tiny_model(arch, wide=False):
+    """wide: rows of 256 elements, a whole K-quant block (hidden 256, intermediate 512)."""
     import transformers as tf
     torch.manual_seed(11)
-    common = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+    common = dict(vocab_size=96, hidden_size=256 if wide else 64, intermediate_size=512 if wide else 96,
+                  num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, rms_norm_eps=1e-5, max_position_embeddings=128, rope_theta=10000.0,
                   bos_token_id=1, eos_token_id=2)
     if arch == "llama":
@@ -182,7 +187,11 @@ def write_model_gguf(m, arch, path, qt, tokenizer_keys):
         elif qt == T.F16:
             w.add_tensor(name, x.astype(np.float16))
         else:
-            w.add_tensor(name, quantize(np.ascontiguousarray(x), qt), raw_dtype=qt)
+            if qt.name in KQUANTS:  # gguf-py cannot quantize to K-quants: random valid blocks instead
+                blocks = random_kquant_blocks(np.random.default_rng(len(name)), qt, x.size // 256)
+                w.add_tensor(name, blocks.reshape(x.shape[0], -1), raw_dtype=qt)
+            else:
+                w.add_tensor(name, quantize(np.ascontiguousarray(x), qt), raw_dtype=qt)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -192,7 +201,7 @@ def write_model_gguf(m, arch, path, qt, tokenizer_keys):
 def cmd_model(out, arch, qtype_name):
     import transformers as tf
     os.makedirs(out, exist_ok=True)
-    m = tiny_model(arch)
+    m = tiny_model(arch, wide=qtype_name in KQUANTS)
 
     def spm_keys(w):
         toks, scores, types = spm_vocab(m.config.vocab_size)
