@@ -207,7 +207,9 @@ GgufFile::GgufFile(const std::filesystem::path& path) : path_(path) {
 
   for (uint64_t i = 0; i < n_kv; ++i) {
     auto e = std::make_unique<Entry>();
-    e->key = c.str("metadata key " + std::to_string(i), kMaxNameBytes);
+    e->key =
+        c.str("metadata key " + std::to_string(i) + (kv_.empty() ? "" : " (after " + shorten(kv_.back()->key) + ")"),
+              kMaxNameBytes);
     if (kv_index_.count(e->key)) user_error(p, ": ", e->key, ": duplicate metadata key");
     e->type = c.get<uint32_t>(e->key + " (value type)");
     if (e->type > 12) user_error(p, ": ", e->key, ": unknown value type ", e->type);
@@ -228,7 +230,9 @@ GgufFile::GgufFile(const std::filesystem::path& path) : path_(path) {
   tensors_.reserve(n_tensors);
   for (uint64_t i = 0; i < n_tensors; ++i) {
     GgufTensorInfo t;
-    t.name = c.str("tensor info " + std::to_string(i) + " name", kMaxNameBytes);
+    t.name = c.str("tensor info " + std::to_string(i) + " name" +
+                       (tensors_.empty() ? "" : " (after " + shorten(tensors_.back().name) + ")"),
+                   kMaxNameBytes);
     if (index_.count(t.name)) user_error(p, ": ", t.name, ": duplicate tensor name");
     const uint32_t nd = c.get<uint32_t>(t.name + " (n_dims)");
     if (nd == 0 || nd > kMaxDims) user_error(p, ": ", t.name, ": n_dims ", nd, ", expected 1 to ", kMaxDims);
