@@ -17,7 +17,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${BUILD_DIR:-$root/build-fuzz}"
 jobs="${QLORA_JOBS:-$(nproc)}"
 fuzzdir="$root/tests/fuzz"
-targets=(safetensors config dataset tokenizer_json tokenizer_config jinja peft manifest)
+targets=(safetensors config dataset tokenizer_json tokenizer_config jinja peft manifest gguf)
 
 # -max_len per target: large enough for the seeds that matter (real chat templates, a small
 # tokenizer.json), small enough to keep the executions fast.
@@ -51,7 +51,7 @@ run_target() {  # TARGET CORPUS_DIR [extra libFuzzer args...]
   args+=(-max_len="$(max_len "$t")" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1
          -artifact_prefix="$build/findings/$t/")
   [ -f "$fuzzdir/dict/$t.dict" ] && args+=(-dict="$fuzzdir/dict/$t.dict")
-  case "$t" in safetensors | peft | manifest) args+=(-detect_leaks=0) ;; esac
+  case "$t" in safetensors | peft | manifest | gguf) args+=(-detect_leaks=0) ;; esac
   local dirs=("$work" "$fuzzdir/corpus/$t")
   [ -d "$fuzzdir/regressions/$t" ] && dirs+=("$fuzzdir/regressions/$t")
   # The files the target writes, in a folder of this run's own (RAM when /dev/shm exists).

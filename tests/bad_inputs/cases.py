@@ -1109,3 +1109,52 @@ def cli_unknown_option(ctx):
 @case("cli", "trian", "trian", "subcommand")
 def cli_unknown_subcommand(ctx):
     return ["trian", "cfg.yaml"]
+
+
+# ---------------------------------------------------------------------------------------------
+# a GGUF file as base_model (docs/formats.md §6.5)
+
+def gguf_base(ctx, fill=None, cut=None):
+    """./base.gguf: a minimal llama GGUF the gguf package writes (`fill(writer)` may add to or
+    replace the good keys), optionally cut to `cut` bytes; the config trains on it."""
+    import numpy as np
+    import gguf
+    p = ctx.path("base.gguf")
+    w = gguf.GGUFWriter(p, "llama")
+    keys = {"block_count": 1, "embedding_length": 64, "feed_forward_length": 128, "head_count": 4}
+    if fill:
+        fill(w, keys)
+    if "block_count" in keys:
+        w.add_block_count(keys["block_count"])
+    w.add_embedding_length(keys["embedding_length"])
+    w.add_feed_forward_length(keys["feed_forward_length"])
+    w.add_head_count(keys["head_count"])
+    w.add_tensor("token_embd.weight", np.zeros((8, 64), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    if cut is not None:
+        with open(p, "r+b") as fh:
+            fh.truncate(cut)
+    return train(ctx, {"base_model": p})
+
+
+@case("gguf", "base.gguf", "kv_count", "truncated")
+def gguf_truncated_header(ctx):
+    return gguf_base(ctx, cut=20)
+
+
+@case("gguf", "base.gguf", "metadata key", "runs past the end of the file")
+def gguf_truncated_metadata(ctx):
+    return gguf_base(ctx, cut=200)
+
+
+@case("gguf", "base.gguf", "llama.block_count", "missing")
+def gguf_missing_key(ctx):
+    return gguf_base(ctx, fill=lambda w, k: k.pop("block_count"))
+
+
+@case("gguf", "base.gguf", "llama.attention.head_count", "positive integer")
+def gguf_zero_heads(ctx):
+    return gguf_base(ctx, fill=lambda w, k: k.update(head_count=0))

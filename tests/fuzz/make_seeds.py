@@ -206,7 +206,54 @@ def manifest_seeds():
     put("manifest", "missing.json", json.dumps({"step": 1, "files": {"model.safetensors": {"sha256": "", "bytes": 0}}}))
 
 
+# ---- GGUF -----------------------------------------------------------------------------------------
+def gguf_seeds():
+    # Small files the gguf package writes: metadata of every value type, tensors of each type we read.
+    import tempfile
+    import numpy as np
+    import gguf
+    from gguf import GGMLQuantizationType as T
+    from gguf.quants import quantize
+
+    def make(name, fill):
+        with tempfile.TemporaryDirectory() as d:
+            p = os.path.join(d, "x.gguf")
+            w = gguf.GGUFWriter(p, "llama")
+            fill(w)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+            w.close()
+            put("gguf", name, read(p))
+
+    rng = np.random.default_rng(0)
+
+    def meta(w):
+        w.add_block_count(2)
+        w.add_embedding_length(64)
+        w.add_uint8("u8", 1); w.add_int8("i8", -1); w.add_uint16("u16", 2); w.add_int16("i16", -2)
+        w.add_int32("i32", -3); w.add_uint64("u64", 4); w.add_int64("i64", -4); w.add_float64("f64", 0.5)
+        w.add_bool("b", True); w.add_string("s", "h\u00e9"); w.add_array("a", [1, 2, 3]); w.add_array("as", ["x", "y"])
+        w.add_tensor("v", np.arange(4, dtype=np.float32))
+
+    def quants(w):
+        x = rng.standard_normal((1, 32)).astype(np.float32)
+        w.add_tensor("f16", x.astype(np.float16))
+        for qt in (T.Q8_0, T.Q4_0, T.Q4_1, T.BF16):
+            w.add_tensor(qt.name, quantize(x, qt), raw_dtype=qt)
+
+    def kquants(w):
+        for qt in (T.Q4_K, T.Q5_K, T.Q6_K):
+            _, size = gguf.GGML_QUANT_SIZES[qt]
+            w.add_tensor(qt.name, np.zeros((1, size), dtype=np.uint8), raw_dtype=qt)
+
+    make("meta.gguf", meta)
+    make("quants.gguf", quants)
+    make("kquants.gguf", kquants)
+
+
 if __name__ == "__main__":
-    for fn in (safetensors_seeds, config_seeds, dataset_seeds, tokenizer_seeds, jinja_seeds, peft_seeds, manifest_seeds):
+    for fn in (safetensors_seeds, config_seeds, dataset_seeds, tokenizer_seeds, jinja_seeds, peft_seeds, manifest_seeds,
+               gguf_seeds):
         fn()
     print("seeds written under", OUT)

@@ -6,6 +6,7 @@
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
 #include "trainer/model/device.h"
+#include "trainer/model/gguf_tokenizer.h"
 #include "trainer/run/adapter_source.h"
 #include "trainer/run/layout.h"
 
@@ -33,7 +34,7 @@ InferenceModel load_inference_model(const std::string& model_dir, const std::str
     if (r.model_dir.empty())
       user_error((src.dir / run::kAdapterConfigFile).string(),
                  ": base_model_name_or_path is empty and no --model was given; give the base model with --model");
-    if (!std::filesystem::is_directory(r.model_dir))
+    if (!std::filesystem::is_directory(r.model_dir) && !std::filesystem::is_regular_file(r.model_dir))  // a GGUF file
       user_error(r.model_dir.string(), ": base model directory not found",
                  model_dir.empty() ? " (named by the adapter " + src.dir.string() + "; give --model)" : std::string());
     r.model = run::load_model_with_adapter(r.model_dir, src, o);
@@ -42,7 +43,7 @@ InferenceModel load_inference_model(const std::string& model_dir, const std::str
   }
   std::filesystem::path tok_dir = r.model_dir;
   if (r.train && !r.train->tokenizer.empty()) tok_dir = r.train->tokenizer;
-  r.tokenizer = tok::load_tokenizer(tok_dir);
+  r.tokenizer = model::load_base_tokenizer(tok_dir);
   const model::Model& m = r.model;
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   char buf[1024];

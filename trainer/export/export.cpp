@@ -16,9 +16,12 @@
 #include "trainer/common/numbers.h"
 #include "trainer/io/dtype.h"
 #include "trainer/io/gguf.h"
+#include "trainer/io/gguf_reader.h"
 #include "trainer/io/hf_checkpoint.h"
 #include "trainer/io/peft.h"
 #include "trainer/io/safetensors.h"
+#include "trainer/model/gguf_base.h"
+#include "trainer/model/gguf_tokenizer.h"
 #include "trainer/model/lora.h"
 #include "trainer/model/summary.h"
 #include "trainer/quant/bnb_nf4.h"
@@ -57,8 +60,8 @@ void check_out(const ExportOptions& o, const std::vector<stdfs::path>& sources) 
     user_error(o.out.string(), ": output directory is not empty (use --force to replace it)");
 }
 
-// The base directory to use: --base-model, else what the adapter records. UserError when it is
-// not an HF model directory.
+// The base directory (or GGUF file) to use: --base-model, else what the adapter records.
+// UserError when it is neither an HF model directory nor a GGUF file.
 stdfs::path base_dir(const ExportOptions& o, const run::AdapterSource& src, bool required) {
   const stdfs::path b = o.base_model.empty() ? src.base_model : o.base_model;
   const std::string from = o.base_model.empty()
@@ -69,6 +72,7 @@ stdfs::path base_dir(const ExportOptions& o, const run::AdapterSource& src, bool
     if (required) user_error(from, ": no base model recorded; give it with --base-model");
     return {};
   }
+  if (io::is_gguf_file(b)) return b;
   if (!stdfs::is_regular_file(b / "config.json")) {
     if (required || !o.base_model.empty())
       user_error(from, ": ", b.string(),
@@ -229,12 +233,12 @@ bool is_tokenizer_file(const std::string& n) {
 class MergedWriter {
  public:
   MergedWriter(const ExportOptions& o, const run::AdapterSource& src, const stdfs::path& base)
-      : o_(o), src_(src), ck_(base), mc_(model::read_model_config(base)) {}
+      : o_(o), src_(src), base_(base), ts_(model::open_tensor_source(base)), mc_(model::read_model_config(base)) {}
 
   ExportReport run() {
     ExportReport rep;
     rep.adapter_dir = src_.dir;
-    rep.base_model = ck_.dir();
+    rep.base_model = base_;
     rep.dtype = o_.dtype.value_or(at::kBFloat16);
     check_adapter_matches_base(src_, mc_);
     const BaseHolding hold = base_holding(src_);
@@ -242,7 +246,7 @@ class MergedWriter {
     // What W is: dequant(NF4) when the adapter saw NF4 and the user did not ask otherwise.
     if (o_.merge_into == "original") {
       if (bnb)
-        user_error("--merge-into original: ", ck_.dir().string(),
+        user_error("--merge-into original: ", base_.string(),
                    " is a 4-bit checkpoint; its original 16-bit weights are not there (give them with --base-model)");
       if (hold.nf4)
         std::fprintf(
@@ -270,7 +274,7 @@ class MergedWriter {
     } else {
       user_error("--merge-into: expected dequant or original, got \"", o_.merge_into, "\"");
     }
-    check_out(o_, {src_.dir, ck_.dir()});
+    check_out(o_, {src_.dir, base_});
     dtype_ = rep.dtype;
     scaling_ = model::lora_scaling(model::to_lora_config(src_.peft));
     lora_ = lora_by_module(src_);
@@ -317,43 +321,43 @@ class MergedWriter {
   }
 
  private:
-  std::string where(const std::string& name) const {
-    return ck_.contains(name) ? ck_.file_of(name).path().string() + ": " + name : ck_.dir().string() + ": " + name;
-  }
+  std::string where(const std::string& name) const { return ts_->where(name); }
 
-  bool is_bnb(const OutTensor& t) const { return !t.module.empty() && quant::is_bnb_4bit(ck_, t.module); }
+  bool is_bnb(const OutTensor& t) const {
+    return !t.module.empty() && ts_->hf() && quant::is_bnb_4bit(*ts_->hf(), t.module);
+  }
 
   // Before writing anything: every source tensor is there with the expected shape and a float dtype.
   void check_source(const OutTensor& t) const {
     if (is_bnb(t)) return;  // read_bnb_nf4 checks its entries; the shape is checked in produce()
-    if (!ck_.contains(t.name)) {
+    if (!ts_->contains(t.name)) {
       if (t.name == "lm_head.weight")
-        user_error(ck_.dir().string(), ": lm_head.weight: missing (config.json says tie_word_embeddings is false)");
-      user_error(ck_.dir().string(), ": ", t.name, ": missing from the checkpoint");
+        user_error(ts_->location(), ": lm_head.weight: missing (config.json says tie_word_embeddings is false)");
+      user_error(ts_->location(), ": ", t.name, ": missing from the checkpoint");
     }
-    const io::TensorInfo& info = ck_.info(t.name);
-    if (!io::is_float_weight_dtype(info.dtype))
-      user_error(where(t.name), ": expected F32, BF16 or F16 weights, got ", info.dtype);
-    if (info.shape != t.shape)
-      user_error(where(t.name), ": expected shape ", at::IntArrayRef(t.shape), ", got ", at::IntArrayRef(info.shape));
+    if (!ts_->is_float(t.name))
+      user_error(where(t.name), ": expected F32, BF16 or F16 weights, got ", ts_->dtype_name(t.name));
+    const std::vector<int64_t> shape = ts_->shape(t.name);
+    if (shape != t.shape)
+      user_error(where(t.name), ": expected shape ", at::IntArrayRef(t.shape), ", got ", at::IntArrayRef(shape));
   }
 
   // The output tensor in dtype_: a copy for everything but adapted linears, which get
   // W + scaling * B @ A computed in fp32 (W as chosen by --merge-into).
   at::Tensor produce(const OutTensor& t) {
-    if (t.module.empty()) return ck_.tensor(t.name).to(dtype_);
+    if (t.module.empty()) return ts_->tensor(t.name).to(dtype_);
     at::Tensor w;
     if (is_bnb(t)) {
-      const kernels::NF4Tensor q = quant::read_bnb_nf4(ck_, t.module);
+      const kernels::NF4Tensor q = quant::read_bnb_nf4(*ts_->hf(), t.module);
       if (q.shape != t.shape)
         user_error(where(t.module + ".weight" + quant::kBnbNf4StateSuffix), ": shape ", at::IntArrayRef(q.shape),
                    ", expected ", at::IntArrayRef(t.shape));
       w = kernels::nf4_dequantize(q, at::kFloat);
     } else if (quantize_) {
       // Exactly what the trainer's loader computed with: quantize the stored weight, dequantize.
-      w = kernels::nf4_dequantize(kernels::nf4_quantize(ck_.tensor(t.name), blocksize_, double_quant_), at::kFloat);
+      w = kernels::nf4_dequantize(kernels::nf4_quantize(ts_->tensor(t.name), blocksize_, double_quant_), at::kFloat);
     } else {
-      w = ck_.tensor(t.name).to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
+      w = ts_->tensor(t.name).to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
     }
     const auto it = lora_.find(t.module);
     if (it != lora_.end()) {
@@ -365,19 +369,22 @@ class MergedWriter {
 
   void release(const OutTensor& t) {
     if (is_bnb(t)) {
-      for (const std::string& n : ck_.names())
-        if (n.starts_with(t.module + ".weight")) io::release_mapped_pages(ck_.file_of(n).bytes(n));
+      const io::HfCheckpoint& ck = *ts_->hf();
+      for (const std::string& n : ck.names())
+        if (n.starts_with(t.module + ".weight")) io::release_mapped_pages(ck.file_of(n).bytes(n));
     } else {
-      io::release_mapped_pages(ck_.file_of(t.name).bytes(t.name));
+      ts_->release(t.name);
     }
     trim_heap();
   }
 
   void write_config(const stdfs::path& dir, ExportReport& rep) const {
-    const stdfs::path p = ck_.dir() / "config.json";
+    const bool gguf = io::is_gguf_file(base_);
+    const stdfs::path p = gguf ? base_ : base_ / "config.json";
     nlohmann::ordered_json cfg;
     try {
-      cfg = nlohmann::ordered_json::parse(fs::read_file(p));
+      // a GGUF base: the config transformers derives from its metadata
+      cfg = nlohmann::ordered_json::parse(gguf ? model::gguf_hf_config_json(io::GgufFile(base_)) : fs::read_file(p));
     } catch (const nlohmann::json::exception& e) { user_error(p.string(), ": not valid JSON: ", json_error_text(e)); }
     cfg.erase("quantization_config");
     cfg.erase("_pre_quantization_dtype");
@@ -398,10 +405,18 @@ class MergedWriter {
   // from the run's separate tokenizer directory when it had one). A base without
   // generation_config.json gets the one save_pretrained derives from config.json.
   void copy_side_files(const stdfs::path& dir, ExportReport& rep) const {
-    std::vector<stdfs::path> from = {ck_.dir()};
+    std::vector<stdfs::path> from = {base_};
+    if (io::is_gguf_file(base_)) {  // its tokenizer and chat template, as tokenizer.json + tokenizer_config.json
+      const model::GgufTokenizerFiles t = model::gguf_tokenizer_files(io::GgufFile(base_));
+      fs::write_file_atomic(dir / "tokenizer.json", t.tokenizer_json);
+      fs::write_file_atomic(dir / "tokenizer_config.json", t.tokenizer_config_json);
+      rep.files.push_back("tokenizer.json");
+      rep.files.push_back("tokenizer_config.json");
+    }
     if (src_.train && !src_.train->tokenizer.empty() && stdfs::is_directory(src_.train->tokenizer))
       from.push_back(src_.train->tokenizer);
     for (size_t i = 0; i < from.size(); ++i) {
+      if (!stdfs::is_directory(from[i])) continue;
       for (const auto& e : stdfs::directory_iterator(from[i])) {
         const std::string n = e.path().filename().string();
         if (!e.is_regular_file() || io::is_hf_weight_file(e.path()) || n == "config.json" || n.empty() || n[0] == '.')
@@ -427,7 +442,8 @@ class MergedWriter {
 
   const ExportOptions& o_;
   const run::AdapterSource& src_;
-  io::HfCheckpoint ck_;
+  stdfs::path base_;
+  std::unique_ptr<model::TensorSource> ts_;
   model::ModelConfig mc_;
   std::map<std::string, ModuleLora> lora_;
   at::ScalarType dtype_ = at::kBFloat16;

@@ -1,4 +1,5 @@
-// load_model: config.json + safetensors -> Model, streaming tensor by tensor out of the mmap.
+// load_model: config.json + safetensors, or a GGUF file -> Model, streaming tensor by tensor out of
+// the mmap (gguf_base.h: TensorSource).
 #include <ATen/CPUGeneratorImpl.h>
 #include <unistd.h>
 
@@ -6,6 +7,8 @@
 #include "trainer/common/memory.h"
 #include "trainer/io/dtype.h"
 #include "trainer/io/hf_checkpoint.h"
+#include "trainer/io/safetensors.h"
+#include "trainer/model/gguf_base.h"
 #include "trainer/model/model.h"
 #include "trainer/model/rope.h"
 #include "trainer/quant/bnb_nf4.h"
@@ -16,11 +19,12 @@ namespace {
 
 class Loader {
  public:
-  Loader(const std::filesystem::path& dir, const ModelLoadOptions& opts) : ck_(dir), opts_(opts) {}
+  Loader(const std::filesystem::path& base, const ModelLoadOptions& opts)
+      : base_(base), src_(open_tensor_source(base)), opts_(opts) {}
 
   Model load() {
     Model m;
-    m.config = read_model_config(ck_.dir());
+    m.config = read_model_config(base_);
     m.device = opts_.device;
     m.compute_dtype = opts_.compute_dtype.value_or(opts_.device.is_cuda() ? at::kBFloat16 : at::kFloat);
     dtype_ = m.compute_dtype;
@@ -61,8 +65,8 @@ class Loader {
     if (c.tie_word_embeddings) {
       m.lm_head = m.embed_tokens;
     } else {
-      if (!ck_.contains("lm_head.weight"))
-        user_error(ck_.dir().string(), ": lm_head.weight: missing (config.json says tie_word_embeddings is false)");
+      if (!src_->contains("lm_head.weight"))
+        user_error(src_->location(), ": lm_head.weight: missing (config.json says tie_word_embeddings is false)");
       m.lm_head = take16("lm_head.weight", {c.vocab_size, H});
     }
     m.inv_freq = rope_inv_freq(c).to(m.device);
@@ -74,22 +78,21 @@ class Loader {
   }
 
  private:
-  std::string where(const std::string& name) const {
-    return ck_.contains(name) ? ck_.file_of(name).path().string() + ": " + name : ck_.dir().string() + ": " + name;
-  }
+  std::string where(const std::string& name) const { return src_->where(name); }
 
-  // A zero-copy view of a floating checkpoint tensor with the expected shape.
+  // A floating tensor of the source with the expected shape: a zero-copy view of a safetensors
+  // tensor, or one GGUF tensor dequantized to fp32.
   at::Tensor view16(const std::string& name, const std::vector<int64_t>& shape) {
-    if (!ck_.contains(name)) user_error(ck_.dir().string(), ": ", name, ": missing from the checkpoint");
-    const io::TensorInfo& info = ck_.info(name);
-    if (!io::is_float_weight_dtype(info.dtype))
-      user_error(where(name), ": expected F32, BF16 or F16 weights, got ", info.dtype);
-    if (info.shape != shape)
-      user_error(where(name), ": expected shape ", at::IntArrayRef(shape), ", got ", at::IntArrayRef(info.shape));
-    return ck_.tensor(name);
+    if (!src_->contains(name)) user_error(src_->location(), ": ", name, ": missing from the checkpoint");
+    if (!src_->is_float(name))
+      user_error(where(name), ": expected F32, BF16 or F16 weights, got ", src_->dtype_name(name));
+    const std::vector<int64_t> got = src_->shape(name);
+    if (got != shape)
+      user_error(where(name), ": expected shape ", at::IntArrayRef(shape), ", got ", at::IntArrayRef(got));
+    return src_->tensor(name);
   }
 
-  void release(const std::string& name) { io::release_mapped_pages(ck_.file_of(name).bytes(name)); }
+  void release(const std::string& name) { src_->release(name); }
 
   // An owned copy in the compute dtype on the device.
   at::Tensor take16(const std::string& name, const std::vector<int64_t>& shape) {
@@ -106,8 +109,8 @@ class Loader {
     l.out_features = shape[0];
     l.in_features = shape[1];
     const std::string wname = prefix + ".weight";
-    if (quant::is_bnb_4bit(ck_, prefix)) {
-      kernels::NF4Tensor q = quant::read_bnb_nf4(ck_, prefix);
+    if (src_->hf() && quant::is_bnb_4bit(*src_->hf(), prefix)) {
+      kernels::NF4Tensor q = quant::read_bnb_nf4(*src_->hf(), prefix);
       if (q.shape != shape)
         user_error(where(prefix + (std::string(".weight") + quant::kBnbNf4StateSuffix)), ": shape ",
                    at::IntArrayRef(q.shape), ", expected ", at::IntArrayRef(shape));
@@ -130,7 +133,8 @@ class Loader {
       l.lora = make_lora_adapter(l.in_features, l.out_features, *opts_.lora, init_gen_, dtype_, opts_.device);
   }
 
-  io::HfCheckpoint ck_;
+  std::filesystem::path base_;
+  std::unique_ptr<TensorSource> src_;
   ModelLoadOptions opts_;
   at::ScalarType dtype_ = at::kFloat;
   at::Generator init_gen_;

@@ -8,7 +8,9 @@
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
 #include "trainer/io/dtype.h"
+#include "trainer/io/gguf_reader.h"
 #include "trainer/io/hf_checkpoint.h"
+#include "trainer/model/gguf_base.h"
 
 namespace qlora::model {
 
@@ -525,6 +527,7 @@ ModelConfig parse_model_config(const std::string& text, const std::filesystem::p
 ModelConfig read_model_config(const std::filesystem::path& dir_or_file) {
   std::filesystem::path p = dir_or_file;
   if (!std::filesystem::exists(p)) user_error(p.string(), ": not a model directory (does not exist)");
+  if (io::is_gguf_file(p)) return gguf_model_config(io::GgufFile(p));
   if (std::filesystem::is_directory(p)) p /= "config.json";
   if (!std::filesystem::exists(p))
     user_error(p.string(), ": missing (a Hugging Face model directory has a config.json)");

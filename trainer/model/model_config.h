@@ -117,7 +117,7 @@ struct ModelConfig {
   }
 };
 
-// Reads DIR/config.json (or the file itself). UserError "PATH: key: what was expected" for a
+// Reads DIR/config.json (or the file itself; a .gguf file: gguf_base.h). UserError "PATH: key: what was expected" for a
 // missing/ill-typed key, an unsupported architecture, activation or rope type.
 ModelConfig read_model_config(const std::filesystem::path& dir_or_file);
 

@@ -34,6 +34,7 @@
 #include "trainer/dist/dist.h"
 #include "trainer/model/device.h"
 #include "trainer/model/generate.h"
+#include "trainer/model/gguf_tokenizer.h"
 #include "trainer/model/model.h"
 #include "trainer/optim/adamw.h"
 #include "trainer/optim/grad.h"
@@ -387,8 +388,8 @@ void setup(Session& s) {
   check_against_model(s);
   g_phase = "loading the tokenizer and the datasets";
   const std::string tok_path = cfg.tokenizer.empty() ? cfg.base_model : cfg.tokenizer;
-  s.tk = tok::load_tokenizer(tok_path);
-  if (!cfg.data.chat_template.empty())  // a chat template the config names parses, chat data or not
+  s.tk = model::load_base_tokenizer(tok_path);  // a GGUF base carries its own
+  if (!cfg.data.chat_template.empty())          // a chat template the config names parses, chat data or not
     located(cfg, [&] { return tok::ChatTemplate::resolve(cfg.data.chat_template, *s.tk); });
   s.ds = located(cfg, [&] {
     return data::build_datasets(cfg.data, *s.tk, [](const std::string& l) { std::printf("%s\n", l.c_str()); });
