@@ -71,6 +71,11 @@ nlohmann::json hf_config_of(const io::GgufFile& f) {
     user_error(f.path().string(), ": general.architecture: \"", shorten(arch),
                "\" is not supported (expected llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3 or phi3)");
   const std::string k = arch + ".";
+  // llama.cpp stores Phi-3's longrope factors as tensors; reading them is not implemented, and
+  // without them the model would compute with plain RoPE.
+  if (arch == "phi3" && (f.contains("rope_factors_long.weight") || f.contains("rope_factors_short.weight")))
+    user_error(f.path().string(), ": rope_factors_long.weight: a Phi-3 GGUF with longrope factors is not supported as ",
+               "a base model; use the Hugging Face checkpoint of this model");
   auto positive = [&](const std::string& key) {
     const int64_t v = f.get_int(key);
     if (v <= 0) user_error(f.path().string(), ": ", key, ": expected a positive integer, got ", v);
