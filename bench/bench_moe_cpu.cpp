@@ -39,18 +39,9 @@ bench::LlamaShape shape_of(const std::string& kind) {
   return {kVocab, kHidden, kTopK * kExpertInter, kLayers, kHeads, kKv};
 }
 
-// VmHWM / VmRSS of this process, bytes.
-int64_t status_bytes(const char* key) {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind(key, 0) == 0) return std::stoll(line.substr(std::string(key).size())) * 1024;
-  return 0;
-}
-
 // One model (written by the parent into `dir`), in this process: writes its JSON to `out`.
 int run_one(const std::string& kind, const stdfs::path& dir, const stdfs::path& out) {
-  const int64_t rss_before_load = status_bytes("VmRSS:");
+  const int64_t rss_before_load = static_cast<int64_t>(fs::proc_status_bytes("VmRSS:"));
   model::ModelLoadOptions o;
   o.compute_dtype = at::kFloat;
   config::LoraConfig lc;
@@ -92,7 +83,7 @@ int run_one(const std::string& kind, const stdfs::path& dir, const stdfs::path& 
             {"step_s", sorted[sorted.size() / 2]},
             {"all_step_s", secs},
             {"tokens_per_s", static_cast<double>(kBatch * kSeq) / sorted[sorted.size() / 2]},
-            {"peak_rss_bytes", status_bytes("VmHWM:")},
+            {"peak_rss_bytes", static_cast<int64_t>(fs::proc_status_bytes("VmHWM:"))},
             {"rss_before_load_bytes", rss_before_load},
             {"loss", loss}};
   fs::write_file_atomic(out, r.dump(2) + "\n");

@@ -19,6 +19,8 @@
 #include <string_view>
 #include <vector>
 
+#include "trainer/common/fs.h"
+
 namespace qlora::io {
 
 // ggml tensor types (ggml.h numbering). Only the ones whose block layout is known are accepted.
@@ -116,10 +118,9 @@ class GgufFile {
   std::span<const uint8_t> bytes(std::string_view name) const;
 
  private:
-  struct Mapping;
   struct Entry;
   std::filesystem::path path_;
-  std::shared_ptr<Mapping> map_;
+  std::shared_ptr<const fs::MappedFile> map_;
   uint32_t version_ = 0;
   uint64_t alignment_ = 32;
   const uint8_t* data_ = nullptr;

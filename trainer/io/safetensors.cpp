@@ -38,36 +38,11 @@ int64_t TensorInfo::numel() const {
   return n;
 }
 
-struct SafetensorsFile::Mapping {
-  void* addr = nullptr;
-  size_t size = 0;
-  ~Mapping() {
-    if (addr && size) ::munmap(addr, size);
-  }
-};
-
 SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path) {
   const std::string p = path.string();
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) user_error(p, ": cannot open: ", std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    ::close(fd);
-    user_error(p, ": cannot stat: ", std::strerror(errno));
-  }
-  const uint64_t fsize = static_cast<uint64_t>(st.st_size);
-  map_ = std::make_shared<Mapping>();
-  if (fsize > 0) {
-    void* a = ::mmap(nullptr, fsize, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (a == MAP_FAILED) {
-      ::close(fd);
-      user_error(p, ": cannot mmap: ", std::strerror(errno));
-    }
-    map_->addr = a;
-    map_->size = fsize;
-  }
-  ::close(fd);
-  const uint8_t* base = static_cast<const uint8_t*>(map_->addr);
+  map_ = fs::map_file(path);
+  const uint64_t fsize = map_->size;
+  const uint8_t* base = map_->data;
 
   if (fsize < 8) user_error(p, ": not a safetensors file (", fsize, " bytes, shorter than the 8-byte header length)");
   uint64_t n = 0;

@@ -60,9 +60,8 @@ class SafetensorsFile {
   at::Tensor tensor(std::string_view name) const;
 
  private:
-  struct Mapping;
   std::filesystem::path path_;
-  std::shared_ptr<Mapping> map_;
+  std::shared_ptr<const fs::MappedFile> map_;
   const uint8_t* data_ = nullptr;  // start of the data buffer
   std::vector<TensorInfo> tensors_;
   std::map<std::string, size_t, std::less<>> index_;
