@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "tests/common/harness.h"
+#include "tests/common/load_peak.h"
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
 #include "trainer/io/gguf.h"
@@ -356,17 +357,7 @@ void write_big_gguf(const test::stdfs::path& p) {
 // dequantized to fp32 + a fixed allowance, well under the 16-bit file. The load runs in a child
 // process (this binary re-run with QLORA_GGUF_MEMORY_CHILD set), so its peak RSS is its own.
 TEST(GgufBase, LoadPeakIsModelPlusOneTensor) {
-  if (const char* file = std::getenv("QLORA_GGUF_MEMORY_CHILD")) {
-    at::zeros({1});
-    const uint64_t baseline = fs::proc_status_bytes("VmRSS:");
-    model::ModelLoadOptions o;
-    o.compute_dtype = at::kBFloat16;
-    model::Model m = model::load_model(file, o);
-    std::printf("RESULT %llu %llu %lld\n", static_cast<unsigned long long>(baseline),
-                static_cast<unsigned long long>(fs::proc_status_bytes("VmHWM:")),
-                static_cast<long long>(m.base_nbytes()));
-    return;
-  }
+  if (test::report_load_peak_if_child("QLORA_GGUF_MEMORY_CHILD")) return;
   const auto p = test::temp_dir() / "big.gguf";
   write_big_gguf(p);
   uint64_t largest = 0;
@@ -375,15 +366,10 @@ TEST(GgufBase, LoadPeakIsModelPlusOneTensor) {
     io::GgufFile f(p);
     for (const auto& t : f.tensors()) largest = std::max<uint64_t>(largest, static_cast<uint64_t>(t.numel()) * 4);
   }
-  test::ProcResult r = test::run("QLORA_GGUF_MEMORY_CHILD=" + test::quote(p.string()) + " OMP_NUM_THREADS=2 " +
-                                 test::quote(test::stdfs::read_symlink("/proc/self/exe").string()) +
-                                 " --gtest_filter=GgufBase.LoadPeakIsModelPlusOneTensor");
-  ASSERT_EQ(r.code, 0) << r.output;
-  const auto pos = r.output.find("RESULT ");
-  ASSERT_NE(pos, std::string::npos) << r.output;
-  unsigned long long baseline = 0, peak = 0;
-  long long model_bytes = 0;
-  ASSERT_EQ(std::sscanf(r.output.c_str() + pos, "RESULT %llu %llu %lld", &baseline, &peak, &model_bytes), 3);
+  const test::LoadPeak lp =
+      test::load_peak_in_child("QLORA_GGUF_MEMORY_CHILD", p, "GgufBase.LoadPeakIsModelPlusOneTensor");
+  const uint64_t peak = lp.peak, baseline = lp.baseline;
+  const int64_t model_bytes = lp.model_bytes;
   const double mib = 1024.0 * 1024.0;
   const uint64_t growth = peak - baseline;
   const uint64_t allowance = 64ull << 20;  // allocator slack, the fp32 copy of one linear while quantizing

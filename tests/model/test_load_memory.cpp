@@ -9,6 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "tests/common/load_peak.h"
 #include "tests/model/fixtures.h"
 #include "trainer/common/fs.h"
 #include "trainer/io/hf_checkpoint.h"
@@ -47,18 +48,7 @@ void write_checkpoint(const stdfs::path& dir) {
 }  // namespace
 
 TEST(LoadMemory, PeakIsModelPlusLargestTensor) {
-  if (const char* dir = std::getenv("QLORA_LOAD_MEMORY_CHILD")) {
-    // Child: load and report.
-    at::zeros({1});
-    const uint64_t baseline = fs::proc_status_bytes("VmRSS:");
-    model::ModelLoadOptions o;
-    o.compute_dtype = at::kBFloat16;
-    model::Model m = model::load_model(dir, o);
-    std::printf("RESULT %llu %llu %lld\n", static_cast<unsigned long long>(baseline),
-                static_cast<unsigned long long>(fs::proc_status_bytes("VmHWM:")),
-                static_cast<long long>(m.base_nbytes()));
-    return;
-  }
+  if (test::report_load_peak_if_child("QLORA_LOAD_MEMORY_CHILD")) return;
   const stdfs::path dir = test::temp_dir();
   write_checkpoint(dir);
   uint64_t largest = 0, file_bytes = 0;
@@ -67,15 +57,10 @@ TEST(LoadMemory, PeakIsModelPlusLargestTensor) {
     for (const auto& n : ck.names()) largest = std::max<uint64_t>(largest, ck.info(n).nbytes());
     file_bytes = ck.total_bytes();
   }
-  test::ProcResult r = test::run("QLORA_LOAD_MEMORY_CHILD=" + test::quote(dir.string()) + " OMP_NUM_THREADS=2 " +
-                                 test::quote(stdfs::read_symlink("/proc/self/exe").string()) +
-                                 " --gtest_filter=LoadMemory.PeakIsModelPlusLargestTensor");
-  ASSERT_EQ(r.code, 0) << r.output;
-  const auto pos = r.output.find("RESULT ");
-  ASSERT_NE(pos, std::string::npos) << r.output;
-  unsigned long long baseline = 0, peak = 0;
-  long long model_bytes = 0;
-  ASSERT_EQ(std::sscanf(r.output.c_str() + pos, "RESULT %llu %llu %lld", &baseline, &peak, &model_bytes), 3);
+  const test::LoadPeak lp =
+      test::load_peak_in_child("QLORA_LOAD_MEMORY_CHILD", dir, "LoadMemory.PeakIsModelPlusLargestTensor");
+  const uint64_t peak = lp.peak, baseline = lp.baseline;
+  const int64_t model_bytes = lp.model_bytes;
   const double mib = 1024.0 * 1024.0;
   const uint64_t growth = peak - baseline;
   const uint64_t allowance = 64ull << 20;  // allocator slack, the fp32 copy of one linear while quantizing
