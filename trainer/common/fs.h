@@ -2,7 +2,6 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
-#include <memory>
 #include <string>
 #include <string_view>
 
@@ -67,19 +66,6 @@ class StagedDir {
   bool replace_;
   bool done_ = false;
 };
-
-// A whole file mapped read-only (private mapping), unmapped when the last reference goes.
-struct MappedFile {
-  const uint8_t* data = nullptr;  // nullptr for an empty file
-  uint64_t size = 0;
-  MappedFile() = default;
-  MappedFile(const MappedFile&) = delete;
-  MappedFile& operator=(const MappedFile&) = delete;
-  ~MappedFile();
-};
-
-// Maps `path`; UserError "PATH: cannot open / stat / mmap: reason" when that fails.
-std::shared_ptr<const MappedFile> map_file(const std::filesystem::path& path);
 
 // Human-readable byte count ("1.5 GiB").
 std::string format_bytes(uint64_t bytes);

@@ -19,7 +19,7 @@
 #include <string_view>
 #include <vector>
 
-#include "trainer/common/fs.h"
+#include "trainer/common/mapped_file.h"
 
 namespace qlora::io {
 

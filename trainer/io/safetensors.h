@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "trainer/common/fs.h"
+#include "trainer/common/mapped_file.h"
 
 namespace qlora::io {
 
