@@ -21,6 +21,16 @@ struct LoadPeak {
   int64_t model_bytes = 0;  // Model::base_nbytes()
 };
 
+// Whether a process's peak RSS is its own program's: not under AddressSanitizer, whose quarantine
+// keeps freed memory resident (a load's temporaries would count as held).
+inline bool rss_is_measurable() {
+#if defined(__SANITIZE_ADDRESS__)
+  return false;
+#else
+  return true;
+#endif
+}
+
 // Child side: when `env` is set, loads the model it names (NF4, the rest bf16), prints the
 // result line for load_peak_in_child and returns true; the test then ends.
 inline bool report_load_peak_if_child(const char* env) {
