@@ -138,6 +138,17 @@ def permute(w, n_head, n_head_kv):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def add_spm_tokenizer(w, toks, scores, types):
+    """A SentencePiece ("llama") tokenizer in the GGUF metadata: pieces, scores, types, ids 0/1/2."""
+    w.add_tokenizer_model("llama")
+    w.add_token_list(toks)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+
+
 def spm_vocab(n):
     toks = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(16)]
     words = ["▁the", "▁a", "▁of", "▁to", "▁and", "in", "er", "on", "▁t", "re", "at", "en", "▁w", "is", "or", "an"]
@@ -204,14 +215,7 @@ def cmd_model(out, arch, qtype_name):
     m = tiny_model(arch, wide=qtype_name in KQUANTS)
 
     def spm_keys(w):
-        toks, scores, types = spm_vocab(m.config.vocab_size)
-        w.add_tokenizer_model("llama")
-        w.add_token_list(toks)
-        w.add_token_scores(scores)
-        w.add_token_types(types)
-        w.add_bos_token_id(1)
-        w.add_eos_token_id(2)
-        w.add_unk_token_id(0)
+        add_spm_tokenizer(w, *spm_vocab(m.config.vocab_size))
 
     write_model_gguf(m, arch, os.path.join(out, "model.gguf"), T[qtype_name], spm_keys)
     back = tf.AutoModelForCausalLM.from_pretrained(out, gguf_file="model.gguf", torch_dtype=torch.float32)
@@ -262,13 +266,7 @@ def cmd_tokenizer(out, kind):
         types = [int(p.type) for p in proto.pieces]
         w = gguf.GGUFWriter(path, "llama")
         minimal_model_keys(w, len(toks))
-        w.add_tokenizer_model("llama")
-        w.add_token_list(toks)
-        w.add_token_scores(scores)
-        w.add_token_types(types)
-        w.add_bos_token_id(1)
-        w.add_eos_token_id(2)
-        w.add_unk_token_id(0)
+        add_spm_tokenizer(w, toks, scores, types)
         w.add_add_bos_token(True)
         w.add_add_eos_token(False)
     else:
