@@ -150,6 +150,21 @@ def config_dropout_out_of_range(ctx):
     return train(ctx, {"lora_dropout": "1.5"})
 
 
+@case("config", "cfg.yaml", "init_lora_weights", "pissa_niter_K")
+def config_unknown_lora_init(ctx):
+    return train(ctx, extra="init_lora_weights: pisa\n")
+
+
+@case("config", "cfg.yaml", "loftq_config.loftq_bits", "expected 4")
+def config_loftq_8bit(ctx):
+    return train(ctx, extra="loftq_config:\n  loftq_bits: 8\n")
+
+
+@case("config", "cfg.yaml", "loftq_config", "init_lora_weights: olora")
+def config_loftq_with_other_init(ctx):
+    return train(ctx, extra="init_lora_weights: olora\nloftq_config:\n  loftq_iter: 2\n")
+
+
 @case("config", "cfg.yaml", line("learning_rate"), "expected")
 def config_negative_learning_rate(ctx):
     return train(ctx, {"learning_rate": "-0.001"})

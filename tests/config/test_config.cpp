@@ -580,3 +580,41 @@ TEST(Config, OriginsNameFileLineOrOverride) {
        {"tokenizer.json: not valid JSON", "/m/config.json: vocab_size: missing", "data cursor: x", "lora_r", ""})
     EXPECT_EQ(config::locate_message(c, m), m);
 }
+
+TEST(Config, InitLoraWeightsAsPeftSpellsThem) {
+  const std::string m = kMinimal;  // 6 lines: the key under test is on line 7
+  EXPECT_EQ(parse(m).lora.init_lora_weights, "true");
+  EXPECT_EQ(parse(m + "init_lora_weights: false\n").lora.init_lora_weights, "false");
+  EXPECT_EQ(parse(m + "init_lora_weights: PiSSA\n").lora.init_lora_weights, "pissa");
+  EXPECT_EQ(parse(m + "init_lora_weights: pissa_niter_16\n").lora.init_lora_weights, "pissa_niter_16");
+  EXPECT_EQ(parse(m + "init_lora_weights: olora\n").lora.init_lora_weights, "olora");
+  EXPECT_EQ(parse(m + "init_lora_weights: gaussian\n").lora.init_lora_weights, "gaussian");
+  EXPECT_EQ(error_of(m + "init_lora_weights: pissa_niter_x\n")
+                .rfind("configs/x.yaml:7: init_lora_weights: expected true, "
+                       "false, gaussian, pissa, pissa_niter_K",
+                       0),
+            0u);
+  EXPECT_NE(error_of(m + "init_lora_weights: corda\n").find("\"corda\" initialization is not supported"),
+            std::string::npos);
+  // loftq_config selects LoftQ, at the top level or under peft: as Axolotl nests it.
+  const TrainConfig l = parse(m + "loftq_config:\n  loftq_bits: 4\n  loftq_iter: 3\n");
+  EXPECT_EQ(l.lora.init_lora_weights, "loftq");
+  EXPECT_EQ(l.lora.loftq_iter, 3);
+  const TrainConfig a = parse(m + "peft:\n  loftq_config:\n    loftq_bits: 4\n");
+  EXPECT_EQ(a.lora.init_lora_weights, "loftq");
+  EXPECT_EQ(a.lora.loftq_iter, 1);
+  EXPECT_EQ(error_of(m + "loftq_config:\n  loftq_bits: 8\n"),
+            "configs/x.yaml:8: loftq_config.loftq_bits: expected 4 (the base is NF4; PEFT's 8-bit LoftQ pairs with an "
+            "int8 base), got 8");
+  EXPECT_EQ(error_of(m + "loftq_config:\n  loftq_iters: 2\n"),
+            "configs/x.yaml:8: loftq_config.loftq_iters: unknown key (expected loftq_bits or loftq_iter)");
+  EXPECT_EQ(error_of(m + "init_lora_weights: pissa\nloftq_config:\n  loftq_iter: 2\n"),
+            "configs/x.yaml:8: loftq_config: set with init_lora_weights: pissa (loftq_config configures "
+            "init_lora_weights: loftq)");
+  // The resolved config reads back to the same settings.
+  const TrainConfig back = parse(config::to_yaml(l));
+  EXPECT_EQ(back.lora.init_lora_weights, "loftq");
+  EXPECT_EQ(back.lora.loftq_iter, 3);
+  EXPECT_EQ(parse(config::to_yaml(parse(m + "init_lora_weights: pissa_niter_4\n"))).lora.init_lora_weights,
+            "pissa_niter_4");
+}

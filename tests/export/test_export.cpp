@@ -37,11 +37,13 @@ std::string q(const stdfs::path& p) { return test::quote(p.string()); }
 // Trains `adapter` (qlora | lora) for a few steps with a large learning rate, so lora_B is far
 // from zero, into DIR/run; the model and data of train_fixture.py in `fixture` (default: the
 // suite's llama fixture).
-void train(const stdfs::path& dir, const std::string& adapter, stdfs::path fixture = {}) {
+void train(const stdfs::path& dir, const std::string& adapter, stdfs::path fixture = {},
+           const std::string& extra_yaml = "lora_alpha: 8\n") {
   const stdfs::path f = fixture.empty() ? g->dir / "fixture" : fixture;
   std::ofstream o(dir / "cfg.yaml");
   o << "base_model: " << (f / "model").string() << "\n"
-    << "adapter: " << adapter << "\nlora_r: 4\nlora_alpha: 8\nlora_dropout: 0\nlora_target_linear: true\n"
+    << "adapter: " << adapter << "\nlora_r: 4\n"
+    << extra_yaml << "lora_dropout: 0\nlora_target_linear: true\n"
     << "sequence_len: 256\nmicro_batch_size: 2\ngradient_accumulation_steps: 1\nmax_steps: 3\n"
     << "learning_rate: 0.05\nlr_scheduler: constant\n"
     << "datasets:\n  - path: " << (f / "train.jsonl").string() << "\n    type: alpaca\n"
@@ -236,6 +238,77 @@ TEST_F(Export, ReferenceLibrariesAgree) {
 // Phi-3's fused projections through both exports: the PEFT adapter (qkv_proj, gate_up_proj
 // targets) loads with PeftModel on the bitsandbytes NF4 base, the merged model with
 // AutoModelForCausalLM; both give our logits.
+// PiSSA and OLoRA train on a residual base: the PEFT export is converted, as PEFT converts it, to
+// a plain LoRA of rank 2r for the original base, and PeftModel.from_pretrained(original base,
+// export) gives our logits; the merged export (residual + B A) gives them too.
+TEST_F(Export, PissaAndOloraConvertToPlainLoraForTheOriginalBase) {
+  for (const std::string init : {"pissa", "olora"}) {
+    SCOPED_TRACE(init);
+    const stdfs::path d = test::temp_dir(init);
+    train(d, "lora", {}, "lora_alpha: 8\ninit_lora_weights: " + init + "\n");
+    const stdfs::path run = d / "run";
+    const stdfs::path ours = our_logits(run, init);
+    test::ProcResult r = run_cli("export " + q(run) + " --format peft --out " + q(d / "peft"));
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("plain LoRA of rank 8"), std::string::npos) << r.output;
+    r = run_cli("export " + q(run) + " --format merged --dtype fp32 --out " + q(d / "merged"));
+    ASSERT_EQ(r.code, 0) << r.output;
+    nlohmann::json checks = nlohmann::json::array();
+    checks.push_back({{"name", "peft"},
+                      {"kind", "peft"},
+                      {"base", g->model.string()},
+                      {"adapter", (d / "peft").string()},
+                      {"ours", ours.string()}});
+    checks.push_back({{"name", "merged"},
+                      {"kind", "merged"},
+                      {"model", (d / "merged").string()},
+                      {"ours", ours.string()},
+                      {"dtype", "float32"}});
+    const nlohmann::json j = judge(checks);
+    std::printf("%s judge: %s\n", init.c_str(), j.dump().c_str());
+    ASSERT_TRUE(j.contains("peft")) << j.dump();
+    EXPECT_LT(j["peft"]["rel"].get<double>(), 1e-4);
+    EXPECT_EQ(j["peft"]["r"], 8);
+    EXPECT_LT(j["merged"]["rel"].get<double>(), 1e-4);
+  }
+}
+
+// LoftQ's base is quantized: the PEFT export carries it (OUT/base, 16-bit), and PEFT on that base
+// loaded in NF4 by bitsandbytes gives our logits; so does the merged export.
+TEST_F(Export, LoftqExportsTheBaseItTrainedAgainst) {
+  const stdfs::path d = test::temp_dir("loftq");
+  train(d, "qlora", {}, "lora_alpha: 4\nloftq_config:\n  loftq_bits: 4\n  loftq_iter: 2\n");
+  const stdfs::path run = d / "run";
+  const stdfs::path ours = our_logits(run, "loftq");
+  test::ProcResult r = run_cli("export " + q(run) + " --format peft --out " + q(d / "peft"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  ASSERT_TRUE(stdfs::exists(d / "peft/base/config.json"));
+  r = run_cli("quantize --model " + q(d / "peft/base") + " --out " + q(d / "base_bnb") + " --compute-dtype float32");
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run_cli("export " + q(run) + " --format merged --dtype fp32 --out " + q(d / "merged"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run_cli("export " + q(run) + " --format gguf-adapter --out " + q(d / "gguf"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_FALSE(stdfs::exists(d / "gguf"));
+  nlohmann::json checks = nlohmann::json::array();
+  checks.push_back({{"name", "peft"},
+                    {"kind", "peft"},
+                    {"base", (d / "base_bnb").string()},
+                    {"adapter", (d / "peft").string()},
+                    {"ours", ours.string()}});
+  checks.push_back({{"name", "merged"},
+                    {"kind", "merged"},
+                    {"model", (d / "merged").string()},
+                    {"ours", ours.string()},
+                    {"dtype", "float32"}});
+  const nlohmann::json j = judge(checks);
+  std::printf("loftq judge: %s\n", j.dump().c_str());
+  ASSERT_TRUE(j.contains("peft")) << j.dump();
+  EXPECT_LT(j["peft"]["rel"].get<double>(), 1e-4);
+  EXPECT_EQ(j["peft"]["r"], 4);
+  EXPECT_LT(j["merged"]["rel"].get<double>(), 1e-4);
+}
+
 TEST_F(Export, Phi3FusedProjectionsLoadInPeftAndTransformers) {
   const stdfs::path d = test::temp_dir("phi3_export");
   stdfs::create_directories(d / "fixture");

@@ -16,6 +16,8 @@
                            key names, and loss_sum
   init MODEL OUT --r R --targets t1,t2
                            PEFT's own initialization: OUT is JSON {key: [max |A|, fan_in, max |B|]}
+  lora_init MODEL OUT --init METHOD ...
+                           PEFT's init_lora_weights METHOD on every LoRA layer (lora_init_ref.py)
   serve                    run the commands above from stdin lines, replies on fd 3 (one import)
 """
 import argparse, json, math, os, sys
@@ -318,6 +320,9 @@ def cmd_init(a):
 
 
 def run(argv):
+    if argv[:1] == ["lora_init"]:  # PEFT's other initialisations: tests/python/lora_init_ref.py
+        import lora_init_ref
+        return lora_init_ref.main(argv[1:])
     p = argparse.ArgumentParser()
     p.add_argument("mode")
     p.add_argument("args", nargs="*")

@@ -27,6 +27,11 @@ struct LoraConfig {
   std::vector<std::string> target_modules;  // lora_target_modules, e.g. q_proj, v_proj
   bool target_linear = false;               // lora_target_linear: every linear layer of the decoder
   bool use_rslora = false;                  // scaling alpha/sqrt(r) instead of alpha/r
+  // init_lora_weights as PEFT spells it: "true" (A kaiming-uniform, B zero), "false" (both
+  // kaiming-uniform), "gaussian", "pissa", "pissa_niter_K", "olora", "loftq" (trainer/model/lora_init.h).
+  std::string init_lora_weights = "true";
+  int64_t loftq_bits = 4;  // loftq_config.loftq_bits (only 4: the base is NF4)
+  int64_t loftq_iter = 1;  // loftq_config.loftq_iter
 };
 
 struct OptimizerConfig {

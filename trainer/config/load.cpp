@@ -160,6 +160,7 @@ struct Ctx {
     std::string written;  // the key path as the user wrote it
     YAML::Mark mark;
   };
+  bool loftq_config_given = false;   // a non-null loftq_config (or peft.loftq_config) was read
   std::map<std::string, Seen> seen;  // canonical key path -> first place it was set
   std::optional<bool> load_in_4bit;  // no struct field: checked against adapter
 
@@ -255,6 +256,42 @@ std::vector<std::string> read_string_list(const YAML::Node& n, const In& in) {
     out.push_back(n[i].Scalar());
   }
   return out;
+}
+
+// init_lora_weights: a boolean or one of PEFT's method names, returned lower-case.
+std::string read_lora_init(const YAML::Node& n, const In& in) {
+  const std::string what = "true, false, gaussian, pissa, pissa_niter_K (K a non-negative integer), olora or loftq";
+  if (!n.IsScalar()) in.expected(what, n);
+  const std::string v = lower(trim(n.Scalar()));
+  if (v == "true" || v == "yes" || v == "on") return "true";
+  if (v == "false" || v == "no" || v == "off") return "false";
+  if (v == "gaussian" || v == "pissa" || v == "olora" || v == "loftq") return v;
+  if (v.starts_with("pissa_niter_")) {
+    int64_t k = 0;
+    if (parse_int_text(v.substr(12), &k) && k >= 0) return "pissa_niter_" + std::to_string(k);
+  }
+  if (v == "eva" || v == "corda" || v == "orthogonal" || v == "lora_ga" || v == "mica")
+    in.fail("PEFT's \"" + v + "\" initialization is not supported (expected " + what + ")");
+  in.expected(what, n);
+}
+
+void read_loftq_config(config::LoraConfig& l, const YAML::Node& n, const In& in) {
+  if (n.IsNull()) return;
+  if (!n.IsMap()) in.expected("a mapping with loftq_bits and loftq_iter", n);
+  in.ctx->loftq_config_given = true;
+  for (auto it = n.begin(); it != n.end(); ++it) {
+    const std::string k = it->first.Scalar();
+    const In sub{in.path + "." + k, it->first.Mark(), in.ctx};
+    if (k == "loftq_bits") {
+      const int64_t b = read_int(it->second, sub, 1, "4 (the base is NF4)");
+      if (b != 4) sub.expected("4 (the base is NF4; PEFT's 8-bit LoftQ pairs with an int8 base)", it->second);
+      l.loftq_bits = b;
+    } else if (k == "loftq_iter") {
+      l.loftq_iter = read_int(it->second, sub, 1, "a positive integer");
+    } else {
+      sub.fail("unknown key (expected loftq_bits or loftq_iter)");
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -590,6 +627,50 @@ const Schema<TrainConfig>& top_schema() {
         "lora_target_linear", [](T& c) -> bool& { return c.lora.target_linear; }, I));
     v.push_back(bool_field<T>(
         "use_rslora", [](T& c) -> bool& { return c.lora.use_rslora; }, I));
+    {
+      // true | false | gaussian | pissa | pissa_niter_K | olora | loftq (PEFT's values).
+      Field<T> f = make<T>("init_lora_weights", I);
+      f.reset = [](T& c) { c.lora.init_lora_weights = config::LoraConfig{}.init_lora_weights; };
+      f.read = [](T& c, const YAML::Node& n, const In& in) { c.lora.init_lora_weights = read_lora_init(n, in); };
+      f.write = [](const T& c) {
+        const std::string& v = c.lora.init_lora_weights;
+        return v == "true" || v == "false" ? plain(v) : str(v);
+      };
+      v.push_back(f);
+    }
+    {
+      // loftq_config: {loftq_bits, loftq_iter}; Axolotl nests it as peft: {loftq_config: ...}.
+      // Setting it selects init_lora_weights: loftq, as Axolotl does.
+      Field<T> f = make<T>("loftq_config", I);
+      f.reset = [](T& c) {
+        c.lora.loftq_bits = config::LoraConfig{}.loftq_bits;
+        c.lora.loftq_iter = config::LoraConfig{}.loftq_iter;
+      };
+      f.read = [](T& c, const YAML::Node& n, const In& in) { read_loftq_config(c.lora, n, in); };
+      f.write = [](const T& c) {
+        if (c.lora.init_lora_weights != "loftq") return null_val();
+        Val m;
+        m.kind = Val::Map;
+        m.map.emplace_back("loftq_bits", plain(std::to_string(c.lora.loftq_bits)));
+        m.map.emplace_back("loftq_iter", plain(std::to_string(c.lora.loftq_iter)));
+        return m;
+      };
+      v.push_back(f);
+      Field<T> p = make<T>("peft", I);
+      p.canonical = "loftq_config";
+      p.written = false;
+      p.reset = f.reset;
+      p.read = [](T& c, const YAML::Node& n, const In& in) {
+        if (n.IsNull()) return;
+        if (!n.IsMap()) in.expected("a mapping with loftq_config", n);
+        for (auto it = n.begin(); it != n.end(); ++it) {
+          const In sub{in.path + "." + it->first.Scalar(), it->first.Mark(), in.ctx};
+          if (it->first.Scalar() != "loftq_config") sub.fail("unknown key (expected loftq_config)");
+          read_loftq_config(c.lora, it->second, sub);
+        }
+      };
+      v.push_back(p);
+    }
 
     v.push_back(int_field<T>(
         "sequence_len", [](T& c) -> int64_t& { return c.data.sequence_len; }, 1, I));
@@ -951,6 +1032,13 @@ void finish(TrainConfig& c, Ctx& ctx) {
   if (c.lora.target_modules.empty() && !c.lora.target_linear)
     ctx.fail_key("lora_target_modules",
                  "required: the modules to adapt (e.g. [q_proj, v_proj]), or lora_target_linear: true");
+  if (ctx.loftq_config_given) {
+    if (!ctx.was_set("init_lora_weights"))
+      c.lora.init_lora_weights = "loftq";
+    else if (c.lora.init_lora_weights != "loftq")
+      ctx.fail_key("loftq_config", "set with init_lora_weights: " + c.lora.init_lora_weights +
+                                       " (loftq_config configures init_lora_weights: loftq)");
+  }
   if (ctx.load_in_4bit) {
     if (!ctx.was_set("adapter")) {
       c.lora.adapter = *ctx.load_in_4bit ? "qlora" : "lora";

@@ -23,6 +23,7 @@
 #include "trainer/model/gguf_base.h"
 #include "trainer/model/gguf_tokenizer.h"
 #include "trainer/model/lora.h"
+#include "trainer/model/lora_init.h"
 #include "trainer/model/summary.h"
 #include "trainer/quant/bnb_nf4.h"
 #include "trainer/run/layout.h"
@@ -232,19 +233,29 @@ bool is_tokenizer_file(const std::string& n) {
 
 class MergedWriter {
  public:
-  MergedWriter(const ExportOptions& o, const run::AdapterSource& src, const stdfs::path& base)
-      : o_(o), src_(src), base_(base), ts_(model::open_tensor_source(base)), mc_(model::read_model_config(base)) {}
+  // base_only: the base an init computed (lora_init.h), without the adapter, in the dtype of the
+  // checkpoint's first projection weight (write_init_base).
+  MergedWriter(const ExportOptions& o, const run::AdapterSource& src, const stdfs::path& base, bool base_only = false)
+      : o_(o), src_(src), base_(base), ts_(model::open_tensor_source(base)), mc_(model::read_model_config(base)) {
+    base_only_ = base_only;
+  }
 
   ExportReport run() {
     ExportReport rep;
     rep.adapter_dir = src_.dir;
     rep.base_model = base_;
     rep.dtype = o_.dtype.value_or(at::kBFloat16);
+    if (base_only_) {
+      const std::string w = model::layer_prefix(0) + model::layer_linears(mc_).front().path + ".weight";
+      rep.dtype = ts_->contains(w) ? ts_->tensor(w).scalar_type() : at::kFloat;
+    }
     check_adapter_matches_base(src_, mc_);
     const BaseHolding hold = base_holding(src_);
     const bool bnb = mc_.quantization.has_value();
     // What W is: dequant(NF4) when the adapter saw NF4 and the user did not ask otherwise.
-    if (o_.merge_into == "original") {
+    if (base_only_) {
+      quantize_ = false;
+    } else if (o_.merge_into == "original") {
       if (bnb)
         user_error("--merge-into original: ", base_.string(),
                    " is a 4-bit checkpoint; its original 16-bit weights are not there (give them with --base-model)");
@@ -277,7 +288,10 @@ class MergedWriter {
     check_out(o_, {src_.dir, base_});
     dtype_ = rep.dtype;
     scaling_ = model::lora_scaling(model::to_lora_config(src_.peft));
-    lora_ = lora_by_module(src_);
+    if (!base_only_) lora_ = lora_by_module(src_);
+    // PiSSA / OLoRA / LoftQ trained on a base they computed: recompute it as the loader did.
+    if (src_.train) inits_ = model::replay_lora_init(base_, src_.train->lora, src_.train->seed);
+    requantize_inits_ = hold.nf4 && o_.merge_into == "dequant";
 
     const std::vector<OutTensor> all = merged_tensors(mc_);
     for (const OutTensor& t : all) check_source(t);
@@ -323,6 +337,10 @@ class MergedWriter {
  private:
   std::string where(const std::string& name) const { return ts_->where(name); }
 
+  std::map<std::string, model::LoraInitResult> inits_;  // module -> base-changing init
+  bool requantize_inits_ = false;
+  bool base_only_ = false;
+
   bool is_bnb(const OutTensor& t) const {
     return !t.module.empty() && ts_->hf() && quant::is_bnb_4bit(*ts_->hf(), t.module);
   }
@@ -347,7 +365,21 @@ class MergedWriter {
   at::Tensor produce(const OutTensor& t) {
     if (t.module.empty()) return ts_->tensor(t.name).to(dtype_);
     at::Tensor w;
-    if (is_bnb(t)) {
+    const auto init = inits_.find(t.module);
+    if (init != inits_.end()) {
+      // The base the init computed, rounded to the checkpoint's dtype as the loader rounds it;
+      // --merge-into original leaves out only the NF4 step.
+      at::Tensor src;
+      if (is_bnb(t)) {
+        src = kernels::nf4_dequantize(quant::read_bnb_nf4(*ts_->hf(), t.module), at::kFloat);
+      } else {
+        src = ts_->tensor(t.name);
+      }
+      const at::Tensor base = model::lora_init_base(src, init->second).to(src.scalar_type());
+      w = requantize_inits_
+              ? kernels::nf4_dequantize(kernels::nf4_quantize(base, blocksize_, double_quant_), at::kFloat)
+              : base.to(at::kFloat);
+    } else if (is_bnb(t)) {
       const kernels::NF4Tensor q = quant::read_bnb_nf4(*ts_->hf(), t.module);
       if (q.shape != t.shape)
         user_error(where(t.module + ".weight" + quant::kBnbNf4StateSuffix), ": shape ", at::IntArrayRef(q.shape),
@@ -507,15 +539,96 @@ void check_adapter_matches_base(const run::AdapterSource& src, const model::Mode
                  module.substr(module.rfind('.') + 1), " in every layer of the base ", base, ")");
 }
 
+// ---- adapters of a base-changing init ------------------------------------------------------
+
+bool changes_base(const run::AdapterSource& src) {
+  return src.train && model::lora_init_method(src.train->lora).changes_base();
+}
+
+// PiSSA / OLoRA trained A, B on W_res = W - s B0 A0. PEFT converts such an adapter to a plain one
+// for the original W (save_pretrained with path_initial_model_for_weight_conversion):
+//   W + dW = W_res + s B A  gives  dW = s (B A - B0 A0) = s [B | -B0] [A ; A0],
+// rank 2r with the same scaling (alpha doubled, or times sqrt(2) under rsLoRA).
+run::AdapterSource converted_to_plain_lora(const run::AdapterSource& src, const stdfs::path& base) {
+  const std::map<std::string, model::LoraInitResult> inits =
+      model::replay_lora_init(base, src.train->lora, src.train->seed);
+  run::AdapterSource out = src;
+  for (auto& [key, t] : out.tensors) {
+    const io::PeftLoraKey k = io::parse_peft_lora_key(key).value();
+    const auto it = inits.find(k.module);
+    if (it == inits.end())
+      user_error((src.dir / io::kPeftWeightsFile).string(), ": ", key, ": the run's config adapts no module ",
+                 k.module);
+    const at::Tensor t0 = (k.which == 'A' ? it->second.A : it->second.B).to(t.scalar_type());
+    t = k.which == 'A' ? at::cat({t, t0}, 0) : at::cat({t, -t0}, 1);
+  }
+  out.peft.r *= 2;
+  out.peft.lora_alpha *= out.peft.use_rslora ? std::sqrt(2.0) : 2.0;
+  return out;
+}
+
+ExportReport write_init_base(const ExportOptions& o, const run::AdapterSource& src, const stdfs::path& base,
+                             const stdfs::path& out);
+
 ExportReport export_checkpoint(const ExportOptions& o) {
   if (o.format != "peft" && o.format != "merged" && o.format != "gguf-adapter")
     user_error("--format: expected peft, merged or gguf-adapter, got \"", o.format, "\"");
   if (o.out.empty()) user_error("--out: an output directory is required");
   const run::AdapterSource src = run::read_adapter_source(o.checkpoint);
+  if (o.format != "merged" && changes_base(src)) {
+    const std::string& init = src.train->lora.init_lora_weights;
+    const stdfs::path base = base_dir(o, src, /*required=*/true);
+    if (init != "loftq") {
+      std::fprintf(stderr,
+                   "qlora: note: init_lora_weights: %s trained on a residual base; the adapter is converted to a "
+                   "plain LoRA of rank %lld for the original base, as PEFT converts it\n",
+                   init.c_str(), static_cast<long long>(2 * src.peft.r));
+      const run::AdapterSource conv = converted_to_plain_lora(src, base);
+      return o.format == "peft" ? export_peft(o, conv) : export_gguf(o, conv);
+    }
+    // LoftQ's base is itself quantized: no adapter for the original base reproduces it, so the
+    // base travels with the adapter, as PEFT's LoftQ recipe saves it.
+    if (o.format == "gguf-adapter")
+      user_error(
+          "--format gguf-adapter: init_lora_weights: loftq trained against its own base, which a llama.cpp "
+          "adapter for the original model cannot carry (export --format merged instead)");
+    check_adapter_matches_base(src, model::read_model_config(base));
+    check_out(o, {src.dir, base});
+    ExportReport rep;
+    rep.adapter_dir = src.dir;
+    rep.base_model = base;
+    rep.dtype = o.dtype.value_or(at::kFloat);
+    io::PeftAdapterConfig cfg = src.peft;
+    cfg.base_model_name_or_path = (stdfs::absolute(o.out) / "base").lexically_normal().string();
+    fs::StagedDir staged(o.out, /*replace_existing=*/stdfs::exists(o.out));
+    io::write_peft_adapter(staged.path(), cfg, src.tensors, rep.dtype);
+    rep.files = {io::kPeftConfigFile, io::kPeftWeightsFile};
+    for (const auto& [k, v] : src.tensors) rep.tensor_bytes += v.numel() * c10::elementSize(rep.dtype);
+    const ExportReport b = write_init_base(o, src, base, staged.path() / "base");
+    for (const std::string& f : b.files) rep.files.push_back("base/" + f);
+    rep.tensor_bytes += b.tensor_bytes;
+    staged.commit();
+    std::fprintf(stderr,
+                 "qlora: note: init_lora_weights: loftq: the adapter belongs to the LoftQ base in %s/base (16-bit; "
+                 "load it in 4-bit NF4 as the run did)\n",
+                 o.out.string().c_str());
+    return rep;
+  }
   if (o.format == "peft") return export_peft(o, src);
   if (o.format == "gguf-adapter") return export_gguf(o, src);
   const stdfs::path base = base_dir(o, src, /*required=*/true);
   return MergedWriter(o, src, base).run();
+}
+
+// LoftQ's base as a 16-bit model (the dtype of the checkpoint's weights): what its adapter loads onto.
+ExportReport write_init_base(const ExportOptions& o, const run::AdapterSource& src, const stdfs::path& base,
+                             const stdfs::path& out) {
+  ExportOptions bo = o;
+  bo.out = out;
+  bo.merge_into = "original";
+  bo.force = true;
+  bo.dtype.reset();
+  return MergedWriter(bo, src, base, /*base_only=*/true).run();
 }
 
 }  // namespace qlora::exporter

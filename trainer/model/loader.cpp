@@ -3,12 +3,15 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <unistd.h>
 
+#include <cstdio>
+
 #include "trainer/common/error.h"
 #include "trainer/common/memory.h"
 #include "trainer/io/dtype.h"
 #include "trainer/io/hf_checkpoint.h"
 #include "trainer/io/safetensors.h"
 #include "trainer/model/gguf_base.h"
+#include "trainer/model/lora_init.h"
 #include "trainer/model/model.h"
 #include "trainer/model/rope.h"
 #include "trainer/quant/bnb_nf4.h"
@@ -28,7 +31,16 @@ class Loader {
     m.device = opts_.device;
     m.compute_dtype = opts_.compute_dtype.value_or(opts_.device.is_cuda() ? at::kBFloat16 : at::kFloat);
     dtype_ = m.compute_dtype;
-    if (opts_.lora) resolve_lora_targets(*opts_.lora, m.config);  // UserError for bad targets
+    if (opts_.lora) {
+      resolve_lora_targets(*opts_.lora, m.config);  // UserError for bad targets
+      if (lora_init_method(*opts_.lora).kind == LoraInitMethod::Loftq && lora_scaling(*opts_.lora) != 1.0)
+        std::fprintf(stderr,
+                     "qlora: warning: init_lora_weights: loftq: LoftQ's A and B cancel the quantization error at a "
+                     "LoRA scaling of 1 (PEFT computes them so); this config scales the adapter by %g, so the "
+                     "starting model overshoots the 16-bit one. Set lora_alpha equal to lora_r (or to sqrt(lora_r) "
+                     "with use_rslora).\n",
+                     lora_scaling(*opts_.lora));
+    }
     const ModelConfig& c = m.config;
     const int64_t H = c.hidden_size;
     init_gen_ = at::make_generator<at::CPUGeneratorImpl>(opts_.seed);
@@ -109,7 +121,10 @@ class Loader {
     l.out_features = shape[0];
     l.in_features = shape[1];
     const std::string wname = prefix + ".weight";
-    if (src_->hf() && quant::is_bnb_4bit(*src_->hf(), prefix)) {
+    const bool adapted = opts_.lora && lora_targets(*opts_.lora, prefix);
+    if (adapted && lora_init_method(*opts_.lora).changes_base()) {
+      load_linear_new_base(l, prefix, shape);
+    } else if (src_->hf() && quant::is_bnb_4bit(*src_->hf(), prefix)) {
       kernels::NF4Tensor q = quant::read_bnb_nf4(*src_->hf(), prefix);
       if (q.shape != shape)
         user_error(where(prefix + (std::string(".weight") + quant::kBnbNf4StateSuffix)), ": shape ",
@@ -129,10 +144,73 @@ class Loader {
       trim_heap();
     }
     if (bias) l.bias = take16(prefix + ".bias", {shape[0]});
-    if (opts_.lora && lora_targets(*opts_.lora, prefix))
+    if (adapted && !l.lora)
       l.lora = make_lora_adapter(l.in_features, l.out_features, *opts_.lora, init_gen_, dtype_, opts_.device);
   }
 
+  // PiSSA / OLoRA / LoftQ: the adapter comes from the weight and replaces it as the base
+  // (lora_init.h). The new base is rounded to the checkpoint's dtype, as the 16-bit model PEFT
+  // would save holds it, then quantized like any weight.
+  void load_linear_new_base(Linear& l, const std::string& prefix, const std::vector<int64_t>& shape) {
+    const std::string wname = prefix + ".weight";
+    at::ScalarType stored = at::kFloat;
+    at::Tensor w = weight_for_init(prefix, shape, &stored);
+    const LoraInitResult init = lora_init_from_weight(w, *opts_.lora, init_gen_);
+    const at::Tensor base = lora_init_base(w, init).to(stored);
+    w = at::Tensor();
+    release(wname);
+    if (opts_.quantize)
+      l.nf4 = kernels::nf4_quantize(base, opts_.blocksize, opts_.double_quant).to(opts_.device);
+    else
+      l.weight = base.to(opts_.device, dtype_, /*non_blocking=*/false, /*copy=*/true);
+    l.lora = lora_adapter_from(init.A, init.B, *opts_.lora, dtype_, opts_.device);
+    trim_heap();
+  }
+
+ public:
+  // The inits load() computes, in the same order with the same generator (replay_lora_init).
+  std::map<std::string, LoraInitResult> replay_inits() {
+    std::map<std::string, LoraInitResult> out;
+    const ModelConfig c = read_model_config(base_);
+    resolve_lora_targets(*opts_.lora, c);
+    init_gen_ = at::make_generator<at::CPUGeneratorImpl>(opts_.seed);
+    const std::vector<LinearSpec> specs = layer_linears(c);
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+      for (const LinearSpec& spec : specs) {
+        const std::string prefix = layer_prefix(i) + spec.path;
+        if (!lora_targets(*opts_.lora, prefix)) continue;
+        at::ScalarType stored = at::kFloat;
+        const at::Tensor w = weight_for_init(prefix, {spec.out, spec.in}, &stored);
+        out.emplace(prefix, lora_init_from_weight(w, *opts_.lora, init_gen_));
+        release(prefix + ".weight");
+      }
+    return out;
+  }
+
+  // The weight a base-changing init starts from, fp32 or as stored; `stored`: the dtype its new
+  // base is rounded to.
+  at::Tensor weight_for_init(const std::string& prefix, const std::vector<int64_t>& shape, at::ScalarType* stored) {
+    const config::LoraConfig& cfg = *opts_.lora;
+    const std::string wname = prefix + ".weight";
+    if (src_->hf() && quant::is_bnb_4bit(*src_->hf(), prefix)) {
+      if (cfg.init_lora_weights != "olora")
+        user_error(where(wname + quant::kBnbNf4StateSuffix), ": init_lora_weights: ", cfg.init_lora_weights,
+                   " needs the 16-bit weights, and this checkpoint holds them in 4 bit (give the original model as "
+                   "base_model)");
+      const kernels::NF4Tensor q = quant::read_bnb_nf4(*src_->hf(), prefix);
+      if (q.shape != shape)
+        user_error(where(wname + quant::kBnbNf4StateSuffix), ": shape ", at::IntArrayRef(q.shape), ", expected ",
+                   at::IntArrayRef(shape));
+      // PEFT's OLoRA dequantizes a 4-bit base to fp32 and quantizes the fp32 residual again.
+      *stored = at::kFloat;
+      return kernels::nf4_dequantize(q, at::kFloat);
+    }
+    at::Tensor w = view16(wname, shape);
+    *stored = w.scalar_type();
+    return w;
+  }
+
+ private:
   std::filesystem::path base_;
   std::unique_ptr<TensorSource> src_;
   ModelLoadOptions opts_;
@@ -159,5 +237,14 @@ ModelLoadOptions ModelLoadOptions::from_train_config(const config::TrainConfig& 
 }
 
 Model load_model(const std::filesystem::path& dir, const ModelLoadOptions& opts) { return Loader(dir, opts).load(); }
+
+std::map<std::string, LoraInitResult> replay_lora_init(const std::filesystem::path& dir, const config::LoraConfig& lora,
+                                                       uint64_t seed) {
+  if (!lora_init_method(lora).changes_base()) return {};
+  ModelLoadOptions o;
+  o.lora = lora;
+  o.seed = seed;
+  return Loader(dir, o).replay_inits();
+}
 
 }  // namespace qlora::model

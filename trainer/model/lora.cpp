@@ -109,17 +109,35 @@ std::vector<std::string> resolve_lora_targets(const config::LoraConfig& cfg, con
 
 LoraAdapter make_lora_adapter(int64_t in, int64_t out, const config::LoraConfig& cfg, at::Generator& init_gen,
                               at::ScalarType dtype, at::Device device) {
+  // nn.init.kaiming_uniform_(t, a=sqrt(5)) over fan_in: gain = sqrt(2 / (1 + 5)), std = gain /
+  // sqrt(fan_in), bound = sqrt(3) * std = 1 / sqrt(fan_in).
+  auto kaiming = [&](int64_t rows, int64_t fan_in) {
+    const double bound = std::sqrt(3.0) * (std::sqrt(2.0 / (1.0 + 5.0)) / std::sqrt(static_cast<double>(fan_in)));
+    at::Tensor t = at::empty({rows, fan_in}, at::kFloat);
+    t.uniform_(-bound, bound, init_gen);
+    return t;
+  };
+  const std::string& init = cfg.init_lora_weights;
+  at::Tensor A, B;
+  if (init == "gaussian") {
+    A = at::empty({cfg.r, in}, at::kFloat);
+    A.normal_(0.0, 1.0 / static_cast<double>(cfg.r), init_gen);
+  } else {
+    TORCH_CHECK(init == "true" || init == "false", "make_lora_adapter: init_lora_weights ", init,
+                " is computed from the base weight (lora_init.h)");
+    A = kaiming(cfg.r, in);
+  }
+  B = init == "false" ? kaiming(out, cfg.r) : at::zeros({out, cfg.r}, at::kFloat);
+  return lora_adapter_from(A, B, cfg, dtype, device);
+}
+
+LoraAdapter lora_adapter_from(const at::Tensor& A, const at::Tensor& B, const config::LoraConfig& cfg,
+                              at::ScalarType dtype, at::Device device) {
   LoraAdapter a;
   a.scaling = lora_scaling(cfg);
   a.dropout = cfg.dropout;
-  // torch.nn.init.kaiming_uniform_(A, a=sqrt(5)): gain = sqrt(2 / (1 + 5)), std = gain / sqrt(fan_in),
-  // bound = sqrt(3) * std = 1 / sqrt(in).
-  const double gain = std::sqrt(2.0 / (1.0 + 5.0));
-  const double bound = std::sqrt(3.0) * (gain / std::sqrt(static_cast<double>(in)));
-  at::Tensor A = at::empty({cfg.r, in}, at::kFloat);
-  A.uniform_(-bound, bound, init_gen);
-  a.A = A.to(device, dtype).requires_grad_(true);
-  a.B = at::zeros({out, cfg.r}, at::TensorOptions().dtype(dtype).device(device)).requires_grad_(true);
+  a.A = A.to(device, dtype, /*non_blocking=*/false, /*copy=*/true).requires_grad_(true);
+  a.B = B.to(device, dtype, /*non_blocking=*/false, /*copy=*/true).requires_grad_(true);
   return a;
 }
 

@@ -2,7 +2,8 @@
 //
 //   y = base(x) + B(A(dropout(x))) * scaling,  A [r, in], B [out, r]
 //   scaling = alpha / r, or alpha / sqrt(r) with rsLoRA
-//   init: A kaiming-uniform with a = sqrt(5) (uniform in ±1/sqrt(in)), B zeros
+//   init: A kaiming-uniform with a = sqrt(5) (uniform in ±1/sqrt(in)), B zeros; or another of
+//   PEFT's init_lora_weights (lora_init.h)
 //
 // Parameters are plain tensors (requires_grad) named with PEFT's state-dict keys (io::peft_lora_key),
 // e.g. "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", so adapter export and
@@ -56,9 +57,14 @@ bool lora_targets(const config::LoraConfig& cfg, const std::string& module_path)
 // a target names no linear layer of the model.
 std::vector<std::string> resolve_lora_targets(const config::LoraConfig& cfg, const ModelConfig& mc);
 
-// A fresh adapter for a [out, in] projection, initialized as PEFT does with `init_gen` (CPU).
+// A fresh adapter for a [out, in] projection, initialized as PEFT does with `init_gen` (CPU), for
+// init_lora_weights true, false and gaussian (the others are computed from the weight: lora_init.h).
 LoraAdapter make_lora_adapter(int64_t in_features, int64_t out_features, const config::LoraConfig& cfg,
                               at::Generator& init_gen, at::ScalarType dtype, at::Device device);
+
+// An adapter holding copies of A [r, in] and B [out, r] in `dtype` on `device`.
+LoraAdapter lora_adapter_from(const at::Tensor& A, const at::Tensor& B, const config::LoraConfig& cfg,
+                              at::ScalarType dtype, at::Device device);
 
 // One 64-bit seed for a LoRA dropout call (kernels::hashed_dropout's mask), drawn from `gen` (a
 // CPU generator; null: the default one) under the generator's lock.

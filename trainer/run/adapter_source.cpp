@@ -70,7 +70,12 @@ model::ModelLoadOptions adapter_load_options(const AdapterSource& src, c10::Devi
   o.device = device;
   o.lora = model::to_lora_config(src.peft);
   o.lora->dropout = 0;  // inference only
-  if (src.train) o.lora->adapter = src.train->lora.adapter;
+  if (src.train) {
+    o.lora->adapter = src.train->lora.adapter;
+    // PiSSA / OLoRA / LoftQ changed the base the adapter was trained on: load_model recomputes it.
+    o.lora->init_lora_weights = src.train->lora.init_lora_weights;
+    o.lora->loftq_iter = src.train->lora.loftq_iter;
+  }
   return o;
 }
 
