@@ -95,12 +95,15 @@ class TrainE2E : public ::testing::Test {
 }  // namespace
 
 TEST_F(TrainE2E, ResumeGivesBitIdenticalLosses) {
-  for (const std::string opt : {"paged_adamw", "paged_adamw_8bit"}) {
-    SCOPED_TRACE(opt);
+  // The third run starts from PiSSA (a randomized SVD): the resumed run recomputes the same base.
+  for (const auto& [opt, init] : std::vector<std::pair<std::string, std::string>>{
+           {"paged_adamw", "true"}, {"paged_adamw_8bit", "true"}, {"paged_adamw", "pissa_niter_2"}}) {
+    SCOPED_TRACE(opt + " init_lora_weights: " + init);
     auto a = test::temp_dir("straight");
     auto b = test::temp_dir("resumed");
     // A tiny device budget: state streams through pages even on the CPU's two tiers.
-    const std::string extra = "optimizer: " + opt + "\noptimizer_device_budget: 4KB\nsave_steps: 3\n";
+    const std::string extra =
+        "optimizer: " + opt + "\noptimizer_device_budget: 4KB\nsave_steps: 3\n" + "init_lora_weights: " + init + "\n";
     test::ProcResult ra = train(write_config(a, extra));
     ASSERT_EQ(ra.code, 0) << ra.output;
     test::ProcResult rb1 = train(write_config(b, extra), "--test-stop-after-step 4");
