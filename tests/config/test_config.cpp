@@ -618,3 +618,15 @@ TEST(Config, InitLoraWeightsAsPeftSpellsThem) {
   EXPECT_EQ(parse(config::to_yaml(parse(m + "init_lora_weights: pissa_niter_4\n"))).lora.init_lora_weights,
             "pissa_niter_4");
 }
+
+TEST(Config, LoraPlus) {
+  const std::string m = kMinimal;
+  EXPECT_FALSE(parse(m).optim.loraplus_lr_ratio);
+  const TrainConfig c = parse(m + "loraplus_lr_ratio: 16\nloraplus_weight_decay: 0.01\nloraplus_lr_embedding: 1e-6\n");
+  EXPECT_EQ(*c.optim.loraplus_lr_ratio, 16.0);
+  EXPECT_EQ(c.optim.loraplus_weight_decay, 0.01);
+  EXPECT_EQ(*parse(config::to_yaml(c)).optim.loraplus_lr_ratio, 16.0);
+  EXPECT_EQ(error_of(m + "loraplus_lr_ratio: 0\n"),
+            "configs/x.yaml:7: loraplus_lr_ratio: expected a positive number (LoRA+: lora_B's learning rate over "
+            "lora_A's), got 0");
+}

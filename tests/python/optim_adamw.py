@@ -1,6 +1,9 @@
 """Reference AdamW runs for tests/optim, on generated parameters and gradients, one per mode:
   fp32          torch.optim.AdamW
   8bit          bitsandbytes.optim.AdamW8bit (its CPU path)
+  loraplus      torch.optim.AdamW in the groups of PEFT's create_loraplus_optimizer (ratio 16,
+                loraplus_weight_decay = the weight decay); manifest lr_scale: each parameter's
+                group lr over the base lr
   8bit_nearest  the same bitsandbytes code path with its CPU 8-bit quantizer replaced by the exact
                 nearest-entry rule (ties to the lower entry) of bitsandbytes' CUDA kernels, which
                 is the rule our optimizer follows (docs/formats.md §1.7); bnb's CPU quantizer
@@ -28,6 +31,7 @@ torch.set_num_threads(threads)
 shapes = [("a.lora_A.weight", [8, 1000]), ("a.lora_B.weight", [1000, 8]), ("b.odd", [3, 1777]),
           ("c.small", [40, 30]), ("d.big", [300, 257])]
 betas, eps, wd = (0.9, 0.999), 1e-8, 0.01
+LORAPLUS_RATIO = 16.0
 lrs = [2e-3 * (0.5 + 0.5 * ((t % 5) / 4)) for t in range(steps)]
 
 
@@ -61,8 +65,27 @@ def run(mode):
         write(f"init_{i}.bin", p)
         params.append(p)
 
+    scales = [1.0] * len(params)
     if mode == "fp32":
         opt = torch.optim.AdamW(params, lr=lrs[0], betas=betas, eps=eps, weight_decay=wd)
+    elif mode == "loraplus":
+        # PEFT's LoRA+ groups over a module tree with the parameters' names; each group's lr
+        # then follows the schedule times its ratio to the base lr (as LambdaLR scales it).
+        from peft.optimizers import create_loraplus_optimizer
+        model = torch.nn.Module()
+        for (name, _), p in zip(shapes, params):
+            parts, m = name.split("."), model
+            for part in parts[:-1]:
+                if not hasattr(m, part):
+                    m.add_module(part, torch.nn.Module())
+                m = getattr(m, part)
+            m.register_parameter(parts[-1], p)
+        opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=lrs[0], loraplus_lr_ratio=LORAPLUS_RATIO,
+                                        betas=betas, eps=eps, loraplus_weight_decay=wd)
+        for group in opt.param_groups:
+            group["scale"] = group["lr"] / lrs[0]
+            for p in group["params"]:
+                scales[next(i for i, q in enumerate(params) if q is p)] = group["scale"]
     else:
         import bitsandbytes as bnb
         import bitsandbytes.backends.cpu.ops as bnb_cpu
@@ -83,7 +106,7 @@ def run(mode):
             write(f"grad_{t}_{i}.bin", g)
             p.grad = g
         for group in opt.param_groups:
-            group["lr"] = lrs[t]
+            group["lr"] = lrs[t] * group.get("scale", 1.0)
         opt.step()
 
     for i, p in enumerate(params):
@@ -99,12 +122,13 @@ def run(mode):
             write(f"exp_avg_{i}.bin", st["state1"])
             write(f"exp_avg_sq_{i}.bin", st["state2"])
 
-    manifest = {"params": [{"name": n, "shape": s} for n, s in shapes], "steps": steps, "lrs": lrs,
+    manifest = {"params": [{"name": n, "shape": s, "lr_scale": k} for (n, s), k in zip(shapes, scales)],
+                "steps": steps, "lrs": lrs,
                 "betas": list(betas), "eps": eps, "weight_decay": wd}
     with open(os.path.join(d, "manifest.json"), "w") as f:
         json.dump(manifest, f)
 
 
-for mode in ("fp32", "8bit", "8bit_nearest"):
+for mode in ("fp32", "8bit", "8bit_nearest", "loraplus"):
     run(mode)
 print("ok")

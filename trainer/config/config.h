@@ -48,6 +48,11 @@ struct OptimizerConfig {
   bool paged = false;                  // page optimizer state between device and host (YAML:
                                        // the paged_ prefix of `optimizer`)
   std::string device_budget = "auto";  // optimizer_device_budget: auto | a size like "512MB"
+  // LoRA+ (PEFT's create_loraplus_optimizer): lora_B learns at learning_rate * loraplus_lr_ratio,
+  // and every adapter parameter decays by loraplus_weight_decay (weight_decay does not apply).
+  std::optional<double> loraplus_lr_ratio;
+  double loraplus_weight_decay = 0.0;
+  std::optional<double> loraplus_lr_embedding;  // accepted for Axolotl configs; no embedding is adapted
 };
 
 struct TrainConfig {

@@ -807,6 +807,15 @@ const Schema<TrainConfig>& top_schema() {
     v.push_back(num_field<T>(
         "adam_epsilon", [](T& c) -> double& { return c.optim.adam_epsilon; }, 0, true, 1e300, false,
         "a positive number", I));
+    v.push_back(opt_num_field<T>(
+        "loraplus_lr_ratio", [](T& c) -> std::optional<double>& { return c.optim.loraplus_lr_ratio; }, 0, true, 1e300,
+        false, "a positive number (LoRA+: lora_B's learning rate over lora_A's)", I));
+    v.push_back(num_field<T>(
+        "loraplus_weight_decay", [](T& c) -> double& { return c.optim.loraplus_weight_decay; }, 0, false, 1e300, false,
+        "a non-negative number", I));
+    v.push_back(opt_num_field<T>(
+        "loraplus_lr_embedding", [](T& c) -> std::optional<double>& { return c.optim.loraplus_lr_embedding; }, 0, true,
+        1e300, false, "a positive number", I));
 
     {
       // true | false | offload (Axolotl's spelling: checkpointed block inputs kept in host memory)

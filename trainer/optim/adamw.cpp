@@ -84,6 +84,7 @@ struct AdamW::Impl {
     std::vector<int64_t> shape;
     int64_t numel = 0;
     bool is8bit = false;
+    double lr_scale = 1.0;
     int64_t flat = 0;  // offset in its group's flat space
   };
   struct Segment {
@@ -269,10 +270,11 @@ struct AdamW::Impl {
     }
   }
 
-  void run_page(const Page& page, const at::Tensor& buf, const adamw::Hyper& h, const std::vector<at::Tensor>& g,
-                const std::vector<at::Tensor>& out) {
+  void run_page(const Page& page, const at::Tensor& buf, const std::vector<adamw::Hyper>& hs,
+                const std::vector<at::Tensor>& g, const std::vector<at::Tensor>& out) {
     for (const Segment& s : page.segs) {
       if (!g[s.param].defined()) continue;
+      const adamw::Hyper& h = hs[s.param];
       at::Tensor gs = g[s.param].narrow(0, s.begin, s.len);
       at::Tensor os = out[s.param].defined() ? out[s.param].narrow(0, s.begin, s.len) : at::Tensor();
       at::Tensor p = field_view(page, s, Field::P, buf);
@@ -306,6 +308,8 @@ AdamW::AdamW(const std::vector<NamedParam>& params, const AdamWOptions& options,
     p.shape = np.value.sizes().vec();
     p.numel = np.value.numel();
     p.is8bit = options.state_8bit && p.numel >= options.min_8bit_size;
+    TORCH_CHECK(np.lr_scale > 0, "AdamW: lr_scale of ", np.name, " must be positive");
+    p.lr_scale = np.lr_scale;
     I.params.push_back(std::move(p));
   }
   I.queue = CopyQueue::create(device);
@@ -349,7 +353,14 @@ void AdamW::step(double lr, const std::vector<at::Tensor>& grads, const std::vec
     }
   }
   ++step_;
-  const adamw::Hyper h = kernels::adamw_hyper(lr, I.opt.beta1, I.opt.beta2, I.opt.eps, I.opt.weight_decay, step_);
+  std::vector<adamw::Hyper> h(n);
+  for (size_t i = 0; i < n; ++i) {
+    const double s = I.params[i].lr_scale;
+    h[i] = i > 0 && s == I.params[i - 1].lr_scale
+               ? h[i - 1]
+               : kernels::adamw_hyper(s == 1.0 ? lr : lr * s, I.opt.beta1, I.opt.beta2, I.opt.eps, I.opt.weight_decay,
+                                      step_);
+  }
 
   // Resident pages first: their updates overlap the copies of the first streamed pages.
   for (int64_t i = 0; i < I.resident; ++i) I.run_page(I.pages[i], I.slot_page(I.pages[i].slot), h, g, out);
@@ -509,6 +520,14 @@ std::string AdamW::describe() const {
   if (n32) os << n32 << " with fp32 state";
   os << "): " << I.pages.size() << " pages of " << fs::format_bytes(static_cast<uint64_t>(I.page_bytes)) << " on "
      << I.device;
+  int64_t scaled = 0;
+  double scale = 1.0;
+  for (const auto& p : I.params)
+    if (p.lr_scale != 1.0) {
+      ++scaled;
+      scale = p.lr_scale;
+    }
+  if (scaled) os << "; learning rate x" << scale << " for " << scaled << " of them";
   if (I.streamed.empty())
     os << ", all resident";
   else

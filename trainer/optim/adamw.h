@@ -54,6 +54,7 @@ struct AdamWOptions {
 struct NamedParam {
   std::string name;
   at::Tensor value;
+  double lr_scale = 1.0;  // this parameter's learning rate is lr * lr_scale (LoRA+: lora_B's ratio)
 };
 
 // Optimizer state as the checkpoint stores it: named CPU tensors (for safetensors) and a small

@@ -14,6 +14,10 @@ namespace qlora::train {
 // size, validated by the config).
 optim::AdamWOptions adamw_options(const config::OptimizerConfig& c);
 
+// A trainable parameter's learning-rate multiplier: LoRA+ (loraplus_lr_ratio) puts lora_B and
+// 1-D parameters at lr * ratio, as PEFT's create_loraplus_optimizer groups them; else 1.
+double lr_scale(const config::OptimizerConfig& c, const std::string& name, int64_t dim);
+
 // The schedule for a run of total_steps optimizer steps (warmup_ratio resolved like transformers).
 optim::LRSchedule lr_schedule(const config::OptimizerConfig& c, int64_t total_steps);
 

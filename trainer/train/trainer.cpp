@@ -309,8 +309,13 @@ void setup_model(Session& s) {
     s.group->broadcast(w, 0);
   }
   std::vector<optim::NamedParam> np;
+  if (cfg.optim.loraplus_lr_ratio && cfg.optim.weight_decay > 0 && cfg.optim.loraplus_weight_decay == 0)
+    std::fprintf(stderr,
+                 "qlora: warning: %s: weight_decay: %g does not apply with loraplus_lr_ratio; LoRA+ decays by "
+                 "loraplus_weight_decay (0 here), as PEFT's create_loraplus_optimizer does\n",
+                 cfg.where("weight_decay").c_str(), cfg.optim.weight_decay);
   for (const auto& p : s.params) {
-    np.push_back({p.name, p.param.detach()});
+    np.push_back({p.name, p.param.detach(), lr_scale(cfg.optim, p.name, p.param.dim())});
     s.param_tensors.push_back(p.param);
     s.compute.push_back(p.param.detach());
   }
