@@ -14,6 +14,11 @@
                            PEFT LoRA (dropout 0) with the adapter values from L; the summed CE loss over
                            IN, backward; OUT: the gradient of every lora_A/lora_B under PEFT's saved
                            key names, and loss_sum
+  aux MODEL IN OUT --lora L --r R --alpha A --targets t1,t2 --coef C [--weights W]
+                           a mixture of experts with output_router_logits on and router_aux_loss_coef C:
+                           one forward of the whole batch (input_ids, attention_mask, labels) through
+                           transformers + PEFT, backward of the model's loss (mean CE + C * aux);
+                           OUT: loss, aux_loss and the gradient of every lora_A/lora_B
   init MODEL OUT --r R --targets t1,t2
                            PEFT's own initialization: OUT is JSON {key: [max |A|, fan_in, max |B|]}
   serve                    run the commands above from stdin lines, replies on fd 3 (one import)
@@ -305,6 +310,28 @@ def cmd_grads(a):
     save_file(out, a.out)
 
 
+def cmd_aux(a):
+    from peft import set_peft_model_state_dict
+    pm = peft_model(a.model, a.r, a.alpha, targets_of(a.targets), False, a.weights)
+    res = set_peft_model_state_dict(pm, load_file(a.lora))
+    if res.unexpected_keys:
+        raise SystemExit(f"unexpected adapter keys {res.unexpected_keys}")
+    base = pm.get_base_model()
+    base.config.output_router_logits = True
+    base.config.router_aux_loss_coef = a.coef
+    base.router_aux_loss_coef = a.coef
+    pm.train()
+    x = load_file(a.inp)
+    out = pm(input_ids=x["input_ids"].long(), attention_mask=x["attention_mask"].long(),
+             labels=x["labels"].long(), use_cache=False)
+    out.loss.backward()
+    res = {"loss": out.loss.detach().reshape(1), "aux_loss": out.aux_loss.detach().reshape(1)}
+    for name, p in pm.named_parameters():
+        if p.requires_grad:
+            res[name.replace(".default", "")] = p.grad.detach().contiguous()
+    save_file(res, a.out)
+
+
 def cmd_init(a):
     pm = peft_model(a.model, a.r, 16, targets_of(a.targets), False, None)
     res = {}
@@ -327,6 +354,7 @@ def run(argv):
     p.add_argument("--alpha", type=float, default=8)
     p.add_argument("--targets", default="all-linear")
     p.add_argument("--rslora", action="store_true")
+    p.add_argument("--coef", type=float, default=0.001)
     a = p.parse_args(argv)
     if a.mode == "make":
         cmd_make(a.args[0])
@@ -337,6 +365,9 @@ def run(argv):
     elif a.mode == "grads":
         a.model, a.inp, a.out = a.args
         cmd_grads(a)
+    elif a.mode == "aux":
+        a.model, a.inp, a.out = a.args
+        cmd_aux(a)
     elif a.mode == "init":
         a.model, a.out = a.args
         cmd_init(a)

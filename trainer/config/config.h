@@ -29,6 +29,13 @@ struct LoraConfig {
   bool use_rslora = false;                  // scaling alpha/sqrt(r) instead of alpha/r
 };
 
+// overrides_of_model_config: values that replace the base model's config.json ones (Axolotl's
+// key). Only the router's load-balancing loss of a mixture of experts is supported.
+struct ModelConfigOverrides {
+  std::optional<bool> output_router_logits;
+  std::optional<double> router_aux_loss_coef;
+};
+
 struct OptimizerConfig {
   std::string optimizer = "adamw";  // adamw | adamw_8bit (paged_ prefixes accepted: paging on)
   double learning_rate = 2e-4;
@@ -52,7 +59,8 @@ struct TrainConfig {
   QuantizationConfig quantization;
   LoraConfig lora;
   OptimizerConfig optim;
-  DataSpec data;  // datasets, sequence_len, packing, val split, ...
+  DataSpec data;                         // datasets, sequence_len, packing, val split, ...
+  ModelConfigOverrides model_overrides;  // overrides_of_model_config
 
   int64_t micro_batch_size = 1;
   int64_t gradient_accumulation_steps = 1;

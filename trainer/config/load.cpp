@@ -260,7 +260,7 @@ std::vector<std::string> read_string_list(const YAML::Node& n, const In& in) {
 // ---------------------------------------------------------------------------------------------
 // The schema.
 
-enum class Sub { None, Quantization, DatasetList };
+enum class Sub { None, Quantization, DatasetList, ModelOverrides };
 
 template <class S>
 struct Field {
@@ -435,6 +435,34 @@ const Schema<QuantizationConfig>& quant_schema() {
   return s;
 }
 
+// ---- overrides_of_model_config: { ... }
+template <class S, class A>
+Field<S> opt_bool_field(std::string key, A acc, ChangeKind ck) {
+  Field<S> f = make<S>(std::move(key), ck);
+  f.reset = [acc](S& s) { acc(s).reset(); };
+  f.read = [acc](S& s, const YAML::Node& n, const In& in) { acc(s) = read_bool(n, in); };
+  f.write = [acc](const S& s) {
+    const auto& v = acc(const_cast<S&>(s));
+    return v ? plain(*v ? "true" : "false") : null_val();
+  };
+  return f;
+}
+
+const Schema<ModelConfigOverrides>& model_overrides_schema() {
+  using M = ModelConfigOverrides;
+  constexpr auto I = ChangeKind::Incompatible;
+  static const Schema<M> s = [] {
+    Schema<M> v;
+    v.push_back(opt_bool_field<M>(
+        "output_router_logits", [](M& m) -> std::optional<bool>& { return m.output_router_logits; }, I));
+    v.push_back(opt_num_field<M>(
+        "router_aux_loss_coef", [](M& m) -> std::optional<double>& { return m.router_aux_loss_coef; }, 0, false, 1e300,
+        false, "a non-negative number", I));
+    return v;
+  }();
+  return s;
+}
+
 // ---- datasets: - { path, type, field... }
 const Schema<config::DatasetSpec>& dataset_schema() {
   using D = config::DatasetSpec;
@@ -566,6 +594,22 @@ const Schema<TrainConfig>& top_schema() {
         return m;
       };
       v.push_back(f);
+    }
+    {
+      Field<T> f = make<T>("overrides_of_model_config", I);
+      f.sub = Sub::ModelOverrides;
+      f.reset = [](T& c) { c.model_overrides = ModelConfigOverrides{}; };
+      f.read = [](T& c, const YAML::Node& n, const In& in) {
+        if (!n.IsMap()) in.expected("a mapping (output_router_logits, router_aux_loss_coef)", n);
+        read_map(c.model_overrides, n, model_overrides_schema(), "overrides_of_model_config.", *in.ctx);
+      };
+      f.write = [](const T& c) {
+        Val m;
+        m.kind = Val::Map;
+        for (const auto& q : model_overrides_schema()) m.map.emplace_back(q.key, q.write(c.model_overrides));
+        return m;
+      };
+      v.push_back(with_aliases(f, {"model_config"}));
     }
     // bitsandbytes / HF spellings of the quantization keys at the top level
     for (const auto& q : quant_schema()) {
@@ -897,6 +941,19 @@ void apply_override(YAML::Node& root, const std::string& text, Ctx& ctx) {
     erase_spellings(q, *qf);
     q[qf->key] = value;
     ctx.overrides["quantization." + qf->key] = where;
+    return;
+  }
+  if (tf->sub == Sub::ModelOverrides) {
+    if (segs.size() > 2) no_sub(tf->key + "." + segs[1]);
+    const Field<ModelConfigOverrides>* mf = find_field(model_overrides_schema(), segs[1]);
+    if (!mf) unknown(tf->key + ".", segs[1], key_names(model_overrides_schema()));
+    std::string written = tf->key;  // the spelling the file uses, if any
+    for (const std::string& a : tf->aliases)
+      if (!root[tf->key].IsDefined() && root[a].IsDefined()) written = a;
+    YAML::Node mo = child(root, written, false);
+    erase_spellings(mo, *mf);
+    mo[mf->key] = value;
+    ctx.overrides[tf->key + "." + mf->key] = where;
     return;
   }
   if (tf->sub == Sub::DatasetList) {

@@ -242,12 +242,14 @@ at::Tensor swiglu(const Linear& gate_proj, const Linear& up_proj, const Linear& 
 // router logits in the compute dtype, softmax in fp32, the top k experts per token (weights
 // renormalized when norm_topk_prob; cast to the compute dtype for the qwen families, kept fp32
 // for mixtral), each expert run on its tokens only and added back weighted; qwen2_moe adds
-// sigmoid(shared_expert_gate x) * shared_expert(x).
-at::Tensor moe_mlp(const ModelConfig& c, const DecoderLayer& L, const at::Tensor& n, bool training,
-                   at::Generator* gen) {
+// sigmoid(shared_expert_gate x) * shared_expert(x). router_logits: receives the router's logits
+// [tokens, experts] when not null.
+at::Tensor moe_mlp(const ModelConfig& c, const DecoderLayer& L, const at::Tensor& n, bool training, at::Generator* gen,
+                   at::Tensor* router_logits) {
   const int64_t H = c.hidden_size;
   const at::Tensor x = n.reshape({-1, H});
   at::Tensor logits = at::linear(x, L.router);
+  if (router_logits) *router_logits = logits;
   at::Tensor probs = at::softmax(logits, -1, at::kFloat);
   auto [top_w, top_i] = probs.topk(c.num_experts_per_tok, -1);
   if (c.norm_topk_prob) top_w = top_w / top_w.sum(-1, /*keepdim=*/true);
@@ -280,14 +282,14 @@ at::Tensor moe_mlp(const ModelConfig& c, const DecoderLayer& L, const at::Tensor
 }
 
 at::Tensor decoder_layer(const Model& m, int64_t layer, const at::Tensor& x, const BlockInputs& in, bool training,
-                         at::Generator* gen) {
+                         at::Generator* gen, at::Tensor* router_logits = nullptr) {
   const DecoderLayer& L = m.layers[layer];
   const ModelConfig& c = m.config;
   at::Tensor a = self_attention(m, L, layer, rms_norm(x, L.input_layernorm, c), in, training, gen);
   if (c.gemma) a = rms_norm(a, L.post_attention_layernorm, c);
   at::Tensor h = (in.out_rows.defined() ? x.index_select(0, in.out_rows) : x) + a;
   at::Tensor n = rms_norm(h, c.gemma ? L.pre_feedforward_layernorm : L.post_attention_layernorm, c);
-  if (c.is_moe()) return h + moe_mlp(c, L, n, training, gen);
+  if (c.is_moe()) return h + moe_mlp(c, L, n, training, gen, router_logits);
   at::Tensor gate, up;
   if (c.fused_gate_up) {  // phi3: gate rows, then up rows
     at::Tensor gu = L.gate_up_proj.forward(n, training, gen);
@@ -370,13 +372,22 @@ std::vector<int64_t> sequences_in_rows(const Model& m, const at::Tensor& rows, c
 }
 
 // The decoder blocks over x (checkpointed when the model says so); the last block gets last_in.
+// router_logits (a mixture of experts): receives each layer's router logits [tokens, experts].
+// They leave a block as part of its output (the hidden state and the logits side by side), so a
+// checkpointed block's backward recomputes them with the rest of the block.
 at::Tensor run_layers(Model& m, at::Tensor x, const BlockInputs& in, const BlockInputs& last_in,
-                      at::Generator* dropout_gen = nullptr) {
+                      at::Generator* dropout_gen = nullptr, std::vector<at::Tensor>* router_logits = nullptr) {
   at::Generator* gen = m.training ? (dropout_gen ? dropout_gen : &m.dropout_generator) : nullptr;
   const int64_t n = static_cast<int64_t>(m.layers.size());
+  const bool collect = router_logits && m.config.is_moe();
+  const int64_t H = m.config.hidden_size;
   for (int64_t i = 0; i < n; ++i) {
-    BlockFn fn = [&m, i, in = i + 1 == n ? last_in : in, tr = m.training](const at::Tensor& xin, at::Generator* g) {
-      return decoder_layer(m, i, xin, in, tr, g);
+    BlockFn fn = [&m, i, in = i + 1 == n ? last_in : in, tr = m.training, collect](const at::Tensor& xin,
+                                                                                   at::Generator* g) {
+      if (!collect) return decoder_layer(m, i, xin, in, tr, g);
+      at::Tensor logits;
+      at::Tensor y = decoder_layer(m, i, xin, in, tr, g, &logits);
+      return at::cat({y, logits.to(y.scalar_type())}, -1);
     };
     if (m.gradient_checkpointing && c10::GradMode::is_enabled()) {
       std::vector<at::Tensor> params;
@@ -389,8 +400,28 @@ at::Tensor run_layers(Model& m, at::Tensor x, const BlockInputs& in, const Block
     } else {
       x = fn(x, gen);
     }
+    if (collect) {
+      router_logits->push_back(x.narrow(-1, H, x.size(-1) - H));
+      x = x.narrow(-1, 0, H);
+    }
   }
   return x;
+}
+
+// transformers' load_balancing_loss_func over the router logits of every layer ([tokens,
+// experts] each, real tokens only): with R the rows of all layers, f_e the share of the R top-k
+// choices that picked expert e and P_e the mean routing probability of e (softmax in the
+// logits' dtype, summed in fp32), experts * sum_e f_e P_e. Gradients reach the logits through
+// P only (the choices are counts).
+at::Tensor load_balancing_loss(const ModelConfig& c, const std::vector<at::Tensor>& router_logits) {
+  at::Tensor logits = at::cat(router_logits, 0);
+  const double rows = static_cast<double>(logits.size(0));
+  at::Tensor probs = at::softmax(logits, -1);
+  at::Tensor chosen = std::get<1>(probs.topk(c.num_experts_per_tok, -1)).reshape({-1});
+  at::Tensor counts = at::zeros({c.num_experts}, probs.options().dtype(at::kFloat))
+                          .index_add_(0, chosen, at::ones({chosen.numel()}, probs.options().dtype(at::kFloat)));
+  at::Tensor prob_sum = probs.to(at::kFloat).sum(0);
+  return ((counts / rows) * (prob_sum / rows)).sum() * static_cast<double>(c.num_experts);
 }
 
 // Summed cross-entropy of hidden [N, H] (rows with a target) against targets [N].
@@ -535,12 +566,20 @@ LossSum Model::forward_loss(const at::Tensor& input_ids, const at::Tensor& label
   in.B = B;
   in.T = T;
   BlockInputs last = in;
-  last.out_rows = keep;
-  last.out_flat = rows.index_select(0, keep);
+  const bool aux = router_aux_loss && config.is_moe();
+  if (!aux) {  // with the aux loss every real token goes through the last router
+    last.out_rows = keep;
+    last.out_flat = rows.index_select(0, keep);
+  }
 
   at::Tensor x = embed(*this, ids.reshape({-1}).index_select(0, rows));
-  at::Tensor h = rms_norm(run_layers(*this, x, in, last, dropout_gen), norm, config);  // [targets, H]
-  return cross_entropy(*this, h, targets);
+  std::vector<at::Tensor> router_logits;
+  at::Tensor h = run_layers(*this, x, in, last, dropout_gen, aux ? &router_logits : nullptr);
+  if (aux) h = h.index_select(0, keep);
+  h = rms_norm(h, norm, config);  // [targets, H]
+  LossSum out = cross_entropy(*this, h, targets);
+  if (aux) out.aux = load_balancing_loss(config, router_logits);
+  return out;
 }
 
 at::Tensor Model::forward_cached(const at::Tensor& input_ids, KVCache& cache) {

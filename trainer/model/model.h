@@ -141,6 +141,12 @@ class Model {
   // Never with Gemma 2's soft-capped attention scores, nor where a sliding window is shorter than
   // a sequence: those take the mask.
   int varlen_attention = -1;
+  // forward_loss on a mixture of experts also returns the router's load-balancing loss (LossSum::aux)
+  // over every layer's router logits of the batch's real tokens, as transformers'
+  // load_balancing_loss_func computes it with the attention mask (padding left out; the packed
+  // sequences of a row all count, like the rows of a batch). The last block then runs on every
+  // real token (its router sees them all), not only those that predict a label.
+  bool router_aux_loss = false;
 
   // input_ids [B, T] (int64). position_ids [B, T]: default 0..T-1 per row. segment_ids [B, T]
   // (any integer type): packed samples; a token attends only to earlier tokens with the same

@@ -54,6 +54,13 @@ double compute_bytes(const config::TrainConfig& cfg, at::Device device) {
 }  // namespace
 
 void check_shapes(const config::TrainConfig& cfg, const model::ModelConfig& mc) {
+  const config::ModelConfigOverrides& mo = cfg.model_overrides;
+  for (const auto& [key, set] :
+       {std::pair<const char*, bool>{"output_router_logits", mo.output_router_logits.has_value()},
+        {"router_aux_loss_coef", mo.router_aux_loss_coef.has_value()}})
+    if (set && !mc.is_moe())
+      user_error(cfg.where(std::string("overrides_of_model_config.") + key), ": overrides_of_model_config.", key, ": ",
+                 mc.model_type, " is not a mixture of experts (it has no router)");
   const int64_t r = cfg.lora.r;
   for (const Proj& p : projections(cfg, mc)) {
     if (p.adapted_layers == 0) continue;
