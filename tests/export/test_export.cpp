@@ -37,7 +37,8 @@ std::string q(const stdfs::path& p) { return test::quote(p.string()); }
 // Trains `adapter` (qlora | lora) for a few steps with a large learning rate, so lora_B is far
 // from zero, into DIR/run; the model and data of train_fixture.py in `fixture` (default: the
 // suite's llama fixture).
-void train(const stdfs::path& dir, const std::string& adapter, stdfs::path fixture = {}) {
+void train(const stdfs::path& dir, const std::string& adapter, stdfs::path fixture = {},
+           const std::string& extra = "") {
   const stdfs::path f = fixture.empty() ? g->dir / "fixture" : fixture;
   std::ofstream o(dir / "cfg.yaml");
   o << "base_model: " << (f / "model").string() << "\n"
@@ -45,7 +46,8 @@ void train(const stdfs::path& dir, const std::string& adapter, stdfs::path fixtu
     << "sequence_len: 256\nmicro_batch_size: 2\ngradient_accumulation_steps: 1\nmax_steps: 3\n"
     << "learning_rate: 0.05\nlr_scheduler: constant\n"
     << "datasets:\n  - path: " << (f / "train.jsonl").string() << "\n    type: alpaca\n"
-    << "output_dir: " << (dir / "run").string() << "\n";
+    << "output_dir: " << (dir / "run").string() << "\n"
+    << extra;
   o.close();
   test::ProcResult r = test::run(q(test::qlora_exe()) + " train " + q(dir / "cfg.yaml"));
   ASSERT_EQ(r.code, 0) << r.output;
@@ -305,6 +307,55 @@ TEST_F(Export, MixtralLoadsInPeftAndTransformers) {
   ASSERT_TRUE(j.contains("merged")) << j.dump();
   EXPECT_LT(j["merged"]["rel"].get<double>(), 1e-4);
   EXPECT_LT(j["original"]["rel"].get<double>(), 1e-4);
+}
+
+// Adapters on the experts (lora_target_parameters, PEFT's ParamWrapper on transformers' fused
+// expert tensors) next to the attention adapters, trained on the 16-bit base: PeftModel loads the
+// exported adapter (keys and adapter_config.json as PEFT writes them) and gives our logits; the
+// merged model (every expert with its slice folded in) gives them too.
+TEST_F(Export, MixtralExpertAdaptersLoadInPeftAndTransformers) {
+  const stdfs::path d = test::temp_dir("mixtral_experts");
+  stdfs::create_directories(d / "fixture");
+  test::ProcResult r = test::run_python("train_fixture.py", {(d / "fixture").string(), "mixtral"});
+  ASSERT_EQ(r.code, 0) << r.output;
+  train(d, "lora", d / "fixture", "lora_target_parameters: [experts.gate_up_proj, experts.down_proj]\n");
+  const stdfs::path run = d / "run", base = d / "fixture/model";
+  const stdfs::path ours = our_logits(run, "mixtral_experts");
+  {  // training moved the expert adapters (so equal logits say they were loaded)
+    const run::AdapterSource src = run::read_adapter_source(run);
+    for (const char* k : {"base_model.model.model.layers.1.mlp.experts.base_layer.lora_B.weight",
+                          "base_model.model.model.layers.1.mlp.experts.lora_B.weight"})
+      EXPECT_GT(src.tensors.at(k).abs().max().item<double>(), 1e-3) << k;
+  }
+  r = run_cli("export " + q(run) + " --format peft --out " + q(d / "peft"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto cfg = nlohmann::json::parse(fs::read_file(d / "peft/adapter_config.json"));
+  EXPECT_EQ(cfg["target_parameters"], nlohmann::json({"experts.gate_up_proj", "experts.down_proj"}));
+  r = run_cli("export " + q(run) + " --format merged --dtype fp32 --out " + q(d / "merged"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run_cli("export " + q(run) + " --format gguf-adapter --out " + q(d / "gguf"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("target_parameters: a GGUF adapter holds no adapters on expert tensors"), std::string::npos)
+      << r.output;
+  nlohmann::json checks = nlohmann::json::array();
+  checks.push_back({{"name", "peft"},
+                    {"kind", "peft"},
+                    {"base", base.string()},
+                    {"adapter", (d / "peft").string()},
+                    {"ours", ours.string()},
+                    {"bnb", false}});
+  checks.push_back({{"name", "merged"},
+                    {"kind", "merged"},
+                    {"model", (d / "merged").string()},
+                    {"ours", ours.string()},
+                    {"dtype", "float32"}});
+  const nlohmann::json j = judge(checks);
+  std::printf("judge: %s\n", j.dump().c_str());
+  ASSERT_TRUE(j.contains("peft") && j.contains("merged")) << j.dump();
+  EXPECT_LT(j["peft"]["rel"].get<double>(), 1e-4);
+  EXPECT_EQ(j["peft"]["keys"].get<int64_t>(), 2 * 2 * (4 + 2));  // q, k, v, o and two expert adapters, A and B
+  EXPECT_EQ(j["peft"]["lora_layers"].get<int64_t>(), 2 * (4 + 2));
+  EXPECT_LT(j["merged"]["rel"].get<double>(), 1e-4);
 }
 
 // gguf-adapter through the CLI: read by the gguf package; names, shapes, types, alpha and the

@@ -20,8 +20,9 @@ using namespace qlora;
 namespace {
 
 config::LoraConfig lora_cfg(int64_t r, double alpha, std::vector<std::string> targets, bool rslora = false,
-                            double dropout = 0.0) {
+                            double dropout = 0.0, std::vector<std::string> params = {}) {
   config::LoraConfig c;
+  c.target_parameters = std::move(params);
   c.r = r;
   c.alpha = alpha;
   c.dropout = dropout;
@@ -83,10 +84,11 @@ struct PeftCase {
   bool rslora;
   bool checkpointing;
   int64_t ce_chunk;
+  std::vector<std::string> params = {};  // lora_target_parameters
 };
 
 void check_against_peft(const PeftCase& pc) {
-  model::Model m = load(pc.family, pc.quantize, lora_cfg(pc.r, pc.alpha, pc.targets, pc.rslora));
+  model::Model m = load(pc.family, pc.quantize, lora_cfg(pc.r, pc.alpha, pc.targets, pc.rslora, 0.0, pc.params));
   m.training = true;
   m.gradient_checkpointing = pc.checkpointing;
   m.ce_chunk_tokens = pc.ce_chunk;
@@ -112,6 +114,12 @@ void check_against_peft(const PeftCase& pc) {
                                    "--targets",
                                    targets};
   if (pc.rslora) args.push_back("--rslora");
+  if (!pc.params.empty()) {
+    std::string p;
+    for (const auto& t : pc.params) p += (p.empty() ? "" : ",") + t;
+    args.push_back("--target-parameters");
+    args.push_back(p);
+  }
   if (pc.quantize) {
     test::write_tensors(m.dequantized_state_dict(at::kFloat), w / "weights.safetensors");
     args.push_back("--weights");
@@ -336,6 +344,53 @@ TEST(Lora, RouterLoadBalancingLossIsOffByDefault) {
   EXPECT_NEAR(on.sum.item<double>(), off.sum.item<double>(), 1e-5 * off.sum.item<double>());
   EXPECT_GT(on.aux.item<double>(), 0.0);
   EXPECT_TRUE(on.aux.requires_grad());
+}
+
+// lora_target_parameters: PEFT's ParamWrapper on transformers' fused expert tensors, one stacked
+// adapter per tensor and layer, sliced per expert; the keys are PEFT's (the reference checks that
+// its saved state dict has exactly ours), the gradients within 1e-3.
+TEST(Lora, GradientsEqualPeftOnExpertTensors) {
+  check_against_peft({"mixtral",
+                      /*quantize=*/true,
+                      2,
+                      4,
+                      {"q_proj"},
+                      false,
+                      /*checkpointing=*/true,
+                      0,
+                      {"experts.gate_up_proj", "experts.down_proj"}});
+  check_against_peft({"qwen2_moe", /*quantize=*/true, 3, 6, {"gate_proj"}, false, false, 5, {"mlp.experts.down_proj"}});
+  check_against_peft({"qwen3_moe", /*quantize=*/false, 2, 8, {"v_proj"}, /*rslora=*/true, false, 0, {"gate_up_proj"}});
+}
+
+TEST(Lora, ExpertTensorAdaptersArePeftsLayout) {
+  const int64_t r = 3;
+  model::Model m =
+      load("mixtral", true, lora_cfg(r, 6, {"q_proj"}, false, 0.0, {"experts.gate_up_proj", "experts.down_proj"}));
+  const int64_t E = m.config.num_experts, H = m.config.hidden_size, I = m.config.moe_intermediate_size;
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (auto& p : m.lora_parameters()) shapes[p.name] = p.param.sizes().vec();
+  const std::string p0 = "base_model.model.model.layers.0.mlp.experts.";
+  EXPECT_EQ(shapes[p0 + "base_layer.lora_A.weight"], (std::vector<int64_t>{r * E, H}));  // gate_up_proj
+  EXPECT_EQ(shapes[p0 + "base_layer.lora_B.weight"], (std::vector<int64_t>{2 * I, r * E}));
+  EXPECT_EQ(shapes[p0 + "lora_A.weight"], (std::vector<int64_t>{r * E, I}));  // down_proj
+  EXPECT_EQ(shapes[p0 + "lora_B.weight"], (std::vector<int64_t>{H, r * E}));
+  EXPECT_EQ(shapes.size(), 2u * 2 * 3);  // q_proj, gate_up, down in 2 layers
+  // Only one tensor: no nesting.
+  model::Model d = load("qwen3_moe", true, lora_cfg(r, 6, {"q_proj"}, false, 0.0, {"down_proj"}));
+  int64_t experts = 0;
+  for (auto& p : d.lora_parameters())
+    if (p.name.find(".mlp.experts.lora_") != std::string::npos) ++experts;
+  EXPECT_EQ(experts, 2 * 2);
+  // Errors: not an expert tensor, a dense model.
+  for (const auto& [family, target, expected] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"mixtral", "experts.w1", "\"experts.w1\" names no expert tensor"},
+           {"llama", "experts.down_proj", "llama is not a mixture of experts"}}) {
+    try {
+      load(family, true, lora_cfg(r, 6, {"q_proj"}, false, 0.0, {target}));
+      ADD_FAILURE() << "no error for " << target;
+    } catch (const UserError& e) { EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what(); }
+  }
 }
 
 TEST(Lora, ExpertsOfAMixtureAreNotAdapted) {

@@ -10,7 +10,7 @@
                            labels); each packed segment runs as its own sequence. --weights loads a
                            state dict (our dequantized weights) into the model first. OUT: logits,
                            loss_sum, count
-  grads MODEL IN OUT --lora L --r R --alpha A --targets t1,t2 [--rslora] [--weights W]
+  grads MODEL IN OUT --lora L --r R --alpha A --targets t1,t2 [--rslora] [--weights W] [--target-parameters p1,p2]
                            PEFT LoRA (dropout 0) with the adapter values from L; the summed CE loss over
                            IN, backward; OUT: the gradient of every lora_A/lora_B under PEFT's saved
                            key names, and loss_sum
@@ -274,12 +274,16 @@ def cmd_logits(model, inp, out, weights):
     save_file({"logits": lg.contiguous(), "loss_sum": s.reshape(1), "count": torch.tensor([n])}, out)
 
 
-def peft_model(model, r, alpha, targets, rslora, weights):
+def peft_model(model, r, alpha, targets, rslora, weights, target_parameters=None):
     from peft import LoraConfig, get_peft_model
     m = load_model(model, weights)
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, use_rslora=rslora,
-                     bias="none", task_type="CAUSAL_LM")
+                     bias="none", task_type="CAUSAL_LM", target_parameters=target_parameters or None)
     return get_peft_model(m, cfg)
+
+
+def params_of(a):
+    return a.target_parameters.split(",") if a.target_parameters else None
 
 
 def targets_of(s):
@@ -288,7 +292,7 @@ def targets_of(s):
 
 def cmd_grads(a):
     from peft import set_peft_model_state_dict, get_peft_model_state_dict
-    pm = peft_model(a.model, a.r, a.alpha, targets_of(a.targets), a.rslora, a.weights)
+    pm = peft_model(a.model, a.r, a.alpha, targets_of(a.targets), a.rslora, a.weights, params_of(a))
     lora = load_file(a.lora)
     res = set_peft_model_state_dict(pm, lora)
     if res.unexpected_keys:
@@ -355,6 +359,7 @@ def run(argv):
     p.add_argument("--targets", default="all-linear")
     p.add_argument("--rslora", action="store_true")
     p.add_argument("--coef", type=float, default=0.001)
+    p.add_argument("--target-parameters", default="")
     a = p.parse_args(argv)
     if a.mode == "make":
         cmd_make(a.args[0])

@@ -27,6 +27,9 @@ struct LoraConfig {
   std::vector<std::string> target_modules;  // lora_target_modules, e.g. q_proj, v_proj
   bool target_linear = false;               // lora_target_linear: every linear layer of the decoder
   bool use_rslora = false;                  // scaling alpha/sqrt(r) instead of alpha/r
+  // lora_target_parameters: the fused expert tensors of a mixture of experts as PEFT's
+  // target_parameters names them (experts.gate_up_proj, experts.down_proj; docs/formats.md §4.5).
+  std::vector<std::string> target_parameters;
 };
 
 // overrides_of_model_config: values that replace the base model's config.json ones (Axolotl's

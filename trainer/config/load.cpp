@@ -632,6 +632,8 @@ const Schema<TrainConfig>& top_schema() {
         "lora_target_modules", [](T& c) -> std::vector<std::string>& { return c.lora.target_modules; }, I));
     v.push_back(bool_field<T>(
         "lora_target_linear", [](T& c) -> bool& { return c.lora.target_linear; }, I));
+    v.push_back(list_field<T>(
+        "lora_target_parameters", [](T& c) -> std::vector<std::string>& { return c.lora.target_parameters; }, I));
     v.push_back(bool_field<T>(
         "use_rslora", [](T& c) -> bool& { return c.lora.use_rslora; }, I));
 
@@ -1005,9 +1007,13 @@ void finish(TrainConfig& c, Ctx& ctx) {
   if (!c.num_epochs && !c.max_steps) ctx.fail_key("num_epochs", "required: set num_epochs or max_steps");
   if (c.optim.warmup_ratio && c.optim.warmup_steps > 0)
     ctx.fail_key("warmup_ratio", "set either warmup_steps or warmup_ratio, not both");
-  if (c.lora.target_modules.empty() && !c.lora.target_linear)
+  if (c.lora.target_modules.empty() && !c.lora.target_linear && c.lora.target_parameters.empty())
     ctx.fail_key("lora_target_modules",
                  "required: the modules to adapt (e.g. [q_proj, v_proj]), or lora_target_linear: true");
+  if (!c.lora.target_parameters.empty() && c.lora.dropout != 0)
+    ctx.fail_key("lora_dropout",
+                 "must be 0 with lora_target_parameters (PEFT's adapters on expert tensors have no "
+                 "dropout)");
   if (ctx.load_in_4bit) {
     if (!ctx.was_set("adapter")) {
       c.lora.adapter = *ctx.load_in_4bit ? "qlora" : "lora";

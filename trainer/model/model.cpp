@@ -238,6 +238,40 @@ at::Tensor swiglu(const Linear& gate_proj, const Linear& up_proj, const Linear& 
   return down_proj.forward(act, training, gen);
 }
 
+// Expert e's LoRA delta on x [n, in] (lora_target_parameters): scaling * x A_e^T B_e^T with
+// PEFT's layout of the stacked adapter (model.h).
+at::Tensor expert_lora_delta(const LoraAdapter& a, int64_t e, int64_t experts, const at::Tensor& x) {
+  const int64_t r = a.A.size(0) / experts;
+  const at::Tensor A = a.A.narrow(0, e * r, r);                           // [r, in]
+  const at::Tensor B = a.B.view({a.B.size(0), r, experts}).select(2, e);  // [out, r]
+  return at::matmul(at::matmul(x, A.t()), B.t()) * a.scaling;
+}
+
+// An expert's SwiGLU with the experts' stacked adapters (PEFT's ParamWrapper on gate_up_proj and
+// down_proj), or plain swiglu without them.
+at::Tensor expert_mlp(const ModelConfig& c, const DecoderLayer& L, int64_t e, const at::Tensor& x, bool training,
+                      at::Generator* gen) {
+  const Expert& E = L.experts[e];
+  if (!L.experts_gate_up_lora && !L.experts_down_lora)
+    return swiglu(E.gate_proj, E.up_proj, E.down_proj, x, training, gen);
+  at::Tensor gate = E.gate_proj.forward(x, training, gen);
+  at::Tensor up = E.up_proj.forward(x, training, gen);
+  if (L.experts_gate_up_lora) {
+    const at::Tensor d = expert_lora_delta(*L.experts_gate_up_lora, e, c.num_experts, x);
+    const int64_t I = gate.size(-1);
+    gate = gate + d.narrow(-1, 0, I);
+    up = up + d.narrow(-1, I, I);
+  }
+  at::Tensor act;
+  {
+    Scope prof(Part::norm_rope_act);
+    act = at::silu(gate) * up;
+  }
+  at::Tensor y = E.down_proj.forward(act, training, gen);
+  if (L.experts_down_lora) y = y + expert_lora_delta(*L.experts_down_lora, e, c.num_experts, act);
+  return y;
+}
+
 // A mixture-of-experts MLP over n [..., hidden], as transformers' sparse MoE blocks compute it:
 // router logits in the compute dtype, softmax in fp32, the top k experts per token (weights
 // renormalized when norm_topk_prob; cast to the compute dtype for the qwen families, kept fp32
@@ -267,10 +301,9 @@ at::Tensor moe_mlp(const ModelConfig& c, const DecoderLayer& L, const at::Tensor
   const at::Tensor w_flat = top_w.reshape({-1});
   for (int64_t e = 0; e < c.num_experts; ++e) {
     if (tok[e].empty()) continue;
-    const Expert& E = L.experts[e];
     const at::Tensor t = at::tensor(tok[e], at::kLong).to(x.device());
     const at::Tensor w = w_flat.index_select(0, at::tensor(slot[e], at::kLong).to(x.device())).unsqueeze(1);
-    at::Tensor y = swiglu(E.gate_proj, E.up_proj, E.down_proj, x.index_select(0, t), training, gen) * w;
+    at::Tensor y = expert_mlp(c, L, e, x.index_select(0, t), training, gen) * w;
     out = out.index_add(0, t, y.to(out.scalar_type()));
   }
   if (L.shared_expert_gate.defined()) {
@@ -395,6 +428,11 @@ at::Tensor run_layers(Model& m, at::Tensor x, const BlockInputs& in, const Block
         if (l->lora) {
           params.push_back(l->lora->A);
           params.push_back(l->lora->B);
+        }
+      for (const auto* a : {&m.layers[i].experts_gate_up_lora, &m.layers[i].experts_down_lora})
+        if (*a) {
+          params.push_back((*a)->A);
+          params.push_back((*a)->B);
         }
       x = checkpointed(fn, x, params, gen, m.checkpoint_offload);
     } else {
@@ -666,10 +704,20 @@ std::vector<const Linear*> Model::linears() const {
 
 std::vector<NamedParameter> Model::lora_parameters() const {
   std::vector<NamedParameter> out;
-  for (const Linear* l : linears()) {
-    if (!l->lora) continue;
-    out.push_back({io::peft_lora_key(l->name, 'A'), l->lora->A});
-    out.push_back({io::peft_lora_key(l->name, 'B'), l->lora->B});
+  for (const DecoderLayer& L : layers) {
+    for (const Linear* l : L.linears()) {
+      if (!l->lora) continue;
+      out.push_back({io::peft_lora_key(l->name, 'A'), l->lora->A});
+      out.push_back({io::peft_lora_key(l->name, 'B'), l->lora->B});
+    }
+    if (L.experts_gate_up_lora) {
+      out.push_back({io::peft_lora_key(L.experts_gate_up_module, 'A'), L.experts_gate_up_lora->A});
+      out.push_back({io::peft_lora_key(L.experts_gate_up_module, 'B'), L.experts_gate_up_lora->B});
+    }
+    if (L.experts_down_lora) {
+      out.push_back({io::peft_lora_key(L.experts_down_module, 'A'), L.experts_down_lora->A});
+      out.push_back({io::peft_lora_key(L.experts_down_module, 'B'), L.experts_down_lora->B});
+    }
   }
   return out;
 }

@@ -67,6 +67,12 @@ struct DecoderLayer {
   std::vector<Expert> experts;
   Expert shared_expert;
   at::Tensor shared_expert_gate;
+  // LoRA on the experts as PEFT's ParamWrapper holds it for transformers' fused expert tensors
+  // (lora_target_parameters): gate_up (gate rows, then up rows) and down, each one adapter for all
+  // E experts, A [r E, in] and B [out, r E]; expert e's delta is scaling * B_e A_e with
+  // A_e = A[e r : (e + 1) r] and B_e = B[:, j E + e] (j < r). module: PEFT's module path.
+  std::optional<LoraAdapter> experts_gate_up_lora, experts_down_lora;
+  std::string experts_gate_up_module, experts_down_module;
 
   // The projections this architecture has (those with a name), in module order.
   std::vector<Linear*> linears();
@@ -195,6 +201,8 @@ class Model {
                          bool strict = true);
   // The short names of the targeted modules (q_proj, ...), for adapter_config.json.
   std::vector<std::string> lora_target_modules() const;
+  // The expert tensors adapted (lora_target_parameters as configured), for adapter_config.json.
+  std::vector<std::string> lora_target_parameters;
 
   // Every weight under its HF name as the model computes with it (NF4 linears dequantized), in
   // `dtype`; lm_head.weight omitted when tied. For tests, merge and export.
