@@ -121,6 +121,11 @@ MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::Mode
     adapted_act += static_cast<double>(p.adapted_layers) * (p.in + r) * cb;
     largest = std::max(largest, p.in * p.out);
   }
+  if (!cfg.lora.target_parameters.empty()) {  // the stacked expert adapters: r per expert
+    const model::ExpertTargets t = model::resolve_expert_targets(cfg.lora, mc);
+    const double rE = r * static_cast<double>(mc.num_experts), Im = static_cast<double>(mc.moe_intermediate_size);
+    lora_params += L * rE * ((t.gate_up ? H + 2 * Im : 0) + (t.down ? Im + H : 0));
+  }
   e.weights = to_bytes(weights);
   e.transient = to_bytes(2 * 4 * std::max(largest, nf4 ? 0.0 : V * H));
   // A and B and their gradients in the compute dtype; fp32 master, two moments, clipped gradient
