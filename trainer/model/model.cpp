@@ -447,9 +447,9 @@ at::Tensor run_layers(Model& m, at::Tensor x, const BlockInputs& in, const Block
 }
 
 // transformers' load_balancing_loss_func over the router logits of every layer ([tokens,
-// experts] each, real tokens only): with R the rows of all layers, f_e the share of the R top-k
-// choices that picked expert e and P_e the mean routing probability of e (softmax in the
-// logits' dtype, summed in fp32), experts * sum_e f_e P_e. Gradients reach the logits through
+// experts] each, real tokens only): with R the rows of all layers, f_e the number of top-k
+// choices of expert e over R and P_e the mean routing probability of e (softmax in the logits'
+// dtype, summed in fp32), experts * sum_e f_e P_e. Gradients reach the logits through
 // P only (the choices are counts).
 at::Tensor load_balancing_loss(const ModelConfig& c, const std::vector<at::Tensor>& router_logits) {
   at::Tensor logits = at::cat(router_logits, 0);
