@@ -7,7 +7,9 @@
 // Models (random, written here): Mixtral-shaped, 8 experts of intermediate 1024, 2 per token;
 // Llama-shaped with intermediate 2048 = 2 x 1024, so each token passes through the same number of
 // MLP weights. Both vocab 32000, hidden 768, 6 layers, 12 heads / 4 kv; NF4 base, LoRA r 16 on
-// the attention projections, gradient checkpointing, fp32; batch 2 x 512 tokens.
+// the attention projections, gradient checkpointing, fp32; batch 2 x 512 tokens. A third run,
+// moe_experts, adds LoRA r 16 on the experts (lora_target_parameters gate_up_proj and down_proj)
+// and the router load-balancing loss (coefficient 0.001).
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
@@ -35,7 +37,8 @@ constexpr int64_t kVocab = 32000, kHidden = 768, kLayers = 6, kHeads = 12, kKv =
 constexpr int64_t kExperts = 8, kTopK = 2, kExpertInter = 1024;
 
 bench::LlamaShape shape_of(const std::string& kind) {
-  if (kind == "moe") return {kVocab, kHidden, kExpertInter, kLayers, kHeads, kKv, kExperts, kTopK};
+  if (kind == "moe" || kind == "moe_experts")
+    return {kVocab, kHidden, kExpertInter, kLayers, kHeads, kKv, kExperts, kTopK};
   return {kVocab, kHidden, kTopK * kExpertInter, kLayers, kHeads, kKv};
 }
 
@@ -49,9 +52,11 @@ int run_one(const std::string& kind, const stdfs::path& dir, const stdfs::path& 
   lc.alpha = 32;
   lc.dropout = 0.0;
   lc.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj"};
+  if (kind == "moe_experts") lc.target_parameters = {"experts.gate_up_proj", "experts.down_proj"};
   o.lora = lc;
   model::Model m = model::load_model(dir, o);
   m.training = true;
+  m.router_aux_loss = kind == "moe_experts";
   m.gradient_checkpointing = true;
   const at::Tensor ids = at::randint(kVocab, {kBatch, kSeq}, at::make_generator<at::CPUGeneratorImpl>(3), at::kLong);
   std::vector<double> secs;
@@ -60,14 +65,17 @@ int run_one(const std::string& kind, const stdfs::path& dir, const stdfs::path& 
     for (auto& q : m.lora_parameters()) q.param.mutable_grad() = at::Tensor();
     auto t0 = std::chrono::steady_clock::now();
     model::LossSum l = m.forward_loss(ids, ids);
-    (l.sum / l.count.to(at::kFloat)).backward();
+    at::Tensor objective = l.sum / l.count.to(at::kFloat);
+    if (l.aux.defined()) objective = objective + l.aux * m.config.router_aux_loss_coef;
+    objective.backward();
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (rep > 0) secs.push_back(s);  // the first step warms up the allocator and thread pool
     loss = (l.sum / l.count.to(at::kFloat)).item<double>();
   }
   std::vector<double> sorted = secs;
   std::sort(sorted.begin(), sorted.end());
-  int64_t linear = 0, active = 0;
+  int64_t linear = 0, active = 0, trainable = 0;
+  for (const auto& p : m.lora_parameters()) trainable += p.param.numel();
   for (const model::Linear* l : m.linears()) {
     linear += l->in_features * l->out_features;
     const bool expert = l->name.find(".experts.") != std::string::npos;
@@ -80,6 +88,7 @@ int run_one(const std::string& kind, const stdfs::path& dir, const stdfs::path& 
             {"linear_weights", linear},
             {"active_linear_weights_per_token", active},
             {"base_bytes", m.base_nbytes()},
+            {"trainable_parameters", trainable},
             {"step_s", sorted[sorted.size() / 2]},
             {"all_step_s", secs},
             {"tokens_per_s", static_cast<double>(kBatch * kSeq) / sorted[sorted.size() / 2]},
@@ -98,7 +107,7 @@ int main(int argc, char** argv) {
   stdfs::path out = stdfs::path(QLORA_SOURCE_DIR) / "bench/results/moe_cpu.json";
   if (args.size() == 2 && args[0] == "--out") out = args[1];
   json runs;
-  for (const std::string kind : {"moe", "dense"}) {
+  for (const std::string kind : {"moe", "moe_experts", "dense"}) {
     const stdfs::path part = stdfs::temp_directory_path() / ("qlora_bench_moe_" + kind + ".json");
     const stdfs::path dir = stdfs::temp_directory_path() / ("qlora_bench_moe_" + kind + std::to_string(::getpid()));
     bench::write_random_llama(dir, shape_of(kind));  // here, so the child's peak is loading and training only
@@ -133,7 +142,12 @@ int main(int argc, char** argv) {
       {"batch", {{"micro_batch_size", kBatch}, {"sequence_len", kSeq}}},
       {"command", "cmake --build build --target bench_moe_cpu && build/bench/bench_moe_cpu"},
       {"moe", runs["moe"]},
+      {"moe_experts", runs["moe_experts"]},
       {"dense", runs["dense"]},
+      {"moe_experts_over_moe",
+       {{"step_time", runs["moe_experts"]["step_s"].get<double>() / moe_s},
+        {"peak_rss",
+         runs["moe_experts"]["peak_rss_bytes"].get<double>() / runs["moe"]["peak_rss_bytes"].get<double>()}}},
       {"moe_over_dense",
        {{"step_time", moe_s / dense_s},
         {"peak_rss", runs["moe"]["peak_rss_bytes"].get<double>() / runs["dense"]["peak_rss_bytes"].get<double>()},

@@ -400,6 +400,41 @@ TEST(Config, SetOverrideErrors) {
             "--set datasets=[{type: chat}]: datasets.0.path: required: the data file (.jsonl or .json)");
 }
 
+// Axolotl's overrides_of_model_config (and its older name model_config): the router's
+// load-balancing loss of a mixture of experts.
+TEST(Config, ModelConfigOverrides) {
+  TrainConfig c = parse(kMinimal);
+  EXPECT_FALSE(c.model_overrides.output_router_logits);
+  EXPECT_FALSE(c.model_overrides.router_aux_loss_coef);
+  c = parse(std::string(kMinimal) +
+            "overrides_of_model_config:\n  output_router_logits: true\n"
+            "  router_aux_loss_coef: 0.02\n");
+  EXPECT_EQ(c.model_overrides.output_router_logits, true);
+  EXPECT_EQ(c.model_overrides.router_aux_loss_coef, 0.02);
+  EXPECT_EQ(c.where("overrides_of_model_config.router_aux_loss_coef"), "configs/x.yaml:9");
+  TrainConfig back = config::parse_config(config::to_yaml(c), "run/config.yaml");
+  EXPECT_EQ(back.model_overrides.output_router_logits, true);
+  EXPECT_EQ(back.model_overrides.router_aux_loss_coef, 0.02);
+  c = parse(std::string(kMinimal) + "model_config:\n  output_router_logits: false\n",
+            {"overrides_of_model_config.router_aux_loss_coef=0.1"});
+  EXPECT_EQ(c.model_overrides.output_router_logits, false);
+  EXPECT_EQ(c.model_overrides.router_aux_loss_coef, 0.1);
+  c = parse(kMinimal, {"overrides_of_model_config.output_router_logits=yes"});
+  EXPECT_EQ(c.model_overrides.output_router_logits, true);
+  EXPECT_EQ(error_of(std::string(kMinimal) + "overrides_of_model_config:\n  rope_theta: 1\n"),
+            "configs/x.yaml:8: unknown key \"overrides_of_model_config.rope_theta\"");
+  EXPECT_EQ(error_of(kMinimal, {"overrides_of_model_config.router_aux_loss_coef=-1"}),
+            "--set overrides_of_model_config.router_aux_loss_coef=-1: overrides_of_model_config.router_aux_loss_coef: "
+            "expected a non-negative number, got -1");
+  EXPECT_EQ(error_of(kMinimal, {"overrides_of_model_config.output_router_logit=true"}),
+            "--set overrides_of_model_config.output_router_logit=true: unknown key "
+            "\"overrides_of_model_config.output_router_logit\" (did you mean "
+            "\"overrides_of_model_config.output_router_logits\"?)");
+  EXPECT_EQ(error_of(kMinimal, {"overrides_of_model_config=3"}),
+            "--set overrides_of_model_config=3: overrides_of_model_config: expected a mapping (output_router_logits, "
+            "router_aux_loss_coef), got 3");
+}
+
 // The resolved config lists every key with its effective value and reads back to the same config.
 TEST(Config, ResolvedYamlRoundTrip) {
   TrainConfig c = parse(std::string(kMinimal) + R"(lora_alpha: 16.5

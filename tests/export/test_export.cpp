@@ -38,16 +38,16 @@ std::string q(const stdfs::path& p) { return test::quote(p.string()); }
 // from zero, into DIR/run; the model and data of train_fixture.py in `fixture` (default: the
 // suite's llama fixture).
 void train(const stdfs::path& dir, const std::string& adapter, stdfs::path fixture = {},
-           const std::string& extra_yaml = "lora_alpha: 8\n") {
+           const std::string& extra = "", double alpha = 8) {
   const stdfs::path f = fixture.empty() ? g->dir / "fixture" : fixture;
   std::ofstream o(dir / "cfg.yaml");
   o << "base_model: " << (f / "model").string() << "\n"
-    << "adapter: " << adapter << "\nlora_r: 4\n"
-    << extra_yaml << "lora_dropout: 0\nlora_target_linear: true\n"
+    << "adapter: " << adapter << "\nlora_r: 4\nlora_alpha: " << alpha << "\nlora_dropout: 0\nlora_target_linear: true\n"
     << "sequence_len: 256\nmicro_batch_size: 2\ngradient_accumulation_steps: 1\nmax_steps: 3\n"
     << "learning_rate: 0.05\nlr_scheduler: constant\n"
     << "datasets:\n  - path: " << (f / "train.jsonl").string() << "\n    type: alpaca\n"
-    << "output_dir: " << (dir / "run").string() << "\n";
+    << "output_dir: " << (dir / "run").string() << "\n"
+    << extra;
   o.close();
   test::ProcResult r = test::run(q(test::qlora_exe()) + " train " + q(dir / "cfg.yaml"));
   ASSERT_EQ(r.code, 0) << r.output;
@@ -245,7 +245,7 @@ TEST_F(Export, PissaAndOloraConvertToPlainLoraForTheOriginalBase) {
   for (const std::string init : {"pissa", "olora"}) {
     SCOPED_TRACE(init);
     const stdfs::path d = test::temp_dir(init);
-    train(d, "lora", {}, "lora_alpha: 8\ninit_lora_weights: " + init + "\n");
+    train(d, "lora", {}, "init_lora_weights: " + init + "\n");
     const stdfs::path run = d / "run";
     const stdfs::path ours = our_logits(run, init);
     test::ProcResult r = run_cli("export " + q(run) + " --format peft --out " + q(d / "peft"));
@@ -277,7 +277,7 @@ TEST_F(Export, PissaAndOloraConvertToPlainLoraForTheOriginalBase) {
 // loaded in NF4 by bitsandbytes gives our logits; so does the merged export.
 TEST_F(Export, LoftqExportsTheBaseItTrainedAgainst) {
   const stdfs::path d = test::temp_dir("loftq");
-  train(d, "qlora", {}, "lora_alpha: 4\nloftq_config:\n  loftq_bits: 4\n  loftq_iter: 2\n");
+  train(d, "qlora", {}, "loftq_config:\n  loftq_bits: 4\n  loftq_iter: 2\n", /*alpha=*/4);
   const stdfs::path run = d / "run";
   const stdfs::path ours = our_logits(run, "loftq");
   test::ProcResult r = run_cli("export " + q(run) + " --format peft --out " + q(d / "peft"));
@@ -378,6 +378,55 @@ TEST_F(Export, MixtralLoadsInPeftAndTransformers) {
   ASSERT_TRUE(j.contains("merged")) << j.dump();
   EXPECT_LT(j["merged"]["rel"].get<double>(), 1e-4);
   EXPECT_LT(j["original"]["rel"].get<double>(), 1e-4);
+}
+
+// Adapters on the experts (lora_target_parameters, PEFT's ParamWrapper on transformers' fused
+// expert tensors) next to the attention adapters, trained on the 16-bit base: PeftModel loads the
+// exported adapter (keys and adapter_config.json as PEFT writes them) and gives our logits; the
+// merged model (every expert with its slice folded in) gives them too.
+TEST_F(Export, MixtralExpertAdaptersLoadInPeftAndTransformers) {
+  const stdfs::path d = test::temp_dir("mixtral_experts");
+  stdfs::create_directories(d / "fixture");
+  test::ProcResult r = test::run_python("train_fixture.py", {(d / "fixture").string(), "mixtral"});
+  ASSERT_EQ(r.code, 0) << r.output;
+  train(d, "lora", d / "fixture", "lora_target_parameters: [experts.gate_up_proj, experts.down_proj]\n");
+  const stdfs::path run = d / "run", base = d / "fixture/model";
+  const stdfs::path ours = our_logits(run, "mixtral_experts");
+  {  // training moved the expert adapters (so equal logits say they were loaded)
+    const run::AdapterSource src = run::read_adapter_source(run);
+    for (const char* k : {"base_model.model.model.layers.1.mlp.experts.base_layer.lora_B.weight",
+                          "base_model.model.model.layers.1.mlp.experts.lora_B.weight"})
+      EXPECT_GT(src.tensors.at(k).abs().max().item<double>(), 1e-3) << k;
+  }
+  r = run_cli("export " + q(run) + " --format peft --out " + q(d / "peft"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto cfg = nlohmann::json::parse(fs::read_file(d / "peft/adapter_config.json"));
+  EXPECT_EQ(cfg["target_parameters"], nlohmann::json({"experts.gate_up_proj", "experts.down_proj"}));
+  r = run_cli("export " + q(run) + " --format merged --dtype fp32 --out " + q(d / "merged"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run_cli("export " + q(run) + " --format gguf-adapter --out " + q(d / "gguf"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("target_parameters: a GGUF adapter holds no adapters on expert tensors"), std::string::npos)
+      << r.output;
+  nlohmann::json checks = nlohmann::json::array();
+  checks.push_back({{"name", "peft"},
+                    {"kind", "peft"},
+                    {"base", base.string()},
+                    {"adapter", (d / "peft").string()},
+                    {"ours", ours.string()},
+                    {"bnb", false}});
+  checks.push_back({{"name", "merged"},
+                    {"kind", "merged"},
+                    {"model", (d / "merged").string()},
+                    {"ours", ours.string()},
+                    {"dtype", "float32"}});
+  const nlohmann::json j = judge(checks);
+  std::printf("judge: %s\n", j.dump().c_str());
+  ASSERT_TRUE(j.contains("peft") && j.contains("merged")) << j.dump();
+  EXPECT_LT(j["peft"]["rel"].get<double>(), 1e-4);
+  EXPECT_EQ(j["peft"]["keys"].get<int64_t>(), 2 * 2 * (4 + 2));  // q, k, v, o and two expert adapters, A and B
+  EXPECT_EQ(j["peft"]["lora_layers"].get<int64_t>(), 2 * (4 + 2));
+  EXPECT_LT(j["merged"]["rel"].get<double>(), 1e-4);
 }
 
 // gguf-adapter through the CLI: read by the gguf package; names, shapes, types, alpha and the

@@ -20,8 +20,9 @@ using namespace qlora;
 namespace {
 
 config::LoraConfig lora_cfg(int64_t r, double alpha, std::vector<std::string> targets, bool rslora = false,
-                            double dropout = 0.0) {
+                            double dropout = 0.0, std::vector<std::string> params = {}) {
   config::LoraConfig c;
+  c.target_parameters = std::move(params);
   c.r = r;
   c.alpha = alpha;
   c.dropout = dropout;
@@ -83,10 +84,11 @@ struct PeftCase {
   bool rslora;
   bool checkpointing;
   int64_t ce_chunk;
+  std::vector<std::string> params = {};  // lora_target_parameters
 };
 
 void check_against_peft(const PeftCase& pc) {
-  model::Model m = load(pc.family, pc.quantize, lora_cfg(pc.r, pc.alpha, pc.targets, pc.rslora));
+  model::Model m = load(pc.family, pc.quantize, lora_cfg(pc.r, pc.alpha, pc.targets, pc.rslora, 0.0, pc.params));
   m.training = true;
   m.gradient_checkpointing = pc.checkpointing;
   m.ce_chunk_tokens = pc.ce_chunk;
@@ -112,6 +114,12 @@ void check_against_peft(const PeftCase& pc) {
                                    "--targets",
                                    targets};
   if (pc.rslora) args.push_back("--rslora");
+  if (!pc.params.empty()) {
+    std::string p;
+    for (const auto& t : pc.params) p += (p.empty() ? "" : ",") + t;
+    args.push_back("--target-parameters");
+    args.push_back(p);
+  }
   if (pc.quantize) {
     test::write_tensors(m.dequantized_state_dict(at::kFloat), w / "weights.safetensors");
     args.push_back("--weights");
@@ -221,6 +229,168 @@ TEST(Lora, GradientsEqualPeftOnMixturesOfExperts) {
   check_against_peft(
       {"qwen2_moe", /*quantize=*/true, 2, 4, {"q_proj", "v_proj", "gate_proj", "down_proj"}, false, false, 5});
   check_against_peft({"qwen3_moe", /*quantize=*/false, 3, 6, {"q_proj", "k_proj", "o_proj"}, false, false, 0});
+}
+
+namespace {
+
+struct AuxCase {
+  std::string family;
+  bool quantize;
+  std::vector<std::string> targets;
+  bool checkpointing;
+  int64_t ce_chunk;
+};
+
+// With output_router_logits, transformers' loss is mean CE + coef * load-balancing loss over every
+// layer's router logits of the unpadded tokens. One forward of a right-padded batch through
+// transformers + PEFT judges the loss, the aux loss and every LoRA gradient of
+// forward_loss(...).sum / count + coef * aux.
+void check_aux_against_transformers(const AuxCase& ac) {
+  const double coef = 0.5;  // large, so that the aux term moves the gradients well past the tolerance
+  model::Model m = load(ac.family, ac.quantize, lora_cfg(2, 4, ac.targets));
+  m.training = true;
+  m.router_aux_loss = true;
+  m.gradient_checkpointing = ac.checkpointing;
+  m.ce_chunk_tokens = ac.ce_chunk;
+  randomize_b(m, 5);
+  const int64_t B = 3, T = 10;
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(3);
+  at::Tensor ids = at::randint(m.config.vocab_size, {B, T}, g, at::kLong);
+  at::Tensor mask = at::ones({B, T}, at::kLong);
+  mask[1].slice(0, 7).fill_(0);
+  mask[2].slice(0, 4).fill_(0);
+  at::Tensor labels = ids.masked_fill(mask == 0, -100);
+  labels[0][2] = -100;
+  labels[1][5] = -100;
+  at::Tensor pos = at::arange(T, at::kLong).repeat({B, 1});
+
+  auto run = [&](bool with_aux) {
+    for (auto& p : m.lora_parameters()) p.param.mutable_grad() = at::Tensor();
+    model::LossSum l = m.forward_loss(ids, labels, pos, {}, mask);
+    EXPECT_TRUE(l.aux.defined());
+    at::Tensor ce = l.sum / l.count.item<double>();
+    at::Tensor total = with_aux ? ce + coef * l.aux : ce;
+    total.backward();
+    std::map<std::string, at::Tensor> grads;
+    for (auto& p : m.lora_parameters()) grads[p.name] = p.param.grad().clone();
+    return std::make_tuple(total.item<double>(), l.aux.item<double>(), grads);
+  };
+  auto [ce_only, aux0, grads_ce] = run(false);
+  auto [loss, aux, grads] = run(true);
+  EXPECT_EQ(aux0, aux);
+
+  stdfs::path w = test::temp_dir();
+  test::write_tensors({{"input_ids", ids}, {"attention_mask", mask}, {"labels", labels}}, w / "in.safetensors");
+  test::write_tensors(lora_values(m), w / "lora.safetensors");
+  std::string targets;
+  for (const auto& t : ac.targets) targets += (targets.empty() ? "" : ",") + t;
+  std::vector<std::string> args = {"aux",
+                                   (test::model_fixtures() / ac.family).string(),
+                                   (w / "in.safetensors").string(),
+                                   (w / "out.safetensors").string(),
+                                   "--lora",
+                                   (w / "lora.safetensors").string(),
+                                   "--r",
+                                   "2",
+                                   "--alpha",
+                                   "4",
+                                   "--targets",
+                                   targets,
+                                   "--coef",
+                                   std::to_string(coef)};
+  if (ac.quantize) {
+    test::write_tensors(m.dequantized_state_dict(at::kFloat), w / "weights.safetensors");
+    args.push_back("--weights");
+    args.push_back((w / "weights.safetensors").string());
+  }
+  test::ProcResult r = test::model_ref(args);
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto ref = test::read_tensors(w / "out.safetensors");
+  const double ref_aux = ref["aux_loss"].item<double>();
+  EXPECT_NEAR(aux, ref_aux, 1e-5 * ref_aux);
+  EXPECT_NEAR(loss, ref["loss"].item<double>(), 1e-5 * std::abs(loss));
+  EXPECT_GT(std::abs(loss - ce_only), 0.1);
+  double moved = 0;  // how far the aux term moves the gradients
+  ASSERT_EQ(grads.size() + 2, ref.size());
+  for (auto& [name, gr] : grads) {
+    SCOPED_TRACE(name);
+    ASSERT_TRUE(ref.count(name));
+    EXPECT_LE(test::rel_err(gr, ref[name]), 1e-3);
+    moved = std::max(moved, test::rel_err(grads_ce[name], ref[name]));
+  }
+  EXPECT_GT(moved, 1e-2);
+}
+
+}  // namespace
+
+TEST(Lora, RouterLoadBalancingLossEqualsTransformers) {
+  // mixtral: NF4 experts, checkpointed blocks (the router logits leave each block), 4-token CE chunks.
+  check_aux_against_transformers({"mixtral", /*quantize=*/true, {"q_proj", "v_proj"}, /*checkpointing=*/true, 4});
+  // qwen2_moe: the shared expert's adapters too; qwen3_moe: 16-bit base, renormalized top 3.
+  check_aux_against_transformers({"qwen2_moe", /*quantize=*/true, {"k_proj", "o_proj", "up_proj"}, false, 0});
+  check_aux_against_transformers({"qwen3_moe", /*quantize=*/false, {"q_proj", "k_proj", "v_proj", "o_proj"}, true, 0});
+}
+
+TEST(Lora, RouterLoadBalancingLossIsOffByDefault) {
+  model::Model m = load("mixtral", true, lora_cfg(2, 4, {"q_proj"}));
+  EXPECT_FALSE(m.config.output_router_logits);  // transformers' default, as the fixture's config.json
+  EXPECT_DOUBLE_EQ(m.config.router_aux_loss_coef, 0.001);
+  test::Batch b = test::make_batch(m.config.vocab_size, 12, 3);
+  model::LossSum off = m.forward_loss(b.input_ids, b.labels, b.position_ids, b.segment_ids);
+  EXPECT_FALSE(off.aux.defined());
+  m.router_aux_loss = true;
+  model::LossSum on = m.forward_loss(b.input_ids, b.labels, b.position_ids, b.segment_ids);
+  ASSERT_TRUE(on.aux.defined());
+  EXPECT_NEAR(on.sum.item<double>(), off.sum.item<double>(), 1e-5 * off.sum.item<double>());
+  EXPECT_GT(on.aux.item<double>(), 0.0);
+  EXPECT_TRUE(on.aux.requires_grad());
+}
+
+// lora_target_parameters: PEFT's ParamWrapper on transformers' fused expert tensors, one stacked
+// adapter per tensor and layer, sliced per expert; the keys are PEFT's (the reference checks that
+// its saved state dict has exactly ours), the gradients within 1e-3.
+TEST(Lora, GradientsEqualPeftOnExpertTensors) {
+  check_against_peft({"mixtral",
+                      /*quantize=*/true,
+                      2,
+                      4,
+                      {"q_proj"},
+                      false,
+                      /*checkpointing=*/true,
+                      0,
+                      {"experts.gate_up_proj", "experts.down_proj"}});
+  check_against_peft({"qwen2_moe", /*quantize=*/true, 3, 6, {"gate_proj"}, false, false, 5, {"mlp.experts.down_proj"}});
+  check_against_peft({"qwen3_moe", /*quantize=*/false, 2, 8, {"v_proj"}, /*rslora=*/true, false, 0, {"gate_up_proj"}});
+}
+
+TEST(Lora, ExpertTensorAdaptersArePeftsLayout) {
+  const int64_t r = 3;
+  model::Model m =
+      load("mixtral", true, lora_cfg(r, 6, {"q_proj"}, false, 0.0, {"experts.gate_up_proj", "experts.down_proj"}));
+  const int64_t E = m.config.num_experts, H = m.config.hidden_size, I = m.config.moe_intermediate_size;
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (auto& p : m.lora_parameters()) shapes[p.name] = p.param.sizes().vec();
+  const std::string p0 = "base_model.model.model.layers.0.mlp.experts.";
+  EXPECT_EQ(shapes[p0 + "base_layer.lora_A.weight"], (std::vector<int64_t>{r * E, H}));  // gate_up_proj
+  EXPECT_EQ(shapes[p0 + "base_layer.lora_B.weight"], (std::vector<int64_t>{2 * I, r * E}));
+  EXPECT_EQ(shapes[p0 + "lora_A.weight"], (std::vector<int64_t>{r * E, I}));  // down_proj
+  EXPECT_EQ(shapes[p0 + "lora_B.weight"], (std::vector<int64_t>{H, r * E}));
+  EXPECT_EQ(shapes.size(), 2u * 2 * 3);  // q_proj, gate_up, down in 2 layers
+  // Only one tensor: no nesting.
+  model::Model d = load("qwen3_moe", true, lora_cfg(r, 6, {"q_proj"}, false, 0.0, {"down_proj"}));
+  int64_t experts = 0;
+  for (auto& p : d.lora_parameters())
+    if (p.name.find(".mlp.experts.lora_") != std::string::npos) ++experts;
+  EXPECT_EQ(experts, 2 * 2);
+  // Errors: not an expert tensor, a dense model.
+  for (const auto& [family, target, expected] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"mixtral", "experts.w1", "\"experts.w1\" names no expert tensor"},
+           {"llama", "experts.down_proj", "llama is not a mixture of experts"}}) {
+    try {
+      load(family, true, lora_cfg(r, 6, {"q_proj"}, false, 0.0, {target}));
+      ADD_FAILURE() << "no error for " << target;
+    } catch (const UserError& e) { EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what(); }
+  }
 }
 
 TEST(Lora, ExpertsOfAMixtureAreNotAdapted) {

@@ -10,10 +10,15 @@
                            labels); each packed segment runs as its own sequence. --weights loads a
                            state dict (our dequantized weights) into the model first. OUT: logits,
                            loss_sum, count
-  grads MODEL IN OUT --lora L --r R --alpha A --targets t1,t2 [--rslora] [--weights W]
+  grads MODEL IN OUT --lora L --r R --alpha A --targets t1,t2 [--rslora] [--weights W] [--target-parameters p1,p2]
                            PEFT LoRA (dropout 0) with the adapter values from L; the summed CE loss over
                            IN, backward; OUT: the gradient of every lora_A/lora_B under PEFT's saved
                            key names, and loss_sum
+  aux MODEL IN OUT --lora L --r R --alpha A --targets t1,t2 --coef C [--weights W]
+                           a mixture of experts with output_router_logits on and router_aux_loss_coef C:
+                           one forward of the whole batch (input_ids, attention_mask, labels) through
+                           transformers + PEFT, backward of the model's loss (mean CE + C * aux);
+                           OUT: loss, aux_loss and the gradient of every lora_A/lora_B
   init MODEL OUT --r R --targets t1,t2
                            PEFT's own initialization: OUT is JSON {key: [max |A|, fan_in, max |B|]}
   lora_init MODEL OUT --init METHOD ...
@@ -271,12 +276,16 @@ def cmd_logits(model, inp, out, weights):
     save_file({"logits": lg.contiguous(), "loss_sum": s.reshape(1), "count": torch.tensor([n])}, out)
 
 
-def peft_model(model, r, alpha, targets, rslora, weights):
+def peft_model(model, r, alpha, targets, rslora, weights, target_parameters=None):
     from peft import LoraConfig, get_peft_model
     m = load_model(model, weights)
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, use_rslora=rslora,
-                     bias="none", task_type="CAUSAL_LM")
+                     bias="none", task_type="CAUSAL_LM", target_parameters=target_parameters or None)
     return get_peft_model(m, cfg)
+
+
+def params_of(a):
+    return a.target_parameters.split(",") if a.target_parameters else None
 
 
 def targets_of(s):
@@ -285,7 +294,7 @@ def targets_of(s):
 
 def cmd_grads(a):
     from peft import set_peft_model_state_dict, get_peft_model_state_dict
-    pm = peft_model(a.model, a.r, a.alpha, targets_of(a.targets), a.rslora, a.weights)
+    pm = peft_model(a.model, a.r, a.alpha, targets_of(a.targets), a.rslora, a.weights, params_of(a))
     lora = load_file(a.lora)
     res = set_peft_model_state_dict(pm, lora)
     if res.unexpected_keys:
@@ -305,6 +314,28 @@ def cmd_grads(a):
             key = name.replace(".default", "")
             out[key] = p.grad.detach().contiguous()
     save_file(out, a.out)
+
+
+def cmd_aux(a):
+    from peft import set_peft_model_state_dict
+    pm = peft_model(a.model, a.r, a.alpha, targets_of(a.targets), False, a.weights)
+    res = set_peft_model_state_dict(pm, load_file(a.lora))
+    if res.unexpected_keys:
+        raise SystemExit(f"unexpected adapter keys {res.unexpected_keys}")
+    base = pm.get_base_model()
+    base.config.output_router_logits = True
+    base.config.router_aux_loss_coef = a.coef
+    base.router_aux_loss_coef = a.coef
+    pm.train()
+    x = load_file(a.inp)
+    out = pm(input_ids=x["input_ids"].long(), attention_mask=x["attention_mask"].long(),
+             labels=x["labels"].long(), use_cache=False)
+    out.loss.backward()
+    res = {"loss": out.loss.detach().reshape(1), "aux_loss": out.aux_loss.detach().reshape(1)}
+    for name, p in pm.named_parameters():
+        if p.requires_grad:
+            res[name.replace(".default", "")] = p.grad.detach().contiguous()
+    save_file(res, a.out)
 
 
 def cmd_init(a):
@@ -332,6 +363,8 @@ def run(argv):
     p.add_argument("--alpha", type=float, default=8)
     p.add_argument("--targets", default="all-linear")
     p.add_argument("--rslora", action="store_true")
+    p.add_argument("--coef", type=float, default=0.001)
+    p.add_argument("--target-parameters", default="")
     a = p.parse_args(argv)
     if a.mode == "make":
         cmd_make(a.args[0])
@@ -342,6 +375,9 @@ def run(argv):
     elif a.mode == "grads":
         a.model, a.inp, a.out = a.args
         cmd_grads(a)
+    elif a.mode == "aux":
+        a.model, a.inp, a.out = a.args
+        cmd_aux(a)
     elif a.mode == "init":
         a.model, a.out = a.args
         cmd_init(a)

@@ -105,3 +105,27 @@ TEST(ShippedConfigs, StatedMemoryIsThePreflightEstimate) {
   }
   EXPECT_GE(checked, 1);
 }
+
+// lora_target_parameters: the stacked expert adapters (r per expert) count in the estimate, with
+// their gradients and the optimizer's fp32 master and moments.
+TEST(ShippedConfigs, ExpertAdaptersCountInTheEstimate) {
+  const stdfs::path f = test::source_dir() / "configs/qwen3-30b-a3b-qlora.yaml";
+  config::TrainConfig cfg = config::load_config(f.string());
+  const model::ModelConfig mc =
+      model::parse_model_config(published_shapes(f.filename().string()).dump(), "config.json");
+  const at::Device gpu(at::kCUDA, 0);
+  const double before = static_cast<double>(train::estimate_memory(cfg, mc, gpu).lora);
+  cfg.lora.target_parameters = {"experts.gate_up_proj", "experts.down_proj"};
+  cfg.lora.dropout = 0;
+  const double after = static_cast<double>(train::estimate_memory(cfg, mc, gpu).lora);
+  const double params =
+      static_cast<double>(mc.num_hidden_layers * cfg.lora.r * mc.num_experts) *
+      static_cast<double>(mc.hidden_size + 2 * mc.moe_intermediate_size + mc.moe_intermediate_size + mc.hidden_size);
+  EXPECT_NEAR(after - before, params * (2 * 2 + 16), 2.0);  // bf16 A, B and gradients; 16 bytes of fp32 state
+  cfg.lora.target_parameters = {"mlp.experts.down_proj"};
+  const double down = static_cast<double>(train::estimate_memory(cfg, mc, gpu).lora);
+  EXPECT_NEAR(down - before,
+              static_cast<double>(mc.num_hidden_layers * cfg.lora.r * mc.num_experts) *
+                  static_cast<double>(mc.moe_intermediate_size + mc.hidden_size) * 20,
+              2.0);
+}

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -290,6 +291,80 @@ TEST_F(TrainE2E, LateChecksComeBeforeAnythingIsWrittenAndNameTheConfigLine) {
   EXPECT_NE(s.output.find("qlora: error: --set sequence_len=1: sequence_len: expected at least 2"), std::string::npos)
       << s.output;
   EXPECT_FALSE(stdfs::exists(f / "run"));
+}
+
+// overrides_of_model_config on a mixture of experts: every step logs the router load-balancing
+// loss, which changes the trained adapters; on a dense model the keys are refused, naming their line.
+TEST_F(TrainE2E, RouterLoadBalancingLossAndExpertAdaptersTrainAndResume) {
+  auto d = test::temp_dir("moe_aux");
+  stdfs::create_directories(d / "fixture");
+  test::ProcResult fx = test::run_python("train_fixture.py", {(d / "fixture").string(), "mixtral"});
+  ASSERT_EQ(fx.code, 0) << fx.output;
+  const std::string sets = "--set max_steps=3 --set eval_steps=0";
+  auto run_moe = [&](const std::string& name, const std::string& extra, const std::string& args = "") {
+    stdfs::create_directories(d / name);
+    std::string t = fs::read_file(write_config(d / name, extra));
+    t.replace(t.find((*g_fix / "model").string()), (*g_fix / "model").string().size(), (d / "fixture/model").string());
+    std::ofstream(d / name / "cfg.yaml") << t;
+    test::ProcResult r = train(d / name / "cfg.yaml", sets + " " + args);
+    EXPECT_EQ(r.code, 0) << r.output;
+    return d / name / "run";
+  };
+  const stdfs::path on =
+      run_moe("on", "overrides_of_model_config:\n  output_router_logits: true\n  router_aux_loss_coef: 0.5\n");
+  const stdfs::path off = run_moe("off", "");
+  auto aux_of = [](const stdfs::path& run) {
+    std::vector<double> v;
+    std::ifstream in(run / "metrics.jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+      auto j = nlohmann::json::parse(line);
+      if (j.contains("eval_loss")) { EXPECT_FALSE(j.contains("aux_loss")) << line; }
+      if (j.contains("aux_loss")) v.push_back(j["aux_loss"].get<double>());
+    }
+    return v;
+  };
+  const std::vector<double> aux = aux_of(on);
+  ASSERT_EQ(aux.size(), 3u);
+  for (double a : aux) EXPECT_TRUE(std::isfinite(a) && a > 0) << a;
+  EXPECT_TRUE(aux_of(off).empty());
+  const auto l_on = losses(on), l_off = losses(off);
+  ASSERT_EQ(l_on.size(), 3u);
+  // the logged loss is the cross-entropy (the runs differ only by row shards and rounding)
+  EXPECT_NEAR(l_on.at(1).first, l_off.at(1).first, 1e-5 * l_off.at(1).first);
+  EXPECT_NE(l_on.at(1).second, l_off.at(1).second);  // the aux term changes the gradients
+  EXPECT_NE(fs::read_file(on / "checkpoints/checkpoint-000003/adapter_model.safetensors"),
+            fs::read_file(off / "checkpoints/checkpoint-000003/adapter_model.safetensors"));
+
+  // With adapters on the experts too (lora_target_parameters): a run stopped after step 2 and
+  // resumed gives the straight run's losses and adapters, bit for bit.
+  const std::string aux_experts =
+      "overrides_of_model_config:\n  output_router_logits: true\nsave_steps: 2\n"
+      "lora_target_parameters: [experts.gate_up_proj, experts.down_proj]\n";
+  const stdfs::path straight = run_moe("experts", aux_experts, "--set lora_dropout=0");
+  const stdfs::path resumed = run_moe("experts_resumed", aux_experts, "--set lora_dropout=0 --test-stop-after-step 2");
+  ASSERT_EQ(losses(resumed).size(), 2u);
+  test::ProcResult rr = train(d / "experts_resumed/cfg.yaml", sets + " --set lora_dropout=0 --resume");
+  ASSERT_EQ(rr.code, 0) << rr.output;
+  const auto ls = losses(straight), lr = losses(resumed);
+  ASSERT_EQ(ls.size(), 3u);
+  ASSERT_EQ(lr.size(), 3u);
+  for (const auto& [step, v] : ls) {
+    EXPECT_EQ(v.first, lr.at(step).first) << "loss at step " << step;
+    EXPECT_EQ(v.second, lr.at(step).second) << "grad norm at step " << step;
+  }
+  EXPECT_EQ(aux_of(straight), aux_of(resumed));
+  EXPECT_EQ(fs::read_file(straight / "checkpoints/checkpoint-000003/adapter_model.safetensors"),
+            fs::read_file(resumed / "checkpoints/checkpoint-000003/adapter_model.safetensors"));
+
+  const stdfs::path cfg = write_config(d, "overrides_of_model_config:\n  output_router_logits: true\n");
+  test::ProcResult r = train(cfg);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("qlora: error: " + where(cfg, "  output_router_logits") +
+                          "overrides_of_model_config.output_router_logits: llama is not a mixture of experts"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(stdfs::exists(d / "run"));
 }
 
 // A config whose memory bound exceeds what the machine has is refused before anything is

@@ -32,6 +32,16 @@ struct LoraConfig {
   std::string init_lora_weights = "true";
   int64_t loftq_bits = 4;  // loftq_config.loftq_bits (only 4: the base is NF4)
   int64_t loftq_iter = 1;  // loftq_config.loftq_iter
+  // lora_target_parameters: the fused expert tensors of a mixture of experts as PEFT's
+  // target_parameters names them (experts.gate_up_proj, experts.down_proj; docs/formats.md §4.5).
+  std::vector<std::string> target_parameters;
+};
+
+// overrides_of_model_config: values that replace the base model's config.json ones (Axolotl's
+// key). Only the router's load-balancing loss of a mixture of experts is supported.
+struct ModelConfigOverrides {
+  std::optional<bool> output_router_logits;
+  std::optional<double> router_aux_loss_coef;
 };
 
 struct OptimizerConfig {
@@ -62,7 +72,8 @@ struct TrainConfig {
   QuantizationConfig quantization;
   LoraConfig lora;
   OptimizerConfig optim;
-  DataSpec data;  // datasets, sequence_len, packing, val split, ...
+  DataSpec data;                         // datasets, sequence_len, packing, val split, ...
+  ModelConfigOverrides model_overrides;  // overrides_of_model_config
 
   int64_t micro_batch_size = 1;
   int64_t gradient_accumulation_steps = 1;

@@ -297,7 +297,7 @@ void read_loftq_config(config::LoraConfig& l, const YAML::Node& n, const In& in)
 // ---------------------------------------------------------------------------------------------
 // The schema.
 
-enum class Sub { None, Quantization, DatasetList };
+enum class Sub { None, Quantization, DatasetList, ModelOverrides };
 
 template <class S>
 struct Field {
@@ -472,6 +472,34 @@ const Schema<QuantizationConfig>& quant_schema() {
   return s;
 }
 
+// ---- overrides_of_model_config: { ... }
+template <class S, class A>
+Field<S> opt_bool_field(std::string key, A acc, ChangeKind ck) {
+  Field<S> f = make<S>(std::move(key), ck);
+  f.reset = [acc](S& s) { acc(s).reset(); };
+  f.read = [acc](S& s, const YAML::Node& n, const In& in) { acc(s) = read_bool(n, in); };
+  f.write = [acc](const S& s) {
+    const auto& v = acc(const_cast<S&>(s));
+    return v ? plain(*v ? "true" : "false") : null_val();
+  };
+  return f;
+}
+
+const Schema<ModelConfigOverrides>& model_overrides_schema() {
+  using M = ModelConfigOverrides;
+  constexpr auto I = ChangeKind::Incompatible;
+  static const Schema<M> s = [] {
+    Schema<M> v;
+    v.push_back(opt_bool_field<M>(
+        "output_router_logits", [](M& m) -> std::optional<bool>& { return m.output_router_logits; }, I));
+    v.push_back(opt_num_field<M>(
+        "router_aux_loss_coef", [](M& m) -> std::optional<double>& { return m.router_aux_loss_coef; }, 0, false, 1e300,
+        false, "a non-negative number", I));
+    return v;
+  }();
+  return s;
+}
+
 // ---- datasets: - { path, type, field... }
 const Schema<config::DatasetSpec>& dataset_schema() {
   using D = config::DatasetSpec;
@@ -604,6 +632,22 @@ const Schema<TrainConfig>& top_schema() {
       };
       v.push_back(f);
     }
+    {
+      Field<T> f = make<T>("overrides_of_model_config", I);
+      f.sub = Sub::ModelOverrides;
+      f.reset = [](T& c) { c.model_overrides = ModelConfigOverrides{}; };
+      f.read = [](T& c, const YAML::Node& n, const In& in) {
+        if (!n.IsMap()) in.expected("a mapping (output_router_logits, router_aux_loss_coef)", n);
+        read_map(c.model_overrides, n, model_overrides_schema(), "overrides_of_model_config.", *in.ctx);
+      };
+      f.write = [](const T& c) {
+        Val m;
+        m.kind = Val::Map;
+        for (const auto& q : model_overrides_schema()) m.map.emplace_back(q.key, q.write(c.model_overrides));
+        return m;
+      };
+      v.push_back(with_aliases(f, {"model_config"}));
+    }
     // bitsandbytes / HF spellings of the quantization keys at the top level
     for (const auto& q : quant_schema()) {
       if (q.aliases.empty()) continue;
@@ -625,6 +669,8 @@ const Schema<TrainConfig>& top_schema() {
         "lora_target_modules", [](T& c) -> std::vector<std::string>& { return c.lora.target_modules; }, I));
     v.push_back(bool_field<T>(
         "lora_target_linear", [](T& c) -> bool& { return c.lora.target_linear; }, I));
+    v.push_back(list_field<T>(
+        "lora_target_parameters", [](T& c) -> std::vector<std::string>& { return c.lora.target_parameters; }, I));
     v.push_back(bool_field<T>(
         "use_rslora", [](T& c) -> bool& { return c.lora.use_rslora; }, I));
     {
@@ -989,6 +1035,19 @@ void apply_override(YAML::Node& root, const std::string& text, Ctx& ctx) {
     ctx.overrides["quantization." + qf->key] = where;
     return;
   }
+  if (tf->sub == Sub::ModelOverrides) {
+    if (segs.size() > 2) no_sub(tf->key + "." + segs[1]);
+    const Field<ModelConfigOverrides>* mf = find_field(model_overrides_schema(), segs[1]);
+    if (!mf) unknown(tf->key + ".", segs[1], key_names(model_overrides_schema()));
+    std::string written = tf->key;  // the spelling the file uses, if any
+    for (const std::string& a : tf->aliases)
+      if (!root[tf->key].IsDefined() && root[a].IsDefined()) written = a;
+    YAML::Node mo = child(root, written, false);
+    erase_spellings(mo, *mf);
+    mo[mf->key] = value;
+    ctx.overrides[tf->key + "." + mf->key] = where;
+    return;
+  }
   if (tf->sub == Sub::DatasetList) {
     YAML::Node list = child(root, tf->key, true);
     int64_t idx = -1;
@@ -1038,7 +1097,7 @@ void finish(TrainConfig& c, Ctx& ctx) {
   if (!c.num_epochs && !c.max_steps) ctx.fail_key("num_epochs", "required: set num_epochs or max_steps");
   if (c.optim.warmup_ratio && c.optim.warmup_steps > 0)
     ctx.fail_key("warmup_ratio", "set either warmup_steps or warmup_ratio, not both");
-  if (c.lora.target_modules.empty() && !c.lora.target_linear)
+  if (c.lora.target_modules.empty() && !c.lora.target_linear && c.lora.target_parameters.empty())
     ctx.fail_key("lora_target_modules",
                  "required: the modules to adapt (e.g. [q_proj, v_proj]), or lora_target_linear: true");
   if (ctx.loftq_config_given) {
@@ -1048,6 +1107,10 @@ void finish(TrainConfig& c, Ctx& ctx) {
       ctx.fail_key("loftq_config", "set with init_lora_weights: " + c.lora.init_lora_weights +
                                        " (loftq_config configures init_lora_weights: loftq)");
   }
+  if (!c.lora.target_parameters.empty() && c.lora.dropout != 0)
+    ctx.fail_key("lora_dropout",
+                 "must be 0 with lora_target_parameters (PEFT's adapters on expert tensors have no "
+                 "dropout)");
   if (ctx.load_in_4bit) {
     if (!ctx.was_set("adapter")) {
       c.lora.adapter = *ctx.load_in_4bit ? "qlora" : "lora";

@@ -117,6 +117,52 @@ std::map<std::string, ModuleLora> lora_by_module(const run::AdapterSource& src) 
   return m;
 }
 
+// The stacked expert adapters (lora_target_parameters) by PEFT module path -> the [out, in] of
+// the fused tensor they adapt (gate_up: [2 inter, hidden], down: [hidden, inter]).
+std::map<std::string, std::vector<int64_t>> expert_adapter_shapes(const io::PeftAdapterConfig& pc,
+                                                                  const model::ModelConfig& mc) {
+  std::map<std::string, std::vector<int64_t>> out;
+  if (pc.target_parameters.empty()) return out;
+  const model::ExpertTargets t = model::resolve_expert_targets(model::to_lora_config(pc), mc);
+  const int64_t H = mc.hidden_size, I = mc.moe_intermediate_size;
+  for (int64_t i = 0; i < mc.num_hidden_layers; ++i) {
+    if (t.gate_up) out[model::layer_prefix(i) + model::expert_lora_module(true, t)] = {2 * I, H};
+    if (t.down) out[model::layer_prefix(i) + model::expert_lora_module(false, t)] = {H, I};
+  }
+  return out;
+}
+
+// scaling * B_e A_e for the expert linear `module` ("model.layers.N.mlp.experts.E.gate_proj",
+// mixtral's "block_sparse_moe.experts.E.w1", ...) from the stacked expert adapters: the gate or up
+// rows of gate_up's delta, or down's; undefined when the module is no adapted expert.
+at::Tensor expert_delta(const std::map<std::string, ModuleLora>& lora, const io::PeftAdapterConfig& pc,
+                        const model::ModelConfig& mc, const std::string& module, double scaling) {
+  if (pc.target_parameters.empty() || !module.starts_with("model.layers.")) return {};
+  size_t used = 0;
+  const std::optional<int64_t> layer = parse_c_int(std::string_view(module).substr(13), &used);
+  if (!layer) return {};
+  const std::string rest = module.substr(13 + used + 1);
+  std::string tail;
+  for (const char* p : {"mlp.experts.", "block_sparse_moe.experts."})
+    if (rest.starts_with(p)) tail = rest.substr(std::string(p).size());
+  const size_t dot = tail.find('.');
+  if (dot == std::string::npos) return {};
+  const std::optional<int64_t> e = parse_c_int(tail.substr(0, dot));
+  const std::string part = tail.substr(dot + 1);
+  const bool gate = part == "gate_proj" || part == "w1", up = part == "up_proj" || part == "w3",
+             down = part == "down_proj" || part == "w2";
+  if (!e || (!gate && !up && !down)) return {};
+  const model::ExpertTargets t = model::resolve_expert_targets(model::to_lora_config(pc), mc);
+  if (down ? !t.down : !t.gate_up) return {};
+  const auto it = lora.find(model::layer_prefix(*layer) + model::expert_lora_module(!down, t));
+  if (it == lora.end()) return {};
+  const int64_t E = mc.num_experts, I = mc.moe_intermediate_size;
+  const at::Tensor A = it->second.A.to(at::kFloat), B = it->second.B.to(at::kFloat);
+  const int64_t r = A.size(0) / E;
+  const at::Tensor d = at::matmul(B.view({B.size(0), r, E}).select(2, *e), A.narrow(0, *e * r, r)) * scaling;
+  return down ? d : d.narrow(0, gate ? 0 : I, I);
+}
+
 // Decoder layer index of a "model.layers.N...." module path and the module's short name (for
 // ordering: llama.cpp's q, k, v, o, gate, up, down within a layer).
 std::pair<int64_t, std::string> module_order(const std::string& module) {
@@ -171,6 +217,9 @@ ExportReport export_gguf(const ExportOptions& o, const run::AdapterSource& src) 
   rep.base_model = base_dir(o, src, /*required=*/true);
   const model::ModelConfig mc = model::read_model_config(rep.base_model);
   check_adapter_matches_base(src, mc);
+  if (!src.peft.target_parameters.empty())
+    user_error(adapter_file(src),
+               ": target_parameters: a GGUF adapter holds no adapters on expert tensors; export --format merged");
   check_out(o, {src.dir, rep.base_model});
   io::GgufLoraOptions g;
   // llama.cpp runs Mistral checkpoints as the llama architecture.
@@ -395,6 +444,9 @@ class MergedWriter {
     if (it != lora_.end()) {
       w.addmm_(it->second.B.to(at::kFloat), it->second.A.to(at::kFloat), /*beta=*/1.0, /*alpha=*/scaling_);
       ++merged_;
+    } else if (const at::Tensor d = expert_delta(lora_, src_.peft, mc_, t.module, scaling_); d.defined()) {
+      w.add_(d);  // every expert gets its slice of the stacked expert adapters
+      ++merged_;
     }
     return w.to(dtype_);
   }
@@ -506,7 +558,11 @@ void check_adapter_matches_base(const run::AdapterSource& src, const model::Mode
   const std::vector<model::LinearSpec> specs = model::layer_linears(mc);
   for (int64_t i = 0; i < mc.num_hidden_layers; ++i)
     for (const model::LinearSpec& l : specs) shapes[model::layer_prefix(i) + l.path] = {l.out, l.in};
-  const int64_t r = src.peft.r;
+  std::map<std::string, int64_t> ranks;  // the stacked expert adapters hold r per expert
+  for (const auto& [module, shape] : expert_adapter_shapes(src.peft, mc)) {
+    shapes[module] = shape;
+    ranks[module] = src.peft.r * mc.num_experts;
+  }
   std::set<std::string> have_a, have_b;
   for (const auto& [k, v] : src.tensors) {
     const std::optional<io::PeftLoraKey> key = io::parse_peft_lora_key(k);
@@ -519,6 +575,7 @@ void check_adapter_matches_base(const run::AdapterSource& src, const model::Mode
     if (it == shapes.end())
       user_error(file, ": ", k, ": the base (", base, ") has no linear module ", module,
                  " (an adapter made for another base model?)");
+    const int64_t r = ranks.count(module) ? ranks.at(module) : src.peft.r;
     const std::vector<int64_t> want =
         a ? std::vector<int64_t>{r, it->second[1]} : std::vector<int64_t>{it->second[0], r};
     if (v.sizes().vec() != want)
@@ -534,7 +591,7 @@ void check_adapter_matches_base(const run::AdapterSource& src, const model::Mode
   // Every module the adapter config targets in this base has its pair.
   const config::LoraConfig lc = model::to_lora_config(src.peft);
   for (const auto& [module, shape] : shapes)
-    if (model::lora_targets(lc, module) && !have_a.count(module))
+    if ((ranks.count(module) || model::lora_targets(lc, module)) && !have_a.count(module))
       user_error(file, ": ", io::peft_lora_key(module, 'A'), ": missing (adapter_config.json targets ",
                  module.substr(module.rfind('.') + 1), " in every layer of the base ", base, ")");
 }

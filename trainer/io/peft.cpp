@@ -50,6 +50,7 @@ std::string peft_adapter_config_json(const PeftAdapterConfig& c) {
   j["rank_pattern"] = nlohmann::json::object();
   j["revision"] = nullptr;
   j["target_modules"] = c.target_modules;
+  j["target_parameters"] = c.target_parameters.empty() ? nlohmann::json(nullptr) : nlohmann::json(c.target_parameters);
   j["task_type"] = "CAUSAL_LM";
   j["use_dora"] = false;
   j["use_rslora"] = c.use_rslora;
@@ -111,6 +112,14 @@ PeftAdapterConfig read_peft_adapter_config(const std::filesystem::path& dir) {
     }
   } else {
     user_error(p, ": target_modules: expected a list of module names");
+  }
+  if (j.contains("target_parameters") && !j["target_parameters"].is_null()) {
+    const auto& tp = j["target_parameters"];
+    if (!tp.is_array()) user_error(p, ": target_parameters: expected a list of parameter names");
+    for (const auto& e : tp) {
+      if (!e.is_string()) user_error(p, ": target_parameters: expected a list of parameter names");
+      c.target_parameters.push_back(e.get<std::string>());
+    }
   }
   return c;
 }

@@ -34,6 +34,9 @@ struct PeftAdapterConfig {
   double lora_dropout = 0;
   std::vector<std::string> target_modules;  // short names: q_proj, v_proj, ...
   bool use_rslora = false;
+  // Expert tensors of a mixture of experts (experts.gate_up_proj, experts.down_proj); null in the
+  // file when empty.
+  std::vector<std::string> target_parameters;
 };
 
 // adapter_config.json text as PEFT writes it (peft_type LORA, task_type CAUSAL_LM, bias none,

@@ -9,6 +9,10 @@ namespace qlora::model {
 struct LossSum {
   at::Tensor sum;    // float32 scalar, differentiable
   at::Tensor count;  // int64 scalar
+  // Model::forward_loss with Model::router_aux_loss on a mixture of experts: the router's
+  // load-balancing loss of the batch (float32 scalar, differentiable; not scaled by
+  // router_aux_loss_coef), else undefined.
+  at::Tensor aux;
 };
 
 // sum over rows i of  logsumexp(l_i) - l_i[targets_i],  l = hidden @ weight^T computed in

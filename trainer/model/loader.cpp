@@ -40,6 +40,7 @@ class Loader {
                      "starting model overshoots the 16-bit one. Set lora_alpha equal to lora_r (or to sqrt(lora_r) "
                      "with use_rslora).\n",
                      lora_scaling(*opts_.lora));
+      m.lora_target_parameters = opts_.lora->target_parameters;
     }
     const ModelConfig& c = m.config;
     const int64_t H = c.hidden_size;
@@ -71,6 +72,29 @@ class Loader {
         Linear* l = L.linear_at(spec.path);
         TORCH_CHECK(l, "load_model: no member for projection ", spec.path);
         load_linear(*l, p + spec.path, {spec.out, spec.in}, spec.bias);
+      }
+      if (opts_.lora && c.is_moe()) {  // lora_target_parameters: PEFT's stacked expert adapters
+        const ExpertTargets t = resolve_expert_targets(*opts_.lora, c);
+        if ((t.gate_up || t.down) && lora_init_method(*opts_.lora).changes_base())
+          user_error("init_lora_weights: ", opts_.lora->init_lora_weights,
+                     " is not supported with lora_target_parameters (expert tensors); use true or gaussian");
+        const int64_t E = c.num_experts, I = c.moe_intermediate_size;
+        config::LoraConfig stacked = *opts_.lora;
+        stacked.r = opts_.lora->r * E;
+        stacked.dropout = 0;
+        auto make = [&](int64_t in, int64_t out) {
+          LoraAdapter a = make_lora_adapter(in, out, stacked, init_gen_, dtype_, opts_.device);
+          a.scaling = lora_scaling(*opts_.lora);
+          return a;
+        };
+        if (t.gate_up) {
+          L.experts_gate_up_lora = make(H, 2 * I);
+          L.experts_gate_up_module = p + expert_lora_module(true, t);
+        }
+        if (t.down) {
+          L.experts_down_lora = make(I, H);
+          L.experts_down_module = p + expert_lora_module(false, t);
+        }
       }
     }
     m.norm = take16("model.norm.weight", {H});

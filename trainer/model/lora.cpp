@@ -24,6 +24,7 @@ config::LoraConfig to_lora_config(const io::PeftAdapterConfig& c) {
   l.alpha = c.lora_alpha;
   l.dropout = c.lora_dropout;
   l.use_rslora = c.use_rslora;
+  l.target_parameters = c.target_parameters;
   if (c.target_modules.size() == 1 && c.target_modules[0] == "all-linear")
     l.target_linear = true;
   else
@@ -40,7 +41,7 @@ void validate_lora_config(const config::LoraConfig& cfg) {
   if (!(cfg.alpha > 0)) user_error("lora_alpha: expected a positive number, got ", cfg.alpha);
   if (!(cfg.dropout >= 0.0 && cfg.dropout < 1.0))
     user_error("lora_dropout: expected a value in [0, 1), got ", cfg.dropout);
-  if (!cfg.target_linear && cfg.target_modules.empty())
+  if (!cfg.target_linear && cfg.target_modules.empty() && cfg.target_parameters.empty())
     user_error("lora_target_modules: empty (name the modules, e.g. [q_proj, v_proj], or set lora_target_linear: true)");
 }
 
@@ -69,8 +70,33 @@ bool lora_targets(const config::LoraConfig& cfg, const std::string& module_path)
   return false;
 }
 
+ExpertTargets resolve_expert_targets(const config::LoraConfig& cfg, const ModelConfig& mc) {
+  ExpertTargets out;
+  for (const auto& t : cfg.target_parameters) {
+    if (!mc.is_moe())
+      user_error("lora_target_parameters: \"", t, "\": ", mc.model_type,
+                 " is not a mixture of experts (no expert tensors to adapt)");
+    bool hit = false;
+    for (int64_t l = 0; l < mc.num_hidden_layers; ++l) {
+      const std::string p = layer_prefix(l) + "mlp.experts.";
+      if (matches(p + "gate_up_proj", t)) hit = out.gate_up = true;
+      if (matches(p + "down_proj", t)) hit = out.down = true;
+    }
+    if (!hit)
+      user_error("lora_target_parameters: \"", t,
+                 "\" names no expert tensor (expected experts.gate_up_proj or experts.down_proj, PEFT's names)");
+  }
+  return out;
+}
+
+std::string expert_lora_module(bool gate_up, const ExpertTargets& t) {
+  return gate_up && t.down ? "mlp.experts.base_layer" : "mlp.experts";
+}
+
 std::vector<std::string> resolve_lora_targets(const config::LoraConfig& cfg, const ModelConfig& mc) {
   validate_lora_config(cfg);
+  resolve_expert_targets(cfg, mc);  // UserError for a bad lora_target_parameters
+  if (!all_linear(cfg) && cfg.target_modules.empty()) return {};
   const std::vector<LinearSpec> specs = layer_linears(mc);
   if (!all_linear(cfg)) {
     for (const auto& t : cfg.target_modules) {
@@ -80,8 +106,8 @@ std::vector<std::string> resolve_lora_targets(const config::LoraConfig& cfg, con
           if (matches(layer_prefix(l) + s.path, t)) (is_expert(s.path) ? expert : hit) = true;
       if (!hit && expert)
         user_error("lora_target_modules: \"", t,
-                   "\" names the experts of a mixture of experts; LoRA on experts is not supported (adapt the "
-                   "attention projections q_proj, k_proj, v_proj, o_proj)");
+                   "\" names the experts of a mixture of experts; adapt them with lora_target_parameters: "
+                   "[experts.gate_up_proj, experts.down_proj] as PEFT does");
       if (!hit) {
         std::string avail;
         std::set<std::string> seen;

@@ -57,6 +57,21 @@ bool lora_targets(const config::LoraConfig& cfg, const std::string& module_path)
 // a target names no linear layer of the model.
 std::vector<std::string> resolve_lora_targets(const config::LoraConfig& cfg, const ModelConfig& mc);
 
+// lora_target_parameters on a mixture of experts: which of the fused expert tensors PEFT's
+// target_parameters would wrap, "model.layers.N.mlp.experts.gate_up_proj" [E, 2 inter, hidden]
+// and ".down_proj" [E, hidden, inter] (transformers 5's names for every family), by PEFT's rule
+// (the name equals a target or ends with "." + target). UserError for a target that names
+// neither, or any target on a dense model.
+struct ExpertTargets {
+  bool gate_up = false, down = false;
+};
+ExpertTargets resolve_expert_targets(const config::LoraConfig& cfg, const ModelConfig& mc);
+
+// PEFT's module path of an expert adapter under "model.layers.N.": both tensors targeted nest
+// two ParamWrappers, gate_up_proj's inside ("mlp.experts.base_layer"), down_proj's outside
+// ("mlp.experts").
+std::string expert_lora_module(bool gate_up, const ExpertTargets& t);
+
 // A fresh adapter for a [out, in] projection, initialized as PEFT does with `init_gen` (CPU), for
 // init_lora_weights true, false and gaussian (the others are computed from the weight: lora_init.h).
 LoraAdapter make_lora_adapter(int64_t in_features, int64_t out_features, const config::LoraConfig& cfg,

@@ -238,16 +238,52 @@ at::Tensor swiglu(const Linear& gate_proj, const Linear& up_proj, const Linear& 
   return down_proj.forward(act, training, gen);
 }
 
+// Expert e's LoRA delta on x [n, in] (lora_target_parameters): scaling * x A_e^T B_e^T with
+// PEFT's layout of the stacked adapter (model.h).
+at::Tensor expert_lora_delta(const LoraAdapter& a, int64_t e, int64_t experts, const at::Tensor& x) {
+  const int64_t r = a.A.size(0) / experts;
+  const at::Tensor A = a.A.narrow(0, e * r, r);                           // [r, in]
+  const at::Tensor B = a.B.view({a.B.size(0), r, experts}).select(2, e);  // [out, r]
+  return at::matmul(at::matmul(x, A.t()), B.t()) * a.scaling;
+}
+
+// An expert's SwiGLU with the experts' stacked adapters (PEFT's ParamWrapper on gate_up_proj and
+// down_proj), or plain swiglu without them.
+at::Tensor expert_mlp(const ModelConfig& c, const DecoderLayer& L, int64_t e, const at::Tensor& x, bool training,
+                      at::Generator* gen) {
+  const Expert& E = L.experts[e];
+  if (!L.experts_gate_up_lora && !L.experts_down_lora)
+    return swiglu(E.gate_proj, E.up_proj, E.down_proj, x, training, gen);
+  at::Tensor gate = E.gate_proj.forward(x, training, gen);
+  at::Tensor up = E.up_proj.forward(x, training, gen);
+  if (L.experts_gate_up_lora) {
+    const at::Tensor d = expert_lora_delta(*L.experts_gate_up_lora, e, c.num_experts, x);
+    const int64_t I = gate.size(-1);
+    gate = gate + d.narrow(-1, 0, I);
+    up = up + d.narrow(-1, I, I);
+  }
+  at::Tensor act;
+  {
+    Scope prof(Part::norm_rope_act);
+    act = at::silu(gate) * up;
+  }
+  at::Tensor y = E.down_proj.forward(act, training, gen);
+  if (L.experts_down_lora) y = y + expert_lora_delta(*L.experts_down_lora, e, c.num_experts, act);
+  return y;
+}
+
 // A mixture-of-experts MLP over n [..., hidden], as transformers' sparse MoE blocks compute it:
 // router logits in the compute dtype, softmax in fp32, the top k experts per token (weights
 // renormalized when norm_topk_prob; cast to the compute dtype for the qwen families, kept fp32
 // for mixtral), each expert run on its tokens only and added back weighted; qwen2_moe adds
-// sigmoid(shared_expert_gate x) * shared_expert(x).
-at::Tensor moe_mlp(const ModelConfig& c, const DecoderLayer& L, const at::Tensor& n, bool training,
-                   at::Generator* gen) {
+// sigmoid(shared_expert_gate x) * shared_expert(x). router_logits: receives the router's logits
+// [tokens, experts] when not null.
+at::Tensor moe_mlp(const ModelConfig& c, const DecoderLayer& L, const at::Tensor& n, bool training, at::Generator* gen,
+                   at::Tensor* router_logits) {
   const int64_t H = c.hidden_size;
   const at::Tensor x = n.reshape({-1, H});
   at::Tensor logits = at::linear(x, L.router);
+  if (router_logits) *router_logits = logits;
   at::Tensor probs = at::softmax(logits, -1, at::kFloat);
   auto [top_w, top_i] = probs.topk(c.num_experts_per_tok, -1);
   if (c.norm_topk_prob) top_w = top_w / top_w.sum(-1, /*keepdim=*/true);
@@ -265,10 +301,9 @@ at::Tensor moe_mlp(const ModelConfig& c, const DecoderLayer& L, const at::Tensor
   const at::Tensor w_flat = top_w.reshape({-1});
   for (int64_t e = 0; e < c.num_experts; ++e) {
     if (tok[e].empty()) continue;
-    const Expert& E = L.experts[e];
     const at::Tensor t = at::tensor(tok[e], at::kLong).to(x.device());
     const at::Tensor w = w_flat.index_select(0, at::tensor(slot[e], at::kLong).to(x.device())).unsqueeze(1);
-    at::Tensor y = swiglu(E.gate_proj, E.up_proj, E.down_proj, x.index_select(0, t), training, gen) * w;
+    at::Tensor y = expert_mlp(c, L, e, x.index_select(0, t), training, gen) * w;
     out = out.index_add(0, t, y.to(out.scalar_type()));
   }
   if (L.shared_expert_gate.defined()) {
@@ -280,14 +315,14 @@ at::Tensor moe_mlp(const ModelConfig& c, const DecoderLayer& L, const at::Tensor
 }
 
 at::Tensor decoder_layer(const Model& m, int64_t layer, const at::Tensor& x, const BlockInputs& in, bool training,
-                         at::Generator* gen) {
+                         at::Generator* gen, at::Tensor* router_logits = nullptr) {
   const DecoderLayer& L = m.layers[layer];
   const ModelConfig& c = m.config;
   at::Tensor a = self_attention(m, L, layer, rms_norm(x, L.input_layernorm, c), in, training, gen);
   if (c.gemma) a = rms_norm(a, L.post_attention_layernorm, c);
   at::Tensor h = (in.out_rows.defined() ? x.index_select(0, in.out_rows) : x) + a;
   at::Tensor n = rms_norm(h, c.gemma ? L.pre_feedforward_layernorm : L.post_attention_layernorm, c);
-  if (c.is_moe()) return h + moe_mlp(c, L, n, training, gen);
+  if (c.is_moe()) return h + moe_mlp(c, L, n, training, gen, router_logits);
   at::Tensor gate, up;
   if (c.fused_gate_up) {  // phi3: gate rows, then up rows
     at::Tensor gu = L.gate_up_proj.forward(n, training, gen);
@@ -370,13 +405,22 @@ std::vector<int64_t> sequences_in_rows(const Model& m, const at::Tensor& rows, c
 }
 
 // The decoder blocks over x (checkpointed when the model says so); the last block gets last_in.
+// router_logits (a mixture of experts): receives each layer's router logits [tokens, experts].
+// They leave a block as part of its output (the hidden state and the logits side by side), so a
+// checkpointed block's backward recomputes them with the rest of the block.
 at::Tensor run_layers(Model& m, at::Tensor x, const BlockInputs& in, const BlockInputs& last_in,
-                      at::Generator* dropout_gen = nullptr) {
+                      at::Generator* dropout_gen = nullptr, std::vector<at::Tensor>* router_logits = nullptr) {
   at::Generator* gen = m.training ? (dropout_gen ? dropout_gen : &m.dropout_generator) : nullptr;
   const int64_t n = static_cast<int64_t>(m.layers.size());
+  const bool collect = router_logits && m.config.is_moe();
+  const int64_t H = m.config.hidden_size;
   for (int64_t i = 0; i < n; ++i) {
-    BlockFn fn = [&m, i, in = i + 1 == n ? last_in : in, tr = m.training](const at::Tensor& xin, at::Generator* g) {
-      return decoder_layer(m, i, xin, in, tr, g);
+    BlockFn fn = [&m, i, in = i + 1 == n ? last_in : in, tr = m.training, collect](const at::Tensor& xin,
+                                                                                   at::Generator* g) {
+      if (!collect) return decoder_layer(m, i, xin, in, tr, g);
+      at::Tensor logits;
+      at::Tensor y = decoder_layer(m, i, xin, in, tr, g, &logits);
+      return at::cat({y, logits.to(y.scalar_type())}, -1);
     };
     if (m.gradient_checkpointing && c10::GradMode::is_enabled()) {
       std::vector<at::Tensor> params;
@@ -385,12 +429,37 @@ at::Tensor run_layers(Model& m, at::Tensor x, const BlockInputs& in, const Block
           params.push_back(l->lora->A);
           params.push_back(l->lora->B);
         }
+      for (const auto* a : {&m.layers[i].experts_gate_up_lora, &m.layers[i].experts_down_lora})
+        if (*a) {
+          params.push_back((*a)->A);
+          params.push_back((*a)->B);
+        }
       x = checkpointed(fn, x, params, gen, m.checkpoint_offload);
     } else {
       x = fn(x, gen);
     }
+    if (collect) {
+      router_logits->push_back(x.narrow(-1, H, x.size(-1) - H));
+      x = x.narrow(-1, 0, H);
+    }
   }
   return x;
+}
+
+// transformers' load_balancing_loss_func over the router logits of every layer ([tokens,
+// experts] each, real tokens only): with R the rows of all layers, f_e the number of top-k
+// choices of expert e over R and P_e the mean routing probability of e (softmax in the logits'
+// dtype, summed in fp32), experts * sum_e f_e P_e. Gradients reach the logits through
+// P only (the choices are counts).
+at::Tensor load_balancing_loss(const ModelConfig& c, const std::vector<at::Tensor>& router_logits) {
+  at::Tensor logits = at::cat(router_logits, 0);
+  const double rows = static_cast<double>(logits.size(0));
+  at::Tensor probs = at::softmax(logits, -1);
+  at::Tensor chosen = std::get<1>(probs.topk(c.num_experts_per_tok, -1)).reshape({-1});
+  at::Tensor counts = at::zeros({c.num_experts}, probs.options().dtype(at::kFloat))
+                          .index_add_(0, chosen, at::ones({chosen.numel()}, probs.options().dtype(at::kFloat)));
+  at::Tensor prob_sum = probs.to(at::kFloat).sum(0);
+  return ((counts / rows) * (prob_sum / rows)).sum() * static_cast<double>(c.num_experts);
 }
 
 // Summed cross-entropy of hidden [N, H] (rows with a target) against targets [N].
@@ -535,12 +604,20 @@ LossSum Model::forward_loss(const at::Tensor& input_ids, const at::Tensor& label
   in.B = B;
   in.T = T;
   BlockInputs last = in;
-  last.out_rows = keep;
-  last.out_flat = rows.index_select(0, keep);
+  const bool aux = router_aux_loss && config.is_moe();
+  if (!aux) {  // with the aux loss every real token goes through the last router
+    last.out_rows = keep;
+    last.out_flat = rows.index_select(0, keep);
+  }
 
   at::Tensor x = embed(*this, ids.reshape({-1}).index_select(0, rows));
-  at::Tensor h = rms_norm(run_layers(*this, x, in, last, dropout_gen), norm, config);  // [targets, H]
-  return cross_entropy(*this, h, targets);
+  std::vector<at::Tensor> router_logits;
+  at::Tensor h = run_layers(*this, x, in, last, dropout_gen, aux ? &router_logits : nullptr);
+  if (aux) h = h.index_select(0, keep);
+  h = rms_norm(h, norm, config);  // [targets, H]
+  LossSum out = cross_entropy(*this, h, targets);
+  if (aux) out.aux = load_balancing_loss(config, router_logits);
+  return out;
 }
 
 at::Tensor Model::forward_cached(const at::Tensor& input_ids, KVCache& cache) {
@@ -627,10 +704,20 @@ std::vector<const Linear*> Model::linears() const {
 
 std::vector<NamedParameter> Model::lora_parameters() const {
   std::vector<NamedParameter> out;
-  for (const Linear* l : linears()) {
-    if (!l->lora) continue;
-    out.push_back({io::peft_lora_key(l->name, 'A'), l->lora->A});
-    out.push_back({io::peft_lora_key(l->name, 'B'), l->lora->B});
+  for (const DecoderLayer& L : layers) {
+    for (const Linear* l : L.linears()) {
+      if (!l->lora) continue;
+      out.push_back({io::peft_lora_key(l->name, 'A'), l->lora->A});
+      out.push_back({io::peft_lora_key(l->name, 'B'), l->lora->B});
+    }
+    if (L.experts_gate_up_lora) {
+      out.push_back({io::peft_lora_key(L.experts_gate_up_module, 'A'), L.experts_gate_up_lora->A});
+      out.push_back({io::peft_lora_key(L.experts_gate_up_module, 'B'), L.experts_gate_up_lora->B});
+    }
+    if (L.experts_down_lora) {
+      out.push_back({io::peft_lora_key(L.experts_down_module, 'A'), L.experts_down_lora->A});
+      out.push_back({io::peft_lora_key(L.experts_down_module, 'B'), L.experts_down_lora->B});
+    }
   }
   return out;
 }

@@ -67,6 +67,12 @@ struct DecoderLayer {
   std::vector<Expert> experts;
   Expert shared_expert;
   at::Tensor shared_expert_gate;
+  // LoRA on the experts as PEFT's ParamWrapper holds it for transformers' fused expert tensors
+  // (lora_target_parameters): gate_up (gate rows, then up rows) and down, each one adapter for all
+  // E experts, A [r E, in] and B [out, r E]; expert e's delta is scaling * B_e A_e with
+  // A_e = A[e r : (e + 1) r] and B_e = B[:, j E + e] (j < r). module: PEFT's module path.
+  std::optional<LoraAdapter> experts_gate_up_lora, experts_down_lora;
+  std::string experts_gate_up_module, experts_down_module;
 
   // The projections this architecture has (those with a name), in module order.
   std::vector<Linear*> linears();
@@ -141,6 +147,12 @@ class Model {
   // Never with Gemma 2's soft-capped attention scores, nor where a sliding window is shorter than
   // a sequence: those take the mask.
   int varlen_attention = -1;
+  // forward_loss on a mixture of experts also returns the router's load-balancing loss (LossSum::aux)
+  // over every layer's router logits of the batch's real tokens, as transformers'
+  // load_balancing_loss_func computes it with the attention mask (padding left out; the packed
+  // sequences of a row all count, like the rows of a batch). The last block then runs on every
+  // real token (its router sees them all), not only those that predict a label.
+  bool router_aux_loss = false;
 
   // input_ids [B, T] (int64). position_ids [B, T]: default 0..T-1 per row. segment_ids [B, T]
   // (any integer type): packed samples; a token attends only to earlier tokens with the same
@@ -189,6 +201,8 @@ class Model {
                          bool strict = true);
   // The short names of the targeted modules (q_proj, ...), for adapter_config.json.
   std::vector<std::string> lora_target_modules() const;
+  // The expert tensors adapted (lora_target_parameters as configured), for adapter_config.json.
+  std::vector<std::string> lora_target_parameters;
 
   // Every weight under its HF name as the model computes with it (NF4 linears dequantized), in
   // `dtype`; lm_head.weight omitted when tied. For tests, merge and export.

@@ -224,6 +224,10 @@ void read_moe(const Reader& r, ModelConfig& c) {
   if (c.num_experts <= 0) user_error(r.where, experts_key, ": expected a positive integer, got ", c.num_experts);
   if (c.num_experts_per_tok <= 0 || c.num_experts_per_tok > c.num_experts)
     user_error(r.where, "num_experts_per_tok: expected 1 to ", c.num_experts, ", got ", c.num_experts_per_tok);
+  c.output_router_logits = r.get_bool("output_router_logits", false);
+  c.router_aux_loss_coef = r.get_double("router_aux_loss_coef", 0.001);
+  if (!std::isfinite(c.router_aux_loss_coef) || c.router_aux_loss_coef < 0)
+    user_error(r.where, "router_aux_loss_coef: expected a non-negative number, got ", c.router_aux_loss_coef);
   if (mixtral) {
     c.moe_intermediate_size = c.intermediate_size;
     c.norm_topk_prob = true;  // MixtralTopKRouter always renormalizes

@@ -83,6 +83,11 @@ struct ModelConfig {
   int64_t shared_expert_intermediate_size = 0;  // 0: none
   bool norm_topk_prob = true;
   bool is_moe() const { return num_experts > 0; }
+  // The router's load-balancing loss (transformers' load_balancing_loss_func): added to the
+  // training loss times router_aux_loss_coef when output_router_logits (config.json, or the run
+  // config's overrides_of_model_config).
+  bool output_router_logits = false;
+  double router_aux_loss_coef = 0.001;
   // Gemma 2 / Gemma 3: RMSNorm computed in fp32 times (1 + weight), then cast; embeddings times
   // sqrt(hidden_size) (cast to the compute dtype first); GeGLU MLP with tanh GELU; four norms per
   // layer (input, post-attention, pre-feedforward, post-feedforward).

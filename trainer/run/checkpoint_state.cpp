@@ -252,13 +252,17 @@ void check_contents(const stdfs::path& ckpt) {
   for (const OptParam& p : params) {
     const at::Tensor t = expect_tensor(af, p.name, at::kFloat, p.shape);
     const io::PeftLoraKey key = *io::parse_peft_lora_key(p.name);
-    const int64_t r = key.which == 'A' ? p.shape[0] : p.shape[1];
+    // The stacked expert adapters (target_parameters) hold r per expert.
+    const bool expert = !pc.target_parameters.empty() &&
+                        (key.module.ends_with(".mlp.experts") || key.module.ends_with(".mlp.experts.base_layer"));
+    int64_t r = key.which == 'A' ? p.shape[0] : p.shape[1];
+    if (expert && r % pc.r == 0) r = pc.r;
     if (r != pc.r)
       bad(af.path(),
           p.name + ": rank " + std::to_string(r) + ", but " + kAdapterConfigFile + " says r " + std::to_string(pc.r));
     const std::string module = key.module.substr(key.module.rfind('.') + 1);
     const auto& tm = pc.target_modules;
-    if (std::find(tm.begin(), tm.end(), "all-linear") == tm.end() &&
+    if (!expert && std::find(tm.begin(), tm.end(), "all-linear") == tm.end() &&
         std::find(tm.begin(), tm.end(), module) == tm.end())
       bad(af.path(), p.name + ": module " + module + " is not among " + kAdapterConfigFile + "'s target_modules");
     if (!at::equal(t, masters.at(p.name)))
@@ -295,6 +299,7 @@ stdfs::path write_checkpoint(const stdfs::path& checkpoints_dir, const config::T
   pc.lora_dropout = cfg.lora.dropout;
   pc.use_rslora = cfg.lora.use_rslora;
   pc.target_modules = m.lora_target_modules();
+  pc.target_parameters = m.lora_target_parameters;
   io::write_peft_adapter(w.path(), pc, adapter, at::kFloat);
   // Optimizer state.
   optim::OptimizerState os = opt.state_dict();

@@ -37,6 +37,7 @@ void MetricsLog::log_step(const StepMetrics& m) {
                       {"elapsed_s", m.elapsed_s},
                       {"memory_bytes", m.memory_bytes},
                       {"skipped_steps", m.skipped_steps}};
+  if (m.aux_loss) j["aux_loss"] = *m.aux_loss;
   put(f_, j);
 }
 

@@ -20,8 +20,9 @@ struct StepMetrics {
   int64_t tokens = 0;       // target tokens in this optimizer step
   double tokens_per_s = 0;  // input tokens per second over the step
   double elapsed_s = 0;
-  uint64_t memory_bytes = 0;  // peak device memory (GPU) or peak RSS (CPU)
-  int64_t skipped_steps = 0;  // non-finite steps skipped so far
+  uint64_t memory_bytes = 0;       // peak device memory (GPU) or peak RSS (CPU)
+  int64_t skipped_steps = 0;       // non-finite steps skipped so far
+  std::optional<double> aux_loss;  // a mixture of experts' router load-balancing loss, when on
 };
 
 struct EvalMetrics {

@@ -10,8 +10,9 @@ double LossTotal::mean() const { return count > 0 ? sum / static_cast<double>(co
 
 LossTotal eval_loss(model::Model& m, const std::shared_ptr<const data::PackedData>& rows, int64_t batch_size) {
   at::NoGradGuard no_grad;
-  const bool was_training = m.training;
+  const bool was_training = m.training, was_aux = m.router_aux_loss;
   m.training = false;
+  m.router_aux_loss = false;  // the eval loss is the token cross-entropy only
   LossTotal t;
   data::DataLoader loader(rows, batch_size, /*seed=*/0, /*shuffle=*/false);
   const int64_t n = loader.batches_per_epoch();
@@ -23,6 +24,7 @@ LossTotal eval_loss(model::Model& m, const std::shared_ptr<const data::PackedDat
     t.count += l.count.item<int64_t>();
   }
   m.training = was_training;
+  m.router_aux_loss = was_aux;
   return t;
 }
 

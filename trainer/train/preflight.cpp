@@ -54,6 +54,13 @@ double compute_bytes(const config::TrainConfig& cfg, at::Device device) {
 }  // namespace
 
 void check_shapes(const config::TrainConfig& cfg, const model::ModelConfig& mc) {
+  const config::ModelConfigOverrides& mo = cfg.model_overrides;
+  for (const auto& [key, set] :
+       {std::pair<const char*, bool>{"output_router_logits", mo.output_router_logits.has_value()},
+        {"router_aux_loss_coef", mo.router_aux_loss_coef.has_value()}})
+    if (set && !mc.is_moe())
+      user_error(cfg.where(std::string("overrides_of_model_config.") + key), ": overrides_of_model_config.", key, ": ",
+                 mc.model_type, " is not a mixture of experts (it has no router)");
   const int64_t r = cfg.lora.r;
   for (const Proj& p : projections(cfg, mc)) {
     if (p.adapted_layers == 0) continue;
@@ -113,6 +120,11 @@ MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::Mode
     lora_params += static_cast<double>(p.adapted_layers) * r * (p.in + p.out);
     adapted_act += static_cast<double>(p.adapted_layers) * (p.in + r) * cb;
     largest = std::max(largest, p.in * p.out);
+  }
+  if (!cfg.lora.target_parameters.empty()) {  // the stacked expert adapters: r per expert
+    const model::ExpertTargets t = model::resolve_expert_targets(cfg.lora, mc);
+    const double rE = r * static_cast<double>(mc.num_experts), Im = static_cast<double>(mc.moe_intermediate_size);
+    lora_params += L * rE * ((t.gate_up ? H + 2 * Im : 0) + (t.down ? Im + H : 0));
   }
   e.weights = to_bytes(weights);
   e.transient = to_bytes(2 * 4 * std::max(largest, nf4 ? 0.0 : V * H));

@@ -13,7 +13,8 @@ namespace qlora::train {
 
 // UserError "CONFIG:LINE: KEY: ..." for lora_r above the smallest dimension of the layers it
 // adapts, sequence_len beyond 32-bit positions or far beyond max_position_embeddings (more than
-// 8 times; above it, a warning), and batch shapes whose element counts overflow.
+// 8 times; above it, a warning), batch shapes whose element counts overflow, and
+// overrides_of_model_config router keys on a model without routers.
 void check_shapes(const config::TrainConfig& cfg, const model::ModelConfig& mc);
 
 // A conservative upper bound on the memory a training run takes, from config.json's shapes and

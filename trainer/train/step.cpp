@@ -23,13 +23,21 @@ model::LossSum shard_loss(model::Model& m, const data::Batch& b, int64_t r0, int
 }  // namespace
 
 double forward_backward(model::Model& m, const data::Batch& b, double denom, int64_t shards,
-                        const std::vector<at::Tensor>& params, uint64_t dropout_seed) {
+                        const std::vector<at::Tensor>& params, uint64_t dropout_seed, double aux_weight,
+                        double* aux_out) {
   const int64_t rows = b.input_ids.size(0);
   shards = std::clamp<int64_t>(shards, 1, std::max<int64_t>(rows, 1));
+  if (aux_out) *aux_out = 0;
+  if (m.router_aux_loss && m.config.is_moe()) shards = 1;
   at::Generator micro_gen = at::make_generator<at::CPUGeneratorImpl>(dropout_seed);
   if (shards == 1) {
     model::LossSum l = shard_loss(m, b, 0, rows, &micro_gen);
-    (l.sum / denom).backward();
+    at::Tensor objective = l.sum / denom;
+    if (l.aux.defined()) {
+      objective = objective + l.aux * aux_weight;
+      if (aux_out) *aux_out = l.aux.item<double>();
+    }
+    objective.backward();
     return l.sum.item<double>();
   }
   std::vector<at::Generator> gens;

@@ -22,7 +22,12 @@ namespace qlora::train {
 
 // Runs the micro-batch, adds d(loss_sum / denom)/dp into every params[i].grad() (accumulating
 // over calls, as backward() does) and returns the summed token loss of the micro-batch.
+// With the model's router_aux_loss on (a mixture of experts), the objective is
+// loss_sum / denom + aux_weight * aux, aux the micro-batch's router load-balancing loss over all
+// its rows (so the micro-batch runs as one shard: the loss is not a sum over rows), written to
+// *aux_out when given (0 for a micro-batch without a target token).
 double forward_backward(model::Model& m, const data::Batch& b, double denom, int64_t shards,
-                        const std::vector<at::Tensor>& params, uint64_t dropout_seed);
+                        const std::vector<at::Tensor>& params, uint64_t dropout_seed, double aux_weight = 0,
+                        double* aux_out = nullptr);
 
 }  // namespace qlora::train

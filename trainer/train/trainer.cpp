@@ -285,6 +285,13 @@ void commit_run_dir(const config::TrainConfig& cfg) {
   fs::write_file_atomic(run::config_file(run_dir), config::to_yaml(cfg));
 }
 
+// overrides_of_model_config: the router's load-balancing loss of a mixture of experts.
+void apply_model_overrides(const config::TrainConfig& cfg, model::Model& m) {
+  const config::ModelConfigOverrides& o = cfg.model_overrides;  // refused on a dense model (check_shapes)
+  if (o.output_router_logits) m.config.output_router_logits = *o.output_router_logits;
+  if (o.router_aux_loss_coef) m.config.router_aux_loss_coef = *o.router_aux_loss_coef;
+}
+
 // Base model with LoRA, its trainable parameters, and the optimizer over them.
 void setup_model(Session& s) {
   const config::TrainConfig& cfg = s.cfg;
@@ -292,6 +299,8 @@ void setup_model(Session& s) {
   s.m = model::load_model(cfg.base_model, model::ModelLoadOptions::from_train_config(cfg, s.device));
   s.m.gradient_checkpointing = cfg.gradient_checkpointing;
   s.m.checkpoint_offload = cfg.activation_offload;
+  apply_model_overrides(cfg, s.m);
+  s.m.router_aux_loss = s.m.config.output_router_logits;
   s.params = s.m.lora_parameters();
   int64_t trainable = 0;
   for (const auto& p : s.params) trainable += p.param.numel();
@@ -466,6 +475,11 @@ void start_loop(Session& s, const stdfs::path& resumed_from) {
   s.elapsed_before = s.ts.elapsed_s;
   // CPU: each micro-batch runs as one row shard per thread (step.h); GPU: one shard.
   s.shards = s.device.is_cpu() ? std::max(1, at::get_num_threads()) : 1;
+  if (s.m.router_aux_loss) {
+    s.shards = 1;  // the load-balancing loss is over the whole micro-batch
+    s.progress->message("router load-balancing loss on: loss + " + std::to_string(s.m.config.router_aux_loss_coef) +
+                        " x aux_loss (metrics.jsonl: aux_loss)");
+  }
   if (s.shards > 1)
     s.progress->message("cpu: " + std::to_string(s.shards) + " threads; each micro-batch runs as " +
                         std::to_string(std::min<int64_t>(s.shards, cfg.micro_batch_size)) + " row shards side by side");
@@ -475,6 +489,7 @@ void start_loop(Session& s, const stdfs::path& resumed_from) {
 struct StepResult {
   double loss = NAN;       // mean token loss over the accumulated batch
   double grad_norm = NAN;  // before clipping
+  double aux_loss = NAN;   // router load-balancing loss, mean over the global batch's micro-batches
   double lr = 0;
   int64_t targets = 0, tokens = 0;  // target and input tokens of the accumulated batch
   std::vector<at::Tensor> grads;    // clipped; undefined for a parameter without a gradient
@@ -515,12 +530,18 @@ StepResult compute_step(Session& s) {
   // micro-batches and then across the ranks: sums of float32 values in float64 are exact in
   // practice, so the step does not depend on how the micro-batches are split over processes.
   const at::ScalarType acc_dtype = s.device.is_cpu() ? at::kDouble : at::kFloat;
-  double loss_sum = 0;
+  double loss_sum = 0, aux_sum = 0;
+  // The load-balancing loss of each micro-batch, averaged over the global batch's micro-batches.
+  const double micro_total = static_cast<double>(accum * s.world_size);
+  const double aux_weight = s.m.config.router_aux_loss_coef / micro_total;
   for (auto& p : s.params) p.param.mutable_grad() = at::Tensor();
   std::vector<at::Tensor> acc(s.params.size());
   if (r.targets > 0 && local_targets > 0) {
     for (size_t i = 0; i < micro.size(); ++i) {
-      loss_sum += forward_backward(s.m, micro[i], static_cast<double>(r.targets), s.shards, s.param_tensors, seeds[i]);
+      double aux = 0;
+      loss_sum += forward_backward(s.m, micro[i], static_cast<double>(r.targets), s.shards, s.param_tensors, seeds[i],
+                                   aux_weight, &aux);
+      aux_sum += aux;
       at::NoGradGuard ng;
       for (size_t j = 0; j < s.params.size(); ++j) {
         at::Tensor& g = s.params[j].param.mutable_grad();
@@ -540,13 +561,15 @@ StepResult compute_step(Session& s) {
       if (!acc[j].defined())
         acc[j] = at::zeros(s.params[j].param.sizes(), s.params[j].param.options().dtype(acc_dtype));
     s.group->all_reduce_sum(acc);
-    const std::vector<double> l = s.group->all_reduce_sum({loss_sum, stop_requested() ? 1.0 : 0.0});
+    const std::vector<double> l = s.group->all_reduce_sum({loss_sum, stop_requested() ? 1.0 : 0.0, aux_sum});
     loss_sum = l[0];
     s.stop_agreed = l[1] > 0;
+    aux_sum = l[2];
   }
   for (size_t j = 0; j < acc.size(); ++j)
     r.grads.push_back(acc[j].defined() ? acc[j].to(s.params[j].param.scalar_type()) : at::Tensor());
   r.loss = r.targets > 0 ? loss_sum / r.targets : NAN;
+  if (s.m.router_aux_loss) r.aux_loss = aux_sum / micro_total;
   const auto& nonfinite = s.opt.faults.nonfinite_steps;
   if (std::find(nonfinite.begin(), nonfinite.end(), s.ts.global_step + 1) != nonfinite.end())
     for (auto& g : r.grads)
@@ -600,6 +623,7 @@ void log_step(Session& s, const StepResult& r, Clock::time_point t_step) {
   sm.loss = r.loss;
   sm.lr = r.lr;
   sm.grad_norm = r.grad_norm;
+  if (s.m.router_aux_loss) sm.aux_loss = r.aux_loss;
   sm.tokens = r.targets;
   sm.tokens_per_s = r.tokens / std::max(1e-9, seconds_since(t_step));
   s.ts.elapsed_s = s.elapsed_before + seconds_since(s.t_loop);
