@@ -20,6 +20,7 @@
 #include "trainer/io/gguf.h"
 #include "trainer/io/safetensors.h"
 #include "trainer/run/adapter_source.h"
+#include "trainer/tokenizer/tokenizer.h"
 
 using namespace qlora;
 namespace stdfs = std::filesystem;
@@ -353,6 +354,30 @@ TEST_F(Export, GgufModelReadByGgufPackageAndTransformers) {
   EXPECT_TRUE(leftovers(d / "gguf").empty());
 }
 
+// A GGUF base (Qwen3: tied embeddings, q/k norms, no q/k permutation; a SentencePiece tokenizer
+// in its metadata) with a PEFT adapter made by PEFT: --format gguf drops output.weight and carries
+// the base's tokenizer keys over; judged as above against the merged fp32 export.
+TEST(ExportGgufModel, Qwen3GgufBaseWithPeftAdapter) {
+  const stdfs::path d = test::temp_dir("export_gguf_qwen3");
+  ASSERT_EQ(test::run_python("gguf_ref.py", {"model", d.string(), "qwen3", "F16"}).code, 0);
+  test::ProcResult r = test::run_python("gguf_model_check.py", {"make-peft", d.string()});
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string common =
+      "export " + q(d / "peft") + " --base-model " + q(d / "model.gguf") + " --merge-into original";
+  r = run_cli(common + " --format merged --dtype fp32 --out " + q(d / "merged32"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const std::string t : {"bf16", "q8_0"}) {
+    const stdfs::path out = d / ("qwen3-" + t + ".gguf");
+    r = run_cli(common + " --format gguf --outtype " + t + " --out " + q(out));
+    ASSERT_EQ(r.code, 0) << r.output;
+    r = test::run_python("gguf_model_check.py",
+                         {out.string(), (d / "merged32").string(), t, (d / "model.gguf").string()});
+    EXPECT_EQ(r.code, 0) << t << "\n" << r.output;
+    EXPECT_NE(r.output.find("ok gguf 24 tensors"), std::string::npos) << r.output;  // 25 with output.weight
+    EXPECT_NE(r.output.find("ok tokenizer"), std::string::npos) << r.output;
+  }
+}
+
 // Bad --format gguf requests: one line, exit 2, nothing written, an existing file kept.
 TEST_F(Export, GgufModelBadInputsAreRefused) {
   const stdfs::path d = test::temp_dir();
@@ -427,6 +452,32 @@ TEST(GgufModelWriter, Q8_0MatchesGgufPackage) {
   test::ProcResult r = test::run_python("gguf_model_check.py", {"q8", (d / "q8.gguf").string()});
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("ok q8 2"), std::string::npos) << r.output;
+}
+
+// The tokenizer metadata of --format gguf from each tokenizer layout it takes (SentencePiece
+// tokenizer.model, its tokenizer.json conversion, Llama 3 / Qwen2 / GPT-2 byte-level BPE): the
+// tokenizer transformers builds from the GGUF gives the ids of AutoTokenizer on the directory.
+TEST(GgufModelWriter, TokenizerMetadataMatchesTransformers) {
+  const stdfs::path d = test::temp_dir("gguf_tok");
+  test::ProcResult r = test::run_python("gguf_model_check.py", {"make-tokenizers", d.string()});
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto at = r.output.rfind("DIRS ");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const nlohmann::json dirs = nlohmann::json::parse(r.output.substr(at + 5, r.output.find('\n', at) - at - 5));
+  for (const char* name : {"sp_model", "sp_json", "llama3", "qwen2", "gpt2"}) {
+    const stdfs::path dir = dirs.at(name).get<std::string>();
+    const int64_t vocab = tok::load_tokenizer(dir)->vocab_size();
+    io::GgufMetadata meta;
+    meta.add_string("general.architecture", "llama");
+    exporter::add_gguf_tokenizer_metadata(meta, dir, vocab);
+    io::GgufStreamWriter w(d / (std::string(name) + ".gguf"), meta, {});
+    w.finish();
+    // GGUF has no normalizer: Qwen2's NFC is compared on NFC text
+    r = test::run_python("gguf_model_check.py", {"tokenizer", (d / (std::string(name) + ".gguf")).string(),
+                                                 dir.string(), std::string(name) == "qwen2" ? "nfc" : ""});
+    EXPECT_EQ(r.code, 0) << name << "\n" << r.output;
+    EXPECT_NE(r.output.find("ok tokenizer"), std::string::npos) << name << "\n" << r.output;
+  }
 }
 
 TEST_F(Export, NonEmptyOutputNeedsForceAndIsReplacedOnlyWhenComplete) {

@@ -16,6 +16,12 @@ prints "ok ..." and "RESULT {json}" (logit differences) on success.
 
        gguf_model_check.py q8 FILE.gguf   every tensor NAME.q8 (Q8_0) holds the bytes
                                           gguf.quants.quantize gives for NAME.f32 (F32)
+       gguf_model_check.py make-peft DIR  DIR/peft: a LoRA adapter (r 4, every linear, random
+                                          lora_B) made by PEFT for the model transformers loads
+                                          from DIR/model.gguf
+       gguf_model_check.py make-tokenizers DIR   the tokenizer fixtures of tokenizer_fixtures.py
+       gguf_model_check.py tokenizer FILE.gguf TOKENIZER_DIR [nfc]   only the tokenizer comparison
+TOKENIZER_DIR may be a .gguf file (a GGUF base: its tokenizer as transformers loads it).
 """
 import json, os, sys
 
@@ -25,6 +31,59 @@ import transformers as tf
 from gguf import GGUFReader, GGMLQuantizationType as T
 from gguf.quants import quantize, dequantize
 from safetensors.torch import load_file
+
+def compare_tokenizers(path, tok_dir, nfc=False):
+    """AutoTokenizer of the GGUF file against the run's tokenizer: ids with and without special
+    tokens on a corpus, every token under its id, special tokens, chat template (the default one
+    of named templates). nfc: the corpus in NFC only (GGUF has no normalizer for Qwen2's NFC)."""
+    import unicodedata
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import tokenizer_fixtures as fx
+    d, name = os.path.split(os.path.abspath(path))
+    tg = tf.AutoTokenizer.from_pretrained(d, gguf_file=name)
+    if tok_dir.endswith(".gguf"):
+        tr = tf.AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(tok_dir)),
+                                              gguf_file=os.path.basename(tok_dir))
+    else:
+        tr = tf.AutoTokenizer.from_pretrained(tok_dir)
+    texts = fx.hard_corpus() + ["Below is an instruction that describes a task.\n\n### Instruction:\nReverse the word.",
+                                " abc def", "### Response:\ncba"]
+    texts += ["".join(x) for x in zip(texts[::7], [t + " x" for t in tr.all_special_tokens] * 40)]
+    if nfc:
+        texts = [unicodedata.normalize("NFC", x) for x in texts]
+    bad = [x for x in texts if tg(x)["input_ids"] != tr(x)["input_ids"] or
+           tg(x, add_special_tokens=False)["input_ids"] != tr(x, add_special_tokens=False)["input_ids"]]
+    assert not bad, ("tokenizer ids differ", len(bad), bad[:3], [tg(x)["input_ids"] for x in bad[:1]],
+                     [tr(x)["input_ids"] for x in bad[:1]])
+    for a in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        assert getattr(tg, a) == getattr(tr, a), (a, getattr(tg, a), getattr(tr, a))
+    want = tr.chat_template["default"] if isinstance(tr.chat_template, dict) else tr.chat_template
+    assert tg.chat_template == want, (tg.chat_template, tr.chat_template)
+    # every token of the run's tokenizer under its id (transformers' GGUF loader appends GPT-2's
+    # default "<|endoftext|>" unknown token to a byte-level vocabulary without one; it is not in the file)
+    assert len(tg) >= len(tr), (len(tg), len(tr))
+    n = len(tr)
+    # (an added token outside the byte alphabet, like GPT-2's " <sep>", comes back respelled in it
+    # as "Ġ<sep>": then the text it decodes to is compared)
+    a, b = tg.convert_ids_to_tokens(list(range(n))), tr.convert_ids_to_tokens(list(range(n)))
+    diff = [(i, a[i], b[i]) for i in range(n) if a[i] != b[i] and tg.decode([i]) != tr.decode([i])]
+    assert not diff, diff[:5]
+    print("ok tokenizer", len(texts), "texts")
+
+
+if sys.argv[1] == "tokenizer":
+    compare_tokenizers(sys.argv[2], sys.argv[3], nfc=len(sys.argv) > 4 and sys.argv[4] == "nfc")
+    sys.exit(0)
+
+if sys.argv[1] == "make-tokenizers":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import tokcorpus, tokenizer_fixtures as fx
+    lines = tokcorpus.lines(42, 3000)
+    dirs = {}
+    for make in (fx.make_sentencepiece, fx.make_llama3, fx.make_qwen2, fx.make_gpt2):
+        dirs.update(make(sys.argv[2], lines))
+    print("DIRS " + json.dumps(dirs))
+    sys.exit(0)
 
 if sys.argv[1] == "q8":
     r = GGUFReader(sys.argv[2])
@@ -40,6 +99,19 @@ if sys.argv[1] == "q8":
         n += 1
     assert n > 0
     print("ok q8", n)
+    sys.exit(0)
+
+if sys.argv[1] == "make-peft":
+    from peft import LoraConfig, get_peft_model
+    d = sys.argv[2]
+    base = tf.AutoModelForCausalLM.from_pretrained(d, gguf_file="model.gguf", torch_dtype=torch.float32)
+    torch.manual_seed(5)
+    pm = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
+    for n, p in pm.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)
+    pm.save_pretrained(os.path.join(d, "peft"))
+    print("ok peft")
     sys.exit(0)
 
 path, merged_dir, outtype, tok_dir = sys.argv[1:5]
@@ -147,22 +219,5 @@ limit = {"f32": 1e-5, "f16": 1e-2, "bf16": 5e-2, "q8_0": 0.15}[outtype]
 assert rel < limit, ("logits", rel, limit)
 print("ok transformers weights equal; logits max rel diff", rel)
 
-# the tokenizer
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import tokenizer_fixtures as fx
-tg = tf.AutoTokenizer.from_pretrained(d, gguf_file=name)
-tr = tf.AutoTokenizer.from_pretrained(tok_dir)
-texts = fx.hard_corpus() + ["Below is an instruction that describes a task.\n\n### Instruction:\nReverse the word.",
-                            "<s>abc</s> <pad>", " abc def", "### Response:\ncba"]
-bad = [x for x in texts if tg(x)["input_ids"] != tr(x)["input_ids"] or
-       tg(x, add_special_tokens=False)["input_ids"] != tr(x, add_special_tokens=False)["input_ids"]]
-assert not bad, ("tokenizer ids differ", bad[:3], [tg(x)["input_ids"] for x in bad[:1]], [tr(x)["input_ids"] for x in bad[:1]])
-for a in ("bos_token_id", "eos_token_id", "pad_token_id"):
-    assert getattr(tg, a) == getattr(tr, a), (a, getattr(tg, a), getattr(tr, a))
-assert tg.chat_template == tr.chat_template, (tg.chat_template, tr.chat_template)
-# every token of the run's tokenizer under its id (transformers' GGUF loader appends GPT-2's
-# default "<|endoftext|>" unknown token to a byte-level vocabulary without one; it is not in the file)
-assert len(tg) >= len(tr), (len(tg), len(tr))
-assert tg.convert_ids_to_tokens(list(range(len(tr)))) == tr.convert_ids_to_tokens(list(range(len(tr))))
-print("ok tokenizer", len(texts), "texts")
+compare_tokenizers(path, tok_dir)
 print("RESULT " + json.dumps({"rel": rel, "tensors": len(seen)}))

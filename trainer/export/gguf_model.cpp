@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cstdio>
 #include <map>
 
 #include "trainer/common/error.h"
@@ -99,8 +100,14 @@ Vocab vocab_of_tokenizer_json(const stdfs::path& file, const std::string& tokeni
             : tokenizer_class == "GPT2Tokenizer" ? "gpt-2"
                                                  : pre_name(f, j.value("pre_tokenizer", json()));
     const json& norm = j.value("normalizer", json());
-    if (!norm.is_null() && !(v.pre == "qwen2" && norm.value("type", "") == "NFC"))
+    const bool nfc = norm.is_object() && norm.value("type", "") == "NFC";
+    if (!norm.is_null() && !(v.pre == "qwen2" && nfc))
       user_error(f, ": normalizer: a byte-level tokenizer with a normalizer cannot be written to GGUF");
+    if (nfc || tokenizer_class == "Qwen2Tokenizer")
+      std::fprintf(stderr,
+                   "qlora: warning: %s: GGUF stores no normalizer; readers of the file tokenize text that is not in "
+                   "Unicode NFC differently from this tokenizer (which composes it first)\n",
+                   f.c_str());
   }
   const int64_t n = by_id.empty() ? 0 : by_id.rbegin()->first + 1;
   const std::string unk = m.value("unk_token", json()).is_string() ? m["unk_token"].get<std::string>() : "";
@@ -274,6 +281,14 @@ void add_gguf_tokenizer_metadata(io::GgufMetadata& m, const stdfs::path& tokeniz
   m.add_bool("tokenizer.ggml.add_bos_token", bos);
   m.add_bool("tokenizer.ggml.add_eos_token", eos);
   if (!tk->chat_template().empty()) m.add_string("tokenizer.chat_template", tk->chat_template());
+  // named templates as llama.cpp's converter stores them: tokenizer.chat_template.NAME and the list
+  std::vector<std::string> names;
+  for (const auto& [name, text] : tk->named_chat_templates()) {
+    if (name == "default") continue;
+    m.add_string("tokenizer.chat_template." + name, text);
+    names.push_back(name);
+  }
+  if (!names.empty()) m.add_strings("tokenizer.chat_templates", names);
 }
 
 }  // namespace qlora::exporter
