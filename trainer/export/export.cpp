@@ -334,7 +334,9 @@ class MergedWriter {
     io::GgufStreamWriter w(o_.out, meta, entries);
     for (size_t i = 0; i < order.size(); ++i) {
       const OutTensor& t = *order[i];
-      at::Tensor out = produce(t);
+      // adapted linears merged in fp32; everything else as stored (a view of the mapped file),
+      // converted by the writer slice by slice
+      at::Tensor out = t.module.empty() ? ts_->tensor(t.name) : produce(t);
       if (arch == "llama" && t.name.find(".self_attn.q_proj.") != std::string::npos)
         out = io::gguf_permute_rows(out, mc_.num_attention_heads);
       if (arch == "llama" && t.name.find(".self_attn.k_proj.") != std::string::npos)

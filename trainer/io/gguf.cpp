@@ -198,19 +198,26 @@ void GgufStreamWriter::add(const std::string& name, const at::Tensor& t) {
   const Entry& e = entries_[next_];
   TORCH_CHECK(e.name == name && t.sizes().vec() == e.shape, "GgufStreamWriter: expected ", e.name, " ",
               at::IntArrayRef(e.shape), ", got ", name, " ", t.sizes());
-  const at::Tensor x = t.detach().cpu();
+  // Converted a slice at a time (whole Q8_0 blocks), so the temporaries stay small whatever the
+  // tensor's size; a tensor already in the stored dtype is written as it is.
+  const at::Tensor x = t.detach().cpu().contiguous().reshape({-1});
+  const int64_t total = x.numel();
+  constexpr int64_t kSlice = int64_t{1} << 22;  // values (a multiple of 32)
   uint64_t n = 0;
-  if (e.type == GgufOutType::Q8_0) {
-    const std::string q = quantize_q8_0(x);
-    file_->write(q.data(), q.size());
-    n = q.size();
-  } else {
-    const at::ScalarType st = e.type == GgufOutType::F32   ? at::kFloat
-                              : e.type == GgufOutType::F16 ? at::kHalf
-                                                           : at::kBFloat16;
-    const at::Tensor c = x.to(st).contiguous();
-    file_->write(c.const_data_ptr(), c.nbytes());
-    n = c.nbytes();
+  for (int64_t off = 0; off < total; off += kSlice) {
+    const at::Tensor part = x.slice(0, off, std::min(total, off + kSlice));
+    if (e.type == GgufOutType::Q8_0) {
+      const std::string q = quantize_q8_0(part);
+      file_->write(q.data(), q.size());
+      n += q.size();
+    } else {
+      const at::ScalarType st = e.type == GgufOutType::F32   ? at::kFloat
+                                : e.type == GgufOutType::F16 ? at::kHalf
+                                                             : at::kBFloat16;
+      const at::Tensor c = part.to(st).contiguous();
+      file_->write(c.const_data_ptr(), c.nbytes());
+      n += c.nbytes();
+    }
   }
   static const char zeros[kAlignment] = {};
   file_->write(zeros, aligned(n) - n);

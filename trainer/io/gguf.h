@@ -64,7 +64,8 @@ class GgufStreamWriter {
   ~GgufStreamWriter();
   GgufStreamWriter(const GgufStreamWriter&) = delete;
   GgufStreamWriter& operator=(const GgufStreamWriter&) = delete;
-  // The next entry's values (same name and shape, any float dtype), converted to its type.
+  // The next entry's values (same name and shape, any float dtype), converted to its type a slice
+  // at a time (a float32 conversion first, as ggml quantizes from float32).
   void add(const std::string& name, const at::Tensor& t);
   void finish();
   uint64_t data_bytes() const { return data_bytes_; }
