@@ -9,14 +9,18 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 
 #include "tests/common/harness.h"
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
 #include "trainer/export/export.h"
+#include "trainer/export/gguf_model.h"
+#include "trainer/io/gguf.h"
 #include "trainer/io/safetensors.h"
 #include "trainer/run/adapter_source.h"
+#include "trainer/tokenizer/tokenizer.h"
 
 using namespace qlora;
 namespace stdfs = std::filesystem;
@@ -37,8 +41,8 @@ std::string q(const stdfs::path& p) { return test::quote(p.string()); }
 // Trains `adapter` (qlora | lora) for a few steps with a large learning rate, so lora_B is far
 // from zero, into DIR/run; the model and data of train_fixture.py in `fixture` (default: the
 // suite's llama fixture).
-void train(const stdfs::path& dir, const std::string& adapter, stdfs::path fixture = {},
-           const std::string& extra = "", double alpha = 8) {
+void train(const stdfs::path& dir, const std::string& adapter, stdfs::path fixture = {}, const std::string& extra = "",
+           double alpha = 8) {
   const stdfs::path f = fixture.empty() ? g->dir / "fixture" : fixture;
   std::ofstream o(dir / "cfg.yaml");
   o << "base_model: " << (f / "model").string() << "\n"
@@ -447,6 +451,155 @@ TEST_F(Export, GgufAdapterReadByGgufPackage) {
   r = test::run_python("gguf_check.py", {(d / "gguf16/adapter_model.gguf").string(),
                                          (src.dir / "adapter_model.safetensors").string(), "llama", "4", "2", "8"});
   EXPECT_NE(r.output.find("ok 28 tensors F16"), std::string::npos) << r.output;
+}
+
+// --format gguf through the CLI, for each outtype (f16 the default): read by the gguf package
+// (tensors equal to the merged fp32 export rounded to the file's type; Q8_0 bytes equal to
+// gguf.quants.quantize), loaded by transformers with gguf_file= (equal weights, close logits) and
+// its tokenizer giving the ids of the run's tokenizer (tests/python/gguf_model_check.py).
+TEST_F(Export, GgufModelReadByGgufPackageAndTransformers) {
+  const stdfs::path d = test::temp_dir();
+  test::ProcResult r =
+      run_cli("export " + q(g->qlora_run) + " --format merged --dtype fp32 --out " + q(d / "merged32"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const std::string t : {"f16", "bf16", "q8_0"}) {
+    const stdfs::path out = d / ("gguf/model-" + t + ".gguf");  // the directory is created
+    r = run_cli("export " + q(g->qlora_run) + " --format gguf" + (t == "f16" ? "" : " --outtype " + t) + " --out " +
+                q(out));
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("merged 14 adapted linears"), std::string::npos) << r.output;
+    r = test::run_python("gguf_model_check.py", {out.string(), (d / "merged32").string(), t, g->model.string()});
+    EXPECT_EQ(r.code, 0) << t << "\n" << r.output;
+    EXPECT_NE(r.output.find("ok gguf 21 tensors"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("ok tokenizer"), std::string::npos) << r.output;
+  }
+  EXPECT_TRUE(leftovers(d / "gguf").empty());
+}
+
+// A GGUF base (Qwen3: tied embeddings, q/k norms, no q/k permutation; a SentencePiece tokenizer
+// in its metadata) with a PEFT adapter made by PEFT: --format gguf drops output.weight and carries
+// the base's tokenizer keys over; judged as above against the merged fp32 export.
+TEST(ExportGgufModel, Qwen3GgufBaseWithPeftAdapter) {
+  const stdfs::path d = test::temp_dir("export_gguf_qwen3");
+  ASSERT_EQ(test::run_python("gguf_ref.py", {"model", d.string(), "qwen3", "F16"}).code, 0);
+  test::ProcResult r = test::run_python("gguf_model_check.py", {"make-peft", d.string()});
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string common =
+      "export " + q(d / "peft") + " --base-model " + q(d / "model.gguf") + " --merge-into original";
+  r = run_cli(common + " --format merged --dtype fp32 --out " + q(d / "merged32"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const std::string t : {"bf16", "q8_0"}) {
+    const stdfs::path out = d / ("qwen3-" + t + ".gguf");
+    r = run_cli(common + " --format gguf --outtype " + t + " --out " + q(out));
+    ASSERT_EQ(r.code, 0) << r.output;
+    r = test::run_python("gguf_model_check.py",
+                         {out.string(), (d / "merged32").string(), t, (d / "model.gguf").string()});
+    EXPECT_EQ(r.code, 0) << t << "\n" << r.output;
+    EXPECT_NE(r.output.find("ok gguf 24 tensors"), std::string::npos) << r.output;  // 25 with output.weight
+    EXPECT_NE(r.output.find("ok tokenizer"), std::string::npos) << r.output;
+  }
+}
+
+// Bad --format gguf requests: one line, exit 2, nothing written, an existing file kept.
+TEST_F(Export, GgufModelBadInputsAreRefused) {
+  const stdfs::path d = test::temp_dir();
+  auto refused = [&](const std::string& args, const std::string& msg) {
+    test::ProcResult r = run_cli("export " + q(g->qlora_run) + " --format gguf " + args);
+    EXPECT_EQ(r.code, 2) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find("qlora: error: " + msg), std::string::npos) << args << "\n" << r.output;
+  };
+  refused("--outtype q4_0 --out " + q(d / "m.gguf"), "--outtype: expected f16, bf16, q8_0 or f32, got \"q4_0\"");
+  refused("--dtype fp16 --out " + q(d / "m.gguf"), "--dtype: --format gguf takes the tensor type as --outtype");
+  refused("--out " + q(d / "m.bin"), "--out: " + (d / "m.bin").string() + ": expected a file name ending in .gguf");
+  stdfs::create_directories(d / "dir.gguf");
+  refused("--out " + q(d / "dir.gguf"), (d / "dir.gguf").string() + ": is a directory");
+  std::ofstream(d / "afile") << "x";
+  refused("--out " + q(d / "afile/m.gguf"), (d / "afile/m.gguf").string() + ": cannot write");
+  std::ofstream(d / "keep.gguf") << "old";
+  refused("--out " + q(d / "keep.gguf"), (d / "keep.gguf").string() + ": exists (use --force to replace it)");
+  EXPECT_EQ(fs::read_file(d / "keep.gguf"), "old");
+  refused("--base-model " + q(d) + " --out " + q(d / "m.gguf"), "--base-model: ");
+  {
+    test::ProcResult r = run_cli("export " + q(g->qlora_run) + " --format merged --outtype f16 --out " + q(d / "x"));
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_NE(r.output.find("--outtype: only --format gguf takes it"), std::string::npos) << r.output;
+  }
+  test::ProcResult r = run_cli("export " + q(g->qlora_run) + " --format gguf --force --out " + q(d / "keep.gguf"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(fs::read_file(d / "keep.gguf").substr(0, 4), "GGUF");
+  EXPECT_FALSE(stdfs::exists(d / "m.gguf"));
+  EXPECT_FALSE(stdfs::exists(d / "x"));
+  EXPECT_TRUE(leftovers(d).empty());
+  // families without a GGUF mapping here are named
+  model::ModelConfig mc;
+  mc.model_type = "phi3";
+  mc.path = "base/config.json";
+  try {
+    exporter::gguf_architecture(mc);
+    ADD_FAILURE() << "phi3 accepted";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("model_type: \"phi3\" cannot be exported as a GGUF model"), std::string::npos)
+        << e.what();
+  }
+}
+
+// Q8_0 exactly as ggml rounds: an all-zero block, values half-way between two steps (rounded away
+// from zero), a block whose scale is not a power of two, and random rows, each written F32 and
+// Q8_0 by the streaming writer and compared with gguf.quants.quantize by the gguf package.
+TEST(GgufModelWriter, Q8_0MatchesGgufPackage) {
+  const stdfs::path d = test::temp_dir("gguf_q8");
+  std::vector<float> v(32 * 6, 0.0f);
+  // amax 127: d = 1, so the others are exactly half-way
+  for (int i = 0; i < 32; ++i) v[32 + i] = (i % 2 ? -1.0f : 1.0f) * (static_cast<float>(i) + 0.5f);
+  v[32 + 31] = 127.0f;
+  for (int i = 0; i < 32; ++i) v[64 + i] = static_cast<float>(i - 16) * 0.37f;
+  for (int i = 0; i < 32; ++i) v[96 + i] = static_cast<float>(i) * 1e-7f;
+  for (int i = 0; i < 64; ++i) v[128 + i] = std::sin(static_cast<float>(i) * 0.7f) * 3.0f;
+  const at::Tensor a = at::from_blob(v.data(), {6, 32}, at::kFloat).clone();
+  at::manual_seed(3);
+  const at::Tensor b = at::randn({16, 64}) * 0.02;
+  io::GgufMetadata meta;
+  meta.add_string("general.architecture", "test");
+  io::GgufStreamWriter w(d / "q8.gguf", meta,
+                         {{"a.f32", {6, 32}, io::GgufOutType::F32},
+                          {"a.q8", {6, 32}, io::GgufOutType::Q8_0},
+                          {"b.f32", {16, 64}, io::GgufOutType::F32},
+                          {"b.q8", {16, 64}, io::GgufOutType::Q8_0}});
+  w.add("a.f32", a);
+  w.add("a.q8", a);
+  w.add("b.f32", b);
+  w.add("b.q8", b);
+  EXPECT_FALSE(stdfs::exists(d / "q8.gguf"));  // published only by finish()
+  w.finish();
+  test::ProcResult r = test::run_python("gguf_model_check.py", {"q8", (d / "q8.gguf").string()});
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("ok q8 2"), std::string::npos) << r.output;
+}
+
+// The tokenizer metadata of --format gguf from each tokenizer layout it takes (SentencePiece
+// tokenizer.model, its tokenizer.json conversion, Llama 3 / Qwen2 / GPT-2 byte-level BPE): the
+// tokenizer transformers builds from the GGUF gives the ids of AutoTokenizer on the directory.
+TEST(GgufModelWriter, TokenizerMetadataMatchesTransformers) {
+  const stdfs::path d = test::temp_dir("gguf_tok");
+  test::ProcResult r = test::run_python("gguf_model_check.py", {"make-tokenizers", d.string()});
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto at = r.output.rfind("DIRS ");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const nlohmann::json dirs = nlohmann::json::parse(r.output.substr(at + 5, r.output.find('\n', at) - at - 5));
+  for (const char* name : {"sp_model", "sp_json", "llama3", "qwen2", "gpt2"}) {
+    const stdfs::path dir = dirs.at(name).get<std::string>();
+    const int64_t vocab = tok::load_tokenizer(dir)->vocab_size();
+    io::GgufMetadata meta;
+    meta.add_string("general.architecture", "llama");
+    exporter::add_gguf_tokenizer_metadata(meta, dir, vocab);
+    io::GgufStreamWriter w(d / (std::string(name) + ".gguf"), meta, {});
+    w.finish();
+    // GGUF has no normalizer: Qwen2's NFC is compared on NFC text
+    r = test::run_python("gguf_model_check.py", {"tokenizer", (d / (std::string(name) + ".gguf")).string(),
+                                                 dir.string(), std::string(name) == "qwen2" ? "nfc" : ""});
+    EXPECT_EQ(r.code, 0) << name << "\n" << r.output;
+    EXPECT_NE(r.output.find("ok tokenizer"), std::string::npos) << name << "\n" << r.output;
+  }
 }
 
 TEST_F(Export, NonEmptyOutputNeedsForceAndIsReplacedOnlyWhenComplete) {

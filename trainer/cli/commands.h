@@ -33,11 +33,12 @@ int run_train(const TrainArgs& a);
 
 struct ExportArgs {
   std::string checkpoint;              // checkpoint, run directory or PEFT adapter directory
-  std::string format = "peft";         // peft | merged | gguf-adapter
-  std::string out;                     // output directory
+  std::string format = "peft";         // peft | merged | gguf-adapter | gguf
+  std::string out;                     // output directory (gguf: the .gguf file)
   std::string base_model;              // override the base model recorded in the checkpoint
   std::string merge_into = "dequant";  // dequant | original
   std::string dtype;                   // bf16 | fp16 | fp32; empty: fp32 (peft), bf16 (merged), fp16 (gguf)
+  std::string outtype;                 // gguf: f16 | bf16 | q8_0 | f32; empty: f16
   std::string max_shard_size = "5GB";
   bool force = false;
 };

@@ -122,12 +122,17 @@ int main(int argc, char** argv) {
   e->add_option("checkpoint", exp.checkpoint,
                 "Checkpoint directory, run directory (its newest intact checkpoint) or PEFT adapter directory")
       ->required();
-  e->add_option("--format", exp.format,
-                "peft: adapter_config.json + adapter_model.safetensors (PEFT); merged: a full HF model with "
-                "the adapter merged in; gguf-adapter: adapter_model.gguf for llama.cpp --lora")
-      ->check(CLI::IsMember({"peft", "merged", "gguf-adapter"}))
+  e->add_option(
+       "--format", exp.format,
+       "peft: adapter_config.json + adapter_model.safetensors (PEFT); merged: a full HF model with "
+       "the adapter merged in; gguf-adapter: adapter_model.gguf for llama.cpp --lora; gguf: the merged model as "
+       "one llama.cpp GGUF file (--out NAME.gguf)")
+      ->check(CLI::IsMember({"peft", "merged", "gguf-adapter", "gguf"}))
       ->default_str("peft");
-  e->add_option("--out", exp.out, "Output directory (built beside it, renamed into place when complete)")->required();
+  e->add_option("--out", exp.out,
+                "Output directory, or the .gguf file for --format gguf (built beside it, renamed into place when "
+                "complete)")
+      ->required();
   e->add_option("--base-model", exp.base_model, "Base model directory (default: the one the run used)");
   e->add_option("--merge-into", exp.merge_into,
                 "merged: dequant = the NF4-dequantized weights the adapter was trained against (default); "
@@ -138,15 +143,20 @@ int main(int argc, char** argv) {
                 "Tensor dtype written: bf16 | fp16 | fp32 (default: fp32 for peft, bf16 for merged, fp16 for "
                 "gguf-adapter)")
       ->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
+  e->add_option("--outtype", exp.outtype,
+                "gguf: type of the 2-D weights, as llama.cpp's converter names it: f16 (default) | bf16 | q8_0 | f32 "
+                "(1-D tensors are F32)");
   e->add_option("--max-shard-size", exp.max_shard_size,
                 "merged: largest safetensors shard, e.g. 5GB (10^9 bytes), 500MB, 2GiB")
       ->default_str("5GB");
-  e->add_flag("--force", exp.force, "Replace a non-empty output directory (only once the new one is complete)");
+  e->add_flag("--force", exp.force,
+              "Replace a non-empty output directory or an existing .gguf file (only once the new one is complete)");
   e->footer(
       "Examples:\n"
       "  qlora export runs/demo --format peft --out out/demo-peft\n"
       "  qlora export runs/demo/checkpoints/checkpoint-000150 --format merged --dtype bf16 --out out/demo-merged\n"
       "  qlora export runs/demo --format gguf-adapter --out out/demo-gguf\n"
+      "  qlora export runs/demo --format gguf --outtype q8_0 --out out/demo-q8_0.gguf\n"
       "merged computes W + scaling * B @ A in fp32 and streams tensor by tensor (memory holds one "
       "tensor, not the model); see docs/export.md.");
   e->callback([&] { action = [&] { return run_export(exp); }; });

@@ -14,6 +14,7 @@
 #include "trainer/common/fs.h"
 #include "trainer/common/memory.h"
 #include "trainer/common/numbers.h"
+#include "trainer/export/gguf_model.h"
 #include "trainer/io/dtype.h"
 #include "trainer/io/gguf.h"
 #include "trainer/io/gguf_reader.h"
@@ -59,6 +60,25 @@ void check_out(const ExportOptions& o, const std::vector<stdfs::path>& sources) 
       user_error(o.out.string(), ": the output directory must not be or contain the input ", s.string());
   if (stdfs::exists(o.out) && !stdfs::is_empty(o.out) && !o.force)
     user_error(o.out.string(), ": output directory is not empty (use --force to replace it)");
+}
+
+// --format gguf: OUT is one .gguf file, replaced only with --force and only once complete, never
+// one of the inputs; its directory is created when missing.
+void check_out_file(const ExportOptions& o, const std::vector<stdfs::path>& sources) {
+  if (o.out.empty()) user_error("--out: an output .gguf file is required");
+  if (o.out.extension() != ".gguf")
+    user_error("--out: ", o.out.string(), ": expected a file name ending in .gguf (--format gguf writes one file)");
+  if (stdfs::is_directory(o.out)) user_error(o.out.string(), ": is a directory (--format gguf writes one .gguf file)");
+  std::error_code ec;
+  for (const stdfs::path& s : sources)
+    if (!s.empty() && stdfs::exists(o.out) && stdfs::equivalent(s, o.out, ec))
+      user_error(o.out.string(), ": the output file must not be the input ", s.string());
+  if (stdfs::exists(o.out) && !o.force) user_error(o.out.string(), ": exists (use --force to replace it)");
+  const stdfs::path parent = o.out.has_parent_path() ? o.out.parent_path() : stdfs::path(".");
+  if (!stdfs::exists(parent)) {
+    stdfs::create_directories(parent, ec);
+    if (ec) user_error(o.out.string(), ": cannot create its directory ", parent.string(), ": ", ec.message());
+  }
 }
 
 // The base directory (or GGUF file) to use: --base-model, else what the adapter records.
@@ -291,56 +311,13 @@ class MergedWriter {
 
   ExportReport run() {
     ExportReport rep;
-    rep.adapter_dir = src_.dir;
-    rep.base_model = base_;
     rep.dtype = o_.dtype.value_or(at::kBFloat16);
     if (base_only_) {
       const std::string w = model::layer_prefix(0) + model::layer_linears(mc_).front().path + ".weight";
       rep.dtype = ts_->contains(w) ? ts_->tensor(w).scalar_type() : at::kFloat;
     }
-    check_adapter_matches_base(src_, mc_);
-    const BaseHolding hold = base_holding(src_);
-    const bool bnb = mc_.quantization.has_value();
-    // What W is: dequant(NF4) when the adapter saw NF4 and the user did not ask otherwise.
-    if (base_only_) {
-      quantize_ = false;
-    } else if (o_.merge_into == "original") {
-      if (bnb)
-        user_error("--merge-into original: ", base_.string(),
-                   " is a 4-bit checkpoint; its original 16-bit weights are not there (give them with --base-model)");
-      if (hold.nf4)
-        std::fprintf(
-            stderr,
-            "qlora: warning: --merge-into original: this adapter learned to correct the NF4-quantized weights; merged "
-            "into the original 16-bit weights the quantization error comes back uncorrected, which usually "
-            "makes the merged model worse than base+adapter. The default (dequant) merges into the weights "
-            "it was trained against.\n");
-      quantize_ = false;
-    } else if (o_.merge_into == "dequant") {
-      quantize_ = hold.nf4 && !bnb;  // a bnb checkpoint is dequantized as it is
-      if (!hold.nf4) {
-        std::fprintf(
-            stderr,
-            "qlora: note: the adapter was trained on the 16-bit base (adapter: lora); merging into those weights\n");
-      } else if (!hold.known && !bnb) {
-        std::fprintf(
-            stderr,
-            "qlora: note: %s does not say how the base was held while training; assuming NF4 (blocksize 64, double "
-            "quantization) as qlora trains. Use --merge-into original for an adapter trained on the 16-bit base.\n",
-            (src_.dir / io::kPeftConfigFile).string().c_str());
-      }
-      blocksize_ = hold.blocksize;
-      double_quant_ = hold.double_quant;
-    } else {
-      user_error("--merge-into: expected dequant or original, got \"", o_.merge_into, "\"");
-    }
+    setup(rep);
     check_out(o_, {src_.dir, base_});
-    dtype_ = rep.dtype;
-    scaling_ = model::lora_scaling(model::to_lora_config(src_.peft));
-    if (!base_only_) lora_ = lora_by_module(src_);
-    // PiSSA / OLoRA / LoftQ trained on a base they computed: recompute it as the loader did.
-    if (src_.train) inits_ = model::replay_lora_init(base_, src_.train->lora, src_.train->seed);
-    requantize_inits_ = hold.nf4 && o_.merge_into == "dequant";
 
     const std::vector<OutTensor> all = merged_tensors(mc_);
     for (const OutTensor& t : all) check_source(t);
@@ -383,7 +360,109 @@ class MergedWriter {
     return rep;
   }
 
+  // A merged model as one llama.cpp GGUF file at o_.out: tensors merged in fp32, converted to
+  // the outtype (1-D tensors F32) and streamed into the file one at a time.
+  ExportReport run_gguf() {
+    ExportReport rep;
+    rep.dtype = at::kFloat;
+    const std::string arch = gguf_architecture(mc_);
+    setup(rep);
+    const io::GgufOutType outtype = parse_gguf_outtype(o_.outtype.empty() ? "f16" : o_.outtype, "--outtype");
+    check_out_file(o_, {src_.dir, base_});
+    const std::vector<OutTensor> all = merged_tensors(mc_);
+    for (const OutTensor& t : all) check_source(t);
+
+    io::GgufMetadata meta;
+    add_gguf_model_metadata(meta, mc_, arch, model_name(), outtype);
+    const stdfs::path tok = src_.train && !src_.train->tokenizer.empty() ? stdfs::path(src_.train->tokenizer) : base_;
+    add_gguf_tokenizer_metadata(meta, tok, mc_.vocab_size);
+
+    std::vector<io::GgufStreamWriter::Entry> entries;
+    std::vector<const OutTensor*> order;
+    for (const OutTensor& t : all) {
+      const std::optional<std::string> name = model::gguf_name_of(t.name, arch);
+      if (!name) user_error("--format gguf: ", where(t.name), ": no llama.cpp tensor name for this tensor");
+      io::GgufOutType type = outtype;
+      if (t.shape.size() < 2) type = io::GgufOutType::F32;  // norms and biases, as llama.cpp keeps them
+      // rows that are not whole Q8_0 blocks stay F16, as llama.cpp's converter falls back
+      if (type == io::GgufOutType::Q8_0 && t.shape.back() % 32 != 0) type = io::GgufOutType::F16;
+      entries.push_back({*name, t.shape, type});
+      order.push_back(&t);
+    }
+    io::GgufStreamWriter w(o_.out, meta, entries);
+    for (size_t i = 0; i < order.size(); ++i) {
+      const OutTensor& t = *order[i];
+      // adapted linears merged in fp32; everything else as stored (a view of the mapped file),
+      // converted by the writer slice by slice
+      at::Tensor out = t.module.empty() ? ts_->tensor(t.name) : produce(t);
+      if (arch == "llama" && t.name.find(".self_attn.q_proj.") != std::string::npos)
+        out = io::gguf_permute_rows(out, mc_.num_attention_heads);
+      if (arch == "llama" && t.name.find(".self_attn.k_proj.") != std::string::npos)
+        out = io::gguf_permute_rows(out, mc_.num_key_value_heads);
+      w.add(entries[i].name, out);
+      out = at::Tensor();
+      release(t);
+    }
+    w.finish();
+    rep.tensor_bytes = w.data_bytes();
+    rep.merged_modules = merged_;
+    rep.files.push_back(o_.out.filename().string());
+    return rep;
+  }
+
  private:
+  // general.name: the output file's stem ("out/demo-q8_0.gguf" -> "demo-q8_0").
+  std::string model_name() const { return o_.out.stem().string(); }
+
+  // Everything run() and run_gguf() share: the adapter fits the base, what W is (--merge-into),
+  // the LoRA pairs and their scaling. dtype_ is rep.dtype.
+  void setup(ExportReport& rep) {
+    rep.adapter_dir = src_.dir;
+    rep.base_model = base_;
+    check_adapter_matches_base(src_, mc_);
+    const BaseHolding hold = base_holding(src_);
+    const bool bnb = mc_.quantization.has_value();
+    // What W is: dequant(NF4) when the adapter saw NF4 and the user did not ask otherwise.
+    if (base_only_) {
+      quantize_ = false;
+    } else if (o_.merge_into == "original") {
+      if (bnb)
+        user_error("--merge-into original: ", base_.string(),
+                   " is a 4-bit checkpoint; its original 16-bit weights are not there (give them with --base-model)");
+      if (hold.nf4)
+        std::fprintf(
+            stderr,
+            "qlora: warning: --merge-into original: this adapter learned to correct the NF4-quantized weights; merged "
+            "into the original 16-bit weights the quantization error comes back uncorrected, which usually "
+            "makes the merged model worse than base+adapter. The default (dequant) merges into the weights "
+            "it was trained against.\n");
+      quantize_ = false;
+    } else if (o_.merge_into == "dequant") {
+      quantize_ = hold.nf4 && !bnb;  // a bnb checkpoint is dequantized as it is
+      if (!hold.nf4) {
+        std::fprintf(
+            stderr,
+            "qlora: note: the adapter was trained on the 16-bit base (adapter: lora); merging into those weights\n");
+      } else if (!hold.known && !bnb) {
+        std::fprintf(
+            stderr,
+            "qlora: note: %s does not say how the base was held while training; assuming NF4 (blocksize 64, double "
+            "quantization) as qlora trains. Use --merge-into original for an adapter trained on the 16-bit base.\n",
+            (src_.dir / io::kPeftConfigFile).string().c_str());
+      }
+      blocksize_ = hold.blocksize;
+      double_quant_ = hold.double_quant;
+    } else {
+      user_error("--merge-into: expected dequant or original, got \"", o_.merge_into, "\"");
+    }
+    dtype_ = rep.dtype;
+    scaling_ = model::lora_scaling(model::to_lora_config(src_.peft));
+    if (!base_only_) lora_ = lora_by_module(src_);
+    // PiSSA / OLoRA / LoftQ trained on a base they computed: recompute it as the loader did.
+    if (src_.train) inits_ = model::replay_lora_init(base_, src_.train->lora, src_.train->seed);
+    requantize_inits_ = hold.nf4 && o_.merge_into == "dequant";
+  }
+
   std::string where(const std::string& name) const { return ts_->where(name); }
 
   std::map<std::string, model::LoraInitResult> inits_;  // module -> base-changing init
@@ -628,11 +707,15 @@ ExportReport write_init_base(const ExportOptions& o, const run::AdapterSource& s
                              const stdfs::path& out);
 
 ExportReport export_checkpoint(const ExportOptions& o) {
-  if (o.format != "peft" && o.format != "merged" && o.format != "gguf-adapter")
-    user_error("--format: expected peft, merged or gguf-adapter, got \"", o.format, "\"");
-  if (o.out.empty()) user_error("--out: an output directory is required");
+  if (o.format != "peft" && o.format != "merged" && o.format != "gguf-adapter" && o.format != "gguf")
+    user_error("--format: expected peft, merged, gguf-adapter or gguf, got \"", o.format, "\"");
+  if (o.out.empty()) user_error("--out: an output ", o.format == "gguf" ? "file" : "directory", " is required");
+  if (o.format == "gguf" && o.dtype)
+    user_error("--dtype: --format gguf takes the tensor type as --outtype f16|bf16|q8_0|f32");
+  if (o.format != "gguf" && !o.outtype.empty()) user_error("--outtype: only --format gguf takes it");
+  if (o.format == "gguf") parse_gguf_outtype(o.outtype.empty() ? "f16" : o.outtype, "--outtype");
   const run::AdapterSource src = run::read_adapter_source(o.checkpoint);
-  if (o.format != "merged" && changes_base(src)) {
+  if ((o.format == "peft" || o.format == "gguf-adapter") && changes_base(src)) {
     const std::string& init = src.train->lora.init_lora_weights;
     const stdfs::path base = base_dir(o, src, /*required=*/true);
     if (init != "loftq") {
@@ -674,6 +757,7 @@ ExportReport export_checkpoint(const ExportOptions& o) {
   if (o.format == "peft") return export_peft(o, src);
   if (o.format == "gguf-adapter") return export_gguf(o, src);
   const stdfs::path base = base_dir(o, src, /*required=*/true);
+  if (o.format == "gguf") return MergedWriter(o, src, base).run_gguf();
   return MergedWriter(o, src, base).run();
 }
 

@@ -12,8 +12,13 @@
 //                 generation_config.json. Streams tensor by tensor out of the base's mmap and into
 //                 the output files: peak memory is about one fp32 weight and its temporaries.
 //   gguf-adapter  OUT/adapter_model.gguf for llama.cpp (--lora), see trainer/io/gguf.h.
+//   gguf          the merged model (computed as for merged) as one llama.cpp GGUF file OUT
+//                 (NAME.gguf): 2-D weights in the outtype (f16 default, bf16, q8_0, f32), 1-D
+//                 tensors F32, the llama q/k row permutation, no output.weight when tied, the
+//                 hyperparameters and the run's tokenizer as metadata (trainer/export/gguf_model.h).
+//                 Streamed tensor by tensor into a temporary sibling renamed over OUT when complete.
 //
-// Every format is built in a temporary sibling of OUT and renamed into place when complete
+// Every other format is built in a temporary sibling of OUT and renamed into place when complete
 // (fs::StagedDir): a failed export leaves nothing behind and replaces nothing (--force replaces a
 // good OUT only at the very end).
 #pragma once
@@ -32,9 +37,10 @@ namespace qlora::exporter {
 
 struct ExportOptions {
   std::filesystem::path checkpoint;             // checkpoint, run directory or PEFT directory
-  std::filesystem::path out;                    // output directory
+  std::filesystem::path out;                    // output directory (gguf: the .gguf file)
   std::filesystem::path base_model;             // empty: the base the adapter records
-  std::string format = "peft";                  // peft | merged | gguf-adapter
+  std::string format = "peft";                  // peft | merged | gguf-adapter | gguf
+  std::string outtype;                          // gguf: f16 (default) | bf16 | q8_0 | f32
   std::string merge_into = "dequant";           // dequant | original (merged)
   std::optional<at::ScalarType> dtype;          // default: fp32 (peft), bf16 (merged), fp16 (gguf-adapter)
   uint64_t max_shard_bytes = 5'000'000'000ull;  // merged; "5GB" as transformers counts it

@@ -2,6 +2,10 @@
 
 #include <ATen/ATen.h>
 
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <regex>
@@ -12,8 +16,10 @@
 namespace qlora::io {
 
 namespace {
-enum : uint32_t { kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7, kString = 8 };
+enum : uint32_t { kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7, kString = 8, kArray = 9 };
 enum : uint32_t { kGgmlF32 = 0, kGgmlF16 = 1, kGgmlBF16 = 30 };
+constexpr uint64_t kAlignment = 32;
+constexpr int64_t kQ8Block = 32;
 
 template <class T>
 void put(std::string& s, T v) {
@@ -23,33 +29,89 @@ void put_str(std::string& s, const std::string& v) {
   put<uint64_t>(s, v.size());
   s += v;
 }
+uint64_t aligned(uint64_t n) { return (n + kAlignment - 1) / kAlignment * kAlignment; }
+
+// "GGUF", version, counts, metadata, tensor infos (offsets packed and aligned), padding.
+std::string encode_header(const GgufMetadata& meta, const std::vector<std::string>& names,
+                          const std::vector<std::vector<int64_t>>& shapes, const std::vector<uint32_t>& types,
+                          const std::vector<uint64_t>& nbytes) {
+  std::string h;
+  h += "GGUF";
+  put<uint32_t>(h, 3);
+  put<uint64_t>(h, names.size());
+  put<uint64_t>(h, meta.count());
+  h += meta.encode();
+  uint64_t off = 0;
+  for (size_t i = 0; i < names.size(); ++i) {
+    TORCH_CHECK(names[i].size() < 64, "GGUF tensor name too long: ", names[i]);
+    put_str(h, names[i]);
+    put<uint32_t>(h, static_cast<uint32_t>(shapes[i].size()));
+    for (auto d = shapes[i].rbegin(); d != shapes[i].rend(); ++d) put<uint64_t>(h, static_cast<uint64_t>(*d));
+    put<uint32_t>(h, types[i]);
+    put<uint64_t>(h, off);
+    off += aligned(nbytes[i]);
+  }
+  h.resize(aligned(h.size()), '\0');
+  return h;
+}
 }  // namespace
 
-void GgufWriter::add_string(const std::string& key, const std::string& v) {
-  std::string p;
-  put_str(p, v);
-  kvs_.push_back({key, kString, p});
+void GgufMetadata::key(const std::string& k, uint32_t type) {
+  put_str(bytes_, k);
+  put<uint32_t>(bytes_, type);
+  ++count_;
 }
-void GgufWriter::add_u32(const std::string& key, uint32_t v) {
-  std::string p;
-  put(p, v);
-  kvs_.push_back({key, kU32, p});
+void GgufMetadata::add_string(const std::string& k, const std::string& v) {
+  key(k, kString);
+  put_str(bytes_, v);
 }
-void GgufWriter::add_i32(const std::string& key, int32_t v) {
-  std::string p;
-  put(p, v);
-  kvs_.push_back({key, kI32, p});
+void GgufMetadata::add_u32(const std::string& k, uint32_t v) {
+  key(k, kU32);
+  put(bytes_, v);
 }
-void GgufWriter::add_f32(const std::string& key, float v) {
-  std::string p;
-  put(p, v);
-  kvs_.push_back({key, kF32, p});
+void GgufMetadata::add_i32(const std::string& k, int32_t v) {
+  key(k, kI32);
+  put(bytes_, v);
 }
-void GgufWriter::add_bool(const std::string& key, bool v) {
-  std::string p;
-  put<uint8_t>(p, v ? 1 : 0);
-  kvs_.push_back({key, kBool, p});
+void GgufMetadata::add_f32(const std::string& k, float v) {
+  key(k, kF32);
+  put(bytes_, v);
 }
+void GgufMetadata::add_bool(const std::string& k, bool v) {
+  key(k, kBool);
+  put<uint8_t>(bytes_, v ? 1 : 0);
+}
+void GgufMetadata::add_strings(const std::string& k, const std::vector<std::string>& v) {
+  key(k, kArray);
+  put<uint32_t>(bytes_, kString);
+  put<uint64_t>(bytes_, v.size());
+  for (const auto& x : v) put_str(bytes_, x);
+}
+void GgufMetadata::add_f32s(const std::string& k, const std::vector<float>& v) {
+  key(k, kArray);
+  put<uint32_t>(bytes_, kF32);
+  put<uint64_t>(bytes_, v.size());
+  bytes_.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+}
+void GgufMetadata::add_i32s(const std::string& k, const std::vector<int32_t>& v) {
+  key(k, kArray);
+  put<uint32_t>(bytes_, kI32);
+  put<uint64_t>(bytes_, v.size());
+  bytes_.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(int32_t));
+}
+std::string GgufMetadata::encode() const {
+  std::string h;
+  put_str(h, "general.alignment");
+  put<uint32_t>(h, kU32);
+  put<uint32_t>(h, static_cast<uint32_t>(kAlignment));
+  return h + bytes_;
+}
+
+void GgufWriter::add_string(const std::string& key, const std::string& v) { meta_.add_string(key, v); }
+void GgufWriter::add_u32(const std::string& key, uint32_t v) { meta_.add_u32(key, v); }
+void GgufWriter::add_i32(const std::string& key, int32_t v) { meta_.add_i32(key, v); }
+void GgufWriter::add_f32(const std::string& key, float v) { meta_.add_f32(key, v); }
+void GgufWriter::add_bool(const std::string& key, bool v) { meta_.add_bool(key, v); }
 
 void GgufWriter::add_tensor(const std::string& name, const at::Tensor& t) {
   TORCH_CHECK(name.size() < 64, "GGUF tensor name too long: ", name);
@@ -59,41 +121,113 @@ void GgufWriter::add_tensor(const std::string& name, const at::Tensor& t) {
 }
 
 void GgufWriter::write(const std::filesystem::path& path) const {
-  std::string h;
-  h += "GGUF";
-  put<uint32_t>(h, 3);
-  put<uint64_t>(h, tensors_.size());
-  put<uint64_t>(h, kvs_.size() + 1);
-  // general.alignment first, as llama.cpp's writer does
-  put_str(h, "general.alignment");
-  put<uint32_t>(h, kU32);
-  put<uint32_t>(h, alignment_);
-  for (const auto& kv : kvs_) {
-    put_str(h, kv.key);
-    put<uint32_t>(h, kv.type);
-    h += kv.payload;
-  }
-  uint64_t off = 0;
-  std::vector<uint64_t> offsets;
+  std::vector<std::string> names;
+  std::vector<std::vector<int64_t>> shapes;
+  std::vector<uint32_t> types;
+  std::vector<uint64_t> nbytes;
   for (const auto& [name, t] : tensors_) {
-    put_str(h, name);
-    put<uint32_t>(h, static_cast<uint32_t>(t.dim()));
-    for (int64_t d = t.dim() - 1; d >= 0; --d) put<uint64_t>(h, static_cast<uint64_t>(t.size(d)));
+    names.push_back(name);
+    shapes.push_back(t.sizes().vec());
     const auto st = t.scalar_type();
-    put<uint32_t>(h, st == at::kFloat ? kGgmlF32 : st == at::kHalf ? kGgmlF16 : kGgmlBF16);
-    put<uint64_t>(h, off);
-    offsets.push_back(off);
-    off += (t.nbytes() + alignment_ - 1) / alignment_ * alignment_;
+    types.push_back(st == at::kFloat ? kGgmlF32 : st == at::kHalf ? kGgmlF16 : kGgmlBF16);
+    nbytes.push_back(t.nbytes());
   }
-  while (h.size() % alignment_) h.push_back('\0');
-  std::string data;
-  data.reserve(off);
-  for (size_t i = 0; i < tensors_.size(); ++i) {
-    const auto& t = tensors_[i].second;
-    data.append(static_cast<const char*>(t.data_ptr()), t.nbytes());
-    while (data.size() % alignment_) data.push_back('\0');
+  std::string out = encode_header(meta_, names, shapes, types, nbytes);
+  for (const auto& [name, t] : tensors_) {
+    out.append(static_cast<const char*>(t.data_ptr()), t.nbytes());
+    out.resize(aligned(out.size()), '\0');
   }
-  fs::write_file_atomic(path, h + data);
+  fs::write_file_atomic(path, out);
+}
+
+uint64_t gguf_tensor_bytes(GgufOutType type, const std::vector<int64_t>& shape) {
+  uint64_t n = 1;
+  for (int64_t d : shape) n *= static_cast<uint64_t>(d);
+  switch (type) {
+    case GgufOutType::F32: return n * 4;
+    case GgufOutType::F16:
+    case GgufOutType::BF16: return n * 2;
+    case GgufOutType::Q8_0: return n / kQ8Block * (2 + kQ8Block);
+  }
+  return 0;
+}
+
+std::string quantize_q8_0(const at::Tensor& x) {
+  const at::Tensor c = x.to(at::kFloat).contiguous();
+  const int64_t n = c.numel();
+  TORCH_CHECK(n % kQ8Block == 0, "Q8_0: ", n, " values are not whole blocks of 32");
+  const float* p = c.const_data_ptr<float>();
+  std::string out(static_cast<size_t>(n / kQ8Block * (2 + kQ8Block)), '\0');
+  char* o = out.data();
+  for (int64_t b = 0; b < n / kQ8Block; ++b, p += kQ8Block, o += 2 + kQ8Block) {
+    float amax = 0;
+    for (int64_t i = 0; i < kQ8Block; ++i) amax = std::max(amax, std::fabs(p[i]));
+    const float d = amax / 127.0f;
+    const float id = d == 0.0f ? 0.0f : 1.0f / d;
+    const uint16_t dh = c10::Half(d).x;
+    std::memcpy(o, &dh, 2);
+    for (int64_t i = 0; i < kQ8Block; ++i) o[2 + i] = static_cast<char>(static_cast<int8_t>(std::round(p[i] * id)));
+  }
+  return out;
+}
+
+GgufStreamWriter::GgufStreamWriter(const std::filesystem::path& path, const GgufMetadata& meta,
+                                   std::vector<Entry> entries)
+    : entries_(std::move(entries)) {
+  std::vector<std::string> names;
+  std::vector<std::vector<int64_t>> shapes;
+  std::vector<uint32_t> types;
+  std::vector<uint64_t> nbytes;
+  for (const Entry& e : entries_) {
+    TORCH_CHECK(e.type != GgufOutType::Q8_0 || (!e.shape.empty() && e.shape.back() % kQ8Block == 0), "GGUF: ", e.name,
+                ": rows are not whole Q8_0 blocks");
+    names.push_back(e.name);
+    shapes.push_back(e.shape);
+    types.push_back(static_cast<uint32_t>(e.type));
+    nbytes.push_back(gguf_tensor_bytes(e.type, e.shape));
+  }
+  const std::string h = encode_header(meta, names, shapes, types, nbytes);
+  file_ = std::make_unique<fs::AtomicFile>(path);
+  file_->write(h.data(), h.size());
+}
+
+GgufStreamWriter::~GgufStreamWriter() = default;
+
+void GgufStreamWriter::add(const std::string& name, const at::Tensor& t) {
+  TORCH_CHECK(next_ < entries_.size(), "GgufStreamWriter: more tensors than planned (", name, ")");
+  const Entry& e = entries_[next_];
+  TORCH_CHECK(e.name == name && t.sizes().vec() == e.shape, "GgufStreamWriter: expected ", e.name, " ",
+              at::IntArrayRef(e.shape), ", got ", name, " ", t.sizes());
+  // Converted a slice at a time (whole Q8_0 blocks), so the temporaries stay small whatever the
+  // tensor's size; a tensor already in the stored dtype is written as it is.
+  const at::Tensor x = t.detach().cpu().contiguous().reshape({-1});
+  const int64_t total = x.numel();
+  constexpr int64_t kSlice = int64_t{1} << 22;  // values (a multiple of 32)
+  uint64_t n = 0;
+  for (int64_t off = 0; off < total; off += kSlice) {
+    const at::Tensor part = x.slice(0, off, std::min(total, off + kSlice));
+    if (e.type == GgufOutType::Q8_0) {
+      const std::string q = quantize_q8_0(part);
+      file_->write(q.data(), q.size());
+      n += q.size();
+    } else {
+      const at::ScalarType st = e.type == GgufOutType::F32   ? at::kFloat
+                                : e.type == GgufOutType::F16 ? at::kHalf
+                                                             : at::kBFloat16;
+      const at::Tensor c = part.to(st).contiguous();
+      file_->write(c.const_data_ptr(), c.nbytes());
+      n += c.nbytes();
+    }
+  }
+  static const char zeros[kAlignment] = {};
+  file_->write(zeros, aligned(n) - n);
+  data_bytes_ += n;
+  ++next_;
+}
+
+void GgufStreamWriter::finish() {
+  TORCH_CHECK(next_ == entries_.size(), "GgufStreamWriter: ", entries_.size() - next_, " tensors not written");
+  file_->commit();
 }
 
 std::string gguf_tensor_base_name(const std::string& module) {
@@ -116,15 +250,13 @@ std::string gguf_tensor_base_name(const std::string& module) {
   return "blk." + m[1].str() + "." + names.at(m[3].str());
 }
 
-namespace {
-// HF half-rotation rows -> llama.cpp interleaved pairs, per head:
-// w.reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2).reshape(rows, cols)
-at::Tensor permute_rows(const at::Tensor& w, int64_t n_head) {
-  const int64_t rows = w.size(0), cols = w.size(1);
+at::Tensor gguf_permute_rows(const at::Tensor& w, int64_t n_head) {
+  const int64_t rows = w.size(0);
   TORCH_CHECK(n_head > 0 && rows % (2 * n_head) == 0, "gguf: cannot permute ", rows, " rows for ", n_head, " heads");
-  return w.reshape({n_head, 2, rows / n_head / 2, cols}).transpose(1, 2).reshape({rows, cols});
+  std::vector<int64_t> s = {n_head, 2, rows / n_head / 2};
+  for (int64_t d = 1; d < w.dim(); ++d) s.push_back(w.size(d));
+  return w.reshape(s).transpose(1, 2).reshape(w.sizes()).contiguous();
 }
-}  // namespace
 
 void write_lora_gguf(const std::filesystem::path& path, const std::vector<LoraTensor>& lora,
                      const GgufLoraOptions& opt) {
@@ -137,8 +269,8 @@ void write_lora_gguf(const std::filesystem::path& path, const std::vector<LoraTe
   for (const auto& l : lora) {
     const std::string base = gguf_tensor_base_name(l.module);
     at::Tensor B = l.B;
-    if (permute && base.ends_with(".attn_q")) B = permute_rows(B, opt.n_head);
-    if (permute && base.ends_with(".attn_k")) B = permute_rows(B, opt.n_head_kv);
+    if (permute && base.ends_with(".attn_q")) B = gguf_permute_rows(B, opt.n_head);
+    if (permute && base.ends_with(".attn_k")) B = gguf_permute_rows(B, opt.n_head_kv);
     w.add_tensor(base + ".weight.lora_a", l.A.to(opt.dtype));
     w.add_tensor(base + ".weight.lora_b", B.to(opt.dtype));
   }

@@ -1,4 +1,5 @@
-// GGUF writer (version 3), enough for llama.cpp LoRA adapters (docs/formats.md §6).
+// GGUF writers (version 3): llama.cpp LoRA adapters held in memory, and whole models streamed
+// tensor by tensor (docs/formats.md §6).
 //   header: "GGUF", u32 version, u64 tensor_count, u64 kv_count; KVs; tensor infos (name,
 //   n_dims, dims in REVERSED (ggml ne) order, ggml type, offset); data aligned to 32 bytes.
 #pragma once
@@ -6,10 +7,80 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
+namespace qlora::fs {
+class AtomicFile;
+}
+
 namespace qlora::io {
+
+// The key-value metadata of a GGUF file, encoded as it is added.
+class GgufMetadata {
+ public:
+  void add_string(const std::string& key, const std::string& v);
+  void add_u32(const std::string& key, uint32_t v);
+  void add_i32(const std::string& key, int32_t v);
+  void add_f32(const std::string& key, float v);
+  void add_bool(const std::string& key, bool v);
+  void add_strings(const std::string& key, const std::vector<std::string>& v);
+  void add_f32s(const std::string& key, const std::vector<float>& v);
+  void add_i32s(const std::string& key, const std::vector<int32_t>& v);
+  // Number of keys and their encoded bytes, general.alignment (32) first as llama.cpp writes it.
+  uint64_t count() const { return count_ + 1; }
+  std::string encode() const;
+
+ private:
+  void key(const std::string& k, uint32_t type);
+  std::string bytes_;
+  uint64_t count_ = 0;
+};
+
+// Tensor types the model writer stores: F32, F16, BF16, and Q8_0 (blocks of 32 values: an fp16
+// scale d = max|x| / 127 and 32 int8 round(x / d), rounded half away from zero, as ggml's
+// quantize_row_q8_0_ref).
+enum class GgufOutType : uint32_t { F32 = 0, F16 = 1, Q8_0 = 8, BF16 = 30 };
+
+// Bytes of a tensor of `shape` (row-major; the last dimension is ggml's ne0, a multiple of 32
+// for Q8_0) stored as `type`.
+uint64_t gguf_tensor_bytes(GgufOutType type, const std::vector<int64_t>& shape);
+
+// Q8_0 blocks of a float32 tensor (numel a multiple of 32), row-major order.
+std::string quantize_q8_0(const at::Tensor& x);
+
+// A GGUF model written tensor by tensor: the header (metadata, every tensor's name, shape, type
+// and offset) first, then each tensor's data as add() converts it, so memory holds one tensor.
+// Written out of place (fs::AtomicFile): finish() publishes the file; without it nothing is left.
+class GgufStreamWriter {
+ public:
+  struct Entry {
+    std::string name;            // < 64 bytes
+    std::vector<int64_t> shape;  // row-major (PyTorch) order
+    GgufOutType type;
+  };
+  GgufStreamWriter(const std::filesystem::path& path, const GgufMetadata& meta, std::vector<Entry> entries);
+  ~GgufStreamWriter();
+  GgufStreamWriter(const GgufStreamWriter&) = delete;
+  GgufStreamWriter& operator=(const GgufStreamWriter&) = delete;
+  // The next entry's values (same name and shape, any float dtype), converted to its type a slice
+  // at a time (a float32 conversion first, as ggml quantizes from float32).
+  void add(const std::string& name, const at::Tensor& t);
+  void finish();
+  uint64_t data_bytes() const { return data_bytes_; }
+
+ private:
+  std::unique_ptr<fs::AtomicFile> file_;
+  std::vector<Entry> entries_;
+  size_t next_ = 0;
+  uint64_t data_bytes_ = 0;
+};
+
+// The llama q/k row permutation llama.cpp's converter applies: per head, HF's half-rotation rows
+// -> interleaved RoPE pairs; w.reshape(n_head, 2, rows/n_head/2, ...).swapaxes(1, 2) (a weight
+// [rows, cols] or a bias [rows]).
+at::Tensor gguf_permute_rows(const at::Tensor& w, int64_t n_head);
 
 class GgufWriter {
  public:
@@ -24,14 +95,8 @@ class GgufWriter {
   void write(const std::filesystem::path& path) const;
 
  private:
-  struct KV {
-    std::string key;
-    uint32_t type;
-    std::string payload;  // value bytes, already encoded
-  };
-  std::vector<KV> kvs_;
+  GgufMetadata meta_;
   std::vector<std::pair<std::string, at::Tensor>> tensors_;
-  uint32_t alignment_ = 32;
 };
 
 // One LoRA pair of a decoder linear, PEFT naming, e.g. module "model.layers.3.self_attn.q_proj".
