@@ -268,12 +268,36 @@ TEST_F(Export, PissaAndOloraConvertToPlainLoraForTheOriginalBase) {
                       {"model", (d / "merged").string()},
                       {"ours", ours.string()},
                       {"dtype", "float32"}});
+    // The checkpoint itself says init_lora_weights: pissa|olora, as PEFT saves such an adapter
+    // unconverted: PEFT reruns the method on the original base when it loads it.
+    checks.push_back({{"name", "checkpoint"},
+                      {"kind", "peft"},
+                      {"base", g->model.string()},
+                      {"adapter", (run / "checkpoints/checkpoint-000003").string()},
+                      {"ours", ours.string()}});
     const nlohmann::json j = judge(checks);
     std::printf("%s judge: %s\n", init.c_str(), j.dump().c_str());
     ASSERT_TRUE(j.contains("peft")) << j.dump();
     EXPECT_LT(j["peft"]["rel"].get<double>(), 1e-4);
     EXPECT_EQ(j["peft"]["r"], 8);
     EXPECT_LT(j["merged"]["rel"].get<double>(), 1e-4);
+    EXPECT_LT(j["checkpoint"]["rel"].get<double>(), 1e-4);
+    EXPECT_EQ(j["checkpoint"]["r"], 4);
+    // The same adapter as a plain PEFT directory (no run config): loading it reruns the init too.
+    const stdfs::path plain = d / "plain_peft";
+    stdfs::create_directories(plain);
+    for (const char* f : {"adapter_config.json", "adapter_model.safetensors"})
+      stdfs::copy_file(run / "checkpoints/checkpoint-000003" / f, plain / f);
+    {
+      const run::AdapterSource src = run::read_adapter_source(plain);
+      model::ModelLoadOptions opts = run::adapter_load_options(src, at::kCPU);
+      opts.compute_dtype = at::kFloat;
+      opts.quantize = false;  // a plain PEFT directory does not say; this run had the 16-bit base
+      model::Model m = run::load_model_with_adapter(g->model, src, opts);
+      at::NoGradGuard ng;
+      const at::Tensor lg = m.logits(m.forward(test_ids()));
+      EXPECT_TRUE(at::allclose(lg, io::SafetensorsFile(ours).tensor("logits"), 1e-5, 1e-6));
+    }
   }
 }
 

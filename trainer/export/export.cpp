@@ -266,6 +266,17 @@ ExportReport export_gguf(const ExportOptions& o, const run::AdapterSource& src) 
   return rep;
 }
 
+// The LoRA config whose init computed the base the adapter trained on: the run's, or a PEFT
+// directory's own adapter_config.json (PEFT reruns such an init when it loads the adapter).
+config::LoraConfig init_config(const run::AdapterSource& src) {
+  return src.train ? src.train->lora : model::to_lora_config(src.peft);
+}
+uint64_t init_seed(const run::AdapterSource& src) {
+  return src.train ? src.train->seed : model::ModelLoadOptions{}.seed;
+}
+
+bool changes_base(const run::AdapterSource& src) { return model::lora_init_method(init_config(src)).changes_base(); }
+
 // ---- merged --------------------------------------------------------------------------------
 
 struct OutTensor {
@@ -459,7 +470,7 @@ class MergedWriter {
     scaling_ = model::lora_scaling(model::to_lora_config(src_.peft));
     if (!base_only_) lora_ = lora_by_module(src_);
     // PiSSA / OLoRA / LoftQ trained on a base they computed: recompute it as the loader did.
-    if (src_.train) inits_ = model::replay_lora_init(base_, src_.train->lora, src_.train->seed);
+    inits_ = model::replay_lora_init(base_, init_config(src_), init_seed(src_));
     requantize_inits_ = hold.nf4 && o_.merge_into == "dequant";
   }
 
@@ -677,17 +688,13 @@ void check_adapter_matches_base(const run::AdapterSource& src, const model::Mode
 
 // ---- adapters of a base-changing init ------------------------------------------------------
 
-bool changes_base(const run::AdapterSource& src) {
-  return src.train && model::lora_init_method(src.train->lora).changes_base();
-}
-
 // PiSSA / OLoRA trained A, B on W_res = W - s B0 A0. PEFT converts such an adapter to a plain one
 // for the original W (save_pretrained with path_initial_model_for_weight_conversion):
 //   W + dW = W_res + s B A  gives  dW = s (B A - B0 A0) = s [B | -B0] [A ; A0],
 // rank 2r with the same scaling (alpha doubled, or times sqrt(2) under rsLoRA).
 run::AdapterSource converted_to_plain_lora(const run::AdapterSource& src, const stdfs::path& base) {
   const std::map<std::string, model::LoraInitResult> inits =
-      model::replay_lora_init(base, src.train->lora, src.train->seed);
+      model::replay_lora_init(base, init_config(src), init_seed(src));
   run::AdapterSource out = src;
   for (auto& [key, t] : out.tensors) {
     const io::PeftLoraKey k = io::parse_peft_lora_key(key).value();
@@ -700,6 +707,7 @@ run::AdapterSource converted_to_plain_lora(const run::AdapterSource& src, const 
   }
   out.peft.r *= 2;
   out.peft.lora_alpha *= out.peft.use_rslora ? std::sqrt(2.0) : 2.0;
+  out.peft.init_lora_weights = "true";  // a plain adapter now, as PEFT marks the converted one
   return out;
 }
 
@@ -716,7 +724,7 @@ ExportReport export_checkpoint(const ExportOptions& o) {
   if (o.format == "gguf") parse_gguf_outtype(o.outtype.empty() ? "f16" : o.outtype, "--outtype");
   const run::AdapterSource src = run::read_adapter_source(o.checkpoint);
   if ((o.format == "peft" || o.format == "gguf-adapter") && changes_base(src)) {
-    const std::string& init = src.train->lora.init_lora_weights;
+    const std::string init = init_config(src).init_lora_weights;
     const stdfs::path base = base_dir(o, src, /*required=*/true);
     if (init != "loftq") {
       std::fprintf(stderr,
@@ -740,6 +748,7 @@ ExportReport export_checkpoint(const ExportOptions& o) {
     rep.dtype = o.dtype.value_or(at::kFloat);
     io::PeftAdapterConfig cfg = src.peft;
     cfg.base_model_name_or_path = (stdfs::absolute(o.out) / "base").lexically_normal().string();
+    cfg.init_lora_weights = "true";  // plain LoRA on the LoftQ base written next to it
     fs::StagedDir staged(o.out, /*replace_existing=*/stdfs::exists(o.out));
     io::write_peft_adapter(staged.path(), cfg, src.tensors, rep.dtype);
     rep.files = {io::kPeftConfigFile, io::kPeftWeightsFile};

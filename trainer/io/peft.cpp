@@ -39,7 +39,11 @@ std::string peft_adapter_config_json(const PeftAdapterConfig& c) {
   j["bias"] = "none";
   j["fan_in_fan_out"] = false;
   j["inference_mode"] = true;
-  j["init_lora_weights"] = true;
+  if (c.init_lora_weights == "true" || c.init_lora_weights == "false")
+    j["init_lora_weights"] = c.init_lora_weights == "true";
+  else
+    j["init_lora_weights"] = c.init_lora_weights;
+  if (c.init_lora_weights == "loftq") j["loftq_config"] = {{"loftq_bits", 4}, {"loftq_iter", c.loftq_iter}};
   j["layers_pattern"] = nullptr;
   j["layers_to_transform"] = nullptr;
   j["lora_alpha"] = c.lora_alpha;
@@ -98,6 +102,32 @@ PeftAdapterConfig read_peft_adapter_config(const std::filesystem::path& dir) {
   c.lora_alpha = num("lora_alpha", 8);
   c.lora_dropout = num("lora_dropout", 0);
   c.use_rslora = flag("use_rslora");
+  if (j.contains("init_lora_weights") && !j["init_lora_weights"].is_null()) {
+    const auto& v = j["init_lora_weights"];
+    if (v.is_boolean()) {
+      c.init_lora_weights = v.get<bool>() ? "true" : "false";
+    } else if (v.is_string()) {
+      c.init_lora_weights = v.get<std::string>();
+      const std::string& s = c.init_lora_weights;
+      const bool niter =
+          s.starts_with("pissa_niter_") && s.size() > 12 && s.find_first_not_of("0123456789", 12) == std::string::npos;
+      if (s != "gaussian" && s != "pissa" && s != "olora" && s != "loftq" && !niter)
+        user_error(p, ": init_lora_weights: \"", shorten(s),
+                   "\" is not supported (expected true, false, gaussian, pissa, pissa_niter_K, olora or loftq)");
+    } else {
+      user_error(p, ": init_lora_weights: expected true, false or a method name");
+    }
+  }
+  if (c.init_lora_weights == "loftq" && j.contains("loftq_config") && j["loftq_config"].is_object()) {
+    const auto& lq = j["loftq_config"];
+    if (lq.contains("loftq_bits") && lq["loftq_bits"] != 4)
+      user_error(p, ": loftq_config.loftq_bits: only 4 is supported (the base is NF4)");
+    if (lq.contains("loftq_iter")) {
+      if (!lq["loftq_iter"].is_number_integer() || lq["loftq_iter"].get<int64_t>() < 1)
+        user_error(p, ": loftq_config.loftq_iter: expected a positive integer");
+      c.loftq_iter = lq["loftq_iter"].get<int64_t>();
+    }
+  }
   if (!j.contains("target_modules")) user_error(p, ": target_modules: missing");
   const auto& t = j["target_modules"];
   if (t.is_string()) {

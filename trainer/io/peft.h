@@ -34,6 +34,11 @@ struct PeftAdapterConfig {
   double lora_dropout = 0;
   std::vector<std::string> target_modules;  // short names: q_proj, v_proj, ...
   bool use_rslora = false;
+  // PEFT's init_lora_weights: "true", "false" or a method ("pissa", "olora", "loftq", ...). A
+  // method that changes the base (PiSSA, OLoRA, LoftQ) is rerun on the base when PEFT loads the
+  // adapter, as it is here (trainer/model/lora_init.h).
+  std::string init_lora_weights = "true";
+  int64_t loftq_iter = 1;  // loftq_config.loftq_iter
   // Expert tensors of a mixture of experts (experts.gate_up_proj, experts.down_proj); null in the
   // file when empty.
   std::vector<std::string> target_parameters;

@@ -24,6 +24,8 @@ config::LoraConfig to_lora_config(const io::PeftAdapterConfig& c) {
   l.alpha = c.lora_alpha;
   l.dropout = c.lora_dropout;
   l.use_rslora = c.use_rslora;
+  l.init_lora_weights = c.init_lora_weights;
+  l.loftq_iter = c.loftq_iter;
   l.target_parameters = c.target_parameters;
   if (c.target_modules.size() == 1 && c.target_modules[0] == "all-linear")
     l.target_linear = true;

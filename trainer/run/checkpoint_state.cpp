@@ -298,6 +298,10 @@ stdfs::path write_checkpoint(const stdfs::path& checkpoints_dir, const config::T
   pc.lora_alpha = cfg.lora.alpha;
   pc.lora_dropout = cfg.lora.dropout;
   pc.use_rslora = cfg.lora.use_rslora;
+  // As PEFT saves a PiSSA/OLoRA/LoftQ adapter before conversion: PEFT reruns the method on the
+  // original base when it loads it (`qlora export --format peft` converts or carries the base).
+  pc.init_lora_weights = cfg.lora.init_lora_weights;
+  pc.loftq_iter = cfg.lora.loftq_iter;
   pc.target_modules = m.lora_target_modules();
   pc.target_parameters = m.lora_target_parameters;
   io::write_peft_adapter(w.path(), pc, adapter, at::kFloat);
