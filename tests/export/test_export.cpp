@@ -116,6 +116,21 @@ nlohmann::json judge(const nlohmann::json& checks) {
   return nlohmann::json::parse(r.output.substr(at + 7, end == std::string::npos ? std::string::npos : end - at - 7));
 }
 
+// export_check.py's "peft" check: PeftModel.from_pretrained(base, adapter) logits against ours.
+nlohmann::json peft_check(const std::string& name, const stdfs::path& base, const stdfs::path& adapter,
+                          const stdfs::path& ours) {
+  return {{"name", name},
+          {"kind", "peft"},
+          {"base", base.string()},
+          {"adapter", adapter.string()},
+          {"ours", ours.string()}};
+}
+
+// export_check.py's "merged" check: the merged model's fp32 logits against ours.
+nlohmann::json merged_check(const std::string& name, const stdfs::path& model, const stdfs::path& ours) {
+  return {{"name", name}, {"kind", "merged"}, {"model", model.string()}, {"ours", ours.string()}, {"dtype", "float32"}};
+}
+
 std::vector<stdfs::path> leftovers(const stdfs::path& parent) {
   std::vector<stdfs::path> v;
   for (const auto& e : stdfs::directory_iterator(parent))
@@ -258,23 +273,11 @@ TEST_F(Export, PissaAndOloraConvertToPlainLoraForTheOriginalBase) {
     r = run_cli("export " + q(run) + " --format merged --dtype fp32 --out " + q(d / "merged"));
     ASSERT_EQ(r.code, 0) << r.output;
     nlohmann::json checks = nlohmann::json::array();
-    checks.push_back({{"name", "peft"},
-                      {"kind", "peft"},
-                      {"base", g->model.string()},
-                      {"adapter", (d / "peft").string()},
-                      {"ours", ours.string()}});
-    checks.push_back({{"name", "merged"},
-                      {"kind", "merged"},
-                      {"model", (d / "merged").string()},
-                      {"ours", ours.string()},
-                      {"dtype", "float32"}});
+    checks.push_back(peft_check("peft", g->model, d / "peft", ours));
+    checks.push_back(merged_check("merged", d / "merged", ours));
     // The checkpoint itself says init_lora_weights: pissa|olora, as PEFT saves such an adapter
     // unconverted: PEFT reruns the method on the original base when it loads it.
-    checks.push_back({{"name", "checkpoint"},
-                      {"kind", "peft"},
-                      {"base", g->model.string()},
-                      {"adapter", (run / "checkpoints/checkpoint-000003").string()},
-                      {"ours", ours.string()}});
+    checks.push_back(peft_check("checkpoint", g->model, run / "checkpoints/checkpoint-000003", ours));
     const nlohmann::json j = judge(checks);
     std::printf("%s judge: %s\n", init.c_str(), j.dump().c_str());
     ASSERT_TRUE(j.contains("peft")) << j.dump();
@@ -319,16 +322,8 @@ TEST_F(Export, LoftqExportsTheBaseItTrainedAgainst) {
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_FALSE(stdfs::exists(d / "gguf"));
   nlohmann::json checks = nlohmann::json::array();
-  checks.push_back({{"name", "peft"},
-                    {"kind", "peft"},
-                    {"base", (d / "base_bnb").string()},
-                    {"adapter", (d / "peft").string()},
-                    {"ours", ours.string()}});
-  checks.push_back({{"name", "merged"},
-                    {"kind", "merged"},
-                    {"model", (d / "merged").string()},
-                    {"ours", ours.string()},
-                    {"dtype", "float32"}});
+  checks.push_back(peft_check("peft", d / "base_bnb", d / "peft", ours));
+  checks.push_back(merged_check("merged", d / "merged", ours));
   const nlohmann::json j = judge(checks);
   std::printf("loftq judge: %s\n", j.dump().c_str());
   ASSERT_TRUE(j.contains("peft")) << j.dump();
@@ -352,16 +347,8 @@ TEST_F(Export, Phi3FusedProjectionsLoadInPeftAndTransformers) {
   r = run_cli("export " + q(run) + " --format merged --dtype fp32 --out " + q(d / "merged"));
   ASSERT_EQ(r.code, 0) << r.output;
   nlohmann::json checks = nlohmann::json::array();
-  checks.push_back({{"name", "peft"},
-                    {"kind", "peft"},
-                    {"base", (d / "base_bnb").string()},
-                    {"adapter", (d / "peft").string()},
-                    {"ours", ours.string()}});
-  checks.push_back({{"name", "merged"},
-                    {"kind", "merged"},
-                    {"model", (d / "merged").string()},
-                    {"ours", ours.string()},
-                    {"dtype", "float32"}});
+  checks.push_back(peft_check("peft", d / "base_bnb", d / "peft", ours));
+  checks.push_back(merged_check("merged", d / "merged", ours));
   const nlohmann::json j = judge(checks);
   std::printf("judge: %s\n", j.dump().c_str());
   ASSERT_TRUE(j.contains("peft")) << j.dump();

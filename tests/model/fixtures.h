@@ -19,6 +19,7 @@
 
 #include "tests/common/harness.h"
 #include "trainer/io/safetensors.h"
+#include "trainer/model/model.h"
 
 namespace stdfs = std::filesystem;
 
@@ -117,6 +118,17 @@ inline const stdfs::path& bnb_fixture() {
     return d;
   }();
   return dir;
+}
+
+// A fixture model in fp32 with LoRA `lc` (the base in NF4 when `quantize`), seeded like the trainer.
+inline model::Model load_fixture(const std::string& family, bool quantize, const config::LoraConfig& lc,
+                                 uint64_t seed = 42) {
+  model::ModelLoadOptions o;
+  o.compute_dtype = at::kFloat;
+  o.quantize = quantize;
+  o.lora = lc;
+  o.seed = seed;
+  return model::load_model(model_fixtures() / family, o);
 }
 
 inline const std::vector<std::string>& families() {

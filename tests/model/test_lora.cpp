@@ -34,15 +34,6 @@ config::LoraConfig lora_cfg(int64_t r, double alpha, std::vector<std::string> ta
   return c;
 }
 
-model::Model load(const std::string& family, bool quantize, const config::LoraConfig& lc, uint64_t seed = 42) {
-  model::ModelLoadOptions o;
-  o.compute_dtype = at::kFloat;
-  o.quantize = quantize;
-  o.lora = lc;
-  o.seed = seed;
-  return model::load_model(test::model_fixtures() / family, o);
-}
-
 // Gives every lora_B non-zero values (PEFT's zero init would make A's gradient vanish).
 void randomize_b(model::Model& m, uint64_t seed) {
   at::Generator g = at::make_generator<at::CPUGeneratorImpl>(seed);
@@ -88,7 +79,8 @@ struct PeftCase {
 };
 
 void check_against_peft(const PeftCase& pc) {
-  model::Model m = load(pc.family, pc.quantize, lora_cfg(pc.r, pc.alpha, pc.targets, pc.rslora, 0.0, pc.params));
+  model::Model m =
+      test::load_fixture(pc.family, pc.quantize, lora_cfg(pc.r, pc.alpha, pc.targets, pc.rslora, 0.0, pc.params));
   m.training = true;
   m.gradient_checkpointing = pc.checkpointing;
   m.ce_chunk_tokens = pc.ce_chunk;
@@ -143,7 +135,7 @@ void check_against_peft(const PeftCase& pc) {
 }  // namespace
 
 TEST(Lora, NamesAreThoseOfPeft) {
-  model::Model m = load("qwen3", true, lora_cfg(4, 8, {"q_proj", "down_proj"}));
+  model::Model m = test::load_fixture("qwen3", true, lora_cfg(4, 8, {"q_proj", "down_proj"}));
   auto ps = m.lora_parameters();
   ASSERT_EQ(ps.size(), 2u * 2 * 2);  // 2 modules x 2 layers x (A, B)
   EXPECT_EQ(ps[0].name, "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
@@ -158,7 +150,7 @@ TEST(Lora, NamesAreThoseOfPeft) {
 
 TEST(Lora, InitIsPeftsKaimingUniformAndZeroB) {
   const auto cfg = lora_cfg(4, 8, {"all-linear"});
-  model::Model m = load("llama", true, cfg);
+  model::Model m = test::load_fixture("llama", true, cfg);
   stdfs::path w = test::temp_dir();
   ASSERT_EQ(test::model_ref({"init", (test::model_fixtures() / "llama").string(), (w / "init.json").string(), "--r",
                              "4", "--targets", "all-linear"})
@@ -185,7 +177,7 @@ TEST(Lora, InitIsPeftsKaimingUniformAndZeroB) {
     EXPECT_DOUBLE_EQ(l->lora->scaling, 2.0);
   }
   // Seeded: the same seed gives the same adapters, another seed others.
-  model::Model same = load("llama", true, cfg, 42), other = load("llama", true, cfg, 43);
+  model::Model same = test::load_fixture("llama", true, cfg, 42), other = test::load_fixture("llama", true, cfg, 43);
   EXPECT_TRUE(at::equal(same.linears()[3]->lora->A, m.linears()[3]->lora->A));
   EXPECT_FALSE(at::equal(other.linears()[3]->lora->A, m.linears()[3]->lora->A));
 }
@@ -247,7 +239,7 @@ struct AuxCase {
 // forward_loss(...).sum / count + coef * aux.
 void check_aux_against_transformers(const AuxCase& ac) {
   const double coef = 0.5;  // large, so that the aux term moves the gradients well past the tolerance
-  model::Model m = load(ac.family, ac.quantize, lora_cfg(2, 4, ac.targets));
+  model::Model m = test::load_fixture(ac.family, ac.quantize, lora_cfg(2, 4, ac.targets));
   m.training = true;
   m.router_aux_loss = true;
   m.gradient_checkpointing = ac.checkpointing;
@@ -332,7 +324,7 @@ TEST(Lora, RouterLoadBalancingLossEqualsTransformers) {
 }
 
 TEST(Lora, RouterLoadBalancingLossIsOffByDefault) {
-  model::Model m = load("mixtral", true, lora_cfg(2, 4, {"q_proj"}));
+  model::Model m = test::load_fixture("mixtral", true, lora_cfg(2, 4, {"q_proj"}));
   EXPECT_FALSE(m.config.output_router_logits);  // transformers' default, as the fixture's config.json
   EXPECT_DOUBLE_EQ(m.config.router_aux_loss_coef, 0.001);
   test::Batch b = test::make_batch(m.config.vocab_size, 12, 3);
@@ -365,8 +357,8 @@ TEST(Lora, GradientsEqualPeftOnExpertTensors) {
 
 TEST(Lora, ExpertTensorAdaptersArePeftsLayout) {
   const int64_t r = 3;
-  model::Model m =
-      load("mixtral", true, lora_cfg(r, 6, {"q_proj"}, false, 0.0, {"experts.gate_up_proj", "experts.down_proj"}));
+  model::Model m = test::load_fixture(
+      "mixtral", true, lora_cfg(r, 6, {"q_proj"}, false, 0.0, {"experts.gate_up_proj", "experts.down_proj"}));
   const int64_t E = m.config.num_experts, H = m.config.hidden_size, I = m.config.moe_intermediate_size;
   std::map<std::string, std::vector<int64_t>> shapes;
   for (auto& p : m.lora_parameters()) shapes[p.name] = p.param.sizes().vec();
@@ -377,7 +369,7 @@ TEST(Lora, ExpertTensorAdaptersArePeftsLayout) {
   EXPECT_EQ(shapes[p0 + "lora_B.weight"], (std::vector<int64_t>{H, r * E}));
   EXPECT_EQ(shapes.size(), 2u * 2 * 3);  // q_proj, gate_up, down in 2 layers
   // Only one tensor: no nesting.
-  model::Model d = load("qwen3_moe", true, lora_cfg(r, 6, {"q_proj"}, false, 0.0, {"down_proj"}));
+  model::Model d = test::load_fixture("qwen3_moe", true, lora_cfg(r, 6, {"q_proj"}, false, 0.0, {"down_proj"}));
   int64_t experts = 0;
   for (auto& p : d.lora_parameters())
     if (p.name.find(".mlp.experts.lora_") != std::string::npos) ++experts;
@@ -387,7 +379,7 @@ TEST(Lora, ExpertTensorAdaptersArePeftsLayout) {
            {"mixtral", "experts.w1", "\"experts.w1\" names no expert tensor"},
            {"llama", "experts.down_proj", "llama is not a mixture of experts"}}) {
     try {
-      load(family, true, lora_cfg(r, 6, {"q_proj"}, false, 0.0, {target}));
+      test::load_fixture(family, true, lora_cfg(r, 6, {"q_proj"}, false, 0.0, {target}));
       ADD_FAILURE() << "no error for " << target;
     } catch (const UserError& e) { EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what(); }
   }
@@ -395,13 +387,13 @@ TEST(Lora, ExpertTensorAdaptersArePeftsLayout) {
 
 TEST(Lora, ExpertsOfAMixtureAreNotAdapted) {
   config::LoraConfig all = lora_cfg(4, 8, {"all-linear"});
-  model::Model m = load("qwen2_moe", true, all);
+  model::Model m = test::load_fixture("qwen2_moe", true, all);
   for (const model::Linear* l : m.linears())
     EXPECT_EQ(l->lora.has_value(), l->name.find(".experts.") == std::string::npos) << l->name;
   EXPECT_EQ(m.lora_target_modules(),
             (std::vector<std::string>{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}));
   try {
-    load("mixtral", true, lora_cfg(4, 8, {"q_proj", "w1"}));
+    test::load_fixture("mixtral", true, lora_cfg(4, 8, {"q_proj", "w1"}));
     ADD_FAILURE() << "no error";
   } catch (const UserError& e) {
     EXPECT_NE(std::string(e.what()).find("\"w1\" names the experts of a mixture of experts"), std::string::npos)
@@ -423,7 +415,7 @@ TEST(Lora, GradientsEqualPeftOnGemma3) {
 TEST(Lora, BadTargetsAndValuesAreUserErrors) {
   auto msg = [](const config::LoraConfig& c) {
     try {
-      load("qwen2", true, c);
+      test::load_fixture("qwen2", true, c);
     } catch (const UserError& e) { return std::string(e.what()); }
     return std::string();
   };
@@ -434,7 +426,7 @@ TEST(Lora, BadTargetsAndValuesAreUserErrors) {
   EXPECT_NE(msg(lora_cfg(4, 8, {"q_proj"}, false, 1.0)).find("lora_dropout"), std::string::npos);
   EXPECT_NE(msg(lora_cfg(4, 8, {})).find("lora_target_modules"), std::string::npos);
 
-  model::Model m = load("qwen2", true, lora_cfg(4, 8, {"q_proj"}));
+  model::Model m = test::load_fixture("qwen2", true, lora_cfg(4, 8, {"q_proj"}));
   std::map<std::string, at::Tensor> v = {
       {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", at::zeros({4, 7})}};
   try {
@@ -455,7 +447,7 @@ TEST(Checkpointing, GradsEqualWithoutAndDropoutReplays) {
   std::vector<std::map<std::string, at::Tensor>> grads;
   std::vector<double> losses;
   for (bool ckpt : {false, true}) {
-    model::Model m = load("llama", true, cfg, 42);
+    model::Model m = test::load_fixture("llama", true, cfg, 42);
     randomize_b(m, 3);
     m.training = true;
     m.gradient_checkpointing = ckpt;
@@ -468,7 +460,7 @@ TEST(Checkpointing, GradsEqualWithoutAndDropoutReplays) {
   for (auto& [k, g] : grads[0]) EXPECT_LE(test::rel_err(grads[1][k], g), 1e-6) << k;
 
   // Dropout really is active (so the replay was tested): without it the gradients differ.
-  model::Model m = load("llama", true, lora_cfg(4, 8, {"all-linear"}), 42);
+  model::Model m = test::load_fixture("llama", true, lora_cfg(4, 8, {"all-linear"}), 42);
   randomize_b(m, 3);
   m.training = true;
   step(m, b);
@@ -518,7 +510,7 @@ TEST(ForwardLoss, EqualsForwardThenLoss) {
             if (!quantize && std::string(family) != "llama") continue;
             SCOPED_TRACE(std::string(c.name) + (quantize ? " nf4" : " 16-bit") + (ckpt ? " checkpointed" : "") +
                          (varlen ? " varlen" : " mask") + " " + family);
-            model::Model m = load(family, quantize, lora_cfg(4, 8, {"all-linear"}), 42);
+            model::Model m = test::load_fixture(family, quantize, lora_cfg(4, 8, {"all-linear"}), 42);
             randomize_b(m, 3);
             m.training = true;
             m.gradient_checkpointing = ckpt;
@@ -554,7 +546,7 @@ TEST(ForwardLoss, GemmaVarlenEqualsMask) {
     std::map<std::string, at::Tensor> want;
     double want_loss = 0;
     for (int varlen : {0, 1}) {
-      model::Model m = load(family, true, lora_cfg(4, 8, {"all-linear"}), 42);
+      model::Model m = test::load_fixture(family, true, lora_cfg(4, 8, {"all-linear"}), 42);
       m.config.sliding_window = 64;
       randomize_b(m, 3);
       m.training = true;
@@ -579,7 +571,7 @@ TEST(ForwardLoss, OffloadedCheckpointsEqualCheckpoints) {
   std::map<std::string, at::Tensor> want;
   double want_loss = 0;
   for (bool offload : {false, true}) {
-    model::Model m = load("llama", true, lora_cfg(4, 8, {"all-linear"}, false, 0.1), 42);
+    model::Model m = test::load_fixture("llama", true, lora_cfg(4, 8, {"all-linear"}, false, 0.1), 42);
     randomize_b(m, 3);
     m.training = true;
     m.gradient_checkpointing = true;
@@ -647,7 +639,7 @@ TEST(LoraLinear, FusedEqualsComposition) {
 }
 
 TEST(Checkpointing, EvalModeHasNoDropoutAndNoGraph) {
-  model::Model m = load("llama", true, lora_cfg(4, 8, {"all-linear"}, false, 0.5));
+  model::Model m = test::load_fixture("llama", true, lora_cfg(4, 8, {"all-linear"}, false, 0.5));
   randomize_b(m, 3);
   test::Batch b = test::make_batch(61);
   c10::NoGradGuard ng;
@@ -682,7 +674,7 @@ TEST(ChunkedCrossEntropy, EqualsFullCrossEntropy) {
 }
 
 TEST(ChunkedCrossEntropy, LossIgnoresMaskedLabelsAndCounts) {
-  model::Model m = load("qwen3", true, lora_cfg(4, 8, {"q_proj"}));
+  model::Model m = test::load_fixture("qwen3", true, lora_cfg(4, 8, {"q_proj"}));
   test::Batch b = test::make_batch(m.config.vocab_size);
   c10::NoGradGuard ng;
   at::Tensor h = m.forward(b.input_ids, b.position_ids, b.segment_ids);

@@ -25,15 +25,6 @@ config::LoraConfig init_cfg(const std::string& init, int64_t r = 4, double alpha
   return c;
 }
 
-model::Model load(const std::string& family, bool quantize, const config::LoraConfig& lc, uint64_t seed = 42) {
-  model::ModelLoadOptions o;
-  o.compute_dtype = at::kFloat;
-  o.quantize = quantize;
-  o.lora = lc;
-  o.seed = seed;
-  return model::load_model(test::model_fixtures() / family, o);
-}
-
 std::map<std::string, at::Tensor> peft_init(const std::string& family, const config::LoraConfig& c,
                                             uint64_t seed = 42) {
   const stdfs::path out = test::temp_dir() / ("peft_" + c.init_lora_weights + ".safetensors");
@@ -67,7 +58,7 @@ void expect_matches_peft(const std::string& family, const config::LoraConfig& c,
   SCOPED_TRACE(family + " init_lora_weights=" + c.init_lora_weights);
   const auto ref = peft_init(family, c);
   ASSERT_FALSE(ref.empty());
-  model::Model m = load(family, /*quantize=*/false, c);
+  model::Model m = test::load_fixture(family, /*quantize=*/false, c);
   int64_t n = 0;
   for (const model::Linear* l : m.linears()) {
     SCOPED_TRACE(l->name);
@@ -121,7 +112,7 @@ TEST(LoraInit, GaussianAndFalseEqualPeft) {
 // and the quantization error it leaves is the one LoftQ minimizes for.
 TEST(LoraInit, NF4BaseIsTheQuantizedResidual) {
   const config::LoraConfig c = init_cfg("pissa");
-  model::Model q = load("llama", true, c), f = load("llama", false, c);
+  model::Model q = test::load_fixture("llama", true, c), f = test::load_fixture("llama", false, c);
   const auto qs = q.linears(), fs = f.linears();
   ASSERT_EQ(qs.size(), fs.size());
   for (size_t i = 0; i < qs.size(); ++i) {
@@ -138,9 +129,9 @@ TEST(LoraInit, NF4BaseIsTheQuantizedResidual) {
 // inputs): LoftQ and PiSSA start closer to the 16-bit model than plain QLoRA. LoftQ's factors
 // correct the error at scaling 1 (PEFT computes them without the scaling), hence lora_alpha = r.
 TEST(LoraInit, LoftqAndPissaReduceTheQuantizationError) {
-  model::Model orig = load("llama", false, init_cfg("true"));
+  model::Model orig = test::load_fixture("llama", false, init_cfg("true"));
   auto err = [&](const std::string& init) {
-    model::Model m = load("llama", true, init_cfg(init, 8, 8, 2));
+    model::Model m = test::load_fixture("llama", true, init_cfg(init, 8, 8, 2));
     at::Generator g = at::make_generator<at::CPUGeneratorImpl>(7);
     double num = 0, den = 0;
     const auto ls = m.linears(), os = orig.linears();
@@ -161,7 +152,7 @@ TEST(LoraInit, LoftqAndPissaReduceTheQuantizationError) {
 
 TEST(LoraInit, RankAboveTheLayerIsAUserError) {
   try {
-    load("llama", true, init_cfg("pissa", 4096));
+    test::load_fixture("llama", true, init_cfg("pissa", 4096));
     FAIL() << "expected a UserError";
   } catch (const UserError& e) {
     EXPECT_NE(std::string(e.what()).find("lora_r: 4096 exceeds"), std::string::npos) << e.what();
