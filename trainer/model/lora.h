@@ -13,6 +13,7 @@
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -25,11 +26,19 @@ struct PeftAdapterConfig;
 
 namespace qlora::model {
 
+struct DoraNormCache;
+
 struct LoraAdapter {
   at::Tensor A;  // lora_A.weight [r, in], requires grad
   at::Tensor B;  // lora_B.weight [out, r], requires grad
   double scaling = 1.0;
   double dropout = 0.0;  // probability; applied to the adapter's input only while training
+  // DoRA (use_dora; lora_linear.h): lora_magnitude_vector [out] (float32, requires grad) and the
+  // frozen base's squared row norms [out] (float32). Undefined for plain LoRA.
+  at::Tensor magnitude;
+  at::Tensor base_sq_norm;
+  std::shared_ptr<DoraNormCache> norm_cache;  // ||W + scaling B A|| kept between no-grad calls
+  bool dora() const { return magnitude.defined(); }
 
   // The product with a base layer is lora_linear (lora_linear.h).
 };
