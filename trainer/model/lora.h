@@ -4,6 +4,8 @@
 //   scaling = alpha / r, or alpha / sqrt(r) with rsLoRA
 //   init: A kaiming-uniform with a = sqrt(5) (uniform in ±1/sqrt(in)), B zeros; or another of
 //   PEFT's init_lora_weights (lora_init.h)
+//   DoRA (use_dora): the output rescaled per row by a trained magnitude over ||W + scaling B A||
+//   (lora_linear.h)
 //
 // Parameters are plain tensors (requires_grad) named with PEFT's state-dict keys (io::peft_lora_key),
 // e.g. "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", so adapter export and

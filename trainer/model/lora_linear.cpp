@@ -182,24 +182,26 @@ at::Tensor dora_linear(const at::Tensor& x, const kernels::NF4Tensor* nf4, const
 
 }  // namespace
 
+// The norm with copies of the A and B it was computed from. A hit compares the values (r (in +
+// out) elements, against r in out for the norm): the optimizer writes parameters in place without
+// going through autograd's version counters, so nothing cheaper says whether they changed.
 struct DoraNormCache {
   std::mutex mu;
-  const void *a = nullptr, *b = nullptr;
-  int64_t a_version = -1, b_version = -1;
-  at::Tensor norm;
+  at::Tensor A, B, norm;
 };
 
 at::Tensor dora_weight_norm(const kernels::NF4Tensor* nf4, const at::Tensor& weight, const LoraAdapter& lora) {
   TORCH_CHECK(lora.base_sq_norm.defined(), "dora_weight_norm: the adapter is not a DoRA adapter (init_dora)");
   at::NoGradGuard no_grad;
   const at::Tensor A = lora.A.detach(), B = lora.B.detach();
-  // No graph is being built (generate, eval): the norm changes only when A or B are written.
+  // No graph is being built (generate, eval, a checkpointed block's first pass): the norm changes
+  // only when A or B do.
   DoraNormCache* cache = at::GradMode::is_enabled() ? nullptr : lora.norm_cache.get();
   std::unique_lock<std::mutex> lock;
   if (cache) {
     lock = std::unique_lock<std::mutex>(cache->mu);
-    if (cache->norm.defined() && cache->a == lora.A.unsafeGetTensorImpl() && cache->b == lora.B.unsafeGetTensorImpl() &&
-        cache->a_version == lora.A._version() && cache->b_version == lora.B._version())
+    if (cache->norm.defined() && cache->A.sizes() == A.sizes() && cache->B.sizes() == B.sizes() &&
+        cache->A.scalar_type() == A.scalar_type() && at::equal(cache->A, A) && at::equal(cache->B, B))
       return cache->norm;
   }
   // ||W_j + s (B A)_j||^2 = ||W_j||^2 + 2 s sum_i B_ji (A W^T)_ij + s^2 (B (A A^T) B^T)_jj: one
@@ -212,10 +214,8 @@ at::Tensor dora_weight_norm(const kernels::NF4Tensor* nf4, const at::Tensor& wei
   sq.add_((at::mm(B32, at::mm(A32, A32.t())) * B32).sum(1), s * s);
   at::Tensor norm = sq.clamp_min_(0).sqrt_();
   if (cache) {
-    cache->a = lora.A.unsafeGetTensorImpl();
-    cache->b = lora.B.unsafeGetTensorImpl();
-    cache->a_version = lora.A._version();
-    cache->b_version = lora.B._version();
+    cache->A = A.clone();
+    cache->B = B.clone();
     cache->norm = norm;
   }
   return norm;

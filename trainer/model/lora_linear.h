@@ -33,7 +33,8 @@
 namespace qlora::model {
 
 // DoRA's n = ||W + scaling B A|| per output row, float32 [out], no gradient. Without grad mode
-// (generate, eval) the value is kept in lora.norm_cache until A or B are written.
+// (generate, eval) the value is kept in lora.norm_cache with copies of A and B, and reused while
+// they hold the same values.
 at::Tensor dora_weight_norm(const kernels::NF4Tensor* nf4, const at::Tensor& weight, const LoraAdapter& lora);
 
 // Makes `lora` a DoRA adapter on this base (nf4, else the 16-bit weight): the base's squared row
