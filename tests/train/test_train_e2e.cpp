@@ -11,6 +11,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <tuple>
 
 #include "tests/common/harness.h"
 #include "trainer/common/fs.h"
@@ -97,14 +98,18 @@ class TrainE2E : public ::testing::Test {
 
 TEST_F(TrainE2E, ResumeGivesBitIdenticalLosses) {
   // The third run starts from PiSSA (a randomized SVD): the resumed run recomputes the same base.
-  for (const auto& [opt, init] : std::vector<std::pair<std::string, std::string>>{
-           {"paged_adamw", "true"}, {"paged_adamw_8bit", "true"}, {"paged_adamw", "pissa_niter_2"}}) {
-    SCOPED_TRACE(opt + " init_lora_weights: " + init);
+  // The fourth also trains the embedding and the output head in full (lora_modules_to_save).
+  for (const auto& [opt, init, more] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"paged_adamw", "true", ""},
+           {"paged_adamw_8bit", "true", ""},
+           {"paged_adamw", "pissa_niter_2", ""},
+           {"paged_adamw_8bit", "true", "lora_modules_to_save: [embed_tokens, lm_head]\nweight_decay: 0.01\n"}}) {
+    SCOPED_TRACE(opt + " init_lora_weights: " + init + " " + more);
     auto a = test::temp_dir("straight");
     auto b = test::temp_dir("resumed");
     // A tiny device budget: state streams through pages even on the CPU's two tiers.
-    const std::string extra =
-        "optimizer: " + opt + "\noptimizer_device_budget: 4KB\nsave_steps: 3\n" + "init_lora_weights: " + init + "\n";
+    const std::string extra = "optimizer: " + opt + "\noptimizer_device_budget: 4KB\nsave_steps: 3\n" +
+                              "init_lora_weights: " + init + "\n" + more;
     test::ProcResult ra = train(write_config(a, extra));
     ASSERT_EQ(ra.code, 0) << ra.output;
     test::ProcResult rb1 = train(write_config(b, extra), "--test-stop-after-step 4");
@@ -124,6 +129,14 @@ TEST_F(TrainE2E, ResumeGivesBitIdenticalLosses) {
     // The final adapters are identical too.
     EXPECT_EQ(fs::read_file(a / "run/checkpoints/checkpoint-000008/adapter_model.safetensors"),
               fs::read_file(b / "run/checkpoints/checkpoint-000008/adapter_model.safetensors"));
+    if (!more.empty()) {  // the full weights under PEFT's keys, named in adapter_config.json
+      const std::string ac = fs::read_file(b / "run/checkpoints/checkpoint-000008/adapter_config.json");
+      const auto j = nlohmann::json::parse(ac);
+      EXPECT_EQ(j["modules_to_save"], nlohmann::json({"model.embed_tokens", "lm_head"})) << ac;
+      const std::string st = fs::read_file(b / "run/checkpoints/checkpoint-000008/adapter_model.safetensors");
+      EXPECT_NE(st.find("\"base_model.model.model.embed_tokens.weight\""), std::string::npos);
+      EXPECT_NE(st.find("\"base_model.model.lm_head.weight\""), std::string::npos);
+    }
   }
 }
 

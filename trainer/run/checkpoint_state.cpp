@@ -207,8 +207,8 @@ void check_contents(const stdfs::path& ckpt) {
     if (!n.is_string() || n.get<std::string>().empty()) bad(oj, k + ".name: expected a tensor name");
     p.name = n.get<std::string>();
     if (!names.insert(p.name).second) bad(oj, k + ".name: \"" + shorten(p.name) + "\" appears twice");
-    if (!io::parse_peft_lora_key(p.name))
-      bad(oj, k + ".name: \"" + shorten(p.name) + "\" is not a LoRA parameter name");
+    if (!io::parse_peft_lora_key(p.name) && model::saved_module_of_key(p.name).empty())
+      bad(oj, k + ".name: \"" + shorten(p.name) + "\" is not a LoRA parameter name nor a saved module's weight");
     if (!sh.is_array() || sh.size() != 2) bad(oj, k + ".shape: expected [rows, columns]");
     for (const json& d : sh) p.shape.push_back(int_in(d, k + ".shape", oj, 1, kMaxCounter));
     if (static_cast<__int128>(p.shape[0]) * p.shape[1] > kMaxCounter) bad(oj, k + ".shape: too large");
