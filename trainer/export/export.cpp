@@ -254,16 +254,16 @@ ExportReport export_gguf(const ExportOptions& o, const run::AdapterSource& src) 
   ExportReport rep;
   rep.adapter_dir = src.dir;
   rep.dtype = o.dtype.value_or(at::kHalf);
+  if (!src.peft.modules_to_save.empty())
+    user_error((src.dir / io::kPeftConfigFile).string(),
+               ": modules_to_save: a GGUF adapter holds only LoRA pairs, not the fully trained embedding or output "
+               "head; export --format merged or --format gguf");
   rep.base_model = base_dir(o, src, /*required=*/true);
   const model::ModelConfig mc = model::read_model_config(rep.base_model);
   check_adapter_matches_base(src, mc);
   if (!src.peft.target_parameters.empty())
     user_error(adapter_file(src),
                ": target_parameters: a GGUF adapter holds no adapters on expert tensors; export --format merged");
-  if (!src.peft.modules_to_save.empty())
-    user_error((src.dir / io::kPeftConfigFile).string(),
-               ": modules_to_save: a GGUF adapter holds only LoRA pairs, not the fully trained embedding or output "
-               "head; export --format merged or --format gguf");
   check_out(o, {src.dir, rep.base_model});
   io::GgufLoraOptions g;
   // llama.cpp runs Mistral checkpoints as the llama architecture.
