@@ -304,6 +304,11 @@ def config_target_modules_match_nothing(ctx):
     return train(ctx, {"lora_target_linear": None, "lora_target_modules": "[no_such_proj]"})
 
 
+@case("config", "cfg.yaml", line("lora_modules_to_save"), "embed_tokens")
+def config_modules_to_save_not_embedding_or_head(ctx):
+    return train(ctx, {"lora_modules_to_save": "[norm]"})
+
+
 @case("config", "cfg.yaml", line("chat_template"), "template")
 def config_chat_template_does_not_parse(ctx):
     return train(ctx, {"chat_template": "'{% for m in messages %}{{ m.content }'"})
@@ -1049,6 +1054,33 @@ def generate_adapter_garbage(ctx):
     ctx.write("garbage/adapter_model.safetensors", b"\x00" * 100)
     ctx.write("garbage/adapter_config.json", "not json")
     return ["generate", "--model", ctx.fx.model, "--adapter", ctx.path("garbage"), "--prompt", "hi"]
+
+
+def peft_dir_with(ctx, edit):
+    """A plain PEFT directory: the good run's newest adapter, its adapter_config.json edited."""
+    src = os.path.join(ctx.run_dir(), "checkpoints", "checkpoint-000004")
+    for f in ("adapter_config.json", "adapter_model.safetensors"):
+        ctx.copy(os.path.join(src, f), os.path.join("peft", f))
+    edit_json(ctx.path("peft", "adapter_config.json"), edit)
+    return ctx.path("peft")
+
+
+@case("generate", "adapter_model.safetensors", "base_model.model.lm_head.weight", "missing")
+def generate_modules_to_save_weight_missing(ctx):
+    d = peft_dir_with(ctx, lambda j: j.update(modules_to_save=["lm_head"]))
+    return ["generate", "--model", ctx.fx.model, "--adapter", d, "--prompt", "hi"]
+
+
+@case("generate", "adapter_config.json", "modules_to_save", "list of module names")
+def generate_modules_to_save_not_a_list(ctx):
+    d = peft_dir_with(ctx, lambda j: j.update(modules_to_save=7))
+    return ["generate", "--model", ctx.fx.model, "--adapter", d, "--prompt", "hi"]
+
+
+@case("export", "adapter_config.json", "modules_to_save", "GGUF adapter")
+def export_gguf_adapter_with_modules_to_save(ctx):
+    d = peft_dir_with(ctx, lambda j: j.update(modules_to_save=["lm_head"]))
+    return ["export", d, "--format", "gguf-adapter", "--base-model", ctx.fx.model, "--out", ctx.path("out")]
 
 
 @case("generate", "--device", "--device", "cpu")

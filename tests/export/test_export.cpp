@@ -332,6 +332,44 @@ TEST_F(Export, LoftqExportsTheBaseItTrainedAgainst) {
   EXPECT_LT(j["merged"]["rel"].get<double>(), 1e-4);
 }
 
+// lora_modules_to_save: the trained embedding and output head travel in the PEFT layout
+// (PeftModel.from_pretrained on the base gives our logits, from the checkpoint and from the
+// export) and replace the base's in the merged model; a GGUF adapter cannot hold them.
+TEST_F(Export, ModulesToSaveLoadInPeftAndMerge) {
+  const stdfs::path d = test::temp_dir("mts");
+  train(d, "lora", {}, "lora_modules_to_save: [embed_tokens, lm_head]\n");
+  const stdfs::path run = d / "run";
+  const stdfs::path ours = our_logits(run, "mts");
+  test::ProcResult r = run_cli("export " + q(run) + " --format peft --out " + q(d / "peft"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run_cli("export " + q(run) + " --format merged --dtype fp32 --out " + q(d / "merged"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run_cli("export " + q(run) + " --format gguf-adapter --out " + q(d / "gguf"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("modules_to_save: a GGUF adapter"), std::string::npos) << r.output;
+  EXPECT_FALSE(stdfs::exists(d / "gguf"));
+  // The trained weights moved away from the base's, so the checks below can fail.
+  {
+    const io::SafetensorsFile a(d / "peft/adapter_model.safetensors");
+    const io::SafetensorsFile b(g->model / "model.safetensors");
+    EXPECT_GT((a.tensor("base_model.model.lm_head.weight").to(at::kFloat) - b.tensor("lm_head.weight").to(at::kFloat))
+                  .abs()
+                  .max()
+                  .item<double>(),
+              1e-3);
+  }
+  nlohmann::json checks = nlohmann::json::array();
+  checks.push_back(peft_check("peft", g->model, d / "peft", ours));
+  checks.push_back(peft_check("checkpoint", g->model, run / "checkpoints/checkpoint-000003", ours));
+  checks.push_back(merged_check("merged", d / "merged", ours));
+  const nlohmann::json j = judge(checks);
+  std::printf("modules_to_save judge: %s\n", j.dump().c_str());
+  ASSERT_TRUE(j.contains("peft")) << j.dump();
+  EXPECT_LT(j["peft"]["rel"].get<double>(), 1e-4);
+  EXPECT_LT(j["checkpoint"]["rel"].get<double>(), 1e-4);
+  EXPECT_LT(j["merged"]["rel"].get<double>(), 1e-4);
+}
+
 // DoRA: PEFT's DoRA on the NF4 base as bitsandbytes holds it gives our logits, from the export
 // and from the checkpoint itself; the merged export applies the magnitudes as PEFT merges them; a
 // llama.cpp adapter cannot hold them and is refused.

@@ -15,6 +15,7 @@
 #include "trainer/model/lora_linear.h"
 #include "trainer/model/model.h"
 #include "trainer/model/nf4_linear.h"
+#include "trainer/model/saved_modules.h"
 
 using namespace qlora;
 
@@ -89,11 +90,13 @@ struct PeftCase {
   int64_t ce_chunk;
   std::vector<std::string> params = {};  // lora_target_parameters
   bool dora = false;                     // use_dora
+  std::vector<std::string> modules_to_save = {};
 };
 
 void check_against_peft(const PeftCase& pc) {
   config::LoraConfig lc = lora_cfg(pc.r, pc.alpha, pc.targets, pc.rslora, 0.0, pc.params);
   lc.use_dora = pc.dora;
+  lc.modules_to_save = pc.modules_to_save;
   model::Model m = test::load_fixture(pc.family, pc.quantize, lc);
   m.training = true;
   m.gradient_checkpointing = pc.checkpointing;
@@ -105,7 +108,9 @@ void check_against_peft(const PeftCase& pc) {
 
   stdfs::path w = test::temp_dir();
   test::write_batch(b, w / "in.safetensors");
-  test::write_tensors(lora_values(m), w / "lora.safetensors");
+  std::map<std::string, at::Tensor> adapter = lora_values(m);
+  model::add_tied_saved_alias(m, adapter);
+  test::write_tensors(adapter, w / "lora.safetensors");
   std::string targets;
   for (const auto& t : pc.targets) targets += (targets.empty() ? "" : ",") + t;
   std::vector<std::string> args = {"grads",
@@ -128,6 +133,12 @@ void check_against_peft(const PeftCase& pc) {
     args.push_back("--target-parameters");
     args.push_back(p);
   }
+  if (!pc.modules_to_save.empty()) {
+    std::string p;
+    for (const auto& t : pc.modules_to_save) p += (p.empty() ? "" : ",") + t;
+    args.push_back("--modules-to-save");
+    args.push_back(p);
+  }
   if (pc.quantize) {
     test::write_tensors(m.dequantized_state_dict(at::kFloat), w / "weights.safetensors");
     args.push_back("--weights");
@@ -138,7 +149,7 @@ void check_against_peft(const PeftCase& pc) {
   auto ref = test::read_tensors(w / "grads.safetensors");
   EXPECT_NEAR(loss, ref["loss_sum"].item<double>(), 1e-4 * std::abs(loss));
   auto params = m.lora_parameters();
-  ASSERT_EQ(params.size() + 1, ref.size());  // every A and B (and DoRA magnitude), plus loss_sum
+  ASSERT_EQ(params.size() + 1, ref.size());  // every A and B (DoRA magnitude, saved module), plus loss_sum
   for (auto& p : params) {
     SCOPED_TRACE(p.name);
     ASSERT_TRUE(ref.count(p.name));
@@ -149,6 +160,57 @@ void check_against_peft(const PeftCase& pc) {
 }
 
 }  // namespace
+
+// lora_modules_to_save: the trainable copies' gradients (the embedding's from the lookup, the
+// output head's through the chunked cross-entropy) and the LoRA gradients, against PEFT's
+// ModulesToSaveWrapper on the same model.
+TEST(ModulesToSave, GradientsEqualPeftOnTiedNF4Base) {
+  // llama's fixture ties its embeddings: one copy serves both (PEFT's ensure_weight_tying)
+  check_against_peft({"llama", /*quantize=*/true, 4, 8, {"q_proj", "v_proj"}, false, false, 7, {}, {"lm_head"}});
+}
+
+TEST(ModulesToSave, GradientsEqualPeftWithCheckpointingUntied) {
+  check_against_peft({"mistral",
+                      /*quantize=*/true,
+                      2,
+                      4,
+                      {"o_proj", "down_proj"},
+                      false,
+                      /*checkpointing=*/true,
+                      5,
+                      {},
+                      {"embed_tokens", "lm_head"}});
+}
+
+TEST(ModulesToSave, GradientsEqualPeftUnchunked16Bit) {
+  check_against_peft(
+      {"qwen2", /*quantize=*/false, 2, 4, {"q_proj"}, false, false, /*ce_chunk=*/-1, {}, {"model.embed_tokens"}});
+}
+
+TEST(ModulesToSave, NamesAndTying) {
+  config::LoraConfig lc = lora_cfg(2, 4, {"q_proj"});
+  lc.modules_to_save = {"embed_tokens", "lm_head"};
+  model::Model untied = test::load_fixture("mistral", true, lc);
+  auto ps = untied.lora_parameters();
+  ASSERT_EQ(ps.size(), 2u * 2 + 2);
+  EXPECT_EQ(ps[4].name, "base_model.model.model.embed_tokens.weight");
+  EXPECT_EQ(ps[5].name, "base_model.model.lm_head.weight");
+  EXPECT_TRUE(ps[4].param.is_same(untied.embed_tokens));
+  EXPECT_TRUE(ps[5].param.is_same(untied.lm_head));
+  model::Model tied = test::load_fixture("llama", true, lc);
+  ps = tied.lora_parameters();
+  ASSERT_EQ(ps.size(), 2u * 2 + 1);  // one copy for the tied pair
+  EXPECT_EQ(ps[4].name, "base_model.model.model.embed_tokens.weight");
+  EXPECT_TRUE(tied.lm_head.is_same(tied.embed_tokens));
+  // An adapter PEFT saved with ensure_weight_tying false trains the embedding apart.
+  lc.modules_to_save = {"embed_tokens"};
+  lc.ensure_weight_tying = false;
+  model::Model apart = test::load_fixture("llama", true, lc);
+  EXPECT_FALSE(apart.lm_head.requires_grad());
+  EXPECT_FALSE(apart.lm_head.is_same(apart.embed_tokens));
+  lc.modules_to_save = {"norm"};
+  EXPECT_THROW(test::load_fixture("llama", true, lc), UserError);
+}
 
 TEST(Lora, NamesAreThoseOfPeft) {
   model::Model m = test::load_fixture("qwen3", true, lora_cfg(4, 8, {"q_proj", "down_proj"}));
@@ -798,8 +860,10 @@ TEST(ChunkedCrossEntropy, EqualsFullCrossEntropy) {
       at::Tensor w = at::randn({101, 24}).to(dt);
       at::Tensor y = at::randint(101, {37}, at::kLong);
       at::Tensor h1 = h0.clone().requires_grad_(true), h2 = h0.clone().requires_grad_(true);
-      at::Tensor a = model::chunked_cross_entropy_sum(h1, w, y, 5, softcap);
-      at::Tensor b = model::full_cross_entropy_sum(h2, w, y, softcap);
+      // a trained output head (lora_modules_to_save: lm_head) gets its gradient as well
+      at::Tensor w1 = w.clone().requires_grad_(true), w2 = w.clone().requires_grad_(true);
+      at::Tensor a = model::chunked_cross_entropy_sum(h1, w1, y, 5, softcap);
+      at::Tensor b = model::full_cross_entropy_sum(h2, w2, y, softcap);
       if (softcap > 0) {  // the cap bites
         EXPECT_GT(std::abs(b.item<double>() - model::full_cross_entropy_sum(h0, w, y).item<double>()),
                   0.1 * std::abs(b.item<double>()));
@@ -809,7 +873,14 @@ TEST(ChunkedCrossEntropy, EqualsFullCrossEntropy) {
       (a * 0.7).backward();
       (b * 0.7).backward();
       EXPECT_LE(test::rel_err(h1.grad(), h2.grad()), dt == at::kFloat ? 1e-5 : 1e-2);
+      ASSERT_TRUE(w1.grad().defined());
+      EXPECT_EQ(w1.grad().scalar_type(), dt);
+      EXPECT_LE(test::rel_err(w1.grad(), w2.grad()), dt == at::kFloat ? 1e-5 : 1e-2);
     }
+  // A frozen weight gets none.
+  at::Tensor h = at::randn({9, 8}).requires_grad_(true), w = at::randn({13, 8});
+  model::chunked_cross_entropy_sum(h, w, at::randint(13, {9}, at::kLong), 4).backward();
+  EXPECT_FALSE(w.grad().defined());
 }
 
 TEST(ChunkedCrossEntropy, LossIgnoresMaskedLabelsAndCounts) {

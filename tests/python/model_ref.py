@@ -11,9 +11,11 @@
                            state dict (our dequantized weights) into the model first. OUT: logits,
                            loss_sum, count
   grads MODEL IN OUT --lora L --r R --alpha A --targets t1,t2 [--rslora] [--weights W] [--target-parameters p1,p2]
+        [--modules-to-save m1,m2]
                            PEFT LoRA (dropout 0) with the adapter values from L; the summed CE loss over
                            IN, backward; OUT: the gradient of every lora_A/lora_B under PEFT's saved
-                           key names, and loss_sum
+                           key names (and of the modules_to_save copies under their saved keys; on tied
+                           embeddings with ensure_weight_tying), and loss_sum
   aux MODEL IN OUT --lora L --r R --alpha A --targets t1,t2 --coef C [--weights W]
                            a mixture of experts with output_router_logits on and router_aux_loss_coef C:
                            one forward of the whole batch (input_ids, attention_mask, labels) through
@@ -276,19 +278,23 @@ def cmd_logits(model, inp, out, weights):
     save_file({"logits": lg.contiguous(), "loss_sum": s.reshape(1), "count": torch.tensor([n])}, out)
 
 
-def peft_model(model, r, alpha, targets, rslora, weights, target_parameters=None, dora=False, init=True):
+def peft_model(model, r, alpha, targets, rslora, weights, target_parameters=None, modules_to_save=None,
+               dora=False, init=True):
     from peft import LoraConfig, get_peft_model
     m = load_model(model, weights)
+    # modules_to_save on tied embeddings: one trainable copy for both (ensure_weight_tying)
+    tied = bool(modules_to_save) and bool(m.config.tie_word_embeddings)
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, use_rslora=rslora,
                      bias="none", task_type="CAUSAL_LM", target_parameters=target_parameters or None,
+                     modules_to_save=modules_to_save or None, ensure_weight_tying=tied,
                      use_dora=dora, init_lora_weights=init)
     return get_peft_model(m, cfg)
 
 
 def our_key(name):
-    """PEFT's parameter name as its saved adapter names it (the adapter name dropped; DoRA's
-    magnitude saved without ".weight")."""
-    key = name.replace(".default", "")
+    """PEFT's parameter name as its saved adapter names it (the adapter name and a saved module's
+    wrapper dropped; DoRA's magnitude saved without ".weight")."""
+    key = name.replace(".modules_to_save.default", "").replace(".default", "")
     return key[:-len(".weight")] if key.endswith("lora_magnitude_vector.weight") else key
 
 
@@ -302,7 +308,8 @@ def targets_of(s):
 
 def cmd_grads(a):
     from peft import set_peft_model_state_dict, get_peft_model_state_dict
-    pm = peft_model(a.model, a.r, a.alpha, targets_of(a.targets), a.rslora, a.weights, params_of(a), a.dora)
+    mts = a.modules_to_save.split(",") if a.modules_to_save else None
+    pm = peft_model(a.model, a.r, a.alpha, targets_of(a.targets), a.rslora, a.weights, params_of(a), mts, a.dora)
     lora = load_file(a.lora)
     res = set_peft_model_state_dict(pm, lora)
     if res.unexpected_keys:
@@ -382,6 +389,7 @@ def run(argv):
     p.add_argument("--target-parameters", default="")
     p.add_argument("--dora", action="store_true")
     p.add_argument("--init", default="true")
+    p.add_argument("--modules-to-save", default="")
     a = p.parse_args(argv)
     if a.mode == "make":
         cmd_make(a.args[0])

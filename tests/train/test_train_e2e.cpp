@@ -11,6 +11,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <tuple>
 
 #include "tests/common/harness.h"
 #include "trainer/common/fs.h"
@@ -97,14 +98,14 @@ class TrainE2E : public ::testing::Test {
 
 TEST_F(TrainE2E, ResumeGivesBitIdenticalLosses) {
   // The third run starts from PiSSA (a randomized SVD): the resumed run recomputes the same base.
-  // The fourth trains DoRA magnitudes (1-D parameters, with dropout's second base product).
-  struct Case {
-    std::string opt, init, more;
-  };
-  for (const auto& [opt, init, more] : std::vector<Case>{{"paged_adamw", "true", ""},
-                                                         {"paged_adamw_8bit", "true", ""},
-                                                         {"paged_adamw", "pissa_niter_2", ""},
-                                                         {"paged_adamw", "true", "use_dora: true\n"}}) {
+  // The fourth also trains the embedding and the output head in full (lora_modules_to_save); the
+  // fifth trains DoRA magnitudes (1-D parameters, with dropout's second base product).
+  for (const auto& [opt, init, more] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"paged_adamw", "true", ""},
+           {"paged_adamw_8bit", "true", ""},
+           {"paged_adamw", "pissa_niter_2", ""},
+           {"paged_adamw_8bit", "true", "lora_modules_to_save: [embed_tokens, lm_head]\nweight_decay: 0.01\n"},
+           {"paged_adamw", "true", "use_dora: true\n"}}) {
     SCOPED_TRACE(opt + " init_lora_weights: " + init + " " + more);
     auto a = test::temp_dir("straight");
     auto b = test::temp_dir("resumed");
@@ -130,6 +131,14 @@ TEST_F(TrainE2E, ResumeGivesBitIdenticalLosses) {
     // The final adapters are identical too.
     EXPECT_EQ(fs::read_file(a / "run/checkpoints/checkpoint-000008/adapter_model.safetensors"),
               fs::read_file(b / "run/checkpoints/checkpoint-000008/adapter_model.safetensors"));
+    if (!more.empty()) {  // the full weights under PEFT's keys, named in adapter_config.json
+      const std::string ac = fs::read_file(b / "run/checkpoints/checkpoint-000008/adapter_config.json");
+      const auto j = nlohmann::json::parse(ac);
+      EXPECT_EQ(j["modules_to_save"], nlohmann::json({"model.embed_tokens", "lm_head"})) << ac;
+      const std::string st = fs::read_file(b / "run/checkpoints/checkpoint-000008/adapter_model.safetensors");
+      EXPECT_NE(st.find("\"base_model.model.model.embed_tokens.weight\""), std::string::npos);
+      EXPECT_NE(st.find("\"base_model.model.lm_head.weight\""), std::string::npos);
+    }
   }
 }
 

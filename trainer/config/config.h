@@ -38,6 +38,12 @@ struct LoraConfig {
   // lora_target_parameters: the fused expert tensors of a mixture of experts as PEFT's
   // target_parameters names them (experts.gate_up_proj, experts.down_proj; docs/formats.md §4.5).
   std::vector<std::string> target_parameters;
+  // lora_modules_to_save (PEFT's modules_to_save): the embedding and/or the output head trained in
+  // full as trainable copies (trainer/model/saved_modules.h).
+  std::vector<std::string> modules_to_save;
+  // PEFT's ensure_weight_tying: on a model with tied embeddings, one trainable copy serves as both
+  // the embedding and the output head. Always so for training; a PEFT adapter says (adapter_config.json).
+  bool ensure_weight_tying = true;
 };
 
 // overrides_of_model_config: values that replace the base model's config.json ones (Axolotl's
@@ -65,7 +71,8 @@ struct OptimizerConfig {
   // and every adapter parameter decays by loraplus_weight_decay (weight_decay does not apply).
   std::optional<double> loraplus_lr_ratio;
   double loraplus_weight_decay = 0.0;
-  std::optional<double> loraplus_lr_embedding;  // accepted for Axolotl configs; no embedding is adapted
+  std::optional<double> loraplus_lr_embedding;  // accepted for Axolotl configs; PEFT applies it to LoRA on
+                                                // embedding layers only (none here)
 };
 
 struct TrainConfig {

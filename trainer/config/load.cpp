@@ -671,6 +671,8 @@ const Schema<TrainConfig>& top_schema() {
         "lora_target_linear", [](T& c) -> bool& { return c.lora.target_linear; }, I));
     v.push_back(list_field<T>(
         "lora_target_parameters", [](T& c) -> std::vector<std::string>& { return c.lora.target_parameters; }, I));
+    v.push_back(list_field<T>(
+        "lora_modules_to_save", [](T& c) -> std::vector<std::string>& { return c.lora.modules_to_save; }, I));
     v.push_back(bool_field<T>(
         "use_rslora", [](T& c) -> bool& { return c.lora.use_rslora; }, I));
     v.push_back(with_aliases(bool_field<T>(

@@ -25,6 +25,7 @@
 #include "trainer/model/gguf_tokenizer.h"
 #include "trainer/model/lora.h"
 #include "trainer/model/lora_init.h"
+#include "trainer/model/saved_modules.h"
 #include "trainer/model/summary.h"
 #include "trainer/quant/bnb_nf4.h"
 #include "trainer/run/layout.h"
@@ -132,11 +133,30 @@ struct ModuleLora {
 std::map<std::string, ModuleLora> lora_by_module(const run::AdapterSource& src) {
   std::map<std::string, ModuleLora> m;
   for (const auto& [k, v] : src.tensors) {
+    if (!model::saved_module_of_key(k).empty()) continue;  // lora_modules_to_save: a full weight
     const io::PeftLoraKey key = io::parse_peft_lora_key(k).value();
     ModuleLora& l = m[key.module];
     (key.which == 'A' ? l.A : key.which == 'B' ? l.B : l.M) = v;
   }
   return m;
+}
+
+// The trained full weights of lora_modules_to_save under their HF names, for a merged model.
+// A tied base whose adapter trained embedding and output head apart (ensure_weight_tying false)
+// cannot be written as a tied model: refused.
+std::map<std::string, at::Tensor> saved_module_weights(const run::AdapterSource& src, const model::ModelConfig& mc) {
+  std::map<std::string, at::Tensor> out;
+  if (src.peft.modules_to_save.empty()) return out;
+  if (mc.tie_word_embeddings && !src.peft.ensure_weight_tying)
+    user_error((src.dir / io::kPeftConfigFile).string(),
+               ": modules_to_save: the base ties its embedding and output head (tie_word_embeddings) but the adapter "
+               "trained them apart (ensure_weight_tying false); a merged model cannot hold both");
+  for (const auto& [k, v] : src.tensors) {
+    const std::string module = model::saved_module_of_key(k);
+    if (module.empty() || (mc.tie_word_embeddings && module == model::kLmHeadModule)) continue;
+    out[module + ".weight"] = v;
+  }
+  return out;
 }
 
 // The stacked expert adapters (lora_target_parameters) by PEFT module path -> the [out, in] of
@@ -236,6 +256,10 @@ ExportReport export_gguf(const ExportOptions& o, const run::AdapterSource& src) 
   ExportReport rep;
   rep.adapter_dir = src.dir;
   rep.dtype = o.dtype.value_or(at::kHalf);
+  if (!src.peft.modules_to_save.empty())
+    user_error((src.dir / io::kPeftConfigFile).string(),
+               ": modules_to_save: a GGUF adapter holds only LoRA pairs, not the fully trained embedding or output "
+               "head; export --format merged or --format gguf");
   rep.base_model = base_dir(o, src, /*required=*/true);
   const model::ModelConfig mc = model::read_model_config(rep.base_model);
   check_adapter_matches_base(src, mc);
@@ -410,7 +434,7 @@ class MergedWriter {
       const OutTensor& t = *order[i];
       // adapted linears merged in fp32; everything else as stored (a view of the mapped file),
       // converted by the writer slice by slice
-      at::Tensor out = t.module.empty() ? ts_->tensor(t.name) : produce(t);
+      at::Tensor out = t.module.empty() && !saved_.count(t.name) ? ts_->tensor(t.name) : produce(t);
       if (arch == "llama" && t.name.find(".self_attn.q_proj.") != std::string::npos)
         out = io::gguf_permute_rows(out, mc_.num_attention_heads);
       if (arch == "llama" && t.name.find(".self_attn.k_proj.") != std::string::npos)
@@ -474,6 +498,7 @@ class MergedWriter {
     dtype_ = rep.dtype;
     scaling_ = model::lora_scaling(model::to_lora_config(src_.peft));
     if (!base_only_) lora_ = lora_by_module(src_);
+    if (!base_only_) saved_ = saved_module_weights(src_, mc_);
     // PiSSA / OLoRA / LoftQ trained on a base they computed: recompute it as the loader did.
     inits_ = model::replay_lora_init(base_, init_config(src_), init_seed(src_));
     requantize_inits_ = hold.nf4 && o_.merge_into == "dequant";
@@ -507,6 +532,7 @@ class MergedWriter {
   // The output tensor in dtype_: a copy for everything but adapted linears, which get
   // W + scaling * B @ A computed in fp32 (W as chosen by --merge-into).
   at::Tensor produce(const OutTensor& t) {
+    if (const auto s = saved_.find(t.name); s != saved_.end()) return s->second.to(dtype_);
     if (t.module.empty()) return ts_->tensor(t.name).to(dtype_);
     at::Tensor w;
     const auto init = inits_.find(t.module);
@@ -635,6 +661,7 @@ class MergedWriter {
   int64_t blocksize_ = 64;
   bool double_quant_ = true;
   int64_t merged_ = 0;
+  std::map<std::string, at::Tensor> saved_;  // lora_modules_to_save: HF name -> trained weight
 };
 
 }  // namespace
@@ -650,6 +677,35 @@ at::ScalarType parse_export_dtype(const std::string& s, const std::string& what)
   user_error(what, ": expected bf16, fp16 or fp32, got \"", s, "\"");
 }
 
+namespace {
+
+// lora_modules_to_save: each module adapter_config.json names has its full weight [vocab, hidden]
+// in the file, and the file holds no other.
+void check_saved_modules(const run::AdapterSource& src, const model::ModelConfig& mc) {
+  const std::string file = adapter_file(src);
+  model::SavedModules want;
+  try {
+    want = model::resolve_modules_to_save(src.peft.modules_to_save, mc, src.peft.ensure_weight_tying);
+  } catch (const UserError& e) { user_error((src.dir / io::kPeftConfigFile).string(), ": ", e.what()); }
+  for (const bool embed : {true, false}) {
+    const std::string k = model::saved_module_key(embed ? model::kEmbedModule : model::kLmHeadModule);
+    const bool wanted = embed ? want.embed : want.lm_head;
+    const auto it = src.tensors.find(k);
+    if (it == src.tensors.end()) {
+      if (wanted) user_error(file, ": ", k, ": missing (adapter_config.json lists it in modules_to_save)");
+      continue;
+    }
+    if (!wanted && !(want.tied && !embed))
+      user_error(file, ": ", k, ": a full weight adapter_config.json's modules_to_save does not list");
+    const std::vector<int64_t> shape = {mc.vocab_size, mc.hidden_size};
+    if (it->second.sizes().vec() != shape)
+      user_error(file, ": ", k, ": shape ", it->second.sizes(), ", but the base (", mc.path.string(), ") needs ",
+                 at::IntArrayRef(shape), " (an adapter made for another base model?)");
+  }
+}
+
+}  // namespace
+
 void check_adapter_matches_base(const run::AdapterSource& src, const model::ModelConfig& mc) {
   const std::string file = adapter_file(src);
   const std::string base = mc.path.string();
@@ -663,7 +719,9 @@ void check_adapter_matches_base(const run::AdapterSource& src, const model::Mode
     ranks[module] = src.peft.r * mc.num_experts;
   }
   std::set<std::string> have_a, have_b, have_m;
+  check_saved_modules(src, mc);
   for (const auto& [k, v] : src.tensors) {
+    if (!model::saved_module_of_key(k).empty()) continue;  // checked above
     const std::optional<io::PeftLoraKey> key = io::parse_peft_lora_key(k);
     if (!key)
       user_error(file, ": ", k,
@@ -721,6 +779,7 @@ run::AdapterSource converted_to_plain_lora(const run::AdapterSource& src, const 
       model::replay_lora_init(base, init_config(src), init_seed(src));
   run::AdapterSource out = src;
   for (auto& [key, t] : out.tensors) {
+    if (!model::saved_module_of_key(key).empty()) continue;  // a full weight (lora_modules_to_save)
     const io::PeftLoraKey k = io::parse_peft_lora_key(key).value();
     const auto it = inits.find(k.module);
     if (it == inits.end())

@@ -40,6 +40,24 @@ std::optional<PeftLoraKey> parse_peft_lora_key(std::string_view key) {
 
 bool is_dora_magnitude_key(std::string_view key) { return key.ends_with(kSuffixM); }
 
+namespace {
+// modules_to_save (a list of module names, or null) and ensure_weight_tying.
+void read_modules_to_save(const nlohmann::json& j, const std::string& p, PeftAdapterConfig& c) {
+  if (j.contains("modules_to_save") && !j["modules_to_save"].is_null()) {
+    const auto& m = j["modules_to_save"];
+    if (!m.is_array()) user_error(p, ": modules_to_save: expected a list of module names");
+    for (const auto& e : m) {
+      if (!e.is_string()) user_error(p, ": modules_to_save: expected a list of module names");
+      c.modules_to_save.push_back(e.get<std::string>());
+    }
+  }
+  if (j.contains("ensure_weight_tying") && !j["ensure_weight_tying"].is_null()) {
+    if (!j["ensure_weight_tying"].is_boolean()) user_error(p, ": ensure_weight_tying: expected true or false");
+    c.ensure_weight_tying = j["ensure_weight_tying"].get<bool>();
+  }
+}
+}  // namespace
+
 std::string peft_adapter_config_json(const PeftAdapterConfig& c) {
   nlohmann::ordered_json j;
   j["alpha_pattern"] = nlohmann::json::object();
@@ -57,7 +75,8 @@ std::string peft_adapter_config_json(const PeftAdapterConfig& c) {
   j["layers_to_transform"] = nullptr;
   j["lora_alpha"] = c.lora_alpha;
   j["lora_dropout"] = c.lora_dropout;
-  j["modules_to_save"] = nullptr;
+  j["modules_to_save"] = c.modules_to_save.empty() ? nlohmann::json(nullptr) : nlohmann::json(c.modules_to_save);
+  if (!c.modules_to_save.empty()) j["ensure_weight_tying"] = c.ensure_weight_tying;
   j["peft_type"] = "LORA";
   j["r"] = c.r;
   j["rank_pattern"] = nlohmann::json::object();
@@ -95,8 +114,6 @@ PeftAdapterConfig read_peft_adapter_config(const std::filesystem::path& dir) {
   };
   if (str("peft_type", "LORA") != "LORA")
     user_error(p, ": peft_type: only LORA adapters are supported, got ", shorten(str("peft_type", "")));
-  if (j.contains("modules_to_save") && !j["modules_to_save"].is_null() && !j["modules_to_save"].empty())
-    user_error(p, ": modules_to_save: adapters that also train full modules are not supported");
   for (const char* k : {"rank_pattern", "alpha_pattern"})
     if (j.contains(k) && j[k].is_object() && !j[k].empty())
       user_error(p, ": ", k, ": per-module ranks are not supported");
@@ -160,6 +177,7 @@ PeftAdapterConfig read_peft_adapter_config(const std::filesystem::path& dir) {
       c.target_parameters.push_back(e.get<std::string>());
     }
   }
+  read_modules_to_save(j, p, c);
   return c;
 }
 

@@ -45,6 +45,12 @@ struct PeftAdapterConfig {
   // Expert tensors of a mixture of experts (experts.gate_up_proj, experts.down_proj); null in the
   // file when empty.
   std::vector<std::string> target_parameters;
+  // modules_to_save: modules trained in full, their weights saved as "base_model.model.<module>.weight"
+  // (the embedding and the output head only: trainer/model/saved_modules.h); null in the file when
+  // empty. ensure_weight_tying: one copy serves a tied embedding and output head (written with
+  // modules_to_save only).
+  std::vector<std::string> modules_to_save;
+  bool ensure_weight_tying = false;
 };
 
 // adapter_config.json text as PEFT writes it (peft_type LORA, task_type CAUSAL_LM, bias none,
@@ -52,7 +58,7 @@ struct PeftAdapterConfig {
 std::string peft_adapter_config_json(const PeftAdapterConfig& c);
 
 // Reads DIR/adapter_config.json; UserError naming the file and key for anything we cannot use
-// (peft_type other than LORA, modules_to_save, rank_pattern/alpha_pattern entries).
+// (peft_type other than LORA, rank_pattern/alpha_pattern entries).
 PeftAdapterConfig read_peft_adapter_config(const std::filesystem::path& dir);
 
 // Writes adapter_config.json and adapter_model.safetensors (tensors cast to `dtype`, DoRA

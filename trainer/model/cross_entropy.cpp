@@ -19,7 +19,6 @@ at::Tensor chunk_logits(const at::Tensor& hidden, const at::Tensor& weight, doub
 struct ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntropy> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
                             const at::Tensor& targets, int64_t chunk, double softcap) {
-    TORCH_CHECK(!weight.requires_grad(), "chunked_cross_entropy_sum: the output weight must be frozen");
     const int64_t n = hidden.size(0);
     at::Tensor total = at::zeros({}, hidden.options().dtype(at::kFloat));
     for (int64_t s = 0; s < n; s += chunk) {
@@ -44,6 +43,9 @@ struct ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntrop
     const double softcap = ctx->saved_data["softcap"].toDouble();
     at::Tensor g = grad_outputs[0].to(at::kFloat);
     at::Tensor dh = at::empty_like(hidden);
+    // The output weight's gradient (a trainable lm_head): the chunks' products summed in fp32.
+    const bool want_dw = ctx->needs_input_grad(1);
+    at::Tensor dw = want_dw ? at::zeros(weight.sizes(), weight.options().dtype(at::kFloat)) : at::Tensor();
     const int64_t n = hidden.size(0);
     for (int64_t s = 0; s < n; s += chunk) {
       const int64_t e = std::min(n, s + chunk);
@@ -60,9 +62,11 @@ struct ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntrop
       p.scatter_add_(1, y, at::full(y.sizes(), -1.0, p.options()));
       if (softcap > 0) p.mul_(1 - t.square_());  // d(c tanh(l / c))/dl = 1 - tanh²
       p.mul_(g);
-      dh.slice(0, s, e).copy_(at::matmul(p.to(hidden.scalar_type()), weight));
+      const at::Tensor pc = p.to(hidden.scalar_type());
+      dh.slice(0, s, e).copy_(at::matmul(pc, weight));
+      if (want_dw) dw.add_(at::matmul(pc.t(), hidden.slice(0, s, e)));
     }
-    return {dh, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dh, want_dw ? dw.to(weight.scalar_type()) : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 

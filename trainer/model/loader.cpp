@@ -15,6 +15,7 @@
 #include "trainer/model/lora_linear.h"
 #include "trainer/model/model.h"
 #include "trainer/model/rope.h"
+#include "trainer/model/saved_modules.h"
 #include "trainer/quant/bnb_nf4.h"
 
 namespace qlora::model {
@@ -113,6 +114,8 @@ class Loader {
     if (c.rope_local) m.inv_freq_local = rope_inv_freq(*c.rope_local, c.head_dim).to(m.device);
     // A CPU generator on every device: it draws one seed per dropout call (lora.h).
     m.dropout_generator = at::make_generator<at::CPUGeneratorImpl>(opts_.seed + 1);
+    if (opts_.lora && !opts_.lora->modules_to_save.empty())
+      make_saved_modules(m, resolve_modules_to_save(opts_.lora->modules_to_save, c, opts_.lora->ensure_weight_tying));
     return m;
   }
 

@@ -16,6 +16,7 @@
 #include "trainer/model/lora_linear.h"
 #include "trainer/model/nf4_linear.h"
 #include "trainer/model/rope.h"
+#include "trainer/model/saved_modules.h"
 
 namespace qlora::model {
 
@@ -35,8 +36,11 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, const ModelConfig&
 }
 
 // Token embeddings; Gemma multiplies them by sqrt(hidden_size) cast to the compute dtype first.
+// pad_token_id is transformers' padding_idx: a trained embedding (lora_modules_to_save) gets no
+// gradient for that row.
 at::Tensor embed(const Model& m, const at::Tensor& ids) {
-  at::Tensor x = at::embedding(m.embed_tokens, ids);
+  const int64_t pad = m.config.pad_token_id.value_or(-1);
+  at::Tensor x = at::embedding(m.embed_tokens, ids, pad >= 0 && pad < m.embed_tokens.size(0) ? pad : -1);
   if (!m.config.gemma) return x;
   const double scale = std::sqrt(static_cast<double>(m.config.hidden_size));
   return x * at::scalar_tensor(scale, at::TensorOptions().dtype(at::kFloat)).to(x.scalar_type()).to(x.device());
@@ -721,6 +725,7 @@ std::vector<NamedParameter> Model::lora_parameters() const {
       out.push_back({io::peft_lora_key(L.experts_down_module, 'B'), L.experts_down_lora->B});
     }
   }
+  append_saved_module_parameters(*this, out);
   return out;
 }
 
@@ -728,6 +733,7 @@ void Model::load_lora_weights(const std::map<std::string, at::Tensor>& values, c
   std::map<std::string, at::Tensor> mine;
   for (auto& p : lora_parameters()) mine[p.name] = p.param;
   for (const auto& [k, v] : values) {
+    if (is_tied_saved_alias(*this, k, v, source)) continue;
     auto it = mine.find(k);
     if (it == mine.end())
       user_error(source, ": ", k, ": not a LoRA tensor of this model (wrong target modules or rank?)");

@@ -193,9 +193,10 @@ class Model {
   // with packing, label the first token of each sample -100). Chunked: see cross_entropy.h.
   LossSum loss(const at::Tensor& hidden, const at::Tensor& labels) const;
 
-  // The trainable LoRA tensors with their PEFT state-dict keys, in module order (A then B).
+  // The trainable LoRA tensors with their PEFT state-dict keys, in module order (A then B), then
+  // the trainable copies of lora_modules_to_save (saved_modules.h).
   std::vector<NamedParameter> lora_parameters() const;
-  // Copies values into the LoRA tensors (cast to their dtype/device). UserError naming `source`
+  // Copies values into the LoRA tensors (and saved modules) (cast to their dtype/device). UserError naming `source`
   // for a missing or unknown key or a shape mismatch; with strict=false, keys may be missing.
   void load_lora_weights(const std::map<std::string, at::Tensor>& values, const std::string& source,
                          bool strict = true);

@@ -69,7 +69,9 @@ model::ModelLoadOptions adapter_load_options(const AdapterSource& src, c10::Devi
   if (src.train) o = model::ModelLoadOptions::from_train_config(*src.train, device);
   o.device = device;
   o.lora = model::to_lora_config(src.peft);
-  o.lora->dropout = 0;  // inference only
+  o.lora->dropout = 0;                                 // inference only
+  o.lora->modules_to_save = src.peft.modules_to_save;  // the embedding / output head trained in full
+  o.lora->ensure_weight_tying = src.peft.ensure_weight_tying;
   if (src.train) {
     o.lora->adapter = src.train->lora.adapter;
     // PiSSA / OLoRA / LoftQ changed the base the adapter was trained on: load_model recomputes it.

@@ -19,6 +19,7 @@
 #include "trainer/io/peft.h"
 #include "trainer/io/safetensors.h"
 #include "trainer/model/model.h"
+#include "trainer/model/saved_modules.h"
 #include "trainer/optim/adamw.h"
 #include "trainer/run/checkpoint.h"
 #include "trainer/run/layout.h"
@@ -207,10 +208,11 @@ void check_contents(const stdfs::path& ckpt) {
     if (!n.is_string() || n.get<std::string>().empty()) bad(oj, k + ".name: expected a tensor name");
     p.name = n.get<std::string>();
     if (!names.insert(p.name).second) bad(oj, k + ".name: \"" + shorten(p.name) + "\" appears twice");
-    if (!io::parse_peft_lora_key(p.name))
-      bad(oj, k + ".name: \"" + shorten(p.name) + "\" is not a LoRA parameter name");
-    // LoRA matrices are [rows, columns]; DoRA's magnitudes [rows].
-    const size_t dims = io::parse_peft_lora_key(p.name)->which == 'M' ? 1 : 2;
+    if (!io::parse_peft_lora_key(p.name) && model::saved_module_of_key(p.name).empty())
+      bad(oj, k + ".name: \"" + shorten(p.name) + "\" is not a LoRA parameter name nor a saved module's weight");
+    // LoRA matrices and saved modules are [rows, columns]; DoRA's magnitudes [rows].
+    const auto lk = io::parse_peft_lora_key(p.name);
+    const size_t dims = lk && lk->which == 'M' ? 1 : 2;
     if (!sh.is_array() || sh.size() != dims)
       bad(oj, k + (dims == 2 ? ".shape: expected [rows, columns]" : ".shape: expected [rows]"));
     for (const json& d : sh) p.shape.push_back(int_in(d, k + ".shape", oj, 1, kMaxCounter));
@@ -256,7 +258,18 @@ void check_contents(const stdfs::path& ckpt) {
   const io::SafetensorsFile af(ckpt / kAdapterWeightsFile);
   for (const OptParam& p : params) {
     const at::Tensor t = expect_tensor(af, p.name, at::kFloat, p.shape);
-    const io::PeftLoraKey key = *io::parse_peft_lora_key(p.name);
+    if (!model::saved_module_of_key(p.name).empty()) {  // lora_modules_to_save: a full weight
+      const std::string module = model::saved_module_of_key(p.name);
+      const auto& ms = pc.modules_to_save;
+      if (std::find(ms.begin(), ms.end(), module) == ms.end())
+        bad(af.path(), p.name + ": module " + module + " is not among " + kAdapterConfigFile + "'s modules_to_save");
+      if (!at::equal(t, masters.at(p.name)))
+        bad(af.path(), p.name + ": differs from the optimizer's master weight in " + kOptimizerTensorsFile);
+      continue;
+    }
+    const std::optional<io::PeftLoraKey> parsed = io::parse_peft_lora_key(p.name);
+    if (!parsed) bad(af.path(), p.name + ": neither a LoRA tensor nor a saved module's weight");
+    const io::PeftLoraKey key = *parsed;
     // The stacked expert adapters (target_parameters) hold r per expert.
     const bool expert = !pc.target_parameters.empty() &&
                         (key.module.ends_with(".mlp.experts") || key.module.ends_with(".mlp.experts.base_layer"));
@@ -275,7 +288,16 @@ void check_contents(const stdfs::path& ckpt) {
     if (!at::equal(t, masters.at(p.name)))
       bad(af.path(), p.name + ": differs from the optimizer's master weight in " + kOptimizerTensorsFile);
   }
-  no_extra_tensors(af, names);
+  // A tied embedding trained as one copy is saved under lm_head's key as well, as PEFT saves it.
+  std::set<std::string> adapter_names = names;
+  const std::string embed_key = model::saved_module_key(model::kEmbedModule);
+  const std::string head_key = model::saved_module_key(model::kLmHeadModule);
+  if (pc.ensure_weight_tying && names.count(embed_key) && !names.count(head_key) && af.contains(head_key)) {
+    if (!at::equal(af.tensor(head_key), masters.at(embed_key)))
+      bad(af.path(), head_key + ": differs from " + embed_key + " (tied, ensure_weight_tying)");
+    adapter_names.insert(head_key);
+  }
+  no_extra_tensors(af, adapter_names);
 
   // rng_state.safetensors: two CPU generator states.
   const io::SafetensorsFile rf(ckpt / kRngStateFile);
@@ -299,6 +321,7 @@ stdfs::path write_checkpoint(const stdfs::path& checkpoints_dir, const config::T
   // Adapter: the fp32 masters under PEFT keys, loadable by PEFT as it is.
   std::map<std::string, at::Tensor> adapter;
   for (size_t i = 0; i < opt.size(); ++i) adapter[opt.name(i)] = opt.master(i);
+  model::add_tied_saved_alias(m, adapter);
   io::PeftAdapterConfig pc;
   pc.base_model_name_or_path = cfg.base_model;
   pc.r = cfg.lora.r;
@@ -312,6 +335,8 @@ stdfs::path write_checkpoint(const stdfs::path& checkpoints_dir, const config::T
   pc.loftq_iter = cfg.lora.loftq_iter;
   pc.target_modules = m.lora_target_modules();
   pc.target_parameters = m.lora_target_parameters;
+  pc.modules_to_save = model::saved_module_names(m);
+  pc.ensure_weight_tying = m.config.tie_word_embeddings && m.lm_head.is_same(m.embed_tokens);
   io::write_peft_adapter(w.path(), pc, adapter, at::kFloat);
   // Optimizer state.
   optim::OptimizerState os = opt.state_dict();

@@ -14,6 +14,7 @@
 #include "trainer/common/memory.h"
 #include "trainer/model/cross_entropy.h"
 #include "trainer/model/lora.h"
+#include "trainer/model/saved_modules.h"
 
 namespace qlora::train {
 
@@ -129,6 +130,11 @@ MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::Mode
     const model::ExpertTargets t = model::resolve_expert_targets(cfg.lora, mc);
     const double rE = r * static_cast<double>(mc.num_experts), Im = static_cast<double>(mc.moe_intermediate_size);
     lora_params += L * rE * ((t.gate_up ? H + 2 * Im : 0) + (t.down ? Im + H : 0));
+  }
+  {  // lora_modules_to_save: full [vocab, hidden] copies, trained like the LoRA tensors
+    const model::SavedModules sm =
+        model::resolve_modules_to_save(cfg.lora.modules_to_save, mc, cfg.lora.ensure_weight_tying);
+    lora_params += V * H * ((sm.embed ? 1 : 0) + (sm.lm_head ? 1 : 0));
   }
   e.weights = to_bytes(weights);
   e.transient = to_bytes(2 * 4 * std::max(largest, nf4 ? 0.0 : V * H));

@@ -36,6 +36,7 @@
 #include "trainer/model/generate.h"
 #include "trainer/model/gguf_tokenizer.h"
 #include "trainer/model/model.h"
+#include "trainer/model/saved_modules.h"
 #include "trainer/optim/adamw.h"
 #include "trainer/optim/grad.h"
 #include "trainer/optim/schedule.h"
@@ -305,7 +306,7 @@ void setup_model(Session& s) {
   int64_t trainable = 0;
   for (const auto& p : s.params) trainable += p.param.numel();
   std::printf(
-      "model: %s, %lld layers, %s on %s in %s (%s frozen base, %s), %lld trainable LoRA parameters; loaded in %.1fs\n",
+      "model: %s, %lld layers, %s on %s in %s (%s frozen base, %s), %lld trainable parameters; loaded in %.1fs\n",
       s.m.config.model_type.c_str(), static_cast<long long>(s.m.layers.size()), cfg.base_model.c_str(),
       s.device.str().c_str(), c10::toString(s.m.compute_dtype),
       fs::format_bytes(static_cast<uint64_t>(s.m.base_nbytes())).c_str(),
@@ -356,6 +357,7 @@ void check_against_model(Session& s) {
   const model::ModelConfig mc = model::read_model_config(cfg.base_model);
   located(cfg, [&] {
     model::resolve_lora_targets(cfg.lora, mc);
+    model::resolve_modules_to_save(cfg.lora.modules_to_save, mc, cfg.lora.ensure_weight_tying);
     return 0;
   });
   check_shapes(cfg, mc);
