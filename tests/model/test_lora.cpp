@@ -89,8 +89,8 @@ struct PeftCase {
   bool checkpointing;
   int64_t ce_chunk;
   std::vector<std::string> params = {};  // lora_target_parameters
-  bool dora = false;                     // use_dora
   std::vector<std::string> modules_to_save = {};
+  bool dora = false;  // use_dora
 };
 
 void check_against_peft(const PeftCase& pc) {
@@ -293,12 +293,14 @@ TEST(Lora, GradientsEqualPeftOnPhi3FusedProjections) {
 // the same NF4 base (PEFT given its dequantized weights), with checkpointing and chunked loss, on
 // a family with biases (qwen2) and on a 16-bit base with rsLoRA.
 TEST(Lora, DoraGradientsEqualPeftOnNF4Base) {
-  check_against_peft({"llama", /*quantize=*/true, 4, 8, {"all-linear"}, false, false, 7, {}, /*dora=*/true});
-  check_against_peft({"qwen2", /*quantize=*/true, 4, 16, {"all-linear"}, false, /*checkpointing=*/true, 5, {}, true});
+  check_against_peft({"llama", /*quantize=*/true, 4, 8, {"all-linear"}, false, false, 7, {}, {}, /*dora=*/true});
+  check_against_peft(
+      {"qwen2", /*quantize=*/true, 4, 16, {"all-linear"}, false, /*checkpointing=*/true, 5, {}, {}, true});
 }
 
 TEST(Lora, DoraGradientsEqualPeftOn16BitBaseWithRsLora) {
-  check_against_peft({"qwen3", /*quantize=*/false, 3, 5, {"q_proj", "v_proj", "down_proj"}, true, false, 0, {}, true});
+  check_against_peft(
+      {"qwen3", /*quantize=*/false, 3, 5, {"q_proj", "v_proj", "down_proj"}, true, false, 0, {}, {}, true});
 }
 
 // The magnitude PEFT initializes is ||W + scaling B A|| per row of the dequantized NF4 base: with
