@@ -5,9 +5,9 @@
                   post-processor, pad token, EOS)
   DIR/train.jsonl alpaca records of a toy task (reverse a short word), DIR/eval.jsonl held out
 
-usage: train_fixture.py DIR [ARCH]   ARCH: llama (default), phi3 (Phi3ForCausalLM: fused qkv_proj and
-                                    gate_up_proj, partial rotary, longrope) or mixtral (4 experts, 2 per
-                                    token), same sizes and tokenizer
+usage: train_fixture.py DIR [ARCH]   ARCH: llama (default), llama_tied (tied embeddings), phi3
+                                    (Phi3ForCausalLM: fused qkv_proj and gate_up_proj, partial rotary,
+                                    longrope) or mixtral (4 experts, 2 per token), same sizes and tokenizer
 """
 import json, os, random, sys
 
@@ -57,6 +57,8 @@ common = dict(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size
               pad_token_id=tok.token_to_id("<pad>"), tie_word_embeddings=False)
 if arch == "llama":
     model = tf.LlamaForCausalLM(tf.LlamaConfig(**common))
+elif arch == "llama_tied":
+    model = tf.LlamaForCausalLM(tf.LlamaConfig(**dict(common, tie_word_embeddings=True)))
 elif arch == "phi3":
     model = tf.Phi3ForCausalLM(tf.Phi3Config(**common, original_max_position_embeddings=32, partial_rotary_factor=0.5,
                                              rope_scaling={"rope_type": "longrope",

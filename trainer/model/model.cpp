@@ -744,7 +744,8 @@ void Model::load_lora_weights(const std::map<std::string, at::Tensor>& values, c
     for (const auto& [k, p] : mine)
       if (!values.count(k)) user_error(source, ": ", k, ": missing");
   c10::NoGradGuard no_grad;
-  for (const auto& [k, v] : values) mine[k].copy_(v);
+  for (const auto& [k, v] : values)
+    if (const auto it = mine.find(k); it != mine.end()) it->second.copy_(v);  // not a tied saved alias
 }
 
 std::vector<std::string> Model::lora_target_modules() const {
