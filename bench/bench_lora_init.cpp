@@ -1,7 +1,8 @@
 // LoRA initialisations and DoRA side by side on two CPU tasks: how far the quantized model starts
 // from the 16-bit one, and where training gets in a fixed number of steps.
 //
-//   build/bench/bench_lora_init [--steps N] [--out FILE]   (default 60, bench/results/lora_init.json)
+//   build/bench/bench_lora_init [--steps N] [--out FILE] [--methods a,b]
+//   (defaults: 60 steps, bench/results/lora_init.json, every method below)
 //
 // Tasks, both on the demo's base model (data/demo/model, pretrained by data/demo/recipe/):
 //   demo  configs/demo.yaml's data (ISO <-> words); every method ends near an eval loss of 0.
@@ -187,13 +188,19 @@ json train_run(const Run& r, const Task& t, int seed, int steps, const stdfs::pa
 int main(int argc, char** argv) {
   int steps = 60;
   stdfs::path out = kSource / "bench/results/lora_init.json";
+  std::string methods = "qlora,loftq,pissa,dora,lora_16bit";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--steps" && i + 1 < argc)
       steps = std::atoi(argv[++i]);
     else if (a == "--out" && i + 1 < argc)
       out = argv[++i];
+    else if (a == "--methods" && i + 1 < argc)
+      methods = argv[++i];
   }
+  const auto wanted = [&](const std::string& m) {
+    return ("," + methods + ",").find("," + m + ",") != std::string::npos;
+  };
   const stdfs::path work = stdfs::temp_directory_path() / "qlora_bench_lora_init";
   stdfs::create_directories(work / "demo");
   stdfs::create_directories(work / "hard");
@@ -220,6 +227,7 @@ int main(int argc, char** argv) {
   model::Model ref = load({"ref", "lora", "true", false, 32});
   json res;
   for (const Run& r : runs) {
+    if (!wanted(r.method)) continue;
     json s;
     s["method"] = r.method;
     s["adapter"] = r.adapter;
