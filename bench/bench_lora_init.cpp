@@ -2,7 +2,8 @@
 // from the 16-bit one, and where training gets in a fixed number of steps.
 //
 //   build/bench/bench_lora_init [--steps N] [--out FILE] [--methods a,b]
-//   (defaults: 60 steps, bench/results/lora_init.json, every method below)
+//   (defaults: 60 steps, bench/results/lora_init.json, every method below; about 7 minutes on
+//   2 threads)
 //
 // Tasks, both on the demo's base model (data/demo/model, pretrained by data/demo/recipe/):
 //   demo  configs/demo.yaml's data (ISO <-> words); every method ends near an eval loss of 0.
@@ -22,12 +23,13 @@
 // each at two scalings, lora_alpha 16 = r (scaling 1) and the demo's 32 (scaling 2). LoftQ's
 // factors cancel the quantization error only at scaling 1 (PEFT computes them so and does not
 // rescale them), so alpha 16 is the comparison at equal scaling for every method; at alpha 32
-// LoftQ starts further from the 16-bit model than plain QLoRA does.
+// LoftQ applies its correction twice over and starts about as far from the 16-bit model as plain
+// QLoRA (the warning qlora prints then).
 //
 // Step 0 error (this process, on the demo model with each run's init, before any training):
 //   layer  sum over linears of ||x W'^T - x W^T||_F / sum ||x W^T||_F, x Gaussian [64, in],
-//          W' = dequant(NF4 base) + scaling * B A (DoRA: m / ||W0 + s B A||_row * (W0 + s B A),
-//          which at init is W0 + s B A), W the 16-bit weight;
+//          W' = W0 + scaling * B A, W0 = dequant(NF4 base) (DoRA: m / ||W0 + s B A||_row * (W0 + s B A)
+//          with the model's magnitude vector m, which at init is W0 + s B A), W the 16-bit weight;
 //   logits ||logits' - logits||_F / ||logits||_F on 8 random sequences of 48 tokens.
 // From each run (metrics.jsonl): eval loss at step 0 and after N steps, greedy exact match after
 // N steps, median step time, peak RSS (the largest memory_bytes the run logged); all of seed 42
