@@ -50,6 +50,11 @@ at::Tensor nf4_absmax(const NF4Tensor& w) {
   return cpu::nf4_absmax_cpu(w.to(at::kCPU)).to(w.device());
 }
 
+at::Tensor nf4_row_sq_norms(const NF4Tensor& w) {
+  if (w.device().is_cpu()) return cpu::nf4_row_sq_norms_cpu(w);
+  return cpu::nf4_row_sq_norms_cpu(w.to(at::kCPU)).to(w.device());
+}
+
 at::Tensor nf4_dequantize(const NF4Tensor& w, at::ScalarType dtype) {
   profile::Scope prof(profile::Part::dequantize);
   if (w.device().is_cpu()) return cpu::nf4_dequantize_cpu(w, dtype);

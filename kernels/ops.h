@@ -36,6 +36,12 @@ NF4Tensor nf4_quantize(const at::Tensor& w, int64_t blocksize = 64, bool double_
 // when present.
 at::Tensor nf4_absmax(const NF4Tensor& w);
 
+// float32 [rows]: the squared L2 norm of each row of the dequantized weight viewed as [rows, cols]
+// (cols = the last dimension), summed in double, one row's dequantized values at a time (no
+// dequantized copy of the weight). On CUDA the statistics and codes are read on the CPU (a
+// load-time operation, like nf4_absmax).
+at::Tensor nf4_row_sq_norms(const NF4Tensor& w);
+
 // Dequantizes to `dtype` (float32, bfloat16 or float16) with the logical shape.
 at::Tensor nf4_dequantize(const NF4Tensor& w, at::ScalarType dtype);
 

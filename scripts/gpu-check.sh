@@ -18,7 +18,7 @@
 #                                        shapes (tests/gpu_check_dry_run runs this)
 #   scripts/gpu-check.sh --kernels-only  only the source build of the kernel tests and bench_gpu
 #   --only STEP,...                      only these steps of scripts/gpu_check.py, e.g. a first call
-#                                        with gpu_tests,cpu_isa,demo,resume,offload,export and a
+#                                        with gpu_tests,cpu_isa,demo,resume,offload,dora,export and a
 #                                        second with bench_e2e and the whole budget
 # Env: OUT (default <work>/out), QLORA_GPU_WORK (default /tmp/qlora-gpu-check), QLORA_GPU_BUDGET_S
 #      (seconds for every step together; default 480, 400 for --dry-run), QLORA_GPU_PYTHON

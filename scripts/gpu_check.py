@@ -340,6 +340,31 @@ def step_offload(c):
              **({} if ok else {"log_tail": tail}))
 
 
+def step_dora(c):
+    """use_dora on the device against the CPU in bf16: DoRA's norm and its extra products (the
+    composition of the CUDA NF4 ops with the magnitude) give the same losses to bf16 tolerance."""
+    a = c.a
+    steps = 4 if a.dry_run else 10
+    extra = ["quantization.compute_dtype=bf16", "use_dora=true", f"max_steps={steps}", "eval_on_start=false",
+             "eval_steps=0", "save_steps=0", f"test_datasets.0.path={c.small_eval}"]
+    t = now()
+    got, rcs, tails = {}, [], []
+    for name, device in (("cpu", "cpu"), ("device", a.device)):
+        run = os.path.join(a.work, f"demo-dora-{name}")
+        shutil.rmtree(run, ignore_errors=True)
+        rc, _, tail = c.run(f"dora_{name}", demo_args(c, run, device, extra), 300)
+        rcs.append(rc)
+        tails.append(tail)
+        got[name] = metrics(run)[0]
+    common = sorted(set(got["cpu"]) & set(got["device"]))
+    rel = [abs(got["cpu"][s]["loss"] - got["device"][s]["loss"]) / abs(got["cpu"][s]["loss"]) for s in common]
+    ok = rcs == [0, 0] and len(common) == steps and max(rel) <= 2 ** -6
+    c.record("dora", "pass" if ok else "fail", now() - t, rc=rcs, steps_compared=len(common),
+             max_rel_diff=max(rel) if rel else None,
+             summary=f"{len(common)} steps, max relative loss difference {max(rel) if rel else '?'}",
+             **({} if ok else {"log_tail": tails[-1]}))
+
+
 def step_export(c):
     a = c.a
     run = c.demo_runs["device"]
@@ -430,7 +455,8 @@ def step_bench_e2e(c):
 
 
 STEPS = [("gpu_tests", step_gpu_tests, 30), ("cpu_isa", step_cpu_isa, 30), ("demo", step_demo, 60),
-         ("resume", step_resume, 40), ("offload", step_offload, 30), ("export", step_export, 30), ("bench_gpu", step_bench_gpu, 40),
+         ("resume", step_resume, 40), ("offload", step_offload, 30), ("dora", step_dora, 30),
+         ("export", step_export, 30), ("bench_gpu", step_bench_gpu, 40),
          ("bench_e2e", step_bench_e2e, 60)]
 
 
@@ -452,7 +478,7 @@ def main():
     for name, fn, need in STEPS:
         if only and name not in only:
             continue
-        if name in ("resume", "offload", "export") and c.steps.get("demo", {}).get("status") != "pass":
+        if name in ("resume", "offload", "dora", "export") and c.steps.get("demo", {}).get("status") != "pass":
             # They reuse the demo step's runs (and its eval subset): the demo must pass in this call.
             c.record(name, "skipped", 0, summary="needs the demo step, passed, in the same call")
             continue

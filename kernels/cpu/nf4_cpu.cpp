@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "kernels/cpu/nf4_cpu_isa.h"
 #include "kernels/dropout.h"
@@ -181,6 +182,25 @@ at::Tensor nf4_dequantize_cpu(const NF4Tensor& w, at::ScalarType dtype) {
   elem_of(dtype);  // checks the type before allocating
   at::Tensor out = at::empty(w.shape, at::TensorOptions().dtype(dtype));
   nf4_dequantize_into_cpu(w, out);
+  return out;
+}
+
+at::Tensor nf4_row_sq_norms_cpu(const NF4Tensor& w) {
+  TORCH_CHECK(!w.shape.empty() && w.shape.back() > 0, "nf4_row_sq_norms: the weight needs a non-empty last dimension");
+  Nf4View v(w);
+  const int64_t cols = w.shape.back(), rows = v.n / cols;
+  at::Tensor out = at::empty({rows}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  const Nf4Isa& isa = nf4_isa();
+  at::parallel_for(0, rows, std::max<int64_t>(1, kGrainElems / cols), [&](int64_t r0, int64_t r1) {
+    std::vector<float> row(static_cast<size_t>(cols));
+    for (int64_t r = r0; r < r1; ++r) {
+      v.dequant(isa, r * cols, cols, reinterpret_cast<char*>(row.data()), Elem::F32);
+      double acc = 0;
+      for (const float x : row) acc += static_cast<double>(x) * x;
+      o[r] = static_cast<float>(acc);
+    }
+  });
   return out;
 }
 

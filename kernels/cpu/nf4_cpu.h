@@ -7,6 +7,7 @@ namespace qlora::kernels::cpu {
 NF4Tensor nf4_quantize_cpu(const at::Tensor& w, int64_t blocksize, bool double_quant);
 at::Tensor nf4_absmax_cpu(const NF4Tensor& w);
 at::Tensor nf4_dequantize_cpu(const NF4Tensor& w, at::ScalarType dtype);
+at::Tensor nf4_row_sq_norms_cpu(const NF4Tensor& w);
 void nf4_dequantize_into_cpu(const NF4Tensor& w, at::Tensor& out);
 at::Tensor nf4_linear_cpu(const at::Tensor& x, const NF4Tensor& w);
 at::Tensor nf4_linear_grad_input_cpu(const at::Tensor& dy, const NF4Tensor& w);

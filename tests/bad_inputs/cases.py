@@ -165,6 +165,16 @@ def config_loftq_with_other_init(ctx):
     return train(ctx, extra="init_lora_weights: olora\nloftq_config:\n  loftq_iter: 2\n")
 
 
+@case("config", "cfg.yaml", "use_dora", "true or false")
+def config_use_dora_not_a_bool(ctx):
+    return train(ctx, extra="use_dora: sometimes\n")
+
+
+@case("config", "cfg.yaml", "use_dora", "lora_target_parameters")
+def config_dora_on_expert_tensors(ctx):
+    return train(ctx, {"lora_dropout": "0"}, extra="use_dora: true\nlora_target_parameters: [experts.down_proj]\n")
+
+
 @case("config", "cfg.yaml", line("learning_rate"), "expected")
 def config_negative_learning_rate(ctx):
     return train(ctx, {"learning_rate": "-0.001"})

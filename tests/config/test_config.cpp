@@ -654,6 +654,17 @@ TEST(Config, InitLoraWeightsAsPeftSpellsThem) {
             "pissa_niter_4");
 }
 
+TEST(Config, UseDora) {
+  const std::string m = kMinimal;
+  EXPECT_FALSE(parse(m).lora.use_dora);
+  EXPECT_TRUE(parse(m + "use_dora: true\n").lora.use_dora);
+  EXPECT_TRUE(parse(m + "peft_use_dora: true\n").lora.use_dora);  // Axolotl's spelling
+  EXPECT_TRUE(parse(config::to_yaml(parse(m + "use_dora: true\n"))).lora.use_dora);
+  EXPECT_EQ(error_of(m + "use_dora: 2\n"), "configs/x.yaml:7: use_dora: expected true or false, got 2");
+  EXPECT_EQ(error_of(m + "use_dora: true\nlora_dropout: 0\nlora_target_parameters: [experts.down_proj]\n"),
+            "configs/x.yaml:7: use_dora: true with lora_target_parameters (PEFT has no DoRA for expert tensors)");
+}
+
 TEST(Config, LoraPlus) {
   const std::string m = kMinimal;
   EXPECT_FALSE(parse(m).optim.loraplus_lr_ratio);

@@ -332,6 +332,47 @@ TEST_F(Export, LoftqExportsTheBaseItTrainedAgainst) {
   EXPECT_LT(j["merged"]["rel"].get<double>(), 1e-4);
 }
 
+// DoRA: PEFT's DoRA on the NF4 base as bitsandbytes holds it gives our logits, from the export
+// and from the checkpoint itself; the merged export applies the magnitudes as PEFT merges them; a
+// llama.cpp adapter cannot hold them and is refused.
+TEST_F(Export, DoraLoadsInPeftAndTransformers) {
+  const stdfs::path d = test::temp_dir("dora");
+  train(d, "qlora", {}, "use_dora: true\n");
+  const stdfs::path run = d / "run";
+  const stdfs::path ours = our_logits(run, "dora");
+  test::ProcResult r =
+      run_cli("quantize --model " + q(g->model) + " --out " + q(d / "base_bnb") + " --compute-dtype float32");
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run_cli("export " + q(run) + " --format peft --dtype bf16 --out " + q(d / "peft"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run_cli("export " + q(run) + " --format merged --dtype fp32 --out " + q(d / "merged"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run_cli("export " + q(run) + " --format gguf-adapter --out " + q(d / "gguf"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("use_dora"), std::string::npos) << r.output;
+  EXPECT_FALSE(stdfs::exists(d / "gguf"));
+  nlohmann::json checks = nlohmann::json::array();
+  checks.push_back(peft_check("peft", d / "base_bnb", d / "peft", ours));
+  checks.push_back(peft_check("checkpoint", d / "base_bnb", run / "checkpoints/checkpoint-000003", ours));
+  checks.push_back(merged_check("merged", d / "merged", ours));
+  const nlohmann::json j = judge(checks);
+  std::printf("dora judge: %s\n", j.dump().c_str());
+  ASSERT_TRUE(j.contains("peft")) << j.dump();
+  const int64_t linears = 2 * 7;  // the fixture's 2 layers x 7 projections
+  for (const char* c : {"peft", "checkpoint"}) {
+    SCOPED_TRACE(c);
+    EXPECT_TRUE(j[c]["use_dora"].get<bool>());
+    EXPECT_EQ(j[c]["dora_layers"], linears);
+    EXPECT_EQ(j[c]["keys"], 3 * linears);  // lora_A, lora_B, lora_magnitude_vector
+    EXPECT_EQ(j[c]["bnb_linears"], linears);
+    EXPECT_EQ(j[c]["magnitude_dtypes"], nlohmann::json::array({"torch.float32"}));
+  }
+  // bf16 A and B: the export's rounding only.
+  EXPECT_LT(j["peft"]["rel"].get<double>(), 1e-2);
+  EXPECT_LT(j["checkpoint"]["rel"].get<double>(), 1e-4);
+  EXPECT_LT(j["merged"]["rel"].get<double>(), 1e-4);
+}
+
 TEST_F(Export, Phi3FusedProjectionsLoadInPeftAndTransformers) {
   const stdfs::path d = test::temp_dir("phi3_export");
   stdfs::create_directories(d / "fixture");

@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <tuple>
+#include <vector>
 
 #include "kernels/cpu/float_bits.h"
 #include "kernels/cpu/nf4_cpu_isa.h"
@@ -338,6 +340,24 @@ double rel_err(const at::Tensor& a, const at::Tensor& ref) {
 
 // nf4_linear / nf4_linear_grad_input against dequantize + matmul in float32 (fresh random inputs),
 // through both the fused (small M) and the tiled (large M) paths, every table and input dtype.
+// The squared row norms DoRA starts from, without a dequantized copy: equal (in double) to those of
+// the dequantized weight, for rows that start and end inside blocks (in % 64 != 0), odd element
+// counts, and plain or double-quantized statistics.
+TEST(Nf4RowSqNorms, EqualTheDequantizedWeights) {
+  at::manual_seed(5);
+  for (const auto& [rows, cols, bs, dq] : std::vector<std::tuple<int64_t, int64_t, int64_t, bool>>{
+           {96, 64, 64, true}, {37, 100, 64, true}, {5, 33, 32, false}, {300, 257, 128, true}}) {
+    SCOPED_TRACE(std::to_string(rows) + "x" + std::to_string(cols));
+    const at::Tensor w = at::randn({rows, cols}) * 0.3;
+    const kernels::NF4Tensor q = kernels::nf4_quantize(w, bs, dq);
+    const at::Tensor ref = kernels::nf4_dequantize(q, at::kFloat).to(at::kDouble).pow(2).sum(1);
+    const at::Tensor got = kernels::nf4_row_sq_norms(q);
+    ASSERT_EQ(got.sizes(), (std::vector<int64_t>{rows}));
+    EXPECT_EQ(got.scalar_type(), at::kFloat);
+    EXPECT_LE((got.to(at::kDouble) - ref).abs().div(ref).max().item<double>(), 1e-7);
+  }
+}
+
 TEST(Nf4Linear, MatchesDequantizeMatmul) {
   IsaGuard guard;
   at::Generator g = gen(5);

@@ -10,6 +10,7 @@
 #include "tests/model/fixtures.h"
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
+#include "trainer/io/peft.h"
 #include "trainer/model/cross_entropy.h"
 #include "trainer/model/lora_linear.h"
 #include "trainer/model/model.h"
@@ -40,6 +41,17 @@ void randomize_b(model::Model& m, uint64_t seed) {
   std::map<std::string, at::Tensor> v;
   for (auto& p : m.lora_parameters())
     if (p.name.find("lora_B") != std::string::npos) v[p.name] = 0.3 * at::randn(p.param.sizes(), g, at::kFloat);
+  m.load_lora_weights(v, "test", /*strict=*/false);
+}
+
+// Moves every DoRA magnitude off its initial norm (by up to about 20%), so that m / ||W + s B A||
+// is not 1 and the magnitude's gradient path is exercised.
+void randomize_magnitude(model::Model& m, uint64_t seed) {
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(seed);
+  std::map<std::string, at::Tensor> v;
+  for (auto& p : m.lora_parameters())
+    if (p.name.ends_with("lora_magnitude_vector"))
+      v[p.name] = p.param.detach() * (1 + 0.1 * at::randn(p.param.sizes(), g, at::kFloat));
   m.load_lora_weights(v, "test", /*strict=*/false);
 }
 
@@ -76,15 +88,18 @@ struct PeftCase {
   bool checkpointing;
   int64_t ce_chunk;
   std::vector<std::string> params = {};  // lora_target_parameters
+  bool dora = false;                     // use_dora
 };
 
 void check_against_peft(const PeftCase& pc) {
-  model::Model m =
-      test::load_fixture(pc.family, pc.quantize, lora_cfg(pc.r, pc.alpha, pc.targets, pc.rslora, 0.0, pc.params));
+  config::LoraConfig lc = lora_cfg(pc.r, pc.alpha, pc.targets, pc.rslora, 0.0, pc.params);
+  lc.use_dora = pc.dora;
+  model::Model m = test::load_fixture(pc.family, pc.quantize, lc);
   m.training = true;
   m.gradient_checkpointing = pc.checkpointing;
   m.ce_chunk_tokens = pc.ce_chunk;
   randomize_b(m, 11);
+  if (pc.dora) randomize_magnitude(m, 12);
   test::Batch b = test::make_batch(m.config.vocab_size, 12, 3);
   const double loss = step_forward_loss(m, b);  // PEFT judges the trainer's path
 
@@ -106,6 +121,7 @@ void check_against_peft(const PeftCase& pc) {
                                    "--targets",
                                    targets};
   if (pc.rslora) args.push_back("--rslora");
+  if (pc.dora) args.push_back("--dora");
   if (!pc.params.empty()) {
     std::string p;
     for (const auto& t : pc.params) p += (p.empty() ? "" : ",") + t;
@@ -122,7 +138,7 @@ void check_against_peft(const PeftCase& pc) {
   auto ref = test::read_tensors(w / "grads.safetensors");
   EXPECT_NEAR(loss, ref["loss_sum"].item<double>(), 1e-4 * std::abs(loss));
   auto params = m.lora_parameters();
-  ASSERT_EQ(params.size() + 1, ref.size());  // every A and B, plus loss_sum
+  ASSERT_EQ(params.size() + 1, ref.size());  // every A and B (and DoRA magnitude), plus loss_sum
   for (auto& p : params) {
     SCOPED_TRACE(p.name);
     ASSERT_TRUE(ref.count(p.name));
@@ -209,6 +225,58 @@ TEST(Lora, GradientsEqualPeftOnPhi3FusedProjections) {
   // all-linear is qkv_proj, o_proj, gate_up_proj, down_proj: one adapter on each fused module.
   check_against_peft({"phi3", /*quantize=*/true, 4, 8, {"all-linear"}, false, /*checkpointing=*/true, 0});
   check_against_peft({"phi3", /*quantize=*/false, 2, 4, {"qkv_proj", "gate_up_proj"}, false, false, 5});
+}
+
+// DoRA: outputs (the loss) and the gradients of A, B and the magnitude against PEFT's DoRA on
+// the same NF4 base (PEFT given its dequantized weights), with checkpointing and chunked loss, on
+// a family with biases (qwen2) and on a 16-bit base with rsLoRA.
+TEST(Lora, DoraGradientsEqualPeftOnNF4Base) {
+  check_against_peft({"llama", /*quantize=*/true, 4, 8, {"all-linear"}, false, false, 7, {}, /*dora=*/true});
+  check_against_peft({"qwen2", /*quantize=*/true, 4, 16, {"all-linear"}, false, /*checkpointing=*/true, 5, {}, true});
+}
+
+TEST(Lora, DoraGradientsEqualPeftOn16BitBaseWithRsLora) {
+  check_against_peft({"qwen3", /*quantize=*/false, 3, 5, {"q_proj", "v_proj", "down_proj"}, true, false, 0, {}, true});
+}
+
+// The magnitude PEFT initializes is ||W + scaling B A|| per row of the dequantized NF4 base: with
+// B = 0 (init true), and with PEFT's own random B (init false) given to our norm.
+TEST(Lora, DoraMagnitudeInitIsPefts) {
+  for (const char* init : {"true", "false"}) {
+    SCOPED_TRACE(init);
+    config::LoraConfig lc = lora_cfg(4, 8, {"all-linear"});
+    lc.use_dora = true;
+    lc.init_lora_weights = init;
+    model::Model m = test::load_fixture("mistral", true, lc);
+    stdfs::path w = test::temp_dir();
+    test::write_tensors(m.dequantized_state_dict(at::kFloat), w / "weights.safetensors");
+    ASSERT_EQ(
+        test::model_ref({"dora_init", (test::model_fixtures() / "mistral").string(), (w / "peft.safetensors").string(),
+                         "--weights", (w / "weights.safetensors").string(), "--r", "4", "--alpha", "8", "--init", init})
+            .code,
+        0);
+    auto ref = test::read_tensors(w / "peft.safetensors");
+    auto params = m.lora_parameters();
+    ASSERT_EQ(params.size(), ref.size());
+    if (std::string(init) == "false") {  // PEFT's A and B into ours; our norm of them against PEFT's
+      std::map<std::string, at::Tensor> ab;
+      for (auto& [k, v] : ref)
+        if (!k.ends_with("lora_magnitude_vector")) ab[k] = v;
+      m.load_lora_weights(ab, "peft", /*strict=*/false);
+    }
+    int checked = 0;
+    for (const model::Linear* l : m.linears()) {
+      SCOPED_TRACE(l->name);
+      const std::string key = io::peft_lora_key(l->name, 'M');
+      ASSERT_TRUE(ref.count(key));
+      const at::Tensor ours =
+          std::string(init) == "true" ? l->lora->magnitude.detach() : model::dora_weight_norm(&*l->nf4, {}, *l->lora);
+      EXPECT_EQ(ours.scalar_type(), at::kFloat);
+      EXPECT_LE(test::rel_err(ours, ref[key]), 1e-6);
+      ++checked;
+    }
+    EXPECT_EQ(checked, 14);  // 2 layers x 7 projections
+  }
 }
 
 TEST(Lora, GradientsEqualPeftOnMixturesOfExperts) {
@@ -636,6 +704,77 @@ TEST(LoraLinear, FusedEqualsComposition) {
             ++cases;
           }
   EXPECT_EQ(cases, 32);
+}
+
+// DoRA's fused node against PEFT's formula as plain tensor ops (the norm detached):
+//   y = x W^T + b + (c - 1) d W^T + c s d A^T B^T,  c = m / ||W + s B A||,  d = dropout(x)
+// output and the gradients of x, A, B and m; and the no-grad norm cache follows writes to A and B.
+TEST(LoraLinear, DoraFusedEqualsComposition) {
+  at::manual_seed(4);
+  const int64_t K = 64, N = 96, r = 4;
+  const uint64_t seed = 78;
+  at::Tensor w = at::randn({N, K}) * 0.1;
+  kernels::NF4Tensor q = kernels::nf4_quantize(w, 64, true);
+  at::Tensor wd = kernels::nf4_dequantize(q, at::kFloat);
+  at::Tensor bias = at::randn({N});
+  int cases = 0;
+  for (bool use_nf4 : {true, false})
+    for (bool with_bias : {false, true})
+      for (double p : {0.0, 0.3})
+        for (int64_t M : {3, 40}) {
+          SCOPED_TRACE(std::string(use_nf4 ? "nf4" : "dense") + (with_bias ? " bias" : "") + " p=" + std::to_string(p) +
+                       " M=" + std::to_string(M));
+          model::LoraAdapter a;
+          a.A = (at::randn({r, K}) * 0.1).requires_grad_(true);
+          a.B = (at::randn({N, r}) * 0.1).requires_grad_(true);
+          a.scaling = 2.0;
+          a.dropout = p;
+          model::init_dora(use_nf4 ? &q : nullptr, wd, a);
+          ASSERT_TRUE(a.dora());
+          {
+            at::NoGradGuard ng;
+            a.magnitude.mul_(1 + 0.2 * at::randn({N}));
+          }
+          const at::Tensor b = with_bias ? bias : at::Tensor();
+          at::Tensor x0 = at::randn({2, M, K});
+          at::Tensor x1 = x0.clone().requires_grad_(true), x2 = x0.clone().requires_grad_(true);
+          at::Tensor y = model::lora_linear(x1, use_nf4 ? &q : nullptr, wd, b, a, p, seed);
+          at::Tensor g = at::randn(y.sizes());
+          (y * g).sum().backward();
+          at::Tensor gA = a.A.grad().clone(), gB = a.B.grad().clone(), gm = a.magnitude.grad().clone();
+          for (at::Tensor* t : {&a.A, &a.B, &a.magnitude}) t->mutable_grad() = at::Tensor();
+
+          at::Tensor keep = p > 0 ? kernels::hashed_dropout_keep_mask(x0.sizes(), p, seed, at::kCPU)
+                                  : at::ones(x0.sizes(), at::kBool);
+          at::Tensor xd = x2 * keep * static_cast<double>(static_cast<float>(1.0 / (1.0 - p)));
+          const at::Tensor norm = at::linalg_vector_norm(wd + a.scaling * at::mm(a.B, a.A), 2, {1}).detach();
+          EXPECT_LE(test::rel_err(model::dora_weight_norm(use_nf4 ? &q : nullptr, wd, a), norm), 1e-5);
+          const at::Tensor c = a.magnitude / norm;
+          at::Tensor y2 = at::matmul(x2, wd.t()) + (c - 1) * at::matmul(xd, wd.t()) +
+                          c * at::matmul(at::matmul(xd, a.A.t()), a.B.t()) * a.scaling;
+          if (b.defined()) y2 = y2 + b;
+          (y2 * g).sum().backward();
+          EXPECT_LE(test::rel_err(y, y2), 1e-5);
+          EXPECT_LE(test::rel_err(gA, a.A.grad()), 1e-5);
+          EXPECT_LE(test::rel_err(gB, a.B.grad()), 1e-5);
+          EXPECT_LE(test::rel_err(gm, a.magnitude.grad()), 1e-5);
+          EXPECT_LE(test::rel_err(x1.grad(), x2.grad()), 1e-5);
+
+          // No grad mode: the norm is cached, and a write to B refreshes it.
+          at::NoGradGuard ng;
+          const at::Tensor n1 = model::dora_weight_norm(use_nf4 ? &q : nullptr, wd, a);
+          EXPECT_TRUE(n1.is_same(model::dora_weight_norm(use_nf4 ? &q : nullptr, wd, a)));
+          a.B.copy_(a.B * 2);
+          const at::Tensor n2 = model::dora_weight_norm(use_nf4 ? &q : nullptr, wd, a);
+          EXPECT_LE(test::rel_err(n2, at::linalg_vector_norm(wd + a.scaling * at::mm(a.B, a.A), 2, {1})), 1e-5);
+          EXPECT_GT((n2 - n1).abs().max().item<double>(), 1e-3);
+          // A write that bypasses autograd's version counter (as the optimizer's kernels write).
+          a.A.data_ptr<float>()[0] += 1.0f;
+          const at::Tensor n3 = model::dora_weight_norm(use_nf4 ? &q : nullptr, wd, a);
+          EXPECT_LE(test::rel_err(n3, at::linalg_vector_norm(wd + a.scaling * at::mm(a.B, a.A), 2, {1})), 1e-5);
+          ++cases;
+        }
+  EXPECT_EQ(cases, 16);
 }
 
 TEST(Checkpointing, EvalModeHasNoDropoutAndNoGraph) {

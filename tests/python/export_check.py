@@ -64,6 +64,10 @@ def check(c, ids):
         return {"rel": rel(ours, ref), "peft_type": cfg.get("peft_type"), "r": cfg.get("r"),
                 "dtypes": sorted({str(v.dtype) for v in st.values()}), "keys": len(st),
                 "default_in_keys": any(".default." in k for k in st), "lora_layers": lora_layers,
+                "use_dora": bool(cfg.get("use_dora")),
+                "dora_layers": sum(1 for n, m in model.named_modules()
+                                   if n.endswith("lora_magnitude_vector") and len(m) > 0),
+                "magnitude_dtypes": sorted({str(v.dtype) for k, v in st.items() if "magnitude" in k}),
                 "bnb_linears": sum(1 for m in base.modules() if type(m).__module__.startswith("bitsandbytes")
                                    and type(m).__name__ == "Linear4bit")}
     if k == "merged":

@@ -276,12 +276,20 @@ def cmd_logits(model, inp, out, weights):
     save_file({"logits": lg.contiguous(), "loss_sum": s.reshape(1), "count": torch.tensor([n])}, out)
 
 
-def peft_model(model, r, alpha, targets, rslora, weights, target_parameters=None):
+def peft_model(model, r, alpha, targets, rslora, weights, target_parameters=None, dora=False, init=True):
     from peft import LoraConfig, get_peft_model
     m = load_model(model, weights)
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, use_rslora=rslora,
-                     bias="none", task_type="CAUSAL_LM", target_parameters=target_parameters or None)
+                     bias="none", task_type="CAUSAL_LM", target_parameters=target_parameters or None,
+                     use_dora=dora, init_lora_weights=init)
     return get_peft_model(m, cfg)
+
+
+def our_key(name):
+    """PEFT's parameter name as its saved adapter names it (the adapter name dropped; DoRA's
+    magnitude saved without ".weight")."""
+    key = name.replace(".default", "")
+    return key[:-len(".weight")] if key.endswith("lora_magnitude_vector.weight") else key
 
 
 def params_of(a):
@@ -294,7 +302,7 @@ def targets_of(s):
 
 def cmd_grads(a):
     from peft import set_peft_model_state_dict, get_peft_model_state_dict
-    pm = peft_model(a.model, a.r, a.alpha, targets_of(a.targets), a.rslora, a.weights, params_of(a))
+    pm = peft_model(a.model, a.r, a.alpha, targets_of(a.targets), a.rslora, a.weights, params_of(a), a.dora)
     lora = load_file(a.lora)
     res = set_peft_model_state_dict(pm, lora)
     if res.unexpected_keys:
@@ -311,9 +319,16 @@ def cmd_grads(a):
     out = {"loss_sum": s.detach().reshape(1)}
     for name, p in pm.named_parameters():
         if p.requires_grad:
-            key = name.replace(".default", "")
-            out[key] = p.grad.detach().contiguous()
+            out[our_key(name)] = p.grad.detach().contiguous()
     save_file(out, a.out)
+
+
+def cmd_dora_init(a):
+    """PEFT's DoRA adapter as get_peft_model initializes it on the given weights: A, B and the
+    magnitude (the row norms of W + scaling B A), under the saved adapter's keys."""
+    pm = peft_model(a.model, a.r, a.alpha, targets_of(a.targets), a.rslora, a.weights, dora=True,
+                    init=a.init != "false")
+    save_file({our_key(n): p.detach().contiguous() for n, p in pm.named_parameters() if p.requires_grad}, a.out)
 
 
 def cmd_aux(a):
@@ -365,6 +380,8 @@ def run(argv):
     p.add_argument("--rslora", action="store_true")
     p.add_argument("--coef", type=float, default=0.001)
     p.add_argument("--target-parameters", default="")
+    p.add_argument("--dora", action="store_true")
+    p.add_argument("--init", default="true")
     a = p.parse_args(argv)
     if a.mode == "make":
         cmd_make(a.args[0])
@@ -381,6 +398,9 @@ def run(argv):
     elif a.mode == "init":
         a.model, a.out = a.args
         cmd_init(a)
+    elif a.mode == "dora_init":
+        a.model, a.out = a.args
+        cmd_dora_init(a)
     else:
         raise SystemExit(f"unknown mode {a.mode}")
 

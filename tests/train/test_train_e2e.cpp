@@ -97,14 +97,20 @@ class TrainE2E : public ::testing::Test {
 
 TEST_F(TrainE2E, ResumeGivesBitIdenticalLosses) {
   // The third run starts from PiSSA (a randomized SVD): the resumed run recomputes the same base.
-  for (const auto& [opt, init] : std::vector<std::pair<std::string, std::string>>{
-           {"paged_adamw", "true"}, {"paged_adamw_8bit", "true"}, {"paged_adamw", "pissa_niter_2"}}) {
-    SCOPED_TRACE(opt + " init_lora_weights: " + init);
+  // The fourth trains DoRA magnitudes (1-D parameters, with dropout's second base product).
+  struct Case {
+    std::string opt, init, more;
+  };
+  for (const auto& [opt, init, more] : std::vector<Case>{{"paged_adamw", "true", ""},
+                                                         {"paged_adamw_8bit", "true", ""},
+                                                         {"paged_adamw", "pissa_niter_2", ""},
+                                                         {"paged_adamw", "true", "use_dora: true\n"}}) {
+    SCOPED_TRACE(opt + " init_lora_weights: " + init + " " + more);
     auto a = test::temp_dir("straight");
     auto b = test::temp_dir("resumed");
     // A tiny device budget: state streams through pages even on the CPU's two tiers.
-    const std::string extra =
-        "optimizer: " + opt + "\noptimizer_device_budget: 4KB\nsave_steps: 3\n" + "init_lora_weights: " + init + "\n";
+    const std::string extra = "optimizer: " + opt + "\noptimizer_device_budget: 4KB\nsave_steps: 3\n" +
+                              "init_lora_weights: " + init + "\n" + more;
     test::ProcResult ra = train(write_config(a, extra));
     ASSERT_EQ(ra.code, 0) << ra.output;
     test::ProcResult rb1 = train(write_config(b, extra), "--test-stop-after-step 4");

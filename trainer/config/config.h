@@ -27,6 +27,9 @@ struct LoraConfig {
   std::vector<std::string> target_modules;  // lora_target_modules, e.g. q_proj, v_proj
   bool target_linear = false;               // lora_target_linear: every linear layer of the decoder
   bool use_rslora = false;                  // scaling alpha/sqrt(r) instead of alpha/r
+  // use_dora (Axolotl: peft_use_dora): DoRA, the output scaled per row by a trained magnitude over
+  // the row norm of W + scaling * B A (trainer/model/lora_linear.h).
+  bool use_dora = false;
   // init_lora_weights as PEFT spells it: "true" (A kaiming-uniform, B zero), "false" (both
   // kaiming-uniform), "gaussian", "pissa", "pissa_niter_K", "olora", "loftq" (trainer/model/lora_init.h).
   std::string init_lora_weights = "true";

@@ -673,6 +673,9 @@ const Schema<TrainConfig>& top_schema() {
         "lora_target_parameters", [](T& c) -> std::vector<std::string>& { return c.lora.target_parameters; }, I));
     v.push_back(bool_field<T>(
         "use_rslora", [](T& c) -> bool& { return c.lora.use_rslora; }, I));
+    v.push_back(with_aliases(bool_field<T>(
+                                 "use_dora", [](T& c) -> bool& { return c.lora.use_dora; }, I),
+                             {"peft_use_dora"}));
     {
       // true | false | gaussian | pissa | pissa_niter_K | olora | loftq (PEFT's values).
       Field<T> f = make<T>("init_lora_weights", I);
@@ -1107,6 +1110,8 @@ void finish(TrainConfig& c, Ctx& ctx) {
       ctx.fail_key("loftq_config", "set with init_lora_weights: " + c.lora.init_lora_weights +
                                        " (loftq_config configures init_lora_weights: loftq)");
   }
+  if (!c.lora.target_parameters.empty() && c.lora.use_dora)
+    ctx.fail_key("use_dora", "true with lora_target_parameters (PEFT has no DoRA for expert tensors)");
   if (!c.lora.target_parameters.empty() && c.lora.dropout != 0)
     ctx.fail_key("lora_dropout",
                  "must be 0 with lora_target_parameters (PEFT's adapters on expert tensors have no "

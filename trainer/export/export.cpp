@@ -125,6 +125,7 @@ BaseHolding base_holding(const run::AdapterSource& src) {
 
 struct ModuleLora {
   at::Tensor A, B;  // as stored (fp32 in qlora checkpoints)
+  at::Tensor M;     // DoRA's magnitude [out], else undefined
 };
 
 // module path -> its (A, B), in module order; keys checked by check_adapter_matches_base.
@@ -132,7 +133,8 @@ std::map<std::string, ModuleLora> lora_by_module(const run::AdapterSource& src) 
   std::map<std::string, ModuleLora> m;
   for (const auto& [k, v] : src.tensors) {
     const io::PeftLoraKey key = io::parse_peft_lora_key(k).value();
-    (key.which == 'A' ? m[key.module].A : m[key.module].B) = v;
+    ModuleLora& l = m[key.module];
+    (key.which == 'A' ? l.A : key.which == 'B' ? l.B : l.M) = v;
   }
   return m;
 }
@@ -240,6 +242,9 @@ ExportReport export_gguf(const ExportOptions& o, const run::AdapterSource& src) 
   if (!src.peft.target_parameters.empty())
     user_error(adapter_file(src),
                ": target_parameters: a GGUF adapter holds no adapters on expert tensors; export --format merged");
+  if (src.peft.use_dora)
+    user_error(adapter_file(src),
+               ": use_dora: a llama.cpp LoRA adapter has no DoRA magnitude; export --format merged (or gguf) instead");
   check_out(o, {src.dir, rep.base_model});
   io::GgufLoraOptions g;
   // llama.cpp runs Mistral checkpoints as the llama architecture.
@@ -533,6 +538,10 @@ class MergedWriter {
     const auto it = lora_.find(t.module);
     if (it != lora_.end()) {
       w.addmm_(it->second.B.to(at::kFloat), it->second.A.to(at::kFloat), /*beta=*/1.0, /*alpha=*/scaling_);
+      // DoRA, as PEFT merges it: each row of W + s B A rescaled to its magnitude, the norm taken
+      // of the base merged into.
+      if (it->second.M.defined())
+        w.mul_(it->second.M.to(at::kFloat).div(at::linalg_vector_norm(w, 2, {1}, false)).unsqueeze(1));
       ++merged_;
     } else if (const at::Tensor d = expert_delta(lora_, src_.peft, mc_, t.module, scaling_); d.defined()) {
       w.add_(d);  // every expert gets its slice of the stacked expert adapters
@@ -653,7 +662,7 @@ void check_adapter_matches_base(const run::AdapterSource& src, const model::Mode
     shapes[module] = shape;
     ranks[module] = src.peft.r * mc.num_experts;
   }
-  std::set<std::string> have_a, have_b;
+  std::set<std::string> have_a, have_b, have_m;
   for (const auto& [k, v] : src.tensors) {
     const std::optional<io::PeftLoraKey> key = io::parse_peft_lora_key(k);
     if (!key)
@@ -665,6 +674,14 @@ void check_adapter_matches_base(const run::AdapterSource& src, const model::Mode
     if (it == shapes.end())
       user_error(file, ": ", k, ": the base (", base, ") has no linear module ", module,
                  " (an adapter made for another base model?)");
+    if (key->which == 'M') {
+      if (!src.peft.use_dora) user_error(file, ": ", k, ": a DoRA magnitude, but adapter_config.json has no use_dora");
+      if (v.sizes().vec() != std::vector<int64_t>{it->second[0]})
+        user_error(file, ": ", k, ": shape ", v.sizes(), ", but the base (", base, ") needs [", it->second[0], "]");
+      if (!at::isFloatingType(v.scalar_type())) user_error(file, ": ", k, ": expected a floating-point tensor");
+      have_m.insert(module);
+      continue;
+    }
     const int64_t r = ranks.count(module) ? ranks.at(module) : src.peft.r;
     const std::vector<int64_t> want =
         a ? std::vector<int64_t>{r, it->second[1]} : std::vector<int64_t>{it->second[0], r};
@@ -678,6 +695,10 @@ void check_adapter_matches_base(const run::AdapterSource& src, const model::Mode
     if (!have_b.count(m)) user_error(file, ": ", io::peft_lora_key(m, 'B'), ": missing (its lora_A is there)");
   for (const auto& m : have_b)
     if (!have_a.count(m)) user_error(file, ": ", io::peft_lora_key(m, 'A'), ": missing (its lora_B is there)");
+  if (src.peft.use_dora)
+    for (const auto& m : have_a)
+      if (!have_m.count(m))
+        user_error(file, ": ", io::peft_lora_key(m, 'M'), ": missing (adapter_config.json says use_dora: true)");
   // Every module the adapter config targets in this base has its pair.
   const config::LoraConfig lc = model::to_lora_config(src.peft);
   for (const auto& [module, shape] : shapes)
@@ -693,6 +714,9 @@ void check_adapter_matches_base(const run::AdapterSource& src, const model::Mode
 //   W + dW = W_res + s B A  gives  dW = s (B A - B0 A0) = s [B | -B0] [A ; A0],
 // rank 2r with the same scaling (alpha doubled, or times sqrt(2) under rsLoRA).
 run::AdapterSource converted_to_plain_lora(const run::AdapterSource& src, const stdfs::path& base) {
+  if (src.peft.use_dora)
+    user_error(adapter_file(src), ": use_dora: a DoRA adapter trained on a ", init_config(src).init_lora_weights,
+               " residual has no plain-LoRA form for the original base; export --format merged instead");
   const std::map<std::string, model::LoraInitResult> inits =
       model::replay_lora_init(base, init_config(src), init_seed(src));
   run::AdapterSource out = src;

@@ -14,22 +14,31 @@ namespace qlora::io {
 
 namespace {
 constexpr std::string_view kPrefix = "base_model.model.";
-constexpr std::string_view kSuffixA = ".lora_A.weight", kSuffixB = ".lora_B.weight";  // same length
+constexpr std::string_view kSuffixA = ".lora_A.weight", kSuffixB = ".lora_B.weight";
+// DoRA's magnitude: PEFT saves the DoraLinearLayer's weight under this key (no ".weight").
+constexpr std::string_view kSuffixM = ".lora_magnitude_vector";
+
+std::string_view suffix_of(char which) { return which == 'A' ? kSuffixA : which == 'B' ? kSuffixB : kSuffixM; }
 }  // namespace
 
 std::string peft_lora_key(std::string_view module_path, char which) {
   std::string key(kPrefix);
   key += module_path;
-  key += which == 'A' ? kSuffixA : kSuffixB;
+  key += suffix_of(which);
   return key;
 }
 
 std::optional<PeftLoraKey> parse_peft_lora_key(std::string_view key) {
-  const bool a = key.ends_with(kSuffixA), b = key.ends_with(kSuffixB);
-  if (!key.starts_with(kPrefix) || (!a && !b) || key.size() <= kPrefix.size() + kSuffixA.size()) return std::nullopt;
-  return PeftLoraKey{std::string(key.substr(kPrefix.size(), key.size() - kPrefix.size() - kSuffixA.size())),
-                     a ? 'A' : 'B'};
+  if (!key.starts_with(kPrefix)) return std::nullopt;
+  for (const char which : {'A', 'B', 'M'}) {
+    const std::string_view suffix = suffix_of(which);
+    if (key.ends_with(suffix) && key.size() > kPrefix.size() + suffix.size())
+      return PeftLoraKey{std::string(key.substr(kPrefix.size(), key.size() - kPrefix.size() - suffix.size())), which};
+  }
+  return std::nullopt;
 }
+
+bool is_dora_magnitude_key(std::string_view key) { return key.ends_with(kSuffixM); }
 
 std::string peft_adapter_config_json(const PeftAdapterConfig& c) {
   nlohmann::ordered_json j;
@@ -56,7 +65,7 @@ std::string peft_adapter_config_json(const PeftAdapterConfig& c) {
   j["target_modules"] = c.target_modules;
   j["target_parameters"] = c.target_parameters.empty() ? nlohmann::json(nullptr) : nlohmann::json(c.target_parameters);
   j["task_type"] = "CAUSAL_LM";
-  j["use_dora"] = false;
+  j["use_dora"] = c.use_dora;
   j["use_rslora"] = c.use_rslora;
   return j.dump(2) + "\n";
 }
@@ -86,7 +95,6 @@ PeftAdapterConfig read_peft_adapter_config(const std::filesystem::path& dir) {
   };
   if (str("peft_type", "LORA") != "LORA")
     user_error(p, ": peft_type: only LORA adapters are supported, got ", shorten(str("peft_type", "")));
-  if (flag("use_dora")) user_error(p, ": use_dora: DoRA adapters are not supported");
   if (j.contains("modules_to_save") && !j["modules_to_save"].is_null() && !j["modules_to_save"].empty())
     user_error(p, ": modules_to_save: adapters that also train full modules are not supported");
   for (const char* k : {"rank_pattern", "alpha_pattern"})
@@ -102,6 +110,7 @@ PeftAdapterConfig read_peft_adapter_config(const std::filesystem::path& dir) {
   c.lora_alpha = num("lora_alpha", 8);
   c.lora_dropout = num("lora_dropout", 0);
   c.use_rslora = flag("use_rslora");
+  c.use_dora = flag("use_dora");
   if (j.contains("init_lora_weights") && !j["init_lora_weights"].is_null()) {
     const auto& v = j["init_lora_weights"];
     if (v.is_boolean()) {
@@ -157,7 +166,10 @@ PeftAdapterConfig read_peft_adapter_config(const std::filesystem::path& dir) {
 void write_peft_adapter(const std::filesystem::path& dir, const PeftAdapterConfig& c,
                         const std::map<std::string, at::Tensor>& tensors, at::ScalarType dtype) {
   SafetensorsWriter w;
-  for (const auto& [k, v] : tensors) w.add(k, v.detach().to(at::kCPU).to(dtype));
+  // DoRA's magnitude stays float32, as PEFT holds it: m / ||W + s B A|| is 1 at the start, which
+  // a 16-bit magnitude would move by up to its rounding.
+  for (const auto& [k, v] : tensors)
+    w.add(k, v.detach().to(at::kCPU).to(is_dora_magnitude_key(k) ? at::kFloat : dtype));
   w.write(dir / kPeftWeightsFile);
   fs::write_file_atomic(dir / kPeftConfigFile, peft_adapter_config_json(c));
 }

@@ -12,6 +12,7 @@
 #include "trainer/io/safetensors.h"
 #include "trainer/model/gguf_base.h"
 #include "trainer/model/lora_init.h"
+#include "trainer/model/lora_linear.h"
 #include "trainer/model/model.h"
 #include "trainer/model/rope.h"
 #include "trainer/quant/bnb_nf4.h"
@@ -40,6 +41,8 @@ class Loader {
                      "starting model overshoots the 16-bit one. Set lora_alpha equal to lora_r (or to sqrt(lora_r) "
                      "with use_rslora).\n",
                      lora_scaling(*opts_.lora));
+      if (opts_.lora->use_dora && !opts_.lora->target_parameters.empty())
+        user_error("use_dora: DoRA is not supported with lora_target_parameters (expert tensors), as in PEFT");
       m.lora_target_parameters = opts_.lora->target_parameters;
     }
     const ModelConfig& c = m.config;
@@ -170,6 +173,8 @@ class Loader {
     if (bias) l.bias = take16(prefix + ".bias", {shape[0]});
     if (adapted && !l.lora)
       l.lora = make_lora_adapter(l.in_features, l.out_features, *opts_.lora, init_gen_, dtype_, opts_.device);
+    // DoRA's magnitude starts at the row norms of this base plus the adapter's initial product.
+    if (l.lora && opts_.lora->use_dora) init_dora(l.nf4 ? &*l.nf4 : nullptr, l.weight, *l.lora);
   }
 
   // PiSSA / OLoRA / LoftQ: the adapter comes from the weight and replaces it as the base

@@ -24,6 +24,7 @@ config::LoraConfig to_lora_config(const io::PeftAdapterConfig& c) {
   l.alpha = c.lora_alpha;
   l.dropout = c.lora_dropout;
   l.use_rslora = c.use_rslora;
+  l.use_dora = c.use_dora;
   l.init_lora_weights = c.init_lora_weights;
   l.loftq_iter = c.loftq_iter;
   l.target_parameters = c.target_parameters;

@@ -4,6 +4,8 @@
 //   scaling = alpha / r, or alpha / sqrt(r) with rsLoRA
 //   init: A kaiming-uniform with a = sqrt(5) (uniform in ±1/sqrt(in)), B zeros; or another of
 //   PEFT's init_lora_weights (lora_init.h)
+//   DoRA (use_dora): the output rescaled per row by a trained magnitude over ||W + scaling B A||
+//   (lora_linear.h)
 //
 // Parameters are plain tensors (requires_grad) named with PEFT's state-dict keys (io::peft_lora_key),
 // e.g. "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", so adapter export and
@@ -13,6 +15,7 @@
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -25,11 +28,19 @@ struct PeftAdapterConfig;
 
 namespace qlora::model {
 
+struct DoraNormCache;
+
 struct LoraAdapter {
   at::Tensor A;  // lora_A.weight [r, in], requires grad
   at::Tensor B;  // lora_B.weight [out, r], requires grad
   double scaling = 1.0;
   double dropout = 0.0;  // probability; applied to the adapter's input only while training
+  // DoRA (use_dora; lora_linear.h): lora_magnitude_vector [out] (float32, requires grad) and the
+  // frozen base's squared row norms [out] (float32). Undefined for plain LoRA.
+  at::Tensor magnitude;
+  at::Tensor base_sq_norm;
+  std::shared_ptr<DoraNormCache> norm_cache;  // ||W + scaling B A|| kept between no-grad calls
+  bool dora() const { return magnitude.defined(); }
 
   // The product with a base layer is lora_linear (lora_linear.h).
 };

@@ -428,6 +428,7 @@ at::Tensor run_layers(Model& m, at::Tensor x, const BlockInputs& in, const Block
         if (l->lora) {
           params.push_back(l->lora->A);
           params.push_back(l->lora->B);
+          if (l->lora->dora()) params.push_back(l->lora->magnitude);
         }
       for (const auto* a : {&m.layers[i].experts_gate_up_lora, &m.layers[i].experts_down_lora})
         if (*a) {
@@ -709,6 +710,7 @@ std::vector<NamedParameter> Model::lora_parameters() const {
       if (!l->lora) continue;
       out.push_back({io::peft_lora_key(l->name, 'A'), l->lora->A});
       out.push_back({io::peft_lora_key(l->name, 'B'), l->lora->B});
+      if (l->lora->dora()) out.push_back({io::peft_lora_key(l->name, 'M'), l->lora->magnitude});
     }
     if (L.experts_gate_up_lora) {
       out.push_back({io::peft_lora_key(L.experts_gate_up_module, 'A'), L.experts_gate_up_lora->A});

@@ -158,6 +158,7 @@ void no_extra_tensors(const io::SafetensorsFile& sf, const std::set<std::string>
 struct OptParam {
   std::string name;
   std::vector<int64_t> shape;
+  int64_t numel = 0;
   bool is8bit = false;
 };
 
@@ -208,13 +209,17 @@ void check_contents(const stdfs::path& ckpt) {
     if (!names.insert(p.name).second) bad(oj, k + ".name: \"" + shorten(p.name) + "\" appears twice");
     if (!io::parse_peft_lora_key(p.name))
       bad(oj, k + ".name: \"" + shorten(p.name) + "\" is not a LoRA parameter name");
-    if (!sh.is_array() || sh.size() != 2) bad(oj, k + ".shape: expected [rows, columns]");
+    // LoRA matrices are [rows, columns]; DoRA's magnitudes [rows].
+    const size_t dims = io::parse_peft_lora_key(p.name)->which == 'M' ? 1 : 2;
+    if (!sh.is_array() || sh.size() != dims)
+      bad(oj, k + (dims == 2 ? ".shape: expected [rows, columns]" : ".shape: expected [rows]"));
     for (const json& d : sh) p.shape.push_back(int_in(d, k + ".shape", oj, 1, kMaxCounter));
-    if (static_cast<__int128>(p.shape[0]) * p.shape[1] > kMaxCounter) bad(oj, k + ".shape: too large");
+    if (static_cast<__int128>(p.shape[0]) * p.shape.back() > kMaxCounter) bad(oj, k + ".shape: too large");
+    p.numel = dims == 2 ? p.shape[0] * p.shape[1] : p.shape[0];
     if (!st.is_string() || (st.get<std::string>() != "fp32" && st.get<std::string>() != "8bit"))
       bad(oj, k + ".state: expected \"fp32\" or \"8bit\"");
     p.is8bit = st.get<std::string>() == "8bit";
-    const bool should8 = want8 && p.shape[0] * p.shape[1] >= min8;
+    const bool should8 = want8 && p.numel >= min8;
     if (p.is8bit != should8)
       bad(oj, k + ".state: \"" + st.get<std::string>() + "\", but the optimizer keeps " + (should8 ? "8bit" : "fp32") +
                   " state for this parameter");
@@ -227,7 +232,7 @@ void check_contents(const stdfs::path& ckpt) {
   std::map<std::string, at::Tensor> masters;
   for (const OptParam& p : params) {
     masters[p.name] = expect_tensor(of, p.name + ".master", at::kFloat, p.shape);
-    const int64_t blocks = (p.shape[0] * p.shape[1] + 255) / 256;
+    const int64_t blocks = (p.numel + 255) / 256;
     std::vector<std::pair<std::string, at::Tensor>> nonneg;
     expected.insert(p.name + ".master");
     if (p.is8bit) {
@@ -255,7 +260,9 @@ void check_contents(const stdfs::path& ckpt) {
     // The stacked expert adapters (target_parameters) hold r per expert.
     const bool expert = !pc.target_parameters.empty() &&
                         (key.module.ends_with(".mlp.experts") || key.module.ends_with(".mlp.experts.base_layer"));
-    int64_t r = key.which == 'A' ? p.shape[0] : p.shape[1];
+    if (key.which == 'M' && !pc.use_dora)
+      bad(af.path(), p.name + ": a DoRA magnitude, but " + kAdapterConfigFile + " says use_dora false");
+    int64_t r = key.which == 'A' ? p.shape[0] : key.which == 'B' ? p.shape[1] : pc.r;
     if (expert && r % pc.r == 0) r = pc.r;
     if (r != pc.r)
       bad(af.path(),
@@ -298,6 +305,7 @@ stdfs::path write_checkpoint(const stdfs::path& checkpoints_dir, const config::T
   pc.lora_alpha = cfg.lora.alpha;
   pc.lora_dropout = cfg.lora.dropout;
   pc.use_rslora = cfg.lora.use_rslora;
+  pc.use_dora = cfg.lora.use_dora;
   // As PEFT saves a PiSSA/OLoRA/LoftQ adapter before conversion: PEFT reruns the method on the
   // original base when it loads it (`qlora export --format peft` converts or carries the base).
   pc.init_lora_weights = cfg.lora.init_lora_weights;

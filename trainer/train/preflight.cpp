@@ -119,6 +119,10 @@ MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::Mode
     weights += L * (p.in * p.out * per_weight + p.out * cb);  // + a bias, whether or not there is one
     lora_params += static_cast<double>(p.adapted_layers) * r * (p.in + p.out);
     adapted_act += static_cast<double>(p.adapted_layers) * (p.in + r) * cb;
+    if (cfg.lora.use_dora) {  // the magnitude, and the layer's unscaled output kept for its gradient
+      lora_params += static_cast<double>(p.adapted_layers) * p.out;
+      adapted_act += static_cast<double>(p.adapted_layers) * p.out * cb;
+    }
     largest = std::max(largest, p.in * p.out);
   }
   if (!cfg.lora.target_parameters.empty()) {  // the stacked expert adapters: r per expert
