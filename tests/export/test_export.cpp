@@ -411,6 +411,46 @@ TEST_F(Export, DoraLoadsInPeftAndTransformers) {
   EXPECT_LT(j["merged"]["rel"].get<double>(), 1e-4);
 }
 
+// Tied embeddings: one trained copy serves both (PEFT's ensure_weight_tying), saved under both
+// keys; PeftModel.from_pretrained reads our adapter_config.json and gives our logits, and the
+// merged model (still tied) does too.
+TEST_F(Export, ModulesToSaveOnTiedEmbeddings) {
+  const stdfs::path d = test::temp_dir("mts_tied");
+  const stdfs::path fx = d / "fixture";
+  stdfs::create_directories(fx);
+  test::ProcResult r = test::run_python("train_fixture.py", {fx.string(), "llama_tied"});
+  ASSERT_EQ(r.code, 0) << r.output;
+  train(d, "lora", fx, "lora_modules_to_save: [lm_head]\n");
+  const stdfs::path run = d / "run";
+  const stdfs::path ours = our_logits(run, "mts_tied");
+  const nlohmann::json ac =
+      nlohmann::json::parse(fs::read_file(run / "checkpoints/checkpoint-000003/adapter_config.json"));
+  EXPECT_EQ(ac["modules_to_save"], nlohmann::json({"model.embed_tokens"}));
+  EXPECT_EQ(ac["ensure_weight_tying"], true);
+  r = run_cli("export " + q(run) + " --format peft --out " + q(d / "peft"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run_cli("export " + q(run) + " --format merged --dtype fp32 --out " + q(d / "merged"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  {
+    const io::SafetensorsFile a(d / "peft/adapter_model.safetensors");
+    const io::SafetensorsFile b(fx / "model/model.safetensors");
+    const at::Tensor e = a.tensor("base_model.model.model.embed_tokens.weight");
+    EXPECT_TRUE(at::equal(e, a.tensor("base_model.model.lm_head.weight")));
+    EXPECT_GT((e.to(at::kFloat) - b.tensor("model.embed_tokens.weight").to(at::kFloat)).abs().max().item<double>(),
+              1e-3);
+  }
+  nlohmann::json checks = nlohmann::json::array();
+  checks.push_back(peft_check("peft", fx / "model", d / "peft", ours));
+  checks.push_back(peft_check("checkpoint", fx / "model", run / "checkpoints/checkpoint-000003", ours));
+  checks.push_back(merged_check("merged", d / "merged", ours));
+  const nlohmann::json j = judge(checks);
+  std::printf("tied modules_to_save judge: %s\n", j.dump().c_str());
+  ASSERT_TRUE(j.contains("peft")) << j.dump();
+  EXPECT_LT(j["peft"]["rel"].get<double>(), 1e-4);
+  EXPECT_LT(j["checkpoint"]["rel"].get<double>(), 1e-4);
+  EXPECT_LT(j["merged"]["rel"].get<double>(), 1e-4);
+}
+
 TEST_F(Export, Phi3FusedProjectionsLoadInPeftAndTransformers) {
   const stdfs::path d = test::temp_dir("phi3_export");
   stdfs::create_directories(d / "fixture");

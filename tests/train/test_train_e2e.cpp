@@ -128,10 +128,14 @@ TEST_F(TrainE2E, ResumeGivesBitIdenticalLosses) {
       EXPECT_EQ(v.first, lb[step].first) << "loss at step " << step;
       EXPECT_EQ(v.second, lb[step].second) << "grad norm at step " << step;
     }
+    if (more.starts_with("use_dora")) {  // the magnitudes under PEFT's key, float32
+      const std::string st = fs::read_file(b / "run/checkpoints/checkpoint-000008/adapter_model.safetensors");
+      EXPECT_NE(st.find(".self_attn.q_proj.lora_magnitude_vector\""), std::string::npos);
+    }
     // The final adapters are identical too.
     EXPECT_EQ(fs::read_file(a / "run/checkpoints/checkpoint-000008/adapter_model.safetensors"),
               fs::read_file(b / "run/checkpoints/checkpoint-000008/adapter_model.safetensors"));
-    if (!more.empty()) {  // the full weights under PEFT's keys, named in adapter_config.json
+    if (more.starts_with("lora_modules_to_save")) {  // the full weights under PEFT's keys, named in adapter_config.json
       const std::string ac = fs::read_file(b / "run/checkpoints/checkpoint-000008/adapter_config.json");
       const auto j = nlohmann::json::parse(ac);
       EXPECT_EQ(j["modules_to_save"], nlohmann::json({"model.embed_tokens", "lm_head"})) << ac;
