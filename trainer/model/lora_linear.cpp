@@ -71,7 +71,7 @@ struct DoraLinearBackward : public torch::autograd::Node {
   const kernels::NF4Tensor* nf4 = nullptr;
   at::Tensor weight;          // 16-bit base (when no nf4)
   at::Tensor xd, h, A, B, u;  // dropout(x) [M, in], h [M, r], the adapter, u [M, N]
-  at::Tensor norm, scale;     // ||W + s B A|| (float32) and m / norm (dy's dtype), [N]
+  at::Tensor norm, scale;     // ||W + s B A|| and m / norm, [N], float32
   double scaling = 1.0, p = 0.0;
   uint64_t seed = 0;
   std::vector<int64_t> x_sizes;
@@ -85,7 +85,9 @@ struct DoraLinearBackward : public torch::autograd::Node {
     if (!grads[0].defined()) return out;
     const int64_t N = B.size(0);
     const at::Tensor dy = grads[0].reshape({-1, N}).contiguous();
-    const at::Tensor dys = dy * scale;  // the gradient at the scaled output, per column
+    // The gradient at the scaled output, per column; products with the float32 scale are taken in
+    // float32 and rounded once to dy's dtype.
+    const at::Tensor dys = (dy * scale).to(dy.scalar_type());
     if (need_m) out[3] = (dy.to(at::kFloat) * u.to(at::kFloat)).sum(0).div_(norm);
     const at::Tensor g = at::mm(dys, B).mul_(scaling);  // [M, r]
     if (need_B) out[2] = at::mm(dys.t(), h).mul_(scaling);
@@ -95,7 +97,7 @@ struct DoraLinearBackward : public torch::autograd::Node {
       if (p > 0.0) {
         // The base term scales dropout(x) W^T by (m / norm - 1); the plain base takes x itself.
         dx = base_grad_input(dy, nf4, weight);
-        at::Tensor t = base_grad_input(dy * (scale - 1), nf4, weight);
+        at::Tensor t = base_grad_input((dy * (scale - 1)).to(dy.scalar_type()), nf4, weight);
         t.addmm_(g, A);
         kernels::hashed_dropout_add_(dx, t, p, seed);
       } else {
@@ -135,7 +137,9 @@ at::Tensor dora_linear(const at::Tensor& x, const kernels::NF4Tensor* nf4, const
     at::NoGradGuard no_grad;
     const at::Tensor x2 = x.detach().reshape({-1, K}).contiguous();
     norm = dora_weight_norm(nf4, weight, lora);
-    scale = lora.magnitude.detach().to(at::kFloat).div(norm).to(x.scalar_type());
+    // float32, as PEFT's magnitude / norm is; the products with it are taken in float32 and rounded
+    // once to the compute dtype (a 16-bit m / n would add its own rounding of up to 2^-9).
+    scale = lora.magnitude.detach().to(at::kFloat).div(norm);
     at::Tensor z = base_product(x2, nf4, weight);
     kernels::profile::Scope prof(kernels::profile::Part::lora);
     xd = dropout_p > 0.0 ? kernels::hashed_dropout(x2, dropout_p, seed) : x2;
@@ -145,10 +149,10 @@ at::Tensor dora_linear(const at::Tensor& x, const kernels::NF4Tensor* nf4, const
       // PEFT: base(x) + (m / norm - 1) * dropout(x) W^T + m / norm * s * B A dropout(x).
       const at::Tensor zd = base_product(xd, nf4, weight);
       u = at::addmm(zd, h, B.t(), /*beta=*/1, /*alpha=*/lora.scaling);
-      y = z.sub_(zd).addcmul_(u, scale);
+      y = z.sub_(zd).add_((u * scale).to(z.scalar_type()));
     } else {
       u = z.addmm_(h, B.t(), /*beta=*/1, /*alpha=*/lora.scaling);
-      y = u * scale;
+      y = (u * scale).to(u.scalar_type());
     }
     if (bias.defined()) y.add_(bias);
     y = at::_unsafe_view(y, with_last(x.sizes(), N));
