@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <string_view>
 
@@ -25,6 +26,12 @@ namespace qlora {
 void trim_heap() {
 #if defined(__GLIBC__)
   ::malloc_trim(0);
+#endif
+}
+
+void use_returning_heap() {
+#if defined(__GLIBC__)
+  if (std::getenv("MALLOC_MMAP_THRESHOLD_") == nullptr) ::mallopt(M_MMAP_THRESHOLD, 256 * 1024);
 #endif
 }
 
