@@ -89,4 +89,15 @@ struct InspectArgs {
 };
 int run_inspect(const InspectArgs& a);
 
+struct PlanArgs {
+  std::string config;
+  std::vector<std::string> set;
+  std::string device;  // overrides the config's device
+  std::string memory;  // the budget to check against (default: what the device has free)
+  bool no_time = false;
+  bool no_data = false;  // count every row as sequence_len tokens instead of reading the data
+  bool json = false;
+};
+int run_plan(const PlanArgs& a);
+
 }  // namespace qlora::cli

@@ -13,6 +13,7 @@
 #include "kernels/ops.h"
 #include "trainer/cli/commands.h"
 #include "trainer/common/error.h"
+#include "trainer/common/memory.h"
 
 namespace {
 
@@ -75,6 +76,7 @@ std::string usage_message(const CLI::ParseError& err, const CLI::App& app, int a
 
 int main(int argc, char** argv) {
   using namespace qlora::cli;
+  qlora::use_returning_heap();
   CLI::App app{"qlora: fine-tune open LLMs with QLoRA (NF4 base weights, LoRA adapters)", "qlora"};
   app.require_subcommand(0, 1);
   bool version = false;
@@ -205,6 +207,18 @@ int main(int argc, char** argv) {
   ec->add_flag("--load-in-4bit", ev.load_in_4bit, "Quantize the base to NF4 (default without an adapter: 16-bit)");
   ec->add_flag("--json", ev.json, "Print the result as JSON");
   ec->callback([&] { action = [&] { return run_eval(ev); }; });
+
+  // plan
+  PlanArgs plan;
+  auto* pl = app.add_subcommand("plan", "Predict a run's peak memory (broken down) and step time before running it");
+  pl->add_option("config", plan.config, "Config file (YAML)")->required();
+  pl->add_option("--set", plan.set, "Override a config key: --set key=value (repeatable)");
+  pl->add_option("--device", plan.device, "Plan for this device: cpu, cuda, cuda:N (default: the config's)");
+  pl->add_option("--memory", plan.memory, "Check against this budget, e.g. 24GB (default: what the device has free)");
+  pl->add_flag("--no-time", plan.no_time, "Skip the step-time calibration");
+  pl->add_flag("--no-data", plan.no_data, "Do not read the data: count every row as sequence_len tokens");
+  pl->add_flag("--json", plan.json, "Print JSON");
+  pl->callback([&] { action = [&] { return run_plan(plan); }; });
 
   // inspect
   InspectArgs in;

@@ -1,31 +1,17 @@
 #include "trainer/train/preflight.h"
 
-#ifdef QLORA_WITH_CUDA
-#include <c10/cuda/CUDAException.h>
-#include <cuda_runtime_api.h>
-#endif
-
 #include <algorithm>
 #include <cstdio>
 #include <limits>
 
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
-#include "trainer/common/memory.h"
-#include "trainer/model/cross_entropy.h"
 #include "trainer/model/lora.h"
 #include "trainer/model/saved_modules.h"
 
 namespace qlora::train {
 
 namespace {
-
-// Bytes as a double (no overflow for absurd configs), clamped when stored.
-uint64_t to_bytes(double b) {
-  if (!(b >= 0)) return 0;
-  if (b >= 1.8e19) return std::numeric_limits<uint64_t>::max();
-  return static_cast<uint64_t>(b);
-}
 
 // A targeted projection: its shape and whether LoRA adapts it, per layer.
 struct Proj {
@@ -43,13 +29,6 @@ std::vector<Proj> projections(const config::TrainConfig& cfg, const model::Model
     out.push_back(p);
   }
   return out;
-}
-
-double compute_bytes(const config::TrainConfig& cfg, at::Device device) {
-  const std::string& d = cfg.quantization.compute_dtype;
-  if (d == "fp32") return 4;
-  if (d == "bf16" || d == "fp16") return 2;
-  return device.is_cuda() ? 2 : 4;  // auto
 }
 
 }  // namespace
@@ -93,136 +72,87 @@ void check_shapes(const config::TrainConfig& cfg, const model::ModelConfig& mc) 
                " make tensors with more elements than 64-bit sizes count");
 }
 
-std::string MemoryEstimate::describe() const {
-  return "about " + fs::format_bytes(total()) + " (weights " + fs::format_bytes(weights + transient) +
-         ", LoRA+optimizer " + fs::format_bytes(lora) + ", activations " + fs::format_bytes(activations + logits) + ")";
+void check_config_against_model(const config::TrainConfig& cfg, const model::ModelConfig& mc) {
+  located(cfg, [&] {
+    model::resolve_lora_targets(cfg.lora, mc);
+    model::resolve_modules_to_save(cfg.lora.modules_to_save, mc, cfg.lora.ensure_weight_tying);
+    return 0;
+  });
+  check_shapes(cfg, mc);
 }
 
-MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::ModelConfig& mc, at::Device device) {
-  const double cb = compute_bytes(cfg, device);
-  const double H = static_cast<double>(mc.hidden_size), I = static_cast<double>(mc.intermediate_size);
-  const double V = static_cast<double>(mc.vocab_size), L = static_cast<double>(mc.num_hidden_layers);
-  const double Qo = static_cast<double>(mc.q_out()), KVo = static_cast<double>(mc.kv_out());
-  const double r = static_cast<double>(cfg.lora.r);
-  const double B = static_cast<double>(cfg.micro_batch_size), S = static_cast<double>(cfg.data.sequence_len);
-  const double T = B * S;  // tokens of a full micro-batch
-  const bool nf4 = cfg.lora.adapter == "qlora";
-  const double per_weight = nf4 ? 0.5 + 4.0 / static_cast<double>(cfg.quantization.blocksize) : cb;
+uint64_t MemoryEstimate::total() const {
+  return std::max(weights + lora + activations + logits + transient, weights + transient);
+}
 
+std::string MemoryEstimate::describe() const {
+  return "about " + fs::format_bytes(total()) + " (weights " + fs::format_bytes(weights) + ", LoRA+optimizer " +
+         fs::format_bytes(lora) + ", activations " + fs::format_bytes(activations + logits) + ")";
+}
+
+namespace {
+
+// The plan's parts summed into the estimate's groups.
+MemoryEstimate grouped(const MemoryPlan& p) {
   MemoryEstimate e;
-  double weights = V * H * cb * (mc.tie_word_embeddings ? 1 : 2) + (2 * L + 1) * H * cb;
-  if (mc.qk_norm) weights += 2 * L * static_cast<double>(mc.head_dim) * cb;
-  if (mc.is_moe())  // routers (and qwen2_moe's shared-expert gates) stay 16-bit
-    weights += L * (static_cast<double>(mc.num_experts) + (mc.shared_expert_intermediate_size > 0 ? 1 : 0)) * H * cb;
-  if (mc.gemma) weights += 2 * L * H * cb;               // pre- and post-feedforward norms
-  double lora_params = 0, largest = 0, adapted_act = 0;  // adapted_act: per token, all layers
-  for (const Proj& p : projections(cfg, mc)) {
-    weights += L * (p.in * p.out * per_weight + p.out * cb);  // + a bias, whether or not there is one
-    lora_params += static_cast<double>(p.adapted_layers) * r * (p.in + p.out);
-    adapted_act += static_cast<double>(p.adapted_layers) * (p.in + r) * cb;
-    if (cfg.lora.use_dora) {  // the magnitude, and the layer's unscaled output kept for its gradient
-      lora_params += static_cast<double>(p.adapted_layers) * p.out;
-      adapted_act += static_cast<double>(p.adapted_layers) * p.out * cb;
-    }
-    largest = std::max(largest, p.in * p.out);
+  for (const MemoryPart& m : p.parts) {
+    if (m.name.find("base weights") != std::string::npos || m.name.starts_with("embeddings"))
+      e.weights += m.bytes;
+    else if (m.name.starts_with("LoRA") || m.name.starts_with("optimizer"))
+      e.lora += m.bytes;
+    else if (m.name == "activations" || m.name.starts_with("backward"))
+      e.activations += m.bytes;
+    else if (m.name.starts_with("logits"))
+      e.logits += m.bytes;
+    else
+      e.transient += m.bytes;
   }
-  if (!cfg.lora.target_parameters.empty()) {  // the stacked expert adapters: r per expert
-    const model::ExpertTargets t = model::resolve_expert_targets(cfg.lora, mc);
-    const double rE = r * static_cast<double>(mc.num_experts), Im = static_cast<double>(mc.moe_intermediate_size);
-    lora_params += L * rE * ((t.gate_up ? H + 2 * Im : 0) + (t.down ? Im + H : 0));
-  }
-  {  // lora_modules_to_save: full [vocab, hidden] copies, trained like the LoRA tensors
-    const model::SavedModules sm =
-        model::resolve_modules_to_save(cfg.lora.modules_to_save, mc, cfg.lora.ensure_weight_tying);
-    lora_params += V * H * ((sm.embed ? 1 : 0) + (sm.lm_head ? 1 : 0));
-  }
-  e.weights = to_bytes(weights);
-  e.transient = to_bytes(2 * 4 * std::max(largest, nf4 ? 0.0 : V * H));
-  // A and B and their gradients in the compute dtype; fp32 master, two moments, clipped gradient
-  e.lora = to_bytes(lora_params * (2 * cb + 16));
-
-  // The MLP's intermediates per token: gate, up, activation and product; a mixture of experts has
-  // them for each of its k experts (and the shared expert), plus the token's copy sent to each
-  // expert and each expert's weighted output.
-  double mlp_tok = 4 * I;
-  if (mc.is_moe()) {
-    const double k = static_cast<double>(mc.num_experts_per_tok);
-    mlp_tok = 4 * (k * static_cast<double>(mc.moe_intermediate_size) +
-                   static_cast<double>(mc.shared_expert_intermediate_size)) +
-              2 * k * H + static_cast<double>(mc.num_experts);
-  }
-  const double layer_tok = (6 * H + 3 * Qo + 2 * KVo + mlp_tok) * cb;  // one layer, one token
-  const double adapted_layer_tok = L > 0 ? adapted_act / L : 0;
-  // Offloaded checkpoints keep the block inputs in host memory, not on the GPU.
-  const double inputs = cfg.activation_offload && device.is_cuda() ? 0 : T * L * H * cb;
-  const double saved =
-      cfg.gradient_checkpointing ? inputs + T * (layer_tok + adapted_layer_tok) : T * (L * layer_tok + adapted_act);
-  // The CPU's attention may hold fp32 scores [B, heads, S, S]; CUDA's flash and memory-efficient
-  // kernels keep none, only a boolean mask [B, 1, S, S] where a sliding window is shorter than S.
-  const bool window_bites = mc.sliding_window && static_cast<double>(*mc.sliding_window) < S;
-  double scores = device.is_cuda() ? (window_bites ? B * S * S : 0.0)
-                                   : 2 * 4 * B * static_cast<double>(mc.num_attention_heads) * S * S;
-  // Soft-capped attention scores (Gemma 2) are written out on every device: one layer's scores in
-  // the compute dtype after the product, the cap and the mask, the fp32 softmax, and the boolean
-  // mask, held for the backward of the block being recomputed.
-  if (mc.attn_logit_softcapping)
-    scores = (3 * cb + 4) * B * static_cast<double>(mc.num_attention_heads) * S * S + B * S * S;
-  e.activations = to_bytes(saved + scores + 2 * T * (layer_tok + adapted_layer_tok));
-  const double chunk = std::min(T, static_cast<double>(model::default_ce_chunk_tokens(mc.vocab_size)));
-  e.logits = to_bytes(3 * 4 * chunk * V + T * H * 4);
+  // loading holds one weight in fp32 beyond the weights; training's allowances count against it
+  if (p.load_peak > e.weights + e.transient) e.transient = p.load_peak - e.weights;
   return e;
 }
 
-void check_memory(const config::TrainConfig& cfg, const model::ModelConfig& mc, at::Device device, int processes) {
-  const MemoryEstimate e = estimate_memory(cfg, mc, device);
-  const uint64_t sharing = device.is_cuda() ? 1 : static_cast<uint64_t>(std::max(1, processes));
-  const std::string per = sharing > 1 ? " per process, " + fs::format_bytes(e.total() * sharing) + " for the " +
-                                            std::to_string(sharing) + " processes on this machine"
-                                      : "";
-  uint64_t avail = 0;
-  std::string source;
-  if (device.is_cuda()) {
-#ifdef QLORA_WITH_CUDA
-    int prev = 0;
-    C10_CUDA_CHECK(cudaGetDevice(&prev));
-    C10_CUDA_CHECK(cudaSetDevice(device.has_index() ? device.index() : prev));
-    size_t free_b = 0, total_b = 0;
-    C10_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-    C10_CUDA_CHECK(cudaSetDevice(prev));
-    avail = free_b;
-    source = "free on " + device.str();
-#else
-    return;
-#endif
-  } else {
-    const std::optional<HostMemory> h = host_memory_available();
-    if (!h) return;
-    avail = h->available;
-    source = h->source;
-  }
-  if (e.total() * sharing <= avail) {
-    std::printf("memory: the run needs %s%s; %s available (%s)\n", e.describe().c_str(), per.c_str(),
-                fs::format_bytes(avail).c_str(), source.c_str());
-    return;
-  }
+}  // namespace
 
-  const uint64_t act = e.activations + e.logits, w = e.weights + e.transient;
-  std::string key, advice;
-  if (act >= w && act >= e.lora) {
-    key = cfg.micro_batch_size > 1 ? "micro_batch_size" : "sequence_len";
-    advice = "lower micro_batch_size or sequence_len";
-    if (!cfg.gradient_checkpointing) advice += ", or set gradient_checkpointing: true";
-  } else if (e.lora >= w) {
-    key = "lora_r";
-    advice = "lower lora_r or adapt fewer modules";
+MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::ModelConfig& mc, at::Device device) {
+  return grouped(plan_memory(cfg, mc, device, full_rows(cfg)));
+}
+
+uint64_t check_memory(const config::TrainConfig& cfg, const model::ModelConfig& mc, at::Device device,
+                      const DataShape& data, int processes) {
+  const MemoryPlan p = plan_memory(cfg, mc, device, data);
+  const MemoryEstimate e = grouped(p);
+  const std::optional<Budget> budget = memory_budget(device, device.is_cuda() ? 1 : processes);
+  if (!budget) return p.peak();
+  const std::string per = !device.is_cuda() && processes > 1 ? " per process" : "";
+  if (p.peak() <= budget->bytes) {
+    std::printf("memory: the run needs %s%s; %s available (%s)\n", e.describe().c_str(), per.c_str(),
+                fs::format_bytes(budget->bytes).c_str(), budget->source.c_str());
+    return p.peak();
+  }
+  const std::vector<Fix> fixes = fixes_for(cfg, mc, device, data, budget->bytes);
+  std::string key = "micro_batch_size", advice;
+  if (!fixes.empty()) {
+    const std::string& c = fixes.front().change;
+    key = c.substr(0, c.find(':'));
+    for (size_t i = 0; i < fixes.size() && i < 3; ++i) advice += (i ? "; or " : "") + fixes[i].change;
+    advice = "it fits with " + advice;
   } else {
-    key = "base_model";
-    advice = cfg.lora.adapter == "qlora" ? "choose a smaller model" : "use adapter: qlora or a smaller model";
+    key = cfg.lora.adapter == "qlora" ? "base_model" : "adapter";
+    advice = cfg.lora.adapter == "qlora" ? "no smaller batch, row, rank or state fits it; choose a smaller model"
+                                         : "use adapter: qlora or a smaller model";
+  }
+  if (key == "optimizer" || key == "lora_r" || key == "micro_batch_size" || key == "sequence_len" ||
+      key == "gradient_checkpointing" || key == "base_model" || key == "adapter") {
+  } else {
+    key = "micro_batch_size";
   }
   const std::string msg = cfg.where(key) + ": " + key + ": this run needs " + e.describe() + per + " but " +
-                          fs::format_bytes(avail) + " is available (" + source + "); " + advice;
-  if (cfg.memory_check) user_error(msg, ", or set memory_check: false to try anyway");
+                          fs::format_bytes(budget->bytes) + " is available (" + budget->source + "); " + advice +
+                          " (qlora plan shows the parts)";
+  if (cfg.memory_check) user_error(msg, "; or set memory_check: false to try anyway");
   std::fprintf(stderr, "qlora: warning: %s (memory_check: false: trying anyway)\n", msg.c_str());
+  return p.peak();
 }
 
 }  // namespace qlora::train

@@ -6,8 +6,11 @@
 #include <cstdint>
 #include <string>
 
+#include "trainer/common/error.h"
 #include "trainer/config/config.h"
+#include "trainer/config/load.h"
 #include "trainer/model/model_config.h"
+#include "trainer/train/plan.h"
 
 namespace qlora::train {
 
@@ -17,36 +20,39 @@ namespace qlora::train {
 // overrides_of_model_config router keys on a model without routers.
 void check_shapes(const config::TrainConfig& cfg, const model::ModelConfig& mc);
 
-// A conservative upper bound on the memory a training run takes, from config.json's shapes and
-// the config alone (every micro-batch full, every row sequence_len tokens long):
-//   weights      embeddings and norms in the compute dtype, lm_head unless tied; the projections
-//                in NF4 (half a byte per weight + 4 bytes of quantization stats per block) or,
-//                for adapter: lora, in the compute dtype
-//   lora         LoRA A and B, their gradients (compute dtype), the fp32 master copy, AdamW's two
-//                moments (fp32) and a gradient copy for clipping (fp32)
-//   activations  what backward keeps: per token and layer, the norms, residuals, q/k/v (before
-//                and after RoPE), the attention output, gate/up/activation/product of the MLP (of
-//                each of the k active experts and the shared expert in a mixture of experts) and
-//                each adapted layer's input and r outputs; with gradient_checkpointing only each
-//                layer's input (on a GPU none with gradient_checkpointing: offload) plus one
-//                layer's full set. Plus, for one layer at a time, on the CPU the attention score
-//                matrix (fp32, twice; on a GPU only a mask where a sliding window bites) and the
-//                activation gradients of one layer (twice its activations)
-//   logits       one chunk of fp32 logits of the chunked cross-entropy (three copies: logits,
-//                softmax, gradient) and the gradient of the final hidden states
-//   transient    the largest weight in fp32, twice (the copy being quantized while loading)
+// The checks above plus the LoRA targets and lora_modules_to_save resolved against the model:
+// everything about the config that config.json can refute. Errors name the config's line.
+void check_config_against_model(const config::TrainConfig& cfg, const model::ModelConfig& mc);
+
+// The memory a run takes, in three numbers (trainer/train/plan.h has the parts), every row
+// sequence_len tokens long and every token a target.
 struct MemoryEstimate {
   uint64_t weights = 0, lora = 0, activations = 0, logits = 0, transient = 0;
-  uint64_t total() const { return weights + lora + activations + logits + transient; }
+  uint64_t total() const;        // the peak: the larger of loading and training
   std::string describe() const;  // "about X (weights A, LoRA+optimizer B, activations C)"
 };
 MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::ModelConfig& mc, at::Device device);
 
-// Refuses (UserError naming the config key that weighs most) a run whose estimate exceeds the
-// memory available: free device memory on CUDA; on the CPU, MemAvailable or the room under the
-// cgroup limit. memory_check: false turns the refusal into a warning. Prints nothing when the
-// available memory cannot be read. `processes` (data-parallel workers on this machine) share
-// the host memory on the CPU: the bound is counted once per process there.
-void check_memory(const config::TrainConfig& cfg, const model::ModelConfig& mc, at::Device device, int processes = 1);
+// Refuses (UserError naming the config key whose change fits, with the changes that fit) a run
+// whose planned peak (trainer/train/plan.h, for the data's actual batches) exceeds the memory
+// available: free device memory on CUDA; on the CPU, MemAvailable or the room under the cgroup
+// limit, shared by the `processes` data-parallel workers on this machine. memory_check: false
+// turns the refusal into a warning. Says nothing when the available memory cannot be read.
+// Returns the planned peak.
+uint64_t check_memory(const config::TrainConfig& cfg, const model::ModelConfig& mc, at::Device device,
+                      const DataShape& data, int processes = 1);
+
+// Runs `f`; a UserError from a deeper layer that names a config key ("sequence_len: ...")
+// gets the config file and line of that key in front.
+template <class F>
+auto located(const config::TrainConfig& cfg, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const UserError& e) {
+    const std::string m = config::locate_message(cfg, e.what());
+    if (m == e.what()) throw;
+    throw UserError(m);
+  }
+}
 
 }  // namespace qlora::train

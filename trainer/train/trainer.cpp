@@ -139,6 +139,9 @@ struct Session {
   const TrainOptions& opt;
   at::Device device;
   stdfs::path run_dir;
+  model::ModelConfig mc;      // the base's config.json
+  uint64_t planned_peak = 0;  // trainer/train/plan.h's peak for this run
+  uint64_t rss_at_start = 0;  // VmRSS when the run started (CPU): the baseline of the peak
   std::unique_ptr<tok::Tokenizer> tk;
   data::Datasets ds;
   model::Model m;
@@ -337,31 +340,11 @@ void setup_model(Session& s) {
 std::string g_phase = "starting";
 std::string g_last_checkpoint;  // the newest complete checkpoint of the run, if any
 
-// Runs `f`; a UserError from a deeper layer that names a config key ("sequence_len: ...")
-// gets the config file and line of that key in front.
-template <class F>
-auto located(const config::TrainConfig& cfg, F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const UserError& e) {
-    const std::string m = config::locate_message(cfg, e.what());
-    if (m == e.what()) throw;
-    throw UserError(m);
-  }
-}
-
-// Every check of the config that reads the model's config.json: target modules, shapes,
-// memory. Nothing is loaded yet.
+// Every check of the config that reads the model's config.json: target modules, shapes. Nothing
+// is loaded yet (the memory check needs the data: setup()).
 void check_against_model(Session& s) {
-  const config::TrainConfig& cfg = s.cfg;
-  const model::ModelConfig mc = model::read_model_config(cfg.base_model);
-  located(cfg, [&] {
-    model::resolve_lora_targets(cfg.lora, mc);
-    model::resolve_modules_to_save(cfg.lora.modules_to_save, mc, cfg.lora.ensure_weight_tying);
-    return 0;
-  });
-  check_shapes(cfg, mc);
-  check_memory(cfg, mc, s.device, s.opt.world ? s.opt.world->local_world_size : 1);
+  s.mc = model::read_model_config(s.cfg.base_model);
+  check_config_against_model(s.cfg, s.mc);
 }
 
 // SHA-256 of the training state every rank must hold identically: the LoRA weights, the
@@ -410,6 +393,9 @@ void setup(Session& s) {
   s.ds = located(cfg, [&] {
     return data::build_datasets(cfg.data, *s.tk, [](const std::string& l) { std::printf("%s\n", l.c_str()); });
   });
+  s.planned_peak = check_memory(
+      cfg, s.mc, s.device, data_shape(*s.ds.train, s.ds.val.get(), cfg.micro_batch_size, cfg.data.pad_to_sequence_len),
+      s.opt.world ? s.opt.world->local_world_size : 1);
   g_phase = "loading the model";
   located(cfg, [&] {
     setup_model(s);
@@ -754,6 +740,22 @@ LoopEnd train_loop(Session& s) {
 
 // ---- finish ------------------------------------------------------------------------------------
 
+// The peak against the plan's prediction: on the CPU the peak RSS above the process's RSS at the
+// start; on a GPU the caching allocator's peak of allocated bytes.
+void report_peak(const Session& s) {
+  const uint64_t peak = memory_in_use_peak(s.device);
+  const uint64_t base = s.device.is_cuda() ? 0 : std::min(s.rss_at_start, peak);
+  const uint64_t used = peak - base;
+  const double dev = s.planned_peak ? 100.0 * (static_cast<double>(s.planned_peak) - static_cast<double>(used)) /
+                                          static_cast<double>(std::max<uint64_t>(used, 1))
+                                    : 0.0;
+  std::printf("memory: peak %s (%llu bytes)%s; planned %s (%+.0f%%)\n", fs::format_bytes(used).c_str(),
+              static_cast<unsigned long long>(used),
+              s.device.is_cuda() ? " allocated on the GPU"
+                                 : (" above the " + fs::format_bytes(base) + " the process held at the start").c_str(),
+              fs::format_bytes(s.planned_peak).c_str(), dev);
+}
+
 void finish(Session& s, Clock::time_point t_start) {
   const int64_t step = s.ts.global_step;
   if (s.last_saved != step) save(s);
@@ -763,6 +765,7 @@ void finish(Session& s, Clock::time_point t_start) {
   fs::write_file_atomic(
       plot, loss_curve_svg(s.hist.steps, s.hist.evals, "qlora: " + stdfs::path(s.cfg.config_path).filename().string()));
   const optim::PagingStats ps = s.adamw->stats();
+  report_peak(s);
   std::printf("done: %lld steps in %s (%lld skipped); optimizer paging: %s\n", static_cast<long long>(step),
               format_duration(seconds_since(t_start)).c_str(), static_cast<long long>(s.ts.skipped_steps),
               ps.to_string().c_str());
@@ -923,6 +926,7 @@ void join_world(Session& s) {
 int run_training(const config::TrainConfig& cfg, const TrainOptions& opt) {
   const auto t_start = Clock::now();
   Session s(cfg, opt, model::resolve_device(cfg.device, cfg.where("device") + ": device"));
+  s.rss_at_start = fs::proc_status_bytes("VmRSS:");
   at::manual_seed(cfg.seed);
   install_stop_handlers(/*merge_repeats=*/opt.world.has_value(), /*quiet=*/opt.world && opt.world->rank > 0);
   g_previous_terminate = std::set_terminate(on_terminate);
