@@ -31,6 +31,7 @@
 #include "trainer/data/dataset.h"
 #include "trainer/data/formats.h"
 #include "trainer/data/loader.h"
+#include "trainer/data/prepared.h"
 #include "trainer/dist/dist.h"
 #include "trainer/model/device.h"
 #include "trainer/model/generate.h"
@@ -408,7 +409,10 @@ void setup(Session& s) {
   if (!cfg.data.chat_template.empty())          // a chat template the config names parses, chat data or not
     located(cfg, [&] { return tok::ChatTemplate::resolve(cfg.data.chat_template, *s.tk); });
   s.ds = located(cfg, [&] {
-    return data::build_datasets(cfg.data, *s.tk, [](const std::string& l) { std::printf("%s\n", l.c_str()); });
+    const auto print = [](const std::string& l) { std::printf("%s\n", l.c_str()); };
+    if (cfg.dataset_prepared_path.empty()) return data::build_datasets(cfg.data, *s.tk, print);
+    return data::prepare_datasets(cfg.data, *s.tk, model::base_tokenizer_digest(tok_path), cfg.dataset_prepared_path,
+                                  print, warn);
   });
   g_phase = "loading the model";
   located(cfg, [&] {
