@@ -396,7 +396,7 @@ void check_same_state(Session& s, const std::string& when) {
 }
 
 // Tokenizer, datasets, model and optimizer, data loader and schedule; on resume, the
-// checkpoint's state. Writes nothing.
+// checkpoint's state. Writes nothing into the run directory (dataset_prepared_path may get an entry).
 void setup(Session& s) {
   const config::TrainConfig& cfg = s.cfg;
   g_phase = "checking the config";
