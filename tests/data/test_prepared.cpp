@@ -280,9 +280,7 @@ TEST_F(Prepared, DamagedEntryIsRebuiltWithAWarning) {
     ASSERT_EQ(r.warnings.size(), 1u);
     EXPECT_EQ(r.warnings[0].rfind(entry.string() + ": prepared data is corrupt (", 0), 0u) << r.warnings[0];
     EXPECT_NE(r.warnings[0].find("); rebuilding"), std::string::npos) << r.warnings[0];
-    if (!dmg.reason.empty()) {
-      EXPECT_NE(r.warnings[0].find(dmg.reason), std::string::npos) << r.warnings[0];
-    }
+    if (!dmg.reason.empty()) { EXPECT_NE(r.warnings[0].find(dmg.reason), std::string::npos) << r.warnings[0]; }
     EXPECT_TRUE(said(r, "written"));
     expect_same(r.d, ref);
     EXPECT_EQ(fs::read_file(entry), good);  // rewritten whole
