@@ -53,6 +53,7 @@ TEST(Config, MinimalDefaults) {
   EXPECT_EQ(c.max_steps, 10);
   EXPECT_FALSE(c.num_epochs);
   EXPECT_EQ(c.output_dir, abs_path("runs/out"));
+  EXPECT_EQ(c.dataset_prepared_path, "") << "no prepared-data cache unless set";
   // untouched defaults stay the struct's
   const TrainConfig d;
   EXPECT_EQ(c.lora.adapter, d.lora.adapter);
@@ -523,6 +524,8 @@ TEST(Config, DiffClassifiesChanges) {
   one({"device=cpu"}, "device", config::ChangeKind::Harmless, "auto", "cpu");
   one({"optimizer=paged_adamw"}, "optimizer", config::ChangeKind::Harmless, "adamw", "paged_adamw");
   one({"optimizer_device_budget=1GB"}, "optimizer_device_budget", config::ChangeKind::Harmless, "auto", "1GB");
+  // The prepared-data cache holds what the run would prepare anyway: moving it changes nothing.
+  one({"dataset_prepared_path=prep"}, "dataset_prepared_path", config::ChangeKind::Harmless, "\"\"", abs_path("prep"));
   one({"max_steps=20"}, "max_steps", config::ChangeKind::Schedule, "10", "20");
   one({"lora_r=4"}, "lora_r", config::ChangeKind::Incompatible, "8", "4");
   one({"optimizer=adamw_8bit"}, "optimizer", config::ChangeKind::Incompatible, "adamw", "adamw_8bit");

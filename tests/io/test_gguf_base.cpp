@@ -271,6 +271,20 @@ void check_tokenizer(const std::string& kind) {
   }
   EXPECT_EQ(bad, 0u) << "of " << 2 * texts.size() << " encodings";
   EXPECT_GT(texts.size(), 100u);
+
+  // The digest the prepared-data cache keys on covers the tokenizer metadata, not the weights.
+  const std::string whole = fs::read_file(d / "model.gguf"), digest = model::base_tokenizer_digest(d / "model.gguf");
+  EXPECT_EQ(digest.size(), 64u);
+  std::string other = whole;
+  other.back() = static_cast<char>(other.back() ^ 1);  // the last byte of the (only) tensor
+  fs::write_file_atomic(d / "weights.gguf", other);
+  EXPECT_EQ(model::base_tokenizer_digest(d / "weights.gguf"), digest);
+  other = whole;
+  const size_t tmpl = other.find(ref["chat_template"].get<std::string>());
+  ASSERT_NE(tmpl, std::string::npos);
+  other[tmpl + 1] = static_cast<char>(other[tmpl + 1] ^ 1);
+  fs::write_file_atomic(d / "template.gguf", other);
+  EXPECT_NE(model::base_tokenizer_digest(d / "template.gguf"), digest);
 }
 }  // namespace
 

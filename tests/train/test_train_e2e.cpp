@@ -146,6 +146,59 @@ TEST_F(TrainE2E, ResumeGivesBitIdenticalLosses) {
   }
 }
 
+TEST_F(TrainE2E, PreparedDataCacheKeepsRunsAndResumesBitIdentical) {
+  auto a = test::temp_dir("straight");
+  auto b = test::temp_dir("resumed");
+  const stdfs::path cache = test::temp_dir("prepared") / "cache";
+  const std::string extra = "save_steps: 3\ndataset_prepared_path: " + cache.string() + "\n";
+  test::ProcResult ra = train(write_config(a, extra));
+  ASSERT_EQ(ra.code, 0) << ra.output;
+  EXPECT_EQ(lines_starting(ra.output, "data: prepared data written to " + cache.string() + "/prepared-").size(), 1u)
+      << ra.output;
+  test::ProcResult rb1 = train(write_config(b, extra), "--test-stop-after-step 4");
+  ASSERT_EQ(rb1.code, 0) << rb1.output;
+  test::ProcResult rb2 = train(b / "cfg.yaml", "--resume");
+  ASSERT_EQ(rb2.code, 0) << rb2.output;
+  for (const auto* r : {&rb1, &rb2}) {
+    EXPECT_EQ(lines_starting(r->output, "data: loaded prepared data from " + cache.string() + "/prepared-").size(), 1u)
+        << r->output;
+    EXPECT_EQ(r->output.find("data: prepared data written"), std::string::npos) << r->output;
+    // The data summary is printed as the building run printed it.
+    const auto built = lines_starting(ra.output, "data: "), loaded = lines_starting(r->output, "data: ");
+    ASSERT_EQ(loaded.size(), built.size()) << r->output;
+    EXPECT_EQ(loaded[0], built[0]);
+  }
+  auto la = losses(a / "run"), lb = losses(b / "run");
+  ASSERT_EQ(la.size(), 8u);
+  ASSERT_EQ(lb.size(), 8u);
+  for (auto& [step, v] : la) {
+    EXPECT_EQ(v.first, lb[step].first) << "loss at step " << step;
+    EXPECT_EQ(v.second, lb[step].second) << "grad norm at step " << step;
+  }
+  EXPECT_EQ(fs::read_file(a / "run/checkpoints/checkpoint-000008/adapter_model.safetensors"),
+            fs::read_file(b / "run/checkpoints/checkpoint-000008/adapter_model.safetensors"));
+
+  // A setting of batches, not of the rows, uses the same entry.
+  auto c = test::temp_dir("other_batch");
+  test::ProcResult rc = train(write_config(c, extra), "--set micro_batch_size=1 --set max_steps=1");
+  ASSERT_EQ(rc.code, 0) << rc.output;
+  EXPECT_EQ(lines_starting(rc.output, "data: loaded prepared data from").size(), 1u) << rc.output;
+  // A damaged entry: a warning, the data built again, the run goes on.
+  std::vector<stdfs::path> entries;
+  for (const auto& e : stdfs::directory_iterator(cache)) entries.push_back(e.path());
+  ASSERT_EQ(entries.size(), 1u);
+  const std::string good = fs::read_file(entries[0]);
+  fs::write_file_atomic(entries[0], good.substr(0, good.size() - 100));
+  auto e = test::temp_dir("damaged");
+  test::ProcResult re = train(write_config(e, extra), "--set max_steps=1");
+  ASSERT_EQ(re.code, 0) << re.output;
+  EXPECT_NE(re.output.find("qlora: warning: " + entries[0].string() + ": prepared data is corrupt ("),
+            std::string::npos)
+      << re.output;
+  EXPECT_EQ(lines_starting(re.output, "data: prepared data written to").size(), 1u) << re.output;
+  EXPECT_EQ(fs::read_file(entries[0]), good);
+}
+
 TEST_F(TrainE2E, CorruptNewestCheckpointFallsBackToPreviousGood) {
   auto d = test::temp_dir();
   auto cfg = write_config(d, "save_steps: 2\n");

@@ -96,6 +96,9 @@ struct TrainConfig {
   int64_t max_nonfinite_steps = 10;  // stop after this many skipped (NaN/Inf) steps in a row
 
   std::string output_dir = "runs/out";
+  // Where prepared (tokenized, masked, shuffled, split, packed) datasets are cached between runs
+  // (Axolotl's key; trainer/data/prepared.h). "": off.
+  std::string dataset_prepared_path;
   int64_t save_steps = 0;            // 0: only at the end
   int64_t save_total_limit = 0;      // 0: keep all
   int64_t eval_steps = 0;            // 0: only at the end

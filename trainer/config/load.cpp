@@ -922,6 +922,8 @@ const Schema<TrainConfig>& top_schema() {
         "max_nonfinite_steps", [](T& c) -> int64_t& { return c.max_nonfinite_steps; }, 1, H));
     v.push_back(string_field<T>(
         "output_dir", [](T& c) -> std::string& { return c.output_dir; }, H));
+    v.push_back(string_field<T>(
+        "dataset_prepared_path", [](T& c) -> std::string& { return c.dataset_prepared_path; }, H));
     v.push_back(int_field<T>(
         "save_steps", [](T& c) -> int64_t& { return c.save_steps; }, 0, H));
     v.push_back(int_field<T>(
@@ -1136,6 +1138,7 @@ void finish(TrainConfig& c, Ctx& ctx) {
   c.base_model = absolute_path(c.base_model);
   c.tokenizer = absolute_path(c.tokenizer);
   c.output_dir = absolute_path(c.output_dir);
+  c.dataset_prepared_path = absolute_path(c.dataset_prepared_path);
   for (auto& d : c.data.datasets) d.path = absolute_path(d.path);
   for (auto& d : c.data.test_datasets) d.path = absolute_path(d.path);
   c.data.seed = c.seed;

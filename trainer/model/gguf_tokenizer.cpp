@@ -11,6 +11,7 @@
 
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
+#include "trainer/common/sha256.h"
 #include "trainer/io/gguf_reader.h"
 #include "trainer/tokenizer/byte_level.h"
 #include "trainer/tokenizer/pipeline.h"
@@ -298,6 +299,27 @@ std::unique_ptr<tok::Tokenizer> load_base_tokenizer(const std::filesystem::path&
   if (auto* p = dynamic_cast<tok::PipelineTokenizer*>(t.get()); p && !p->chat_template().empty())
     p->chat_template_origin_text() = path.string() + ": tokenizer.chat_template";
   return t;
+}
+
+std::string base_tokenizer_digest(const std::filesystem::path& path) {
+  Sha256 h;
+  auto add = [&h](std::string_view tag, std::string_view bytes) {
+    const std::string head = std::string(tag) + "\x1f" + std::to_string(bytes.size()) + "\x1f";
+    h.update(head.data(), head.size());
+    h.update(bytes.data(), bytes.size());
+  };
+  if (io::is_gguf_file(path)) {
+    io::GgufFile f(path);
+    const GgufTokenizerFiles files = gguf_tokenizer_files(f);
+    add("gguf tokenizer.json", files.tokenizer_json);
+    add("gguf tokenizer_config.json", files.tokenizer_config_json);
+    return h.hex_digest();
+  }
+  for (const auto& file : tok::tokenizer_files(path)) {
+    add("name", file.filename().string());
+    add("content", fs::read_file(file));
+  }
+  return h.hex_digest();
 }
 
 }  // namespace qlora::model

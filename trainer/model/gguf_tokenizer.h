@@ -34,4 +34,9 @@ GgufTokenizerFiles gguf_tokenizer_files(const io::GgufFile& f);
 // The tokenizer of a base model: a Hugging Face directory (or tokenizer file), or a GGUF file.
 std::unique_ptr<tok::Tokenizer> load_base_tokenizer(const std::filesystem::path& path);
 
+// Hex SHA-256 of what load_base_tokenizer(path) builds the tokenizer from: the names and bytes of
+// the tokenizer's files (tok::tokenizer_files), or of a GGUF file the tokenizer files its
+// metadata makes (not the weights). UserError when a file cannot be read.
+std::string base_tokenizer_digest(const std::filesystem::path& path);
+
 }  // namespace qlora::model

@@ -15,6 +15,7 @@
 //     the SentencePiece model (run by libsentencepiece), the Llama decoder.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -618,6 +619,30 @@ std::vector<std::vector<int32_t>> Tokenizer::encode_batch(const std::vector<std:
   std::vector<std::vector<int32_t>> out(texts.size());
 #pragma omp parallel for schedule(dynamic, 16)
   for (int64_t i = 0; i < int64_t(texts.size()); ++i) out[i] = encode(texts[i], add_special_tokens);
+  return out;
+}
+
+std::vector<stdfs::path> tokenizer_files(const stdfs::path& path) {
+  std::error_code ec;
+  const bool is_dir = stdfs::is_directory(path, ec);
+  const stdfs::path dir = is_dir ? path : path.parent_path().empty() ? stdfs::path(".") : path.parent_path();
+  std::vector<stdfs::path> out;
+  auto add = [&](const stdfs::path& p) {
+    if (stdfs::is_regular_file(p, ec)) out.push_back(p);
+  };
+  if (!is_dir)
+    add(path);
+  else if (stdfs::exists(dir / "tokenizer.json"))
+    add(dir / "tokenizer.json");
+  else
+    add(dir / "tokenizer.model");
+  for (const char* name : {"tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"}) add(dir / name);
+  std::vector<stdfs::path> extra;
+  if (stdfs::is_directory(dir / "additional_chat_templates", ec))
+    for (const auto& e : stdfs::directory_iterator(dir / "additional_chat_templates", ec))
+      if (e.path().extension() == ".jinja") extra.push_back(e.path());
+  std::sort(extra.begin(), extra.end());
+  for (const auto& p : extra) add(p);
   return out;
 }
 

@@ -68,4 +68,9 @@ class Tokenizer {
 // is there.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path);
 
+// The files load_tokenizer(path) reads, those that exist, in a fixed order: the tokenizer file,
+// tokenizer_config.json, special_tokens_map.json, chat_template.jinja and
+// additional_chat_templates/*.jinja (sorted). What a digest of the tokenizer covers.
+std::vector<std::filesystem::path> tokenizer_files(const std::filesystem::path& path);
+
 }  // namespace qlora::tok

@@ -31,6 +31,7 @@
 #include "trainer/data/dataset.h"
 #include "trainer/data/formats.h"
 #include "trainer/data/loader.h"
+#include "trainer/data/prepared.h"
 #include "trainer/dist/dist.h"
 #include "trainer/model/device.h"
 #include "trainer/model/generate.h"
@@ -378,7 +379,7 @@ void check_same_state(Session& s, const std::string& when) {
 }
 
 // Tokenizer, datasets, model and optimizer, data loader and schedule; on resume, the
-// checkpoint's state. Writes nothing.
+// checkpoint's state. Writes nothing into the run directory (dataset_prepared_path may get an entry).
 void setup(Session& s) {
   const config::TrainConfig& cfg = s.cfg;
   g_phase = "checking the config";
@@ -391,7 +392,10 @@ void setup(Session& s) {
   if (!cfg.data.chat_template.empty())          // a chat template the config names parses, chat data or not
     located(cfg, [&] { return tok::ChatTemplate::resolve(cfg.data.chat_template, *s.tk); });
   s.ds = located(cfg, [&] {
-    return data::build_datasets(cfg.data, *s.tk, [](const std::string& l) { std::printf("%s\n", l.c_str()); });
+    const auto print = [](const std::string& l) { std::printf("%s\n", l.c_str()); };
+    if (cfg.dataset_prepared_path.empty()) return data::build_datasets(cfg.data, *s.tk, print);
+    return data::prepare_datasets(cfg.data, *s.tk, model::base_tokenizer_digest(tok_path), cfg.dataset_prepared_path,
+                                  print, warn);
   });
   s.planned_peak = check_memory(
       cfg, s.mc, s.device, data_shape(*s.ds.train, s.ds.val.get(), cfg.micro_batch_size, cfg.data.pad_to_sequence_len),
