@@ -33,6 +33,7 @@ tighter than bf16's own resolution near the loss value (8 significant bits).
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -365,6 +366,32 @@ def step_dora(c):
              **({} if ok else {"log_tail": tails[-1]}))
 
 
+def step_plan(c):
+    """`qlora plan` for the demo run on the device against the peak that run measured (the bytes
+    torch's caching allocator had allocated at most, as torch.cuda.max_memory_allocated reports;
+    `qlora train` prints it at the end). On a model this small the plan's fixed CUDA allowance is
+    most of the prediction, so the result says how good that allowance is."""
+    a = c.a
+    t = now()
+    log = open(os.path.join(c.logs, "demo_device.log"), errors="replace").read()
+    m = re.search(r"memory: peak .*?\((\d+) bytes\)", log)
+    args = [os.path.join(a.bin, "qlora"), "plan", "configs/demo.yaml", "--json", "--no-time", "--set",
+            f"device={a.device}"]
+    if a.device == "cpu":
+        args += ["--set", "quantization.compute_dtype=bf16"]
+    rc, _, tail = c.run("plan_demo", args, 120)
+    if rc != 0 or not m:
+        c.record("plan", "fail", now() - t, rc=rc, summary="no plan or no measured peak", log_tail=tail)
+        return
+    text = open(os.path.join(c.logs, "plan_demo.log"), errors="replace").read()
+    plan = json.loads(text[text.index("{"):])
+    measured, predicted = int(m.group(1)), plan["memory"]["peak_bytes"]
+    err = (predicted - measured) / measured
+    c.record("plan", "pass" if abs(err) <= 0.10 else "fail", now() - t, measured_peak_bytes=measured,
+             predicted_peak_bytes=predicted, error=round(err, 4), parts=plan["memory"]["parts"],
+             summary=f"demo on {a.device}: predicted {predicted} vs measured {measured} bytes ({100 * err:+.1f}%)")
+
+
 def step_export(c):
     a = c.a
     run = c.demo_runs["device"]
@@ -456,6 +483,7 @@ def step_bench_e2e(c):
 
 STEPS = [("gpu_tests", step_gpu_tests, 30), ("cpu_isa", step_cpu_isa, 30), ("demo", step_demo, 60),
          ("resume", step_resume, 40), ("offload", step_offload, 30), ("dora", step_dora, 30),
+         ("plan", step_plan, 10),
          ("export", step_export, 30), ("bench_gpu", step_bench_gpu, 40),
          ("bench_e2e", step_bench_e2e, 60)]
 
@@ -478,7 +506,7 @@ def main():
     for name, fn, need in STEPS:
         if only and name not in only:
             continue
-        if name in ("resume", "offload", "dora", "export") and c.steps.get("demo", {}).get("status") != "pass":
+        if name in ("resume", "offload", "dora", "plan", "export") and c.steps.get("demo", {}).get("status") != "pass":
             # They reuse the demo step's runs (and its eval subset): the demo must pass in this call.
             c.record(name, "skipped", 0, summary="needs the demo step, passed, in the same call")
             continue

@@ -32,7 +32,7 @@ class Plan : public ::testing::Test {
   static stdfs::path config(const std::string& name, const std::string& extra) {
     const stdfs::path p = *dir_ / (name + ".yaml");
     std::ofstream f(p);
-    f << "base_model: " << (*dir_ / "model").string() << "\nadapter: qlora\nlora_r: 16\nlora_alpha: 32\n"
+    f << "base_model: " << (*dir_ / "model").string() << "\nadapter: qlora\n"
       << "lora_target_linear: true\ndatasets:\n  - path: " << (*dir_ / "train.jsonl").string()
       << "\n    type: text\nlearning_rate: 1.0e-4\nmax_steps: 2\nsave_steps: 1000\nlogging_steps: 1\n"
       << "output_dir: " << (*dir_ / ("run-" + name)).string() << "\n"
@@ -55,9 +55,12 @@ stdfs::path* Plan::dir_ = nullptr;
 TEST_F(Plan, PredictedPeakIsWithinTenPercentOfTheMeasuredOne) {
   if (!test::rss_is_measurable()) GTEST_SKIP() << "AddressSanitizer keeps freed memory resident";
   const std::vector<std::pair<std::string, std::string>> cases = {
-      {"plain", "sequence_len: 256\nmicro_batch_size: 4\nlora_dropout: 0.05\noptimizer: adamw_torch\n"},
-      {"ckpt", "sequence_len: 1024\nmicro_batch_size: 2\nlora_r: 64\nlora_alpha: 64\nlora_dropout: 0.05\n"
-               "gradient_checkpointing: true\noptimizer: paged_adamw_8bit\n"}};
+      {"plain",
+       "sequence_len: 256\nmicro_batch_size: 4\nlora_r: 16\nlora_alpha: 32\nlora_dropout: 0.05\n"
+       "optimizer: adamw_torch\n"},
+      {"ckpt",
+       "sequence_len: 1024\nmicro_batch_size: 2\nlora_r: 64\nlora_alpha: 64\nlora_dropout: 0.05\n"
+       "gradient_checkpointing: true\noptimizer: paged_adamw_8bit\n"}};
   for (const auto& [name, extra] : cases) {
     SCOPED_TRACE(name);
     const stdfs::path cfg = config(name, extra);
@@ -106,7 +109,7 @@ TEST_F(Plan, NamedFixesMakeTheRunFit) {
 // `qlora train` runs the plan first and refuses what cannot fit, naming the config's line and
 // the changes that fit; nothing is written.
 TEST_F(Plan, TrainRefusesARunThatCannotFit) {
-  const stdfs::path cfg = config("huge", "sequence_len: 65536\nmicro_batch_size: 64\n");
+  const stdfs::path cfg = config("huge", "sequence_len: 16384\npad_to_sequence_len: true\nmicro_batch_size: 64\n");
   const test::ProcResult r = test::run_qlora("train " + test::quote(cfg.string()));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("qlora: error: " + cfg.string() + ":"), std::string::npos) << r.output;

@@ -38,7 +38,7 @@ int run_plan(const PlanArgs& a) {
   if (!a.no_data) {
     const std::string tok_path = cfg.tokenizer.empty() ? cfg.base_model : cfg.tokenizer;
     const auto tk = model::load_base_tokenizer(tok_path);
-    const data::Datasets ds = train::located(cfg, [&] { return data::build_datasets(cfg.data, *tk); });
+    const data::Datasets ds = train::prepare_run_data(cfg, *tk, tok_path, nullptr);
     shape = train::data_shape(*ds.train, ds.val.get(), cfg.micro_batch_size, cfg.data.pad_to_sequence_len);
   }
   const train::MemoryPlan m = train::plan_memory(cfg, mc, device, shape);

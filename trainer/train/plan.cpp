@@ -162,6 +162,10 @@ MemoryPlan plan_memory(const config::TrainConfig& cfg, const model::ModelConfig&
   // The norms compute in fp32: with a 16-bit compute dtype each keeps an fp32 copy of its input.
   const double norm_copy = cb < 4 ? 4 : 0;
 
+  // On the CPU a micro-batch runs as row shards, one per thread, side by side
+  // (trainer/train/step.h), each with its own gradients and loss chunk.
+  const double shards = static_cast<double>(row_shards(cfg, mc, device, data));
+
   // ---- weights
   double base = 0, dense = 0, largest = 0;
   for (const Proj& pr : projections(cfg, mc)) {
@@ -249,9 +253,7 @@ MemoryPlan plan_memory(const config::TrainConfig& cfg, const model::ModelConfig&
   //    temporary, the final hidden states of the targets and their fp32 gradient;
   //  - a block's backward: the gradients of its activations alive at once (the residual's, the
   //    MLP's three, two of the hidden size), and, with checkpointing, the block recomputed.
-  // On the CPU the micro-batch runs as row shards, one per thread, side by side
-  // (trainer/train/step.h): each shard has its own loss chunk.
-  const double shards = static_cast<double>(row_shards(cfg, mc, device, data));
+  // On the CPU the micro-batch runs as row shards (see shards above): each has its own loss chunk.
   const double chunk =
       std::min(std::max(Nt / shards, 1.0), static_cast<double>(model::default_ce_chunk_tokens(mc.vocab_size)));
   double loss = shards * kLogitCopies * 4 * chunk * V + Nt * H * (cb + 4);
@@ -271,7 +273,10 @@ MemoryPlan plan_memory(const config::TrainConfig& cfg, const model::ModelConfig&
           : "the projections in the compute dtype");
   add("embeddings, norms, lm_head", dense,
       std::string("in the compute dtype") + (mc.tie_word_embeddings ? ", lm_head tied" : ""));
-  add("LoRA weights and gradients", trainable * 2 * cb,
+  // The weights; each row shard's gradients; with gradient accumulation the sum of the
+  // micro-batches' gradients (float64 on the CPU, fp32 on a GPU: trainer.cpp).
+  const double accumulating = cfg.gradient_accumulation_steps > 1 ? (cuda ? 4 : 8) : 0;
+  add("LoRA weights and gradients", trainable * (cb + shards * cb + accumulating),
       std::to_string(static_cast<int64_t>(trainable)) + " trainable parameters");
   add(cuda && paged_host > 0 ? "optimizer state (resident part)" : "optimizer state", resident_optim,
       std::string("fp32 masters + ") + (cfg.optim.optimizer == "adamw_8bit" ? "8-bit" : "fp32") + " moments");
@@ -283,7 +288,8 @@ MemoryPlan plan_memory(const config::TrainConfig& cfg, const model::ModelConfig&
       loss >= block ? "the loss: " + std::to_string(static_cast<int64_t>(chunk)) + "-token chunks of fp32 logits"
                     : std::string("a block's backward") + (cfg.gradient_checkpointing ? ", the block recomputed" : ""));
   if (!cuda) add("tokenized data", data_bytes, std::to_string(data.resident_tokens) + " tokens");
-  add(cuda ? "CUDA runtime and allocator" : "runtime and allocator", runtime, "measured allowance");
+  add(cuda ? "CUDA runtime and allocator" : "runtime and allocator", runtime,
+      cuda ? "an allowance, not yet measured" : "measured allowance");
   for (const MemoryPart& m : p.parts) p.train_peak += m.bytes;
   const double transient = 2 * 4 * std::max(largest, nf4 ? 0.0 : V * H);
   p.load_peak = to_bytes(base + dense + transient + runtime + (cuda ? 0 : data_bytes));
@@ -335,7 +341,24 @@ TimePlan plan_time(const config::TrainConfig& cfg, const model::ModelConfig& mc,
   // Tokens of an average micro-batch (the fullest one when the data is not known).
   const double T = static_cast<double>(data.known && data.rows > 0 ? data.avg_batch_tokens : data.batch_tokens);
   const double Nt = static_cast<double>(data.known && data.rows > 0 ? data.avg_batch_targets : data.batch_targets);
-  const int64_t Tc = std::clamp<int64_t>(static_cast<int64_t>(T), 16, cuda ? 4096 : 512);  // calibration tokens
+  // On the CPU the trainer runs one row shard per thread with single-threaded kernels
+  // (trainer/train/step.h): time the kernels on one thread, for one shard's tokens, and count the
+  // shards as running side by side.
+  const double shards = static_cast<double>(row_shards(cfg, mc, device, data));
+  struct OneThread {
+    int prev = at::get_num_threads();
+    explicit OneThread(bool on) {
+      if (on)
+        at::set_num_threads(1);
+      else
+        prev = 0;
+    }
+    ~OneThread() {
+      if (prev > 0) at::set_num_threads(prev);
+    }
+  } one_thread(!cuda);
+  const double per_shard = T / shards;
+  const int64_t Tc = std::clamp<int64_t>(static_cast<int64_t>(per_shard), 16, cuda ? 4096 : 512);  // calibration tokens
   const int reps = cuda ? 5 : 2;
   at::Generator gen = at::detail::getDefaultCPUGenerator();
 
@@ -347,7 +370,8 @@ TimePlan plan_time(const config::TrainConfig& cfg, const model::ModelConfig& mc,
     for (const model::LinearSpec& s : model::layer_linears(mc)) {
       const bool expert = s.path.find("experts.") != std::string::npos;
       const double tok =
-          expert ? T * static_cast<double>(mc.num_experts_per_tok) / static_cast<double>(mc.num_experts) : T;
+          expert ? per_shard * static_cast<double>(mc.num_experts_per_tok) / static_cast<double>(mc.num_experts)
+                 : per_shard;
       auto it = seen.find({s.out, s.in});
       if (it == seen.end()) {
         at::Tensor w = at::randn({s.out, s.in}, at::TensorOptions().dtype(at::kFloat)) * 0.02;
@@ -369,8 +393,6 @@ TimePlan plan_time(const config::TrainConfig& cfg, const model::ModelConfig& mc,
           });
           if (ckpt) sec += time_it(device, reps, [&] { at::Tensor y = at::linear(x, wd); });
         }
-        std::fprintf(stderr, "DBG %lld x %lld: %g s for %lld tokens\n", (long long)s.out, (long long)s.in, sec,
-                     (long long)Tc);
         it = seen.emplace(std::make_pair(s.out, s.in), sec / static_cast<double>(Tc)).first;
       }
       base_s += L * tok * it->second;
@@ -396,7 +418,7 @@ TimePlan plan_time(const config::TrainConfig& cfg, const model::ModelConfig& mc,
       at::Tensor o = at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, true);
       o.sum().backward();
     });
-    const double rows = static_cast<double>(std::max<int64_t>(1, data.batch_rows));
+    const double rows = std::max(1.0, static_cast<double>(data.batch_rows) / shards);
     const double scale = static_cast<double>(data.longest_row) / static_cast<double>(S);
     attn_s = L * rows * per_row * scale * scale * (ckpt ? 1.33 : 1.0);
     // norms, activation, residuals: two RMSNorms and SiLU(gate) * up per layer
@@ -410,15 +432,15 @@ TimePlan plan_time(const config::TrainConfig& cfg, const model::ModelConfig& mc,
       at::Tensor a = at::silu(g) * u;
       (n.sum() * 2 + a.sum()).backward();
     });
-    elem_s = L * e * T / static_cast<double>(Tc) * (ckpt ? 1.33 : 1.0);
+    elem_s = L * e * per_shard / static_cast<double>(Tc) * (ckpt ? 1.33 : 1.0);
     // lm_head and the loss over the targets
     const int64_t V = mc.vocab_size, chunk = model::default_ce_chunk_tokens(V);
-    const int64_t Nc = std::clamp<int64_t>(static_cast<int64_t>(Nt), 1, chunk);
+    const int64_t Nc = std::clamp<int64_t>(static_cast<int64_t>(Nt / shards), 1, chunk);
     at::Tensor hid = at::randn({Nc, H}, opts).requires_grad_(true);
     at::Tensor head = at::randn({V, H}, opts) * 0.02;
     at::Tensor tg = at::randint(V, {Nc}, at::TensorOptions().dtype(at::kLong).device(device));
     const double l = time_it(device, reps, [&] { model::chunked_cross_entropy_sum(hid, head, tg, chunk).backward(); });
-    loss_s = l * std::max(Nt, 1.0) / static_cast<double>(Nc);
+    loss_s = l * std::max(Nt / shards, 1.0) / static_cast<double>(Nc);
   }
   // AdamW: a pass over masters, moments, gradients and parameters, memory-bound; timed on up to
   // 4M elements and scaled
@@ -649,7 +671,7 @@ std::string describe_plan(const config::TrainConfig& cfg, const model::ModelConf
      << (m.load_peak > m.train_peak ? " (while loading)" : " (while training)") << "\n";
   for (const MemoryPart& p : m.parts)
     os << "  " << pad_right(p.name, 34) << pad_right(fs::format_bytes(p.bytes), 12) << p.note << "\n";
-  os << "  " << pad_right("(loading: base + one weight in fp32)", 34) << fs::format_bytes(m.load_peak) << "\n";
+  os << "  " << pad_right("while loading", 34) << fs::format_bytes(m.load_peak) << "\n";
   if (m.device.is_cuda()) {
     os << "host memory: " << fs::format_bytes(m.host_peak) << "\n";
     for (const MemoryPart& p : m.host_parts)

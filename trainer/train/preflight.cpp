@@ -6,6 +6,8 @@
 
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
+#include "trainer/data/prepared.h"
+#include "trainer/model/gguf_tokenizer.h"
 #include "trainer/model/lora.h"
 #include "trainer/model/saved_modules.h"
 
@@ -79,6 +81,16 @@ void check_config_against_model(const config::TrainConfig& cfg, const model::Mod
     return 0;
   });
   check_shapes(cfg, mc);
+}
+
+data::Datasets prepare_run_data(const config::TrainConfig& cfg, const tok::Tokenizer& tk, const std::string& tok_path,
+                                const std::function<void(const std::string&)>& log) {
+  return located(cfg, [&] {
+    if (cfg.dataset_prepared_path.empty()) return data::build_datasets(cfg.data, tk, log);
+    return data::prepare_datasets(
+        cfg.data, tk, model::base_tokenizer_digest(tok_path), cfg.dataset_prepared_path, log,
+        [](const std::string& w) { std::fprintf(stderr, "qlora: warning: %s\n", w.c_str()); });
+  });
 }
 
 uint64_t MemoryEstimate::total() const {

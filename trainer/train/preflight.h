@@ -4,11 +4,13 @@
 #include <c10/core/Device.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "trainer/common/error.h"
 #include "trainer/config/config.h"
 #include "trainer/config/load.h"
+#include "trainer/data/dataset.h"
 #include "trainer/model/model_config.h"
 #include "trainer/train/plan.h"
 
@@ -41,6 +43,12 @@ MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::Mode
 // Returns the planned peak.
 uint64_t check_memory(const config::TrainConfig& cfg, const model::ModelConfig& mc, at::Device device,
                       const DataShape& data, int processes = 1);
+
+// The run's datasets as `qlora train` prepares them: from the dataset_prepared_path cache when
+// the config sets one (the tokenizer at tok_path digested for its key), else built. `log` gets the
+// data lines. Errors name the config's lines.
+data::Datasets prepare_run_data(const config::TrainConfig& cfg, const tok::Tokenizer& tk, const std::string& tok_path,
+                                const std::function<void(const std::string&)>& log);
 
 // Runs `f`; a UserError from a deeper layer that names a config key ("sequence_len: ...")
 // gets the config file and line of that key in front.

@@ -391,12 +391,7 @@ void setup(Session& s) {
   s.tk = model::load_base_tokenizer(tok_path);  // a GGUF base carries its own
   if (!cfg.data.chat_template.empty())          // a chat template the config names parses, chat data or not
     located(cfg, [&] { return tok::ChatTemplate::resolve(cfg.data.chat_template, *s.tk); });
-  s.ds = located(cfg, [&] {
-    const auto print = [](const std::string& l) { std::printf("%s\n", l.c_str()); };
-    if (cfg.dataset_prepared_path.empty()) return data::build_datasets(cfg.data, *s.tk, print);
-    return data::prepare_datasets(cfg.data, *s.tk, model::base_tokenizer_digest(tok_path), cfg.dataset_prepared_path,
-                                  print, warn);
-  });
+  s.ds = prepare_run_data(cfg, *s.tk, tok_path, [](const std::string& l) { std::printf("%s\n", l.c_str()); });
   s.planned_peak = check_memory(
       cfg, s.mc, s.device, data_shape(*s.ds.train, s.ds.val.get(), cfg.micro_batch_size, cfg.data.pad_to_sequence_len),
       s.opt.world ? s.opt.world->local_world_size : 1);
