@@ -307,7 +307,7 @@ TEST_F(TrainE2E, LateChecksComeBeforeAnythingIsWrittenAndNameTheConfigLine) {
       {"sequence_len: 1\n", "sequence_len", "sequence_len: expected at least 2, got 1"},
       {"sequence_len: 4096\n", "sequence_len", "sequence_len: 4096 is more than 8 times the model's"},
       {"lora_r: 64\n", "lora_r", "lora_r: 64 is above the smallest dimension of k_proj (32 x 64)"},
-      {"micro_batch_size: 100000000\n", "micro_batch_size", "micro_batch_size: this run needs about"},
+      {"micro_batch_size: 100000000\n", "micro_batch_size", "micro_batch_size: this run needs about", "--test-memory-budget 1000"},
       {"chat_template: \"{% for m in messages %}{{ m.content \"\n", "chat_template",
        "chat_template line 1: unexpected end of template", chat},
   };
@@ -439,12 +439,13 @@ TEST_F(TrainE2E, RouterLoadBalancingLossAndExpertAdaptersTrainAndResume) {
   EXPECT_FALSE(stdfs::exists(d / "run"));
 }
 
-// A config whose memory bound exceeds what the machine has is refused before anything is
-// allocated, with the parts of the bound; memory_check: false turns that into a warning.
+// A config whose planned memory exceeds the budget is refused before anything is allocated, with
+// the parts of the plan; memory_check: false turns that into a warning.
 TEST_F(TrainE2E, ConfigThatCannotFitIsRefusedWithTheMemoryItNeeds) {
   auto d = test::temp_dir();
   const stdfs::path cfg = write_config(d);
-  test::ProcResult r = train(cfg, "--set micro_batch_size=100000000");
+  // The plan counts the rows the data has (96 here, in one micro-batch): the budget is made small.
+  test::ProcResult r = train(cfg, "--set micro_batch_size=100000000 --test-memory-budget 1000");
   EXPECT_EQ(r.code, 2) << r.output;
   const auto errors = lines_starting(r.output, "qlora: error:");
   ASSERT_EQ(errors.size(), 1u) << r.output;
@@ -453,10 +454,10 @@ TEST_F(TrainE2E, ConfigThatCannotFitIsRefusedWithTheMemoryItNeeds) {
         ", activations ", " is available (", "gradient_checkpointing", "memory_check: false"})
     EXPECT_NE(errors[0].find(part), std::string::npos) << part << "\n" << r.output;
   EXPECT_FALSE(stdfs::exists(d / "run"));
-  // memory_check: false only warns. The bound assumes full micro-batches; the fixture's 96 rows
-  // make one small batch, so the run itself fits.
-  test::ProcResult warned =
-      train(cfg, "--set micro_batch_size=100000000 --set memory_check=false --set max_steps=1 --set eval_steps=0");
+  // memory_check: false only warns, and the run (which needs far less than the machine has) runs.
+  test::ProcResult warned = train(cfg,
+                                  "--set micro_batch_size=100000000 --test-memory-budget 1000 --set memory_check=false "
+                                  "--set max_steps=1 --set eval_steps=0");
   EXPECT_EQ(warned.code, 0) << warned.output;
   EXPECT_EQ(lines_starting(warned.output,
                            "qlora: warning: --set micro_batch_size=100000000: micro_batch_size: this "

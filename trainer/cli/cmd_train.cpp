@@ -84,6 +84,7 @@ int run_train(const TrainArgs& a) {
   o.allow_config_change = a.allow_config_change;
   o.faults.nonfinite_steps = a.test_nonfinite_steps;
   o.faults.stop_after_step = a.test_stop_after_step;
+  o.faults.memory_budget = a.test_memory_budget;
   o.world = dist::World::from_env([](const char* k) { return std::getenv(k); });
   if (const char* lo = std::getenv("QLORA_LAUNCH_OPTIONS"); lo && o.world) o.launch_options = lo;
   if (o.world && o.world->rank > 0) {

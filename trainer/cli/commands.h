@@ -20,6 +20,7 @@ struct TrainArgs {
   // --test-stop-after-step N.
   std::vector<int64_t> test_nonfinite_steps;
   int64_t test_stop_after_step = 0;
+  uint64_t test_memory_budget = 0;  // --test-memory-budget BYTES: the memory check's budget
   // The launcher (dist/launch.h): any of these given starts workers instead of training here.
   bool launcher = false;
   int nproc_per_node = 1;

@@ -109,6 +109,7 @@ int main(int argc, char** argv) {
       ->group("");
   t->add_option("--test-stop-after-step", train.test_stop_after_step, "Stop after this step as a stop signal would")
       ->group("");
+  t->add_option("--test-memory-budget", train.test_memory_budget, "Check memory against this many bytes")->group("");
   t->callback([&] {
     train.resume = t->count("--resume") > 0;
     train.launcher = t->count("--nproc-per-node") + t->count("--nnodes") + t->count("--node-rank") +

@@ -131,10 +131,11 @@ MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::Mode
 }
 
 uint64_t check_memory(const config::TrainConfig& cfg, const model::ModelConfig& mc, at::Device device,
-                      const DataShape& data, int processes) {
+                      const DataShape& data, int processes, uint64_t budget_bytes) {
   const MemoryPlan p = plan_memory(cfg, mc, device, data);
   const MemoryEstimate e = grouped(p);
-  const std::optional<Budget> budget = memory_budget(device, device.is_cuda() ? 1 : processes);
+  const std::optional<Budget> budget = budget_bytes > 0 ? std::optional<Budget>(Budget{budget_bytes, "given"})
+                                                        : memory_budget(device, device.is_cuda() ? 1 : processes);
   if (!budget) return p.peak();
   const std::string per = !device.is_cuda() && processes > 1 ? " per process" : "";
   if (p.peak() <= budget->bytes) {
@@ -142,22 +143,24 @@ uint64_t check_memory(const config::TrainConfig& cfg, const model::ModelConfig& 
                 fs::format_bytes(budget->bytes).c_str(), budget->source.c_str());
     return p.peak();
   }
-  const std::vector<Fix> fixes = fixes_for(cfg, mc, device, data, budget->bytes);
-  std::string key = "micro_batch_size", advice;
-  if (!fixes.empty()) {
-    const std::string& c = fixes.front().change;
-    key = c.substr(0, c.find(':'));
-    for (size_t i = 0; i < fixes.size() && i < 3; ++i) advice += (i ? "; or " : "") + fixes[i].change;
-    advice = "it fits with " + advice;
+  // The key named is the one behind the heaviest part; the advice, the changes that fit.
+  const uint64_t act = e.activations + e.logits, w = p.load_peak;
+  std::string key, advice;
+  if (act >= w && act >= e.lora) {
+    key = cfg.micro_batch_size > 1 ? "micro_batch_size" : "sequence_len";
+    advice = "lower micro_batch_size or sequence_len";
+    if (!cfg.gradient_checkpointing) advice += ", or set gradient_checkpointing: true";
+  } else if (e.lora >= w) {
+    key = "lora_r";
+    advice = "lower lora_r or adapt fewer modules";
   } else {
-    key = cfg.lora.adapter == "qlora" ? "base_model" : "adapter";
-    advice = cfg.lora.adapter == "qlora" ? "no smaller batch, row, rank or state fits it; choose a smaller model"
-                                         : "use adapter: qlora or a smaller model";
+    key = "base_model";
+    advice = cfg.lora.adapter == "qlora" ? "choose a smaller model" : "use adapter: qlora or a smaller model";
   }
-  if (key == "optimizer" || key == "lora_r" || key == "micro_batch_size" || key == "sequence_len" ||
-      key == "gradient_checkpointing" || key == "base_model" || key == "adapter") {
-  } else {
-    key = "micro_batch_size";
+  const std::vector<Fix> fixes = fixes_for(cfg, mc, device, data, budget->bytes);
+  if (!fixes.empty()) {
+    advice = "it fits with ";
+    for (size_t i = 0; i < fixes.size() && i < 3; ++i) advice += (i ? "; or " : "") + fixes[i].change;
   }
   const std::string msg = cfg.where(key) + ": " + key + ": this run needs " + e.describe() + per + " but " +
                           fs::format_bytes(budget->bytes) + " is available (" + budget->source + "); " + advice +

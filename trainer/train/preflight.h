@@ -40,9 +40,9 @@ MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::Mode
 // available: free device memory on CUDA; on the CPU, MemAvailable or the room under the cgroup
 // limit, shared by the `processes` data-parallel workers on this machine. memory_check: false
 // turns the refusal into a warning. Says nothing when the available memory cannot be read.
-// Returns the planned peak.
+// `budget` > 0 replaces the memory available (tests). Returns the planned peak.
 uint64_t check_memory(const config::TrainConfig& cfg, const model::ModelConfig& mc, at::Device device,
-                      const DataShape& data, int processes = 1);
+                      const DataShape& data, int processes = 1, uint64_t budget = 0);
 
 // The run's datasets as `qlora train` prepares them: from the dataset_prepared_path cache when
 // the config sets one (the tokenizer at tok_path digested for its key), else built. `log` gets the

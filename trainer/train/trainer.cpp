@@ -394,7 +394,7 @@ void setup(Session& s) {
   s.ds = prepare_run_data(cfg, *s.tk, tok_path, [](const std::string& l) { std::printf("%s\n", l.c_str()); });
   s.planned_peak = check_memory(
       cfg, s.mc, s.device, data_shape(*s.ds.train, s.ds.val.get(), cfg.micro_batch_size, cfg.data.pad_to_sequence_len),
-      s.opt.world ? s.opt.world->local_world_size : 1);
+      s.opt.world ? s.opt.world->local_world_size : 1, s.opt.faults.memory_budget);
   g_phase = "loading the model";
   located(cfg, [&] {
     setup_model(s);

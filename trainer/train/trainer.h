@@ -20,6 +20,7 @@ namespace qlora::train {
 struct FaultInjection {
   std::vector<int64_t> nonfinite_steps;  // the gradients of these steps (1-based) are made NaN
   int64_t stop_after_step = 0;           // > 0: acts like a stop signal after this step
+  uint64_t memory_budget = 0;            // > 0: the memory check's budget instead of the machine's
 };
 
 struct TrainOptions {
