@@ -254,3 +254,30 @@ TEST_F(PreprocessInit, InitWritesAConfigThatTrains) {
   EXPECT_NE(t.output.find("REPLACE_WITH_YOUR_DATA.jsonl"), std::string::npos) << t.output;
   EXPECT_FALSE(stdfs::exists(dir / "run2"));
 }
+
+TEST_F(PreprocessInit, InitDetectsEachDatasetType) {
+  const stdfs::path dir = test::temp_dir();
+  const json chat = {{"messages", json::array({{{"role", "user"}, {"content", "hi"}},
+                                               {{"role", "assistant"}, {"content", "hello"}}})}};
+  for (const auto& [type, record] : std::vector<std::pair<std::string, json>>{
+           {"chat", chat},
+           {"alpaca", {{"instruction", "Say hi."}, {"input", ""}, {"output", "hi"}}},
+           {"prompt_completion", {{"prompt", "Say hi:"}, {"completion", " hi"}}},
+           {"text", {{"text", "hi there"}}}}) {
+    SCOPED_TRACE(type);
+    const stdfs::path data = write(dir / (type + ".jsonl"), record.dump() + "\n" + record.dump() + "\n");
+    const stdfs::path out = dir / (type + ".yaml");
+    test::ProcResult r = qlora("init " + test::quote(model().string()) + " --data " + test::quote(data.string()) +
+                               " --out " + test::quote(out.string()));
+    ASSERT_EQ(r.code, 0) << r.output;
+    const config::TrainConfig cfg = config::load_config(out.string());
+    EXPECT_EQ(cfg.data.datasets.at(0).type, type);
+    EXPECT_EQ(cfg.data.sequence_len % 64, 0);
+    // The fixture's tokenizer ships no chat template: chat data gets a built-in one, and a note.
+    EXPECT_EQ(cfg.data.chat_template, type == "chat" ? "chatml" : "");
+    EXPECT_NE(fs::read_file(out).find("ships no chat template"), std::string::npos);
+    // The data as the written config prepares it.
+    r = qlora("preprocess " + test::quote(out.string()) + " --json");
+    EXPECT_EQ(r.code, 0) << r.output;
+  }
+}

@@ -96,7 +96,10 @@ class Writer {
     if (!comment.empty()) os_ << std::string(text.size() < 33 ? 33 - text.size() : 1, ' ') << " # " << comment;
     os_ << "\n";
   }
-  void comment(const std::string& text) { os_ << "# " << text << "\n"; }
+  void comment(const std::string& text) {  // one "# " line per line of `text`
+    std::istringstream in(text);
+    for (std::string l; std::getline(in, l);) os_ << "# " << l << "\n";
+  }
   void blank() { os_ << "\n"; }
   std::string str() const { return os_.str(); }
 
@@ -151,7 +154,8 @@ std::string render(const Plan& p, const model::ModelConfig& mc) {
   w.line("lora_r: " + std::to_string(p.rank),
          p.rank < 64 ? "64, the paper's, is above the smallest layer dimension" : "");
   w.line("lora_alpha: 16");
-  w.line("lora_dropout: " + fixed(p.dropout, 2), p.dropout < 0.1 ? "the paper's for models above 13B" : "");
+  w.line(std::string("lora_dropout: ") + (p.dropout < 0.1 ? "0.05" : "0.1"),
+         p.dropout < 0.1 ? "the paper's for models above 13B" : "");
   w.line("lora_target_modules:", "every linear layer of a decoder layer (in -> out features)");
   for (const auto& [name, shape] : p.targets) w.line("  - " + name, shape);
   w.blank();
@@ -268,7 +272,7 @@ std::string init_config_text(const InitOptions& o) {
     if (p.type == "chat" && !own) {
       p.chat_template = "chatml";
       p.chat_note =
-          "The tokenizer ships no chat template: chatml stands in for it. Set the one the model was "
+          "The tokenizer ships no chat template: chatml stands in for it.\nSet the one the model was "
           "trained with, if any.";
     }
     config::DataSpec spec;
@@ -293,7 +297,7 @@ std::string init_config_text(const InitOptions& o) {
     p.length_note = max_pos > 0 && max_pos < 2048 ? "max_position_embeddings" : "at most 2048 without --data";
   }
   if (p.chat_note.empty())
-    p.chat_note = own ? "Chat data (type: chat) is rendered with the tokenizer's own chat template (" + origin + ")."
+    p.chat_note = own ? "Chat data (type: chat) is rendered with the tokenizer's own chat template:\n" + origin + "."
                       : "The tokenizer ships no chat template: chat data needs chat_template: (chatml, llama3, ...).";
 
   // The micro-batch: render once to get the config our loader reads, estimate, render again.
