@@ -90,7 +90,8 @@ TEST_F(PreprocessInit, SupervisedTokensAreTransformersOnes) {
   test::ProcResult r = qlora_to("preprocess " + test::quote(cfg.string()) + " --show 3 --ids", text_out);
   ASSERT_EQ(r.code, 0) << r.output;
   const std::string text = fs::read_file(text_out);
-  for (const auto& s : json::parse(fs::read_file(json_out))["samples"]) {
+  const json shown = json::parse(fs::read_file(json_out));
+  for (const auto& s : shown["samples"]) {
     std::string marked, ids = "ids:";
     for (const auto& run : s["runs"]) {
       const std::string t = run["text"];
@@ -100,6 +101,29 @@ TEST_F(PreprocessInit, SupervisedTokensAreTransformersOnes) {
     }
     EXPECT_NE(text.find(marked + "\n" + ids + "\n"), std::string::npos) << marked << "\n" << text;
   }
+}
+
+TEST_F(PreprocessInit, ColourOnATerminalUnlessNoColor) {
+  if (!stdfs::exists("/usr/bin/script")) GTEST_SKIP() << "util-linux script(1) gives the command a terminal";
+  const stdfs::path dir = test::temp_dir();
+  const stdfs::path cfg = config(dir, *g_fix / "train.jsonl", "alpaca", "sequence_len: 256\n");
+  const stdfs::path json_out = dir / "pre.json";
+  ASSERT_EQ(qlora_to("preprocess " + test::quote(cfg.string()) + " --json --show 1", json_out).code, 0);
+  std::string supervised;
+  const json shown = json::parse(fs::read_file(json_out));
+  for (const auto& run : shown["samples"][0]["runs"])
+    if (run["supervised"].get<bool>()) supervised = run["text"].get<std::string>();
+  ASSERT_FALSE(supervised.empty());
+  const std::string cmd =
+      test::quote(test::qlora_exe().string()) + " preprocess " + test::quote(cfg.string()) + " --show 1";
+  test::ProcResult tty = test::run("env -u NO_COLOR script -qc " + test::quote(cmd) + " /dev/null");
+  ASSERT_EQ(tty.code, 0) << tty.output;
+  EXPECT_NE(tty.output.find("\033[1;32m" + supervised + "\033[0m"), std::string::npos) << tty.output;
+  EXPECT_EQ(tty.output.find("[["), std::string::npos) << tty.output;
+  test::ProcResult plain = test::run("env NO_COLOR=1 script -qc " + test::quote(cmd) + " /dev/null");
+  ASSERT_EQ(plain.code, 0) << plain.output;
+  EXPECT_NE(plain.output.find("[[" + supervised + "]]"), std::string::npos) << plain.output;
+  EXPECT_EQ(plain.output.find("\033["), std::string::npos) << plain.output;
 }
 
 TEST_F(PreprocessInit, TruncatedAndDroppedCountsOnCraftedData) {
