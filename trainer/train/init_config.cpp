@@ -247,8 +247,9 @@ std::string init_config_text(const InitOptions& o) {
   const model::ModelSummary sum = model::summarize(mc);
   p.billions = static_cast<double>(sum.total_parameters) / 1e9;
   p.dropout = p.billions > 13.0 ? 0.05 : 0.1;
-  std::string name = std::filesystem::path(o.model).filename().string();
-  if (name.empty()) name = std::filesystem::path(o.model).parent_path().filename().string();
+  const std::filesystem::path mp(o.model);
+  std::string name = (mp.extension() == ".gguf" ? mp.stem() : mp.filename()).string();  // runs/NAME-qlora
+  if (name.empty()) name = mp.parent_path().filename().string();
   for (char& ch : name)
     if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '-' || ch == '_')) ch = '_';
   p.output_dir = "runs/" + (name.empty() ? std::string("qlora") : name) + "-qlora";
@@ -310,13 +311,19 @@ std::string init_config_text(const InitOptions& o) {
     p.memory_note = {"micro_batch_size: the memory available could not be read; the estimate for 1 is " +
                      fs::format_bytes(mb.estimate) + "."};
   } else {
-    p.memory_note = {"micro_batch_size: the largest of 1, 2, 4, 8, 16 whose memory estimate fits " + device.str() +
-                         " when this was written:",
-                     "about " + fs::format_bytes(mb.estimate) + " of " + fs::format_bytes(mb.available) +
-                         " available (" + mb.source + ")" + (mb.fits ? "." : "; even 1 does not fit.")};
+    const std::string used = fs::format_bytes(mb.estimate), avail = fs::format_bytes(mb.available);
+    if (mb.fits)
+      p.memory_note = {"micro_batch_size: the largest of 1, 2, 4, 8, 16 whose memory estimate fits " + device.str() +
+                           " when this was written:",
+                       "about " + used + " of " + avail + " available (" + mb.source + ")."};
+    else
+      p.memory_note = {"micro_batch_size: not even 1 fits " + device.str() + " when this was written: about " + used,
+                       "with gradient checkpointing, " + avail + " available (" + mb.source +
+                           "); training refuses it (memory_check)."};
   }
-  p.checkpointing_note = mb.gradient_checkpointing ? "needed to fit: each layer recomputed in backward"
-                                                   : "true: less activation memory, more compute";
+  p.checkpointing_note = !mb.gradient_checkpointing ? "true: less activation memory, more compute"
+                         : mb.fits                  ? "needed to fit: each layer recomputed in backward"
+                                                    : "the least activation memory";
   const std::string text = render(p, mc);
   config::parse_config(text, "the generated config");  // what is written is what the loader reads
   return text;
