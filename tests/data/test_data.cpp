@@ -404,8 +404,23 @@ TEST(Files, SamplesWithoutATrainedEosAreCountedAndWarnedAbout) {
   EXPECT_EQ(d.stats.no_eos, 1);
   EXPECT_EQ(d.stats.truncated, 1);
   EXPECT_EQ(warned, "qlora: warning: " + path +
-                        ": 1 of 3 samples end without a supervised EOS token (\"</s>\", id 257), so the model does "
-                        "not learn to stop after them (their last message is not the assistant's)\n");
+                        ": 1 of 3 samples have no supervised EOS token (\"</s>\", id 257) after their supervised "
+                        "text, so the model does not learn to stop there: 1 supervise none (their last message is not "
+                        "the assistant's)\n");
+  // A template whose generation block leaves the EOS after the reply out: that EOS is masked and
+  // the one appended after it supervised, so the model never learns to stop after a reply.
+  spec.chat_template =
+      "{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}{{ m.content }}{% endgeneration %}"
+      "{{ eos_token }}{% else %}{{ m.role + ': ' + m.content + '\\n' }}{% endif %}{% endfor %}";
+  testing::internal::CaptureStderr();
+  Datasets g = build_datasets(spec, tk);
+  const std::string warned_g = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(g.stats.no_eos, 2);
+  EXPECT_NE(warned_g.find(": 2 of 3 samples have no supervised EOS token (\"</s>\", id 257) after their supervised "
+                          "text, so the model does not learn to stop there: 2 mask the EOS right after supervised "
+                          "text (the chat template leaves it out of the assistant turn)\n"),
+            std::string::npos)
+      << warned_g;
   // Each kept sample's untruncated length, in the packed order.
   ASSERT_EQ(d.stats.train_lengths.size(), 3u);
   for (int64_t k = 0; k < 3; ++k) {

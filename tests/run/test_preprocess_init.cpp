@@ -183,7 +183,9 @@ TEST_F(PreprocessInit, ChatWithoutAFinalAssistantTurnWarnsAboutEos) {
   test::ProcResult r = qlora_to("preprocess " + test::quote(cfg.string()) + " --json", out);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("qlora: warning: " + data.string() +
-                          ": 3 of 5 samples end without a supervised EOS token (\"</s>\", id 2)"),
+                          ": 3 of 5 samples have no supervised EOS token (\"</s>\", id 2) after their supervised text, "
+                          "so the model does not learn to stop there: 3 supervise none (their last message is not "
+                          "the assistant's)"),
             std::string::npos)
       << r.output;
   const json j = json::parse(fs::read_file(out));

@@ -43,7 +43,8 @@ struct FileResult {
   std::vector<int32_t> lengths;  // each kept sample's tokens before truncation
   int64_t records = 0, skipped = 0, truncated = 0, dropped = 0;
   int64_t dropped_truncated = 0;  // of `dropped`: trained tokens cut away by truncation
-  int64_t no_eos = 0;             // kept whole, but no label is the EOS
+  int64_t no_eos = 0;             // kept whole, with no supervised EOS after supervised text:
+  int64_t eos_masked = 0;         //   of those, an EOS right after supervised text is masked
 };
 
 // What a format trains when train_on_inputs is false, for messages about fully masked samples.
@@ -96,9 +97,23 @@ FileResult load_file(const config::DatasetSpec& ds, const config::DataSpec& spec
         res.dropped_truncated += had_targets;
         continue;
       }
-      // The label of the first token is never a target (count_targets), so neither is an EOS there.
-      if (full <= spec.sequence_len && eos && std::find(s.labels.begin() + 1, s.labels.end(), *eos) == s.labels.end())
-        ++res.no_eos;
+      // Whether the model learns to stop: an EOS is supervised, and none that directly follows
+      // supervised text is masked (a template that leaves it out of the assistant turn). Index 0
+      // is never a target (count_targets). Truncated samples have no end to learn.
+      if (full <= spec.sequence_len && eos) {
+        bool supervised_eos = false, masked_after_text = false;
+        for (size_t t = 1; t < s.labels.size(); ++t) {
+          if (s.input_ids[t] != *eos) continue;
+          if (s.labels[t] != kIgnoreIndex)
+            supervised_eos = true;
+          else if (s.labels[t - 1] != kIgnoreIndex)
+            masked_after_text = true;
+        }
+        if (!supervised_eos || masked_after_text) {
+          ++res.no_eos;
+          res.eos_masked += masked_after_text;
+        }
+      }
       res.lengths.push_back(static_cast<int32_t>(std::min<int64_t>(full, INT32_MAX)));
       res.samples.push_back(std::move(s));
     }
@@ -225,13 +240,21 @@ Datasets build_datasets(const config::DataSpec& spec, const tok::Tokenizer& toke
                      static_cast<long long>(r.dropped - r.dropped_truncated));
       if (r.no_eos) {
         const tok::SpecialTokens& sp = tokenizer.special();
-        const bool chat_type = canonical_type(ds.type, ds.path) == "chat";
+        const bool chat_masks = canonical_type(ds.type, ds.path) == "chat" && !spec.train_on_inputs;
+        const int64_t never = r.no_eos - r.eos_masked;
+        std::string why;
+        if (never)
+          why = std::to_string(never) + " supervise none" +
+                (chat_masks ? " (their last message is not the assistant's)" : std::string());
+        if (r.eos_masked)
+          why += (why.empty() ? "" : ", ") + std::to_string(r.eos_masked) +
+                 " mask the EOS right after supervised text" +
+                 (chat_masks ? " (the chat template leaves it out of the assistant turn)" : std::string());
         std::fprintf(stderr,
-                     "qlora: warning: %s: %lld of %lld samples end without a supervised EOS token (\"%s\", id %d), "
-                     "so the model does not learn to stop after them%s\n",
+                     "qlora: warning: %s: %lld of %lld samples have no supervised EOS token (\"%s\", id %d) after "
+                     "their supervised text, so the model does not learn to stop there: %s\n",
                      ds.path.c_str(), static_cast<long long>(r.no_eos), static_cast<long long>(built),
-                     sp.eos_token.c_str(), static_cast<int>(*sp.eos_id),
-                     chat_type && !spec.train_on_inputs ? " (their last message is not the assistant's)" : "");
+                     sp.eos_token.c_str(), static_cast<int>(*sp.eos_id), why.c_str());
       }
       for (auto& s : r.samples) all.push_back(std::move(s));
       lengths.insert(lengths.end(), r.lengths.begin(), r.lengths.end());
