@@ -14,6 +14,7 @@
 #include "trainer/data/formats.h"
 #include "trainer/data/loader.h"
 #include "trainer/data/records.h"
+#include "trainer/data/report.h"
 #include "trainer/data/tokenize.h"
 
 using namespace qlora;
@@ -161,8 +162,14 @@ TEST(Formats, BosOnceAndEosKeptWhenPadIsEos) {
   auto dir = qlora::test::temp_dir();
   config::DataSpec s2 =
       one_dataset(write(dir / "d.jsonl", jsonl({{{"text", "Hello world"}}, {{"text", "ab"}}})), "text");
+  testing::internal::CaptureStderr();
   Datasets d = build_datasets(s2, tk);
+  const std::string warned = testing::internal::GetCapturedStderr();
   EXPECT_EQ(d.train->pad_id, *tk.special().eos_id);
+  // Padding is masked by position, never by id: no EOS goes missing from the labels, and nothing
+  // warns that it does.
+  EXPECT_EQ(d.stats.no_eos, 0);
+  EXPECT_EQ(warned, "");
   Batch b = collate(*d.train, {0, 1});
   for (int64_t r = 0; r < 2; ++r) {
     int64_t len = d.train->row_begin[r + 1] - d.train->row_begin[r];
@@ -372,7 +379,59 @@ TEST(Files, NoTrainableTokensIsAnError) {
   config::DataSpec spec = one_dataset(path, "chat");
   spec.chat_template = "chatml";
   std::string e = user_error_of([&] { build_datasets(spec, tk); });
-  EXPECT_EQ(e.rfind(path + ": no trainable tokens in its 1 samples", 0), 0u) << e;
+  EXPECT_EQ(e, path +
+                   ": no trainable tokens in its 1 samples: 1 have every token masked (train_on_inputs: false trains "
+                   "only the assistant turns, and the chat template marks none in them)");
+}
+
+TEST(Files, SamplesWithoutATrainedEosAreCountedAndWarnedAbout) {
+  // pad == EOS. A conversation that ends with a user turn gets an untrained EOS: the model would
+  // not learn to stop there. Truncated samples are not counted (they have no end to learn).
+  FakeTokenizer tk(/*add_bos=*/false, /*has_pad=*/false);
+  auto dir = qlora::test::temp_dir();
+  auto msg = [](const char* role, const std::string& content) { return json{{"role", role}, {"content", content}}; };
+  std::string path =
+      write(dir / "c.jsonl",
+            jsonl({{{"messages", json::array({msg("user", "hi"), msg("assistant", "yo")})}},
+                   {{"messages", json::array({msg("user", "hi"), msg("assistant", "yo"), msg("user", "and?")})}},
+                   {{"messages", json::array({msg("user", "hi"), msg("assistant", std::string(300, 'z'))})}}}));
+  config::DataSpec spec = one_dataset(path, "chat");
+  spec.chat_template = "chatml";
+  spec.sequence_len = 100;
+  testing::internal::CaptureStderr();
+  Datasets d = build_datasets(spec, tk);
+  const std::string warned = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(d.stats.no_eos, 1);
+  EXPECT_EQ(d.stats.truncated, 1);
+  EXPECT_EQ(warned, "qlora: warning: " + path +
+                        ": 1 of 3 samples have no supervised EOS token (\"</s>\", id 257) after their supervised "
+                        "text, so the model does not learn to stop there: 1 supervise none (their last message is not "
+                        "the assistant's)\n");
+  // A template whose generation block leaves the EOS after the reply out: that EOS is masked and
+  // the one appended after it supervised, so the model never learns to stop after a reply.
+  spec.chat_template =
+      "{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}{{ m.content }}{% endgeneration %}"
+      "{{ eos_token }}{% else %}{{ m.role + ': ' + m.content + '\\n' }}{% endif %}{% endfor %}";
+  testing::internal::CaptureStderr();
+  Datasets g = build_datasets(spec, tk);
+  const std::string warned_g = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(g.stats.no_eos, 2);
+  EXPECT_NE(warned_g.find(": 2 of 3 samples have no supervised EOS token (\"</s>\", id 257) after their supervised "
+                          "text, so the model does not learn to stop there: 2 mask the EOS right after supervised "
+                          "text (the chat template leaves it out of the assistant turn)\n"),
+            std::string::npos)
+      << warned_g;
+  // Each kept sample's untruncated length, in the packed order.
+  ASSERT_EQ(d.stats.train_lengths.size(), 3u);
+  for (int64_t k = 0; k < 3; ++k) {
+    const int64_t end = k + 1 < 3 ? d.train->sample_begin[k + 1] : static_cast<int64_t>(d.train->input_ids.size());
+    const int64_t len = end - d.train->sample_begin[k];
+    if (len < 100) {
+      EXPECT_EQ(d.stats.train_lengths[k], len);
+    } else {
+      EXPECT_GT(d.stats.train_lengths[k], 300);
+    }
+  }
 }
 
 TEST(Files, LongSamplesAreTruncatedAndCountedUntrainableOnesDropped) {
@@ -464,6 +523,55 @@ TEST(Packing, RowsHoldWholeSamplesWithRestartingPositionsAndSegments) {
   EXPECT_EQ(b.input_ids.dtype(), at::kLong);
   // pad_to_sequence_len: fixed width.
   EXPECT_EQ(collate(p, {0}, 24).input_ids.size(1), 24);
+}
+
+TEST(Packing, ReportCountsWhatThePackerAndTheLoaderMake) {
+  FakeTokenizer tk;
+  auto dir = qlora::test::temp_dir();
+  config::DataSpec spec = one_dataset(write(dir / "d.jsonl", jsonl(many_texts(40))), "prompt_completion");
+  spec.sequence_len = 24;
+  Datasets plain = build_datasets(spec, tk);
+  spec.sample_packing = true;
+  Datasets packed = build_datasets(spec, tk);
+  const PartStats a = part_stats(*plain.train, plain.stats.train_lengths, tk.special().eos_id);
+  const PartStats b = part_stats(*packed.train, packed.stats.train_lengths, tk.special().eos_id);
+  // The rows packing would make, predicted from the unpacked data, are the packer's.
+  EXPECT_EQ(a.rows, 40);
+  EXPECT_EQ(a.rows_packed, packed.train->num_rows());
+  EXPECT_EQ(b.rows_packed, b.rows);
+  EXPECT_EQ(a.tokens, b.tokens);
+  EXPECT_EQ(a.supervised_tokens, plain.stats.train_target_tokens);
+  EXPECT_EQ(a.eos_supervised, 40);  // every sample's EOS is trained
+  // Supervised tokens as the loader's batches count them.
+  DataLoader loader(packed.train, 4, 1);
+  int64_t targets = 0;
+  for (int64_t i = 0; i < loader.batches_per_epoch(); ++i) {
+    const Batch batch = loader.next();
+    targets += batch.num_target_tokens;
+    // The batch's samples, split back from its rows, are samples of the data with the labels the
+    // loss sees: the first token of each masked.
+    for (const auto& runs : batch_samples(batch)) {
+      std::vector<int32_t> ids, labels;
+      for (const TokenRun& r : runs) {
+        ids.insert(ids.end(), r.ids.begin(), r.ids.end());
+        labels.insert(labels.end(), r.labels.begin(), r.labels.end());
+        for (int32_t l : r.labels) EXPECT_EQ(l != kIgnoreIndex, r.supervised);
+      }
+      EXPECT_EQ(labels.front(), kIgnoreIndex);
+      bool found = false;
+      for (const auto& [sid, slabels] : samples_of(*packed.train))
+        found = found || (sid == ids && std::equal(slabels.begin() + 1, slabels.end(), labels.begin() + 1));
+      EXPECT_TRUE(found);
+    }
+  }
+  EXPECT_EQ(targets, b.supervised_tokens);
+  // Lengths: nearest-rank percentiles.
+  const LengthStats l = length_stats({5, 1, 4, 2, 3, 10, 6, 7, 9, 8});
+  EXPECT_EQ(l.min, 1);
+  EXPECT_EQ(l.p50, 5);
+  EXPECT_EQ(l.p90, 9);
+  EXPECT_EQ(l.p99, 10);
+  EXPECT_EQ(l.max, 10);
 }
 
 TEST(Splits, ShuffleIsSeededAndValidationIsHeldOutByRatioOrFile) {

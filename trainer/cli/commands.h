@@ -101,4 +101,21 @@ struct PlanArgs {
 };
 int run_plan(const PlanArgs& a);
 
+struct PreprocessArgs {
+  std::string config;            // CONFIG.yaml
+  std::vector<std::string> set;  // --set key=value overrides
+  int64_t show = 0;              // --show N: print the training order's first N samples
+  bool ids = false;              // --ids: with their token ids
+  bool json = false;             // --json: the statistics (and shown samples) as one JSON object
+};
+int run_preprocess(const PreprocessArgs& a);
+
+struct InitArgs {
+  std::string model;               // MODEL_DIR
+  std::string data;                // --data FILE
+  std::string out = "qlora.yaml";  // --out FILE
+  bool force = false;              // --force: replace an existing file
+};
+int run_init(const InitArgs& a);
+
 }  // namespace qlora::cli

@@ -228,6 +228,29 @@ int main(int argc, char** argv) {
   ic->add_flag("--json", in.json, "Print JSON");
   ic->callback([&] { action = [&] { return run_inspect(in); }; });
 
+  // preprocess
+  PreprocessArgs pp;
+  auto* pc = app.add_subcommand(
+      "preprocess", "Tokenize and pack a config's datasets as training would, and report what the model learns from");
+  pc->add_option("config", pp.config, "Config file (YAML)")->required();
+  pc->add_option("--set", pp.set, "Override a config key: --set key=value (repeatable)");
+  pc->add_option("--show", pp.show,
+                 "Print the first N samples of the training order, supervised tokens marked (colour on a terminal, "
+                 "else [[...]])");
+  pc->add_flag("--ids", pp.ids, "With --show: also the token ids, supervised as N, masked as (N)");
+  pc->add_flag("--json", pp.json, "Print one JSON object (statistics, and the --show samples with their ids)");
+  pc->callback([&] { action = [&] { return run_preprocess(pp); }; });
+
+  // init
+  InitArgs ia;
+  auto* ia_c = app.add_subcommand("init", "Write a commented training config for a model (and a dataset)");
+  ia_c->add_option("model", ia.model, "HF model directory (config.json, tokenizer) or GGUF file")->required();
+  ia_c->add_option("--data", ia.data,
+                   "Dataset file (JSONL or JSON): its format and token lengths set the dataset type and sequence_len");
+  ia_c->add_option("--out", ia.out, "Config file to write")->default_str("qlora.yaml");
+  ia_c->add_flag("--force", ia.force, "Replace an existing file");
+  ia_c->callback([&] { action = [&] { return run_init(ia); }; });
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& err) { return app.exit(err); } catch (const CLI::CallForAllHelp& err) {

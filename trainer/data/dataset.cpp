@@ -1,6 +1,9 @@
 #include "trainer/data/dataset.h"
 
+#include <algorithm>
+#include <climits>
 #include <cmath>
+#include <cstdio>
 #include <exception>
 #include <optional>
 
@@ -37,12 +40,27 @@ int64_t count_targets(const Sample& s) {
 
 struct FileResult {
   std::vector<Sample> samples;
+  std::vector<int32_t> lengths;  // each kept sample's tokens before truncation
   int64_t records = 0, skipped = 0, truncated = 0, dropped = 0;
+  int64_t dropped_truncated = 0;  // of `dropped`: trained tokens cut away by truncation
+  int64_t no_eos = 0;             // kept whole, with no supervised EOS after supervised text:
+  int64_t eos_masked = 0;         //   of those, an EOS right after supervised text is masked
 };
+
+// What a format trains when train_on_inputs is false, for messages about fully masked samples.
+std::string masked_cause(const std::string& type, bool train_on_inputs) {
+  if (train_on_inputs) return "train_on_inputs: true trains every token after the first, and these have only one";
+  if (type == "chat")
+    return "train_on_inputs: false trains only the assistant turns, and the chat template marks none in them";
+  const char* part = type == "alpaca" ? "output" : type == "prompt_completion" ? "completion" : "text";
+  return std::string("train_on_inputs: false trains only the ") + part +
+         " and the EOS after it, and these have neither (the tokenizer has no EOS)";
+}
 
 FileResult load_file(const config::DatasetSpec& ds, const config::DataSpec& spec, const tok::Tokenizer& tk,
                      const tok::ChatTemplate* chat) {
   SampleBuilder builder(ds, spec, tk, chat);
+  const std::optional<int32_t> eos = tk.special().eos_id;
   FileResult res;
   read_records(ds.path, spec.skip_invalid, &res.skipped, [&](std::vector<Record>& batch) {
     const int64_t n = static_cast<int64_t>(batch.size());
@@ -66,24 +84,52 @@ FileResult load_file(const config::DatasetSpec& ds, const config::DataSpec& spec
         continue;
       }
       Sample& s = built[i];
-      if (static_cast<int64_t>(s.input_ids.size()) > spec.sequence_len) {
+      const auto full = static_cast<int64_t>(s.input_ids.size());
+      bool had_targets = false;
+      if (full > spec.sequence_len) {
+        had_targets = count_targets(s) > 0;
         s.input_ids.resize(spec.sequence_len);
         s.labels.resize(spec.sequence_len);
         ++res.truncated;
       }
       if (count_targets(s) == 0) {
         ++res.dropped;
+        res.dropped_truncated += had_targets;
         continue;
       }
+      // Whether the model learns to stop: an EOS is supervised, and none that directly follows
+      // supervised text is masked (a template that leaves it out of the assistant turn). Index 0
+      // is never a target (count_targets). Truncated samples have no end to learn.
+      if (full <= spec.sequence_len && eos) {
+        bool supervised_eos = false, masked_after_text = false;
+        for (size_t t = 1; t < s.labels.size(); ++t) {
+          if (s.input_ids[t] != *eos) continue;
+          if (s.labels[t] != kIgnoreIndex)
+            supervised_eos = true;
+          else if (s.labels[t - 1] != kIgnoreIndex)
+            masked_after_text = true;
+        }
+        if (!supervised_eos || masked_after_text) {
+          ++res.no_eos;
+          res.eos_masked += masked_after_text;
+        }
+      }
+      res.lengths.push_back(static_cast<int32_t>(std::min<int64_t>(full, INT32_MAX)));
       res.samples.push_back(std::move(s));
     }
   });
   if (res.records == 0 && res.skipped == 0) user_error(ds.path, ": the dataset is empty");
   if (res.records == 0) user_error(ds.path, ": no valid record (", res.skipped, " skipped as invalid)");
-  if (res.samples.empty())
-    user_error(ds.path, ": no trainable tokens in its ", res.records - res.skipped, " samples (every label is masked",
-               spec.train_on_inputs ? "" : " with train_on_inputs: false", ", or truncated away at sequence_len ",
-               spec.sequence_len, ")");
+  if (res.samples.empty()) {
+    std::string why;
+    if (res.dropped_truncated)
+      why = std::to_string(res.dropped_truncated) + " had every trained token truncated away at sequence_len " +
+            std::to_string(spec.sequence_len) + " (raise sequence_len)";
+    if (const int64_t masked = res.dropped - res.dropped_truncated; masked > 0)
+      why += (why.empty() ? "" : "; ") + std::to_string(masked) + " have every token masked (" +
+             masked_cause(canonical_type(ds.type, ds.path), spec.train_on_inputs) + ")";
+    user_error(ds.path, ": no trainable tokens in its ", res.records - res.skipped, " samples: ", why);
+  }
   return res;
 }
 
@@ -144,6 +190,7 @@ std::string DataStats::summary() const {
   if (skipped_invalid) os << ", " << skipped_invalid << " invalid skipped";
   if (truncated) os << ", " << truncated << " truncated to sequence_len";
   if (dropped_no_targets) os << ", " << dropped_no_targets << " without trained tokens dropped";
+  if (no_eos) os << ", " << no_eos << " without a trained EOS";
   os << "; train " << train_samples << " samples in " << train_rows << " rows (" << train_tokens << " tokens, "
      << train_target_tokens << " trained)";
   if (val_samples) os << "; validation " << val_samples << " samples in " << val_rows << " rows";
@@ -168,6 +215,7 @@ Datasets build_datasets(const config::DataSpec& spec, const tok::Tokenizer& toke
 
   Datasets out;
   DataStats& st = out.stats;
+  std::vector<int32_t> lengths;  // of the samples load_all returns
   auto load_all = [&](const std::vector<config::DatasetSpec>& list) {
     std::vector<Sample> all;
     for (const auto& ds : list) {
@@ -176,24 +224,59 @@ Datasets build_datasets(const config::DataSpec& spec, const tok::Tokenizer& toke
       st.skipped_invalid += r.skipped;
       st.truncated += r.truncated;
       st.dropped_no_targets += r.dropped;
+      st.dropped_truncated += r.dropped_truncated;
+      st.no_eos += r.no_eos;
       if (log && r.skipped) log(ds.path + ": skipped " + std::to_string(r.skipped) + " invalid records");
       if (log && r.truncated)
         log(ds.path + ": truncated " + std::to_string(r.truncated) + " samples longer than sequence_len " +
             std::to_string(spec.sequence_len));
-      if (log && r.dropped) log(ds.path + ": dropped " + std::to_string(r.dropped) + " samples without trained tokens");
+      const int64_t built = r.records - r.skipped;
+      if (r.dropped)
+        std::fprintf(stderr,
+                     "qlora: warning: %s: %lld of %lld samples have no supervised token (dropped): %lld had every "
+                     "trained token truncated away at sequence_len %lld, %lld have every token masked\n",
+                     ds.path.c_str(), static_cast<long long>(r.dropped), static_cast<long long>(built),
+                     static_cast<long long>(r.dropped_truncated), static_cast<long long>(spec.sequence_len),
+                     static_cast<long long>(r.dropped - r.dropped_truncated));
+      if (r.no_eos) {
+        const tok::SpecialTokens& sp = tokenizer.special();
+        const bool chat_masks = canonical_type(ds.type, ds.path) == "chat" && !spec.train_on_inputs;
+        const int64_t never = r.no_eos - r.eos_masked;
+        std::string why;
+        if (never)
+          why = std::to_string(never) + " supervise none" +
+                (chat_masks ? " (their last message is not the assistant's)" : std::string());
+        if (r.eos_masked)
+          why += (why.empty() ? "" : ", ") + std::to_string(r.eos_masked) +
+                 " mask the EOS right after supervised text" +
+                 (chat_masks ? " (the chat template leaves it out of the assistant turn)" : std::string());
+        std::fprintf(stderr,
+                     "qlora: warning: %s: %lld of %lld samples have no supervised EOS token (\"%s\", id %d) after "
+                     "their supervised text, so the model does not learn to stop there: %s\n",
+                     ds.path.c_str(), static_cast<long long>(r.no_eos), static_cast<long long>(built),
+                     sp.eos_token.c_str(), static_cast<int>(*sp.eos_id), why.c_str());
+      }
       for (auto& s : r.samples) all.push_back(std::move(s));
+      lengths.insert(lengths.end(), r.lengths.begin(), r.lengths.end());
     }
     return all;
   };
 
   std::vector<Sample> train = load_all(spec.datasets);
+  std::vector<int32_t> train_lengths = std::move(lengths);
+  lengths.clear();
   std::vector<Sample> val = load_all(spec.test_datasets);
+  st.val_lengths = std::move(lengths);
 
   // Deterministic shuffle, then the validation split by ratio (when no test_datasets).
   std::vector<int64_t> order = permutation(static_cast<int64_t>(train.size()), spec.seed);
   std::vector<Sample> shuffled;
   shuffled.reserve(train.size());
-  for (int64_t i : order) shuffled.push_back(std::move(train[i]));
+  st.train_lengths.reserve(train.size());
+  for (int64_t i : order) {
+    shuffled.push_back(std::move(train[i]));
+    st.train_lengths.push_back(train_lengths[i]);
+  }
   train = std::move(shuffled);
   if (spec.test_datasets.empty() && spec.val_set_size > 0.0) {
     auto n_val = static_cast<size_t>(std::ceil(spec.val_set_size * static_cast<double>(train.size())));
@@ -201,6 +284,8 @@ Datasets build_datasets(const config::DataSpec& spec, const tok::Tokenizer& toke
       user_error("val_set_size: ", spec.val_set_size, " of ", train.size(), " samples leaves nothing to train on");
     val.assign(std::make_move_iterator(train.begin()), std::make_move_iterator(train.begin() + n_val));
     train.erase(train.begin(), train.begin() + n_val);
+    st.val_lengths.assign(st.train_lengths.begin(), st.train_lengths.begin() + static_cast<int64_t>(n_val));
+    st.train_lengths.erase(st.train_lengths.begin(), st.train_lengths.begin() + static_cast<int64_t>(n_val));
   }
 
   const tok::SpecialTokens& sp = tokenizer.special();

@@ -30,9 +30,13 @@ struct DataStats {
   int64_t skipped_invalid = 0;     // malformed records skipped (skip_invalid)
   int64_t truncated = 0;           // samples longer than sequence_len, cut to it
   int64_t dropped_no_targets = 0;  // samples left without a trained token, dropped
+  int64_t dropped_truncated = 0;   // of those, samples whose trained tokens truncation cut away
+  int64_t no_eos = 0;              // samples kept whole without a supervised EOS after supervised text
   int64_t train_samples = 0, val_samples = 0;
   int64_t train_rows = 0, val_rows = 0;
   int64_t train_tokens = 0, train_target_tokens = 0;
+  // Tokens of each kept sample before truncation, in the order of PackedData's samples.
+  std::vector<int32_t> train_lengths, val_lengths;
   std::string summary() const;  // one line for the log
 };
 
@@ -44,6 +48,11 @@ struct Datasets {
 
 // Builds train and validation data from `spec`. Bad input is a UserError naming the file and
 // line (or the spec key); truncations and skipped records are counted and reported to `log`.
+// A dataset none of whose tokens is trained is a UserError naming the file and the cause
+// (truncation, or masking); samples dropped for having no trained token, and samples kept whole
+// with no supervised EOS after their supervised text (no EOS label at all, or a masked EOS right
+// after supervised text: the model would not learn to stop) are counted and warned about on
+// stderr ("qlora: warning: FILE: ...").
 // Records are tokenized on the OpenMP threads; the result does not depend on their number.
 Datasets build_datasets(const config::DataSpec& spec, const tok::Tokenizer& tokenizer,
                         const std::function<void(const std::string&)>& log = nullptr);
