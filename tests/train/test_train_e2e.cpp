@@ -307,7 +307,8 @@ TEST_F(TrainE2E, LateChecksComeBeforeAnythingIsWrittenAndNameTheConfigLine) {
       {"sequence_len: 1\n", "sequence_len", "sequence_len: expected at least 2, got 1"},
       {"sequence_len: 4096\n", "sequence_len", "sequence_len: 4096 is more than 8 times the model's"},
       {"lora_r: 64\n", "lora_r", "lora_r: 64 is above the smallest dimension of k_proj (32 x 64)"},
-      {"micro_batch_size: 100000000\n", "micro_batch_size", "micro_batch_size: this run needs about", "--test-memory-budget 1000"},
+      {"micro_batch_size: 100000000\n", "micro_batch_size", "micro_batch_size: this run needs about",
+       "--test-memory-budget 1000"},
       {"chat_template: \"{% for m in messages %}{{ m.content \"\n", "chat_template",
        "chat_template line 1: unexpected end of template", chat},
   };

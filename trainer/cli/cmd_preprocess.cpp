@@ -19,6 +19,7 @@
 #include "trainer/data/report.h"
 #include "trainer/model/gguf_tokenizer.h"
 #include "trainer/tokenizer/chat_template.h"
+#include "trainer/train/preflight.h"
 
 namespace qlora::cli {
 
@@ -38,11 +39,11 @@ auto located(const config::TrainConfig& cfg, F&& f) -> decltype(f()) {
   }
 }
 
-// The datasets of a training run, as `qlora train` prepares them. The one place this command
-// makes them.
-data::Datasets prepare_datasets(const config::TrainConfig& cfg, const tok::Tokenizer& tk,
+// The datasets of a training run, as `qlora train` prepares them (through dataset_prepared_path
+// when the config sets it). The one place this command makes them.
+data::Datasets prepare_datasets(const config::TrainConfig& cfg, const tok::Tokenizer& tk, const std::string& tok_path,
                                 const std::function<void(const std::string&)>& log) {
-  return data::build_datasets(cfg.data, tk, log);
+  return train::prepare_run_data(cfg, tk, tok_path, log);
 }
 
 std::string percent(double share) {
@@ -120,7 +121,7 @@ int run_preprocess(const PreprocessArgs& a) {
     located(cfg, [&] { return tok::ChatTemplate::resolve(cfg.data.chat_template, *tk); });
   std::vector<std::string> notes;
   const data::Datasets d = located(cfg, [&] {
-    return prepare_datasets(cfg, *tk, [&](const std::string& l) {
+    return prepare_datasets(cfg, *tk, tok_path, [&](const std::string& l) {
       if (!l.starts_with("data: ")) notes.push_back(l);  // the summary line: this command says more
     });
   });

@@ -198,7 +198,14 @@ std::string DataStats::summary() const {
 }
 
 Datasets build_datasets(const config::DataSpec& spec, const tok::Tokenizer& tokenizer,
-                        const std::function<void(const std::string&)>& log) {
+                        const std::function<void(const std::string&)>& log,
+                        const std::function<void(const std::string&)>& warn) {
+  auto warn_line = [&warn](const std::string& w) {
+    if (warn)
+      warn(w);
+    else
+      std::fprintf(stderr, "qlora: warning: %s\n", w.c_str());
+  };
   if (spec.datasets.empty()) user_error("datasets: no training dataset given");
   if (spec.sequence_len < 2) user_error("sequence_len: expected at least 2, got ", spec.sequence_len);
   if (!(spec.val_set_size >= 0.0 && spec.val_set_size < 1.0))
@@ -232,12 +239,10 @@ Datasets build_datasets(const config::DataSpec& spec, const tok::Tokenizer& toke
             std::to_string(spec.sequence_len));
       const int64_t built = r.records - r.skipped;
       if (r.dropped)
-        std::fprintf(stderr,
-                     "qlora: warning: %s: %lld of %lld samples have no supervised token (dropped): %lld had every "
-                     "trained token truncated away at sequence_len %lld, %lld have every token masked\n",
-                     ds.path.c_str(), static_cast<long long>(r.dropped), static_cast<long long>(built),
-                     static_cast<long long>(r.dropped_truncated), static_cast<long long>(spec.sequence_len),
-                     static_cast<long long>(r.dropped - r.dropped_truncated));
+        warn_line(ds.path + ": " + std::to_string(r.dropped) + " of " + std::to_string(built) +
+                  " samples have no supervised token (dropped): " + std::to_string(r.dropped_truncated) +
+                  " had every trained token truncated away at sequence_len " + std::to_string(spec.sequence_len) +
+                  ", " + std::to_string(r.dropped - r.dropped_truncated) + " have every token masked");
       if (r.no_eos) {
         const tok::SpecialTokens& sp = tokenizer.special();
         const bool chat_masks = canonical_type(ds.type, ds.path) == "chat" && !spec.train_on_inputs;
@@ -250,11 +255,9 @@ Datasets build_datasets(const config::DataSpec& spec, const tok::Tokenizer& toke
           why += (why.empty() ? "" : ", ") + std::to_string(r.eos_masked) +
                  " mask the EOS right after supervised text" +
                  (chat_masks ? " (the chat template leaves it out of the assistant turn)" : std::string());
-        std::fprintf(stderr,
-                     "qlora: warning: %s: %lld of %lld samples have no supervised EOS token (\"%s\", id %d) after "
-                     "their supervised text, so the model does not learn to stop there: %s\n",
-                     ds.path.c_str(), static_cast<long long>(r.no_eos), static_cast<long long>(built),
-                     sp.eos_token.c_str(), static_cast<int>(*sp.eos_id), why.c_str());
+        warn_line(ds.path + ": " + std::to_string(r.no_eos) + " of " + std::to_string(built) +
+                  " samples have no supervised EOS token (\"" + sp.eos_token + "\", id " + std::to_string(*sp.eos_id) +
+                  ") after their supervised text, so the model does not learn to stop there: " + why);
       }
       for (auto& s : r.samples) all.push_back(std::move(s));
       lengths.insert(lengths.end(), r.lengths.begin(), r.lengths.end());

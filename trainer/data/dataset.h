@@ -54,8 +54,11 @@ struct Datasets {
 // after supervised text: the model would not learn to stop) are counted and warned about on
 // stderr ("qlora: warning: FILE: ...").
 // Records are tokenized on the OpenMP threads; the result does not depend on their number.
+// `warn` gets the one-line data warnings (samples dropped, samples without a supervised EOS)
+// without the "qlora: warning: " prefix; without it they go to stderr with it.
 Datasets build_datasets(const config::DataSpec& spec, const tok::Tokenizer& tokenizer,
-                        const std::function<void(const std::string&)>& log = nullptr);
+                        const std::function<void(const std::string&)>& log = nullptr,
+                        const std::function<void(const std::string&)>& warn = nullptr);
 
 // The permutation of [0, n) for `seed` (Fisher-Yates on splitmix64; the same on every platform).
 std::vector<int64_t> permutation(int64_t n, uint64_t seed);

@@ -25,7 +25,7 @@ static_assert(std::endian::native == std::endian::little, "prepared-data entries
 
 // Bumped whenever the prepared rows or the entry layout change for the same inputs (tokenization,
 // masking, shuffling, packing, the fingerprint): older entries then simply stop matching.
-constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kFormatVersion = 2;
 constexpr char kMagic[8] = {'Q', 'L', 'P', 'R', 'E', 'P', '\r', '\n'};
 constexpr size_t kHeaderBytes = 8 + 4 + 4 + 64 + 8;  // magic, version, reserved, key, meta length
 constexpr size_t kDigestBytes = 64;                  // hex SHA-256 of everything before it
@@ -43,6 +43,10 @@ void visit_stats(Stats& s, F&& f) {
   f("val_rows", s.val_rows);
   f("train_tokens", s.train_tokens);
   f("train_target_tokens", s.train_target_tokens);
+  f("dropped_truncated", s.dropped_truncated);
+  f("no_eos", s.no_eos);
+  f("train_lengths", s.train_lengths);
+  f("val_lengths", s.val_lengths);
 }
 
 // Key material: tagged, length-prefixed fields, so that no two different inputs run together.
@@ -134,7 +138,8 @@ void check_part(const PackedData& p, const char* which) {
 
 // The entry at `path` for `key`; nullopt when there is none. Corrupt (or a read error) when the
 // file is there but is not a whole, intact entry for this key.
-std::optional<Datasets> load_entry(const stdfs::path& path, const std::string& key, std::vector<std::string>* log) {
+std::optional<Datasets> load_entry(const stdfs::path& path, const std::string& key, std::vector<std::string>* log,
+                                   std::vector<std::string>* warnings) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) {
     if (errno == ENOENT || errno == ENOTDIR) return std::nullopt;
@@ -166,11 +171,12 @@ std::optional<Datasets> load_entry(const stdfs::path& path, const std::string& k
   std::string meta_text(meta_len, '\0');
   r.read(meta_text.data(), meta_text.size());
   Datasets out;
-  std::vector<std::string> lines;
+  std::vector<std::string> lines, warned;
   try {
     const json meta = json::parse(meta_text);
     out.stats = stats_from_json(meta.at("stats").dump());
     lines = meta.at("log").get<std::vector<std::string>>();
+    warned = meta.at("warnings").get<std::vector<std::string>>();
     out.train = read_part(r, meta.at("train"));
     out.val = read_part(r, meta.at("val"));
   } catch (const Corrupt&) { throw; } catch (const std::exception& e) {
@@ -187,15 +193,17 @@ std::optional<Datasets> load_entry(const stdfs::path& path, const std::string& k
   if (out.stats.train_rows != out.train->num_rows() || out.stats.val_rows != out.val->num_rows())
     throw Corrupt("stats do not match the rows");
   *log = std::move(lines);
+  *warnings = std::move(warned);
   return out;
 }
 
 // ---- writing -------------------------------------------------------------------------------------
 
 void write_entry(const stdfs::path& path, const std::string& key, const Datasets& d,
-                 const std::vector<std::string>& log) {
+                 const std::vector<std::string>& log, const std::vector<std::string>& warnings) {
   const std::string meta = json({{"stats", json::parse(stats_to_json(d.stats))},
                                  {"log", log},
+                                 {"warnings", warnings},
                                  {"train", part_meta(*d.train)},
                                  {"val", part_meta(*d.val)}})
                                .dump();
@@ -288,7 +296,10 @@ stdfs::path prepared_entry(const stdfs::path& cache_dir, const std::string& key)
 Datasets prepare_datasets(const config::DataSpec& spec, const tok::Tokenizer& tokenizer,
                           const std::string& tokenizer_digest, const stdfs::path& cache_dir, const LogFn& log,
                           const LogFn& warn) {
-  if (cache_dir.empty()) return build_datasets(spec, tokenizer, log);
+  // The data warnings go where build_datasets puts them, and are kept in the entry to be repeated
+  // on a load.
+  auto data_warning = [](const std::string& w) { std::fprintf(stderr, "qlora: warning: %s\n", w.c_str()); };
+  if (cache_dir.empty()) return build_datasets(spec, tokenizer, log, data_warning);
   auto say = [&](const std::string& s) {
     if (log) log(s);
   };
@@ -299,13 +310,14 @@ Datasets prepare_datasets(const config::DataSpec& spec, const tok::Tokenizer& to
   try {
     key = prepared_key(spec, tokenizer, tokenizer_digest);
   } catch (const UserError&) {
-    return build_datasets(spec, tokenizer, log);  // a data file it cannot read: build_datasets says which
+    return build_datasets(spec, tokenizer, log, data_warning);  // a data file it cannot read: it says which
   }
   const stdfs::path entry = prepared_entry(cache_dir, key);
   try {
-    std::vector<std::string> lines;
-    if (std::optional<Datasets> d = load_entry(entry, key, &lines)) {
+    std::vector<std::string> lines, warned;
+    if (std::optional<Datasets> d = load_entry(entry, key, &lines, &warned)) {
       for (const auto& l : lines) say(l);
+      for (const auto& w : warned) data_warning(w);
       say("data: loaded prepared data from " + entry.string());
       return std::move(*d);
     }
@@ -315,11 +327,17 @@ Datasets prepare_datasets(const config::DataSpec& spec, const tok::Tokenizer& to
     complain(entry.string() + ": cannot read the prepared data (" + e.what() + "); rebuilding");
   }
 
-  std::vector<std::string> lines;
-  Datasets d = build_datasets(spec, tokenizer, [&](const std::string& l) {
-    lines.push_back(l);
-    say(l);
-  });
+  std::vector<std::string> lines, warned;
+  Datasets d = build_datasets(
+      spec, tokenizer,
+      [&](const std::string& l) {
+        lines.push_back(l);
+        say(l);
+      },
+      [&](const std::string& w) {
+        warned.push_back(w);
+        data_warning(w);
+      });
   std::error_code ec;
   stdfs::create_directories(cache_dir, ec);
   if (ec) {
@@ -328,7 +346,7 @@ Datasets prepare_datasets(const config::DataSpec& spec, const tok::Tokenizer& to
     return d;
   }
   try {
-    write_entry(entry, key, d, lines);
+    write_entry(entry, key, d, lines, warned);
     std::error_code size_ec;
     const auto bytes = stdfs::file_size(entry, size_ec);
     say("data: prepared data written to " + entry.string() + (size_ec ? "" : " (" + fs::format_bytes(bytes) + ")"));

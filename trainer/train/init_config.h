@@ -12,7 +12,8 @@
 
 namespace qlora::train {
 
-// The largest micro_batch_size of 1, 2, 4, 8, 16 whose memory estimate fits the memory
+// The largest micro_batch_size of 1, 2, 4, 8, 16 whose planned peak memory (trainer/train/plan.h,
+// every row sequence_len tokens long) fits the memory
 // available on `device` (free device memory on CUDA, host_memory_available() on the CPU):
 // without gradient checkpointing when any fits so, else with it. `fits` is false when not even
 // 1 with checkpointing fits (the choice is then 1 with checkpointing); `available` is 0 when it

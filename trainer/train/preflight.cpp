@@ -93,10 +93,6 @@ data::Datasets prepare_run_data(const config::TrainConfig& cfg, const tok::Token
   });
 }
 
-uint64_t MemoryEstimate::total() const {
-  return std::max(weights + lora + activations + logits + transient, weights + transient);
-}
-
 std::string MemoryEstimate::describe() const {
   return "about " + fs::format_bytes(total()) + " (weights " + fs::format_bytes(weights) + ", LoRA+optimizer " +
          fs::format_bytes(lora) + ", activations " + fs::format_bytes(activations + logits) + ")";
@@ -119,8 +115,7 @@ MemoryEstimate grouped(const MemoryPlan& p) {
     else
       e.transient += m.bytes;
   }
-  // loading holds one weight in fp32 beyond the weights; training's allowances count against it
-  if (p.load_peak > e.weights + e.transient) e.transient = p.load_peak - e.weights;
+  e.peak = p.peak();
   return e;
 }
 

@@ -30,7 +30,8 @@ void check_config_against_model(const config::TrainConfig& cfg, const model::Mod
 // sequence_len tokens long and every token a target.
 struct MemoryEstimate {
   uint64_t weights = 0, lora = 0, activations = 0, logits = 0, transient = 0;
-  uint64_t total() const;        // the peak: the larger of loading and training
+  uint64_t peak = 0;  // the plan's peak: the larger of loading and training
+  uint64_t total() const { return peak; }
   std::string describe() const;  // "about X (weights A, LoRA+optimizer B, activations C)"
 };
 MemoryEstimate estimate_memory(const config::TrainConfig& cfg, const model::ModelConfig& mc, at::Device device);
