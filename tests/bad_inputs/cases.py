@@ -1158,6 +1158,26 @@ def inspect_reports_problem(ctx):
     return ["inspect", ctx.path("model")]
 
 
+@case("plan", "cfg.yaml", "lora_target_modules", "matches no linear layer")
+def plan_config_against_model(ctx):
+    return ["plan", ctx.config({"lora_target_linear": None}, "lora_target_modules: [q_proj, q_projj]\n"), "--no-time"]
+
+
+@case("plan", "--memory", "--memory", "a size like")
+def plan_bad_budget(ctx):
+    return ["plan", ctx.config(), "--memory", "lots"]
+
+
+@case("preprocess", "cfg.yaml", "sequence_len", "at least 2")
+def preprocess_bad_sequence_len(ctx):
+    return ["preprocess", ctx.config({"sequence_len": "1"})]
+
+
+@case("init", "no-model", None, "model directory")
+def init_missing_model(ctx):
+    return ["init", ctx.path("no-model"), "--out", ctx.path("out.yaml")]
+
+
 @case("cli", "--no-such-flag", "--no-such-flag", "option")
 def cli_unknown_option(ctx):
     return train(ctx, args=["--no-such-flag"])

@@ -322,6 +322,28 @@ TEST_F(Prepared, ConcurrentWritersOfOneEntryLeaveOneWholeEntry) {
   EXPECT_TRUE(said(after, "loaded"));
 }
 
+// The data warnings of preparing (here: a sample whose answer truncation cuts away) are kept in
+// the entry and given again by a run that loads it.
+TEST_F(Prepared, DataWarningsAreRepeatedWhenTheEntryIsLoaded) {
+  const auto d = test::temp_dir();
+  const stdfs::path data = d / "long.jsonl";
+  {
+    std::ofstream o(data);
+    o << fs::read_file(*g_fix / "train.jsonl");
+    std::string longer;
+    for (int i = 0; i < 400; ++i) longer += "word ";
+    o << "{\"instruction\": \"" << longer << "\", \"input\": \"\", \"output\": \"done\"}\n";
+  }
+  const config::DataSpec spec = spec_for(data);
+  const Run first = prepare(spec, *g_fix / "model", d / "prepared");
+  ASSERT_EQ(first.warnings.size(), 1u);
+  EXPECT_NE(first.warnings[0].find("1 of 97 samples have no supervised token (dropped)"), std::string::npos)
+      << first.warnings[0];
+  const Run second = prepare(spec, *g_fix / "model", d / "prepared");
+  EXPECT_TRUE(said(second, "loaded"));
+  EXPECT_EQ(second.warnings, first.warnings);
+}
+
 TEST_F(Prepared, StatsRoundTripThroughJson) {
   DataStats s;
   s.records = 1;
@@ -334,6 +356,10 @@ TEST_F(Prepared, StatsRoundTripThroughJson) {
   s.val_rows = 8;
   s.train_tokens = 9;
   s.train_target_tokens = 10;
+  s.dropped_truncated = 11;
+  s.no_eos = 12;
+  s.train_lengths = {13, 14};
+  s.val_lengths = {15};
   EXPECT_EQ(stats_from_json(stats_to_json(s)).summary(), s.summary());
   EXPECT_EQ(stats_to_json(stats_from_json(stats_to_json(s))), stats_to_json(s));
   EXPECT_ANY_THROW(stats_from_json("{\"records\": 1}"));

@@ -27,17 +27,7 @@ namespace {
 
 using ojson = nlohmann::ordered_json;
 
-// Runs `f`; a UserError naming a config key gets the config file and line of that key in front.
-template <class F>
-auto located(const config::TrainConfig& cfg, F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const UserError& e) {
-    const std::string m = config::locate_message(cfg, e.what());
-    if (m == e.what()) throw;
-    throw UserError(m);
-  }
-}
+using train::located;
 
 // The datasets of a training run, as `qlora train` prepares them (through dataset_prepared_path
 // when the config sets it). The one place this command makes them.

@@ -298,7 +298,12 @@ Datasets prepare_datasets(const config::DataSpec& spec, const tok::Tokenizer& to
                           const LogFn& warn) {
   // The data warnings go where build_datasets puts them, and are kept in the entry to be repeated
   // on a load.
-  auto data_warning = [](const std::string& w) { std::fprintf(stderr, "qlora: warning: %s\n", w.c_str()); };
+  auto data_warning = [&warn](const std::string& w) {
+    if (warn)
+      warn(w);
+    else
+      std::fprintf(stderr, "qlora: warning: %s\n", w.c_str());
+  };
   if (cache_dir.empty()) return build_datasets(spec, tokenizer, log, data_warning);
   auto say = [&](const std::string& s) {
     if (log) log(s);

@@ -39,7 +39,8 @@ std::filesystem::path prepared_entry(const std::filesystem::path& cache_dir, con
 // "data: loaded prepared data from ENTRY"), else the data is built and the entry written ("data:
 // prepared data written to ENTRY (SIZE)"). Either way the result is the one build_datasets
 // returns, bit for bit (the same PackedData fingerprints). `warn` gets the one-line warnings
-// (a corrupt entry, an unwritable DIR), without the "qlora: warning: " prefix.
+// (a corrupt entry, an unwritable DIR, and the data warnings of build_datasets, which an entry
+// keeps and a load repeats), without the "qlora: warning: " prefix.
 Datasets prepare_datasets(const config::DataSpec& spec, const tok::Tokenizer& tokenizer,
                           const std::string& tokenizer_digest, const std::filesystem::path& cache_dir,
                           const LogFn& log = nullptr, const LogFn& warn = nullptr);

@@ -1,10 +1,5 @@
 #include "trainer/train/init_config.h"
 
-#ifdef QLORA_WITH_CUDA
-#include <c10/cuda/CUDAException.h>
-#include <cuda_runtime_api.h>
-#endif
-
 #include <algorithm>
 #include <cctype>
 #include <climits>
@@ -18,7 +13,6 @@
 
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
-#include "trainer/common/memory.h"
 #include "trainer/config/load.h"
 #include "trainer/data/dataset.h"
 #include "trainer/data/records.h"
@@ -27,31 +21,12 @@
 #include "trainer/model/gguf_tokenizer.h"
 #include "trainer/model/lora.h"
 #include "trainer/model/summary.h"
+#include "trainer/train/plan.h"
 #include "trainer/train/preflight.h"
 
 namespace qlora::train {
 
 namespace {
-
-// Memory the run may take on `device`; nullopt when it cannot be read.
-std::optional<std::pair<uint64_t, std::string>> available_memory(at::Device device) {
-  if (device.is_cuda()) {
-#ifdef QLORA_WITH_CUDA
-    int prev = 0;
-    C10_CUDA_CHECK(cudaGetDevice(&prev));
-    C10_CUDA_CHECK(cudaSetDevice(device.has_index() ? device.index() : prev));
-    size_t free_b = 0, total_b = 0;
-    C10_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-    C10_CUDA_CHECK(cudaSetDevice(prev));
-    return std::make_pair(static_cast<uint64_t>(free_b), "free on " + device.str());
-#else
-    return std::nullopt;
-#endif
-  }
-  const std::optional<HostMemory> h = host_memory_available();
-  if (!h) return std::nullopt;
-  return std::make_pair(h->available, h->source);
-}
 
 // The dataset type of a file, from its first record's fields.
 std::string detect_type(const std::string& path) {
@@ -208,7 +183,7 @@ std::string render(const Plan& p, const model::ModelConfig& mc) {
 
 MicroBatchChoice choose_micro_batch(const config::TrainConfig& cfg, const model::ModelConfig& mc, at::Device device) {
   MicroBatchChoice c;
-  const auto avail = available_memory(device);
+  const std::optional<Budget> avail = memory_budget(device);
   config::TrainConfig t = cfg;
   auto estimate = [&](int64_t m, bool gc) {
     t.micro_batch_size = m;
@@ -219,8 +194,8 @@ MicroBatchChoice choose_micro_batch(const config::TrainConfig& cfg, const model:
     c.estimate = estimate(1, false);
     return c;
   }
-  c.available = avail->first;
-  c.source = avail->second;
+  c.available = avail->bytes;
+  c.source = avail->source;
   for (bool gc : {false, true})
     for (int64_t m : {16, 8, 4, 2, 1}) {
       const uint64_t e = estimate(m, gc);

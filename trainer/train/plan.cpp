@@ -273,10 +273,11 @@ MemoryPlan plan_memory(const config::TrainConfig& cfg, const model::ModelConfig&
           : "the projections in the compute dtype");
   add("embeddings, norms, lm_head", dense,
       std::string("in the compute dtype") + (mc.tie_word_embeddings ? ", lm_head tied" : ""));
-  // The weights; each row shard's gradients; with gradient accumulation the sum of the
-  // micro-batches' gradients (float64 on the CPU, fp32 on a GPU: trainer.cpp).
+  // The weights and their gradients (the row shards' gradients come when their activations are
+  // gone); with gradient accumulation, the sum of the micro-batches' gradients (float64 on the
+  // CPU, fp32 on a GPU: trainer.cpp), alive during the later micro-batches.
   const double accumulating = cfg.gradient_accumulation_steps > 1 ? (cuda ? 4 : 8) : 0;
-  add("LoRA weights and gradients", trainable * (cb + shards * cb + accumulating),
+  add("LoRA weights and gradients", trainable * (2 * cb + accumulating),
       std::to_string(static_cast<int64_t>(trainable)) + " trainable parameters");
   add(cuda && paged_host > 0 ? "optimizer state (resident part)" : "optimizer state", resident_optim,
       std::string("fp32 masters + ") + (cfg.optim.optimizer == "adamw_8bit" ? "8-bit" : "fp32") + " moments");
