@@ -8,12 +8,9 @@
 #include "trainer/common/bytes.h"
 #include "trainer/common/error.h"
 #include "trainer/config/load.h"
-#include "trainer/data/dataset.h"
 #include "trainer/model/device.h"
 #include "trainer/model/gguf_tokenizer.h"
-#include "trainer/model/lora.h"
 #include "trainer/model/model_config.h"
-#include "trainer/model/saved_modules.h"
 #include "trainer/train/plan.h"
 #include "trainer/train/preflight.h"
 

@@ -499,12 +499,11 @@ namespace {
 
 // The data's shape under a changed micro_batch_size or sequence_len (scaled; rows shorter than
 // the new sequence_len keep their length).
-DataShape reshaped(const DataShape& d, int64_t old_b, int64_t new_b, int64_t old_s, int64_t new_s) {
+DataShape reshaped(const DataShape& d, int64_t old_b, int64_t new_b, int64_t new_s) {
   DataShape o = d;
   const double fb = static_cast<double>(new_b) / static_cast<double>(std::max<int64_t>(old_b, 1));
   const int64_t longest = std::min(d.longest_row, new_s);
   const double fs = d.longest_row > 0 ? static_cast<double>(longest) / static_cast<double>(d.longest_row) : 1.0;
-  (void)old_s;
   auto scale = [&](int64_t v) { return static_cast<int64_t>(std::ceil(static_cast<double>(v) * fb * fs)); };
   o.batch_tokens = scale(d.batch_tokens);
   o.batch_padded = scale(d.batch_padded);
@@ -561,7 +560,7 @@ std::vector<Fix> fixes_for(const config::TrainConfig& cfg, const model::ModelCon
     const int64_t nb = b / 2;
     n.cfg.micro_batch_size = nb;
     n.cfg.gradient_accumulation_steps = c.cfg.gradient_accumulation_steps * b / nb;
-    n.data = reshaped(c.data, b, nb, c.cfg.data.sequence_len, c.cfg.data.sequence_len);
+    n.data = reshaped(c.data, b, nb, c.cfg.data.sequence_len);
     n.change = "micro_batch_size: " + std::to_string(nb) +
                (b % nb == 0 ? " (gradient_accumulation_steps: " + std::to_string(n.cfg.gradient_accumulation_steps) +
                                   " keeps the batch)"
@@ -573,7 +572,7 @@ std::vector<Fix> fixes_for(const config::TrainConfig& cfg, const model::ModelCon
     if (ns < 64 || c.data.longest_row <= ns / 2) return std::nullopt;
     Candidate n = c;
     n.cfg.data.sequence_len = ns;
-    n.data = reshaped(c.data, c.cfg.micro_batch_size, c.cfg.micro_batch_size, s, ns);
+    n.data = reshaped(c.data, c.cfg.micro_batch_size, c.cfg.micro_batch_size, ns);
     n.change =
         "sequence_len: " + std::to_string(ns) + (c.data.longest_row > ns ? " (longer samples are truncated)" : "");
     return n;

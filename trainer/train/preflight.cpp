@@ -95,7 +95,7 @@ data::Datasets prepare_run_data(const config::TrainConfig& cfg, const tok::Token
 
 std::string MemoryEstimate::describe() const {
   return "about " + fs::format_bytes(total()) + " (weights " + fs::format_bytes(weights) + ", LoRA+optimizer " +
-         fs::format_bytes(lora) + ", activations " + fs::format_bytes(activations + logits) + ")";
+         fs::format_bytes(lora) + ", activations " + fs::format_bytes(activations + working) + ")";
 }
 
 namespace {
@@ -108,10 +108,10 @@ MemoryEstimate grouped(const MemoryPlan& p) {
       e.weights += m.bytes;
     else if (m.name.starts_with("LoRA") || m.name.starts_with("optimizer"))
       e.lora += m.bytes;
-    else if (m.name == "activations" || m.name.starts_with("backward"))
+    else if (m.name == "activations")
       e.activations += m.bytes;
-    else if (m.name.starts_with("logits"))
-      e.logits += m.bytes;
+    else if (m.name.starts_with("step working set"))
+      e.working += m.bytes;
     else
       e.transient += m.bytes;
   }
@@ -139,7 +139,7 @@ uint64_t check_memory(const config::TrainConfig& cfg, const model::ModelConfig& 
     return p.peak();
   }
   // The key named is the one behind the heaviest part; the advice, the changes that fit.
-  const uint64_t act = e.activations + e.logits, w = p.load_peak;
+  const uint64_t act = e.activations + e.working, w = p.load_peak;
   std::string key, advice;
   if (act >= w && act >= e.lora) {
     key = cfg.micro_batch_size > 1 ? "micro_batch_size" : "sequence_len";

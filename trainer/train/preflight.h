@@ -29,7 +29,9 @@ void check_config_against_model(const config::TrainConfig& cfg, const model::Mod
 // The memory a run takes, in three numbers (trainer/train/plan.h has the parts), every row
 // sequence_len tokens long and every token a target.
 struct MemoryEstimate {
-  uint64_t weights = 0, lora = 0, activations = 0, logits = 0, transient = 0;
+  // the base and 16-bit weights; LoRA with gradients and optimizer state; saved activations; the
+  // step's working set (the loss chunk or a block's backward); the data and runtime allowance
+  uint64_t weights = 0, lora = 0, activations = 0, working = 0, transient = 0;
   uint64_t peak = 0;  // the plan's peak: the larger of loading and training
   uint64_t total() const { return peak; }
   std::string describe() const;  // "about X (weights A, LoRA+optimizer B, activations C)"
