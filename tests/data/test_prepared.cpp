@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "tests/common/harness.h"
+#include "trainer/common/error.h"
 #include "trainer/common/fs.h"
 #include "trainer/data/dataset.h"
 #include "trainer/data/prepared.h"
@@ -363,4 +364,62 @@ TEST_F(Prepared, StatsRoundTripThroughJson) {
   EXPECT_EQ(stats_from_json(stats_to_json(s)).summary(), s.summary());
   EXPECT_EQ(stats_to_json(stats_from_json(stats_to_json(s))), stats_to_json(s));
   EXPECT_ANY_THROW(stats_from_json("{\"records\": 1}"));
+}
+
+// Streaming: the samples and rows go through scratch files and the rows are a mapping of them,
+// with the same rows, bit for bit, as in memory; a cached entry is mapped in place.
+TEST_F(Prepared, StreamingMakesTheSameRowsThroughScratchFilesAndMapsTheEntry) {
+  const auto d = test::temp_dir();
+  const stdfs::path scratch = d / "scratch";
+  for (bool packing : {false, true}) {
+    SCOPED_TRACE(packing ? "sample_packing" : "one sample per row");
+    config::DataSpec spec = spec_for(*g_fix / "mixed.jsonl");
+    spec.sample_packing = packing;
+    const Datasets ref = built(spec, *g_fix / "model");
+    EXPECT_FALSE(ref.train->input_ids.mapped());
+    spec.streaming = true;
+    spec.scratch_dir = scratch.string();
+    const Datasets s = built(spec, *g_fix / "model");
+    EXPECT_TRUE(s.train->input_ids.mapped());
+    EXPECT_TRUE(s.val->labels.mapped());
+    expect_same(s, ref);
+    EXPECT_TRUE(entries(scratch).empty()) << "scratch files are unlinked as soon as they are made";
+
+    // Validation by file, streamed too.
+    config::DataSpec by_file = spec;
+    by_file.val_set_size = 0;
+    by_file.test_datasets = {spec.datasets[0]};
+    by_file.test_datasets[0].path = (*g_fix / "train.jsonl").string();
+    Datasets f = built(by_file, *g_fix / "model");
+    by_file.streaming = false;
+    expect_same(f, built(by_file, *g_fix / "model"));
+
+    // Through the cache: written from the mapped rows, then loaded as a mapping of the entry.
+    const stdfs::path cache = d / (packing ? "cache-packed" : "cache");
+    const Run first = prepare(spec, *g_fix / "model", cache);
+    expect_same(first.d, ref);
+    const Run second = prepare(spec, *g_fix / "model", cache);
+    EXPECT_TRUE(said(second, "data: loaded prepared data from "));
+    EXPECT_TRUE(second.d.train->input_ids.mapped());
+    expect_same(second.d, ref);
+    spec.streaming = false;  // the same entry, read into memory
+    const Run third = prepare(spec, *g_fix / "model", cache);
+    EXPECT_FALSE(third.d.train->input_ids.mapped());
+    expect_same(third.d, ref);
+  }
+}
+
+TEST_F(Prepared, StreamingIntoADirectoryThatCannotBeWrittenNamesIt) {
+  const auto d = test::temp_dir();
+  fs::write_file_atomic(d / "a-file", "x");
+  config::DataSpec spec = spec_for(*g_fix / "train.jsonl");
+  spec.streaming = true;
+  spec.scratch_dir = (d / "a-file" / "scratch").string();
+  std::string e;
+  try {
+    built(spec, *g_fix / "model");
+  } catch (const UserError& err) { e = err.what(); }
+  EXPECT_NE(e.find((d / "a-file" / "scratch").string() + ": cannot create a scratch file for the tokenized samples"),
+            std::string::npos)
+      << e;
 }

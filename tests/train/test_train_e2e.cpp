@@ -199,6 +199,36 @@ TEST_F(TrainE2E, PreparedDataCacheKeepsRunsAndResumesBitIdentical) {
   EXPECT_EQ(fs::read_file(entries[0]), good);
 }
 
+// Streaming trains on the same rows (a mapping of scratch files): the same losses, and a run
+// resumed with the other setting goes on bit-identically.
+TEST_F(TrainE2E, StreamingTrainsTheSameRowsAndResumesAcrossTheSetting) {
+  auto a = test::temp_dir("straight");
+  auto b = test::temp_dir("streamed");
+  const stdfs::path scratch = test::temp_dir("scratch");
+  test::ProcResult ra = train(write_config(a, "save_steps: 3\n"));
+  ASSERT_EQ(ra.code, 0) << ra.output;
+  const stdfs::path cfg = write_config(b, "save_steps: 3\nstreaming: true\n");
+  test::ProcResult rb1 =
+      test::run("TMPDIR=" + test::quote(scratch.string()) + " " + test::quote(test::qlora_exe().string()) + " train " +
+                test::quote(cfg.string()) + " --test-stop-after-step 4");
+  ASSERT_EQ(rb1.code, 0) << rb1.output;
+  EXPECT_EQ(lines_starting(rb1.output, "data: streaming through scratch files in " + scratch.string()).size(), 1u)
+      << rb1.output;
+  test::ProcResult rb2 = train(b / "cfg.yaml", "--resume --set streaming=false");
+  ASSERT_EQ(rb2.code, 0) << rb2.output;
+  EXPECT_NE(rb2.output.find("resumed from"), std::string::npos) << rb2.output;
+  auto la = losses(a / "run"), lb = losses(b / "run");
+  ASSERT_EQ(la.size(), 8u);
+  ASSERT_EQ(lb.size(), 8u);
+  for (auto& [step, v] : la) {
+    EXPECT_EQ(v.first, lb[step].first) << "loss at step " << step;
+    EXPECT_EQ(v.second, lb[step].second) << "grad norm at step " << step;
+  }
+  EXPECT_EQ(fs::read_file(a / "run/checkpoints/checkpoint-000008/adapter_model.safetensors"),
+            fs::read_file(b / "run/checkpoints/checkpoint-000008/adapter_model.safetensors"));
+  EXPECT_TRUE(stdfs::is_empty(scratch)) << "scratch files are unlinked when made";
+}
+
 TEST_F(TrainE2E, CorruptNewestCheckpointFallsBackToPreviousGood) {
   auto d = test::temp_dir();
   auto cfg = write_config(d, "save_steps: 2\n");

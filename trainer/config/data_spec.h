@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,10 @@ struct DataSpec {
   // date_string keeps templates that print today's date (Llama 3.2) reproducible across days.
   std::map<std::string, std::string> chat_template_kwargs;
   uint64_t seed = 42;  // shuffling and the validation split
+  // Tokenize through scratch files on disk instead of memory (data larger than memory); unset =
+  // automatic (on when the data files exceed 1 GiB).
+  std::optional<bool> streaming;
+  std::string scratch_dir;  // where streaming's scratch files go ("" = $TMPDIR or /tmp); not a config key
 };
 
 }  // namespace qlora::config

@@ -924,6 +924,8 @@ const Schema<TrainConfig>& top_schema() {
         "output_dir", [](T& c) -> std::string& { return c.output_dir; }, H));
     v.push_back(string_field<T>(
         "dataset_prepared_path", [](T& c) -> std::string& { return c.dataset_prepared_path; }, H));
+    v.push_back(opt_bool_field<T>(
+        "streaming", [](T& c) -> std::optional<bool>& { return c.data.streaming; }, H));
     v.push_back(int_field<T>(
         "save_steps", [](T& c) -> int64_t& { return c.save_steps; }, 0, H));
     v.push_back(int_field<T>(
@@ -1142,6 +1144,7 @@ void finish(TrainConfig& c, Ctx& ctx) {
   for (auto& d : c.data.datasets) d.path = absolute_path(d.path);
   for (auto& d : c.data.test_datasets) d.path = absolute_path(d.path);
   c.data.seed = c.seed;
+  c.data.scratch_dir = c.dataset_prepared_path;  // streaming's scratch files: beside the cache, else $TMPDIR
   for (const auto& [canonical, seen] : ctx.seen) c.origins[canonical] = ctx.where(canonical, seen.mark);
   for (const auto& [canonical, text] : ctx.overrides) c.origins.emplace(canonical, text);
 }

@@ -5,11 +5,14 @@
 #include <cmath>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
+#include <memory>
 #include <optional>
 
 #include "trainer/common/error.h"
 #include "trainer/data/formats.h"
 #include "trainer/data/records.h"
+#include "trainer/data/scratch.h"
 #include "trainer/tokenizer/chat_template.h"
 
 namespace qlora::data {
@@ -38,9 +41,45 @@ int64_t count_targets(const Sample& s) {
   return n;
 }
 
+// Kept samples, end to end: each sample's ids, then its labels. In memory, or (streaming) in a
+// scratch file read back sample by sample; either way about 8 bytes of memory per sample.
+class SampleStore {
+ public:
+  explicit SampleStore(const std::filesystem::path* scratch_dir) {
+    if (scratch_dir) file_ = std::make_unique<ScratchFile>(*scratch_dir, "tokenized samples");
+  }
+  void add(const Sample& s) {
+    const size_t n = s.input_ids.size();
+    if (file_) {
+      file_->append(s.input_ids.data(), n * sizeof(int32_t));
+      file_->append(s.labels.data(), n * sizeof(int32_t));
+    } else {
+      mem_.insert(mem_.end(), s.input_ids.begin(), s.input_ids.end());
+      mem_.insert(mem_.end(), s.labels.begin(), s.labels.end());
+    }
+    begin_.push_back(begin_.back() + static_cast<int64_t>(2 * n));
+  }
+  int64_t size() const { return static_cast<int64_t>(begin_.size()) - 1; }
+  int64_t length(int64_t k) const { return (begin_[k + 1] - begin_[k]) / 2; }
+  int64_t total_tokens() const { return begin_.back() / 2; }
+  // Sample k's ids and labels (valid until the next call).
+  std::pair<const int32_t*, const int32_t*> get(int64_t k) {
+    const int64_t n = length(k);
+    if (!file_) return {mem_.data() + begin_[k], mem_.data() + begin_[k] + n};
+    buf_.resize(static_cast<size_t>(2 * n));
+    file_->read_at(static_cast<uint64_t>(begin_[k]) * sizeof(int32_t), buf_.data(), buf_.size() * sizeof(int32_t));
+    return {buf_.data(), buf_.data() + n};
+  }
+
+ private:
+  std::vector<int64_t> begin_{0};  // in int32 units
+  std::vector<int32_t> mem_, buf_;
+  std::unique_ptr<ScratchFile> file_;
+};
+
 struct FileResult {
-  std::vector<Sample> samples;
   std::vector<int32_t> lengths;  // each kept sample's tokens before truncation
+  int64_t kept = 0;
   int64_t records = 0, skipped = 0, truncated = 0, dropped = 0;
   int64_t dropped_truncated = 0;  // of `dropped`: trained tokens cut away by truncation
   int64_t no_eos = 0;             // kept whole, with no supervised EOS after supervised text:
@@ -58,7 +97,7 @@ std::string masked_cause(const std::string& type, bool train_on_inputs) {
 }
 
 FileResult load_file(const config::DatasetSpec& ds, const config::DataSpec& spec, const tok::Tokenizer& tk,
-                     const tok::ChatTemplate* chat) {
+                     const tok::ChatTemplate* chat, SampleStore& store) {
   SampleBuilder builder(ds, spec, tk, chat);
   const std::optional<int32_t> eos = tk.special().eos_id;
   FileResult res;
@@ -115,12 +154,13 @@ FileResult load_file(const config::DatasetSpec& ds, const config::DataSpec& spec
         }
       }
       res.lengths.push_back(static_cast<int32_t>(std::min<int64_t>(full, INT32_MAX)));
-      res.samples.push_back(std::move(s));
+      store.add(s);
+      ++res.kept;
     }
   });
   if (res.records == 0 && res.skipped == 0) user_error(ds.path, ": the dataset is empty");
   if (res.records == 0) user_error(ds.path, ": no valid record (", res.skipped, " skipped as invalid)");
-  if (res.samples.empty()) {
+  if (res.kept == 0) {
     std::string why;
     if (res.dropped_truncated)
       why = std::to_string(res.dropped_truncated) + " had every trained token truncated away at sequence_len " +
@@ -133,31 +173,56 @@ FileResult load_file(const config::DatasetSpec& ds, const config::DataSpec& spec
   return res;
 }
 
-// Greedy packing in the given order: a row takes samples while they fit in sequence_len.
-std::shared_ptr<PackedData> pack(std::vector<Sample>& samples, bool packing, int64_t sequence_len, int32_t pad_id) {
+// Where packed tokens go: vectors, or (streaming) two scratch files mapped at the end.
+class TokenSink {
+ public:
+  TokenSink(const std::filesystem::path* scratch_dir, size_t total) {
+    if (scratch_dir) {
+      ids_file_ = std::make_unique<ScratchFile>(*scratch_dir, "packed rows");
+      labels_file_ = std::make_unique<ScratchFile>(*scratch_dir, "packed rows");
+    } else {
+      ids_.reserve(total);
+      labels_.reserve(total);
+    }
+  }
+  void put(const int32_t* ids, const int32_t* labels, size_t n) {
+    if (ids_file_) {
+      ids_file_->append(ids, n * sizeof(int32_t));
+      labels_file_->append(labels, n * sizeof(int32_t));
+    } else {
+      ids_.insert(ids_.end(), ids, ids + n);
+      labels_.insert(labels_.end(), labels, labels + n);
+    }
+  }
+  void finish(PackedData& p) {
+    if (!ids_file_) {
+      p.input_ids = TokenArray(std::move(ids_));
+      p.labels = TokenArray(std::move(labels_));
+      return;
+    }
+    const size_t n = ids_file_->size() / sizeof(int32_t);
+    auto ids = ids_file_->map(), labels = labels_file_->map();
+    p.input_ids = TokenArray(static_cast<const int32_t*>(ids.get()), n, ids);
+    p.labels = TokenArray(static_cast<const int32_t*>(labels.get()), n, labels);
+  }
+
+ private:
+  std::vector<int32_t> ids_, labels_;
+  std::unique_ptr<ScratchFile> ids_file_, labels_file_;
+};
+
+// Greedy packing of the store's samples `order`, in that order: a row takes samples while they
+// fit in sequence_len. Adds the samples' tokens and trained tokens to *tokens and *targets.
+std::shared_ptr<PackedData> pack(SampleStore& store, const std::vector<int64_t>& order, bool packing,
+                                 int64_t sequence_len, int32_t pad_id, const std::filesystem::path* scratch_dir,
+                                 int64_t* tokens = nullptr, int64_t* targets = nullptr) {
   auto p = std::make_shared<PackedData>();
   p->pad_id = pad_id;
   p->sequence_len = sequence_len;
   size_t total = 0;
-  for (const auto& s : samples) total += s.input_ids.size();
-  p->input_ids.reserve(total);
-  p->labels.reserve(total);
-  p->sample_begin.reserve(samples.size());
-  int64_t row_len = 0;
-  for (auto& s : samples) {
-    int64_t len = static_cast<int64_t>(s.input_ids.size());
-    if (p->row_begin.empty() || !packing || row_len + len > sequence_len) {
-      p->row_begin.push_back(static_cast<int64_t>(p->input_ids.size()));
-      row_len = 0;
-    }
-    p->sample_begin.push_back(static_cast<int64_t>(p->input_ids.size()));
-    p->input_ids.insert(p->input_ids.end(), s.input_ids.begin(), s.input_ids.end());
-    p->labels.insert(p->labels.end(), s.labels.begin(), s.labels.end());
-    row_len += len;
-    std::vector<int32_t>().swap(s.input_ids);
-    std::vector<int32_t>().swap(s.labels);
-  }
-  p->row_begin.push_back(static_cast<int64_t>(p->input_ids.size()));
+  for (int64_t k : order) total += static_cast<size_t>(store.length(k));
+  TokenSink sink(scratch_dir, total);
+  p->sample_begin.reserve(order.size());
   // FNV-1a over everything a batch is made of, so a resumed run can tell it has the same data.
   uint64_t h = 0xCBF29CE484222325ull;
   auto mix = [&h](uint64_t v) {
@@ -166,15 +231,51 @@ std::shared_ptr<PackedData> pack(std::vector<Sample>& samples, bool packing, int
       h *= 0x100000001B3ull;
     }
   };
-  for (size_t i = 0; i < p->input_ids.size(); ++i)
-    mix((static_cast<uint64_t>(static_cast<uint32_t>(p->input_ids[i])) << 32) | static_cast<uint32_t>(p->labels[i]));
+  int64_t at = 0, row_len = 0;
+  for (int64_t k : order) {
+    const int64_t len = store.length(k);
+    if (p->row_begin.empty() || !packing || row_len + len > sequence_len) {
+      p->row_begin.push_back(at);
+      row_len = 0;
+    }
+    p->sample_begin.push_back(at);
+    const auto [ids, labels] = store.get(k);
+    sink.put(ids, labels, static_cast<size_t>(len));
+    for (int64_t i = 0; i < len; ++i)
+      mix((static_cast<uint64_t>(static_cast<uint32_t>(ids[i])) << 32) | static_cast<uint32_t>(labels[i]));
+    if (targets)  // the first token is never a target (count_targets)
+      for (int64_t i = 1; i < len; ++i) *targets += labels[i] != kIgnoreIndex;
+    if (tokens) *tokens += len;
+    at += len;
+    row_len += len;
+  }
+  p->row_begin.push_back(at);
   for (int64_t b : p->row_begin) mix(static_cast<uint64_t>(b));
   for (int64_t b : p->sample_begin) mix(static_cast<uint64_t>(b));
   p->fingerprint = h;
+  sink.finish(*p);
   return p;
 }
 
 }  // namespace
+
+bool streams(const config::DataSpec& spec) {
+  if (spec.streaming) return *spec.streaming;
+  uint64_t bytes = 0;
+  for (const auto* list : {&spec.datasets, &spec.test_datasets})
+    for (const auto& ds : *list) {
+      std::error_code ec;
+      if (std::filesystem::is_directory(ds.path, ec)) {
+        for (auto it = std::filesystem::recursive_directory_iterator(ds.path, ec);
+             !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec))
+          if (it->is_regular_file(ec)) bytes += it->file_size(ec);
+      } else {
+        const auto n = std::filesystem::file_size(ds.path, ec);
+        if (!ec) bytes += n;
+      }
+    }
+  return bytes > kStreamingAutoBytes;
+}
 
 std::vector<int64_t> permutation(int64_t n, uint64_t seed) {
   std::vector<int64_t> idx(n);
@@ -222,11 +323,17 @@ Datasets build_datasets(const config::DataSpec& spec, const tok::Tokenizer& toke
 
   Datasets out;
   DataStats& st = out.stats;
-  std::vector<int32_t> lengths;  // of the samples load_all returns
-  auto load_all = [&](const std::vector<config::DatasetSpec>& list) {
-    std::vector<Sample> all;
+  const bool streaming = streams(spec);
+  const std::filesystem::path scratch =
+      spec.scratch_dir.empty() ? default_scratch_dir() : std::filesystem::path(spec.scratch_dir);
+  const std::filesystem::path* scratch_dir = streaming ? &scratch : nullptr;
+  if (streaming && log)
+    log("data: streaming through scratch files in " + scratch.string() +
+        (spec.streaming ? "" : " (the data files exceed 1 GiB; streaming: false keeps them in memory)"));
+  std::vector<int32_t> lengths;  // of the samples load_all stores
+  auto load_all = [&](const std::vector<config::DatasetSpec>& list, SampleStore& store) {
     for (const auto& ds : list) {
-      FileResult r = load_file(ds, spec, tokenizer, chat_for(ds));
+      FileResult r = load_file(ds, spec, tokenizer, chat_for(ds), store);
       st.records += r.records;
       st.skipped_invalid += r.skipped;
       st.truncated += r.truncated;
@@ -259,48 +366,44 @@ Datasets build_datasets(const config::DataSpec& spec, const tok::Tokenizer& toke
                   " samples have no supervised EOS token (\"" + sp.eos_token + "\", id " + std::to_string(*sp.eos_id) +
                   ") after their supervised text, so the model does not learn to stop there: " + why);
       }
-      for (auto& s : r.samples) all.push_back(std::move(s));
       lengths.insert(lengths.end(), r.lengths.begin(), r.lengths.end());
     }
-    return all;
   };
 
-  std::vector<Sample> train = load_all(spec.datasets);
+  SampleStore train_store(scratch_dir), val_store(spec.test_datasets.empty() ? nullptr : scratch_dir);
+  load_all(spec.datasets, train_store);
   std::vector<int32_t> train_lengths = std::move(lengths);
   lengths.clear();
-  std::vector<Sample> val = load_all(spec.test_datasets);
+  load_all(spec.test_datasets, val_store);
   st.val_lengths = std::move(lengths);
 
   // Deterministic shuffle, then the validation split by ratio (when no test_datasets).
-  std::vector<int64_t> order = permutation(static_cast<int64_t>(train.size()), spec.seed);
-  std::vector<Sample> shuffled;
-  shuffled.reserve(train.size());
-  st.train_lengths.reserve(train.size());
-  for (int64_t i : order) {
-    shuffled.push_back(std::move(train[i]));
-    st.train_lengths.push_back(train_lengths[i]);
-  }
-  train = std::move(shuffled);
+  std::vector<int64_t> order = permutation(train_store.size(), spec.seed);
+  std::vector<int64_t> val_order;
   if (spec.test_datasets.empty() && spec.val_set_size > 0.0) {
-    auto n_val = static_cast<size_t>(std::ceil(spec.val_set_size * static_cast<double>(train.size())));
-    if (n_val >= train.size())
-      user_error("val_set_size: ", spec.val_set_size, " of ", train.size(), " samples leaves nothing to train on");
-    val.assign(std::make_move_iterator(train.begin()), std::make_move_iterator(train.begin() + n_val));
-    train.erase(train.begin(), train.begin() + n_val);
-    st.val_lengths.assign(st.train_lengths.begin(), st.train_lengths.begin() + static_cast<int64_t>(n_val));
-    st.train_lengths.erase(st.train_lengths.begin(), st.train_lengths.begin() + static_cast<int64_t>(n_val));
+    auto n_val = static_cast<size_t>(std::ceil(spec.val_set_size * static_cast<double>(order.size())));
+    if (n_val >= order.size())
+      user_error("val_set_size: ", spec.val_set_size, " of ", order.size(), " samples leaves nothing to train on");
+    val_order.assign(order.begin(), order.begin() + static_cast<int64_t>(n_val));
+    order.erase(order.begin(), order.begin() + static_cast<int64_t>(n_val));
+    for (int64_t k : val_order) st.val_lengths.push_back(train_lengths[k]);
+  } else {
+    val_order.resize(static_cast<size_t>(val_store.size()));
+    for (size_t k = 0; k < val_order.size(); ++k) val_order[k] = static_cast<int64_t>(k);
   }
+  st.train_lengths.reserve(order.size());
+  for (int64_t k : order) st.train_lengths.push_back(train_lengths[k]);
+  std::vector<int32_t>().swap(train_lengths);
 
   const tok::SpecialTokens& sp = tokenizer.special();
   int32_t pad_id = sp.pad_id ? *sp.pad_id : sp.eos_id ? *sp.eos_id : 0;
-  st.train_samples = static_cast<int64_t>(train.size());
-  st.val_samples = static_cast<int64_t>(val.size());
-  for (const auto& s : train) {
-    st.train_tokens += static_cast<int64_t>(s.input_ids.size());
-    st.train_target_tokens += count_targets(s);
-  }
-  out.train = pack(train, spec.sample_packing, spec.sequence_len, pad_id);
-  out.val = pack(val, spec.sample_packing, spec.sequence_len, pad_id);
+  st.train_samples = static_cast<int64_t>(order.size());
+  st.val_samples = static_cast<int64_t>(val_order.size());
+  out.train = pack(train_store, order, spec.sample_packing, spec.sequence_len, pad_id, scratch_dir, &st.train_tokens,
+                   &st.train_target_tokens);
+  SampleStore& val_source = spec.test_datasets.empty() ? train_store : val_store;
+  out.val = pack(val_source, val_order, spec.sample_packing, spec.sequence_len, pad_id,
+                 val_order.empty() ? nullptr : scratch_dir);
   st.train_rows = out.train->num_rows();
   st.val_rows = out.val->num_rows();
   if (log) log(st.summary());

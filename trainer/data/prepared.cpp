@@ -11,6 +11,7 @@
 
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
+#include "trainer/common/mapped_file.h"
 #include "trainer/common/sha256.h"
 #include "trainer/tokenizer/chat_template.h"
 
@@ -85,9 +86,16 @@ struct Unreadable : std::runtime_error {  // there, but cannot be opened
   using std::runtime_error::runtime_error;
 };
 
+// A token array to point into the mapped entry: where it starts and how many values.
+struct MapAt {
+  TokenArray* array;
+  uint64_t offset;
+  size_t count;
+};
+
 class EntryReader {
  public:
-  EntryReader(std::FILE* f, uint64_t size) : f_(f), left_(size) {}
+  EntryReader(std::FILE* f, uint64_t size) : f_(f), size_(size), left_(size) {}
   void read(void* dst, size_t n, bool hash = true) {
     if (n > left_) throw Corrupt("truncated");
     if (n && std::fread(dst, 1, n, f_) != n)
@@ -101,23 +109,40 @@ class EntryReader {
     v.resize(static_cast<size_t>(n));
     read(v.data(), v.size() * sizeof(T));
   }
+  // n int32 values: into memory, or (map_at set) hashed and skipped, their offset recorded for a
+  // mapping of the file.
+  void read_tokens(TokenArray& a, int64_t n, std::vector<MapAt>* map_at) {
+    if (!map_at) {
+      read_vec(a.owned(), n);
+      return;
+    }
+    if (n < 0 || static_cast<uint64_t>(n) > left_ / sizeof(int32_t)) throw Corrupt("truncated");
+    map_at->push_back({&a, offset(), static_cast<size_t>(n)});
+    std::vector<char> buf(size_t{1} << 20);
+    for (uint64_t rest = static_cast<uint64_t>(n) * sizeof(int32_t); rest > 0;) {
+      const size_t take = static_cast<size_t>(std::min<uint64_t>(rest, buf.size()));
+      read(buf.data(), take);
+      rest -= take;
+    }
+  }
   uint64_t left() const { return left_; }
+  uint64_t offset() const { return size_ - left_; }
   std::string digest() { return h_.hex_digest(); }
 
  private:
   std::FILE* f_;
-  uint64_t left_;
+  uint64_t size_, left_;
   Sha256 h_;
 };
 
-std::shared_ptr<PackedData> read_part(EntryReader& r, const json& m) {
+std::shared_ptr<PackedData> read_part(EntryReader& r, const json& m, std::vector<MapAt>* map_at) {
   auto p = std::make_shared<PackedData>();
   p->pad_id = m.at("pad_id").get<int32_t>();
   p->sequence_len = m.at("sequence_len").get<int64_t>();
   p->fingerprint = m.at("fingerprint").get<uint64_t>();
   const auto tokens = m.at("tokens").get<int64_t>();
-  r.read_vec(p->input_ids, tokens);
-  r.read_vec(p->labels, tokens);
+  r.read_tokens(p->input_ids, tokens, map_at);
+  r.read_tokens(p->labels, tokens, map_at);
   r.read_vec(p->row_begin, m.at("row_begin").get<int64_t>());
   r.read_vec(p->sample_begin, m.at("samples").get<int64_t>());
   return p;
@@ -138,8 +163,10 @@ void check_part(const PackedData& p, const char* which) {
 
 // The entry at `path` for `key`; nullopt when there is none. Corrupt (or a read error) when the
 // file is there but is not a whole, intact entry for this key.
+// `mapped`: the token arrays are a read-only mapping of the file (streaming) when the entry's
+// layout allows it (entries written since the header is padded to 8 bytes), else read into memory.
 std::optional<Datasets> load_entry(const stdfs::path& path, const std::string& key, std::vector<std::string>* log,
-                                   std::vector<std::string>* warnings) {
+                                   std::vector<std::string>* warnings, bool mapped) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) {
     if (errno == ENOENT || errno == ENOTDIR) return std::nullopt;
@@ -170,6 +197,8 @@ std::optional<Datasets> load_entry(const stdfs::path& path, const std::string& k
   if (meta_len > r.left()) throw Corrupt("truncated");
   std::string meta_text(meta_len, '\0');
   r.read(meta_text.data(), meta_text.size());
+  std::vector<MapAt> map_at;
+  if (r.offset() % sizeof(int64_t) != 0) mapped = false;
   Datasets out;
   std::vector<std::string> lines, warned;
   try {
@@ -177,8 +206,8 @@ std::optional<Datasets> load_entry(const stdfs::path& path, const std::string& k
     out.stats = stats_from_json(meta.at("stats").dump());
     lines = meta.at("log").get<std::vector<std::string>>();
     warned = meta.at("warnings").get<std::vector<std::string>>();
-    out.train = read_part(r, meta.at("train"));
-    out.val = read_part(r, meta.at("val"));
+    out.train = read_part(r, meta.at("train"), mapped ? &map_at : nullptr);
+    out.val = read_part(r, meta.at("val"), mapped ? &map_at : nullptr);
   } catch (const Corrupt&) { throw; } catch (const std::exception& e) {
     throw Corrupt("header: " + first_line(e.what()));
   }
@@ -188,6 +217,15 @@ std::optional<Datasets> load_entry(const stdfs::path& path, const std::string& k
   EntryReader tail(f, kDigestBytes);
   tail.read(stored, sizeof stored, /*hash=*/false);
   if (std::string_view(stored, sizeof stored) != computed) throw Corrupt("checksum mismatch");
+  if (!map_at.empty()) {
+    std::shared_ptr<const fs::MappedFile> m;
+    try {
+      m = fs::map_file(path);
+    } catch (const UserError& e) { throw Unreadable(e.what()); }
+    if (m->size != size) throw Corrupt("changed while being read");
+    for (const MapAt& a : map_at)
+      *a.array = TokenArray(reinterpret_cast<const int32_t*>(m->data + a.offset), a.count, m);
+  }
   check_part(*out.train, "train");
   check_part(*out.val, "validation");
   if (out.stats.train_rows != out.train->num_rows() || out.stats.val_rows != out.val->num_rows())
@@ -201,12 +239,15 @@ std::optional<Datasets> load_entry(const stdfs::path& path, const std::string& k
 
 void write_entry(const stdfs::path& path, const std::string& key, const Datasets& d,
                  const std::vector<std::string>& log, const std::vector<std::string>& warnings) {
-  const std::string meta = json({{"stats", json::parse(stats_to_json(d.stats))},
-                                 {"log", log},
-                                 {"warnings", warnings},
-                                 {"train", part_meta(*d.train)},
-                                 {"val", part_meta(*d.val)}})
-                               .dump();
+  std::string meta = json({{"stats", json::parse(stats_to_json(d.stats))},
+                           {"log", log},
+                           {"warnings", warnings},
+                           {"train", part_meta(*d.train)},
+                           {"val", part_meta(*d.val)}})
+                         .dump();
+  // Spaces after the JSON (still valid JSON) put the token arrays at 8-byte offsets, so that a
+  // streaming run can map them in place.
+  meta.resize((kHeaderBytes + meta.size() + 7) / 8 * 8 - kHeaderBytes, ' ');
   fs::AtomicFile f(path);
   Sha256 h;
   auto put = [&](const void* p, size_t n) {
@@ -320,7 +361,7 @@ Datasets prepare_datasets(const config::DataSpec& spec, const tok::Tokenizer& to
   const stdfs::path entry = prepared_entry(cache_dir, key);
   try {
     std::vector<std::string> lines, warned;
-    if (std::optional<Datasets> d = load_entry(entry, key, &lines, &warned)) {
+    if (std::optional<Datasets> d = load_entry(entry, key, &lines, &warned, streams(spec))) {
       for (const auto& l : lines) say(l);
       for (const auto& w : warned) data_warning(w);
       say("data: loaded prepared data from " + entry.string());

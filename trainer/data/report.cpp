@@ -61,6 +61,7 @@ PartStats part_stats(const PackedData& d, const std::vector<int32_t>& lengths_be
   p.rows_packed = packed_rows(sample_len, d.sequence_len);
   p.packing_efficiency_packed = p.rows_packed ? static_cast<double>(p.tokens) / full(p.rows_packed) : 0.0;
   p.lengths = length_stats(lengths_before_truncation);
+  p.fingerprint = d.fingerprint;
   return p;
 }
 
@@ -76,7 +77,8 @@ nlohmann::ordered_json to_json(const PartStats& p) {
       {"packing_efficiency", p.packing_efficiency},
       {"rows_packed", p.rows_packed},
       {"packing_efficiency_packed", p.packing_efficiency_packed},
-      {"length", {{"min", l.min}, {"p50", l.p50}, {"p90", l.p90}, {"p99", l.p99}, {"max", l.max}, {"mean", l.mean}}}};
+      {"length", {{"min", l.min}, {"p50", l.p50}, {"p90", l.p90}, {"p99", l.p99}, {"max", l.max}, {"mean", l.mean}}},
+      {"fingerprint", p.fingerprint}};
 }
 
 std::vector<std::vector<TokenRun>> batch_samples(const Batch& batch) {

@@ -33,7 +33,8 @@ struct PartStats {
   double packing_efficiency = 0;
   int64_t rows_packed = 0;  // rows with sample_packing (equal to rows when it is on)
   double packing_efficiency_packed = 0;
-  LengthStats lengths;  // tokens per sample before truncation
+  LengthStats lengths;       // tokens per sample before truncation
+  uint64_t fingerprint = 0;  // PackedData::fingerprint (what a resumed run checks)
 };
 PartStats part_stats(const PackedData& data, const std::vector<int32_t>& lengths_before_truncation,
                      std::optional<int32_t> eos_id);
