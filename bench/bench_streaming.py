@@ -82,6 +82,9 @@ datasets:
 sequence_len: 512
 sample_packing: true
 streaming: {"true" if streaming else "false"}
+max_steps: 1
+adapter: qlora
+lora_target_linear: true
 output_dir: {work}/run
 """)
     env = dict(os.environ, TMPDIR=work)

@@ -129,8 +129,11 @@ DataShape data_shape(const data::PackedData& train, const data::PackedData* val,
   d.batch_tokens = B ? top_sum(len) : 0;
   d.batch_targets = B ? top_sum(tgt) : 0;
   d.batch_padded = B * d.longest_row;
-  d.resident_tokens =
-      static_cast<int64_t>(train.input_ids.size()) + (val ? static_cast<int64_t>(val->input_ids.size()) : 0);
+  // Streamed rows are a mapping of files (page cache), not the process's own memory.
+  auto resident = [](const data::PackedData* p) {
+    return p && !p->input_ids.mapped() ? static_cast<int64_t>(p->input_ids.size()) : int64_t{0};
+  };
+  d.resident_tokens = resident(&train) + resident(val);
   if (n > 0) {
     int64_t all_t = 0;
     for (int64_t t : tgt) all_t += t;

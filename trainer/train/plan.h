@@ -44,8 +44,8 @@ struct DataShape {
   int64_t batch_rows = 0;     // rows of that micro-batch (micro_batch_size, or fewer rows in all)
   int64_t avg_batch_tokens = 0, avg_batch_targets = 0;  // of an average micro-batch (step time)
   int64_t longest_row = 0;                              // tokens of the longest row
-  int64_t resident_tokens = 0;                          // tokens of train + validation held in memory for the run
-  int64_t rows = 0;                                     // training rows
+  int64_t resident_tokens = 0;  // tokens of train + validation held in memory for the run (0 when streamed)
+  int64_t rows = 0;             // training rows
 };
 
 // The shape of the data for micro_batch_size rows per batch (train rows; validation adds to
