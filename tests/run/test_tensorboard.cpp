@@ -83,12 +83,13 @@ TEST(TensorBoardWriter, ScalarsAndTextReadBackByTensorBoard) {
     w.add_scalar("train/loss", 1, 2.5);
     w.add_scalar("train/learning_rate", 1, 1e-4);
     w.add_scalar("train/loss", -3, 0.1);  // a negative step: int64 on the wire
+    w.add_session_start(4);
     w.flush();
   }
   const std::string name = written.filename().string();
   EXPECT_TRUE(name.starts_with("events.out.tfevents.")) << name;
   const auto ev = tb_list(d / "tb");
-  ASSERT_EQ(ev.size(), 5u);
+  ASSERT_EQ(ev.size(), 6u);
   EXPECT_EQ(ev[0]["kind"], "version");
   EXPECT_EQ(ev[0]["tag"], "brain.Event:2");
   EXPECT_EQ(ev[1]["kind"], "text");
@@ -98,6 +99,8 @@ TEST(TensorBoardWriter, ScalarsAndTextReadBackByTensorBoard) {
   EXPECT_EQ(ev[2]["value"].get<double>(), 2.5);
   EXPECT_EQ(ev[3]["value"].get<double>(), static_cast<double>(1e-4f));
   EXPECT_EQ(ev[4]["step"], -3);
+  EXPECT_EQ(ev[5]["kind"], "session_start");
+  EXPECT_EQ(ev[5]["step"], 4);
 }
 
 // A new file is named after every file already there (TensorBoard reads a directory's files in

@@ -115,7 +115,8 @@ TEST_F(TensorBoard, ReportToNoneOrAbsentWritesNoEventFiles) {
 
 // A run stopped after step 7 (checkpoints 3, 6, 7), its last event file torn by a crash and a
 // rewrite's temporary file left behind, resumed from checkpoint 3: TensorBoard sees each step once,
-// in order, with the values of a run that was never interrupted (resume is bit-identical).
+// in order, with the values of a run that was never interrupted (resume is bit-identical); so
+// does a TensorBoard that was running across the resume.
 TEST_F(TensorBoard, ResumeFromAnEarlierCheckpointKeepsEachStepOnceInOrder) {
   auto a = test::temp_dir("straight");
   auto b = test::temp_dir("resumed");
@@ -142,9 +143,13 @@ TEST_F(TensorBoard, ResumeFromAnEarlierCheckpointKeepsEachStepOnceInOrder) {
     t << bytes;
   }
 
+  // The resume runs under a TensorBoard reader that has read the first attempt's events and reads
+  // again after it, as a TensorBoard left running does (tensorboard_live.py).
   stdfs::current_path(b);
   test::ProcResult rb2 =
-      train(b / "cfg.yaml", "--resume " + test::quote((b / "run/checkpoints/checkpoint-000003").string()));
+      test::run_python("tensorboard_live.py",
+                       {(b / "tb").string(), (b / "run").string(), "--", test::qlora_exe().string(), "train",
+                        (b / "cfg.yaml").string(), "--resume", (b / "run/checkpoints/checkpoint-000003").string()});
   stdfs::current_path(cwd);
   ASSERT_EQ(rb2.code, 0) << rb2.output;
   EXPECT_NE(rb2.output.find("resumed from " + (b / "run/checkpoints/checkpoint-000003").string()), std::string::npos)

@@ -131,7 +131,9 @@ void float_field(std::string& out, int field, float v) {
 }
 
 // Event fields (event.proto); Summary.Value, SummaryMetadata, TensorProto (summary.proto, tensor.proto).
-constexpr int kEventWallTime = 1, kEventStep = 2, kEventFileVersion = 3, kEventSummary = 5;
+constexpr int kEventWallTime = 1, kEventStep = 2, kEventFileVersion = 3, kEventSummary = 5, kEventSessionLog = 7;
+constexpr int kSessionStatus = 1;
+constexpr uint64_t kSessionStart = 1;
 constexpr int kSummaryValue = 1;
 constexpr int kValueTag = 1, kValueSimple = 2, kValueTensor = 8, kValueMetadata = 9;
 constexpr int kMetaPluginData = 1, kMetaDataClass = 4, kPluginName = 1;
@@ -235,6 +237,15 @@ std::string text_event(double wall_time, int64_t step, const std::string& tag, c
   return event(wall_time, step, v);
 }
 
+std::string session_start_event(double wall_time, int64_t step) {
+  std::string e, log;
+  double_field(e, kEventWallTime, wall_time);
+  if (step != 0) varint_field(e, kEventStep, static_cast<uint64_t>(step));
+  varint_field(log, kSessionStatus, kSessionStart);
+  bytes_field(e, kEventSessionLog, log);
+  return e;
+}
+
 bool read_event_info(std::string_view ev, EventInfo* out) {
   *out = EventInfo{};
   Reader r{ev};
@@ -325,6 +336,8 @@ void TensorBoardWriter::add_scalar(const std::string& tag, int64_t step, double 
 void TensorBoardWriter::add_text(const std::string& tag, int64_t step, const std::string& text) {
   write(text_event(now_seconds(), step, tag, text));
 }
+
+void TensorBoardWriter::add_session_start(int64_t step) { write(session_start_event(now_seconds(), step)); }
 
 void TensorBoardWriter::flush() {
   if (f_ && std::fflush(f_) != 0) {

@@ -13,7 +13,8 @@
 //
 // Resume (truncate_event_files): the events after the resumed checkpoint's step are removed from
 // the files that hold them, each file rewritten out of place (temporary sibling, fsync, rename),
-// before the resumed run opens its new file. A crash midway leaves every file either as it was
+// before the resumed run opens its new file, which starts with a SessionLog START at the step
+// after (so that a TensorBoard already showing the removed events drops them too). A crash midway leaves every file either as it was
 // or rewritten, and the next resume does the same again; nothing at or before the step is lost.
 #pragma once
 #include <cstdint>
@@ -36,6 +37,9 @@ std::string tfrecord(std::string_view data);
 std::string file_version_event(double wall_time);
 std::string scalar_event(double wall_time, int64_t step, const std::string& tag, float value);
 std::string text_event(double wall_time, int64_t step, const std::string& tag, const std::string& text);
+// session_log = 7 with status START: a TensorBoard that is already running and has read the events
+// a resume removes drops those at `step` and after when it reads this (its restart purge).
+std::string session_start_event(double wall_time, int64_t step);
 
 // What truncate_event_files reads of an event: its step and, for a summary, the first value's tag.
 struct EventInfo {
@@ -68,6 +72,7 @@ class TensorBoardWriter {
   TensorBoardWriter& operator=(const TensorBoardWriter&) = delete;
   void add_scalar(const std::string& tag, int64_t step, double value);
   void add_text(const std::string& tag, int64_t step, const std::string& text);
+  void add_session_start(int64_t step);
   void flush();
   const std::filesystem::path& path() const { return path_; }
 

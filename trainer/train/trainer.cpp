@@ -454,6 +454,7 @@ void open_tensorboard(Session& s, bool resumed) {
                         : "of an earlier start that left no checkpoint",
                 dir.string().c_str());
   auto tb = std::make_unique<run::TensorBoardWriter>(dir);
+  if (resumed) tb->add_session_start(s.ts.global_step + 1);  // a running TensorBoard drops what came after
   tb->add_text("config", s.ts.global_step, "```yaml\n" + config::to_yaml(s.cfg) + "```\n");
   tb->flush();
   std::printf("tensorboard: %s (view with: tensorboard --logdir %s)\n", tb->path().string().c_str(),
