@@ -155,9 +155,10 @@ TEST(TensorBoardWriter, TruncateKeepsStepsUpToTheResumedOne) {
   EXPECT_EQ(files_in(d).size(), 2u);
 
   // A fresh run: the earlier attempt's files go.
-  EXPECT_EQ(run::truncate_event_files(d, -1, "config"), 6);
+  EXPECT_EQ(run::remove_event_files(d), 2);
   EXPECT_TRUE(files_in(d).empty());
   EXPECT_EQ(run::truncate_event_files(d / "missing", 3, "config"), 0);
+  EXPECT_EQ(run::remove_event_files(d / "missing"), 0);
   EXPECT_FALSE(stdfs::exists(d / "missing"));
 }
 

@@ -86,8 +86,12 @@ class TensorBoard : public ::testing::Test {
 
 TEST_F(TensorBoard, RunLogsEveryMetricAndTheConfig) {
   auto d = test::temp_dir();
+  // An event file of an earlier start that left no checkpoint: a fresh run removes it.
+  stdfs::create_directories(d / "run/runs");
+  fs::write_file_atomic(d / "run/runs/events.out.tfevents.1000000000.old", "not events");
   test::ProcResult r = train(write_config(d, "report_to: tensorboard\n"));
   ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("tensorboard: removed"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("tensorboard --logdir " + (d / "run/runs").string()), std::string::npos) << r.output;
   const nlohmann::json j = check(d / "run/runs", d / "run");
   ASSERT_TRUE(j.contains("scalars"));

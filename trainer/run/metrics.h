@@ -44,7 +44,6 @@ class MetricsLog {
   explicit MetricsLog(const std::filesystem::path& path, bool append);
   ~MetricsLog();
   void attach_tensorboard(std::unique_ptr<TensorBoardWriter> tb);
-  TensorBoardWriter* tensorboard() { return tb_.get(); }
   void log_step(const StepMetrics& m);
   void log_eval(const EvalMetrics& m);
   void log_event(const std::string& event, const std::string& json_fields);  // {"event":..., <fields>}

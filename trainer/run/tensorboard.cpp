@@ -379,11 +379,6 @@ int64_t truncate_event_files(const stdfs::path& dir, int64_t step, const std::st
         kept += tfrecord(r);
       }
     }
-    if (step < 0) {  // a fresh run: the files of an earlier attempt that never checkpointed go
-      dropped += static_cast<int64_t>(recs.records.size());
-      stdfs::remove(f, ec);
-      continue;
-    }
     if (gone == 0 && recs.intact) continue;
     if (!recs.intact)
       std::fprintf(stderr, "qlora: warning: %s: a torn or damaged record; the events before it are kept\n",
@@ -392,6 +387,20 @@ int64_t truncate_event_files(const stdfs::path& dir, int64_t step, const std::st
     dropped += gone;
   }
   return dropped;
+}
+
+int64_t remove_event_files(const stdfs::path& dir) {
+  std::error_code ec;
+  if (!stdfs::is_directory(dir, ec)) return 0;
+  std::vector<stdfs::path> files;
+  for (const auto& e : stdfs::directory_iterator(dir, ec))
+    if (is_event_file(e.path()) && e.is_regular_file(ec)) files.push_back(e.path());
+  int64_t n = 0;
+  for (const auto& f : files) {
+    if (!stdfs::remove(f, ec) && ec) user_error(f.string(), ": cannot remove: ", ec.message());
+    ++n;
+  }
+  return n;
 }
 
 void check_logging_dir(const stdfs::path& dir, const std::string& key_where) {

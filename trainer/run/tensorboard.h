@@ -85,9 +85,12 @@ class TensorBoardWriter {
 // On resume at `step`: every event file in `dir` keeps its events up to `step`, except a text
 // summary tagged `restated_tag` at exactly `step` (the resumed run writes it again); a torn or
 // damaged tail is dropped. Files that change are rewritten atomically; the others are not
-// touched. A negative `step` (a fresh run) removes the event files of an earlier attempt. Returns
-// the number of events removed. A missing directory is left missing.
+// touched. Returns the number of events removed. A missing directory is left missing.
 int64_t truncate_event_files(const std::filesystem::path& dir, int64_t step, const std::string& restated_tag);
+
+// A fresh run: removes the event files in `dir` (of an earlier start that left no checkpoint).
+// Returns how many.
+int64_t remove_event_files(const std::filesystem::path& dir);
 
 // Checks, before a run writes anything, that `dir` can be created and written: a UserError
 // naming `key_where` (e.g. "cfg.yaml:12: logging_dir") otherwise. Creates nothing.

@@ -447,12 +447,15 @@ void run_eval(Session& s, int64_t step) {
 // them (run/metrics.h).
 void open_tensorboard(Session& s, bool resumed) {
   const stdfs::path dir = s.cfg.logging_dir;
-  const int64_t removed = run::truncate_event_files(dir, resumed ? s.ts.global_step : -1, "config");
-  if (removed > 0)
-    std::printf("tensorboard: removed %lld events %s from %s\n", static_cast<long long>(removed),
-                resumed ? ("after step " + std::to_string(s.ts.global_step)).c_str()
-                        : "of an earlier start that left no checkpoint",
-                dir.string().c_str());
+  if (resumed) {
+    const int64_t removed = run::truncate_event_files(dir, s.ts.global_step, "config");
+    if (removed > 0)
+      std::printf("tensorboard: removed %lld events after step %lld from %s\n", static_cast<long long>(removed),
+                  static_cast<long long>(s.ts.global_step), dir.string().c_str());
+  } else if (const int64_t files = run::remove_event_files(dir); files > 0) {
+    std::printf("tensorboard: removed %lld event files of an earlier start (no checkpoint) from %s\n",
+                static_cast<long long>(files), dir.string().c_str());
+  }
   auto tb = std::make_unique<run::TensorBoardWriter>(dir);
   if (resumed) tb->add_session_start(s.ts.global_step + 1);  // a running TensorBoard drops what came after
   tb->add_text("config", s.ts.global_step, "```yaml\n" + config::to_yaml(s.cfg) + "```\n");
