@@ -117,10 +117,10 @@ TEST_F(TensorBoard, ReportToNoneOrAbsentWritesNoEventFiles) {
   }
 }
 
-// A run stopped after step 7 (checkpoints 3, 6, 7), its last event file torn by a crash and a
-// rewrite's temporary file left behind, resumed from checkpoint 3: TensorBoard sees each step once,
-// in order, with the values of a run that was never interrupted (resume is bit-identical); so
-// does a TensorBoard that was running across the resume.
+// A run stopped after step 7 (checkpoints 3, 6, 7), its event file torn by a crash, resumed from
+// checkpoint 3, then again with a rewrite's temporary file left behind: TensorBoard sees each step
+// once, in order, with the values of a run that was never interrupted (resume is bit-identical);
+// so does a TensorBoard that was running across the first resume.
 TEST_F(TensorBoard, ResumeFromAnEarlierCheckpointKeepsEachStepOnceInOrder) {
   auto a = test::temp_dir("straight");
   auto b = test::temp_dir("resumed");
@@ -136,16 +136,11 @@ TEST_F(TensorBoard, ResumeFromAnEarlierCheckpointKeepsEachStepOnceInOrder) {
   ASSERT_TRUE(stdfs::exists(b / "run/checkpoints/checkpoint-000007"));
   check(b / "tb", b / "run");
 
-  // A crash: half a record at the end of the event file, a rewrite's temporary file left over.
+  // A crash: half a record at the end of the event file.
   const auto files = event_files(b / "tb");
   ASSERT_EQ(files.size(), 1u);
   const std::string bytes = fs::read_file(files[0]);
-  {
-    std::ofstream o(files[0], std::ios::app | std::ios::binary);
-    o << bytes.substr(bytes.size() / 2, 20);
-    std::ofstream t(b / "tb" / ("." + files[0].filename().string() + ".tmp-1-0"), std::ios::binary);
-    t << bytes;
-  }
+  std::ofstream(files[0], std::ios::app | std::ios::binary) << bytes.substr(bytes.size() / 2, 20);
 
   // The resume runs under a TensorBoard reader that has read the first attempt's events and reads
   // again after it, as a TensorBoard left running does (tensorboard_live.py).
@@ -173,7 +168,11 @@ TEST_F(TensorBoard, ResumeFromAnEarlierCheckpointKeepsEachStepOnceInOrder) {
   for (const auto& e : jb["scalars"]["train/loss"]) steps.push_back(e[0].get<int64_t>());
   EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
 
-  // Resumed again from the same checkpoint: the same result, no step twice.
+  // Resumed again from the same checkpoint, with a temporary file left by a rewrite that was
+  // killed (TensorBoard would read it as one of the run's files): the same result, no step twice.
+  const auto files2 = event_files(b / "tb");
+  std::ofstream(b / "tb" / ("." + files2.back().filename().string() + ".tmp-1-0"), std::ios::binary)
+      << fs::read_file(files2.back());
   test::ProcResult rb3 =
       train(b / "cfg.yaml", "--resume " + test::quote((b / "run/checkpoints/checkpoint-000003").string()) +
                                 " --set logging_dir=" + test::quote((b / "tb").string()));
