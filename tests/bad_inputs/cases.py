@@ -225,6 +225,22 @@ def config_zero_ddp_timeout(ctx):
     return train(ctx, {"ddp_timeout": "0"})
 
 
+@case("config", "cfg.yaml", line("report_to"), "expected tensorboard, all or none")
+def config_report_to_unknown_integration(ctx):
+    return train(ctx, {"report_to": "wandb"})
+
+
+@case("config", "cfg.yaml", "report_to.1", "expected tensorboard, all or none")
+def config_report_to_unknown_in_list(ctx):
+    return train(ctx, {"report_to": "[tensorboard, mlflow]"})
+
+
+@case("config", "cfg.yaml", line("logging_dir"), "not a directory")
+def config_logging_dir_under_a_file(ctx):
+    f = ctx.write("not-a-dir", "a file\n")
+    return train(ctx, {"report_to": "tensorboard", "logging_dir": os.path.join(f, "tb")})
+
+
 # The launcher's options (qlora train CONFIG --nproc-per-node N ...), refused before any worker
 # starts.
 @case("launch", "--nproc-per-node", None, "at least 1")

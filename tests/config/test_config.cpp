@@ -576,9 +576,10 @@ TEST(Config, ShippedConfigsParse) {
   const TrainConfig lora = config::load_config((dir / "demo-lora.yaml").string());
   EXPECT_EQ(demo.lora.adapter, "qlora");
   EXPECT_EQ(lora.lora.adapter, "lora");
-  // The comparison run differs only in the adapter kind and where it writes.
+  // The comparison run differs only in the adapter kind and where it writes (logging_dir follows
+  // output_dir).
   for (const auto& ch : config::diff_configs(demo, lora))
-    EXPECT_TRUE(ch.key == "adapter" || ch.key == "load_in_4bit" || ch.key == "output_dir" ||
+    EXPECT_TRUE(ch.key == "adapter" || ch.key == "load_in_4bit" || ch.key == "output_dir" || ch.key == "logging_dir" ||
                 ch.key.rfind("quantization.", 0) == 0)
         << ch.key;
   for (const char* name : {"llama-3.1-8b-qlora.yaml", "mistral-7b-qlora.yaml", "qwen2.5-7b-qlora.yaml"}) {

@@ -107,6 +107,17 @@ struct TrainConfig {
                                      // reports exact-match accuracy
   int64_t eval_max_new_tokens = 64;  // generation budget per sample for exact match
   int64_t logging_steps = 1;
+  // report_to (HF's key): the integrations the run reports to. "tensorboard" is the one there is
+  // ("all" means it); empty: none (HF's "none").
+  std::vector<std::string> report_to;
+  // logging_dir (HF's key): the TensorBoard event files' directory. The loader resolves it, by
+  // default to <output_dir>/runs (one fixed directory, so a resumed run appends to the same run).
+  std::string logging_dir;
+  bool reports_to(const std::string& integration) const {
+    for (const auto& r : report_to)
+      if (r == integration) return true;
+    return false;
+  }
   bool memory_check = true;  // refuse a run whose memory estimate exceeds the memory available
                              // (trainer/train/memory_estimate.h); false: warn and try anyway
   // Data-parallel runs (docs/distributed.md): the c10d backend (auto: gloo on the CPU, nccl on

@@ -940,6 +940,40 @@ const Schema<TrainConfig>& top_schema() {
         "eval_max_new_tokens", [](T& c) -> int64_t& { return c.eval_max_new_tokens; }, 1, H));
     v.push_back(int_field<T>(
         "logging_steps", [](T& c) -> int64_t& { return c.logging_steps; }, 1, H));
+    {
+      // report_to: a name or a list of names, as transformers takes it; "all" is every
+      // integration there is (tensorboard), "none" none.
+      Field<T> f = make<T>("report_to", H);
+      f.reset = [](T& c) { c.report_to.clear(); };
+      f.read = [](T& c, const YAML::Node& n, const In& in) {
+        const std::string what = "tensorboard, all or none (or a list of them)";
+        if (n.IsNull()) {
+          c.report_to.clear();
+          return;
+        }
+        if (!n.IsScalar() && !n.IsSequence()) in.expected(what, n);
+        std::vector<std::string> out;
+        for (size_t i = 0; i < (n.IsScalar() ? 1 : n.size()); ++i) {
+          const YAML::Node item = n.IsScalar() ? n : n[i];
+          const In at = n.IsScalar() ? in : In{in.path + "." + std::to_string(i), item.Mark(), in.ctx};
+          const std::string name = item.IsScalar() ? lower(trim(item.Scalar())) : "";
+          if (name == "none") continue;
+          if (name != "tensorboard" && name != "all") at.expected(what, item);
+          if (std::find(out.begin(), out.end(), "tensorboard") == out.end()) out.push_back("tensorboard");
+        }
+        c.report_to = out;
+      };
+      f.write = [](const T& c) {
+        if (c.report_to.empty()) return str("none");
+        Val v;
+        v.kind = Val::List;
+        v.items = c.report_to;
+        return v;
+      };
+      v.push_back(f);
+    }
+    v.push_back(string_field<T>(
+        "logging_dir", [](T& c) -> std::string& { return c.logging_dir; }, H));
     v.push_back(bool_field<T>(
         "memory_check", [](T& c) -> bool& { return c.memory_check; }, H));
     v.push_back(enum_field<T>(
@@ -1141,6 +1175,10 @@ void finish(TrainConfig& c, Ctx& ctx) {
   c.tokenizer = absolute_path(c.tokenizer);
   c.output_dir = absolute_path(c.output_dir);
   c.dataset_prepared_path = absolute_path(c.dataset_prepared_path);
+  // logging_dir: by default a fixed directory of the run, so a resumed run appends to the same
+  // TensorBoard run (HF's default adds the date and host, a new run per start).
+  c.logging_dir =
+      absolute_path(c.logging_dir.empty() ? (std::filesystem::path(c.output_dir) / "runs").string() : c.logging_dir);
   for (auto& d : c.data.datasets) d.path = absolute_path(d.path);
   for (auto& d : c.data.test_datasets) d.path = absolute_path(d.path);
   c.data.seed = c.seed;

@@ -20,6 +20,7 @@
 //   (HF spellings adamw_torch, adamw_bnb_8bit, paged_adamw_32bit accepted), optimizer_device_budget:
 //   auto|<bytes like 2GiB>, gradient_checkpointing, seed, device: auto|cpu|cuda|cuda:N,
 //   max_nonfinite_steps, output_dir, save_steps, save_total_limit, eval_steps, logging_steps,
+//   report_to: tensorboard|all|none (or a list), logging_dir (default <output_dir>/runs),
 //   val_set_size, datasets / test_datasets (lists of {path, type, field...}), chat_template.
 //
 //   memory_check.

@@ -4,6 +4,8 @@
 //   <run>/config.yaml                     the config the run was started (or resumed) with
 //   <run>/metrics.jsonl                   one JSON object per step / eval / event (run/metrics.h)
 //   <run>/loss.svg                        loss curve, written at the end
+//   <run>/runs/events.out.tfevents.*      TensorBoard event files (report_to: tensorboard; run/tensorboard.h),
+//                                         the default logging_dir (config/load.cpp resolves it)
 //   <run>/checkpoints/checkpoint-000120/  one complete checkpoint (run/checkpoint.h):
 //       adapter_config.json               PEFT adapter config
 //       adapter_model.safetensors         LoRA weights (fp32 masters, PEFT keys)

@@ -2,10 +2,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <fstream>
 
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
+#include "trainer/run/tensorboard.h"
 
 namespace qlora::run {
 
@@ -18,11 +20,29 @@ MetricsLog::~MetricsLog() {
   if (f_) std::fclose(f_);
 }
 
+void MetricsLog::attach_tensorboard(std::unique_ptr<TensorBoardWriter> tb) { tb_ = std::move(tb); }
+
+std::string tensorboard_tag(const std::string& key) {
+  if (key.starts_with("eval_")) return "eval/" + key.substr(5);
+  if (key == "lr") return "train/learning_rate";
+  if (key == "tokens_per_s") return "train/tokens_per_second";
+  if (key == "elapsed_s") return "train/elapsed_seconds";
+  return "train/" + key;
+}
+
 namespace {
-void put(std::FILE* f, const nlohmann::json& j) {
+// The line, and with TensorBoard on each of its numbers (but the step) as a scalar at its step;
+// a non-finite one, null in the line, is left out there too.
+void put(std::FILE* f, TensorBoardWriter* tb, const nlohmann::json& j) {
   std::string s = j.dump() + "\n";
   std::fwrite(s.data(), 1, s.size(), f);
   std::fflush(f);
+  if (!tb || j.contains("event")) return;
+  const int64_t step = j.value("step", int64_t{0});
+  for (auto it = j.begin(); it != j.end(); ++it)
+    if (it.key() != "step" && it.value().is_number() && std::isfinite(it.value().get<double>()))
+      tb->add_scalar(tensorboard_tag(it.key()), step, it.value().get<double>());  // NaN: null in the line
+  tb->flush();
 }
 }  // namespace
 
@@ -38,20 +58,20 @@ void MetricsLog::log_step(const StepMetrics& m) {
                       {"memory_bytes", m.memory_bytes},
                       {"skipped_steps", m.skipped_steps}};
   if (m.aux_loss) j["aux_loss"] = *m.aux_loss;
-  put(f_, j);
+  put(f_, tb_.get(), j);
 }
 
 void MetricsLog::log_eval(const EvalMetrics& m) {
   nlohmann::json j = {
       {"step", m.step}, {"eval_loss", m.loss}, {"eval_perplexity", m.perplexity}, {"eval_tokens", m.tokens}};
   if (m.accuracy) j["eval_accuracy"] = *m.accuracy;
-  put(f_, j);
+  put(f_, tb_.get(), j);
 }
 
 void MetricsLog::log_event(const std::string& event, const std::string& json_fields) {
   nlohmann::json j = json_fields.empty() ? nlohmann::json::object() : nlohmann::json::parse(json_fields);
   j["event"] = event;
-  put(f_, j);
+  put(f_, tb_.get(), j);
 }
 
 MetricsHistory truncate_metrics(const std::filesystem::path& path, int64_t step) {

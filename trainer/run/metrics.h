@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -33,18 +34,28 @@ struct EvalMetrics {
   std::optional<double> accuracy;  // exact-match accuracy when the run measures one
 };
 
+class TensorBoardWriter;  // run/tensorboard.h
+
 // Appends one JSON object per line and flushes, so a crash loses at most the current line.
+// With a TensorBoard writer attached, every number of a step's or an eval's line also goes to
+// TensorBoard as a scalar at that step (tensorboard_tag names it), flushed with the line.
 class MetricsLog {
  public:
   explicit MetricsLog(const std::filesystem::path& path, bool append);
   ~MetricsLog();
+  void attach_tensorboard(std::unique_ptr<TensorBoardWriter> tb);
   void log_step(const StepMetrics& m);
   void log_eval(const EvalMetrics& m);
   void log_event(const std::string& event, const std::string& json_fields);  // {"event":..., <fields>}
 
  private:
   std::FILE* f_ = nullptr;
+  std::unique_ptr<TensorBoardWriter> tb_;
 };
+
+// The TensorBoard tag of a metrics.jsonl field, in HF Trainer's style: a step's fields under
+// train/ (loss, learning_rate, grad_norm, tokens_per_second, ...), an eval's eval_X as eval/X.
+std::string tensorboard_tag(const std::string& key);
 
 // On resume: keeps the lines of `path` up to `step` (the resumed run rewrites what came after;
 // a torn last line from a crash is dropped) and returns the kept step and eval losses (step and

@@ -45,6 +45,7 @@
 #include "trainer/run/checkpoint_state.h"
 #include "trainer/run/layout.h"
 #include "trainer/run/metrics.h"
+#include "trainer/run/tensorboard.h"
 #include "trainer/tokenizer/chat_template.h"
 #include "trainer/tokenizer/tokenizer.h"
 #include "trainer/train/eval_loss.h"
@@ -213,6 +214,8 @@ void check_output_dir(const config::TrainConfig& cfg) {
   if (::access(p.c_str(), W_OK | X_OK) != 0)
     user_error(cfg.where("output_dir"), ": output_dir: cannot create or write ", run_dir.string(), ": ", p.string(),
                " is not writable");
+  if (cfg.reports_to("tensorboard"))
+    run::check_logging_dir(cfg.logging_dir, cfg.where("logging_dir") + ": logging_dir");
 }
 
 // A resume with another number of processes keeps the global batch (micro_batch_size x
@@ -438,6 +441,30 @@ void run_eval(Session& s, int64_t step) {
   s.progress->message(describe_eval(e));
 }
 
+// report_to: tensorboard. The event files in logging_dir keep what came up to the step the run
+// starts from (a fresh run: nothing; run/tensorboard.h), a new file takes what follows: the
+// resolved config as text at that step, then each step's and eval's numbers as metrics.jsonl has
+// them (run/metrics.h).
+void open_tensorboard(Session& s, bool resumed) {
+  const stdfs::path dir = s.cfg.logging_dir;
+  if (resumed) {
+    const int64_t removed = run::truncate_event_files(dir, s.ts.global_step, "config");
+    if (removed > 0)
+      std::printf("tensorboard: removed %lld events after step %lld from %s\n", static_cast<long long>(removed),
+                  static_cast<long long>(s.ts.global_step), dir.string().c_str());
+  } else if (const int64_t files = run::remove_event_files(dir); files > 0) {
+    std::printf("tensorboard: removed %lld event files of an earlier start (no checkpoint) from %s\n",
+                static_cast<long long>(files), dir.string().c_str());
+  }
+  auto tb = std::make_unique<run::TensorBoardWriter>(dir);
+  if (resumed) tb->add_session_start(s.ts.global_step + 1);  // a running TensorBoard drops what came after
+  tb->add_text("config", s.ts.global_step, "```yaml\n" + config::to_yaml(s.cfg) + "```\n");
+  tb->flush();
+  std::printf("tensorboard: %s (view with: tensorboard --logdir %s)\n", tb->path().string().c_str(),
+              dir.string().c_str());
+  s.metrics->attach_tensorboard(std::move(tb));
+}
+
 // Opens metrics.jsonl (appending on resume), prints the plan, runs the eval on start.
 void start_loop(Session& s, const stdfs::path& resumed_from) {
   const config::TrainConfig& cfg = s.cfg;
@@ -446,6 +473,7 @@ void start_loop(Session& s, const stdfs::path& resumed_from) {
   if (resumed && s.metrics)
     s.metrics->log_event("resume",
                          nlohmann::json({{"step", s.ts.global_step}, {"from", resumed_from.string()}}).dump());
+  if (s.metrics && cfg.reports_to("tensorboard")) open_tensorboard(s, resumed);
   std::printf(
       "training: %lld steps (%lld per epoch), micro_batch_size %lld x gradient_accumulation_steps %lld%s, "
       "lr %.3g %s, warmup %lld\n",
