@@ -11,6 +11,7 @@
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
 #include "trainer/data/dataset.h"
+#include "trainer/data/prepared.h"
 #include "trainer/data/records.h"
 
 using namespace qlora;
@@ -151,4 +152,17 @@ TEST_F(ArrowData, UnsupportedColumnTypesAreNamed) {
   EXPECT_EQ(user_error_of([&] { read_all(Source{p}); }),
             p + ": column \"img\" has type binary, which a record cannot hold (expected strings, numbers, booleans, "
                 "lists or structs of them)");
+}
+
+TEST_F(ArrowData, PreparedKeyHashesTheFilesOfTheSplit) {
+  qlora::test::FakeTokenizer tk(false, true, /*eos=*/"<|im_end|>");
+  const stdfs::path hub = test::temp_dir() / "hub";
+  stdfs::copy(*g_dir / "hub", hub, stdfs::copy_options::recursive);
+  const std::string train = prepared_key(chat_spec(hub.string(), "train"), tk, "tok");
+  EXPECT_NE(train, prepared_key(chat_spec(hub.string(), "test"), tk, "tok"));
+  // Another train shard's bytes change the key; a file of another split does not.
+  std::ofstream(hub / "data" / "test-00000-of-00001.parquet", std::ios::app) << "x";
+  EXPECT_EQ(train, prepared_key(chat_spec(hub.string(), "train"), tk, "tok"));
+  std::ofstream(hub / "data" / "train-00001-of-00002.parquet", std::ios::app) << "x";
+  EXPECT_NE(train, prepared_key(chat_spec(hub.string(), "train"), tk, "tok"));
 }
