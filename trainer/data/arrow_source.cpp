@@ -22,11 +22,17 @@ namespace {
 
 using ojson = nlohmann::ordered_json;
 
-// Arrow's message on one line.
+// Arrow's message on one line, valid UTF-8 and not too long (a CSV message quotes the row).
 std::string one_line(std::string m) {
+  for (size_t at; (at = unicode::utf8_find_invalid(m)) != std::string::npos;) m[at] = '?';
   for (char& c : m)
-    if (c == '\n' || c == '\r') c = ' ';
+    if (static_cast<unsigned char>(c) < 0x20) c = ' ';
   while (!m.empty() && m.back() == ' ') m.pop_back();
+  if (m.size() > 300) {
+    size_t cut = 300;
+    while (cut > 0 && (static_cast<unsigned char>(m[cut]) & 0xC0) == 0x80) --cut;  // whole characters
+    m = m.substr(0, cut) + "...";
+  }
   return m;
 }
 
@@ -74,7 +80,15 @@ std::string unsupported(const arrow::DataType& t) {
   }
 }
 
+// Column and struct field names become JSON keys: they must be UTF-8.
+void check_names(const arrow::Field& f, const std::string& name) {
+  if (unicode::utf8_find_invalid(f.name()) != std::string::npos)
+    user_error(name, ": a column or field name is not valid UTF-8 (", one_line(f.name()), ")");
+  for (const auto& sub : f.type()->fields()) check_names(*sub, name);
+}
+
 void check_schema(const arrow::Schema& schema, const std::string& name) {
+  for (const auto& f : schema.fields()) check_names(*f, name);
   for (const auto& f : schema.fields())
     if (std::string u = unsupported(*f->type()); !u.empty())
       user_error(name, ": column \"", f->name(), "\" has type ", f->type()->ToString(),
