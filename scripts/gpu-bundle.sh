@@ -6,8 +6,9 @@
 #   bin/   qlora, test_gpu (every CUDA kernel against its CPU twin), test_kernels (the CPU kernel
 #          tests, run there forced onto each instruction-set table the CPU has), bench_gpu
 #   lib/   the shared libraries those need that are neither glibc nor LibTorch/CUDA (yaml-cpp,
-#          SentencePiece, PCRE2, ICU, Google Benchmark), and the wheel's libcudart, so one
-#          CUDA runtime is loaded
+#          SentencePiece, PCRE2, ICU, Google Benchmark, and Arrow and Parquet from the pyarrow
+#          wheel, which the GPU machine lacks), and the wheel's libcudart, so one CUDA runtime is
+#          loaded
 #   py/    bitsandbytes (the reference side of the benchmark), trimmed to its CPU and CUDA 13.0
 #          libraries
 #   MANIFEST  commit, torch version, the glibc / libstdc++ versions the binaries need

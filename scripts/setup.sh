@@ -16,6 +16,7 @@ debs=(build-essential cmake ninja-build pkg-config ccache git
       libyaml-cpp-dev libcli11-dev libsentencepiece-dev sentencepiece
       nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev libicu-dev
       python3-venv
+      zlib1g-dev                # .jsonl.gz / .json.gz datasets
       libgloo-dev               # headers for c10d's Gloo process group (gloo itself is in libtorch)
       clang libclang-rt-14-dev  # scripts/fuzz.sh: clang with libFuzzer and the sanitizer runtimes
       libomp-14-dev)            # scripts/tsan.sh: LLVM's OpenMP runtime and its Archer tool

@@ -477,6 +477,78 @@ def data_path_is_directory(ctx):
     return train(ctx, {"datasets": "\n  - path: %s\n    type: alpaca" % ctx.path("train.jsonl")})
 
 
+def good_parquet(ctx, name="train.parquet", **columns):
+    """The good records as a Parquet file written by pyarrow (several row groups), extra columns added."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    t = pa.Table.from_pylist([json.loads(l) for l in good_lines(ctx)])
+    for k, v in columns.items():
+        t = t.append_column(k, v)
+    path = ctx.path(name)
+    pq.write_table(t, path, row_group_size=2)
+    return path
+
+
+def dataset_at(ctx, path, extra=""):
+    return train(ctx, {"datasets": "\n  - path: %s\n    type: alpaca%s" % (path, extra)})
+
+
+@case("data", "train.parquet", None, "not a readable Parquet file")
+def data_parquet_not_parquet(ctx):
+    return dataset_at(ctx, ctx.write("train.parquet", "\n".join(good_lines(ctx)) + "\n"))
+
+
+@case("data", "train.parquet", None, "Parquet")
+def data_parquet_truncated(ctx):
+    path = good_parquet(ctx)
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    with open(path, "wb") as fh:
+        fh.write(raw[: len(raw) // 2])
+    return dataset_at(ctx, path)
+
+
+@case("data", "train.parquet", "img", "cannot hold")
+def data_parquet_unsupported_column(ctx):
+    import pyarrow as pa
+    n = len(good_lines(ctx))
+    return dataset_at(ctx, good_parquet(ctx, img=pa.array([b"\x89PNG"] * n, pa.binary())))
+
+
+@case("data", "shards", "split", "no files for split")
+def data_directory_wrong_split(ctx):
+    os.makedirs(ctx.path("shards"))
+    good_parquet(ctx, "shards/train-00000-of-00001.parquet")
+    return dataset_at(ctx, ctx.path("shards"), "\n    split: test")
+
+
+@case("data", "shards", None, "no data files")
+def data_directory_empty(ctx):
+    os.makedirs(ctx.path("shards"))
+    ctx.write("shards/README.md", "# nothing here\n")
+    return dataset_at(ctx, ctx.path("shards"))
+
+
+@case("data", "train.jsonl.gz", None, "gzip")
+def data_gzip_not_gzip(ctx):
+    return dataset_at(ctx, ctx.write("train.jsonl.gz", "\n".join(good_lines(ctx)) + "\n"))
+
+
+@case("data", "train.jsonl.gz", None, "truncated gzip")
+def data_gzip_truncated(ctx):
+    import gzip
+    raw = gzip.compress(("\n".join(good_lines(ctx)) + "\n").encode())
+    path = ctx.path("train.jsonl.gz")
+    with open(path, "wb") as fh:
+        fh.write(raw[:-12])
+    return dataset_at(ctx, path)
+
+
+@case("data", "train.csv", None, "malformed CSV")
+def data_csv_ragged_row(ctx):
+    return dataset_at(ctx, ctx.write("train.csv", "instruction,input,output\na,,b\nc,d,e,f\n"))
+
+
 @case("data", "train.jsonl", "train.jsonl:4", "UTF-8")
 def data_invalid_utf8(ctx):
     ls = [l.encode() for l in good_lines(ctx)]

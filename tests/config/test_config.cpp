@@ -93,6 +93,8 @@ datasets:
   - path: /d/b.jsonl
     type: completion
     field: body
+    split: validation
+    ds_type: json
 test_datasets:
   - path: /d/val.jsonl
     type: input_output
@@ -147,6 +149,10 @@ logging_steps: 5
   EXPECT_EQ(c.data.datasets[0].message_field_content, "value");
   EXPECT_EQ(c.data.datasets[1].type, "text");
   EXPECT_EQ(c.data.datasets[1].field, "body");
+  EXPECT_EQ(c.data.datasets[1].split, "validation");
+  EXPECT_EQ(c.data.datasets[1].ds_type, "json");
+  EXPECT_EQ(c.data.datasets[0].split, "train");
+  EXPECT_EQ(c.data.datasets[0].ds_type, "");
   ASSERT_EQ(c.data.test_datasets.size(), 1u);
   EXPECT_EQ(c.data.test_datasets[0].type, "prompt_completion");
   EXPECT_EQ(c.data.test_datasets[0].field_prompt, "q");
@@ -271,7 +277,11 @@ TEST(Config, DatasetErrors) {
             "configs/x.yaml:6: datasets.0.type: expected one of text, alpaca, chat, prompt_completion, got \"alpca\" "
             "(did you mean \"alpaca\"?)");
   EXPECT_EQ(error_of(head + "datasets:\n  - path: a.jsonl\n  - type: text\n"),
-            "configs/x.yaml:6: datasets.1.path: required: the data file (.jsonl or .json)");
+            "configs/x.yaml:6: datasets.1.path: required: the data file or directory (.jsonl, .json, .parquet, .arrow, "
+            ".csv, ...)");
+  EXPECT_EQ(error_of(head + "datasets:\n  - path: d\n    ds_type: jsonl\n"),
+            "configs/x.yaml:6: datasets.0.ds_type: expected one of json, parquet, arrow, csv, got \"jsonl\" (did you "
+            "mean \"json\"?)");
   EXPECT_EQ(error_of(head + "datasets:\n  - path: a.jsonl\n    feild: x\n"),
             "configs/x.yaml:6: unknown key \"datasets.0.feild\" (did you mean \"datasets.0.field\"?)");
   EXPECT_EQ(error_of(head + "datasets: a.jsonl\n"),
@@ -398,7 +408,8 @@ TEST(Config, SetOverrideErrors) {
   EXPECT_EQ(error_of(kMinimal, {"num_epochs=3"}),
             "configs/x.yaml:6: max_steps: set either num_epochs or max_steps, not both");
   EXPECT_EQ(error_of(kMinimal, {"datasets=[{type: chat}]"}),
-            "--set datasets=[{type: chat}]: datasets.0.path: required: the data file (.jsonl or .json)");
+            "--set datasets=[{type: chat}]: datasets.0.path: required: the data file or directory (.jsonl, .json, "
+            ".parquet, .arrow, .csv, ...)");
 }
 
 // Axolotl's overrides_of_model_config (and its older name model_config): the router's

@@ -309,9 +309,13 @@ TEST(Files, MalformedLinesFailWithFileAndLineOrAreSkippedAndCounted) {
   EXPECT_EQ(first_error(""), e_path + ": the dataset is empty");
   EXPECT_EQ(first_error("\n  \n"), e_path + ": the dataset is empty");
   EXPECT_EQ(user_error_of([&] { build_datasets(one_dataset((dir / "missing.jsonl").string(), "text"), tk); }),
-            (dir / "missing.jsonl").string() + ": no such file (expected a dataset file, .jsonl or .json)");
-  EXPECT_EQ(user_error_of([&] { build_datasets(one_dataset(dir.string(), "text"), tk); }),
-            dir.string() + ": is a directory; expected a dataset file (.jsonl or .json)");
+            (dir / "missing.jsonl").string() +
+                ": no such file or directory (expected a dataset file or a directory of them)");
+  std::filesystem::create_directories(dir / "empty");
+  EXPECT_EQ(user_error_of([&] { build_datasets(one_dataset((dir / "empty").string(), "text"), tk); }),
+            (dir / "empty").string() +
+                ": no data files in the directory (expected .parquet, .arrow, .jsonl, .json, .jsonl.gz, .json.gz, "
+                ".csv or .tsv files)");
 }
 
 TEST(Files, LinesOfAnyLengthAreReadWholeUpToTheLimit) {

@@ -15,7 +15,11 @@ namespace qlora::config {
 //   chat              {"messages": [{"role", "content"}]}   (alias: chat_template)
 //   prompt_completion {"prompt", "completion"}               (alias: input_output)
 struct DatasetSpec {
-  std::string path;  // .jsonl (one object per line) or .json (array)
+  // A data file (.jsonl, .json, .jsonl.gz, .json.gz, .parquet, .arrow, .csv, .tsv) or a directory
+  // of them, as the datasets library lays them out (trainer/data/data_files.h).
+  std::string path;
+  std::string split = "train";  // for a directory: which split's files are read
+  std::string ds_type;          // "" (from the extension) or json, parquet, arrow, csv
   std::string type = "alpaca";
   std::string field = "text";  // text: the field holding the text
   std::string field_instruction = "instruction";

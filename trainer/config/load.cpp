@@ -508,6 +508,15 @@ const Schema<config::DatasetSpec>& dataset_schema() {
     Schema<D> v;
     v.push_back(string_field<D>(
         "path", [](D& d) -> std::string& { return d.path; }, I));
+    v.push_back(string_field<D>(
+        "split", [](D& d) -> std::string& { return d.split; }, I));
+    {
+      Field<D> f = enum_field<D>(
+          "ds_type", [](D& d) -> std::string& { return d.ds_type; }, {"json", "parquet", "arrow", "csv"}, {}, I);
+      // Unset (from the extension) is written as null.
+      f.write = [](const D& d) { return d.ds_type.empty() ? null_val() : str(d.ds_type); };
+      v.push_back(std::move(f));
+    }
     v.push_back(enum_field<D>(
         "type", [](D& d) -> std::string& { return d.type; }, {"text", "alpaca", "chat", "prompt_completion"},
         {{"completion", "text"}, {"chat_template", "chat"}, {"input_output", "prompt_completion"}}, I));
@@ -588,7 +597,9 @@ std::vector<config::DatasetSpec> read_datasets(const YAML::Node& n, const In& in
       In{prefix.substr(0, prefix.size() - 1), item.Mark(), in.ctx}.expected("a mapping with path and type", item);
     config::DatasetSpec d;
     read_map(d, item, dataset_schema(), prefix, *in.ctx);
-    if (d.path.empty()) in.ctx->fail(prefix + "path", item.Mark(), "required: the data file (.jsonl or .json)");
+    if (d.path.empty())
+      in.ctx->fail(prefix + "path", item.Mark(),
+                   "required: the data file or directory (.jsonl, .json, .parquet, .arrow, .csv, ...)");
     out.push_back(std::move(d));
   }
   return out;

@@ -101,7 +101,7 @@ FileResult load_file(const config::DatasetSpec& ds, const config::DataSpec& spec
   SampleBuilder builder(ds, spec, tk, chat);
   const std::optional<int32_t> eos = tk.special().eos_id;
   FileResult res;
-  read_records(ds.path, spec.skip_invalid, &res.skipped, [&](std::vector<Record>& batch) {
+  read_records(Source{ds.path, ds.split, ds.ds_type}, spec.skip_invalid, &res.skipped, [&](std::vector<Record>& batch) {
     const int64_t n = static_cast<int64_t>(batch.size());
     std::vector<Sample> built(n);
     std::vector<std::string> errors(n);

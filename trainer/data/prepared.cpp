@@ -13,6 +13,7 @@
 #include "trainer/common/fs.h"
 #include "trainer/common/mapped_file.h"
 #include "trainer/common/sha256.h"
+#include "trainer/data/data_files.h"
 #include "trainer/tokenizer/chat_template.h"
 
 namespace qlora::data {
@@ -304,7 +305,14 @@ std::string prepared_key(const config::DataSpec& spec, const tok::Tokenizer& tok
       k.add("message_field_content", ds.message_field_content);
       k.add("field_prompt", ds.field_prompt);
       k.add("field_completion", ds.field_completion);
-      k.add("content", sha256_file(ds.path));  // the name is not part of it: the bytes are
+      // The bytes, not the names: of the file, or of each file a directory's split resolves to.
+      if (!ds.ds_type.empty()) k.add("ds_type", ds.ds_type);
+      const std::vector<DataFile> files = resolve_data_files(Source{ds.path, ds.split, ds.ds_type});
+      if (std::filesystem::is_directory(ds.path)) {
+        k.add("split", ds.split);
+        k.add("files", static_cast<int64_t>(files.size()));
+      }
+      for (const DataFile& f : files) k.add("content", sha256_file(f.path));
     }
   }
   k.add("sequence_len", spec.sequence_len);

@@ -2,10 +2,14 @@
 #include "trainer/data/records.h"
 
 #include <fstream>
+#include <iterator>
+#include <memory>
 
 #include "trainer/common/ascii.h"
 #include "trainer/common/error.h"
 #include "trainer/common/fs.h"
+#include "trainer/data/arrow_source.h"
+#include "trainer/data/gzip_stream.h"
 #include "trainer/unicode/utf8.h"
 
 namespace qlora::data {
@@ -126,21 +130,28 @@ std::string json_type(const ojson& j) {
   }
 }
 
-void read_records(const std::filesystem::path& path, bool skip_invalid, int64_t* skipped,
-                  const std::function<void(std::vector<Record>&)>& fn, size_t chunk) {
+namespace {
+
+// JSON Lines or a JSON array, plain or gzip-compressed.
+void read_json(const DataFile& file, bool skip_invalid, int64_t* skipped,
+               const std::function<void(std::vector<Record>&)>& fn, size_t chunk) {
+  const stdfs::path& path = file.path;
   const std::string name = path.string();
-  std::ifstream in(path, std::ios::binary);
-  std::error_code ec;
-  if (stdfs::is_directory(path, ec)) user_error(name, ": is a directory; expected a dataset file (.jsonl or .json)");
-  if (!stdfs::exists(path, ec)) user_error(name, ": no such file (expected a dataset file, .jsonl or .json)");
-  if (!in) user_error(name, ": cannot open dataset file");
+  auto open = [&]() -> std::unique_ptr<std::istream> {
+    if (file.gzip) return open_gzip(path);
+    auto f = std::make_unique<std::ifstream>(path, std::ios::binary);
+    if (!*f) user_error(name, ": cannot open dataset file");
+    return f;
+  };
+  std::unique_ptr<std::istream> in_ptr = open();
+  std::istream& in = *in_ptr;
   auto bad = [&](size_t line, const std::string& what) {
     if (!skip_invalid) user_error(name, ":", line, ": ", what);
     if (skipped) ++*skipped;
   };
 
   // Peek at the first non-blank character (after a UTF-8 BOM) to pick the format.
-  std::string ext = path.extension().string();
+  std::string ext = file.gzip ? path.stem().extension().string() : path.extension().string();
   char first = 0;
   {
     std::string head(4096, '\0');
@@ -152,6 +163,10 @@ void read_records(const std::filesystem::path& path, bool skip_invalid, int64_t*
     in.clear();
     in.seekg(0);
   }
+  if (file.gzip) {  // no seeking back in a compressed stream: start again
+    in_ptr = open();
+  }
+  std::istream& in2 = *in_ptr;
   if (first == 0) return;  // empty file: the caller reports an empty dataset
 
   std::vector<Record> batch;
@@ -160,8 +175,13 @@ void read_records(const std::filesystem::path& path, bool skip_invalid, int64_t*
     batch.clear();
   };
 
-  if (first == '[' && ext != ".jsonl") {
-    std::string text = fs::read_file(path);
+  if (first == '[' && !ext.starts_with(".jsonl")) {
+    std::string text;
+    if (file.gzip) {
+      text.assign(std::istreambuf_iterator<char>(in2), std::istreambuf_iterator<char>());
+    } else {
+      text = fs::read_file(path);
+    }
     size_t bom = text.starts_with("\xEF\xBB\xBF") ? 3 : 0;
     if (size_t at = unicode::utf8_find_invalid(text); at != std::string::npos) {
       size_t line_start = text.rfind('\n', at == 0 ? 0 : at - 1);
@@ -195,7 +215,7 @@ void read_records(const std::filesystem::path& path, bool skip_invalid, int64_t*
   size_t lineno = 0;
   bool too_long = false;
   size_t length = 0;
-  while (read_line(in, line, kMaxLineBytes, &too_long, &length)) {
+  while (read_line(in2, line, kMaxLineBytes, &too_long, &length)) {
     ++lineno;
     if (too_long) {
       bad(lineno, "the line is " + std::to_string(length) + " bytes long; a record may have at most " +
@@ -224,6 +244,23 @@ void read_records(const std::filesystem::path& path, bool skip_invalid, int64_t*
     if (batch.size() >= chunk) flush();
   }
   flush();
+}
+
+}  // namespace
+
+void read_records(const Source& source, bool skip_invalid, int64_t* skipped,
+                  const std::function<void(std::vector<Record>&)>& fn, size_t chunk) {
+  for (const DataFile& file : resolve_data_files(source)) {
+    if (file.kind == FileKind::json)
+      read_json(file, skip_invalid, skipped, fn, chunk);
+    else
+      read_arrow_records(file, fn, chunk);
+  }
+}
+
+void read_records(const std::filesystem::path& path, bool skip_invalid, int64_t* skipped,
+                  const std::function<void(std::vector<Record>&)>& fn, size_t chunk) {
+  read_records(Source{path}, skip_invalid, skipped, fn, chunk);
 }
 
 }  // namespace qlora::data
