@@ -10,6 +10,8 @@
 #include <arrow/util/float16.h>
 #include <parquet/arrow/reader.h>
 #include <parquet/exception.h>
+#include <parquet/file_reader.h>
+#include <parquet/metadata.h>
 
 #include <fstream>
 
@@ -285,6 +287,17 @@ void read_arrow_records(const DataFile& file, const std::function<void(std::vect
     case FileKind::json: user_error(name, ": not an Arrow, Parquet or CSV file");
   }
   emit.flush();
+}
+
+uint64_t parquet_data_bytes(const std::filesystem::path& file) {
+  try {
+    auto reader = parquet::ParquetFileReader::OpenFile(file.string(), /*memory_map=*/false);
+    const std::shared_ptr<parquet::FileMetaData> meta = reader->metadata();
+    uint64_t bytes = 0;
+    for (int g = 0; g < meta->num_row_groups(); ++g)
+      bytes += static_cast<uint64_t>(std::max<int64_t>(meta->RowGroup(g)->total_byte_size(), 0));
+    return bytes;
+  } catch (const std::exception&) { return 0; }
 }
 
 }  // namespace qlora::data

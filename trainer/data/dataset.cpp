@@ -10,6 +10,8 @@
 #include <optional>
 
 #include "trainer/common/error.h"
+#include "trainer/data/arrow_source.h"
+#include "trainer/data/data_files.h"
 #include "trainer/data/formats.h"
 #include "trainer/data/records.h"
 #include "trainer/data/scratch.h"
@@ -264,14 +266,20 @@ bool streams(const config::DataSpec& spec) {
   uint64_t bytes = 0;
   for (const auto* list : {&spec.datasets, &spec.test_datasets})
     for (const auto& ds : *list) {
-      std::error_code ec;
-      if (std::filesystem::is_directory(ds.path, ec)) {
-        for (auto it = std::filesystem::recursive_directory_iterator(ds.path, ec);
-             !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec))
-          if (it->is_regular_file(ec)) bytes += it->file_size(ec);
-      } else {
-        const auto n = std::filesystem::file_size(ds.path, ec);
-        if (!ec) bytes += n;
+      std::vector<DataFile> files;
+      try {
+        files = resolve_data_files(Source{ds.path, ds.split, ds.ds_type});
+      } catch (const UserError&) { continue; }  // reading it says what is wrong
+      for (const DataFile& f : files) {
+        std::error_code ec;
+        const uint64_t on_disk = std::filesystem::file_size(f.path, ec);
+        if (ec) continue;
+        // Compressed files count as the data they hold: Parquet's footer says how much; gzip'd
+        // JSON is taken at 4x (text compresses about that much).
+        if (f.kind == FileKind::parquet)
+          bytes += std::max(on_disk, parquet_data_bytes(f.path));
+        else
+          bytes += f.gzip ? 4 * on_disk : on_disk;
       }
     }
   return bytes > kStreamingAutoBytes;

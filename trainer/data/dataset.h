@@ -101,7 +101,8 @@ Datasets build_datasets(const config::DataSpec& spec, const tok::Tokenizer& toke
 inline constexpr uint64_t kStreamingAutoBytes = uint64_t{1} << 30;
 
 // Whether build_datasets streams for `spec`: spec.streaming, else whether the data files exceed
-// kStreamingAutoBytes (a directory counts its files).
+// kStreamingAutoBytes (a directory counts its split's files; a Parquet file counts its
+// uncompressed data, a gzip'd one four times its size).
 bool streams(const config::DataSpec& spec);
 
 // The permutation of [0, n) for `seed` (Fisher-Yates on splitmix64; the same on every platform).
