@@ -52,6 +52,20 @@ class TrainE2E : public ::testing::Test {
     return test::run(test::quote(test::qlora_exe().string()) + " train " + test::quote(cfg.string()) + " " + args);
   }
 
+  // The runs in a/run and b/run trained 8 steps with the same losses, gradient norms and final
+  // adapter, bit for bit.
+  static void expect_same_eight_steps(const stdfs::path& a, const stdfs::path& b) {
+    auto la = losses(a / "run"), lb = losses(b / "run");
+    ASSERT_EQ(la.size(), 8u);
+    ASSERT_EQ(lb.size(), 8u);
+    for (auto& [step, v] : la) {
+      EXPECT_EQ(v.first, lb[step].first) << "loss at step " << step;
+      EXPECT_EQ(v.second, lb[step].second) << "grad norm at step " << step;
+    }
+    EXPECT_EQ(fs::read_file(a / "run/checkpoints/checkpoint-000008/adapter_model.safetensors"),
+              fs::read_file(b / "run/checkpoints/checkpoint-000008/adapter_model.safetensors"));
+  }
+
   // Every file under `dir`, path -> bytes.
   static std::map<std::string, std::string> snapshot(const stdfs::path& dir) {
     std::map<std::string, std::string> m;
@@ -168,15 +182,7 @@ TEST_F(TrainE2E, PreparedDataCacheKeepsRunsAndResumesBitIdentical) {
     ASSERT_EQ(loaded.size(), built.size()) << r->output;
     EXPECT_EQ(loaded[0], built[0]);
   }
-  auto la = losses(a / "run"), lb = losses(b / "run");
-  ASSERT_EQ(la.size(), 8u);
-  ASSERT_EQ(lb.size(), 8u);
-  for (auto& [step, v] : la) {
-    EXPECT_EQ(v.first, lb[step].first) << "loss at step " << step;
-    EXPECT_EQ(v.second, lb[step].second) << "grad norm at step " << step;
-  }
-  EXPECT_EQ(fs::read_file(a / "run/checkpoints/checkpoint-000008/adapter_model.safetensors"),
-            fs::read_file(b / "run/checkpoints/checkpoint-000008/adapter_model.safetensors"));
+  expect_same_eight_steps(a, b);
 
   // A setting of batches, not of the rows, uses the same entry.
   auto c = test::temp_dir("other_batch");
@@ -217,15 +223,7 @@ TEST_F(TrainE2E, StreamingTrainsTheSameRowsAndResumesAcrossTheSetting) {
   test::ProcResult rb2 = train(b / "cfg.yaml", "--resume --set streaming=false");
   ASSERT_EQ(rb2.code, 0) << rb2.output;
   EXPECT_NE(rb2.output.find("resumed from"), std::string::npos) << rb2.output;
-  auto la = losses(a / "run"), lb = losses(b / "run");
-  ASSERT_EQ(la.size(), 8u);
-  ASSERT_EQ(lb.size(), 8u);
-  for (auto& [step, v] : la) {
-    EXPECT_EQ(v.first, lb[step].first) << "loss at step " << step;
-    EXPECT_EQ(v.second, lb[step].second) << "grad norm at step " << step;
-  }
-  EXPECT_EQ(fs::read_file(a / "run/checkpoints/checkpoint-000008/adapter_model.safetensors"),
-            fs::read_file(b / "run/checkpoints/checkpoint-000008/adapter_model.safetensors"));
+  expect_same_eight_steps(a, b);
   EXPECT_TRUE(stdfs::is_empty(scratch)) << "scratch files are unlinked when made";
 }
 
