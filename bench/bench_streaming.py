@@ -13,7 +13,9 @@ The model is the embedded demo model's tokenizer (SentencePiece, 4k vocabulary),
 
 usage (the project's venv python; expects build/qlora):
   ~/.cache/qlora/venv/bin/python bench/bench_streaming.py [--format parquet|jsonl]
-      [--sizes-mb 64,256,1024] [--big-mb 3072] [--out bench/results/streaming.json]
+      [--sizes-mb 64,256,1024] [--big-mb 3072] [--memory-limit-mb N] [--out bench/results/streaming.json]
+With --memory-limit-mb (root, cgroup v1), the largest size also runs inside a memory cgroup limited
+to N MiB, streaming and then in memory: data larger than the memory the process may use.
 """
 import argparse
 import json
@@ -72,7 +74,7 @@ def write_data(path, fmt, n_bytes):
             w.write_table(pa.table({"text": batch}, schema=schema))
 
 
-def run(data, streaming, work):
+def run(data, streaming, work, cgroup=None):
     cfg = os.path.join(work, "cfg.yaml")
     with open(cfg, "w") as f:
         f.write(f"""base_model: {ROOT}/data/demo/model
@@ -89,9 +91,16 @@ output_dir: {work}/run
 """)
     env = dict(os.environ, TMPDIR=work)
     t0 = time.time()
-    p = subprocess.run(["/usr/bin/time", "-v", os.path.join(ROOT, "build", "qlora"), "preprocess", cfg, "--json"],
-                       capture_output=True, text=True, env=env)
+    cmd = ["/usr/bin/time", "-v", os.path.join(ROOT, "build", "qlora"), "preprocess", cfg, "--json"]
+    if cgroup:  # join the memory-limited group, then run
+        cmd = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh"] + cmd
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.time() - t0
+    if cgroup and p.returncode != 0:
+        sig = re.search(r"Command terminated by signal (\d+)", p.stderr)
+        err = [l for l in p.stderr.splitlines() if l.startswith("qlora: error:")]
+        return {"streaming": streaming, "failed": p.returncode, "wall_s": round(wall, 1),
+                "error": f"killed by signal {sig.group(1)}" if sig else (err or ["?"])[-1]}
     if p.returncode != 0:
         raise SystemExit(f"qlora preprocess failed ({p.returncode}):\n{p.stderr[-3000:]}")
     peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1))
@@ -104,6 +113,8 @@ def main():
     ap.add_argument("--format", default="parquet", choices=["parquet", "jsonl"])
     ap.add_argument("--sizes-mb", default="64,256,1024")
     ap.add_argument("--big-mb", type=int, default=3072)
+    ap.add_argument("--memory-limit-mb", type=int, default=0,
+                    help="also run the largest size, both ways, in a cgroup (v1) with this memory limit")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "streaming.json"))
     a = ap.parse_args()
     rows = []
@@ -126,6 +137,24 @@ def main():
                 rows.append({"text_mib": mb, "file_bytes": os.path.getsize(data), "generate_s": round(gen, 1),
                              "streaming": streaming, "peak_rss_bytes": r["peak_rss_bytes"], "wall_s": r["wall_s"],
                              "train": tr})
+            if a.memory_limit_mb and i == len(sizes) - 1:
+                cg = "/sys/fs/cgroup/memory/qlora-bench-streaming"
+                os.makedirs(cg, exist_ok=True)
+                with open(os.path.join(cg, "memory.limit_in_bytes"), "w") as f:
+                    f.write(str(a.memory_limit_mb << 20))
+                try:
+                    for streaming in (True, False):
+                        r = run(data, streaming, work, cgroup=cg)
+                        said = (f"peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB" if "peak_rss_bytes" in r
+                                else f"failed (exit {r['failed']}: {r['error']})")
+                        print(f"{mb} MiB text under a {a.memory_limit_mb} MiB memory limit, streaming={streaming}: "
+                              f"{said}, {r['wall_s']} s", flush=True)
+                        rows.append({"text_mib": mb, "file_bytes": os.path.getsize(data),
+                                     "memory_limit_bytes": a.memory_limit_mb << 20, "streaming": streaming,
+                                     **{k: v for k, v in r.items() if k not in ("report", "streaming")},
+                                     "train": r.get("report", {}).get("train", {})})
+                finally:
+                    os.rmdir(cg)
             if len(got) == 2:
                 fa = got[False]["report"].get("train", {}).get("fingerprint")
                 fb = got[True]["report"].get("train", {}).get("fingerprint")
@@ -135,7 +164,8 @@ def main():
             shutil.rmtree(os.path.join(work, "run"), ignore_errors=True)
     out = {"bench": "streaming tokenization (qlora preprocess)", "machine": machine(), "format": a.format,
            "command": f"~/.cache/qlora/venv/bin/python bench/bench_streaming.py --format {a.format} "
-                      f"--sizes-mb {a.sizes_mb} --big-mb {a.big_mb}",
+                      f"--sizes-mb {a.sizes_mb} --big-mb {a.big_mb}"
+                      + (f" --memory-limit-mb {a.memory_limit_mb}" if a.memory_limit_mb else ""),
            "rows": rows}
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:

@@ -101,7 +101,7 @@ TEST_F(ArrowData, WhereNamesTheFileAndRow) {
 TEST_F(ArrowData, ParquetChatGivesTheSameDataAsJsonl) {
   qlora::test::FakeTokenizer tk(false, true, /*eos=*/"<|im_end|>");
   Datasets from_jsonl = build_datasets(chat_spec((*g_dir / "chat.jsonl").string()), tk);
-  for (const stdfs::path p : {*g_dir / "chat.parquet", *g_dir / "file.arrow", *g_dir / "saved"}) {
+  for (const stdfs::path& p : {*g_dir / "chat.parquet", *g_dir / "file.arrow", *g_dir / "saved"}) {
     SCOPED_TRACE(p.string());
     Datasets d = build_datasets(chat_spec(p.string()), tk);
     EXPECT_EQ(d.train->fingerprint, from_jsonl.train->fingerprint);
