@@ -11,6 +11,7 @@
 #include <fstream>
 
 #include "tests/common/harness.h"
+#include "tests/train/fixture_config.h"
 #include "trainer/common/fs.h"
 
 using namespace qlora;
@@ -30,17 +31,7 @@ class TensorBoard : public ::testing::Test {
   static void TearDownTestSuite() { delete g_fix; }
 
   static stdfs::path write_config(const stdfs::path& dir, const std::string& extra) {
-    const stdfs::path f = *g_fix;
-    std::ofstream o(dir / "cfg.yaml");
-    o << "base_model: " << (f / "model").string() << "\n"
-      << "adapter: qlora\nlora_r: 8\nlora_alpha: 16\nlora_dropout: 0.1\nlora_target_linear: true\n"
-      << "sequence_len: 256\nmicro_batch_size: 2\ngradient_accumulation_steps: 2\nmax_steps: 8\n"
-      << "learning_rate: 0.002\nlr_scheduler: cosine\nwarmup_steps: 2\n"
-      << "datasets:\n  - path: " << (f / "train.jsonl").string() << "\n    type: alpaca\n"
-      << "test_datasets:\n  - path: " << (f / "eval.jsonl").string() << "\n    type: alpaca\n"
-      << "eval_steps: 3\nsave_steps: 3\noutput_dir: " << (dir / "run").string() << "\n"
-      << extra;
-    return dir / "cfg.yaml";
+    return test::write_fixture_config(*g_fix, dir, "save_steps: 3\n" + extra);
   }
 
   static test::ProcResult train(const stdfs::path& cfg, const std::string& args = "") {

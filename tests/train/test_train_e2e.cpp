@@ -14,6 +14,7 @@
 #include <tuple>
 
 #include "tests/common/harness.h"
+#include "tests/train/fixture_config.h"
 #include "trainer/common/fs.h"
 
 using namespace qlora;
@@ -35,17 +36,7 @@ class TrainE2E : public ::testing::Test {
   // A config for the fixture; `extra` lines are appended (later keys are not allowed to repeat,
   // so tests pass overrides with --set instead).
   stdfs::path write_config(const stdfs::path& dir, const std::string& extra = "") {
-    const stdfs::path f = *g_fix;
-    std::ofstream o(dir / "cfg.yaml");
-    o << "base_model: " << (f / "model").string() << "\n"
-      << "adapter: qlora\nlora_r: 8\nlora_alpha: 16\nlora_dropout: 0.1\nlora_target_linear: true\n"
-      << "sequence_len: 256\nmicro_batch_size: 2\ngradient_accumulation_steps: 2\nmax_steps: 8\n"
-      << "learning_rate: 0.002\nlr_scheduler: cosine\nwarmup_steps: 2\n"
-      << "datasets:\n  - path: " << (f / "train.jsonl").string() << "\n    type: alpaca\n"
-      << "test_datasets:\n  - path: " << (f / "eval.jsonl").string() << "\n    type: alpaca\n"
-      << "eval_steps: 3\noutput_dir: " << (dir / "run").string() << "\n"
-      << extra;
-    return dir / "cfg.yaml";
+    return test::write_fixture_config(*g_fix, dir, extra);
   }
 
   static test::ProcResult train(const stdfs::path& cfg, const std::string& args = "") {
