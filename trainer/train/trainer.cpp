@@ -21,6 +21,7 @@
 #include <memory>
 #include <new>
 
+#include "kernels/host_cache.h"
 #include "kernels/step_profile.h"
 #include "trainer/common/bytes.h"
 #include "trainer/common/error.h"
@@ -894,6 +895,17 @@ int train(Session& s, Clock::time_point t_start) {
   if (s.is_main()) commit_run_dir(cfg);
   if (!s.resume_from.empty()) resume(s);
   if (s.last_saved >= 0) g_last_checkpoint = s.resume_from.string();
+  // Step temporaries reuse their memory from step to step (kernels/host_cache.h); off again
+  // when training returns, so export and merge hand their memory back as before.
+  struct HostCacheScope {
+    bool on = !(std::getenv("QLORA_HOST_CACHE") && std::string_view(std::getenv("QLORA_HOST_CACHE")) == "0");
+    HostCacheScope() {
+      if (on) kernels::enable_host_cache();
+    }
+    ~HostCacheScope() {
+      if (on) kernels::disable_host_cache();
+    }
+  } host_cache;
   g_phase = "evaluating";
   start_loop(s, s.resume_from);
   apply_test_memory_limit();
