@@ -855,30 +855,37 @@ TEST(ChunkedCrossEntropy, EqualsFullCrossEntropy) {
   at::manual_seed(0);
   // softcap 3: most of the logits (about N(0, 24)) saturate; the cap's gradient is the chunked
   // backward's own, the full version's is autograd's.
-  for (double softcap : {0.0, 3.0})
-    for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
-      SCOPED_TRACE(std::string(c10::toString(dt)) + " softcap " + std::to_string(softcap));
-      at::Tensor h0 = at::randn({37, 24}).to(dt);
-      at::Tensor w = at::randn({101, 24}).to(dt);
-      at::Tensor y = at::randint(101, {37}, at::kLong);
-      at::Tensor h1 = h0.clone().requires_grad_(true), h2 = h0.clone().requires_grad_(true);
-      // a trained output head (lora_modules_to_save: lm_head) gets its gradient as well
-      at::Tensor w1 = w.clone().requires_grad_(true), w2 = w.clone().requires_grad_(true);
-      at::Tensor a = model::chunked_cross_entropy_sum(h1, w1, y, 5, softcap);
-      at::Tensor b = model::full_cross_entropy_sum(h2, w2, y, softcap);
-      if (softcap > 0) {  // the cap bites
-        EXPECT_GT(std::abs(b.item<double>() - model::full_cross_entropy_sum(h0, w, y).item<double>()),
-                  0.1 * std::abs(b.item<double>()));
+  // A frozen head takes the fused path (the gradient made in forward); a trained one (lora_modules_to_save:
+  // lm_head) the recomputing backward, which also gives the head its gradient.
+  for (bool trained_head : {false, true})
+    for (double softcap : {0.0, 3.0})
+      for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
+        SCOPED_TRACE(std::string(c10::toString(dt)) + " softcap " + std::to_string(softcap) +
+                     (trained_head ? " trained head" : " frozen head"));
+        at::Tensor h0 = at::randn({37, 24}).to(dt);
+        at::Tensor w = at::randn({101, 24}).to(dt);
+        at::Tensor y = at::randint(101, {37}, at::kLong);
+        at::Tensor h1 = h0.clone().requires_grad_(true), h2 = h0.clone().requires_grad_(true);
+        at::Tensor w1 = w.clone().requires_grad_(trained_head), w2 = w.clone().requires_grad_(trained_head);
+        at::Tensor a = model::chunked_cross_entropy_sum(h1, w1, y, 5, softcap);
+        at::Tensor b = model::full_cross_entropy_sum(h2, w2, y, softcap);
+        if (softcap > 0) {  // the cap bites
+          EXPECT_GT(std::abs(b.item<double>() - model::full_cross_entropy_sum(h0, w, y).item<double>()),
+                    0.1 * std::abs(b.item<double>()));
+        }
+        EXPECT_EQ(a.scalar_type(), at::kFloat);
+        EXPECT_NEAR(a.item<double>(), b.item<double>(), 1e-5 * std::abs(b.item<double>()));
+        (a * 0.7).backward();
+        (b * 0.7).backward();
+        EXPECT_LE(test::rel_err(h1.grad(), h2.grad()), dt == at::kFloat ? 1e-5 : 1e-2);
+        if (!trained_head) {
+          EXPECT_FALSE(w1.grad().defined());
+          continue;
+        }
+        ASSERT_TRUE(w1.grad().defined());
+        EXPECT_EQ(w1.grad().scalar_type(), dt);
+        EXPECT_LE(test::rel_err(w1.grad(), w2.grad()), dt == at::kFloat ? 1e-5 : 1e-2);
       }
-      EXPECT_EQ(a.scalar_type(), at::kFloat);
-      EXPECT_NEAR(a.item<double>(), b.item<double>(), 1e-5 * std::abs(b.item<double>()));
-      (a * 0.7).backward();
-      (b * 0.7).backward();
-      EXPECT_LE(test::rel_err(h1.grad(), h2.grad()), dt == at::kFloat ? 1e-5 : 1e-2);
-      ASSERT_TRUE(w1.grad().defined());
-      EXPECT_EQ(w1.grad().scalar_type(), dt);
-      EXPECT_LE(test::rel_err(w1.grad(), w2.grad()), dt == at::kFloat ? 1e-5 : 1e-2);
-    }
   // A frozen weight gets none.
   at::Tensor h = at::randn({9, 8}).requires_grad_(true), w = at::randn({13, 8});
   model::chunked_cross_entropy_sum(h, w, at::randint(13, {9}, at::kLong), 4).backward();

@@ -21,14 +21,38 @@ struct ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntrop
                             const at::Tensor& targets, int64_t chunk, double softcap) {
     const int64_t n = hidden.size(0);
     at::Tensor total = at::zeros({}, hidden.options().dtype(at::kFloat));
+    // With a frozen weight (the usual case: lm_head is not trained) the gradient of the summed
+    // loss with respect to hidden is made here, from the logits already in hand: d(sum)/dhidden
+    // = (softmax(l) - onehot(y)) W, which backward only scales by the incoming gradient. That
+    // saves recomputing every chunk's logits (a third of the lm_head's products) and a pass over
+    // them; what is kept is dh [N, H], no bigger than hidden.
+    const bool fused = hidden.requires_grad() && !weight.requires_grad();
+    at::Tensor dh = fused ? at::empty_like(hidden) : at::Tensor();
     for (int64_t s = 0; s < n; s += chunk) {
       const int64_t e = std::min(n, s + chunk);
-      at::Tensor logits = chunk_logits(hidden.slice(0, s, e), weight, softcap);  // [c, V]
+      at::Tensor logits = at::matmul(hidden.slice(0, s, e), weight.t()).to(at::kFloat);  // [c, V]
+      at::Tensor t;  // tanh(l / softcap) when capped
+      if (softcap > 0) {
+        t = at::tanh(logits / softcap);
+        logits = t * softcap;
+      }
       at::Tensor lse = at::logsumexp(logits, 1);
-      at::Tensor picked = logits.gather(1, targets.slice(0, s, e).unsqueeze(1)).squeeze(1);
+      const at::Tensor y = targets.slice(0, s, e).unsqueeze(1);
+      at::Tensor picked = logits.gather(1, y).squeeze(1);
       total.add_((lse - picked).sum());
+      if (!fused) continue;
+      // softmax in place: exp(l - lse), then - onehot(y)
+      at::Tensor p = logits.sub_(lse.unsqueeze(1)).exp_();
+      p.scatter_add_(1, y, at::full(y.sizes(), -1.0, p.options()));
+      if (softcap > 0) p.mul_(1 - t.square_());  // d(c tanh(l / c))/dl = 1 - tanh²
+      dh.slice(0, s, e).copy_(at::matmul(p.to(hidden.scalar_type()), weight));
     }
-    ctx->save_for_backward({hidden, weight, targets});
+    if (fused) {
+      ctx->save_for_backward({dh});
+    } else {
+      ctx->save_for_backward({hidden, weight, targets});
+    }
+    ctx->saved_data["fused"] = fused;
     ctx->saved_data["chunk"] = chunk;
     ctx->saved_data["softcap"] = softcap;
     return total;
@@ -36,6 +60,10 @@ struct ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntrop
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     auto saved = ctx->get_saved_variables();
+    if (ctx->saved_data["fused"].toBool()) {
+      at::Tensor dh = saved[0];
+      return {dh.mul(grad_outputs[0].to(dh.scalar_type())), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    }
     const at::Tensor& hidden = saved[0];
     const at::Tensor& weight = saved[1];
     const at::Tensor& targets = saved[2];

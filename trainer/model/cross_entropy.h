@@ -18,8 +18,10 @@ struct LossSum {
 // sum over rows i of  logsumexp(l_i) - l_i[targets_i],  l = hidden @ weight^T computed in
 // hidden's dtype then cast to float32 (as transformers does), `chunk_tokens` rows at a time.
 // hidden [N, H] (only rows that have a target), weight [V, H], targets int64 [N] in [0, V).
-// Backward recomputes each chunk's logits; memory beyond the inputs is one chunk of fp32 logits
-// (and, when the weight requires grad (a trained lm_head), its fp32 gradient [V, H]).
+// With a frozen weight the forward also makes the gradient with respect to hidden from each
+// chunk's logits (kept as [N, H] until backward scales it); with a trained weight (lm_head in
+// lora_modules_to_save) backward recomputes each chunk's logits and also makes the weight's fp32
+// gradient [V, H]. Memory beyond the inputs is one chunk of fp32 logits.
 // softcap > 0: the logits are soft-capped first, l = softcap * tanh(l / softcap) (Gemma's
 // final_logit_softcapping), in the forward and in the gradient.
 at::Tensor chunked_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
