@@ -117,11 +117,50 @@ def hf_worker(a):
         losses.append(loss.item())
         step_s.append(time.perf_counter() - ts)
         tokens.append(int(mask.sum()))
-    print(json.dumps({"import_s": t_import, "load_s": t_load, "rows_checked": checked,
+    profile = None
+    if getattr(a, "profile_step", 0):
+        profile = profile_one_step(model, params, opt, sched, batches, steps - 1)
+    print(json.dumps({"import_s": t_import, "load_s": t_load, "rows_checked": checked, "profile": profile,
                       "trainable": sum(p.numel() for p in params), "rss_after_load_bytes": rss_loaded,
                       "step_s": step_s, "tokens": tokens, "loss": losses,
                       "versions": {m: __import__(m).__version__ for m in
                                    ("torch", "transformers", "peft", "bitsandbytes")}}))
+
+
+def profile_one_step(model, params, opt, sched, batches, k):
+    """One more step on batch k: forward + backward under torch.profiler, self CPU time per op
+    grouped into parts (seconds), and the clipping + optimizer step timed around it."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    ids, labels, mask = (batches[f"{n}_{k}"] for n in ("input_ids", "labels", "attention_mask"))
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
+        loss.backward()
+    t1 = time.perf_counter()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad()
+    t2 = time.perf_counter()
+    rules = [("loss", ("cross_entropy", "log_softmax", "nll_loss", "logsumexp")),
+             ("attention", ("scaled_dot_product", "flash_attention", "efficient_attention", "softmax")),
+             ("dequantize", ("bitsandbytes", "dequantize", "bnb")),
+             ("gemm", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
+                       "aten::_mm")),
+             ("norm_act_elementwise", ("aten::mul", "aten::add", "aten::pow", "aten::mean", "aten::rsqrt", "aten::silu",
+                                       "aten::neg", "aten::cat", "aten::sum", "aten::div", "aten::copy_", "aten::to",
+                                       "aten::_to_copy", "aten::dropout", "aten::bernoulli", "aten::fill_",
+                                       "aten::zero", "aten::cos", "aten::sin", "aten::where", "aten::exp"))]
+    parts = {name: 0.0 for name, _ in rules}
+    parts["other"] = 0.0
+    for e in prof.key_averages():
+        name = e.key
+        part = next((p for p, keys in rules if any(x in name for x in keys)), "other")
+        parts[part] += e.self_cpu_time_total / 1e6
+    return {"forward_backward_s": t1 - t0, "optimizer_s": t2 - t1, "parts_s": parts,
+            "note": "self CPU time per op of one profiled forward+backward, grouped by op name; the lm_head's "
+                    "product counts under gemm; 'softmax' ops under attention"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +279,7 @@ def main():
         for k, t in (("threads", int), ("r", int), ("alpha", float), ("dropout", float), ("lr", float),
                      ("warmup", int), ("total-steps", int), ("seq-len", int), ("seed", int)):
             ap.add_argument("--" + k, type=t, required=True)
+        ap.add_argument("--profile-step", type=int, default=0)
         return hf_worker(ap.parse_args(sys.argv[2:]))
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
