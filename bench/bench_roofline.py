@@ -245,6 +245,7 @@ profiler_steps_start: {steps - 2}
     btc.sh([os.path.join(BUILD, "bench", "bench_train_cpu_batches"), cfg, str(steps), batches])
 
     # Ours.
+    load_before = os.getloadavg()[0]
     stdout, rss, wall = btc.timed([os.path.join(BUILD, "qlora"), "train", cfg], env)
     rows = [json.loads(l) for l in open(os.path.join(out_dir, "metrics.jsonl"))]
     rows = [r for r in rows if "loss" in r and "step" in r]
@@ -253,7 +254,6 @@ profiler_steps_start: {steps - 2}
     prof = json.load(open(os.path.join(out_dir, "profile_breakdown.json")))
 
     # Reference: the same batches; then one profiled step.
-    import yaml  # noqa: F401  (the worker's dependency, checked early)
     ref_cmd = [sys.executable, os.path.join(ROOT, "bench", "bench_train_cpu.py"), "hf", "--model", model_dir,
                "--tokenizer", model_dir, "--batches", batches, "--train", data, "--threads", str(a.threads),
                "--adapter", "qlora", "--r", str(LORA_R), "--alpha", str(LORA_ALPHA), "--dropout", str(LORA_DROPOUT),
@@ -288,7 +288,7 @@ profiler_steps_start: {steps - 2}
         "measured_steps": [k + 1 for k in measured], "tokens_per_step": tokens[measured[0]],
         "targets_per_step": targets[measured[0]], "gflop_per_step": flops[measured[0]] / 1e9,
         "gflop_per_step_parts": {k: v / 1e9 for k, v in parts.items()},
-        "loadavg_before": os.getloadavg()[0],
+        "loadavg_before": load_before,
         "ours": dict(o, peak_rss_bytes=rss, process_wall_s=wall, step_s=ours_step_s,
                      loss=[x["loss"] for x in rows], profile=prof),
         "reference": dict(r, peak_rss_bytes=rss_ref, process_wall_s=wall_ref, step_s=ref["step_s"],

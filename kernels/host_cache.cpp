@@ -2,7 +2,6 @@
 
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
-#include <c10/core/alignment.h>
 #include <c10/core/impl/alloc_cpu.h>
 #include <unistd.h>
 
@@ -24,6 +23,11 @@ struct Block {
 
 class HostCache final : public c10::Allocator {
  public:
+  static HostCache& instance() {
+    static HostCache* c = new HostCache();  // never destroyed: tensors may outlive static destructors
+    return *c;
+  }
+
   c10::DataPtr allocate(size_t n) override {
     if (n < kMinCachedBytes) return c10::GetDefaultCPUAllocator()->allocate(n);
     const size_t size = host_cache_class_size(n);
@@ -128,16 +132,8 @@ class HostCache final : public c10::Allocator {
     }
   }
 
- private:
   static void deleter(void* ctx) { instance().give_back(static_cast<Block*>(ctx)); }
 
- public:
-  static HostCache& instance() {
-    static HostCache* c = new HostCache();  // never destroyed: tensors may outlive static destructors
-    return *c;
-  }
-
- private:
   std::mutex mu_;
   std::map<size_t, std::vector<void*>> free_;
   uint64_t cached_ = 0, in_use_ = 0, hits_ = 0, misses_ = 0, limit_ = 0;

@@ -12,9 +12,11 @@
 // of two, so at most 25% over, and pages of the tail that are never touched are never resident);
 // on free it goes onto its class's free list, and the next request of that class takes it. A
 // step allocates the same sizes every step, so after the first step nearly every request is a
-// hit. Freed bytes beyond `limit` are handed back at once, so the cache cannot grow without
-// bound when shapes change (variable-length batches, evaluation). Smaller blocks go to the
-// default CPU allocator. Thread-safe (row shards allocate side by side); no effect on numerics:
+// hit. A request that finds its list empty first hands back at least as many idle bytes (largest
+// classes first), so the resident memory (bytes in use + cached) rises only when the bytes in use
+// pass what the process already held: the peak stays the peak without the cache, also when
+// shapes change (variable-length batches, evaluation). Freed bytes beyond `limit` are handed back
+// at once. Smaller blocks go to the default CPU allocator. Thread-safe (row shards allocate side by side); no effect on numerics:
 // a tensor from `at::empty` was never promised to be zeroed.
 #pragma once
 #include <cstddef>

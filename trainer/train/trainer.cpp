@@ -898,7 +898,8 @@ int train(Session& s, Clock::time_point t_start) {
   // Step temporaries reuse their memory from step to step (kernels/host_cache.h); off again
   // when training returns, so export and merge hand their memory back as before.
   struct HostCacheScope {
-    bool on = !(std::getenv("QLORA_HOST_CACHE") && std::string_view(std::getenv("QLORA_HOST_CACHE")) == "0");
+    const char* env = std::getenv("QLORA_HOST_CACHE");
+    bool on = !(env && std::string_view(env) == "0");
     HostCacheScope() {
       if (on) kernels::enable_host_cache();
     }
