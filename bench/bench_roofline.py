@@ -11,7 +11,7 @@ transformers + peft + bitsandbytes on Llama shapes of about 125M, 350M and 1B pa
 2. Each case trains a random Llama made here by transformers (bf16 safetensors, the demo's
    tokenizer) for --steps steps, batch B x T, LoRA r 8 alpha 16 dropout 0.05 on all linear layers,
    NF4 double-quant base, fp32 compute, AdamW, chat data whose answers fill every row (no padding;
-   the prompt is masked), once with `qlora train` and once with the reference
+   the prompt is masked; the `-varied` cases instead have rows of any length, padded per batch), once with `qlora train` and once with the reference
    (bench/bench_train_cpu.py's worker: the same batches, checked against the HF tokenizer).
    Peak RSS of each process under /usr/bin/time -v. qlora's last two steps run its step profiler
    (profile_breakdown.json: base products, LoRA, attention, norms/activations, loss, optimizer);
@@ -63,6 +63,9 @@ CASES = {  # name: (model, sequence_len, micro_batch_size)
     "350m-s128": ("350m", 128, 4),
     "350m-s512": ("350m", 512, 2),
     "1b-s128": ("1b", 128, 4),
+    # Rows of varied length, as SFT data has: batches padded to their longest row.
+    "125m-s128-varied": ("125m", 128, 4),
+    "350m-s128-varied": ("350m", 128, 4),
 }
 LORA_R, LORA_ALPHA, LORA_DROPOUT = 8, 16, 0.05
 
@@ -160,14 +163,17 @@ WORDS = ("the of and to in is was for on that with as by at from his her it an w
          "state team part many most such university until march april june january early later second").split()
 
 
-def make_data(path, seq_len, n=600):
-    """Chat records whose prompt is short and whose answer is longer than seq_len tokens."""
+def make_data(path, seq_len, varied, n=600):
+    """Chat records whose prompt is short and whose answer is longer than seq_len tokens, or
+    (varied) of 3 to seq_len / 3 words, so that rows end anywhere between the prompt and
+    sequence_len."""
     import random
     rnd = random.Random(seq_len)
     with open(path, "w") as f:
         for _ in range(n):
             u = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(8, 24)))
-            a = " ".join(rnd.choice(WORDS) for _ in range(seq_len))
+            words = rnd.randint(3, max(4, seq_len // 3)) if varied else seq_len
+            a = " ".join(rnd.choice(WORDS) for _ in range(words))
             f.write(json.dumps({"messages": [{"role": "user", "content": u},
                                              {"role": "assistant", "content": a}]}) + "\n")
 
@@ -202,9 +208,10 @@ def run_case(name, a, work, probe):
         print(f"  made {model_name}: {params / 1e6:.0f}M parameters in {time.perf_counter() - t0:.0f} s", flush=True)
         json.dump({"parameters": params}, open(os.path.join(model_dir, "bench.json"), "w"))
     params = json.load(open(os.path.join(model_dir, "bench.json")))["parameters"]
-    data = os.path.join(work, f"data-{seq}.jsonl")
+    varied = name.endswith("-varied")
+    data = os.path.join(work, f"data-{seq}{'-varied' if varied else ''}.jsonl")
     if not os.path.exists(data):
-        make_data(data, seq)
+        make_data(data, seq, varied)
     steps = a.steps + 2  # the last two steps run the profiler
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
     out_dir = os.path.join(work, f"run-{name}")
@@ -285,6 +292,7 @@ profiler_steps_start: {steps - 2}
     res = {
         "case": name, "model": model_name, "parameters": params, "vocab_size": spec["vocab_size"],
         "sequence_len": seq, "micro_batch_size": batch, "threads": a.threads, "steps": steps,
+        "probe_peak_gflops": probe["peak_gflops"],
         "measured_steps": [k + 1 for k in measured], "tokens_per_step": tokens[measured[0]],
         "targets_per_step": targets[measured[0]], "gflop_per_step": flops[measured[0]] / 1e9,
         "gflop_per_step_parts": {k: v / 1e9 for k, v in parts.items()},
@@ -309,7 +317,7 @@ def main():
         return probe_worker(int(sys.argv[2]))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--cases", default=",".join(c for c in CASES if not c.endswith("-varied")))
     ap.add_argument("--steps", type=int, default=6, help="timed steps (plus two profiled ones)")
     ap.add_argument("--skip", type=int, default=2, help="first steps left out of tokens/s")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "roofline_cpu.json"))
@@ -332,7 +340,7 @@ def main():
            "commit": commit, "machine": btc.machine(), "python": platform.python_version(),
            "setup": {"lora": f"r {LORA_R}, alpha {LORA_ALPHA}, dropout {LORA_DROPOUT}, all linear layers",
                      "base": "NF4, double quant, blocksize 64, fp32 compute", "optimizer": "AdamW fp32, wd 0",
-                     "data": "generated chat records, answers longer than sequence_len (no padding), prompt masked",
+                     "data": "generated chat records, answers longer than sequence_len (no padding), prompt masked; -varied cases: answers of 3 to sequence_len / 3 words, batches padded to their longest row",
                      "models": MODELS, "cases": CASES, "skip": a.skip},
            "probe": probe, "runs": runs}
     if "notes" in old:
