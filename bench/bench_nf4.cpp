@@ -5,13 +5,20 @@
 //   linear       nf4_linear (x fp32 [M, K] @ W^T, W NF4+DQ) next to dense fp32 at::matmul on the
 //                pre-dequantized weight; M in {1, 16, 512}, (N, K) in {(2048, 2048), (11008, 4096)};
 //                likewise nf4_linear_grad_input vs at::matmul(dy, W)
+//   lora_r8      LoRA's four rank-8 products per linear (x A^T, dy B, dy^T h, g^T x) through
+//                skinny_mm next to at::mm, on the linear shapes
 // Plain timer loops (median of repeats after warm-up), JSON to --out (scripts/bench-nf4.sh adds
-// the bitsandbytes peer and the machine description). Usage: bench_nf4 [--out FILE] [--quick]
+// the bitsandbytes peer and the machine description).
+// Usage: bench_nf4 [--out FILE] [--quick] [--threads T] [--shape M,N,K ...]
+//   --shape (repeatable) runs only the linear comparison, on the given shapes (for example the
+//   per-shard shapes of a training step: M = rows per shard, N = out_features, K = in_features).
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -52,10 +59,25 @@ double median_seconds(const std::function<void()>& fn, int reps) {
 int main(int argc, char** argv) {
   std::string out_path;
   bool quick = false;
+  std::vector<std::array<int64_t, 3>> shapes;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
     if (!std::strcmp(argv[i], "--quick")) quick = true;
+    if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) at::set_num_threads(std::atoi(argv[++i]));
+    if (!std::strcmp(argv[i], "--shape") && i + 1 < argc) {
+      long long m = 0, n = 0, k = 0;
+      if (std::sscanf(argv[++i], "%lld,%lld,%lld", &m, &n, &k) != 3 || m < 1 || n < 1 || k < 1) {
+        std::fprintf(stderr, "bench_nf4: --shape expects M,N,K (positive integers), got '%s'\n", argv[i]);
+        return 2;
+      }
+      shapes.push_back({m, n, k});
+    }
   }
+  const bool only_linear = !shapes.empty();
+  if (shapes.empty())
+    for (int64_t M : {1, 16, 512})
+      for (auto [N, K] : std::vector<std::pair<int64_t, int64_t>>{{2048, 2048}, {11008, 4096}})
+        shapes.push_back({M, N, K});
   const int reps = quick ? 3 : 7;
   at::manual_seed(0);
   const int threads = at::get_num_threads();
@@ -64,7 +86,8 @@ int main(int argc, char** argv) {
   std::printf("threads %d, isa %s\n\n%-12s %-5s %9s %9s %12s %12s %7s\n", threads, cpu_isa_name(), "dequantize", "out",
               "ms", "GB/s", "memcpy GB/s", "memcpy(par)", "ratio");
   bool first = true;
-  for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{4096, 4096}, {11008, 4096}}) {
+  for (auto [rows, cols] : only_linear ? std::vector<std::pair<int64_t, int64_t>>{}
+                                       : std::vector<std::pair<int64_t, int64_t>>{{4096, 4096}, {11008, 4096}}) {
     NF4Tensor w = nf4_quantize(at::randn({rows, cols}) * 0.02, 64, true);
     for (at::ScalarType t : {at::kFloat, at::kBFloat16, at::kHalf}) {
       at::Tensor out = at::empty({rows, cols}, t).fill_(0);  // pages touched before timing
@@ -97,20 +120,21 @@ int main(int argc, char** argv) {
     }
   }
   json += "\n  ],\n  \"linear\": [\n";
-  std::printf("\n%-18s %10s %10s %7s %10s %10s %7s\n", "linear M,N,K", "nf4 ms", "dense ms", "ratio", "bwd ms",
-              "dense ms", "ratio");
+  std::printf("\n%-18s %10s %10s %7s %10s %10s %7s %8s\n", "linear M,N,K", "nf4 ms", "dense ms", "ratio", "bwd ms",
+              "dense ms", "ratio", "GFLOP/s");
   first = true;
-  for (auto [N, K] : std::vector<std::pair<int64_t, int64_t>>{{2048, 2048}, {11008, 4096}}) {
+  for (auto [M, N, K] : shapes) {
     NF4Tensor w = nf4_quantize(at::randn({N, K}) * 0.02, 64, true);
     at::Tensor W = nf4_dequantize(w, at::kFloat);
-    for (int64_t M : {1, 16, 512}) {
+    {
       at::Tensor x = at::randn({M, K}), dy = at::randn({M, N});
       const double s_f = median_seconds([&] { (void)nf4_linear(x, w); }, reps);
       const double s_fd = median_seconds([&] { (void)at::matmul(x, W.t()); }, reps);
       const double s_b = median_seconds([&] { (void)nf4_linear_grad_input(dy, w); }, reps);
       const double s_bd = median_seconds([&] { (void)at::matmul(dy, W); }, reps);
-      std::printf("%4lld,%6lld,%5lld  %10.3f %10.3f %7.2f %10.3f %10.3f %7.2f\n", (long long)M, (long long)N,
-                  (long long)K, s_f * 1e3, s_fd * 1e3, s_f / s_fd, s_b * 1e3, s_bd * 1e3, s_b / s_bd);
+      std::printf("%4lld,%6lld,%5lld  %10.3f %10.3f %7.2f %10.3f %10.3f %7.2f %8.1f\n", (long long)M, (long long)N,
+                  (long long)K, s_f * 1e3, s_fd * 1e3, s_f / s_fd, s_b * 1e3, s_bd * 1e3, s_b / s_bd,
+                  4.0 * M * N * K / (s_f + s_b) / 1e9);
       char buf[512];
       std::snprintf(buf, sizeof buf,
                     "%s    {\"M\": %lld, \"N\": %lld, \"K\": %lld, \"nf4_ms\": %.4f, \"dense_fp32_ms\": %.4f, "
@@ -121,6 +145,39 @@ int main(int argc, char** argv) {
       json += buf;
       first = false;
     }
+  }
+  // LoRA's rank-8 products on the same shapes (x [M, K], dy [M, N]): h = x A^T, g = dy B,
+  // dB = dy^T h, dA = g^T x, through skinny_mm next to at::mm.
+  json += "\n  ],\n  \"lora_r8\": [\n";
+  std::printf("\n%-18s %12s %12s %7s\n", "lora r8 M,N,K", "skinny us", "at::mm us", "ratio");
+  first = true;
+  for (auto [M, N, K] : shapes) {
+    const int64_t r = 8;
+    at::Tensor x = at::randn({M, K}), dy = at::randn({M, N}), A = at::randn({r, K}), B = at::randn({N, r});
+    at::Tensor h = at::randn({M, r}), g = at::randn({M, r});
+    const double s_sk = median_seconds(
+        [&] {
+          (void)skinny_mm(x, A.t());
+          (void)skinny_mm(dy, B, 2.0);
+          (void)skinny_mm(dy.t(), h, 2.0);
+          (void)skinny_mm(x.t(), g);
+        },
+        reps);
+    const double s_mm = median_seconds(
+        [&] {
+          (void)at::mm(x, A.t());
+          (void)at::mm(dy, B).mul_(2.0);
+          (void)at::mm(dy.t(), h).mul_(2.0);
+          (void)at::mm(g.t(), x);
+        },
+        reps);
+    std::printf("%4lld,%6lld,%5lld  %12.1f %12.1f %7.2f\n", (long long)M, (long long)N, (long long)K, s_sk * 1e6,
+                s_mm * 1e6, s_sk / s_mm);
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "%s    {\"M\": %lld, \"N\": %lld, \"K\": %lld, \"skinny_us\": %.1f, \"at_mm_us\": %.1f}",
+                  first ? "" : ",\n", (long long)M, (long long)N, (long long)K, s_sk * 1e6, s_mm * 1e6);
+    json += buf;
+    first = false;
   }
   json += "\n  ]\n}\n";
   if (!out_path.empty()) {

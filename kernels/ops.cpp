@@ -153,6 +153,14 @@ void hashed_dropout_add_(at::Tensor& acc, const at::Tensor& x, double p, uint64_
   acc.add_(hashed_dropout(x, p, seed));
 }
 
+at::Tensor skinny_mm(const at::Tensor& x, const at::Tensor& w, double alpha) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(0),
+              "skinny_mm: expected x [rows, len] and w [len, r], got ", x.sizes(), " and ", w.sizes());
+  if (cpu_kernel_applies(x) && cpu_kernel_applies(w)) return cpu::skinny_mm_cpu(x.detach(), w.detach(), alpha);
+  at::Tensor out = at::mm(x, w);
+  return alpha == 1.0 ? out : out.mul_(alpha);
+}
+
 at::Tensor nf4_code_table() {
   return at::tensor(std::vector<float>(std::begin(nf4::kCodes), std::end(nf4::kCodes)), at::kFloat);
 }

@@ -370,6 +370,32 @@ void hashed_dropout_cpu(const at::Tensor& x, double p, uint64_t seed, at::Tensor
   });
 }
 
+at::Tensor skinny_mm_cpu(const at::Tensor& x, const at::Tensor& w_in, double alpha) {
+  TORCH_CHECK(x.dim() == 2 && w_in.dim() == 2 && x.size(1) == w_in.size(0) && x.scalar_type() == at::kFloat &&
+                  w_in.scalar_type() == at::kFloat && x.is_cpu() && w_in.is_cpu(),
+              "skinny_mm_cpu: expected float32 CPU matrices x [rows, len] and w [len, r]");
+  const at::Tensor w = w_in.contiguous();
+  const int64_t rows = x.size(0), len = x.size(1), r = w.size(1);
+  at::Tensor out = at::empty({rows, r}, at::kFloat);
+  if (rows == 0 || r == 0) return out;
+  if (len == 0) return out.zero_();
+  // x's own strides (a transposed view reads x^T without a copy).
+  const int64_t si = x.stride(0), sk = x.stride(1);
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float a = static_cast<float>(alpha);
+  const Nf4Isa& isa = nf4_isa();
+  // Blocks of 8 rows (the kernels' row group); enough of them per task that fork/join stays small.
+  const int64_t blocks = (rows + 7) / 8;
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / (8 * std::max<int64_t>(len, 1)));
+  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+    const int64_t i0 = b0 * 8, i1 = std::min(rows, b1 * 8);
+    isa.skinny(xp + i0 * si, si, sk, i1 - i0, len, wp, r, a, op + i0 * r);
+  });
+  return out;
+}
+
 at::Tensor quantize_blockwise_8bit_cpu(const at::Tensor& x_in, const at::Tensor& map_in, int64_t blocksize,
                                        at::Tensor& absmax_out) {
   TORCH_CHECK(blocksize > 0, "quantize_blockwise_8bit: blocksize must be positive");

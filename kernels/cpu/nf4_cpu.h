@@ -16,6 +16,8 @@ at::Tensor quantize_blockwise_8bit_cpu(const at::Tensor& x, const at::Tensor& ma
 at::Tensor dequantize_blockwise_8bit_cpu(const at::Tensor& codes, const at::Tensor& map, const at::Tensor& absmax,
                                          int64_t blocksize);
 
+// alpha * x @ w for float32 CPU x [rows, len] (any strides) and w [len, r] (Nf4Isa::skinny).
+at::Tensor skinny_mm_cpu(const at::Tensor& x, const at::Tensor& w, double alpha);
 // hashed_dropout on float32 contiguous x into dst (float32, contiguous, x's numel), or dst += it.
 void hashed_dropout_cpu(const at::Tensor& x, double p, uint64_t seed, at::Tensor& dst, bool accumulate);
 

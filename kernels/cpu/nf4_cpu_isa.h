@@ -49,6 +49,14 @@ struct Nf4Isa {
   // every table.
   void (*dropout)(const float* x, uint64_t i0, int64_t n, uint64_t seed, uint32_t thr, float scale, float* dst,
                   bool accumulate);
+
+  // Skinny product for LoRA's rank-r factors (not NF4 either): for i < rows and c < r,
+  //   out[i*r + c] = alpha * sum_{k<len} a[i*si + k*sk] * w[k*r + c]
+  // with every sum one fused multiply-add at a time in k order from 0, then one multiply by
+  // alpha: bit-identical in every table, and a row's result does not depend on the rows computed
+  // with it (so not on how rows are split between threads).
+  void (*skinny)(const float* a, int64_t si, int64_t sk, int64_t rows, int64_t len, const float* w, int64_t r,
+                 float alpha, float* out);
 };
 
 const Nf4Isa& nf4_isa_scalar();

@@ -93,11 +93,21 @@ void dropout_scalar(const float* x, uint64_t i0, int64_t n, uint64_t seed, uint3
   dropout::apply(x, i0, n, seed, thr, scale, dst, accumulate);
 }
 
+void skinny_scalar(const float* a, int64_t si, int64_t sk, int64_t rows, int64_t len, const float* w, int64_t r,
+                   float alpha, float* out) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t c = 0; c < r; ++c) {
+      float acc = 0.f;
+      for (int64_t k = 0; k < len; ++k) acc = std::fma(a[i * si + k * sk], w[k * r + c], acc);
+      out[i * r + c] = acc * alpha;
+    }
+}
+
 }  // namespace
 
 const Nf4Isa& nf4_isa_scalar() {
   static const Nf4Isa isa{"scalar",       absmax_scalar,   quantize_scalar, dequant_scalar,
-                          dot_row_scalar, axpy_row_scalar, dropout_scalar};
+                          dot_row_scalar, axpy_row_scalar, dropout_scalar,  skinny_scalar};
   return isa;
 }
 

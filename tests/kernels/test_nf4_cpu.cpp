@@ -3,8 +3,10 @@
 // (Compatibility with bitsandbytes itself is test_nf4_bnb.cpp.)
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -356,6 +358,69 @@ TEST(Nf4RowSqNorms, EqualTheDequantizedWeights) {
     EXPECT_EQ(got.scalar_type(), at::kFloat);
     EXPECT_LE((got.to(at::kDouble) - ref).abs().div(ref).max().item<double>(), 1e-7);
   }
+}
+
+// The skinny (LoRA rank-r) product: every table gives the scalar table's bits, on strided and
+// transposed inputs, ragged row counts and ranks that are not a multiple of the vector width;
+// and the op equals a float64 product to float32 rounding, for any thread count.
+TEST(SkinnyMm, TablesMatchScalarBitForBit) {
+  std::mt19937_64 rng(test_seed() + 7);
+  const cpu::Nf4Isa& ref = cpu::nf4_isa_scalar();
+  int tested = 0;
+  for (const std::string& name : vector_isas()) {
+    if (!cpu::nf4_isa_supported(name.c_str())) continue;
+    const cpu::Nf4Isa& isa = name == "avx2" ? cpu::nf4_isa_avx2() : cpu::nf4_isa_avx512();
+    ++tested;
+    for (int rep = 0; rep < 60; ++rep) {
+      const int64_t rows = std::uniform_int_distribution<int64_t>(1, 150)(rng);
+      const int64_t len = std::uniform_int_distribution<int64_t>(0, 300)(rng);
+      const int64_t r = std::vector<int64_t>{1, 3, 7, 8, 9, 16, 20, 64}[rng() % 8];
+      const bool trans = rng() % 2;  // a stored [len, rows] and read transposed
+      std::vector<float> a = nasty_floats(rows * len + 1, rng, rep % 4 == 0), w = nasty_floats(len * r + 1, rng, false);
+      const int64_t si = trans ? 1 : len, sk = trans ? rows : 1;
+      const float alpha = rep % 3 == 0 ? 1.f : 0.37f;
+      std::vector<float> o0(rows * r, 1.f), o1(rows * r, 2.f);
+      ref.skinny(a.data(), si, sk, rows, len, w.data(), r, alpha, o0.data());
+      isa.skinny(a.data(), si, sk, rows, len, w.data(), r, alpha, o1.data());
+      for (int64_t i = 0; i < rows * r; ++i)
+        ASSERT_TRUE(same_bits(o0[i], o1[i]) || (std::isnan(o0[i]) && std::isnan(o1[i])))
+            << name << " skinny rows=" << rows << " len=" << len << " r=" << r << " trans=" << trans << " at " << i
+            << ": " << o0[i] << " vs " << o1[i];
+    }
+  }
+  if (tested == 0) GTEST_SKIP() << "no vector instruction set on this CPU";
+}
+
+TEST(SkinnyMm, EqualsFloat64Product) {
+  IsaGuard guard;
+  const int threads = at::get_num_threads();
+  for (const char* table : {"scalar", "avx2", "avx512"}) {
+    if (!cpu::nf4_isa_select(table)) continue;
+    for (auto [M, L, r] : std::vector<std::array<int64_t, 3>>{{1, 5, 8}, {37, 64, 3}, {300, 257, 8}, {513, 1024, 16},
+                                                              {64, 0, 8}, {0, 16, 8}, {9, 33, 65}}) {
+      const at::Tensor x = at::randn({M, L}, gen(M * 131 + L)), w = at::randn({L, r}, gen(r + 5));
+      const at::Tensor xt = at::randn({L, M}, gen(M + L * 7)).t();  // a transposed view, as dy^T
+      for (const at::Tensor& a : {x, xt}) {
+        at::Tensor ref = at::mm(a.to(at::kDouble), w.to(at::kDouble)) * 0.5;
+        at::Tensor got = skinny_mm(a, w, 0.5);
+        ASSERT_EQ(got.sizes(), ref.sizes());
+        ASSERT_EQ(got.scalar_type(), at::kFloat);
+        // |error| <= len * eps * sum |a||w| (fp32 FMA chain)
+        const at::Tensor bound = at::mm(a.abs().to(at::kDouble), w.abs().to(at::kDouble)) * 0.5 * (L + 1) * 6e-8;
+        EXPECT_TRUE(((got.to(at::kDouble) - ref).abs() <= bound + 1e-30).all().item<bool>())
+            << table << " M=" << M << " L=" << L << " r=" << r;
+        // The same bits with one thread as with all of them.
+        at::set_num_threads(1);
+        const at::Tensor one = skinny_mm(a, w, 0.5);
+        at::set_num_threads(threads);
+        EXPECT_TRUE(at::equal(one, got)) << table << " M=" << M << " differs between thread counts";
+      }
+    }
+  }
+  // Other dtypes go through at::mm.
+  const at::Tensor xb = at::randn({5, 16}).to(at::kDouble), wb = at::randn({16, 4}).to(at::kDouble);
+  EXPECT_TRUE(at::allclose(skinny_mm(xb, wb, 2.0), at::mm(xb, wb) * 2.0));
+  EXPECT_THROW(skinny_mm(at::randn({3, 4}), at::randn({5, 2})), c10::Error);
 }
 
 TEST(Nf4Linear, MatchesDequantizeMatmul) {

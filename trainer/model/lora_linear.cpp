@@ -39,9 +39,9 @@ struct LoraLinearBackward : public torch::autograd::Node {
     if (!grads[0].defined()) return out;
     const int64_t N = B.size(0);
     const at::Tensor dy = grads[0].reshape({-1, N}).contiguous();
-    const at::Tensor g = at::mm(dy, B).mul_(scaling);  // [M, r]
-    if (need_B) out[2] = at::mm(dy.t(), h).mul_(scaling);
-    if (need_A) out[1] = at::mm(g.t(), xd);
+    const at::Tensor g = kernels::skinny_mm(dy, B, scaling);  // [M, r]
+    if (need_B) out[2] = kernels::skinny_mm(dy.t(), h, scaling);
+    if (need_A) out[1] = kernels::skinny_mm(xd.t(), g).t().contiguous();
     if (need_x) {
       at::Tensor dx = nf4 ? kernels::nf4_linear_grad_input(dy, *nf4) : at::mm(dy, weight);
       if (p > 0.0) {
@@ -89,9 +89,9 @@ struct DoraLinearBackward : public torch::autograd::Node {
     // float32 and rounded once to dy's dtype.
     const at::Tensor dys = (dy * scale).to(dy.scalar_type());
     if (need_m) out[3] = (dy.to(at::kFloat) * u.to(at::kFloat)).sum(0).div_(norm);
-    const at::Tensor g = at::mm(dys, B).mul_(scaling);  // [M, r]
-    if (need_B) out[2] = at::mm(dys.t(), h).mul_(scaling);
-    if (need_A) out[1] = at::mm(g.t(), xd);
+    const at::Tensor g = kernels::skinny_mm(dys, B, scaling);  // [M, r]
+    if (need_B) out[2] = kernels::skinny_mm(dys.t(), h, scaling);
+    if (need_A) out[1] = kernels::skinny_mm(xd.t(), g).t().contiguous();
     if (need_x) {
       at::Tensor dx;
       if (p > 0.0) {
@@ -144,7 +144,7 @@ at::Tensor dora_linear(const at::Tensor& x, const kernels::NF4Tensor* nf4, const
     kernels::profile::Scope prof(kernels::profile::Part::lora);
     xd = dropout_p > 0.0 ? kernels::hashed_dropout(x2, dropout_p, seed) : x2;
     const at::Tensor A = lora.A.detach(), B = lora.B.detach();
-    h = at::mm(xd, A.t());
+    h = kernels::skinny_mm(xd, A.t());
     if (dropout_p > 0.0) {
       // PEFT: base(x) + (m / norm - 1) * dropout(x) W^T + m / norm * s * B A dropout(x).
       const at::Tensor zd = base_product(xd, nf4, weight);
@@ -247,7 +247,7 @@ at::Tensor lora_linear(const at::Tensor& x, const kernels::NF4Tensor* nf4, const
     kernels::profile::Scope prof(kernels::profile::Part::lora);
     xd = dropout_p > 0.0 ? kernels::hashed_dropout(x2, dropout_p, seed) : x2;
     const at::Tensor A = lora.A.detach(), B = lora.B.detach();
-    h = at::mm(xd, A.t());
+    h = kernels::skinny_mm(xd, A.t());
     y.addmm_(h, B.t(), /*beta=*/1, /*alpha=*/lora.scaling);
     // Not an autograd view of the [M, N] product: this node is the output's whole history.
     y = at::_unsafe_view(y, with_last(x.sizes(), N));
