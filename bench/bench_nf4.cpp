@@ -174,7 +174,8 @@ int main(int argc, char** argv) {
     std::printf("%4lld,%6lld,%5lld  %12.1f %12.1f %7.2f\n", (long long)M, (long long)N, (long long)K, s_sk * 1e6,
                 s_mm * 1e6, s_sk / s_mm);
     char buf[256];
-    std::snprintf(buf, sizeof buf, "%s    {\"M\": %lld, \"N\": %lld, \"K\": %lld, \"skinny_us\": %.1f, \"at_mm_us\": %.1f}",
+    std::snprintf(buf, sizeof buf,
+                  "%s    {\"M\": %lld, \"N\": %lld, \"K\": %lld, \"skinny_us\": %.1f, \"at_mm_us\": %.1f}",
                   first ? "" : ",\n", (long long)M, (long long)N, (long long)K, s_sk * 1e6, s_mm * 1e6);
     json += buf;
     first = false;

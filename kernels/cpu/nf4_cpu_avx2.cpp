@@ -352,8 +352,8 @@ void dropout_avx2(const float* x, uint64_t i0, int64_t n, uint64_t seed, uint32_
 }  // namespace
 
 const Nf4Isa& nf4_isa_avx2() {
-  static const Nf4Isa isa{"avx2",        absmax_avx2,   quantize_avx2, dequant_avx2,
-                          dot_row_avx2,  axpy_row_avx2, dropout_avx2,  skinny_detail::skinny_avx2};
+  static const Nf4Isa isa{"avx2",       absmax_avx2,   quantize_avx2, dequant_avx2,
+                          dot_row_avx2, axpy_row_avx2, dropout_avx2,  skinny_detail::skinny_avx2};
   return isa;
 }
 

@@ -289,8 +289,8 @@ void dropout_avx512(const float* x, uint64_t i0, int64_t n, uint64_t seed, uint3
 }  // namespace
 
 const Nf4Isa& nf4_isa_avx512() {
-  static const Nf4Isa isa{"avx512",       absmax_avx512,   quantize_avx512, dequant_avx512,
-                          dot_row_avx512, axpy_row_avx512, dropout_avx512,
+  static const Nf4Isa isa{"avx512", absmax_avx512, quantize_avx512, dequant_avx512, dot_row_avx512, axpy_row_avx512,
+                          dropout_avx512,
                           // the 8-wide kernel (no 16-wide one: a rank of 8 fills one 8-lane vector)
                           skinny_detail::skinny_avx2};
   return isa;

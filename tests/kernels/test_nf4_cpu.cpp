@@ -1,9 +1,9 @@
 // NF4 on the CPU: the instruction-set tables against the scalar definition, the quantization rules
 // of docs/formats.md §1 on constructed inputs, and the linear ops against dequantize + matmul.
 // (Compatibility with bitsandbytes itself is test_nf4_bnb.cpp.)
+#include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
-#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
 #include <array>
@@ -396,8 +396,8 @@ TEST(SkinnyMm, EqualsFloat64Product) {
   const int threads = at::get_num_threads();
   for (const char* table : {"scalar", "avx2", "avx512"}) {
     if (!cpu::nf4_isa_select(table)) continue;
-    for (auto [M, L, r] : std::vector<std::array<int64_t, 3>>{{1, 5, 8}, {37, 64, 3}, {300, 257, 8}, {513, 1024, 16},
-                                                              {64, 0, 8}, {0, 16, 8}, {9, 33, 65}}) {
+    for (auto [M, L, r] : std::vector<std::array<int64_t, 3>>{
+             {1, 5, 8}, {37, 64, 3}, {300, 257, 8}, {513, 1024, 16}, {64, 0, 8}, {0, 16, 8}, {9, 33, 65}}) {
       const at::Tensor x = at::randn({M, L}, gen(M * 131 + L)), w = at::randn({L, r}, gen(r + 5));
       const at::Tensor xt = at::randn({L, M}, gen(M + L * 7)).t();  // a transposed view, as dy^T
       for (const at::Tensor& a : {x, xt}) {

@@ -1,6 +1,9 @@
 // LoRA against PEFT (initialization, gradients of every A and B), activation checkpointing with
 // dropout, the chunked cross-entropy and the NF4 linear's autograd.
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
+
+#include <array>
 
 #include <nlohmann/json.hpp>
 
@@ -857,39 +860,63 @@ TEST(ChunkedCrossEntropy, EqualsFullCrossEntropy) {
   // backward's own, the full version's is autograd's.
   // A frozen head takes the fused path (the gradient made in forward); a trained one (lora_modules_to_save:
   // lm_head) the recomputing backward, which also gives the head its gradient.
-  for (bool trained_head : {false, true})
-    for (double softcap : {0.0, 3.0})
-      for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
-        SCOPED_TRACE(std::string(c10::toString(dt)) + " softcap " + std::to_string(softcap) +
-                     (trained_head ? " trained head" : " frozen head"));
-        at::Tensor h0 = at::randn({37, 24}).to(dt);
-        at::Tensor w = at::randn({101, 24}).to(dt);
-        at::Tensor y = at::randint(101, {37}, at::kLong);
-        at::Tensor h1 = h0.clone().requires_grad_(true), h2 = h0.clone().requires_grad_(true);
-        at::Tensor w1 = w.clone().requires_grad_(trained_head), w2 = w.clone().requires_grad_(trained_head);
-        at::Tensor a = model::chunked_cross_entropy_sum(h1, w1, y, 5, softcap);
-        at::Tensor b = model::full_cross_entropy_sum(h2, w2, y, softcap);
-        if (softcap > 0) {  // the cap bites
-          EXPECT_GT(std::abs(b.item<double>() - model::full_cross_entropy_sum(h0, w, y).item<double>()),
-                    0.1 * std::abs(b.item<double>()));
+  // One thread runs the chunks one after another; more run them side by side (ce_chunks' lanes).
+  const int threads = at::get_num_threads();
+  for (int lanes : {1, 3})
+    for (bool trained_head : {false, true})
+      for (double softcap : {0.0, 3.0})
+        for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
+          at::set_num_threads(lanes);
+          SCOPED_TRACE(std::string(c10::toString(dt)) + " softcap " + std::to_string(softcap) +
+                       (trained_head ? " trained head" : " frozen head") + " threads " + std::to_string(lanes));
+          at::Tensor h0 = at::randn({37, 24}).to(dt);
+          at::Tensor w = at::randn({101, 24}).to(dt);
+          at::Tensor y = at::randint(101, {37}, at::kLong);
+          at::Tensor h1 = h0.clone().requires_grad_(true), h2 = h0.clone().requires_grad_(true);
+          at::Tensor w1 = w.clone().requires_grad_(trained_head), w2 = w.clone().requires_grad_(trained_head);
+          at::Tensor a = model::chunked_cross_entropy_sum(h1, w1, y, 5, softcap);
+          at::Tensor b = model::full_cross_entropy_sum(h2, w2, y, softcap);
+          if (softcap > 0) {  // the cap bites
+            EXPECT_GT(std::abs(b.item<double>() - model::full_cross_entropy_sum(h0, w, y).item<double>()),
+                      0.1 * std::abs(b.item<double>()));
+          }
+          EXPECT_EQ(a.scalar_type(), at::kFloat);
+          EXPECT_NEAR(a.item<double>(), b.item<double>(), 1e-5 * std::abs(b.item<double>()));
+          (a * 0.7).backward();
+          (b * 0.7).backward();
+          EXPECT_LE(test::rel_err(h1.grad(), h2.grad()), dt == at::kFloat ? 1e-5 : 1e-2);
+          if (!trained_head) {
+            EXPECT_FALSE(w1.grad().defined());
+            continue;
+          }
+          ASSERT_TRUE(w1.grad().defined());
+          EXPECT_EQ(w1.grad().scalar_type(), dt);
+          EXPECT_LE(test::rel_err(w1.grad(), w2.grad()), dt == at::kFloat ? 1e-5 : 1e-2);
         }
-        EXPECT_EQ(a.scalar_type(), at::kFloat);
-        EXPECT_NEAR(a.item<double>(), b.item<double>(), 1e-5 * std::abs(b.item<double>()));
-        (a * 0.7).backward();
-        (b * 0.7).backward();
-        EXPECT_LE(test::rel_err(h1.grad(), h2.grad()), dt == at::kFloat ? 1e-5 : 1e-2);
-        if (!trained_head) {
-          EXPECT_FALSE(w1.grad().defined());
-          continue;
-        }
-        ASSERT_TRUE(w1.grad().defined());
-        EXPECT_EQ(w1.grad().scalar_type(), dt);
-        EXPECT_LE(test::rel_err(w1.grad(), w2.grad()), dt == at::kFloat ? 1e-5 : 1e-2);
-      }
+  at::set_num_threads(threads);
   // A frozen weight gets none.
   at::Tensor h = at::randn({9, 8}).requires_grad_(true), w = at::randn({13, 8});
   model::chunked_cross_entropy_sum(h, w, at::randint(13, {9}, at::kLong), 4).backward();
   EXPECT_FALSE(w.grad().defined());
+}
+
+TEST(ChunkedCrossEntropy, ChunksEvenOutOverLanes) {
+  // One lane: the chunk size as asked.
+  model::CeChunks c = model::ce_chunks(968, 262, 1);
+  EXPECT_EQ(c.tokens, 262);
+  EXPECT_EQ(c.count, 4);
+  EXPECT_EQ(c.lanes, 1);
+  // More lanes: every lane has a chunk, none bigger than asked, all rows covered.
+  for (auto [n, chunk, lanes] : std::vector<std::array<int64_t, 3>>{
+           {968, 262, 2}, {11, 5, 2}, {7, 5, 2}, {300, 262, 2}, {1, 5, 4}, {37, 5, 3}}) {
+    c = model::ce_chunks(n, chunk, lanes);
+    EXPECT_LE(c.tokens, chunk);
+    EXPECT_GE(c.tokens * c.count, n);
+    EXPECT_LT((c.count - 1) * c.tokens, n);
+    EXPECT_LE(c.lanes, std::min(lanes, c.count));
+    EXPECT_GE(c.count, c.lanes) << n << " " << chunk << " " << lanes;
+  }
+  EXPECT_EQ(model::ce_chunks(0, 262, 2).count, 0);
 }
 
 TEST(ChunkedCrossEntropy, LossIgnoresMaskedLabelsAndCounts) {

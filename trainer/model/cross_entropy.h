@@ -21,7 +21,7 @@ struct LossSum {
 // With a frozen weight the forward also makes the gradient with respect to hidden from each
 // chunk's logits (kept as [N, H] until backward scales it); with a trained weight (lm_head in
 // lora_modules_to_save) backward recomputes each chunk's logits and also makes the weight's fp32
-// gradient [V, H]. Memory beyond the inputs is one chunk of fp32 logits.
+// gradient [V, H]. Memory beyond the inputs is one chunk of fp32 logits per lane (ce_chunks).
 // softcap > 0: the logits are soft-capped first, l = softcap * tanh(l / softcap) (Gemma's
 // final_logit_softcapping), in the forward and in the gradient.
 at::Tensor chunked_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
@@ -31,6 +31,18 @@ at::Tensor chunked_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor&
 // the baseline the benchmarks compare against.
 at::Tensor full_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
                                   double softcap = 0);
+
+// How chunked_cross_entropy_sum splits N rows: `count` chunks of `tokens` rows (the last may be
+// shorter), run `lanes` at a time. On the CPU outside a parallel region (one row shard: a
+// micro-batch of one row) the chunks run side by side, one lane per thread, with the chunk size evened
+// out so the lanes get about as many chunks each; the loss holds `lanes` chunks of logits at once.
+struct CeChunks {
+  int64_t tokens = 1, count = 0, lanes = 1;
+};
+CeChunks ce_chunks(int64_t n, int64_t chunk_tokens, int64_t lanes);
+// The lanes the loss would use for hidden on this thread (CPU: the thread count outside a
+// parallel region, else 1).
+int64_t ce_lanes(const at::Tensor& hidden);
 
 // Default chunk for a vocabulary: ~8 Mi fp32 logits per chunk (32 MiB), in [16, 4096] tokens.
 int64_t default_ce_chunk_tokens(int64_t vocab_size);

@@ -256,10 +256,13 @@ MemoryPlan plan_memory(const config::TrainConfig& cfg, const model::ModelConfig&
   //    temporary, the final hidden states of the targets and their fp32 gradient;
   //  - a block's backward: the gradients of its activations alive at once (the residual's, the
   //    MLP's three, two of the hidden size), and, with checkpointing, the block recomputed.
-  // On the CPU the micro-batch runs as row shards (see shards above): each has its own loss chunk.
-  const double chunk =
-      std::min(std::max(Nt / shards, 1.0), static_cast<double>(model::default_ce_chunk_tokens(mc.vocab_size)));
-  double loss = shards * kLogitCopies * 4 * chunk * V + Nt * H * (cb + 4);
+  // On the CPU the micro-batch runs as row shards (see shards above): each has its own loss chunk;
+  // one shard (a single row) runs the loss's chunks side by side instead, one per thread.
+  const int64_t lanes = !cuda && shards == 1 ? at::get_num_threads() : 1;
+  const model::CeChunks ce = model::ce_chunks(static_cast<int64_t>(std::max(Nt / shards, 1.0)),
+                                              model::default_ce_chunk_tokens(mc.vocab_size), lanes);
+  const double chunk = std::min(std::max(Nt / shards, 1.0), static_cast<double>(ce.tokens));
+  double loss = shards * static_cast<double>(ce.lanes) * kLogitCopies * 4 * chunk * V + Nt * H * (cb + 4);
   if (saved_module_params > 0) loss += V * H * 4;  // a trained lm_head's fp32 gradient
   const double block_grads = T * (2 * H + 3 * (mc.is_moe() ? mlp_tok / 4 : I)) * cb + Nt * H * 4;
   const double block = block_grads + (cfg.gradient_checkpointing ? layer_full + mask : 0);
