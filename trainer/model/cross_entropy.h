@@ -44,7 +44,8 @@ CeChunks ce_chunks(int64_t n, int64_t chunk_tokens, int64_t lanes);
 // parallel region, else 1).
 int64_t ce_lanes(const at::Tensor& hidden);
 
-// Default chunk for a vocabulary: ~8 Mi fp32 logits per chunk (32 MiB), in [16, 4096] tokens.
+// Default chunk for a vocabulary: ~8 Mi fp32 logits per chunk (32 MiB), in [128, 4096] tokens
+// (vocabularies over 64k get 128-token chunks of more than 32 MiB).
 int64_t default_ce_chunk_tokens(int64_t vocab_size);
 
 }  // namespace qlora::model
