@@ -80,11 +80,11 @@ void hashed_dropout_add_(at::Tensor& acc, const at::Tensor& x, double p, uint64_
 // CPU kernels are tested against, and the path on other devices.
 at::Tensor hashed_dropout_keep_mask(at::IntArrayRef shape, double p, uint64_t seed, at::Device device);
 
-// alpha * x @ w where w [len, r] has few columns: LoRA's rank-r products (x dropout(x) A^T,
-// dy B, and with x a transposed view dy^T h and dropout(x)^T g). float32 on the CPU runs vector
-// kernels, each output one FMA chain in k order (deterministic, whatever the thread count): BLAS's
-// paths for these shapes ran 3-10x below its square-matrix rate. Anything else is at::mm. For
-// use inside autograd nodes: the kernel path records no autograd history.
+// alpha * x @ w where w [len, r] has few columns: LoRA's rank-r products (dropout(x) A^T, dy B,
+// and with x a transposed view dy^T h and dropout(x)^T g). float32 on the CPU runs vector
+// kernels, each output one FMA chain in k order (deterministic, whatever the thread count): BLAS
+// ran these shapes 2-20x below its square-matrix rate. Anything else is at::mm. For use inside
+// autograd nodes: the kernel path records no autograd history.
 at::Tensor skinny_mm(const at::Tensor& x, const at::Tensor& w, double alpha = 1.0);
 
 // Name of the CPU instruction set the kernels chose at run time ("avx512", "avx2", "scalar").

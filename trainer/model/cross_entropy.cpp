@@ -36,7 +36,8 @@ struct ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntrop
     auto run_chunk = [&](int64_t c) {
       const int64_t s = c * plan.tokens, e = std::min(n, s + plan.tokens);
       at::Tensor logits = at::matmul(hd.slice(0, s, e), wd.t()).to(at::kFloat);  // [c, V]
-      at::Tensor t;                                                              // tanh(l / softcap) when capped
+      // tanh(l / softcap) when capped
+      at::Tensor t;
       if (softcap > 0) {
         t = at::tanh(logits / softcap);
         logits = t * softcap;

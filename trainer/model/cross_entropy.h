@@ -34,8 +34,9 @@ at::Tensor full_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& we
 
 // How chunked_cross_entropy_sum splits N rows: `count` chunks of `tokens` rows (the last may be
 // shorter), run `lanes` at a time. On the CPU outside a parallel region (one row shard: a
-// micro-batch of one row) the chunks run side by side, one lane per thread, with the chunk size evened
-// out so the lanes get about as many chunks each; the loss holds `lanes` chunks of logits at once.
+// micro-batch of one row) the chunks run side by side, one lane per thread, with the chunk size
+// evened out so the lanes get about as many chunks each; the loss holds `lanes` chunks of logits
+// at once.
 struct CeChunks {
   int64_t tokens = 1, count = 0, lanes = 1;
 };
