@@ -10,8 +10,9 @@
 // Plain timer loops (median of repeats after warm-up), JSON to --out (scripts/bench-nf4.sh adds
 // the bitsandbytes peer and the machine description).
 // Usage: bench_nf4 [--out FILE] [--quick] [--threads T] [--shape M,N,K ...]
-//   --shape (repeatable) runs only the linear comparison, on the given shapes (for example the
-//   per-shard shapes of a training step: M = rows per shard, N = out_features, K = in_features).
+//   --shape (repeatable) runs only the linear and lora_r8 comparisons, on the given shapes (for
+//   example the per-shard shapes of a training step: M = rows per shard, N = out_features,
+//   K = in_features).
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -126,25 +127,23 @@ int main(int argc, char** argv) {
   for (auto [M, N, K] : shapes) {
     NF4Tensor w = nf4_quantize(at::randn({N, K}) * 0.02, 64, true);
     at::Tensor W = nf4_dequantize(w, at::kFloat);
-    {
-      at::Tensor x = at::randn({M, K}), dy = at::randn({M, N});
-      const double s_f = median_seconds([&] { (void)nf4_linear(x, w); }, reps);
-      const double s_fd = median_seconds([&] { (void)at::matmul(x, W.t()); }, reps);
-      const double s_b = median_seconds([&] { (void)nf4_linear_grad_input(dy, w); }, reps);
-      const double s_bd = median_seconds([&] { (void)at::matmul(dy, W); }, reps);
-      std::printf("%4lld,%6lld,%5lld  %10.3f %10.3f %7.2f %10.3f %10.3f %7.2f %8.1f\n", (long long)M, (long long)N,
-                  (long long)K, s_f * 1e3, s_fd * 1e3, s_f / s_fd, s_b * 1e3, s_bd * 1e3, s_b / s_bd,
-                  4.0 * M * N * K / (s_f + s_b) / 1e9);
-      char buf[512];
-      std::snprintf(buf, sizeof buf,
-                    "%s    {\"M\": %lld, \"N\": %lld, \"K\": %lld, \"nf4_ms\": %.4f, \"dense_fp32_ms\": %.4f, "
-                    "\"time_ratio\": %.3f, \"nf4_grad_input_ms\": %.4f, \"dense_grad_input_ms\": %.4f, "
-                    "\"grad_time_ratio\": %.3f, \"nf4_gflops\": %.1f}",
-                    first ? "" : ",\n", (long long)M, (long long)N, (long long)K, s_f * 1e3, s_fd * 1e3, s_f / s_fd,
-                    s_b * 1e3, s_bd * 1e3, s_b / s_bd, 2.0 * M * N * K / s_f / 1e9);
-      json += buf;
-      first = false;
-    }
+    at::Tensor x = at::randn({M, K}), dy = at::randn({M, N});
+    const double s_f = median_seconds([&] { (void)nf4_linear(x, w); }, reps);
+    const double s_fd = median_seconds([&] { (void)at::matmul(x, W.t()); }, reps);
+    const double s_b = median_seconds([&] { (void)nf4_linear_grad_input(dy, w); }, reps);
+    const double s_bd = median_seconds([&] { (void)at::matmul(dy, W); }, reps);
+    std::printf("%4lld,%6lld,%5lld  %10.3f %10.3f %7.2f %10.3f %10.3f %7.2f %8.1f\n", (long long)M, (long long)N,
+                (long long)K, s_f * 1e3, s_fd * 1e3, s_f / s_fd, s_b * 1e3, s_bd * 1e3, s_b / s_bd,
+                4.0 * M * N * K / (s_f + s_b) / 1e9);
+    char buf[512];
+    std::snprintf(buf, sizeof buf,
+                  "%s    {\"M\": %lld, \"N\": %lld, \"K\": %lld, \"nf4_ms\": %.4f, \"dense_fp32_ms\": %.4f, "
+                  "\"time_ratio\": %.3f, \"nf4_grad_input_ms\": %.4f, \"dense_grad_input_ms\": %.4f, "
+                  "\"grad_time_ratio\": %.3f, \"nf4_gflops\": %.1f}",
+                  first ? "" : ",\n", (long long)M, (long long)N, (long long)K, s_f * 1e3, s_fd * 1e3, s_f / s_fd,
+                  s_b * 1e3, s_bd * 1e3, s_b / s_bd, 2.0 * M * N * K / s_f / 1e9);
+    json += buf;
+    first = false;
   }
   // LoRA's rank-8 products on the same shapes (x [M, K], dy [M, N]): h = x A^T, g = dy B,
   // dB = dy^T h, dA = g^T x, through skinny_mm next to at::mm.

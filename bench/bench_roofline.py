@@ -11,7 +11,8 @@ transformers + peft + bitsandbytes on Llama shapes of about 125M, 350M and 1B pa
 2. Each case trains a random Llama made here by transformers (bf16 safetensors, the demo's
    tokenizer) for --steps steps, batch B x T, LoRA r 8 alpha 16 dropout 0.05 on all linear layers,
    NF4 double-quant base, fp32 compute, AdamW, chat data whose answers fill every row (no padding;
-   the prompt is masked; the `-varied` cases instead have rows of any length, padded per batch), once with `qlora train` and once with the reference
+   the prompt is masked; the `-varied` cases instead have rows of any length, padded per batch),
+   once with `qlora train` and once with the reference
    (bench/bench_train_cpu.py's worker: the same batches, checked against the HF tokenizer).
    Peak RSS of each process under /usr/bin/time -v. qlora's last two steps run its step profiler
    (profile_breakdown.json: base products, LoRA, attention, norms/activations, loss, optimizer);
